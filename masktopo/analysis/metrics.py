@@ -1,0 +1,683 @@
+r"""Named layer metrics of mask graphs and their network aggregation.
+
+Every metric is computed on a layer's biadjacency ``B`` after isolated nodes are dropped
+(:mod:`masktopo.analysis.graph`). Write ``|E|`` for the edge count (the mask's nnz, with
+multiplicity when a conv is *rolled*), ``n_out'`` and ``n_in'`` for the active (non-isolated)
+outputs and inputs, ``d̄_out = |E|/n_out'`` (mean fan-in of the outputs) and
+``d̄_in = |E|/n_in'`` (mean fan-out of the inputs), and ``σ₁ ≥ σ₂ ≥ …`` for singular values.
+
+Spectral ([I23]_, [N23]_; pags-spec §2-3)
+    ``mu0 = σ₁(B)``; ``mu_hat = σ₂(B)`` (the largest non-trivial eigenvalue of the bipartite
+    adjacency); ``spectral_gap = mu0 − mu_hat``.
+Ramanujan ([MSS15]_ bound with average degrees, as both papers' code does)
+    ``ramanujan_bound = √(d̄_in − 1) + √(d̄_out − 1)``; ``ramanujan_gap = bound − mu_hat`` (Δr,
+    > 0 means the layer meets the bound); ``ramanujan_gap_norm = Δr / bound``;
+    ``is_ramanujan = Δr ≥ 0``; ``ramanujan_gap_spectral = 2√(mu0 − 1) − mu_hat`` (I23's Δs).
+Weighted ([N23]_), on ``|W ⊙ M|``
+    ``weighted_mu0``, ``weighted_mu_hat``, ``weighted_spectral_gap`` (λ = σ₁ − σ₂).
+IMDB, nested regular subgraphs ([I23]_, [N23]_; pags-spec §3.3)
+    Inputs are grouped by fan-out degree ``d``; group ``G_d = B[:, S_d]`` is d-left-regular.
+    ``"n23"`` variant (default): groups with ``|S_d| ≥ 2`` passing the gate, Cheeger weight
+    ``c_d = max(|S_d|, |R_d|)/(|S_d| + |R_d| − 1)``, ``imdb_ramanujan_gap = mean_d c_d·Δr(G_d)``,
+    ``imdb_weighted_gap = mean_d c_d·λ(G_d)``. ``"i23"``: groups with ``|S_d| ≥ 3``, plain means.
+    ``imdb_ramanujan_gap_norm = mean_d Δr(G_d)/bound(G_d)`` (I23's plotted "IMDB");
+    ``imdb_n_groups`` counts the groups used.
+NaRC ([I23]_ code; UNCONFIRMED against the paper text, pags-spec A8)
+    ``[(mu_hat²/4 + 1)·√(n_L n_R) − |e − (d̄_L/n_out)·n_L n_R|] / (n_in·n_out)`` with inputs as
+    the left side, ``e = 2|E|`` ("directed", code-faithful) or ``|E|`` ("undirected").
+Full-spectrum coordinate ([N23]_)
+    ``full_spectrum_norm = ‖(Δr, λ, IMDB_Δr, IMDB_λ)‖₂`` with undefined entries counted as 0, and
+    Δr, λ counted as 0 when the layer fails the gate (the N23 code computes λ after the gate).
+Expansion ([Chung97]_)
+    ``normalized_spectral_gap = 1 − σ₂(D_out^{-½} B D_in^{-½})``, the second-smallest eigenvalue
+    λ₂ of the normalized Laplacian; Cheeger: ``conductance_lower = λ₂/2 ≤ h(G) ≤
+    conductance_upper = √(2λ₂)``.
+Structure
+    ``n_out``, ``n_in`` (biadjacency dims: unrolled ``n_in = C_in·k_h·k_w``), ``n_edges``,
+    ``numel``, ``density``, ``n_out_active``, ``n_in_active``, ``deg_out_mean``, ``deg_in_mean``,
+    ``n_components`` (connected components among active nodes).
+
+Validity gates (pags-spec §3.7): ``"n23"`` requires ``d̄_out ≥ 3`` and ``d̄_in > 1``, ``"i23"``
+requires both ``≥ 3``; for IMDB groups the n23 gate swaps the sides. ``mu_hat`` needs at least 2
+active nodes on each side. A metric that is undefined is NaN (``None`` for ``is_ramanujan``) and
+the ``reason`` entry says why; it is never reported as 0.
+
+References
+----------
+.. [I23] D. N. Hoang, S. Liu, R. Marculescu, Z. Wang, "Revisiting Pruning at Initialization through
+   the Lens of Ramanujan Graph", ICLR 2023.
+.. [N23] D. N. Hoang, S. Kundu, S. Liu, Z. Wang, "Don't just prune by magnitude! Your mask topology
+   is a secret weapon", NeurIPS 2023.
+.. [MSS15] A. W. Marcus, D. A. Spielman, N. Srivastava, "Interlacing families I: Bipartite
+   Ramanujan graphs of all degrees", Annals of Mathematics 182 (2015).
+.. [Chung97] F. R. K. Chung, "Spectral Graph Theory", AMS, 1997, ch. 2 (Cheeger inequality).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from ..errors import MaskValidationError, UnknownNameError
+from .graph import check_conv_mode
+from .spectral import solve_many
+
+NaN = math.nan
+GATES = ("n23", "i23")
+IMDB_VARIANTS = ("n23", "i23")
+NARC_EDGES = ("directed", "undirected")
+INVALID = ("skip", "zero")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered layer metric: its output name, the group computing it, whether it needs
+    weights, and a one-line description."""
+
+    name: str
+    group: str
+    weighted: bool
+    description: str
+
+
+def _m(name, group, description, weighted=False):
+    return name, Metric(name, group, weighted, description)
+
+
+METRICS: dict[str, Metric] = dict(
+    [
+        _m("n_out", "structure", "output units (biadjacency rows)"),
+        _m("n_in", "structure", "input nodes (columns; C_in·k_h·k_w unrolled, C_in rolled)"),
+        _m("numel", "structure", "entries of the mask"),
+        _m("n_edges", "structure", "kept entries |E| (mask nnz)"),
+        _m("density", "structure", "n_edges / numel"),
+        _m("n_out_active", "structure", "outputs with at least one edge"),
+        _m("n_in_active", "structure", "inputs with at least one edge"),
+        _m("deg_out_mean", "structure", "mean fan-in of active outputs, |E| / n_out_active"),
+        _m("deg_in_mean", "structure", "mean fan-out of active inputs, |E| / n_in_active"),
+        _m("n_components", "structure", "connected components among active nodes"),
+        _m("mu0", "spectral", "largest eigenvalue of the adjacency, σ1(B)"),
+        _m("mu_hat", "spectral", "largest non-trivial eigenvalue, σ2(B)"),
+        _m("spectral_gap", "spectral", "mu0 − mu_hat"),
+        _m("ramanujan_bound", "ramanujan", "√(d̄_in − 1) + √(d̄_out − 1)"),
+        _m("ramanujan_gap", "ramanujan", "Δr = ramanujan_bound − mu_hat (gated)"),
+        _m("ramanujan_gap_norm", "ramanujan", "Δr / ramanujan_bound (gated)"),
+        _m("ramanujan_gap_spectral", "ramanujan", "I23's Δs = 2√(mu0 − 1) − mu_hat (gated)"),
+        _m("is_ramanujan", "ramanujan", "Δr ≥ 0 (gated)"),
+        _m("weighted_mu0", "weighted", "σ1(|W ⊙ M|)", True),
+        _m("weighted_mu_hat", "weighted", "σ2(|W ⊙ M|)", True),
+        _m("weighted_spectral_gap", "weighted", "λ = weighted_mu0 − weighted_mu_hat", True),
+        _m("imdb_ramanujan_gap", "imdb", "mean Δr over nested regular subgraphs"),
+        _m("imdb_ramanujan_gap_norm", "imdb", "mean Δr/bound over nested regular subgraphs"),
+        _m("imdb_n_groups", "imdb", "degree groups used by IMDB"),
+        _m("imdb_weighted_gap", "imdb", "mean λ over nested regular subgraphs", True),
+        _m("narc", "narc", "I23's normalised random coefficient (gated, i23 gate)"),
+        _m("full_spectrum_norm", "full_spectrum", "‖(Δr, λ, IMDB_Δr, IMDB_λ)‖₂", True),
+        _m("normalized_spectral_gap", "expansion", "1 − σ2(D_out^-½ B D_in^-½)"),
+        _m("conductance_lower", "expansion", "Cheeger lower bound on conductance, gap/2"),
+        _m("conductance_upper", "expansion", "Cheeger upper bound on conductance, √(2·gap)"),
+    ]
+)
+
+# Groups a group's values depend on (computed first, even when not asked for).
+_DEPENDS = {
+    "ramanujan": {"structure", "spectral"},
+    "narc": {"structure", "spectral"},
+    "imdb": {"structure"},
+    "full_spectrum": {"structure", "spectral", "ramanujan", "weighted", "imdb"},
+    "spectral": {"structure"},
+    "weighted": {"structure"},
+    "expansion": {"structure"},
+}
+INT_METRICS = ("n_out", "n_in", "numel", "n_edges", "n_out_active", "n_in_active",
+               "n_components", "imdb_n_groups")  # fmt: skip
+
+
+def metric_names(weighted: bool = True) -> list[str]:
+    """Registered metric names in table order; without the weighted ones if ``weighted=False``."""
+    return [n for n, m in METRICS.items() if weighted or not m.weighted]
+
+
+def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
+    """Validate a metric selection; None means every metric (weighted ones only with weights).
+
+    Raises :class:`UnknownNameError` for an unknown name and :class:`MaskValidationError` when a
+    weighted metric is asked for without weights.
+    """
+    if metrics is None:
+        return metric_names(weighted)
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names = []
+    for item in metrics:
+        for name in str(item).replace(",", " ").split():
+            if name not in METRICS:
+                raise UnknownNameError("metric", name, METRICS)
+            if METRICS[name].weighted and not weighted:
+                raise MaskValidationError(f"metric {name!r} needs weights, and none were given")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise MaskValidationError("no metric selected")
+    return names
+
+
+def _groups_for(names: Iterable[str]) -> set[str]:
+    groups = {METRICS[n].group for n in names}
+    todo = list(groups)
+    while todo:
+        for dep in _DEPENDS.get(todo.pop(), ()):
+            if dep not in groups:
+                groups.add(dep)
+                todo.append(dep)
+    return groups
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated analysis options (the strings are parsed here and nowhere else)."""
+
+    conv: str = "unrolled"
+    gate: str = "n23"
+    imdb: str = "n23"
+    narc: str = "directed"
+    allow_empty: bool = False
+
+    def __post_init__(self):
+        check_conv_mode(self.conv)
+        for value, known, what in (
+            (self.gate, GATES, "gate"),
+            (self.imdb, IMDB_VARIANTS, "IMDB variant"),
+            (self.narc, NARC_EDGES, "NaRC edge convention"),
+        ):
+            if value not in known:
+                raise UnknownNameError(what, value, known)
+
+
+# --------------------------------------------------------------------------------------------
+# From a mask to CSR (CPU, vectorized)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pattern:
+    """Stripped biadjacency as CSR pieces, shared by the binary, weighted and normalized data."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    rows: np.ndarray  # row index of every nonzero (stripped numbering)
+    data: np.ndarray  # binary (1) or multiplicities, float64
+    wdata: np.ndarray | None  # |W ⊙ M| on the same pattern, or None
+    shape: tuple[int, int]
+
+    def csr(self, data: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
+    """Full dims, active masks and the stripped CSR pattern of one layer."""
+    m = _to_numpy(mask)
+    n_out = m.shape[0]
+    w = None if weight is None else np.abs(_to_numpy(weight).astype(np.float64, copy=False))
+    if m.ndim == 2 or conv == "unrolled":
+        m2 = m.reshape(n_out, -1)
+        n_in = m2.shape[1]
+        flat = np.flatnonzero(m2)
+        r, c = np.divmod(flat, n_in)
+        data = np.ones(flat.size)
+        wdata = None if w is None else w.reshape(-1)[flat]
+    else:
+        axes = tuple(range(2, m.ndim))
+        counts = m.sum(axis=axes, dtype=np.int64)
+        n_in = counts.shape[1]
+        r, c = np.nonzero(counts)
+        data = counts[r, c].astype(np.float64)
+        wdata = None if w is None else (w * m).sum(axis=axes)[r, c]
+    row_deg = np.bincount(r, minlength=n_out)
+    col_deg = np.bincount(c, minlength=n_in)
+    row_act, col_act = row_deg > 0, col_deg > 0
+    row_new = np.cumsum(row_act) - 1
+    col_new = np.cumsum(col_act) - 1
+    rows = row_new[r].astype(np.int32)
+    indices = col_new[c].astype(np.int32)
+    n_o, n_i = int(row_act.sum()), int(col_act.sum())
+    indptr = np.zeros(n_o + 1, dtype=np.int32)
+    np.cumsum(row_deg[row_act], out=indptr[1:])
+    pat = _Pattern(indptr, indices, rows, data, wdata, (n_o, n_i))
+    return n_out, n_in, pat
+
+
+# --------------------------------------------------------------------------------------------
+# One layer: plan (structure + spectral jobs), then finish (metrics from singular values)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    values: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    jobs: list[sp.csr_matrix] = field(default_factory=list)
+    slots: dict[Any, int] = field(default_factory=dict)
+    groups: set[str] = field(default_factory=set)
+    imdb_groups: list[tuple] = field(default_factory=list)
+
+    def add_job(self, key, matrix) -> None:
+        self.slots[key] = len(self.jobs)
+        self.jobs.append(matrix)
+
+    def why(self, text: str) -> None:
+        if text not in self.reasons:
+            self.reasons.append(text)
+
+
+def _gate_ok(gate: str, d_left: float, d_right: float) -> bool:
+    """Validity gate; ``d_left`` is the side the N23 code calls left (pags-spec §3.7)."""
+    if gate == "n23":
+        return d_left >= 3 and d_right > 1
+    return d_left >= 3 and d_right >= 3
+
+
+def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Plan:
+    plan = _Plan(groups=groups)
+    v = plan.values
+    numel = int(mask.numel())
+    n_out, n_in, pat = _layer_pattern(mask, weight, opts.conv)
+    n_edges = round(float(pat.data.sum()))
+    n_o, n_i = pat.shape
+    v.update(n_out=n_out, n_in=n_in, numel=numel, n_edges=n_edges, density=n_edges / numel,
+             n_out_active=n_o, n_in_active=n_i)  # fmt: skip
+    if n_edges == 0:
+        if not opts.allow_empty:
+            raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges)")
+        v.update(deg_out_mean=NaN, deg_in_mean=NaN, n_components=0)
+        plan.why("layer has no edges")
+        return plan
+    v["deg_out_mean"] = d_out = n_edges / n_o
+    v["deg_in_mean"] = d_in = n_edges / n_i
+    # Components: weakly connected components of the directed out→in edge list (sparse, O(|E|)).
+    N = n_o + n_i
+    adj = sp.csr_matrix((np.ones(pat.rows.size), (pat.rows, pat.indices + n_o)), shape=(N, N))
+    v["n_components"] = int(connected_components(adj, directed=True, connection="weak")[0])
+
+    enough = min(n_o, n_i) >= 2
+    if not enough:
+        plan.why(f"mu_hat undefined: {n_o} active output(s), {n_i} active input(s) (need 2 each)")
+    B = pat.csr(pat.data)
+    if groups & {"spectral"}:
+        plan.add_job("bin", B)
+    if "weighted" in groups and pat.wdata is not None:
+        plan.add_job("w", pat.csr(pat.wdata))
+    if "expansion" in groups and enough:
+        rs = np.bincount(pat.rows, weights=pat.data, minlength=n_o)
+        cs = np.bincount(pat.indices, weights=pat.data, minlength=n_i)
+        ndata = pat.data / np.sqrt(rs[pat.rows] * cs[pat.indices])
+        plan.add_job("norm", pat.csr(ndata))
+    if "ramanujan" in groups or "narc" in groups:
+        plan.values["_gate_ok"] = _gate_ok(opts.gate, d_out, d_in)
+        plan.values["_i23_ok"] = _gate_ok("i23", d_out, d_in)
+    if "imdb" in groups:
+        _plan_imdb(plan, pat, opts, weighted=pat.wdata is not None)
+    return plan
+
+
+def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> None:
+    fan_out = np.bincount(pat.indices, weights=pat.data, minlength=pat.shape[1])
+    degrees, counts = np.unique(fan_out, return_counts=True)
+    min_group = 2 if opts.imdb == "n23" else 3
+    Bc = pat.csr(pat.data).tocsc()
+    Bwc = pat.csr(pat.wdata).tocsc() if weighted else None
+    for d, cnt in zip(degrees, counts, strict=True):
+        if d == 0 or cnt < min_group:
+            continue
+        cols = np.flatnonzero(fan_out == d)
+        sub = Bc[:, cols]
+        row_act = np.bincount(sub.indices, minlength=pat.shape[0]) > 0
+        n_r = int(row_act.sum())
+        e_d = float(d) * cols.size
+        d_in, d_out = float(d), e_d / n_r  # inputs are "left" for IMDB subgraphs
+        if opts.imdb == "n23":
+            ok = _gate_ok("n23", d_in, d_out)
+        else:
+            ok = _gate_ok("i23", d_in, d_out)
+        if not ok or n_r < 2:
+            continue
+        key = ("imdb", float(d))
+        plan.imdb_groups.append((key, cols.size, n_r, d_in, d_out))
+        plan.add_job(key, sub[row_act])
+        if weighted:
+            plan.add_job(("imdb_w", float(d)), Bwc[:, cols][row_act])
+
+
+def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options, weighted: bool) -> dict:
+    v = plan.values
+    groups = plan.groups
+    out: dict[str, Any] = dict(v)
+    empty = v["n_edges"] == 0
+    enough = not empty and min(v["n_out_active"], v["n_in_active"]) >= 2
+    if "spectral" in groups:
+        mu0 = float(sv["bin"][0]) if "bin" in sv else NaN
+        mu_hat = float(sv["bin"][1]) if enough else NaN
+        out.update(mu0=mu0, mu_hat=mu_hat, spectral_gap=mu0 - mu_hat)
+    if "ramanujan" in groups:
+        d_in, d_out = v.get("deg_in_mean", NaN), v.get("deg_out_mean", NaN)
+        bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1) if not empty else NaN
+        out["ramanujan_bound"] = bound
+        ok = bool(v.get("_gate_ok", False)) and enough
+        if not empty and enough and not ok:
+            side = f"mean fan-in {d_out:.3g}, mean fan-out {d_in:.3g}"
+            rule = "fan-in >= 3 and fan-out > 1" if opts.gate == "n23" else "both >= 3"
+            plan.why(f"ramanujan gate ({opts.gate}) fails: {side}; needs {rule}")
+        if ok:
+            gap = bound - out["mu_hat"]
+            out.update(ramanujan_gap=gap, ramanujan_gap_norm=gap / bound, is_ramanujan=gap >= 0,
+                       ramanujan_gap_spectral=2 * math.sqrt(max(out["mu0"] - 1, 0.0))
+                       - out["mu_hat"])  # fmt: skip
+        else:
+            out.update(ramanujan_gap=NaN, ramanujan_gap_norm=NaN, is_ramanujan=None,
+                       ramanujan_gap_spectral=NaN)  # fmt: skip
+    if "weighted" in groups and weighted:
+        w0 = float(sv["w"][0]) if "w" in sv else NaN
+        wh = float(sv["w"][1]) if enough else NaN
+        out.update(weighted_mu0=w0, weighted_mu_hat=wh, weighted_spectral_gap=w0 - wh)
+    if "imdb" in groups:
+        _finish_imdb(plan, sv, out, opts, weighted, empty)
+    if "narc" in groups:
+        if enough and v.get("_i23_ok", False):
+            n_l, n_r = v["n_in_active"], v["n_out_active"]
+            e = (2 if opts.narc == "directed" else 1) * v["n_edges"]
+            d_l = v["n_edges"] / n_l
+            root = math.sqrt(n_l * n_r)
+            out["narc"] = ((out["mu_hat"] ** 2 / 4 + 1) * root
+                           - abs(e - d_l / v["n_out"] * n_l * n_r)) / (v["n_in"] * v["n_out"])  # fmt: skip
+        else:
+            out["narc"] = NaN
+            if enough:
+                plan.why("narc undefined: i23 gate fails (mean degrees must both be >= 3)")
+    if "full_spectrum" in groups and weighted:
+        ok = out.get("is_ramanujan") is not None
+        coord = [
+            out["ramanujan_gap"] if ok else 0.0,
+            out["weighted_spectral_gap"] if ok else 0.0,
+            out["imdb_ramanujan_gap"],
+            out["imdb_weighted_gap"],
+        ]
+        out["full_spectrum_norm"] = math.hypot(*(0.0 if math.isnan(c) else c for c in coord))
+    if "expansion" in groups:
+        if enough:
+            gap = 1.0 - float(sv["norm"][1])
+            gap = min(max(gap, 0.0), 1.0)  # σ₂ of the normalized matrix lies in [0, 1]
+            out.update(normalized_spectral_gap=gap, conductance_lower=gap / 2,
+                       conductance_upper=math.sqrt(2 * gap))  # fmt: skip
+        else:
+            out.update(normalized_spectral_gap=NaN, conductance_lower=NaN, conductance_upper=NaN)
+    for key in [k for k in out if k.startswith("_")]:
+        del out[key]
+    return out
+
+
+def _finish_imdb(plan, sv, out, opts, weighted, empty) -> None:
+    drs, drns, lams = [], [], []
+    for key, n_s, n_r, d_in, d_out in plan.imdb_groups:
+        bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
+        dr = bound - float(sv[key][1])
+        lam = None
+        if weighted:
+            s = sv[("imdb_w", key[1])]
+            lam = float(s[0] - s[1])
+        c = max(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else 1.0
+        drs.append(c * dr)
+        drns.append(dr / bound)
+        if lam is not None:
+            lams.append(c * lam)
+    out["imdb_n_groups"] = len(drs)
+    if drs:
+        out["imdb_ramanujan_gap"] = float(np.mean(drs))
+        out["imdb_ramanujan_gap_norm"] = float(np.mean(drns))
+        if weighted:
+            out["imdb_weighted_gap"] = float(np.mean(lams))
+    else:
+        out["imdb_ramanujan_gap"] = out["imdb_ramanujan_gap_norm"] = NaN
+        if weighted:
+            out["imdb_weighted_gap"] = NaN
+        if not empty:
+            plan.why(f"imdb undefined: no input-degree group passes the {opts.imdb} rules")
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MaskValidationError("device 'cuda' was asked for, but CUDA is not available here")
+    return device
+
+
+def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False):
+    groups = _groups_for(names)
+    plans, jobs, offsets = [], [], []
+    it = layers
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(layers, desc="graphs", unit="layer", leave=False, file=None)
+    for name, mask, weight in it:
+        plan = _plan_layer(mask, weight, opts, groups, name)
+        offsets.append(len(jobs))
+        jobs.extend(plan.jobs)
+        plans.append(plan)
+    svals = solve_many(jobs, 2, device=device)
+    results = []
+    for plan, off in zip(plans, offsets, strict=True):
+        sv = {key: svals[off + i] for key, i in plan.slots.items()}
+        full = _finish(plan, sv, opts, weighted)
+        row = {n: full.get(n, NaN) for n in names}
+        if "is_ramanujan" in row and isinstance(row["is_ramanujan"], float):
+            row["is_ramanujan"] = None
+        row["reason"] = "; ".join(plan.reasons)
+        results.append(row)
+    return results
+
+
+def layer_metrics(
+    mask: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    conv: str = "unrolled",
+    *,
+    metrics: Iterable[str] | str | None = None,
+    gate: str = "n23",
+    imdb: str = "n23",
+    narc: str = "directed",
+    device: str | torch.device | None = None,
+    allow_empty: bool = False,
+) -> dict[str, Any]:
+    """Graph metrics of one layer mask.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        Bool or 0/1 mask, ``[out, in]`` or ``[out, in, *kernel]``.
+    weight : torch.Tensor, optional
+        Weights of the same shape; enables the weighted metrics (module docstring).
+    conv : {"unrolled", "rolled"}
+        Conv reading (:mod:`masktopo.analysis.graph`).
+    metrics : iterable of str, optional
+        Names from :data:`METRICS`; default all (weighted ones only with ``weight``).
+    gate : {"n23", "i23"}
+        Validity gate of the Ramanujan metrics (module docstring).
+    imdb : {"n23", "i23"}
+        IMDB variant.
+    narc : {"directed", "undirected"}
+        Edge count convention of NaRC (``e = 2|E|`` as in the I23 code, or ``|E|``).
+    device : str or torch.device, optional
+        Where the singular values are computed (``"cuda"`` batches them on the GPU).
+    allow_empty : bool
+        Report an all-zero mask as NaN metrics instead of raising.
+
+    Returns
+    -------
+    dict
+        Metric name → value (float, int, or bool/None for ``is_ramanujan``), plus ``"reason"``:
+        why any metric is NaN ("" when none is).
+
+    Raises
+    ------
+    MaskValidationError
+        For a mask that is not 0/1, shapes that do not match, non-finite weights, an all-zero mask
+        (unless ``allow_empty``), or a weighted metric asked for without weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> r = layer_metrics(torch.ones(4, 4, dtype=torch.bool))   # K_{4,4}
+    >>> r["mu0"], r["mu_hat"], r["ramanujan_gap"], r["is_ramanujan"]
+    (4.0, 0.0, 3.4641016151377544, True)
+    """
+    from ..masks import to_bool_mask
+
+    opts = Options(conv, gate, imdb, narc, allow_empty)
+    mask = to_bool_mask("<mask>", torch.as_tensor(mask))
+    if mask.ndim < 2 or any(s == 0 for s in mask.shape):
+        raise MaskValidationError(f"a layer mask must be 2-D or more and non-empty, got "
+                                  f"shape {tuple(mask.shape)}")  # fmt: skip
+    if weight is not None:
+        weight = torch.as_tensor(weight)
+        if tuple(weight.shape) != tuple(mask.shape):
+            raise MaskValidationError(f"weight shape {tuple(weight.shape)} does not match mask "
+                                      f"shape {tuple(mask.shape)}")  # fmt: skip
+        if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
+            raise MaskValidationError("weight must be floating point with finite values")
+    names = resolve_metrics(metrics, weighted=weight is not None)
+    rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None)
+    return rows[0]
+
+
+def analyze(
+    maskset,
+    *,
+    conv: str = "unrolled",
+    weights: bool = True,
+    metrics: Iterable[str] | str | None = None,
+    gate: str = "n23",
+    imdb: str = "n23",
+    narc: str = "directed",
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    allow_empty: bool = False,
+):
+    """Graph metrics of every layer of a MaskSet, one row per layer.
+
+    Parameters
+    ----------
+    maskset : MaskSet
+        Masks, with weights if the weighted metrics are wanted.
+    weights : bool
+        Use the MaskSet's weights when it has them (``False``: structure-only metrics).
+    conv, metrics, gate, imdb, narc, device, allow_empty
+        As in :func:`layer_metrics`.
+    progress : bool
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``layer``, ``kind``, ``shape`` (e.g. ``"64x3x3x3"``), the metrics, ``reason``.
+        ``df.attrs`` holds the options used. :func:`aggregate` gives the network-level row.
+    """
+    import pandas as pd
+
+    from ..masks import MaskSet
+
+    if not isinstance(maskset, MaskSet):
+        raise MaskValidationError(f"analyze expects a MaskSet, not {type(maskset).__name__}")
+    if len(maskset) == 0:
+        raise MaskValidationError("the MaskSet has no layers")
+    opts = Options(conv, gate, imdb, narc, allow_empty)
+    use_w = bool(weights) and maskset.has_weights
+    names = resolve_metrics(metrics, weighted=use_w)
+    ws = maskset.weights if use_w else None
+    layers = [(n, maskset[n], None if ws is None else ws[n]) for n in maskset]
+    rows = _run(layers, opts, names, _device(device), use_w, progress=progress)
+    df = pd.DataFrame(rows, columns=[*names, "reason"])
+    df.insert(0, "layer", list(maskset))
+    df.insert(1, "kind", [maskset.kind(n) for n in maskset])
+    df.insert(2, "shape", ["x".join(str(s) for s in maskset.shape(n)) for n in maskset])
+    for col in INT_METRICS:
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    if "is_ramanujan" in df:
+        df["is_ramanujan"] = df["is_ramanujan"].astype("boolean")
+    df.attrs.update(conv=conv, gate=gate, imdb=imdb, narc=narc, weighted=use_w)
+    return df
+
+
+_SUM_METRICS = ("n_out", "n_in", "numel", "n_edges", "n_out_active", "n_in_active",
+                "n_components", "imdb_n_groups")  # fmt: skip
+
+
+def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
+    """Network-level values from a per-layer table of :func:`analyze`.
+
+    Rules (pags-spec §3.6):
+
+    * counts (``n_out``, ``n_in``, ``numel``, ``n_edges``, active counts, ``n_components``,
+      ``imdb_n_groups``) are summed; ``density`` is global, ``Σ n_edges / Σ numel``;
+      ``deg_out_mean`` and ``deg_in_mean`` are ``Σ n_edges / Σ n_*_active``;
+    * ``is_ramanujan`` becomes the fraction of layers that are Ramanujan: among layers where it is
+      defined (``invalid="skip"``, I23's mean over defined layers) or among all layers, undefined
+      counting as not Ramanujan (``invalid="zero"``);
+    * every other metric is the mean over layers: over layers where it is defined (``"skip"``), or
+      over all layers with undefined values counted as 0 (``"zero"``, the N23 code's rule).
+      ``full_spectrum_norm`` is always defined, so its mean is N23's network score S.
+
+    Returns a dict with ``layer = "(network)"``, ``n_layers`` and one entry per metric column.
+    """
+    if invalid not in INVALID:
+        raise UnknownNameError("invalid-value rule", invalid, INVALID)
+    out: dict[str, Any] = {"layer": "(network)", "n_layers": len(df)}
+    for col in df.columns:
+        if col in ("layer", "kind", "shape", "reason", "file", "event"):
+            continue
+        s = df[col]
+        if col in _SUM_METRICS:
+            out[col] = int(s.sum())
+        elif col == "density" and "numel" in df and "n_edges" in df:
+            out[col] = float(df["n_edges"].sum() / df["numel"].sum())
+        elif col == "density":
+            out[col] = float(s.mean())
+        elif col in ("deg_out_mean", "deg_in_mean") and "n_edges" in df:
+            act = "n_out_active" if col == "deg_out_mean" else "n_in_active"
+            out[col] = float(df["n_edges"].sum() / df[act].sum()) if act in df else NaN
+        elif col == "is_ramanujan":
+            vals = s.astype("boolean")
+            if invalid == "skip":
+                out[col] = float(vals.dropna().mean()) if vals.notna().any() else NaN
+            else:
+                out[col] = float(vals.fillna(False).mean())
+        else:
+            vals = s.astype(float)
+            if invalid == "zero":
+                vals = vals.fillna(0.0)
+            out[col] = float(vals.mean()) if vals.notna().any() else NaN
+    out["reason"] = ""
+    return out
+
+
+def describe_metrics() -> Mapping[str, Metric]:
+    """The registry (read-only view) for listings such as ``masktopo analyze --list-metrics``."""
+    return dict(METRICS)

@@ -1,0 +1,47 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad file, a bad argument, a mask that does not fit its weights)
+raises a subclass of :class:`MaskTopoError` whose message is one line that names the file or the
+argument and says what is wrong. The command line prints that line and exits non-zero; it never
+shows a traceback for these errors.
+"""
+
+from __future__ import annotations
+
+
+class MaskTopoError(Exception):
+    """Base class of every error masktopo raises on bad input."""
+
+
+class MaskValidationError(MaskTopoError, ValueError):
+    """A mask, a weight or a layer description is invalid (dtype, shape, name, values)."""
+
+
+class MaskFileError(MaskTopoError):
+    """A file or run directory cannot be read or written.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file the problem is in; it starts the message.
+    problem : str
+        What is wrong, in words a user can act on.
+    """
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnknownNameError(MaskTopoError, ValueError):
+    """A name (metric, method, format, ...) is not one of the known ones.
+
+    The message lists the known names.
+    """
+
+    def __init__(self, what: str, name: str, known):
+        self.what = what
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown {what} {name!r}; known: {', '.join(self.known)}")
