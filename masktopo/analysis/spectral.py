@@ -261,21 +261,31 @@ def _solve_many_cpu(mats: Sequence) -> np.ndarray:
     cand: list[list[float]] = [[] for _ in mats]  # candidate σ per matrix (from components)
     big: list[sp.csr_matrix] = []
     big_owner: list[int] = []
+    small: list[sp.csr_matrix] = []
+    small_owner: list[int] = []
+
+    def route(i, S):
+        if min(S.shape) <= _LANCZOS_MIN_SIDE:
+            small.append(S)
+            small_owner.append(i)
+        else:
+            big.append(S if S.shape[0] <= S.shape[1] else S.T.tocsr())
+            big_owner.append(i)
+
     for i, M in enumerate(mats):
         M = sp.csr_matrix(M, dtype=np.float64)
         m, n = M.shape
         if M.nnz == 0 or min(m, n) == 0:
             continue
         if min(m, n) <= _LANCZOS_MIN_SIDE:
-            cand[i].extend(_auto_small(M))
+            route(i, M)  # dense routes are exact whatever the connectivity
             continue
         coo = M.tocoo()
         N = m + n
         adj = sp.csr_matrix((np.ones(coo.nnz), (coo.row, coo.col + m)), shape=(N, N))
         n_comp, lab = connected_components(adj, directed=True, connection="weak")
         if n_comp == 1:
-            big.append(M if m <= n else M.T.tocsr())
-            big_owner.append(i)
+            route(i, M)
             continue
         # Split: σ(M) is the union of its components' σ.
         elab = lab[coo.row]
@@ -285,36 +295,105 @@ def _solve_many_cpu(mats: Sequence) -> np.ndarray:
         rank1 = (np.minimum(rows_per, cols_per) == 1) & (sq > 0)
         cand[i].extend(np.sqrt(sq[rank1]).tolist())
         for c in np.flatnonzero(~rank1 & (np.minimum(rows_per, cols_per) >= 2)):
-            r_idx = np.flatnonzero(lab[:m] == c)
-            c_idx = np.flatnonzero(lab[m:] == c)
-            S = M[r_idx][:, c_idx]
-            if min(S.shape) <= _LANCZOS_MIN_SIDE:
-                cand[i].extend(_auto_small(S))
-            else:
-                big.append(S if S.shape[0] <= S.shape[1] else S.T.tocsr())
-                big_owner.append(i)
+            route(i, M[np.flatnonzero(lab[:m] == c)][:, np.flatnonzero(lab[m:] == c)])
+    if small:
+        for owner, sv in zip(small_owner, gram_top2_batch(small), strict=True):
+            cand[owner].extend(sv)
     if big:
-        res = lanczos_top2(big)
-        for owner, (s1, s2) in zip(big_owner, res, strict=True):
-            cand[owner].extend((s1, s2))
+        for owner, sv in zip(big_owner, lanczos_top2(big), strict=True):
+            cand[owner].extend(sv)
     out = np.zeros((len(mats), 2))
     for i, c in enumerate(cand):
         out[i] = _pad_desc(np.asarray(c, dtype=np.float64), 2)
     return out
 
 
-def _auto_small(M) -> list[float]:
-    m, n = M.shape
-    method = _auto_cpu(m, n, M.nnz)
-    if method == "sparse":
-        method = "gram"
-    return _CPU[method](M, 2).tolist()
+def _qr2_svd(Y: np.ndarray, seg_starts: np.ndarray, seg_id: np.ndarray) -> np.ndarray:
+    """Singular values of many two-column blocks stacked in ``Y`` (rows grouped by segment).
+
+    Two-column classical Gram–Schmidt with one re-orthogonalization (``R`` accurate to ``ε·‖Y‖``),
+    then the SVD of each 2×2 ``R``.
+    """
+    nb = seg_starts.size
+    y1, y2 = Y[:, 0].copy(), Y[:, 1].copy()
+    r11 = np.sqrt(np.add.reduceat(y1 * y1, seg_starts))
+    q1 = y1 / np.where(r11 > 0, r11, 1.0)[seg_id]
+    r12 = np.zeros(nb)
+    for _ in range(2):
+        c = np.add.reduceat(q1 * y2, seg_starts)
+        y2 -= c[seg_id] * q1
+        r12 += c
+    r22 = np.sqrt(np.add.reduceat(y2 * y2, seg_starts))
+    R = np.zeros((nb, 2, 2))
+    R[:, 0, 0], R[:, 0, 1], R[:, 1, 1] = r11, r12, r22
+    return np.linalg.svd(R, compute_uv=False)
+
+
+def gram_top2_batch(mats: Sequence[sp.csr_matrix]) -> np.ndarray:
+    """σ₁, σ₂ of many matrices with a small side, by batched Gram eigh + Rayleigh–Ritz.
+
+    Each matrix is oriented so its smaller side ``s`` is the column side; its Gram ``AᵀA``
+    (``s × s``) is zero-padded to a common size per bucket (padding adds only zero eigenvalues)
+    and all buckets go through one batched ``eigh`` each. The σ are the singular values of
+    ``A·V`` for the top-2 eigenvectors ``V`` (exact Ritz step, as in :func:`lanczos_top2`).
+    """
+    nb = len(mats)
+    if nb == 0:
+        return np.zeros((0, 2))
+    oriented = [A.tocsr() if A.shape[1] <= A.shape[0] else A.T.tocsr() for A in mats]
+    V_all: list[np.ndarray] = [None] * nb  # type: ignore[list-item]
+    buckets: dict[int, list[int]] = {}
+    for i, A in enumerate(oriented):
+        buckets.setdefault(_bucket_side(A.shape[1]), []).append(i)
+    for side, idx in buckets.items():
+        if side > 32:  # per matrix, LAPACK's evx for the top two eigenpairs only
+            for i in idx:
+                A = oriented[i]
+                s = A.shape[1]
+                _, V = scipy.linalg.eigh(
+                    (A.T @ A).toarray(), subset_by_index=[s - 2, s - 1], driver="evx",
+                    check_finite=False, overwrite_a=True,
+                )  # fmt: skip
+                V_all[i] = V[:, ::-1]
+            continue
+        G = np.zeros((len(idx), side, side))
+        for j, i in enumerate(idx):
+            A = oriented[i]
+            s = A.shape[1]
+            G[j, :s, :s] = (A.T @ A).toarray()
+        _, V = np.linalg.eigh(G)  # batched: cheapest for tiny matrices
+        for j, i in enumerate(idx):
+            V_all[i] = V[j, : oriented[i].shape[1], -1:-3:-1]
+    B, ro, _ = _blockdiag(oriented)
+    Y = B @ np.concatenate(V_all)
+    m = np.diff(ro)
+    return _qr2_svd(Y, ro[:-1], np.repeat(np.arange(nb), m))
+
+
+def _bucket_side(s: int) -> int:
+    return max(2, 8 * -(-s // 8)) if s <= 32 else s
+
+
+def _blockdiag(mats: Sequence[sp.csr_matrix]):
+    """One CSR matrix with ``mats`` on its diagonal, plus row and column offsets."""
+    m = np.array([A.shape[0] for A in mats], dtype=np.int64)
+    n = np.array([A.shape[1] for A in mats], dtype=np.int64)
+    ro = np.concatenate([[0], np.cumsum(m)])
+    co = np.concatenate([[0], np.cumsum(n)])
+    eo = np.concatenate([[0], np.cumsum([A.nnz for A in mats])])
+    indptr = np.concatenate([[0]] + [A.indptr[1:] + eo[j] for j, A in enumerate(mats)])
+    indices = np.concatenate([A.indices + co[j] for j, A in enumerate(mats)])
+    data = np.concatenate([A.data for A in mats]).astype(np.float64, copy=False)
+    B = sp.csr_matrix(
+        (data, indices.astype(np.int32), indptr.astype(np.int32)), shape=(int(ro[-1]), int(co[-1]))
+    )
+    return B, ro, co
 
 
 def lanczos_top2(
     mats: Sequence[sp.csr_matrix],
     *,
-    tol: float = 1e-12,
+    tol: float = 1e-10,
     max_steps: int = 600,
     seed: int = 0x5EED,
 ) -> np.ndarray:
@@ -323,14 +402,16 @@ def lanczos_top2(
     The matrices (each with rows ≤ columns) are placed on the diagonal of one CSR matrix ``B``;
     every Lanczos step applies the Gram operator ``BBᵀ`` of all of them with two sparse
     matrix-vector products, and dot products are segment sums over each block's rows. Each block
-    is reorthogonalized in full (two classical Gram–Schmidt passes) and stops when the residual
-    bound ``β_k·|s_{k,i}|`` of its two top Ritz pairs is at most ``tol·θ₁`` (or on breakdown, when
-    its Krylov space is exhausted). A final Rayleigh–Ritz step takes the σ as the singular values
-    of ``BᵀU`` for the Ritz vectors ``U``, so small σ keep full absolute accuracy.
+    is reorthogonalized in full (classical Gram–Schmidt, repeated by the DGKS criterion) and stops
+    when the residual bound ``β_k·|s_{k,i}|`` of its two top Ritz pairs is at most ``tol·θ₁`` (or
+    when its Krylov space is exhausted). Finished blocks are dropped from the problem, so the last
+    slow blocks do not pay for the others. A final Rayleigh–Ritz step takes the σ as the singular
+    values of ``BᵀU`` for the Ritz vectors ``U``, so small σ keep full absolute accuracy.
 
     A connected graph has a simple top singular value (Perron–Frobenius), so single-vector
-    Lanczos cannot miss a repeated σ₁; callers split disconnected matrices first.
-    Blocks that do not converge within ``max_steps`` fall back to ARPACK.
+    Lanczos cannot miss a repeated σ₁; callers split disconnected matrices first. Blocks that do
+    not converge within ``max_steps`` fall back to ARPACK. The start vectors come from a seeded
+    generator, so results are deterministic.
 
     Returns
     -------
@@ -340,125 +421,119 @@ def lanczos_top2(
     nb = len(mats)
     if nb == 0:
         return np.zeros((0, 2))
-    m = np.array([A.shape[0] for A in mats], dtype=np.int64)
-    n = np.array([A.shape[1] for A in mats], dtype=np.int64)
-    ro = np.concatenate([[0], np.cumsum(m)])
-    co = np.concatenate([[0], np.cumsum(n)])
-    nnz = np.array([A.nnz for A in mats], dtype=np.int64)
-    eo = np.concatenate([[0], np.cumsum(nnz)])
-    indptr = np.concatenate([[0]] + [A.indptr[1:] + eo[j] for j, A in enumerate(mats)])
-    indices = np.concatenate([A.indices + co[j] for j, A in enumerate(mats)])
-    data = np.concatenate([A.data for A in mats]).astype(np.float64)
-    M_tot, N_tot = int(ro[-1]), int(co[-1])
-    B = sp.csr_matrix(
-        (data, indices.astype(np.int32), indptr.astype(np.int32)), shape=(M_tot, N_tot)
-    )
-    Bt = B.T.tocsr()
-    starts = ro[:-1]
-    bid = np.repeat(np.arange(nb), m)
-
-    def seg(x):
-        return np.add.reduceat(x, starts)
-
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal(M_tot)
-    q /= np.sqrt(seg(q * q))[bid]
-    cap = 64
-    Q = np.empty((cap, M_tot))
-    Q[0] = q
+    starts_all = [rng.standard_normal(A.shape[0]) for A in mats]
+    U_all = [np.zeros((A.shape[0], 2)) for A in mats]
+    unconverged = np.ones(nb, dtype=bool)
+
+    gids = np.arange(nb)  # global ids of the blocks in the current (compacted) problem
+    B, ro, _ = _blockdiag(mats)
+    Bt = B.T.tocsr()
+    M_tot = B.shape[0]
+    m_loc = np.diff(ro)
+    bid = np.repeat(np.arange(nb), m_loc)
+    q = np.concatenate(starts_all)
+    q /= np.sqrt(np.add.reduceat(q * q, ro[:-1]))[bid]
+    # Lanczos vectors stored row-major, one row per coordinate: block j's basis is the strided
+    # view QT[r0:r1, :k], so its reorthogonalization is two BLAS matrix-vector products.
+    QT = np.zeros((M_tot, 64))
+    QT[:, 0] = q
     alpha = np.zeros((max_steps, nb))
     beta = np.zeros((max_steps, nb))
     active = np.ones(nb, dtype=bool)
-    alive = np.ones(M_tot)  # 0 on the rows of finished blocks
-    U = np.zeros((M_tot, 2))
-    next_check = 8
+    alive = np.ones(M_tot)
+    next_check = np.full(nb, 8)
     for k in range(max_steps):
-        z = B @ (Bt @ Q[k])
-        a = seg(Q[k] * z)
+        starts = ro[:-1]
+        qk = QT[:, k]
+        z = B @ (Bt @ qk)
+        z *= alive  # finished blocks stay at zero
+        a = np.add.reduceat(qk * z, starts)
         alpha[k] = a
-        z -= a[bid] * Q[k]
+        z -= a[bid] * qk
         if k:
-            z -= beta[k - 1][bid] * Q[k - 1]
-        # Full reorthogonalization: classical Gram–Schmidt, repeated where the norm dropped by
-        # more than 1/√2 (the DGKS criterion), which keeps Q orthonormal to working precision.
-        z *= alive
-        nz0 = seg(z * z)
-        for _ in range(2):
-            C = np.add.reduceat(Q[: k + 1] * z, starts, axis=1)
-            z -= np.einsum("kr,kr->r", C[:, bid], Q[: k + 1])
-            nz1 = seg(z * z)
-            if not np.any(nz1 < 0.5 * nz0):
-                break
-            nz0 = nz1
-        b = np.sqrt(nz1)
+            z -= beta[k - 1][bid] * QT[:, k - 1]
+        # Full reorthogonalization of every running block: classical Gram–Schmidt, repeated
+        # when the norm dropped by more than 1/√2 (DGKS), keeping Q orthonormal to working
+        # precision.
+        b = np.zeros(len(gids))
+        for j in np.flatnonzero(active):
+            r0, r1 = ro[j], ro[j + 1]
+            Qj = QT[r0:r1, : k + 1]
+            zj = z[r0:r1]
+            n0 = zj @ zj
+            for _ in range(2):
+                zj -= Qj @ (zj @ Qj)
+                n1 = zj @ zj
+                if n1 >= 0.5 * n0:
+                    break
+                n0 = n1
+            b[j] = np.sqrt(n1)
         beta[k] = b
         scale = np.abs(alpha[: k + 1]).max(axis=0)
         broke = active & (b <= 1e-13 * np.maximum(scale, 1e-300))
-        if k + 1 >= next_check or broke.any() or k + 1 == max_steps:
-            _check_blocks(k + 1, alpha, beta, active, broke, tol, Q, ro, U, alive, m,
-                          force=(k + 1 == max_steps))  # fmt: skip
-            if k + 1 >= next_check:
-                next_check = k + 1 + max(4, (k + 1) // 4)
+        last = k + 1 == max_steps
+        due = active & ((next_check <= k + 1) | broke | last | (k + 1 >= m_loc))
+        if due.any():
+            for j in np.flatnonzero(due):
+                Sj, ratio = _ritz_if_done(k + 1, alpha[:, j], beta[:, j], tol,
+                                          bool(broke[j]) or last, int(m_loc[j]))  # fmt: skip
+                if Sj is None:
+                    # Residuals fall roughly geometrically: look again sooner when close.
+                    next_check[j] = k + 1 + (3 if ratio < 1e3 else 6 if ratio < 1e7 else 10)
+                    continue
+                r0, r1 = ro[j], ro[j + 1]
+                U_all[gids[j]] = QT[r0:r1, : k + 1] @ Sj
+                unconverged[gids[j]] = last and not broke[j] and k + 1 < m_loc[j]
+                active[j] = False
+                alive[r0:r1] = 0.0
+                z[r0:r1] = 0.0
         if not active.any():
             break
-        b_safe = np.where(b > 0, b, 1.0)
-        if k + 1 >= cap:
-            cap *= 2
-            Q2 = np.empty((cap, M_tot))
-            Q2[: k + 1] = Q[: k + 1]
-            Q = Q2
-        Q[k + 1] = z / b_safe[bid] * alive
-    out = np.zeros((nb, 2))
-    # Rayleigh–Ritz: σ(BᵀU) per block, by a two-column Gram–Schmidt QR then a 2×2 SVD.
-    Y = Bt @ U
-    cst = co[:-1]
+        if QT.shape[1] <= k + 1:
+            QT = np.concatenate([QT, np.zeros_like(QT)], axis=1)
+        QT[:, k + 1] = z / np.where(b > 0, b, 1.0)[bid]
+        keep = np.flatnonzero(active)
+        if keep.size < len(gids) and m_loc[keep].sum() < 0.7 * M_tot:
+            # Compact: rebuild the problem from the blocks still running.
+            rows = np.concatenate([np.arange(ro[j], ro[j + 1]) for j in keep])
+            gids = gids[keep]
+            B, ro, _ = _blockdiag([mats[g] for g in gids])
+            Bt = B.T.tocsr()
+            M_tot = B.shape[0]
+            m_loc = np.diff(ro)
+            bid = np.repeat(np.arange(len(gids)), m_loc)
+            QT = QT[rows]
+            alpha, beta = alpha[:, keep], beta[:, keep]
+            next_check = next_check[keep]
+            active = np.ones(len(gids), dtype=bool)
+            alive = np.ones(M_tot)
 
-    def cseg(x):
-        return np.add.reduceat(x, cst)
-
-    cb = np.repeat(np.arange(nb), n)
-    y1, y2 = Y[:, 0].copy(), Y[:, 1].copy()
-    r11 = np.sqrt(cseg(y1 * y1))
-    q1 = y1 / np.where(r11 > 0, r11, 1.0)[cb]
-    r12 = np.zeros(nb)
-    for _ in range(2):
-        c = cseg(q1 * y2)
-        y2 -= c[cb] * q1
-        r12 += c
-    r22 = np.sqrt(cseg(y2 * y2))
-    R = np.zeros((nb, 2, 2))
-    R[:, 0, 0], R[:, 0, 1], R[:, 1, 1] = r11, r12, r22
-    out[:] = np.linalg.svd(R, compute_uv=False)
-    fallback = np.flatnonzero(active)  # did not converge: ARPACK, one by one
-    for j in fallback:  # pragma: no cover - not seen on real masks
+    # Rayleigh–Ritz over all blocks: σ(BᵀU) per block (two-column QR, then 2×2 SVD).
+    B, ro, co = _blockdiag(mats)
+    Y = B.T.tocsr() @ np.concatenate(U_all)
+    out = _qr2_svd(Y, co[:-1], np.repeat(np.arange(nb), np.diff(co)))
+    for j in np.flatnonzero(unconverged):  # pragma: no cover - not seen on real masks
         out[j] = _sv_sparse_np(mats[j], 2)
     return out
 
 
-def _check_blocks(K, alpha, beta, active, broke, tol, Q, ro, U, alive, m, force=False):
-    """Test the active blocks for convergence at Krylov dimension ``K``; store Ritz vectors.
+def _ritz_if_done(K, alpha, beta, tol, force, m):
+    """Top-2 Ritz coefficient vectors ``(K, 2)`` (descending) once a block has converged.
 
-    Uses LAPACK's MRRR (``stemr``) on each block's tridiagonal matrix for its top two eigenpairs
-    only, ``O(K²)`` per block.
+    Uses LAPACK's MRRR (``stemr``) on the block's tridiagonal matrix for its top two eigenpairs
+    only, ``O(K²)``. Returns ``(S, ratio)``: ``S`` is None while the residual bound is above
+    ``tol·θ₁``, and ``ratio`` is how far above it is.
     """
-    for j in np.flatnonzero(active):
-        d = alpha[:K, j]
-        e = beta[: K - 1, j]
-        if K == 1:
-            theta, S = d.copy(), np.ones((1, 1))
-        else:
-            theta, S = scipy.linalg.eigh_tridiagonal(
-                d, e, select="i", select_range=(max(K - 2, 0), K - 1), check_finite=False
-            )
-        top = theta[-1]
-        res = beta[K - 1, j] * np.abs(S[-1, :])
-        if not (force or broke[j] or K >= m[j] or np.all(res <= tol * max(top, 1e-300))):
-            continue
-        r0, r1 = ro[j], ro[j + 1]
-        Sj = S[:, ::-1] if S.shape[1] == 2 else np.concatenate([S, np.zeros((K, 1))], axis=1)
-        U[r0:r1] = Q[:K, r0:r1].T @ Sj
-        alive[r0:r1] = 0.0
-        active[j] = False
+    if K == 1:
+        return (np.array([[1.0, 0.0]]) if force or m <= 1 else None), np.inf
+    theta, S = scipy.linalg.eigh_tridiagonal(
+        alpha[:K], beta[: K - 1], select="i", select_range=(K - 2, K - 1), check_finite=False
+    )
+    ratio = float(np.max(beta[K - 1] * np.abs(S[-1, :])) / (tol * max(theta[-1], 1e-300)))
+    if force or K >= m or ratio <= 1.0:
+        return S[:, ::-1], ratio
+    return None, ratio
 
 
 def _round_up(x: int) -> int:

@@ -1,0 +1,105 @@
+"""Output helpers shared by the subcommands: aligned text tables and JSON records.
+
+Light at import time (standard library only): pandas is imported only where a value may be pandas NA.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+
+
+def format_cell(value) -> str:
+    """Text of one table cell: floats with 6 significant digits, NaN as ``nan``, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if _is_bool(value):
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return "nan" if math.isnan(value) else format(value, ".6g")
+    return str(value)
+
+
+def _is_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    return type(value).__name__ in ("bool", "bool_") and type(value).__module__ == "numpy"
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Number) or _is_bool(value)
+
+
+def render_rows(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """Aligned plain-text table: numbers right-aligned, text left-aligned, two spaces between.
+
+    A column is numeric when every value in it is a number (or missing); a missing value shows as
+    ``nan`` in a numeric column and as nothing in a text column.
+    """
+    rows = [list(r) for r in rows]
+    ncol = len(header)
+    numeric = [
+        all(_is_number(r[j]) or r[j] is None for r in rows) and any(_is_number(r[j]) for r in rows)
+        for j in range(ncol)
+    ]
+    missing = ("nan", "")
+    cells = [
+        [missing[not numeric[j]] if _is_missing(v) else format_cell(v) for j, v in enumerate(r)]
+        for r in rows
+    ]
+    widths = [max([len(header[j])] + [len(c[j]) for c in cells]) for j in range(ncol)]
+
+    def line(values):
+        parts = [
+            v.rjust(widths[j]) if numeric[j] else v.ljust(widths[j]) for j, v in enumerate(values)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(list(header)), *(line(c) for c in cells)])
+
+
+def render_frame(df, columns: Sequence[str] | None = None) -> str:
+    """:func:`render_rows` over the given columns of a DataFrame (those that exist), in order."""
+    cols = list(df.columns) if columns is None else [c for c in columns if c in df.columns]
+    rows = ([_plain(v) for v in row] for row in df[cols].itertuples(index=False, name=None))
+    return render_rows(cols, rows)
+
+
+def _plain(value):
+    """A Python scalar (numpy scalars unwrapped), or None for a missing value (pandas NA/NaT)."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value
+
+
+def json_records(df) -> list[dict]:
+    """Rows of a DataFrame as JSON-ready dicts: NaN, infinities and missing values become None."""
+    records = []
+    for row in df.itertuples(index=False, name=None):
+        rec = {}
+        for col, v in zip(df.columns, row, strict=True):
+            v = _plain(v)
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            rec[str(col)] = v
+        records.append(rec)
+    return records

@@ -1,0 +1,307 @@
+"""``masktopo analyze``: graph metrics of mask files, one row per layer plus a network row.
+
+Every input is loaded and analyzed before anything is written, so a bad input leaves no output file;
+``--out`` is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from masktopo.errors import MaskFileError, MaskTopoError
+
+from ._output import json_records, render_frame, render_rows
+
+FORMATS = ("table", "csv", "json", "parquet")
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+#: Columns of the text table when ``--metrics`` is not given (those present are shown).
+TABLE_COLUMNS = (
+    "file",
+    "layer",
+    "shape",
+    "density",
+    "mu0",
+    "mu_hat",
+    "ramanujan_gap",
+    "weighted_spectral_gap",
+    "imdb_ramanujan_gap",
+    "full_spectrum_norm",
+    "normalized_spectral_gap",
+    "reason",
+)
+NETWORK_LAYER = "(network)"
+
+#: Show a progress bar for a single file when its masks have at least this many entries in all.
+LARGE_MASKSET = 5_000_000
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "analyze",
+        help="graph metrics of mask files, one row per layer",
+        description=(
+            "Load each PATH (a .safetensors/.npz mask file, a PyTorch checkpoint or a run "
+            "directory), turn every layer mask into a bipartite graph and compute its metrics. "
+            "One row per layer, plus one '(network)' row per file."
+        ),
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="mask files or run directories")
+    p.add_argument(
+        "--conv",
+        choices=("unrolled", "rolled"),
+        default="unrolled",
+        help="conv layer graph: one edge per kernel entry (unrolled, default) or channel pairs "
+        "with edge counts (rolled)",
+    )
+    p.add_argument("--no-weights", action="store_true", help="ignore weights; no weighted metrics")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="output format (default: from the --out suffix, else table)",
+    )
+    p.add_argument(
+        "--out", "-o", metavar="FILE", help="write to FILE (atomically) instead of stdout"
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="metrics to compute, comma or space separated (default: all); put it after the "
+        "PATHs. See --list-metrics",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="where to compute (default: cpu)"
+    )
+    p.add_argument(
+        "--zeros-as-mask",
+        action="store_true",
+        help="for checkpoints without masks: each weight's nonzeros define its mask",
+    )
+    p.add_argument(
+        "--event",
+        type=int,
+        default=None,
+        metavar="K",
+        help="for run directories: the event to analyze (negative counts from the end; "
+        "default: the last)",
+    )
+    p.add_argument(
+        "--gate",
+        choices=("n23", "i23"),
+        default="n23",
+        help="validity gate of the Ramanujan metrics (spec variant; default n23)",
+    )
+    p.add_argument(
+        "--imdb",
+        choices=("n23", "i23"),
+        default="n23",
+        help="nested-regular-subgraph (IMDB) variant (default n23)",
+    )
+    p.add_argument(
+        "--allow-empty-layers",
+        action="store_true",
+        help="analyze layers with no kept entry (their metrics are NaN) instead of failing",
+    )
+    p.add_argument("--no-network", action="store_true", help="do not append the '(network)' row")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
+    p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
+    return p
+
+
+def output_format(fmt: str | None, out: str | None) -> str:
+    """The output format: ``--format`` when given, else from the ``--out`` suffix, else table."""
+    if fmt is not None:
+        return fmt
+    if out is not None:
+        return _SUFFIX_FORMATS.get(Path(out).suffix.lower(), "table")
+    return "table"
+
+
+def list_metrics() -> str:
+    from masktopo.analysis import METRICS
+
+    rows = [
+        (name, m.group, "yes" if m.weighted else "", m.description) for name, m in METRICS.items()
+    ]
+    return render_rows(("name", "group", "weighted", "description"), rows)
+
+
+def _check_output(fmt: str, out: str | None) -> None:
+    if fmt == "parquet":
+        if out is None:
+            raise MaskTopoError(
+                "--format parquet needs --out FILE (parquet is not written to stdout)"
+            )
+        if importlib.util.find_spec("pyarrow") is None:
+            raise MaskTopoError(
+                "--format parquet needs pyarrow: pip install 'masktopo[parquet]' (or pyarrow)"
+            )
+    if out is not None:
+        parent = Path(out).parent
+        if not parent.is_dir():
+            raise MaskFileError(out, f"cannot write: directory {str(parent)!r} does not exist")
+        if Path(out).is_dir():
+            raise MaskFileError(out, "cannot write: it is a directory")
+
+
+def _check_device(device: str | None) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MaskTopoError("--device cuda: no CUDA device is available on this machine")
+
+
+def _empty_layers(maskset) -> list[str]:
+    return [name for name, nnz in maskset.nnz_per_layer().items() if nnz == 0]
+
+
+def _show_progress(args) -> bool:
+    if args.progress:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _analyze_one(path, args, metrics: list[str] | None, show: bool):
+    """Load one path and analyze it (one row per layer)."""
+    from masktopo import analysis, store
+
+    ms = store.load(
+        path, event=args.event, zeros_as_mask=args.zeros_as_mask, weights=not args.no_weights
+    )
+    empty = _empty_layers(ms)
+    if empty and not args.allow_empty_layers:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise MaskFileError(
+            path,
+            f"layer {empty[0]!r}{more} has no kept entry (an all-zero mask); "
+            "pass --allow-empty-layers to analyze it anyway",
+        )
+    return analysis.analyze(
+        ms,
+        conv=args.conv,
+        weights=not args.no_weights,
+        metrics=metrics,
+        gate=args.gate,
+        imdb=args.imdb,
+        device=args.device,
+        progress=show and (args.progress or ms.numel() >= LARGE_MASKSET),
+        allow_empty=args.allow_empty_layers,
+    )
+
+
+def _with_network_row(df, network: dict):
+    """``df`` with the network row appended; integer-only new columns (``n_layers``) stay Int64."""
+    import pandas as pd
+
+    network = {**network, "layer": NETWORK_LAYER}
+    out = pd.concat([df, pd.DataFrame([network])], ignore_index=True)
+    for key, value in network.items():
+        if key not in df.columns and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = out[key].astype("Int64")
+    return out
+
+
+def _for_parquet(df):
+    """A copy whose mixed columns have one Arrow type: numbers and bools together become float
+    (the network row's ``is_ramanujan`` is the fraction of Ramanujan layers)."""
+    import numbers
+
+    import pandas as pd
+
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        values = out[col].dropna()
+        if len(values) and all(isinstance(v, numbers.Number | bool) for v in values):
+            out[col] = pd.to_numeric(out[col].map(lambda v: v if pd.isna(v) else float(v)))
+    return out
+
+
+def analyze_paths(args, metrics: list[str] | None):
+    """Load and analyze every path; the DataFrame of all rows (nothing is written here)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from masktopo import analysis
+
+    paths = list(args.paths)
+    several = len(paths) > 1
+    show = _show_progress(args)
+    frames = []
+    bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
+    for path in bar:
+        try:
+            df = _analyze_one(path, args, metrics, show)
+        except MaskTopoError as exc:
+            if str(path) in str(exc):
+                raise
+            raise MaskFileError(path, str(exc)) from exc
+        if not args.no_network:
+            df = _with_network_row(df, analysis.aggregate(df))
+        if several:
+            df.insert(0, "file", str(path))
+        frames.append(df)
+    bar.close()
+    return pd.concat(frames, ignore_index=True) if several else frames[0]
+
+
+def render(df, fmt: str, metrics: list[str] | None) -> str:
+    """Text of the table, csv or json output."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        import json
+
+        return json.dumps(json_records(df), indent=2) + "\n"
+    if metrics is None:
+        columns = TABLE_COLUMNS
+    else:
+        columns = ("file", "layer", "shape", *metrics, "reason")
+    return render_frame(df, columns) + "\n"
+
+
+def run(args) -> int:
+    if args.list_metrics:
+        print(list_metrics())
+        return 0
+    if not args.paths:
+        args.parser.error("the following arguments are required: PATH (or --list-metrics)")
+    fmt = output_format(args.format, args.out)
+    _check_output(fmt, args.out)
+    metrics = None
+    if args.metrics is not None:  # names checked before any file is read
+        from masktopo.analysis.metrics import resolve_metrics
+
+        metrics = resolve_metrics(args.metrics, weighted=not args.no_weights)
+    _check_device(args.device)
+
+    df = analyze_paths(args, metrics)
+
+    from masktopo.store import _atomic_write
+
+    if fmt == "parquet":
+        table = _for_parquet(df)
+        _atomic_write(Path(args.out), lambda f: table.to_parquet(f, index=False))
+        return 0
+    text = render(df, fmt, metrics)
+    if args.out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        _atomic_write(Path(args.out), lambda f: f.write(text.encode("utf-8")))
+    return 0

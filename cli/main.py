@@ -1,0 +1,84 @@
+"""Entry point of the ``masktopo`` command (console script ``cli.main:main``, ``python -m
+masktopo``).
+
+Exit codes: 0 on success, 2 on a user error (a :class:`~masktopo.errors.MaskTopoError`, an
+unreadable or unwritable file, a usage error), 130 when interrupted. A user error prints one line,
+``masktopo: error: <message>``, on stderr and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from masktopo import __version__
+from masktopo.errors import MaskTopoError
+
+from . import analyze, demo, info
+
+#: The subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = (analyze, info, demo)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``masktopo`` command with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="masktopo",
+        description="Topology of sparse neural networks: mask files and mask-graph metrics.",
+        epilog="Run 'masktopo COMMAND --help' for a command's options; 'masktopo demo' to try it.",
+    )
+    parser.add_argument("--version", action="version", version=f"masktopo {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(run=module.run, parser=sub)
+    return parser
+
+
+def error_line(exc: BaseException) -> str:
+    """One line describing a user error (whitespace, newlines included, collapsed)."""
+    if isinstance(exc, OSError) and not isinstance(exc, MaskTopoError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``masktopo`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (``masktopo analyze ... | head``): not an error worth a message.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except (MaskTopoError, OSError) as exc:
+        print(f"masktopo: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

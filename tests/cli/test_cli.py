@@ -1,0 +1,530 @@
+"""The ``masktopo`` command: in-process through ``main([...])`` and as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import masktopo
+from cli import analyze as cli_analyze
+from cli._output import render_rows
+from cli.main import main
+from masktopo import analysis, examples
+from masktopo.masks import MaskSet
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = {"torch", "numpy", "pandas", "scipy", "networkx", "igraph", "matplotlib", "safetensors"}
+LAYERS = ["conv1.weight", "fc.weight", "tiny.weight"]
+
+
+def _maskset(seed: int = 0, *, empty: bool = False) -> MaskSet:
+    """Three small layers with weights; ``tiny.weight`` has one output, so most of its spectral
+    metrics are undefined (NaN with a reason)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {
+        "conv1.weight": torch.rand(8, 4, 3, 3, generator=g) < 0.5,
+        "fc.weight": torch.rand(10, 8, generator=g) < 0.6,
+        "tiny.weight": torch.ones(1, 6, dtype=torch.bool),
+    }
+    if empty:
+        masks["fc.weight"] = torch.zeros(10, 8, dtype=torch.bool)
+    weights = {n: torch.randn(m.shape, generator=g) * m for n, m in masks.items()}
+    return MaskSet(masks, weights=weights)
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    path = tmp_path / "masks.safetensors"
+    masktopo.save(path, _maskset())
+    return path
+
+
+@pytest.fixture
+def saved2(tmp_path) -> Path:
+    path = tmp_path / "other.safetensors"
+    masktopo.save(path, _maskset(seed=1))
+    return path
+
+
+def _run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _subprocess(*argv, cwd):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-m", "masktopo", *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _assert_user_error(rc, err, *, contains=()):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("masktopo: error: ")
+    assert "Traceback" not in err
+    for text in contains:
+        assert text in lines[0]
+
+
+# -- help, version, import cost -----------------------------------------------------------------
+_PROBE = """
+import contextlib, io, json, sys, time
+t = time.perf_counter()
+from cli.main import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    rc = main(sys.argv[1:])
+elapsed = time.perf_counter() - t
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY
+               or m.startswith(("masktopo.store", "masktopo.analysis", "masktopo.masks")))
+print(json.dumps({"rc": rc, "elapsed": elapsed, "heavy": heavy, "out": buf.getvalue()}))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["analyze", "--help"], ["info", "--help"], ["demo", "--help"], ["--version"]],
+)
+def test_help_does_not_import_heavy_modules(argv, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = f"HEAVY = {sorted(HEAVY)!r}\n{_PROBE}"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["rc"] == 0
+    assert probe["heavy"] == []
+    assert probe["elapsed"] < 0.5  # importing the CLI and printing help, without interpreter start
+    assert wall < 5  # the whole process; loose, for loaded CI machines
+    assert "masktopo" in probe["out"]
+
+
+def test_help_lists_subcommands_and_options(capsys):
+    rc, out, _ = _run(capsys, "--help")
+    assert rc == 0
+    for cmd in ("analyze", "info", "demo"):
+        assert cmd in out
+    rc, out, _ = _run(capsys, "analyze", "--help")
+    assert rc == 0
+    for opt in ("--conv", "--no-weights", "--format", "--out", "--metrics", "--device"):
+        assert opt in out
+
+
+def test_version(capsys):
+    rc, out, _ = _run(capsys, "--version")
+    assert rc == 0
+    assert masktopo.__version__ in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    rc, _, err = _run(capsys)
+    assert rc == 2
+    assert "usage:" in err and "Traceback" not in err
+
+
+# -- info -----------------------------------------------------------------------------------------
+def test_info(capsys, saved):
+    rc, out, err = _run(capsys, "info", saved)
+    assert rc == 0, err
+    ms = masktopo.load(saved)
+    assert str(saved) in out
+    assert "weights: yes" in out
+    assert "safetensors" in out
+    for name in ms:
+        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        assert "x".join(map(str, ms.shape(name))) in line
+        assert str(ms.nnz(name)) in line.split()
+
+
+def test_info_json_several(capsys, saved, saved2):
+    rc, out, err = _run(capsys, "info", "--json", saved, saved2)
+    assert rc == 0, err
+    infos = json.loads(out)
+    assert [Path(i["path"]) for i in infos] == [saved, saved2]
+    for info in infos:
+        assert info["n_layers"] == 3
+        assert [layer["name"] for layer in info["layers"]] == LAYERS
+
+
+# -- analyze --------------------------------------------------------------------------------------
+def test_analyze_table(capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved)
+    assert rc == 0, err
+    lines = out.splitlines()
+    header = lines[0].split()
+    assert header[:3] == ["layer", "shape", "density"]
+    assert "mu0" in header and "reason" in header
+    assert "kind" not in header and "n_edges" not in header  # the compact default set
+    assert [line.split()[0] for line in lines[1:]] == [*LAYERS, "(network)"]
+    tiny = next(line for line in lines if line.startswith("tiny.weight"))
+    assert "nan" in tiny.split()  # undefined metrics are shown as nan, with a reason
+    # The network row has no shape: its next cell is the global density.
+    density = _maskset().density()
+    assert lines[-1].split()[:2] == ["(network)", format(density, ".6g")]
+
+
+def test_analyze_table_selected_metrics(capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved, "--metrics", "n_edges,mu0")
+    assert rc == 0, err
+    assert out.splitlines()[0].split() == ["layer", "shape", "n_edges", "mu0", "reason"]
+
+
+def test_analyze_csv_matches_library(capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved, "--format", "csv")
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    expected = analysis.analyze(masktopo.load(saved))
+    assert list(df["layer"]) == [*LAYERS, "(network)"]
+    assert list(df.columns[: len(expected.columns)]) == list(expected.columns)
+    for col in ("mu0", "mu_hat", "weighted_mu0", "n_edges", "density"):
+        got = df[col].iloc[:-1].to_numpy(float)
+        want = expected[col].to_numpy(float)
+        assert got == pytest.approx(want, rel=1e-12, nan_ok=True)
+    net = df.iloc[-1]
+    agg = analysis.aggregate(expected)
+    assert net["n_edges"] == agg["n_edges"] == sum(_maskset().nnz_per_layer().values())
+    assert net["mu0"] == pytest.approx(agg["mu0"], rel=1e-12)
+
+
+def test_analyze_json(capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved, "--format", "json")
+    assert rc == 0, err
+
+    def no_constants(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    records = json.loads(out, parse_constant=no_constants)
+    assert [r["layer"] for r in records] == [*LAYERS, "(network)"]
+    tiny = records[2]
+    assert tiny["mu_hat"] is None  # NaN -> null
+    assert tiny["reason"]
+    assert isinstance(records[0]["n_edges"], int)
+    assert isinstance(records[0]["mu0"], float) and math.isfinite(records[0]["mu0"])
+
+
+def test_analyze_metrics_space_separated_and_no_network(capsys, saved):
+    rc, out, err = _run(
+        capsys, "analyze", saved, "--format", "csv", "--no-network", "--metrics", "mu0", "mu_hat"
+    )
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert list(df.columns) == ["layer", "kind", "shape", "mu0", "mu_hat", "reason"]
+    assert list(df["layer"]) == LAYERS
+
+
+def test_analyze_no_weights(capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved, "--format", "csv", "--no-weights")
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert not [c for c in df.columns if c.startswith("weighted_")]
+    assert "mu0" in df.columns
+
+
+def test_analyze_rolled_differs(capsys, saved):
+    outs = []
+    for conv in ("unrolled", "rolled"):
+        rc, out, err = _run(capsys, "analyze", saved, "--format", "csv", "--conv", conv)
+        assert rc == 0, err
+        outs.append(pd.read_csv(io.StringIO(out)).set_index("layer"))
+    assert outs[0].loc["conv1.weight", "n_in"] == 4 * 3 * 3
+    assert outs[1].loc["conv1.weight", "n_in"] == 4
+
+
+def test_analyze_several_files(capsys, saved, saved2):
+    rc, out, err = _run(capsys, "analyze", saved, saved2, "--format", "csv")
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert df.columns[0] == "file"
+    assert list(df["file"]) == [str(saved)] * 4 + [str(saved2)] * 4
+    assert list(df["layer"]) == [*LAYERS, "(network)"] * 2
+    a, b = df[df["file"] == str(saved)], df[df["file"] == str(saved2)]
+    assert list(a["n_edges"]) != list(b["n_edges"])
+
+
+def test_analyze_parquet(tmp_path, capsys, saved, saved2):
+    out_file = tmp_path / "metrics.parquet"
+    rc, out, err = _run(capsys, "analyze", saved, saved2, "--format", "parquet", "--out", out_file)
+    assert rc == 0, err
+    assert out == ""
+    df = pd.read_parquet(out_file)
+    assert len(df) == 8 and df.columns[0] == "file"
+    net = df[df["layer"] == "(network)"]
+    # The network row's is_ramanujan is the fraction of Ramanujan layers.
+    assert net["is_ramanujan"].between(0, 1).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["metrics.parquet", saved.name, saved2.name]
+    )
+
+
+def test_analyze_format_from_out_suffix(tmp_path, capsys, saved):
+    for name in ("m.csv", "m.json", "m.parquet"):
+        rc, out, err = _run(capsys, "analyze", saved, "--out", tmp_path / name)
+        assert rc == 0, err
+        assert out == ""
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 4
+    assert len(json.loads((tmp_path / "m.json").read_text())) == 4
+    assert len(pd.read_parquet(tmp_path / "m.parquet")) == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_analyze_replaces_existing_out(tmp_path, capsys, saved):
+    out_file = tmp_path / "m.csv"
+    out_file.write_text("old\n")
+    rc, _, err = _run(capsys, "analyze", saved, "--out", out_file)
+    assert rc == 0, err
+    assert pd.read_csv(out_file)["layer"].iloc[0] == "conv1.weight"
+
+
+def test_list_metrics(capsys):
+    rc, out, _ = _run(capsys, "analyze", "--list-metrics")
+    assert rc == 0
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == list(analysis.METRICS)
+
+
+def test_progress_bar_when_asked(capsys, saved, saved2):
+    rc, _, err = _run(capsys, "analyze", saved, saved2, "--format", "csv", "--progress")
+    assert rc == 0
+    assert "files" in err and "2/2" in err
+    rc, _, err = _run(capsys, "analyze", saved, saved2, "--format", "csv")
+    assert rc == 0 and err == ""  # stderr is not a terminal here
+
+
+def test_empty_layers(tmp_path, capsys):
+    path = tmp_path / "empty.safetensors"
+    masktopo.save(path, _maskset(empty=True))
+    out_file = tmp_path / "m.csv"
+    rc, _, err = _run(capsys, "analyze", path, "--out", out_file)
+    _assert_user_error(rc, err, contains=(str(path), "fc.weight", "--allow-empty-layers"))
+    assert not out_file.exists()
+    rc, _, err = _run(capsys, "analyze", path, "--out", out_file, "--allow-empty-layers")
+    assert rc == 0, err
+    df = pd.read_csv(out_file).set_index("layer")
+    assert df.loc["fc.weight", "n_edges"] == 0
+    assert math.isnan(df.loc["fc.weight", "mu0"])
+
+
+def _write_run(root: Path, masksets: list[MaskSet]) -> Path:
+    """A run directory in the documented format: run.json, events.jsonl, one file per event."""
+    root.mkdir()
+    layers = [
+        {"name": x.name, "kind": x.kind, "shape": list(x.shape)} for x in masksets[0].layers()
+    ]
+    run = {"format": "masktopo.run", "format_version": 1, "config": {}, "layers": layers}
+    (root / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    lines = []
+    for i, ms in enumerate(masksets):
+        masktopo.save(root / f"event-{i}.safetensors", ms)
+        line = {
+            "event": i,
+            "step": i,
+            "epoch": i,
+            "kind": "prune",
+            "file": f"event-{i}.safetensors",
+        }
+        line.update(has_weights=ms.has_weights, nnz=ms.nnz_per_layer(), density=ms.density())
+        lines.append(json.dumps(line) + "\n")
+    (root / "events.jsonl").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+def test_run_directory_events(tmp_path, capsys):
+    masksets = [_maskset(seed=0), _maskset(seed=5)]
+    run = _write_run(tmp_path / "run", masksets)
+    rc, out, err = _run(capsys, "info", run)
+    assert rc == 0, err
+    assert "run events: 2 (describing event 1)" in out
+    edges = {}
+    for event in ("0", "-1", None):
+        extra = [] if event is None else ["--event", event]
+        rc, out, err = _run(capsys, "analyze", run, "--format", "csv", "--no-network", *extra)
+        assert rc == 0, err
+        edges[event] = list(pd.read_csv(io.StringIO(out))["n_edges"])
+    assert edges["0"] == list(masksets[0].nnz_per_layer().values())
+    assert edges["-1"] == edges[None] == list(masksets[1].nnz_per_layer().values())
+    assert edges["0"] != edges[None]
+    rc, _, err = _run(capsys, "analyze", run, "--event", "5")
+    _assert_user_error(rc, err, contains=(str(run), "out of range"))
+
+
+def test_zeros_as_mask_for_plain_checkpoints(tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(10, 8, generator=g) * (torch.rand(10, 8, generator=g) < 0.5)
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"fc.weight": weight, "fc.bias": torch.zeros(10)}}, path)
+    rc, _, err = _run(capsys, "analyze", path)
+    _assert_user_error(rc, err, contains=(str(path), "--zeros-as-mask"))
+    rc, out, err = _run(capsys, "analyze", path, "--zeros-as-mask", "--format", "json")
+    assert rc == 0, err
+    records = json.loads(out)
+    assert [r["layer"] for r in records] == ["fc.weight", "(network)"]
+    assert records[0]["n_edges"] == int((weight != 0).sum())
+    assert records[0]["weighted_mu0"] is not None
+
+
+# -- demo -----------------------------------------------------------------------------------------
+def test_demo(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    rc, out, err = _run(capsys, "demo", "--out", out_dir)
+    assert rc == 0, err
+    path = out_dir / "demo-resnet18-erk.safetensors"
+    assert path.is_file()
+    assert masktopo.load(path).equal(examples.demo_maskset())
+    assert str(path) in out
+    for name in examples.resnet18_cifar_shapes():
+        assert name in out
+    assert "network (aggregated over layers):" in out and "full_spectrum_norm" in out
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@pytest.fixture
+def corrupt(tmp_path) -> Path:
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(b"\x07garbage, not a safetensors header" * 3)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "corrupt",
+        "good_then_corrupt",
+        "unknown_metric",
+        "parquet_without_out",
+        "cuda",
+        "out_dir_missing",
+        "weighted_metric_without_weights",
+    ],
+)
+def test_bad_input_one_line_error(case, tmp_path, capsys, saved, corrupt):
+    out_file = tmp_path / "metrics.csv"
+    out_file_args = ["--out", out_file]
+    contains: tuple[str, ...] = ()
+    if case == "missing":
+        missing = tmp_path / "nope.safetensors"
+        argv, contains = [missing, *out_file_args], (str(missing),)
+    elif case == "corrupt":
+        argv, contains = [corrupt, *out_file_args], (str(corrupt),)
+    elif case == "good_then_corrupt":
+        argv, contains = [saved, corrupt, *out_file_args], (str(corrupt),)
+    elif case == "unknown_metric":
+        argv, contains = [saved, "--metrics", "mu0,bogus", *out_file_args], ("bogus", "mu_hat")
+    elif case == "parquet_without_out":
+        argv, contains = [saved, "--format", "parquet"], ("--out",)
+    elif case == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        argv, contains = [saved, "--device", "cuda", *out_file_args], ("cuda",)
+    elif case == "out_dir_missing":
+        out_file = tmp_path / "no" / "such" / "dir.csv"
+        argv, contains = [saved, "--out", out_file], ("does not exist",)
+    else:
+        argv = [saved, "--no-weights", "--metrics", "weighted_mu0", *out_file_args]
+        contains = ("weighted_mu0",)
+    rc, out, err = _run(capsys, "analyze", *argv)
+    _assert_user_error(rc, err, contains=contains)
+    assert out == ""
+    assert not out_file.exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_failure_leaves_existing_out_untouched(tmp_path, capsys, saved, corrupt):
+    out_file = tmp_path / "metrics.csv"
+    out_file.write_text("previous results\n")
+    rc, _, err = _run(capsys, "analyze", saved, corrupt, "--out", out_file)
+    _assert_user_error(rc, err)
+    assert out_file.read_text() == "previous results\n"
+
+
+def test_info_bad_input(tmp_path, capsys, corrupt):
+    for path in (tmp_path / "missing.npz", corrupt):
+        rc, _, err = _run(capsys, "info", path)
+        _assert_user_error(rc, err, contains=(str(path),))
+
+
+def test_usage_errors_exit_2(capsys, saved):
+    for argv in (["analyze"], ["analyze", saved, "--format", "xml"], ["frobnicate"]):
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 2
+        assert "usage:" in err and "Traceback" not in err
+
+
+def test_os_error_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, _, err = _run(capsys, "demo", "--out", blocker / "sub")
+    _assert_user_error(rc, err, contains=(str(blocker),))
+
+
+def test_keyboard_interrupt_exits_130_quietly(capsys, saved, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_analyze, "analyze_paths", interrupted)
+    rc, out, err = _run(capsys, "analyze", saved)
+    assert rc == 130
+    assert out == "" and err == ""
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "unknown_metric"])
+def test_subprocess_errors_have_no_traceback(case, tmp_path, saved, corrupt):
+    out_file = tmp_path / "m.csv"
+    argv = {
+        "missing": [tmp_path / "nope.safetensors"],
+        "corrupt": [corrupt],
+        "unknown_metric": [saved, "--metrics", "bogus"],
+    }[case]
+    proc = _subprocess("analyze", *argv, "--out", out_file, cwd=tmp_path)
+    _assert_user_error(proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+    assert not out_file.exists()
+
+
+def test_subprocess_info_and_analyze(tmp_path, saved):
+    proc = _subprocess("info", saved, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert all(name in proc.stdout for name in LAYERS)
+    proc = _subprocess("analyze", saved, "--format", "csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(io.StringIO(proc.stdout))
+    assert list(df["layer"]) == [*LAYERS, "(network)"]
+
+
+# -- output helpers -------------------------------------------------------------------------------
+def test_render_rows_aligns_numbers_right_and_text_left():
+    text = render_rows(("name", "value"), [("a", 1.5), ("longer", float("nan")), ("b", None)])
+    lines = text.splitlines()
+    assert lines[0] == "name    value"
+    assert lines[1] == "a         1.5"
+    assert lines[2] == "longer    nan"
+    assert lines[3] == "b         nan"
+    text = render_rows(("name", "shape"), [("a", "4x4"), ("(network)", None)])
+    assert text.splitlines()[2] == "(network)"

@@ -1,0 +1,355 @@
+"""Tests of masktopo.masks: the MaskSet value type and its helpers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from masktopo.errors import MaskTopoError, MaskValidationError, UnknownNameError
+from masktopo.masks import LayerInfo, MaskSet, check_name, infer_kind, to_bool_mask
+
+
+def masks_and_weights(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"features.0.weight": (4, 3, 3, 3), "classifier.weight": (10, 7)}
+    masks = {n: torch.rand(s, generator=g) < 0.3 for n, s in shapes.items()}
+    weights = {n: torch.randn(s, generator=g) * masks[n] for n, s in shapes.items()}
+    return masks, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "kind"),
+    [((3, 4), "linear"), ((3, 4, 5), "conv"), ((3, 4, 5, 5), "conv"), ((2, 2, 3, 3, 3), "conv")],
+)
+def test_infer_kind(shape, kind):
+    assert infer_kind(shape) == kind
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (1, 1, 1, 1, 1, 1)])
+def test_infer_kind_rejects_other_ranks(shape):
+    with pytest.raises(MaskValidationError, match="neither linear"):
+        infer_kind(shape)
+
+
+@pytest.mark.parametrize("name", ["", " ", "a b", "a\tb", "a\nb", "x\x00", 3, None])
+def test_check_name_rejects(name):
+    with pytest.raises(MaskValidationError):
+        check_name(name)
+
+
+def test_check_name_accepts_dotted_names():
+    assert check_name("layer1.0.conv1.weight") == "layer1.0.conv1.weight"
+    assert check_name("módulo.peso") == "módulo.peso"
+
+
+def test_to_bool_mask():
+    for t in (torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])):
+        out = to_bool_mask("x", t)
+        assert out.dtype == torch.bool and out.tolist() == [[False, True], [True, False]]
+    b = torch.tensor([[True, False]])
+    assert to_bool_mask("x", b) is b
+    with pytest.raises(
+        MaskValidationError, match=r"layer 'x': mask has values other than 0 and 1 \(e\.g\. 2"
+    ):
+        to_bool_mask("x", torch.tensor([[0, 2]]))
+    with pytest.raises(MaskValidationError, match="NaN or inf"):
+        to_bool_mask("x", torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(MaskValidationError, match="complex"):
+        to_bool_mask("x", torch.ones(2, 2, dtype=torch.complex64))
+    with pytest.raises(MaskValidationError, match="not a tensor"):
+        to_bool_mask("x", [[0, 1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# construction and validation
+# ---------------------------------------------------------------------------------------------
+def test_construction_and_description():
+    masks, weights = masks_and_weights()
+    ms = MaskSet(masks, weights=weights, meta={"source": "test"})
+    assert ms.names == ["features.0.weight", "classifier.weight"]  # insertion order
+    assert list(ms) == ms.names and len(ms) == 2
+    assert ms.kind("features.0.weight") == "conv" and ms.kind("classifier.weight") == "linear"
+    assert ms.shape("classifier.weight") == (10, 7)
+    assert ms.layers() == [
+        LayerInfo("features.0.weight", "conv", (4, 3, 3, 3)),
+        LayerInfo("classifier.weight", "linear", (10, 7)),
+    ]
+    assert ms.layers()[0].numel == 108
+    assert ms.has_weights and set(ms.weights) == set(masks)
+    assert ms.meta == {"source": "test"}
+    assert ms.device == torch.device("cpu")
+    assert "2 layers" in repr(ms) and "with weights" in repr(ms)
+    assert repr(MaskSet({})) == "MaskSet(0 layers)"
+
+
+def test_mapping_protocol():
+    masks, _ = masks_and_weights()
+    ms = MaskSet(masks)
+    assert "classifier.weight" in ms and "nope" not in ms and 3 not in ms
+    assert ms.get("nope") is None and ms.get("nope", 5) == 5
+    assert ms.get("classifier.weight") is masks["classifier.weight"]
+    assert dict(ms.items()).keys() == masks.keys()
+    with pytest.raises(
+        UnknownNameError,
+        match=re.escape("unknown layer 'nope'; known: classifier.weight, features.0.weight"),
+    ):
+        ms["nope"]
+    with pytest.raises(UnknownNameError):
+        ms.kind("nope")
+    with pytest.raises(UnknownNameError):
+        ms.nnz("nope")
+
+
+@pytest.mark.parametrize(
+    ("masks", "kwargs", "error", "message"),
+    [
+        (
+            {"a": torch.ones(2, 2)},
+            {},
+            MaskValidationError,
+            "dtype is torch.float32, expected torch.bool",
+        ),
+        ({"a": [[True]]}, {}, MaskValidationError, "not a tensor"),
+        ({"a": torch.ones(0, 3, dtype=torch.bool)}, {}, MaskValidationError, "empty"),
+        (
+            {"a": torch.ones(3, dtype=torch.bool)},
+            {},
+            MaskValidationError,
+            "layer 'a'.*neither linear",
+        ),
+        ({"a b": torch.ones(2, 2, dtype=torch.bool)}, {}, MaskValidationError, "whitespace"),
+        ({"": torch.ones(2, 2, dtype=torch.bool)}, {}, MaskValidationError, "non-empty string"),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"kinds": {"a": "conv"}},
+            MaskValidationError,
+            "does not fit",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"kinds": {"a": "lstm"}},
+            UnknownNameError,
+            "unknown layer kind 'lstm'; known: conv, linear",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"kinds": {"b": "linear"}},
+            MaskValidationError,
+            "without masks",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"b": torch.ones(2, 2)}},
+            MaskValidationError,
+            r"missing \['a'\], without a mask \['b'\]",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"a": torch.ones(2, 3)}},
+            MaskValidationError,
+            r"weight shape \(2, 3\) does not match",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"a": torch.ones(2, 2, dtype=torch.int32)}},
+            MaskValidationError,
+            "not floating point",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"a": [[1.0]]}},
+            MaskValidationError,
+            "not a tensor",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"a": torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]])}},
+            MaskValidationError,
+            "2 NaN/inf",
+        ),
+        (
+            {"a": torch.ones(2, 2, dtype=torch.bool)},
+            {"weights": {"a": torch.tensor([[1.0, float("-inf")], [0.0, 0.0]])}},
+            MaskValidationError,
+            "1 inf",
+        ),
+        ([torch.ones(2, 2, dtype=torch.bool)], {}, MaskValidationError, "must be a mapping"),
+    ],
+)
+def test_validation_errors(masks, kwargs, error, message):
+    with pytest.raises(error, match=message) as err:
+        MaskSet(masks, **kwargs)
+    assert isinstance(err.value, MaskTopoError)
+    assert "\n" not in str(err.value)
+
+
+def test_kinds_may_be_given():
+    ms = MaskSet({"c": torch.ones(2, 2, 3, dtype=torch.bool)}, kinds={"c": "conv"})
+    assert ms.kind("c") == "conv"
+
+
+# ---------------------------------------------------------------------------------------------
+# counts
+# ---------------------------------------------------------------------------------------------
+def test_nnz_numel_density():
+    masks, _ = masks_and_weights(seed=3)
+    ms = MaskSet(masks)
+    total_nnz = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert ms.nnz() == total_nnz and ms.numel() == total
+    assert ms.density() == pytest.approx(total_nnz / total)
+    for n, m in masks.items():
+        assert ms.nnz(n) == int(np.count_nonzero(m.numpy()))
+        assert ms.numel(n) == m.numel()
+        assert ms.density(n) == pytest.approx(ms.nnz(n) / m.numel())
+    assert ms.nnz_per_layer() == {n: ms.nnz(n) for n in masks}
+    assert ms.densities() == pytest.approx({n: ms.density(n) for n in masks})
+    assert list(ms.densities()) == ms.names
+    # the global density weights layers by size, it is not the mean of layer densities
+    assert ms.density() != pytest.approx(sum(ms.densities().values()) / len(ms))
+    assert math.isnan(MaskSet({}).density()) and MaskSet({}).nnz() == 0
+
+
+def test_all_zero_and_all_one_layers():
+    ms = MaskSet(
+        {"z": torch.zeros(3, 3, dtype=torch.bool), "o": torch.ones(2, 4, dtype=torch.bool)}
+    )
+    assert ms.nnz("z") == 0 and ms.density("z") == 0.0
+    assert ms.density("o") == 1.0 and ms.density() == pytest.approx(8 / 17)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformations
+# ---------------------------------------------------------------------------------------------
+def test_to_and_cpu():
+    masks, weights = masks_and_weights()
+    ms = MaskSet(masks, weights=weights, meta={"k": 1})
+    moved = ms.to("meta")
+    assert moved.device == torch.device("meta")
+    assert all(w.device == torch.device("meta") for w in moved.weights.values())
+    assert (
+        moved.names == ms.names
+        and moved.meta == ms.meta
+        and moved.kind("classifier.weight") == "linear"
+    )
+    assert ms.device == torch.device("cpu")  # the original is unchanged
+    back = ms.to(torch.device("cpu"))
+    assert back == ms and back is not ms
+    assert ms.cpu() == ms
+    assert ms.without_weights().to("meta").weights is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda_and_compare_across_devices():
+    masks, weights = masks_and_weights()
+    ms = MaskSet(masks, weights=weights)
+    on_gpu = ms.to("cuda")
+    assert on_gpu.device.type == "cuda"
+    assert on_gpu == ms and on_gpu.nnz() == ms.nnz()
+    assert on_gpu.cpu() == ms
+
+
+def test_select():
+    masks, weights = masks_and_weights()
+    ms = MaskSet(masks, weights=weights, meta={"k": 1})
+    sub = ms.select(["classifier.weight"])
+    assert sub.names == ["classifier.weight"] and sub.has_weights and sub.meta == {"k": 1}
+    assert torch.equal(sub["classifier.weight"], masks["classifier.weight"])
+    rev = ms.select(reversed(ms.names))
+    assert rev.names == list(reversed(ms.names))
+    assert rev != ms and rev.select(ms.names) == ms
+    with pytest.raises(UnknownNameError, match="unknown layer 'nope'"):
+        ms.select(["nope"])
+
+
+def test_with_and_without_weights():
+    masks, weights = masks_and_weights()
+    ms = MaskSet(masks)
+    assert not ms.has_weights and ms.weights is None
+    withw = ms.with_weights(weights)
+    assert withw.has_weights and torch.equal(
+        withw.weights["classifier.weight"], weights["classifier.weight"]
+    )
+    assert withw.without_weights() == ms
+    assert withw.with_weights(None) == ms
+    with pytest.raises(MaskValidationError, match="missing"):
+        ms.with_weights({"classifier.weight": weights["classifier.weight"]})
+    # the weights property returns a copy of the mapping
+    withw.weights.clear()
+    assert withw.has_weights and len(withw.weights) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# equality
+# ---------------------------------------------------------------------------------------------
+def test_equality():
+    masks, weights = masks_and_weights()
+    a = MaskSet(masks, weights=weights, meta={"x": 1})
+    b = MaskSet(
+        {n: m.clone() for n, m in masks.items()}, weights={n: w.clone() for n, w in weights.items()}
+    )
+    assert a == b and a.equal(b)  # meta is not compared
+    assert a != MaskSet(masks)
+    assert a.equal(MaskSet(masks), weights=False)
+    flipped = {n: m.clone() for n, m in masks.items()}
+    flipped["classifier.weight"][0, 0] ^= True
+    assert a != MaskSet(flipped, weights=weights)
+    other_w = {n: w.clone() for n, w in weights.items()}
+    other_w["classifier.weight"][0, 0] += 1.0
+    assert a != MaskSet(masks, weights=other_w)
+    assert a.equal(MaskSet(masks, weights=other_w), weights=False)
+    half = {n: w.half() for n, w in weights.items()}
+    assert a != MaskSet(masks, weights=half)  # weight dtype counts
+    reordered = {n: masks[n] for n in reversed(list(masks))}
+    assert a.equal(MaskSet(reordered), weights=False) is False  # layer order counts
+    assert a != {"classifier.weight": masks["classifier.weight"]}
+    assert not a.equal(dict(masks))
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# alternative constructors
+# ---------------------------------------------------------------------------------------------
+def test_from_tensors():
+    ms = MaskSet.from_tensors(
+        {
+            "np.weight": np.array([[0, 1, 1], [1, 0, 0]], dtype=np.uint8),
+            "float.weight": torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+            "bool.weight": torch.ones(2, 2, 1, 1, dtype=torch.bool),
+        },
+        meta={"m": 2},
+    )
+    assert ms.names == ["np.weight", "float.weight", "bool.weight"]
+    assert ms.nnz_per_layer() == {"np.weight": 3, "float.weight": 3, "bool.weight": 4}
+    assert all(ms[n].dtype == torch.bool for n in ms)
+    assert ms.kind("bool.weight") == "conv" and ms.meta == {"m": 2}
+    with pytest.raises(
+        MaskValidationError, match="layer 'bad': mask has values other than 0 and 1"
+    ):
+        MaskSet.from_tensors({"bad": torch.tensor([[0.0, 0.5]])})
+    with pytest.raises(MaskValidationError, match="NaN or inf"):
+        MaskSet.from_tensors({"bad": np.array([[0.0, np.inf]])})
+
+
+def test_from_weights():
+    _, weights = masks_and_weights(seed=5)
+    ms = MaskSet.from_weights(weights, meta={"src": "w"})
+    for n, w in weights.items():
+        assert torch.equal(ms[n], w != 0)
+        assert torch.equal(ms.weights[n], w)
+    assert ms.meta == {"src": "w"}
+    with pytest.raises(MaskValidationError, match="not a floating-point tensor"):
+        MaskSet.from_weights({"a": torch.ones(2, 2, dtype=torch.int64)})
+    with pytest.raises(MaskValidationError, match="NaN"):
+        MaskSet.from_weights({"a": torch.tensor([[1.0, float("nan")]])})
+    with pytest.raises(MaskValidationError, match="whitespace"):
+        MaskSet.from_weights({"a b": torch.ones(2, 2)})
