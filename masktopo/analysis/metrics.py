@@ -66,6 +66,7 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import MaskValidationError, UnknownNameError
+from ._engine import Parts
 from .graph import check_conv_mode
 from .spectral import solve_many
 
@@ -217,8 +218,8 @@ class _Pattern:
     wdata: np.ndarray | None  # |W ⊙ M| on the same pattern, or None
     shape: tuple[int, int]
 
-    def csr(self, data: np.ndarray) -> sp.csr_matrix:
-        return sp.csr_matrix((data, self.indices, self.indptr), shape=self.shape)
+    def parts(self, data: np.ndarray) -> Parts:
+        return Parts(data, self.indices, self.indptr, self.shape)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -267,14 +268,17 @@ def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
 class _Plan:
     values: dict[str, Any] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
-    jobs: list[sp.csr_matrix] = field(default_factory=list)
+    jobs: list[Parts] = field(default_factory=list)
+    connected: list[bool] = field(default_factory=list)
     slots: dict[Any, int] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
     imdb_groups: list[tuple] = field(default_factory=list)
 
-    def add_job(self, key, matrix) -> None:
+    def add_job(self, key, matrix: Parts, connected: bool = False) -> None:
+        """Queue a spectral job; ``connected=True`` when its graph is known to be connected."""
         self.slots[key] = len(self.jobs)
         self.jobs.append(matrix)
+        self.connected.append(connected)
 
     def why(self, text: str) -> None:
         if text not in self.reasons:
@@ -313,16 +317,16 @@ def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Pl
     enough = min(n_o, n_i) >= 2
     if not enough:
         plan.why(f"mu_hat undefined: {n_o} active output(s), {n_i} active input(s) (need 2 each)")
-    B = pat.csr(pat.data)
-    if groups & {"spectral"}:
-        plan.add_job("bin", B)
+    one = v["n_components"] == 1
+    if "spectral" in groups:
+        plan.add_job("bin", pat.parts(pat.data), one)
     if "weighted" in groups and pat.wdata is not None:
-        plan.add_job("w", pat.csr(pat.wdata))
+        plan.add_job("w", pat.parts(pat.wdata), one)
     if "expansion" in groups and enough:
         rs = np.bincount(pat.rows, weights=pat.data, minlength=n_o)
         cs = np.bincount(pat.indices, weights=pat.data, minlength=n_i)
         ndata = pat.data / np.sqrt(rs[pat.rows] * cs[pat.indices])
-        plan.add_job("norm", pat.csr(ndata))
+        plan.add_job("norm", pat.parts(ndata), one)
     if "ramanujan" in groups or "narc" in groups:
         plan.values["_gate_ok"] = _gate_ok(opts.gate, d_out, d_in)
         plan.values["_i23_ok"] = _gate_ok("i23", d_out, d_in)
@@ -332,31 +336,42 @@ def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Pl
 
 
 def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> None:
-    fan_out = np.bincount(pat.indices, weights=pat.data, minlength=pat.shape[1])
-    degrees, counts = np.unique(fan_out, return_counts=True)
+    n_rows, n_cols = pat.shape
+    fan_out = np.bincount(pat.indices, weights=pat.data, minlength=n_cols)
+    # Columns sorted by fan-out degree: every degree group is a contiguous range of a CSC matrix.
+    order = np.argsort(fan_out, kind="stable")
+    deg_sorted = fan_out[order]
+    bounds = np.flatnonzero(np.diff(deg_sorted)) + 1
+    lo = np.concatenate([[0], bounds])
+    hi = np.concatenate([bounds, [n_cols]])
     min_group = 2 if opts.imdb == "n23" else 3
-    Bc = pat.csr(pat.data).tocsc()
-    Bwc = pat.csr(pat.wdata).tocsc() if weighted else None
-    for d, cnt in zip(degrees, counts, strict=True):
-        if d == 0 or cnt < min_group:
+    csc = sp.csr_matrix((np.arange(pat.data.size, dtype=np.float64), pat.indices, pat.indptr),
+                        shape=pat.shape).tocsc()[:, order]  # fmt: skip
+    eid = csc.data.astype(np.int64)  # edge ids, to pick binary and weighted values alike
+    cptr, crow = csc.indptr, csc.indices
+    remap = np.empty(n_rows, dtype=np.int32)
+    for a, b in zip(lo, hi, strict=True):
+        d = float(deg_sorted[a])
+        if d == 0 or b - a < min_group:
             continue
-        cols = np.flatnonzero(fan_out == d)
-        sub = Bc[:, cols]
-        row_act = np.bincount(sub.indices, minlength=pat.shape[0]) > 0
-        n_r = int(row_act.sum())
-        e_d = float(d) * cols.size
-        d_in, d_out = float(d), e_d / n_r  # inputs are "left" for IMDB subgraphs
-        if opts.imdb == "n23":
-            ok = _gate_ok("n23", d_in, d_out)
-        else:
-            ok = _gate_ok("i23", d_in, d_out)
-        if not ok or n_r < 2:
+        e0, e1 = cptr[a], cptr[b]
+        rows = crow[e0:e1]
+        used = np.zeros(n_rows, dtype=bool)
+        used[rows] = True
+        n_r = int(used.sum())
+        d_in, d_out = d, d * (b - a) / n_r  # inputs are "left" for IMDB subgraphs
+        if not _gate_ok(opts.imdb, d_in, d_out) or n_r < 2:
             continue
-        key = ("imdb", float(d))
-        plan.imdb_groups.append((key, cols.size, n_r, d_in, d_out))
-        plan.add_job(key, sub[row_act])
+        remap[used] = np.arange(n_r, dtype=np.int32)
+        # The group's transpose (inputs × active outputs) as CSR: no conversion needed, and
+        # singular values do not change under transposition.
+        indptr = (cptr[a : b + 1] - e0).astype(np.int32)
+        indices = remap[rows]
+        key = ("imdb", d)
+        plan.imdb_groups.append((key, b - a, n_r, d_in, d_out))
+        plan.add_job(key, Parts(pat.data[eid[e0:e1]], indices, indptr, (b - a, n_r)))
         if weighted:
-            plan.add_job(("imdb_w", float(d)), Bwc[:, cols][row_act])
+            plan.add_job(("imdb_w", d), Parts(pat.wdata[eid[e0:e1]], indices, indptr, (b - a, n_r)))
 
 
 def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options, weighted: bool) -> dict:
@@ -470,7 +485,7 @@ def _device(device) -> torch.device:
 
 def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False):
     groups = _groups_for(names)
-    plans, jobs, offsets = [], [], []
+    plans, jobs, connected, offsets = [], [], [], []
     it = layers
     if progress:
         from tqdm.auto import tqdm
@@ -480,8 +495,9 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         plan = _plan_layer(mask, weight, opts, groups, name)
         offsets.append(len(jobs))
         jobs.extend(plan.jobs)
+        connected.extend(plan.connected)
         plans.append(plan)
-    svals = solve_many(jobs, 2, device=device)
+    svals = solve_many(jobs, 2, device=device, connected=connected)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}

@@ -1,0 +1,122 @@
+"""The spectral engine: every route against a dense LAPACK SVD, ties, splitting, parallel path."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from masktopo.analysis import _engine, spectral
+from masktopo.analysis._engine import Parts, dense_top2, lanczos_top2, solve_top2
+from masktopo.errors import MaskValidationError, UnknownNameError
+
+
+def _ref(M) -> np.ndarray:
+    A = M.toarray() if sp.issparse(M) else np.asarray(M, dtype=float)
+    s = np.linalg.svd(A, compute_uv=False)
+    return np.concatenate([s, [0.0, 0.0]])[:2]
+
+
+def _close(got, want, rtol=1e-12):
+    got, want = np.asarray(got), np.asarray(want)
+    assert np.all(np.abs(got - want) <= rtol * max(float(want[0]), 1e-300)), (got, want)
+
+
+def _connected_random(m, n, density, seed, binary):
+    rng = np.random.default_rng(seed)
+    A = sp.random(m, n, density=density, format="lil", random_state=rng)
+    for i in range(m):  # a path through all rows and columns keeps the graph connected
+        A[i, (i * n) // m] = 1.0
+        A[i, ((i + 1) * n) // m - 1] = 1.0
+    A = A.tocsr()
+    if binary:
+        A.data[:] = 1.0
+    return A
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_lanczos_matches_dense_svd(binary):
+    mats = [
+        _connected_random(120, 400, 0.02, 0, binary),
+        _connected_random(200, 200, 0.05, 1, binary),
+        _connected_random(130, 2000, 0.01, 2, binary),
+    ]
+    got = lanczos_top2([Parts.of(M) for M in mats])
+    for M, g in zip(mats, got, strict=True):
+        _close(g, _ref(M))
+
+
+def test_lanczos_is_deterministic():
+    mats = [Parts.of(_connected_random(150, 500, 0.02, s, False)) for s in range(3)]
+    assert np.array_equal(lanczos_top2(mats), lanczos_top2(mats))
+
+
+def test_tied_top_singular_values_across_components_are_found():
+    # Single-vector Lanczos alone would see sigma_1 once; splitting into components finds both.
+    K = sp.csr_matrix(np.ones((100, 200)))
+    two = sp.block_diag([K, K]).tocsr()
+    got = solve_top2([two])[0]
+    _close(got, [np.sqrt(100 * 200)] * 2)
+    # Normalized matrix of a disconnected graph: sigma_1 = sigma_2 = 1.
+    a = _connected_random(110, 300, 0.03, 4, True)
+    b = _connected_random(120, 250, 0.03, 5, True)
+    D = sp.block_diag([a, b]).tocsc()
+    D = D[:, np.flatnonzero(np.diff(D.indptr))].tocsr()  # drop isolated columns
+    r = np.asarray(D.sum(1)).ravel()
+    c = np.asarray(D.sum(0)).ravel()
+    N = sp.diags(1 / np.sqrt(r)) @ D @ sp.diags(1 / np.sqrt(c))
+    _close(solve_top2([N])[0], [1.0, 1.0])
+
+
+def test_rank_one_components_and_small_dense_route():
+    star = sp.csr_matrix(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]))
+    _close(solve_top2([star])[0], [5.0, 0.0])
+    kab = np.ones((7, 9))
+    s = dense_top2([Parts.of(kab)])[0]
+    assert abs(s[0] - np.sqrt(63)) < 1e-13 and abs(s[1]) < 1e-13  # Ritz step: sigma_2 exact
+
+
+def test_solve_many_and_top_singular_values_agree_on_every_method():
+    rng = np.random.default_rng(7)
+    B = (rng.random((60, 300)) < 0.05).astype(float) * rng.random((60, 300))
+    want = _ref(B)
+    for method in ("auto", "dense", "gram", "sparse"):
+        _close(spectral.top_singular_values(torch.from_numpy(B), method=method).numpy(), want)
+    _close(spectral.solve_many([sp.csr_matrix(B)])[0], want)
+    batch = torch.from_numpy(np.stack([B, 2 * B]))
+    got = spectral.top_singular_values(batch).numpy()
+    _close(got[1], 2 * want)
+    with pytest.raises(UnknownNameError):
+        spectral.top_singular_values(torch.from_numpy(B), method="eig")
+
+
+def test_parallel_split_matches_serial(monkeypatch):
+    mats = [_connected_random(100 + 10 * i, 600, 0.02, i, i % 2 == 0) for i in range(8)]
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    serial = spectral.solve_many(mats)
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
+    parallel = spectral.solve_many(mats)
+    for M, a, b in zip(mats, serial, parallel, strict=True):
+        _close(a, _ref(M))
+        _close(b, a)
+
+
+def test_bad_worker_count(monkeypatch):
+    monkeypatch.setenv("MASKTOPO_WORKERS", "two")
+    with pytest.raises(MaskValidationError, match="MASKTOPO_WORKERS"):
+        spectral.cpu_workers()
+
+
+def test_engine_imports_no_torch():
+    import subprocess
+    import sys
+
+    # masktopo.analysis/__init__ imports torch; load the engine's file alone to check it.
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('e', {_engine.__file__!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
