@@ -18,6 +18,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="mask files or run directories")
     p.add_argument("--json", action="store_true", help="print a JSON list with one object per PATH")
+    p.add_argument(
+        "--zeros-as-mask",
+        action="store_true",
+        help="for checkpoints without masks: each weight's nonzeros define its mask",
+    )
     return p
 
 
@@ -55,7 +60,7 @@ def describe(info: dict) -> str:
 def run(args) -> int:
     from masktopo import store
 
-    infos = [store.info(path) for path in args.paths]
+    infos = [store.info(path, zeros_as_mask=args.zeros_as_mask) for path in args.paths]
     if args.json:
         sys.stdout.write(json.dumps(infos, indent=2, default=str) + "\n")
     else:

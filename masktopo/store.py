@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import re
 import secrets
 import warnings
 import zipfile
@@ -81,6 +82,9 @@ _OBJECT_ERRORS = (
     "imported",
 )
 _NUMPY_FLOATS = {torch.float16, torch.float32, torch.float64}
+#: torch's message for a global from a module it never allows (os, posix, nt, sys); it has no
+#: "WeightsUnpickler error:" part, so _OBJECT_ERRORS does not see it.
+_BLOCKED_GLOBAL = re.compile(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,14 +207,25 @@ def load(
     if p.is_dir():
         return read_run(p).load(event=event, weights=weights)
     if event is not None:
-        raise MaskFileError(p, "event= selects an event of a run directory, but this is a file")
+        raise MaskFileError(
+            p,
+            "event= (command line: --event) selects an event of a run directory, but this is a file",
+        )
     return _read_file(p, zeros_as_mask=zeros_as_mask, weights=weights)[0]
 
 
-def info(path: str | os.PathLike) -> dict:
+def info(path: str | os.PathLike, *, zeros_as_mask: bool = False) -> dict:
     """Describe a mask file or run directory without attaching weights.
 
     Masks and the file's structure are fully checked; weight values are not (:func:`load` does).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A mask file, a PyTorch checkpoint or a run directory, as for :func:`load`.
+    zeros_as_mask : bool
+        As for :func:`load`: for files without masks, each 2-D or 4-D floating-point ``*.weight``
+        tensor defines a mask by its nonzero entries. Ignored when the file has masks.
 
     Returns
     -------
@@ -229,7 +244,7 @@ def info(path: str | os.PathLike) -> dict:
         fmt = "run"
         extra = {"n_events": len(run.events), "event": index}
     else:
-        ms, fmt, has_weights = _read_file(p, zeros_as_mask=False, weights=False)
+        ms, fmt, has_weights = _read_file(p, zeros_as_mask=zeros_as_mask, weights=False)
     layers = []
     for layer in ms.layers():
         nnz = int(np.count_nonzero(ms[layer.name].numpy()))
@@ -650,6 +665,7 @@ def _read_npz(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSe
                 raise MaskFileError(path, "truncated or corrupt .npz file (not a zip archive)")
             fh.seek(0)
             with np.load(fh, allow_pickle=False) as z:
+                _check_zip_directory(path, fh, z.zip)
                 skip_weights = not weights and _NPZ_META_KEY in z.files
                 for key in z.files:
                     try:
@@ -676,6 +692,7 @@ def _read_npz(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSe
         ValueError,
         KeyError,
         NotImplementedError,
+        RuntimeError,  # zipfile: a member flagged as encrypted (e.g. a flipped flag bit)
     ) as e:
         raise MaskFileError(path, f"truncated or corrupt .npz file ({_short(e)})") from None
     if _NPZ_META_KEY in arrays:
@@ -686,6 +703,25 @@ def _read_npz(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSe
             with contextlib.suppress(TypeError):  # e.g. float128 has no torch dtype
                 tensors[key] = torch.from_numpy(a)
     return _interpret(path, tensors, "npz", zeros_as_mask=zeros_as_mask, weights=weights)
+
+
+def _check_zip_directory(path: Path, fh: IO[bytes], archive: zipfile.ZipFile) -> None:
+    """Fail when the zip's central directory lists fewer members than its end record counts.
+
+    zipfile stops reading a damaged central directory early without an error, which would hide
+    members (the ``__masktopo__`` header among them) instead of reporting the damage.
+    """
+    try:
+        total = zipfile._EndRecData(fh)[zipfile._ECD_ENTRIES_TOTAL]  # private, stable since 2.x
+    except (AttributeError, IndexError, TypeError):  # pragma: no cover - zipfile changed
+        return
+    found = len(archive.infolist())
+    if total != found:
+        raise MaskFileError(
+            path,
+            f"truncated or corrupt .npz file (the zip directory lists {found} of its {total} "
+            "members)",
+        )
 
 
 class _NpyHeader(NamedTuple):
@@ -789,6 +825,13 @@ def _read_torch(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[Mask
 
 def _unpickling_problem(path: Path, e: Exception) -> str:
     text = str(e)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:  # e.g. os.system: the classic code-running payload
+        return (
+            "refusing to unpickle: the checkpoint contains Python objects other than tensors "
+            f"({blocked.group(1)}, from the blocked module {blocked.group(2)!r}); save only the "
+            "state dict (torch.save(model.state_dict(), path))"
+        )
     marker = "WeightsUnpickler error:"
     detail = text[text.index(marker) + len(marker) :].strip() if marker in text else ""
     detail = detail.splitlines()[0] if detail else ""

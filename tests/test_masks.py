@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from masktopo import masks as masks_module
 from masktopo.errors import MaskTopoError, MaskValidationError, UnknownNameError
 from masktopo.masks import LayerInfo, MaskSet, check_name, infer_kind, to_bool_mask
 
@@ -353,3 +354,88 @@ def test_from_weights():
         MaskSet.from_weights({"a": torch.tensor([[1.0, float("nan")]])})
     with pytest.raises(MaskValidationError, match="whitespace"):
         MaskSet.from_weights({"a b": torch.ones(2, 2)})
+
+
+# ---------------------------------------------------------------------------------------------
+# weight values: one reduction in the common case, an exact elementwise scan otherwise
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def scans(monkeypatch):
+    """The layer names the elementwise scan (the slow path of the finiteness check) ran for."""
+    calls = []
+    scan = masks_module._check_finite_elementwise
+
+    def spy(name, weight):
+        calls.append(name)
+        return scan(name, weight)
+
+    monkeypatch.setattr(masks_module, "_check_finite_elementwise", spy)
+    return calls
+
+
+WITH_INF = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2]
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("dtype", WITH_INF)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({(0, 1): NAN}, "1 NaN value(s)"),
+        ({(0, 1): INF, (2, 0): INF}, "2 inf value(s)"),
+        ({(1, 1): -INF}, "1 inf value(s)"),
+        ({(0, 1): INF, (2, 3): -INF}, "2 inf value(s)"),  # the sum is NaN, the values are not
+        ({(0, 0): NAN, (1, 0): INF, (2, 2): -INF}, "3 NaN/inf value(s)"),
+    ],
+)
+def test_non_finite_weights_are_named_by_the_elementwise_scan(dtype, values, message, scans):
+    weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    for index, value in values.items():
+        weight[index] = value
+    weight = weight.to(dtype)
+    with pytest.raises(MaskValidationError, match=re.escape(f"layer 'a': weight has {message}")):
+        MaskSet({"a": torch.ones(3, 4, dtype=torch.bool)}, weights={"a": weight})
+    assert scans == ["a"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e8m0fnu])
+def test_nan_in_float8_weights_without_inf(dtype, scans):
+    # torch.isfinite is not implemented for e4m3fn and answers True for NaN in e8m0fnu
+    weight = torch.tensor([[1.0, NAN, 2.0]]).to(dtype)
+    with pytest.raises(MaskValidationError, match=re.escape("weight has 1 NaN value(s)")):
+        MaskSet({"a": torch.ones(1, 3, dtype=torch.bool)}, weights={"a": weight})
+    assert scans == ["a"]
+    finite = torch.tensor([[1.0, 4.0, 2.0]]).to(dtype)
+    assert MaskSet({"a": torch.ones(1, 3, dtype=torch.bool)}, weights={"a": finite}).has_weights
+    assert scans == ["a"]  # the fast path decided
+
+
+@pytest.mark.parametrize("dtype", [*WITH_INF, torch.float8_e4m3fn])
+def test_finite_weights_take_the_fast_path(dtype, scans):
+    masks, weights = masks_and_weights(seed=7)
+    weights = {n: w.to(dtype) for n, w in weights.items()}
+    ms = MaskSet(masks, weights=weights)
+    assert ms.has_weights and scans == []
+    # float16's largest values cannot overflow the float32 accumulator
+    big = torch.full((50, 50), torch.finfo(torch.float16).max, dtype=torch.float16)
+    MaskSet({"a": big != 0}, weights={"a": big})
+    assert scans == []
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"), [(torch.float64, 1e308), (torch.float32, 3e38), (torch.bfloat16, 3e38)]
+)
+def test_finite_weights_whose_sum_overflows_are_accepted(dtype, value, scans):
+    weight = torch.tensor([[value, value], [value, -1.0]], dtype=dtype)
+    accumulator = torch.float64 if dtype == torch.float64 else torch.float32
+    assert torch.isinf(weight.sum(dtype=accumulator))  # the fast path cannot decide
+    ms = MaskSet({"a": torch.ones(2, 2, dtype=torch.bool)}, weights={"a": weight})
+    assert torch.equal(ms.weights["a"], weight)
+    assert scans == ["a"]
+
+
+@pytest.mark.skipif(not hasattr(torch, "float4_e2m1fn_x2"), reason="no packed float4 dtype")
+def test_weight_dtype_without_arithmetic_is_an_error():
+    weight = torch.zeros(2, 3, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
+    with pytest.raises(MaskValidationError, match=r"weight dtype .*float4.* is not supported"):
+        MaskSet({"a": torch.ones(2, 3, dtype=torch.bool)}, weights={"a": weight})

@@ -245,8 +245,10 @@ def lanczos_top2(
     unconverged = np.ones(nb, dtype=bool)
 
     gids = np.arange(nb)  # global ids of the blocks in the current (compacted) problem
-    B, ro, _ = _blockdiag(mats)
+    B, ro, co_all = _blockdiag(mats)
     Bt = B.T.tocsr()
+    Bt_all = Bt  # kept for the final Rayleigh–Ritz step
+    nnz_blk = np.array([A.nnz for A in mats], dtype=np.int64)
     M_tot = B.shape[0]
     m_loc = np.diff(ro)
     bid = np.repeat(np.arange(nb), m_loc)
@@ -312,7 +314,9 @@ def lanczos_top2(
             QT = np.concatenate([QT, np.zeros_like(QT)], axis=1)
         QT[:, k + 1] = z / np.where(b > 0, b, 1.0)[bid]
         keep = np.flatnonzero(active)
-        if keep.size < len(gids) and m_loc[keep].sum() < 0.7 * M_tot:
+        # Compact once half of the work (nonzeros) has finished: rebuilding costs about ten
+        # matrix-vector products, so this bounds the total rebuild cost by about one build.
+        if keep.size < len(gids) and nnz_blk[gids[keep]].sum() < 0.5 * nnz_blk[gids].sum():
             # Compact: rebuild the problem from the blocks still running.
             rows = np.concatenate([np.arange(ro[j], ro[j + 1]) for j in keep])
             gids = gids[keep]
@@ -328,9 +332,8 @@ def lanczos_top2(
             alive = np.ones(M_tot)
 
     # Rayleigh–Ritz over all blocks: σ(BᵀU) per block (two-column QR, then 2×2 SVD).
-    B, ro, co = _blockdiag(mats)
-    Y = B.T.tocsr() @ np.concatenate(U_all)
-    out = _qr2_svd(Y, co[:-1], np.repeat(np.arange(nb), np.diff(co)))
+    Y = Bt_all @ np.concatenate(U_all)
+    out = _qr2_svd(Y, co_all[:-1], np.repeat(np.arange(nb), np.diff(co_all)))
     for j in np.flatnonzero(unconverged):  # pragma: no cover - not seen on real masks
         out[j] = _arpack_top2(mats[j])
     return out

@@ -230,7 +230,8 @@ def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
     """Full dims, active masks and the stripped CSR pattern of one layer."""
     m = _to_numpy(mask)
     n_out = m.shape[0]
-    w = None if weight is None else np.abs(_to_numpy(weight).astype(np.float64, copy=False))
+    # float64 in torch first: numpy cannot hold bfloat16 or float8 weights.
+    w = None if weight is None else np.abs(_to_numpy(weight.to(torch.float64)))
     if m.ndim == 2 or conv == "unrolled":
         m2 = m.reshape(n_out, -1)
         n_in = m2.shape[1]
