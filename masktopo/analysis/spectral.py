@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import threadpoolctl
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError
@@ -275,10 +276,17 @@ def cpu_workers() -> int:
 
 
 def _worker_pool():
+    """One persistent worker, forked while BLAS is limited to one thread (so it inherits that:
+    changing OpenBLAS's thread count inside a forked child can crash it). The worker only runs
+    numpy/scipy code."""
     global _POOL
     if _POOL is None:
-        ctx = multiprocessing.get_context("fork")  # the child needs only numpy/scipy
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        with threadpoolctl.threadpool_limits(1):
+            pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("fork")
+            )
+            pool.submit(int, 0).result()  # fork now, inside the limit
+        _POOL = pool
     return _POOL
 
 
@@ -290,12 +298,19 @@ def _solve_top2_parallel(mats: Sequence, connected: Sequence[bool] | None) -> np
     """
     parts = [Parts.of(M) for M in mats]
     nnz = np.array([P.nnz + min(P.shape) for P in parts], dtype=np.int64)
-    if (
-        cpu_workers() < 2
-        or nnz.sum() < _PARALLEL_MIN_NNZ
-        or "fork" not in multiprocessing.get_all_start_methods()
-    ):
-        return solve_top2(parts, connected)
+    # One BLAS thread: the matrices are small enough that threads only add contention (measured:
+    # 1.20 s vs 1.34 s serial for ResNet-50, and 0.55 s with the second process).
+    with threadpoolctl.threadpool_limits(1):
+        if (
+            cpu_workers() < 2
+            or nnz.sum() < _PARALLEL_MIN_NNZ
+            or "fork" not in multiprocessing.get_all_start_methods()
+        ):
+            return solve_top2(parts, connected)
+        return _split_solve(parts, nnz, connected)
+
+
+def _split_solve(parts, nnz, connected) -> np.ndarray:
     halves: list[list[int]] = [[], []]
     load = [0, 0]
     for i in np.argsort(-nnz, kind="stable"):
