@@ -104,6 +104,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="nested-regular-subgraph (IMDB) variant (default n23)",
     )
     p.add_argument(
+        "--narc",
+        choices=("directed", "undirected"),
+        default="directed",
+        help="edge count e in NaRC: 2|E| as the I23 code (directed, default) or |E|",
+    )
+    p.add_argument(
         "--allow-empty-layers",
         action="store_true",
         help="analyze layers with no kept entry (their metrics are NaN) instead of failing",
@@ -197,6 +203,7 @@ def _analyze_one(path, args, metrics: list[str] | None, show: bool):
         metrics=metrics,
         gate=args.gate,
         imdb=args.imdb,
+        narc=args.narc,
         device=args.device,
         progress=show and (args.progress or ms.numel() >= LARGE_MASKSET),
         allow_empty=args.allow_empty_layers,

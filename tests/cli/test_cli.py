@@ -528,3 +528,20 @@ def test_render_rows_aligns_numbers_right_and_text_left():
     assert lines[3] == "b         nan"
     text = render_rows(("name", "shape"), [("a", "4x4"), ("(network)", None)])
     assert text.splitlines()[2] == "(network)"
+
+
+def test_narc_convention_flag(tmp_path, capsys):
+    from cli.main import main
+
+    gen = torch.Generator().manual_seed(1)
+    ms = masktopo.MaskSet({"fc.weight": torch.rand(40, 60, generator=gen) < 0.3})
+    path = masktopo.save(tmp_path / "m.safetensors", ms)
+    values = {}
+    for conv in ("directed", "undirected"):
+        rc = main(["analyze", str(path), "--format", "json", "--no-network", "--narc", conv,
+                   "--metrics", "narc"])  # fmt: skip
+        assert rc == 0
+        values[conv] = json.loads(capsys.readouterr().out)[0]["narc"]
+    expected = masktopo.analysis.layer_metrics(ms["fc.weight"], narc="undirected")["narc"]
+    assert values["undirected"] == pytest.approx(expected, rel=1e-12)
+    assert values["directed"] != pytest.approx(values["undirected"])
