@@ -21,7 +21,6 @@ import pickle
 import random
 import shutil
 import struct
-import subprocess
 import sys
 import warnings
 import zipfile
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run_masktopo
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -506,19 +506,6 @@ def _main(capsys, *argv) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def _subprocess(*argv, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "masktopo", *map(str, argv)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 # -- every case, in-process -----------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_analyze_bad_input(name, tmp_path, capsys):
@@ -568,7 +555,7 @@ def test_subprocess_bad_input(command, name, tmp_path):
         (outputs / "existing.csv").write_bytes(PREVIOUS)
         out_args = ["--out", outputs / "existing.csv"]
     before = _snapshot(inputs, outputs)
-    proc = _subprocess(command, *bad.paths, *out_args, cwd=tmp_path)
+    proc = run_masktopo(command, *bad.paths, *out_args, cwd=tmp_path)
     _assert_one_line_error(
         proc.returncode, proc.stdout, proc.stderr, f"{bad.paths[-1]}: ", *bad.problem
     )
@@ -580,7 +567,7 @@ def test_subprocess_cuda_on_a_cpu_only_machine(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     path = _good(tmp_path, ".safetensors")
-    proc = _subprocess(
+    proc = run_masktopo(
         "analyze", path, "--device", "cuda", "--out", tmp_path / "m.csv", cwd=tmp_path
     )
     _assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "--device cuda", "CUDA")
@@ -605,7 +592,7 @@ def test_unknown_choice_is_an_argparse_usage_error(option, value, choices, tmp_p
 
 def test_subprocess_unknown_choice(tmp_path):
     path = _good(tmp_path, ".safetensors")
-    proc = _subprocess("analyze", path, "--conv", "diagonal", cwd=tmp_path)
+    proc = run_masktopo("analyze", path, "--conv", "diagonal", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     assert "argument --conv: invalid choice: 'diagonal'" in proc.stderr.splitlines()[-1]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run_masktopo
 
 import masktopo
 from cli import analyze as cli_analyze
@@ -60,19 +61,6 @@ def _run(capsys, *argv):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def _subprocess(*argv, cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "masktopo", *map(str, argv)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _assert_user_error(rc, err, *, contains=()):
@@ -502,17 +490,17 @@ def test_subprocess_errors_have_no_traceback(case, tmp_path, saved, corrupt):
         "corrupt": [corrupt],
         "unknown_metric": [saved, "--metrics", "bogus"],
     }[case]
-    proc = _subprocess("analyze", *argv, "--out", out_file, cwd=tmp_path)
+    proc = run_masktopo("analyze", *argv, "--out", out_file, cwd=tmp_path)
     _assert_user_error(proc.returncode, proc.stderr)
     assert proc.stdout == ""
     assert not out_file.exists()
 
 
 def test_subprocess_info_and_analyze(tmp_path, saved):
-    proc = _subprocess("info", saved, cwd=tmp_path)
+    proc = run_masktopo("info", saved, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert all(name in proc.stdout for name in LAYERS)
-    proc = _subprocess("analyze", saved, "--format", "csv", cwd=tmp_path)
+    proc = run_masktopo("analyze", saved, "--format", "csv", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(io.StringIO(proc.stdout))
     assert list(df["layer"]) == [*LAYERS, "(network)"]
