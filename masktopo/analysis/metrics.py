@@ -230,22 +230,26 @@ def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
     """Full dims, active masks and the stripped CSR pattern of one layer."""
     m = _to_numpy(mask)
     n_out = m.shape[0]
-    # float64 in torch first: numpy cannot hold bfloat16 or float8 weights.
-    w = None if weight is None else np.abs(_to_numpy(weight.to(torch.float64)))
+    flat = np.flatnonzero(m)  # kept entries, C order
+    w = None
+    if weight is not None:  # |w| at the kept entries only, gathered where the weight lives
+        wt = weight.detach()
+        if wt.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            wt = wt.float()  # e.g. float8: no indexing kernels
+        idx = torch.from_numpy(flat).to(wt.device)
+        w = _to_numpy(wt.reshape(-1)[idx].to(torch.float64).abs())
     if m.ndim == 2 or conv == "unrolled":
-        m2 = m.reshape(n_out, -1)
-        n_in = m2.shape[1]
-        flat = np.flatnonzero(m2)
+        n_in = m.size // n_out
         r, c = np.divmod(flat, n_in)
         data = np.ones(flat.size)
-        wdata = None if w is None else w.reshape(-1)[flat]
+        wdata = w
     else:
-        axes = tuple(range(2, m.ndim))
-        counts = m.sum(axis=axes, dtype=np.int64)
-        n_in = counts.shape[1]
-        r, c = np.nonzero(counts)
-        data = counts[r, c].astype(np.float64)
-        wdata = None if w is None else (w * m).sum(axis=axes)[r, c]
+        n_in = m.shape[1]
+        pair, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
+                                      return_counts=True)  # fmt: skip
+        r, c = np.divmod(pair, n_in)  # channel pairs, row-major
+        data = counts.astype(np.float64)
+        wdata = None if w is None else np.bincount(inv, weights=w, minlength=pair.size)
     row_deg = np.bincount(r, minlength=n_out)
     col_deg = np.bincount(c, minlength=n_in)
     row_act, col_act = row_deg > 0, col_deg > 0
@@ -509,6 +513,50 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         row["reason"] = "; ".join(plan.reasons)
         results.append(row)
     return results
+
+
+def layer_metric_rows(
+    layers: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]],
+    *,
+    metrics: Iterable[str] | str | None = None,
+    options: Options | None = None,
+    device: str | torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """Metric rows of many layers, all their spectra solved in one batched call.
+
+    The batch entry point for callers that score many mask sets at once (PAGS scores a chunk of
+    candidates by passing every layer of every candidate here): each layer is planned, every
+    spectral job of every layer goes to one :func:`~masktopo.analysis.spectral.solve_many` call,
+    and the rows are finished from its singular values.
+
+    Parameters
+    ----------
+    layers : iterable of (name, mask, weight)
+        Bool masks (``[out, in]`` or ``[out, in, *kernel]``) with weights of the same shape, or
+        ``None`` for every weight (then only unweighted metrics). Names only label errors.
+    metrics : iterable of str, optional
+        Names from :data:`METRICS`; default all (weighted ones only with weights).
+    options : Options, optional
+        Conv reading, gate and variants (default :class:`Options()`).
+    device : str or torch.device, optional
+        Where the singular values are computed.
+
+    Returns
+    -------
+    list of dict
+        One row per layer, in order: metric name → value, plus ``"reason"``, exactly as
+        :func:`layer_metrics` returns for each layer alone.
+    """
+    layers = list(layers)
+    opts = Options() if options is None else options
+    has_w = [w is not None for _, _, w in layers]
+    if any(has_w) and not all(has_w):
+        raise MaskValidationError("layer_metric_rows: give a weight for every layer or for none")
+    weighted = bool(layers) and all(has_w)
+    names = resolve_metrics(metrics, weighted=weighted)
+    if not layers:
+        return []
+    return _run(layers, opts, names, _device(device), weighted)
 
 
 def layer_metrics(
