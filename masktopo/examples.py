@@ -1,5 +1,8 @@
 """Embedded example networks: layer shapes, ERK layer densities and random mask sets.
 
+The layer-density distributions (:func:`erk_densities`, :func:`layer_densities` and
+:data:`DISTRIBUTIONS`) live in :mod:`masktopo.pai.densities` and are re-exported here.
+
 Nothing here downloads anything: the layer shapes of two standard networks are written out, and
 :func:`random_maskset` draws a seeded random mask set at a given density, so that the quick start,
 the benchmarks and the tests have realistic masks on a fresh install.
@@ -24,7 +27,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .errors import MaskValidationError, UnknownNameError
+from .pai.densities import DISTRIBUTIONS, erk_densities, layer_densities
+from .pai.densities import check_shapes as _check_shapes
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -35,9 +39,6 @@ __all__ = [
     "resnet18_cifar_shapes",
     "resnet50_imagenet_shapes",
 ]
-
-#: Names of the layer-density distributions :func:`random_maskset` accepts.
-DISTRIBUTIONS = ("erk", "uniform")
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -96,106 +97,6 @@ def resnet50_imagenet_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_density(density: float) -> float:
-    density = float(density)
-    if not 0.0 < density <= 1.0:
-        raise MaskValidationError(f"density must be in (0, 1], got {density!r}")
-    return density
-
-
-def _check_shapes(shapes: Shapes) -> dict[str, tuple[int, ...]]:
-    if not shapes:
-        raise MaskValidationError("no layer shapes given")
-    out = {}
-    for name, shape in shapes.items():
-        shape = tuple(int(s) for s in shape)
-        if not shape or any(s <= 0 for s in shape):
-            raise MaskValidationError(f"layer {name!r}: shape {shape} has no entries")
-        out[name] = shape
-    return out
-
-
-def erk_densities(shapes: Shapes, density: float, *, power_scale: float = 1.0) -> dict[str, float]:
-    r"""Per-layer densities of the Erdős–Rényi-Kernel (ERK) distribution at a global density.
-
-    RigL's algorithm (Evci et al. 2020; the same in ITOP, GraNet and rigl-torch): each layer gets
-    the raw score :math:`r_l = (\sum \text{dims}) / (\prod \text{dims})`, raised to
-    ``power_scale``, and density :math:`d_l = \varepsilon r_l` with one :math:`\varepsilon` for all
-    layers such that the kept count matches the global density:
-
-    .. math::
-        \sum_{l \notin \mathcal{D}} \varepsilon r_l N_l
-        = D \sum_l N_l - \sum_{l \in \mathcal{D}} N_l .
-
-    While some layer would get :math:`\varepsilon r_l > 1`, the layer(s) with the largest score move
-    to the dense set :math:`\mathcal{D}` (density 1) and :math:`\varepsilon` is solved again.
-
-    Parameters
-    ----------
-    shapes : Mapping[str, tuple[int, ...]]
-        Layer name -> weight shape (any number of dimensions: ``[out, in]``, ``[out, in, kh, kw]``).
-    density : float
-        Global density ``D`` in (0, 1]: kept entries over all entries of all layers.
-    power_scale : float, optional
-        Exponent applied to the raw scores (RigL's ``erk_power_scale``); 1 is ERK, 0 is uniform.
-
-    Returns
-    -------
-    dict[str, float]
-        Layer name -> density in (0, 1], in the order of ``shapes``. ``sum(d_l * N_l)`` equals
-        ``density * sum(N_l)`` up to floating-point rounding.
-
-    Raises
-    ------
-    MaskValidationError
-        On a density outside (0, 1] or an empty shape.
-
-    Examples
-    --------
-    >>> d = erk_densities({"a": (4, 4), "b": (100, 100)}, 0.5)
-    >>> d["a"]
-    1.0
-    >>> round(d["b"], 6)   # (0.5 * 10016 - 16) / 10000
-    0.4992
-    """
-    shapes = _check_shapes(shapes)
-    density = _check_density(density)
-    numel = {n: math.prod(s) for n, s in shapes.items()}
-    raw = {n: (sum(s) / numel[n]) ** power_scale for n, s in shapes.items()}
-    total = math.fsum(numel.values())
-    dense: set[str] = set()
-    eps = 0.0
-    while len(dense) < len(shapes):
-        sparse = [n for n in shapes if n not in dense]
-        divisor = math.fsum(raw[n] * numel[n] for n in sparse)
-        rhs = density * total - math.fsum(numel[n] for n in dense)
-        eps = rhs / divisor
-        top = max(raw[n] for n in sparse)
-        if eps * top <= 1.0:
-            break
-        # eps only grows as layers go dense, so every layer over 1 now stays over 1: moving the
-        # largest-score layers one round at a time (as RigL does) ends in the same dense set.
-        dense.update(n for n in sparse if raw[n] == top)
-    return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
-
-
-def layer_densities(shapes: Shapes, density: float, distribution: str = "erk") -> dict[str, float]:
-    """Per-layer densities of a named distribution: ``"erk"`` or ``"uniform"`` (every layer at D).
-
-    Raises
-    ------
-    UnknownNameError
-        On a distribution other than those in :data:`DISTRIBUTIONS`.
-    """
-    if distribution == "erk":
-        return erk_densities(shapes, density)
-    if distribution == "uniform":
-        shapes = _check_shapes(shapes)
-        density = _check_density(density)
-        return dict.fromkeys(shapes, density)
-    raise UnknownNameError("layer-density distribution", distribution, DISTRIBUTIONS)
-
-
 def random_maskset(
     shapes: Shapes,
     density: float,
@@ -220,7 +121,7 @@ def random_maskset(
         Layer name -> weight shape, 2-D (linear) or 3-D to 5-D (conv).
     density : float
         Global density in (0, 1].
-    distribution : {"erk", "uniform"}, optional
+    distribution : {"erk", "er", "uniform"}, optional
         How the global density is spread over layers.
     weights : bool, optional
         Attach companion weights.

@@ -1,0 +1,464 @@
+"""The PAGS loop: sample candidates, score them in batches, keep the best (pags-spec §4.6).
+
+``t = 0`` is the base mask (the plain PaI mask, snapshot 0). For ``t = 1 … n`` a candidate comes
+from the source (``rescore`` or ``rewire``, :mod:`masktopo.pags.sampling`), optionally repaired
+to the base's per-layer counts, and is scored on ``θ`` (:mod:`masktopo.pags.scoring`).
+Candidates are generated and scored in chunks; selection then runs over them in ``t`` order:
+
+``layerwise`` (default, author code)
+    For every layer ℓ, the candidate's layer replaces the best's when both
+    ``IMDB_Δr,ℓ(cand) ≥ IMDB_Δr,ℓ(best)`` and ``fs_ℓ(cand) ≥ fs_ℓ(best)``. A layer identical to
+    the best's is not counted as a change.
+``global``
+    The whole candidate replaces the best when its network score ``mean_ℓ fs_ℓ`` is strictly
+    larger.
+
+So every layer of the result scores at least its base layer under both criteria (layerwise), or
+the result's network score is at least the base's (global): PAGS never returns a mask scoring below
+its base under its own criterion.
+
+Under ``torchrun`` (``torch.distributed`` initialized) rank ``r`` generates and scores the
+candidates ``t ≡ r (mod world)`` of every chunk; the scores are all-gathered, every rank applies
+the same selection in ``t`` order, and only the accepted layers' masks travel. The result does not
+depend on the number of processes, nor on the chunk size. Rank 0 writes the files.
+
+Output directory (all writes atomic): ``base.safetensors``, ``best.safetensors`` (masks + θ),
+``snapshots/snapshot-NNNNNN.safetensors`` (snapshot 0 is the base; then every ``snapshot_every``
+candidates when the best changed), ``candidates.parquet`` (one row per candidate, ``t = 0`` the
+base), ``run.json`` (resolved config, seed, versions) and ``state.json`` plus ``.pags-state/``
+(the resume point, rewritten after every chunk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..errors import MaskFileError, MaskValidationError
+from ..masks import MaskSet
+from .config import RESUMABLE_CHANGES, PagsConfig
+from .sampling import Source, repair
+from .scoring import Scores, score_candidates
+
+FORMAT = "masktopo.pags"
+FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+STATE_FILE = "state.json"
+STATE_DIR = ".pags-state"
+BEST_FILE = "best.safetensors"
+BASE_FILE = "base.safetensors"
+SNAPSHOT_DIR = "snapshots"
+CANDIDATES_FILE = "candidates.parquet"
+
+
+def snapshot_name(t: int) -> str:
+    return f"snapshot-{t:06d}.safetensors"
+
+
+@dataclass
+class PagsResult:
+    """What :func:`run_pags` returns.
+
+    Attributes
+    ----------
+    best, base : MaskSet
+        The best mask and the base mask, with the weights θ they were scored on.
+    best_scores, base_scores : Scores
+        Their per-layer criteria (one row each).
+    n_done : int
+        Candidates processed (``n`` unless stopped early).
+    candidates : pandas.DataFrame
+        One row per candidate (``t = 0`` is the base).
+    snapshots : list of int
+        The ``t`` of every snapshot written (0 first).
+    out : pathlib.Path or None
+        The output directory.
+    """
+
+    best: MaskSet
+    base: MaskSet
+    best_scores: Scores
+    base_scores: Scores
+    n_done: int
+    candidates: Any
+    snapshots: list[int]
+    out: Path | None
+
+
+class _Comm:
+    """The process group (or a single process)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world = self.dist.get_world_size() if self.dist else 1
+
+    def gather(self, obj) -> list:
+        if self.dist is None:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.gather(None)
+
+
+def _fingerprint(mask: torch.Tensor) -> str:
+    return hashlib.blake2b(
+        np.packbits(mask.reshape(-1).numpy()).tobytes(), digest_size=16
+    ).hexdigest()
+
+
+def _pack(mask: torch.Tensor) -> tuple[bytes, tuple[int, ...]]:
+    return np.packbits(mask.reshape(-1).numpy()).tobytes(), tuple(mask.shape)
+
+
+def _unpack(packed: tuple[bytes, tuple[int, ...]]) -> torch.Tensor:
+    data, shape = packed
+    n = int(np.prod(shape))
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n).astype(bool)
+    return torch.from_numpy(bits).reshape(shape)
+
+
+def _ge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a ≥ b`` where an undefined ``a`` never wins and a defined ``a`` beats an undefined ``b``."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(a), False, np.where(np.isnan(b), True, a >= b))
+
+
+def accept(config: PagsConfig, best: Scores, cand: Scores, i: int) -> np.ndarray:
+    """Bool ``(L,)``: the layers of candidate ``i`` of ``cand`` that replace the best's."""
+    inv = config.invalid
+    if config.selection == "layerwise":
+        ok_imdb = _ge(cand.imdb(inv)[i], best.imdb(inv)[0])
+        ok_fs = _ge(cand.fs_criterion(inv)[i], best.fs_criterion(inv)[0])
+        return ok_imdb & ok_fs
+    c, b = cand.network(inv)[i], best.network(inv)[0]
+    win = (not np.isnan(c)) and (np.isnan(b) or c > b)
+    return np.full(len(cand.layers), bool(win))
+
+
+def _versions() -> dict:
+    import scipy
+
+    return {"masktopo": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def _row(t: int, sc: Scores, i: int, config: PagsConfig, numel: int, accepted: int,
+         best: Scores) -> dict:  # fmt: skip
+    inv = config.invalid
+    fs, imdb = sc.fs_criterion(inv)[i], sc.imdb(inv)[i]
+    nan = float("nan")
+    return {
+        "t": t,
+        "network_score": float(sc.network(inv)[i]),
+        "density": float(sc.nnz[i].sum() / numel),
+        "fs_mean": float(np.nanmean(fs)) if np.isfinite(fs).any() else nan,
+        "fs_min": float(np.nanmin(fs)) if np.isfinite(fs).any() else nan,
+        "fs_max": float(np.nanmax(fs)) if np.isfinite(fs).any() else nan,
+        "imdb_mean": float(np.nanmean(imdb)) if np.isfinite(imdb).any() else nan,
+        "gated_layers": int(sc.valid[i].sum()),
+        "accepted_layers": accepted,
+        "best_network_score": float(best.network(inv)[0]),
+        "best_density": float(best.nnz[0].sum() / numel),
+        "fs": [float(v) for v in fs],
+        "imdb_gap": [float(v) for v in imdb],
+    }
+
+
+class _Writer:
+    """Atomic writes into the output directory (rank 0 only; a no-op elsewhere)."""
+
+    def __init__(self, out: Path | None, active: bool, theta: Mapping[str, torch.Tensor], kinds):
+        self.out, self.active, self.theta, self.kinds = (
+            out,
+            active and out is not None,
+            theta,
+            kinds,
+        )
+
+    def maskset(self, masks: Mapping[str, torch.Tensor], meta: dict | None = None, weights=True):
+        w = {n: self.theta[n] for n in masks} if weights else None
+        return MaskSet(dict(masks), self.kinds, w, meta=meta)
+
+    def save(self, rel: str, masks, meta: dict | None = None, weights: bool = True) -> None:
+        if self.active:
+            from ..store import save
+
+            save(self.out / rel, self.maskset(masks, meta, weights))
+
+    def json(self, rel: str, obj: dict) -> None:
+        if self.active:
+            from ..store import _atomic_write
+
+            text = json.dumps(obj, indent=1, allow_nan=True) + "\n"
+            _atomic_write(self.out / rel, lambda f: f.write(text.encode("utf-8")))
+
+    def rows(self, rows: list[dict]) -> None:
+        if self.active:
+            import pandas as pd
+
+            from ..store import _atomic_write
+
+            df = pd.DataFrame(rows)
+            _atomic_write(self.out / CANDIDATES_FILE, lambda f: df.to_parquet(f, index=False))
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Raise unless ``out`` can take a fresh run (``resume=False``) or holds one to resume."""
+    state = out / STATE_FILE
+    if resume:
+        if not state.is_file():
+            raise MaskFileError(out, "--resume: no PAGS run to resume here (no state.json)")
+        return
+    if out.exists() and not out.is_dir():
+        raise MaskFileError(out, "cannot write: it is not a directory")
+    if state.exists() or (out / BEST_FILE).exists():
+        raise MaskFileError(out, "already holds a PAGS run; pass --resume to continue it, or "
+                                 "choose another --out")  # fmt: skip
+
+
+def _read_state(out: Path, config: PagsConfig) -> dict:
+    path = out / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MaskFileError(path, f"cannot read the resume state ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise MaskFileError(path, "is not a masktopo PAGS state file")
+    old = state.get("config", {})
+    new = config.to_dict()
+    diff = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in new.items()
+            if k not in RESUMABLE_CHANGES and old.get(k) != v]  # fmt: skip
+    if diff:
+        raise MaskFileError(path, "the run was started with other settings: " + ", ".join(diff))
+    return state
+
+
+def run_pags(
+    base: MaskSet,
+    weights: Mapping[str, torch.Tensor],
+    source: Source,
+    config: PagsConfig,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    stop: Callable[[int], bool] | None = None,
+    run_info: dict | None = None,
+) -> PagsResult:
+    """Run PAGS from a base mask.
+
+    Parameters
+    ----------
+    base : MaskSet
+        The plain PaI mask (snapshot 0).
+    weights : mapping of str to torch.Tensor
+        θ: the weights every candidate is scored on (and saved with the masks).
+    source : callable
+        ``t -> MaskSet``; candidate ``t`` must depend only on ``(seed, t)``
+        (:class:`~masktopo.pags.sampling.RescoreSource`, :class:`~masktopo.pags.sampling.
+        RewireSource`).
+    config : PagsConfig
+        The run's parameters.
+    out : path, optional
+        Output directory (created); nothing is written when None.
+    resume : bool
+        Continue the run in ``out`` from its last chunk; ends as an uninterrupted run would.
+    progress : bool
+        Show a tqdm progress bar on stderr (rank 0).
+    stop : callable, optional
+        ``stop(t_done) -> bool``, asked after every chunk: True ends the run early (it can be
+        resumed).
+    run_info : dict, optional
+        Extra entries for run.json (model, dataset, ...).
+
+    Returns
+    -------
+    PagsResult
+    """
+    comm = _Comm()
+    names = list(base)
+    theta = {n: weights[n].detach().cpu() for n in names}
+    kinds = {n: base.kind(n) for n in names}
+    base_masks = {n: base[n].cpu() for n in names}
+    counts = {n: int(torch.count_nonzero(m)) for n, m in base_masks.items()}
+    numel = sum(m.numel() for m in base_masks.values())
+    opts, device = config.options(), config.device
+    out = None if out is None else Path(out)
+    writer = _Writer(out, comm.rank == 0, theta, kinds)
+
+    def score(cands: list[MaskSet]) -> Scores:
+        return score_candidates(cands, weights=theta, device=device, options=opts,
+                                reference=ref)  # fmt: skip
+
+    base_ms = MaskSet(base_masks, kinds)
+    ref = None
+    base_scores = score([base_ms])
+    if config.reference == "base":
+        ref = base_scores.coords[0]
+        base_scores = score([base_ms])
+    base_fp = {n: _fingerprint(m) for n, m in base_masks.items()}
+
+    if out is not None:
+        check_out_dir(out, resume)
+    if resume:
+        state = _read_state(out, config)
+        from ..store import load
+
+        stored_base = load(out / BASE_FILE, weights=False)
+        if list(stored_base) != names or any(
+            not torch.equal(stored_base[n], base_masks[n]) for n in names
+        ):
+            raise MaskFileError(out / BASE_FILE, "differs from this run's base mask; cannot resume")
+        best_ms = load(out / STATE_DIR / state["best_file"], weights=False)
+        best = {n: best_ms[n] for n in names}
+        best_sc = Scores.from_dict(state["best_scores"])
+        best_fp = dict(state["best_fp"])
+        changed = bool(state["changed"])
+        snapshots = list(state["snapshots"])
+        next_t = int(state["next_t"])
+        import pandas as pd
+
+        rows = pd.read_parquet(out / CANDIDATES_FILE).to_dict("records")
+        rows = [dict(r, fs=list(r["fs"]), imdb_gap=list(r["imdb_gap"])) for r in rows
+                if r["t"] < next_t]  # fmt: skip
+        comm.barrier()  # every rank has read the state before rank 0 rewrites it
+    else:
+        best = dict(base_masks)
+        best_sc = base_scores.copy()
+        best_fp = dict(base_fp)
+        changed, snapshots, next_t = False, [0], 1
+        rows = [_row(0, base_scores, 0, config, numel, 0, best_sc)]
+        if writer.active:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SNAPSHOT_DIR).mkdir(exist_ok=True)
+            (out / STATE_DIR).mkdir(exist_ok=True)
+        comm.barrier()
+        meta = {"pags": {"t": 0, "role": "base"}}
+        writer.json(RUN_FILE, {
+            "format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
+            "seed": config.seed, "versions": _versions(), "world_size": comm.world,
+            "layers": [{"name": n, "kind": kinds[n], "shape": list(base_masks[n].shape),
+                        "base_nnz": counts[n]} for n in names],
+            "base_density": sum(counts.values()) / numel, **(run_info or {}),
+        })  # fmt: skip
+        writer.save(BASE_FILE, base_masks, meta)
+        writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(0)}", base_masks, meta)
+        writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
+        _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots, rows)
+
+    bar = None
+    if progress and comm.rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n, initial=next_t - 1, unit="cand", file=sys.stderr,
+                   desc="pags", dynamic_ncols=True)  # fmt: skip
+        bar.set_postfix(best=f"{best_sc.network(config.invalid)[0]:.5g}")
+
+    t = next_t
+    while t <= config.n:
+        chunk = list(range(t, min(config.n, t + config.chunk - 1) + 1))
+        mine = [u for u in chunk if u % comm.world == comm.rank]
+        cands: dict[int, MaskSet] = {}
+        for u in mine:
+            c = source(u).without_weights()
+            if list(c) != names:
+                raise MaskValidationError(f"candidate {u} has other layers than the base mask")
+            if config.repair:
+                c = repair(c, counts, theta)
+            cands[u] = c
+        local_sc = score(list(cands.values())) if cands else None
+        local = {u: (local_sc.take(i), {n: _fingerprint(cands[u][n]) for n in names})
+                 for i, u in enumerate(mine)}  # fmt: skip
+        gathered: dict[int, tuple[Scores, dict]] = {}
+        for part in comm.gather(local):
+            gathered.update(part)
+
+        src: dict[str, int | None] = dict.fromkeys(names)  # None: the best before this chunk
+        snaps_here: list[tuple[int, dict]] = []
+        for u in chunk:
+            sc, fps = gathered[u]
+            ok = accept(config, best_sc, sc, 0)
+            ok &= np.array([fps[n] != best_fp[n] for n in names])
+            if ok.any():
+                best_sc.set_layers(0, sc, 0, ok)
+                for j in np.flatnonzero(ok):
+                    src[names[j]] = u
+                    best_fp[names[j]] = fps[names[j]]
+                changed = True
+            rows.append(_row(u, sc, 0, config, numel, int(ok.sum()), best_sc))
+            if u % config.snapshot_every == 0 and changed:
+                snaps_here.append((u, dict(src)))
+                changed = False
+
+        need = {(s, n) for _, st in [*snaps_here, (None, src)] for n, s in st.items()
+                if s is not None}  # fmt: skip
+        sent = {(u, n): _pack(cands[u][n]) for u, n in need if u in cands}
+        masks: dict[tuple[int, str], torch.Tensor] = {}
+        if comm.world == 1:
+            masks = {(u, n): cands[u][n] for u, n in need}
+        else:
+            for part in comm.gather(sent):
+                masks.update({k: _unpack(v) for k, v in part.items()})
+
+        def state_of(st: dict) -> dict[str, torch.Tensor]:
+            return {n: best[n] if s is None else masks[(s, n)] for n, s in st.items()}  # noqa: B023
+
+        for u, st in snaps_here:
+            writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(u)}", state_of(st),
+                        {"pags": {"t": u, "role": "snapshot"}})  # fmt: skip
+            snapshots.append(u)
+        new_best = state_of(src)
+        if any(s is not None for s in src.values()):
+            writer.save(BEST_FILE, new_best, {"pags": {"t": chunk[-1], "role": "best"}})
+        best = new_best
+        t = chunk[-1] + 1
+        _write_state(writer, config, t, best, best_sc, best_fp, changed, snapshots, rows)
+        if bar is not None:
+            bar.update(len(chunk))
+            bar.set_postfix(best=f"{best_sc.network(config.invalid)[0]:.5g}")
+        if stop is not None and stop(t - 1):
+            break
+    if bar is not None:
+        bar.close()
+    import pandas as pd
+
+    return PagsResult(
+        best=writer.maskset(best, {"pags": {"t": t - 1, "role": "best"}}),
+        base=writer.maskset(base_masks, {"pags": {"t": 0, "role": "base"}}),
+        best_scores=best_sc, base_scores=base_scores, n_done=t - 1,
+        candidates=pd.DataFrame(rows), snapshots=snapshots, out=out,
+    )  # fmt: skip
+
+
+def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, changed, snapshots,
+                 rows) -> None:  # fmt: skip
+    """Rows, then the best masks, then state.json (the commit point), then stale state files."""
+    if not writer.active:
+        return
+    writer.rows(rows)
+    best_file = f"best-{next_t:06d}.safetensors"
+    writer.save(f"{STATE_DIR}/{best_file}", best, weights=False)
+    writer.json(STATE_FILE, {
+        "format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
+        "next_t": next_t, "best_file": best_file, "best_scores": best_sc.to_dict(),
+        "best_fp": best_fp, "changed": changed, "snapshots": snapshots,
+    })  # fmt: skip
+    for old in (writer.out / STATE_DIR).glob("best-*.safetensors"):
+        if old.name != best_file:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,134 @@
+"""PAGS from names: build the model, data, base mask and candidate source, then run the engine.
+
+This is what ``masktopo pags`` calls. Everything that can fail on bad input (unknown names, missing
+data files, a warm-start checkpoint for another model, an output directory that is in use) is
+checked before the output directory is created, so a bad invocation writes nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import MaskFileError
+from .config import PagsConfig
+from .engine import PagsResult, check_out_dir, run_pags
+from .sampling import RescoreSource, RewireSource, full_batches, generators, seed_for
+
+
+def check_method(name: str):
+    """The PaI method ``name`` from :data:`masktopo.pai.METHODS` (UnknownNameError otherwise)."""
+    from .. import pai
+
+    return pai.get_method(name)
+
+
+def load_warm_start(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
+    """Load a checkpoint's weights into ``model``; a checkpoint for another model is an error."""
+    from ..store import _find_state_dict, _strip_wrapper_prefixes
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskFileError(path, "warm-start checkpoint not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MaskFileError(path, f"cannot read the warm-start checkpoint ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None  # fmt: skip
+    state = _find_state_dict(obj)
+    if state is None:
+        raise MaskFileError(path, "no state dict in the warm-start checkpoint")
+    prefix = _strip_wrapper_prefixes(list(state))
+    state = {k[len(prefix) :]: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(
+        k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or extra or shapes:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{what}: {', '.join(keys[:3])}{more}")
+        raise MaskFileError(
+            path, f"is not a checkpoint of model {model_name!r} ({'; '.join(parts)})"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+class _OnDevice:
+    """Batches moved to ``device`` as they are read."""
+
+    def __init__(self, batches, device):
+        self.batches, self.device = batches, torch.device(device)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield tuple(x.to(self.device) for x in batch)
+
+
+def prepare(config: PagsConfig):
+    """Model, θ, base mask and candidate source for ``config`` (nothing is written).
+
+    Returns ``(base, theta, source, info)``: ``info`` describes the run for run.json.
+    """
+    from .. import pai, zoo
+
+    method = check_method(config.method)
+    spec = zoo.get_spec(config.dataset)
+    data_free = bool(method.data_free)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise MaskFileError("--device", "cuda: no CUDA device is available on this machine")
+    init = torch.Generator().manual_seed(seed_for(config.seed, 0, 2))
+    model = zoo.get_model(config.model, dataset=spec, generator=init)
+    dataset = None
+    if not data_free:
+        dataset = zoo.load_dataset(config.dataset, data_dir=config.data_dir, split="train")
+    if config.warm_start is not None:
+        load_warm_start(model, config.warm_start, config.model)
+    model = model.to(config.device)
+    params = zoo.maskable_parameters(model)
+    theta = {n: p.detach().clone().cpu() for n, p in params.items()}
+    g0, _ = generators(config.seed, 0)
+    batches = None
+    if dataset is not None:
+        batches = _OnDevice(list(full_batches(dataset, config.batch_size)), config.device)
+    # The dataset's own loss (cross-entropy, or BCE for a one-logit binary task) for the scorers.
+    # SynFlow needs the input shape (the other methods ignore it).
+    kw = {"in_shape": spec.in_shape} if data_free else {"loss": spec.loss_fn}
+    base = pai.prune(model, config.method, config.density, batches=batches, generator=g0, **kw)
+    if config.sampler == "rewire":
+        source = RewireSource(base, config.seed)
+    else:
+        inner = RescoreSource(model, config.method, config.density, config.seed,
+                              dataset=dataset, iters=config.iters, batch_size=config.batch_size,
+                              data_free=data_free, noise=bool(method.rescore_noise),
+                              prune_kwargs=kw)  # fmt: skip
+        source = inner
+        if config.device != "cpu" and dataset is not None:
+            orig = inner.prune
+
+            def prune_on_device(model, method, density, *, batches, generator, **kw):
+                return orig(model, method, density, batches=_OnDevice(batches, config.device),
+                            generator=generator, **kw)  # fmt: skip
+
+            inner.prune = prune_on_device
+    info = {"model": config.model, "dataset": config.dataset, "method": config.method,
+            "data_free": data_free, "n_params_masked": sum(p.numel() for p in params.values())}  # fmt: skip
+    return base, theta, source, info
+
+
+def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: bool = False,
+        stop=None) -> PagsResult:  # fmt: skip
+    """Run PAGS as ``masktopo pags`` does: validate, build, then write ``out``."""
+    out = Path(out)
+    check_out_dir(out, resume)
+    base, theta, source, info = prepare(config)
+    return run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
+                    stop=stop, run_info=info)  # fmt: skip
