@@ -55,8 +55,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       help="PaI method the candidates come from (default erk); see --list-methods")  # fmt: skip
     a("--density", type=_float, default=None, metavar="D",
       help="fraction of the maskable weights to keep, in (0, 1] (required)")  # fmt: skip
-    a("--n", type=_positive_int, default=1000, metavar="N",
-      help="number of candidate masks to sample (default 1000)")  # fmt: skip
+    a("--n", "--candidates", dest="n", type=_positive_int, default=1000, metavar="N",
+      help="number of candidate masks to sample (default 1000); under torchrun spell it "
+           "--candidates (torchrun reads --n as an abbreviation of its own options)")  # fmt: skip
     a("--iters", type=_positive_int, default=20, metavar="I",
       help="minibatches per candidate's PaI scoring, rescore sampler (default 20)")  # fmt: skip
     a("--batch-size", type=_positive_int, default=128, metavar="B",

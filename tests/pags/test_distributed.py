@@ -1,6 +1,8 @@
 """Same seed, same result with 1 and 2 processes (torch.distributed, gloo on CPU)."""
 
+import os
 import pickle
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -45,3 +47,29 @@ def test_one_and_two_processes_agree(tmp_path):
     masks = [pickle.loads((tmp_path / f"w2.rank{r}.pkl").read_bytes()) for r in range(2)]
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
     assert all(torch.equal(masks[0][n], b1[n]) for n in b1)
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """The real launcher: `torchrun --nproc_per_node=2 -m masktopo pags` equals a plain run."""
+    import shutil
+    import subprocess
+    import sys
+
+    import masktopo
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    args = ["pags", "--model", "mlpnet", "--dataset", "fashion-mnist", "--method", "erk",
+            "--density", "0.05", "--candidates", "6", "--chunk", "3"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    two = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "masktopo", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "masktopo", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = masktopo.load(tmp_path / "one" / "best.safetensors")
+    b = masktopo.load(tmp_path / "two" / "best.safetensors")
+    assert a.equal(b, weights=True)
