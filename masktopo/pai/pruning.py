@@ -12,6 +12,7 @@ import copy
 import math
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -336,9 +337,16 @@ def prune(
             per_layer = {n: step_counts(final[n], sizes[n], steps) for n in pruned}
             plan = [{n: per_layer[n][j] for n in pruned} for j in range(iterations)]
 
-    run = _Run(model, m, params, pruned, generator, batches, in_shape)
-    run.materialize(len(plan))
     masks = None
+    if m.randomized and len(plan) == 1:
+        # Random methods: a uniform k-subset per layer (or of all entries, global scope) drawn by
+        # index sampling: the same distribution as the exact top-k of i.i.d. uniform scores,
+        # without materializing a score per weight (ms instead of ~0.6 s for ResNet-18).
+        masks = _random_subsets(plan[0], shapes, generator, params[pruned[0]].device)
+        plan = []
+    else:
+        run = _Run(model, m, params, pruned, generator, batches, in_shape)
+        run.materialize(len(plan))
     for j, target in enumerate(plan):
         run.round = j
         if masks is not None:
@@ -371,6 +379,27 @@ def prune(
         "generator_initial_seed": int(generator.initial_seed()),
     }
     return MaskSet(out, weights=weights, meta=meta)
+
+
+def _random_subsets(target, shapes, generator, device) -> dict[str, torch.Tensor]:
+    """Uniformly random kept positions: ``target[name]`` per layer, or ``target`` in all."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    rng = np.random.default_rng(seed)
+    names = list(shapes)
+    sizes = np.array([math.prod(shapes[n]) for n in names], dtype=np.int64)
+    if isinstance(target, dict):
+        picks = [rng.choice(int(sz), size=int(target[n]), replace=False) for n, sz in zip(names, sizes, strict=True)]  # fmt: skip
+    else:
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        flat = np.sort(rng.choice(int(offsets[-1]), size=int(target), replace=False))
+        cut = np.searchsorted(flat, offsets)
+        picks = [flat[cut[i] : cut[i + 1]] - offsets[i] for i in range(len(names))]
+    masks = {}
+    for n, sz, idx in zip(names, sizes, picks, strict=True):
+        mask = torch.zeros(int(sz), dtype=torch.bool)
+        mask[torch.from_numpy(np.asarray(idx, dtype=np.int64))] = True
+        masks[n] = mask.reshape(shapes[n]).to(device)
+    return masks
 
 
 def _accumulate(total, grads) -> None:

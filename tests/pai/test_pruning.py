@@ -301,3 +301,20 @@ def test_maskset_round_trips_through_a_file(tmp_path):
     back = store.load(path)
     assert back.equal(ms) and back.meta["method"] == "iter-snip"
     assert back.meta["options"] == {"schedule": "exponential", "loss": "cross_entropy"}
+
+
+def test_random_methods_draw_uniform_subsets():
+    # Index sampling must give every position the same chance k/N (here 3/10), per layer (erk:
+    # local counts) and over all entries (random: global scope), with exact counts every time.
+    net = torch.nn.Sequential(torch.nn.Linear(5, 2), torch.nn.Linear(2, 5))
+    hits = {"erk": torch.zeros(20), "random": torch.zeros(20)}
+    draws = 1000
+    for method in hits:
+        for i in range(draws):
+            ms = pai.prune(net, method, 0.3, generator=torch.Generator().manual_seed(i))
+            assert ms.nnz() == 6
+            hits[method] += torch.cat([ms[n].flatten().float() for n in ms])
+    for method, h in hits.items():
+        freq = h / draws
+        # binomial sd at p=0.3, n=1000 is ~0.0145; 0.07 is ~5 sd: a loose, failure-proof band
+        assert torch.all((freq - 0.3).abs() < 0.07), (method, freq)
