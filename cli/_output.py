@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Iterable, Sequence
 
 
@@ -103,3 +104,13 @@ def json_records(df) -> list[dict]:
             rec[str(col)] = v
         records.append(rec)
     return records
+
+
+def show_progress(args) -> bool:
+    """Show a progress bar: when ``--progress`` was given, or when stderr is a terminal."""
+    if args.progress:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

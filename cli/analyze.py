@@ -13,7 +13,7 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 
-from ._output import json_records, render_frame, render_rows
+from ._output import json_records, render_frame, render_rows, show_progress
 
 FORMATS = ("table", "csv", "json", "parquet")
 _SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -172,15 +172,6 @@ def _empty_layers(maskset) -> list[str]:
     return [name for name, nnz in maskset.nnz_per_layer().items() if nnz == 0]
 
 
-def _show_progress(args) -> bool:
-    if args.progress:
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def _analyze_one(path, args, metrics: list[str] | None, show: bool):
     """Load one path and analyze it (one row per layer)."""
     from masktopo import analysis, store
@@ -248,7 +239,7 @@ def analyze_paths(args, metrics: list[str] | None):
 
     paths = list(args.paths)
     several = len(paths) > 1
-    show = _show_progress(args)
+    show = show_progress(args)
     frames = []
     bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
     for path in bar:

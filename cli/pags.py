@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from ._output import show_progress
 
 SAMPLERS = ("rescore", "rewire")
 SELECTIONS = ("layerwise", "global")
@@ -124,15 +125,6 @@ def _init_distributed(device: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _show_progress(args) -> bool:
-    if args.progress:
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def run(args) -> int:
     if args.list_methods:
         print(list_methods())
@@ -162,7 +154,7 @@ def run(args) -> int:
 
     check_method(args.method)
     _init_distributed(args.device)
-    result = run_pags(config, args.out, resume=args.resume, progress=_show_progress(args))
+    result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
