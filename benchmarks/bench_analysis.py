@@ -28,25 +28,19 @@ how long a run takes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
-import os
-import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import scipy
 import scipy.sparse as sp
 import torch
+from _common import available_devices, fmt_ratio, fmt_s, log, machine_facts, timed
 from scipy.sparse.linalg import eigsh
 
-import masktopo
 from masktopo import examples
 from masktopo.analysis import analyze
 
@@ -58,11 +52,6 @@ NETWORKS = {
 DENSITIES = (0.10, 0.02, 0.01)
 SLOW_S = 3.0  # a networkx case slower than this runs once instead of --repeats times
 WARMUP_LAYERS = 4  # our warm-up: analyze() on the first layers of each mask set
-
-
-def log(msg: str) -> None:
-    """Progress on stderr, so that stdout holds only the report."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- baselines
@@ -101,25 +90,6 @@ def eigsh_spectra(mask: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], repeats: int, *, device: str = "cpu", slow: float = math.inf):
-    """Median wall time of ``repeats`` calls (one call when the first takes over ``slow`` s)."""
-    times, result = [], None
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        result = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if times[0] > slow:
-            break
-    return statistics.median(times), result
 
 
 @dataclass
@@ -203,53 +173,8 @@ def max_rel_err(df, ref: dict[str, np.ndarray]) -> tuple[float, int]:
 # --------------------------------------------------------------------------- report
 
 
-def fmt_s(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    if x >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3f}"
-
-
-def fmt_ratio(a: float, b: float) -> str:
-    if not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
-        return "n/a"
-    r = a / b
-    return f"{r:,.0f}×" if r >= 10 else f"{r:.1f}×"
-
-
 def fmt_err(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1e}"
-
-
-def machine_facts(devices: list[str]) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
-    facts = [
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable by this process)",
-        f"- torch.get_num_threads(): {torch.get_num_threads()}",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, networkx {nx.__version__}, masktopo {masktopo.__version__}",
-    ]
-    if "cuda" in devices:
-        facts.append(f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
-    return facts
 
 
 @dataclass
@@ -429,20 +354,6 @@ def parse_args(argv=None):
     if any(not 0 < d <= 1 for d in args.densities):
         p.error("densities must be in (0, 1]")
     return args
-
-
-def available_devices(requested: list[str]) -> list[str]:
-    devices = []
-    for d in dict.fromkeys(requested):
-        if d == "cuda" and not torch.cuda.is_available():
-            why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
-            log(
-                f"--device cuda: CUDA is not available ({why}, torch {torch.__version__}); "
-                "skipping the CUDA timings of ours."
-            )
-            continue
-        devices.append(d)
-    return devices
 
 
 def bench_maskset(ms, args, devices: list[str]) -> Row:

@@ -34,26 +34,31 @@ long a run takes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import scipy
 import scipy.sparse as sp
 import torch
+from _common import (
+    available_devices,
+    fmt_ratio,
+    fmt_s,
+    gpu_absent_reason,
+    log,
+    machine_facts,
+    timed,
+)
 
-import masktopo
 from masktopo import examples
 from masktopo.analysis.spectral import cpu_workers
 from masktopo.pags import PagsConfig, run, score_candidates
@@ -65,11 +70,6 @@ N_TARGET = 1000
 CHUNKS = (16, 64)
 SLOW_S = 3.0  # a networkx case slower than this runs once instead of --repeats times
 COORDS = ("Δr", "λ", "IMDB_Δr", "IMDB_λ")
-
-
-def log(msg: str) -> None:
-    """Progress on stderr, so that stdout holds only the report."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -108,18 +108,6 @@ def workers_env(value: str | None) -> Iterator[None]:
             os.environ.pop("MASKTOPO_WORKERS", None)
         else:
             os.environ["MASKTOPO_WORKERS"] = old
-
-
-def timed(fn: Callable[[], object], repeats: int, *, slow: float = math.inf):
-    """Median wall time of ``repeats`` calls (one call when the first takes over ``slow`` s)."""
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-        if times[0] > slow:
-            break
-    return statistics.median(times), result
 
 
 @dataclass
@@ -356,74 +344,12 @@ def bench_end_to_end(args, device: str) -> EndToEnd:
 # --------------------------------------------------------------------------- report
 
 
-def fmt_s(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    if x >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3f}"
-
-
 def fmt_rate(x: float) -> str:
     if not math.isfinite(x):
         return "n/a"
     if x >= 100:
         return f"{x:,.0f}"
     return f"{x:.1f}" if x >= 1 else f"{x:.2g}"
-
-
-def fmt_ratio(a: float, b: float) -> str:
-    if not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
-        return "n/a"
-    r = a / b
-    if r < 1:
-        return f"{r:.2g}×"
-    return f"{r:,.0f}×" if r >= 10 else f"{r:.1f}×"
-
-
-def machine_facts(devices: list[str]) -> list[str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
-    try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "n/a"
-    facts = [
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable by this process); "
-        f"load average at start {load}",
-        f"- torch.get_num_threads(): {torch.get_num_threads()}; MASKTOPO_WORKERS "
-        f"{os.environ.get('MASKTOPO_WORKERS', 'unset')} → {cpu_workers()} CPU worker(s) by default",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"scipy {scipy.__version__}, networkx {nx.__version__}, masktopo {masktopo.__version__}",
-    ]
-    if "cuda" in devices:
-        facts.append(f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
-    else:
-        facts.append(f"- GPU: {gpu_absent_reason()}")
-    return facts
-
-
-def gpu_absent_reason() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} present but not used (pass --device cpu cuda)"
-    why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device"
-    return f"no GPU was available ({why}, torch {torch.__version__})"
 
 
 def header(args, shapes, cands) -> list[str]:
@@ -688,16 +614,6 @@ def parse_args(argv=None):
     if not 0 < args.density <= 1:
         p.error("--density must be in (0, 1]")
     return args
-
-
-def available_devices(requested: list[str]) -> list[str]:
-    devices = []
-    for d in dict.fromkeys(requested):
-        if d == "cuda" and not torch.cuda.is_available():
-            log(f"--device cuda: {gpu_absent_reason()}; skipping the CUDA timings.")
-            continue
-        devices.append(d)
-    return devices
 
 
 def main(argv=None) -> int:
