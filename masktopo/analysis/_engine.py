@@ -62,9 +62,17 @@ class Parts(NamedTuple):
         return Parts(T.data, T.indices.astype(np.int32), T.indptr.astype(np.int32), T.shape)
 
 
-def _pad2(values) -> np.ndarray:
-    s = np.sort(np.asarray(values, dtype=np.float64))[::-1][:2]
-    return np.concatenate([s, np.zeros(2 - s.size)]) if s.size < 2 else s
+def pad_desc(values, k: int = 2) -> np.ndarray:
+    """The ``k`` largest values, float64 descending, zero-padded to length ``k``."""
+    s = np.sort(np.asarray(values, dtype=np.float64))[::-1][:k]
+    return np.concatenate([s, np.zeros(k - s.size)]) if s.size < k else s
+
+
+def arpack_top(A, k: int = 2) -> np.ndarray:
+    """Top-``k`` σ of a sparse matrix by ARPACK (``svds``), with a seeded start vector."""
+    v0 = np.random.default_rng(0x5EED).standard_normal(min(A.shape))
+    s = sp.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False, solver="arpack")
+    return pad_desc(s, k)
 
 
 def solve_top2(mats: Sequence, connected: Sequence[bool] | None = None) -> np.ndarray:
@@ -118,7 +126,7 @@ def solve_top2(mats: Sequence, connected: Sequence[bool] | None = None) -> np.nd
     if big:
         for owner, sv in zip(big_owner, lanczos_top2(big), strict=True):
             cand[owner].extend(sv)
-    return np.stack([_pad2(c) for c in cand]) if cand else np.zeros((0, 2))
+    return np.stack([pad_desc(c) for c in cand]) if cand else np.zeros((0, 2))
 
 
 def dense_top2(mats: Sequence[Parts]) -> np.ndarray:
@@ -161,14 +169,8 @@ def dense_top2(mats: Sequence[Parts]) -> np.ndarray:
         for j, i in enumerate(idx):
             V_all[i] = V[j, : grams[i].shape[0], -1:-3:-1]
     for i, X in enumerate(dense):
-        out[i] = _pad2(np.linalg.svd(X.T @ V_all[i], compute_uv=False))
+        out[i] = pad_desc(np.linalg.svd(X.T @ V_all[i], compute_uv=False))
     return out
-
-
-def _arpack_top2(P: Parts) -> np.ndarray:  # pragma: no cover - fallback, not seen in practice
-    A = P.scipy()
-    v0 = np.random.default_rng(0x5EED).standard_normal(min(A.shape))
-    return _pad2(sp.linalg.svds(A, k=2, v0=v0, return_singular_vectors=False))
 
 
 def _qr2_svd(Y: np.ndarray, seg_starts: np.ndarray, seg_id: np.ndarray) -> np.ndarray:
@@ -335,7 +337,7 @@ def lanczos_top2(
     Y = Bt_all @ np.concatenate(U_all)
     out = _qr2_svd(Y, co_all[:-1], np.repeat(np.arange(nb), np.diff(co_all)))
     for j in np.flatnonzero(unconverged):  # pragma: no cover - not seen on real masks
-        out[j] = _arpack_top2(mats[j])
+        out[j] = arpack_top(mats[j].scipy())
     return out
 
 

@@ -99,16 +99,10 @@ def weighted_biadjacency(
     The absolute value keeps the matrix non-negative, so Perron–Frobenius applies ([N23]_ §3.2).
     """
     check_conv_mode(conv)
+    from ..masks import _check_weight
+
     mask = _as_mask(mask)
-    weight = torch.as_tensor(weight)
-    if tuple(weight.shape) != tuple(mask.shape):
-        raise MaskValidationError(
-            f"weight shape {tuple(weight.shape)} does not match mask shape {tuple(mask.shape)}"
-        )
-    if not weight.is_floating_point():
-        raise MaskValidationError(f"weight dtype {weight.dtype} is not floating point")
-    if not bool(torch.isfinite(weight).all()):
-        raise MaskValidationError("weight has NaN or inf values")
+    weight = _check_weight("<mask>", torch.as_tensor(weight), mask)
     w = (weight.to(mask.device, torch.float64) * mask).abs()
     if w.ndim == 2:
         return w

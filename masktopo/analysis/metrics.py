@@ -56,7 +56,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +66,9 @@ import torch
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import MaskValidationError, UnknownNameError
+from ..masks import _check_weight
 from ._engine import Parts
-from .graph import check_conv_mode
+from .graph import _as_mask, check_conv_mode
 from .spectral import solve_many
 
 NaN = math.nan
@@ -613,20 +614,10 @@ def layer_metrics(
     >>> r["mu0"], r["mu_hat"], r["ramanujan_gap"], r["is_ramanujan"]
     (4.0, 0.0, 3.4641016151377544, True)
     """
-    from ..masks import to_bool_mask
-
     opts = Options(conv, gate, imdb, narc, allow_empty)
-    mask = to_bool_mask("<mask>", torch.as_tensor(mask))
-    if mask.ndim < 2 or any(s == 0 for s in mask.shape):
-        raise MaskValidationError(f"a layer mask must be 2-D or more and non-empty, got "
-                                  f"shape {tuple(mask.shape)}")  # fmt: skip
+    mask = _as_mask(mask)
     if weight is not None:
-        weight = torch.as_tensor(weight)
-        if tuple(weight.shape) != tuple(mask.shape):
-            raise MaskValidationError(f"weight shape {tuple(weight.shape)} does not match mask "
-                                      f"shape {tuple(mask.shape)}")  # fmt: skip
-        if not weight.is_floating_point() or not bool(torch.isfinite(weight).all()):
-            raise MaskValidationError("weight must be floating point with finite values")
+        weight = _check_weight("<mask>", torch.as_tensor(weight), mask)
     names = resolve_metrics(metrics, weighted=weight is not None)
     rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None)
     return rows[0]
@@ -691,10 +682,6 @@ def analyze(
     return df
 
 
-_SUM_METRICS = ("n_out", "n_in", "numel", "n_edges", "n_out_active", "n_in_active",
-                "n_components", "imdb_n_groups")  # fmt: skip
-
-
 def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
     """Network-level values from a per-layer table of :func:`analyze`.
 
@@ -719,7 +706,7 @@ def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
         if col in ("layer", "kind", "shape", "reason", "file", "event"):
             continue
         s = df[col]
-        if col in _SUM_METRICS:
+        if col in INT_METRICS:  # counts are summed
             out[col] = int(s.sum())
         elif col == "density" and "numel" in df and "n_edges" in df:
             out[col] = float(df["n_edges"].sum() / df["numel"].sum())
@@ -741,8 +728,3 @@ def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
             out[col] = float(vals.mean()) if vals.notna().any() else NaN
     out["reason"] = ""
     return out
-
-
-def describe_metrics() -> Mapping[str, Metric]:
-    """The registry (read-only view) for listings such as ``masktopo analyze --list-metrics``."""
-    return dict(METRICS)

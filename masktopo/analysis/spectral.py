@@ -34,7 +34,7 @@ import threadpoolctl
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError
-from ._engine import Parts, solve_top2
+from ._engine import Parts, arpack_top, pad_desc, solve_top2
 
 METHODS = ("auto", "dense", "gram", "sparse")
 
@@ -50,13 +50,6 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _pad_desc(s: np.ndarray, k: int) -> np.ndarray:
-    s = np.sort(np.asarray(s, dtype=np.float64))[::-1][:k]
-    if s.size < k:
-        s = np.concatenate([s, np.zeros(k - s.size)])
-    return s
-
-
 # --------------------------------------------------------------------------------------------
 # CPU, one matrix at a time (numpy / scipy)
 # --------------------------------------------------------------------------------------------
@@ -67,7 +60,7 @@ def _sv_dense_np(B, k: int) -> np.ndarray:
         B = B.toarray()
     if min(B.shape) == 0:
         return np.zeros(k)
-    return _pad_desc(np.linalg.svd(np.asarray(B, dtype=np.float64), compute_uv=False), k)
+    return pad_desc(np.linalg.svd(np.asarray(B, dtype=np.float64), compute_uv=False), k)
 
 
 def _sv_gram_np(B, k: int) -> np.ndarray:
@@ -87,7 +80,7 @@ def _sv_gram_np(B, k: int) -> np.ndarray:
         G, subset_by_index=[s - k, s - 1], driver="evr", overwrite_a=True, check_finite=False
     )
     Y = B.T @ V if m <= n else B @ V  # Rayleigh–Ritz: σ(BᵀV) are the Ritz values
-    return _pad_desc(np.linalg.svd(np.asarray(Y), compute_uv=False), k)
+    return pad_desc(np.linalg.svd(np.asarray(Y), compute_uv=False), k)
 
 
 def _sv_sparse_np(B, k: int) -> np.ndarray:
@@ -97,12 +90,10 @@ def _sv_sparse_np(B, k: int) -> np.ndarray:
     A = sp.csr_matrix(B, dtype=np.float64)
     if A.nnz == 0:
         return np.zeros(k)
-    v0 = np.random.default_rng(0x5EED).standard_normal(min(m, n))
     try:
-        s = sp.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False, solver="arpack")
+        return arpack_top(A, k)
     except (sp.linalg.ArpackNoConvergence, sp.linalg.ArpackError):  # pragma: no cover - rare
         return _sv_gram_np(A, k)
-    return _pad_desc(s, k)
 
 
 def _auto_cpu(m: int, n: int, nnz: int) -> str:
