@@ -41,7 +41,7 @@ _LAZY = {
     "MaskValidationError": ("masktopo.errors", "MaskValidationError"),
     "UnknownNameError": ("masktopo.errors", "UnknownNameError"),
 }
-_SUBMODULES = {"analysis", "store", "masks", "errors", "examples", "zoo", "pai", "pags"}
+_SUBMODULES = {"analysis", "store", "masks", "errors", "examples", "zoo", "pai", "pags", "trainer"}
 
 __all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]
 

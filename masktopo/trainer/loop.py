@@ -1,0 +1,775 @@
+"""The training loop: masked SGD/AdamW training that records every mask change.
+
+One call, :func:`train`, runs a whole (or resumed) run:
+
+1. resolve and check the config; check the output directory (fresh, or resumable);
+2. load the data (in memory; on the GPU when training there), carve the validation split from the
+   training set with its own generator (the test set is evaluated only at the end, never used to
+   select anything);
+3. build the model from its own generator, the method's sparsifier and its start masks;
+4. per step: forward (bfloat16 autocast on CUDA when ``amp``), loss, backward, optimizer step
+   (skipped on RigL's update steps), post-step masking of weights and optimizer state, then the
+   method's update, which may change the masks (each change is one recorded event);
+5. per epoch: validation (every ``eval_every`` epochs) and a checkpoint written atomically.
+
+Determinism: every random draw comes from a generator seeded from ``(seed, purpose[, epoch])``:
+model init, masks, data order and augmentation (per epoch), PaI scoring batches. A checkpoint holds
+the model (with its mask buffers), optimizer, sparsifier state and the step counter; the LR is a pure
+function of the step. So a run resumed from the checkpoint of epoch ``e`` replays exactly what an
+uninterrupted run does after epoch ``e`` (on the CPU; CUDA kernels may be nondeterministic).
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+``DistributedDataParallel`` (gloo on the CPU, NCCL on CUDA). All ranks draw the same global batch
+order; rank ``r`` takes samples ``r, r + W, ...`` of each global batch, so the averaged gradient is
+the global batch's. Mask updates use only replicated state (weights, averaged gradients, seeded
+generators), so masks stay identical; this is checked after every mask event by comparing a
+checksum across ranks. Only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._version import __version__
+from ..errors import MaskFileError, MaskTopoError, MaskValidationError
+from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
+from .recorder import Recorder
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FORMAT = "masktopo.checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: Environment variable for tests: ``os._exit(137)`` right after this global step (a hard kill).
+CRASH_ENV = "MASKTOPO_TEST_CRASH_AFTER_STEP"
+
+
+class TrainingError(MaskTopoError):
+    """Training cannot go on (a NaN loss, ranks that disagree); the run directory is intact."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (rank 0 has the full picture; other ranks the same numbers).
+
+    Attributes
+    ----------
+    out : pathlib.Path or None
+        The run directory.
+    config : TrainConfig
+        The resolved configuration.
+    steps, epochs : int, float
+        Steps done (in total, resumed part included) and epochs (fractional when stopped by
+        ``max_steps``).
+    n_events : int
+        Mask events recorded.
+    density : float
+        Final density of the maskable weights.
+    history : list of dict
+        One dict per epoch: ``epoch``, ``step``, ``train_loss``, ``train_acc``, ``val_loss``,
+        ``val_acc`` (NaN when not evaluated), ``lr``, ``density``, ``seconds``, method scalars.
+    final : dict
+        ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``
+        (NaN when a split is not available), method scalars such as ``R_s``.
+    seconds : float
+        Wall time of this call.
+    """
+
+    out: Path | None
+    config: TrainConfig
+    steps: int
+    epochs: float
+    n_events: int
+    density: float
+    history: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure pieces
+# ---------------------------------------------------------------------------------------------
+def seed_for(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from ``seed`` and a purpose (stable across runs and platforms)."""
+    text = ":".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded by :func:`seed_for`."""
+    return torch.Generator(device=device).manual_seed(seed_for(seed, *parts))
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    r"""The learning rate of global step ``step`` (0-based): a pure function of the step.
+
+    Warm-up (``warmup_epochs`` :math:`\times` steps per epoch = :math:`W` steps) rises linearly
+    from ``lr / 10`` to ``lr``; then ``step``: :math:`\eta\,\gamma^{\#\{m : t \ge m T\}}` for the
+    milestone fractions :math:`m`; ``cosine``: :math:`\eta (1 + \cos(\pi (t - W)/(T - W)))/2`;
+    ``constant``: :math:`\eta`.
+    """
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (0.1 + 0.9 * step / warm)
+    if cfg.lr_schedule == "step":
+        k = sum(step >= m * total_steps for m in cfg.lr_milestones)
+        return cfg.lr * cfg.lr_gamma**k
+    if cfg.lr_schedule == "cosine":
+        span = max(total_steps - warm, 1)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+    return cfg.lr
+
+
+def crop_flip(raw: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random ``pad``-pixel zero-padded crop and horizontal flip of a raw image batch [N,C,H,W].
+
+    The CIFAR recipe (torchvision ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``),
+    batched: one gather with per-sample offsets drawn from ``gen`` (on the batch's device).
+    """
+    n, c, h, w = raw.shape
+    dev = raw.device
+    padded = F.pad(raw, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    cols = torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], w - 1 - cols[None, :], cols[None, :]) + ox[:, None]
+    rows = torch.arange(h, device=dev)[None, :] + oy[:, None]
+    idx_n = torch.arange(n, device=dev)[:, None, None, None]
+    idx_c = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _use_augment(cfg: TrainConfig, in_shape: tuple[int, ...]) -> bool:
+    if cfg.augment == "crop-flip":
+        if len(in_shape) != 3:
+            raise MaskValidationError(f"augment crop-flip needs image data, {cfg.dataset!r} has "
+                                      f"samples of shape {in_shape}")  # fmt: skip
+        return True
+    if cfg.augment == "none":
+        return False
+    return len(in_shape) == 3 and in_shape[0] == 3 and min(in_shape[1:]) >= 32
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _all_same(dist_info: _Dist, value: torch.Tensor) -> bool:
+    """True when ``value`` (a small float64 tensor) is equal on every rank."""
+    if dist_info.world == 1:
+        return True
+    import torch.distributed as dist
+
+    gathered = [torch.empty_like(value) for _ in range(dist_info.world)]
+    dist.all_gather(gathered, value)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _mask_checksum(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per layer (nnz, sum of kept flat indices mod a prime): equal masks give equal sums."""
+    out = []
+    for m in masks.values():
+        flat = m.reshape(-1)
+        idx = torch.nonzero(flat).reshape(-1).to(torch.float64)
+        out += [idx.numel(), float(torch.remainder(idx * 2654435761.0, 1_000_003.0).sum())]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _reduce_sum(dist_info: _Dist, values: torch.Tensor) -> torch.Tensor:
+    if dist_info.world == 1:
+        return values
+    import torch.distributed as dist
+
+    dist.all_reduce(values)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory
+# ---------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import numpy
+
+    return {
+        "masktopo": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _git_hash() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    head = root / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (root / ".git" / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return None
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Raise unless ``out`` can take a fresh run (``resume=False``) or holds one to resume."""
+    if resume:
+        if not (out / "run.json").is_file():
+            raise MaskFileError(out, "--resume: not a run directory (no run.json)")
+        if not (out / CHECKPOINT_FILE).is_file():
+            raise MaskFileError(out, f"--resume: no {CHECKPOINT_FILE} to resume from (the run "
+                                     "stopped before its first checkpoint; start it again)")  # fmt: skip
+        return
+    if out.exists() and not out.is_dir():
+        raise MaskFileError(out, "cannot write: it is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if (out / "run.json").exists():
+            raise MaskFileError(out, "already holds a run; pass --resume to continue it, or "
+                                     "choose another --out")  # fmt: skip
+        raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
+
+
+def resume_config(out: Path, **overrides) -> TrainConfig:
+    """The config a run directory was started with, with the allowed ``overrides``.
+
+    Raises
+    ------
+    MaskFileError
+        When run.json is unreadable or an override would change the result (only
+        :data:`~masktopo.trainer.config.RESUMABLE_CHANGES` may differ).
+    """
+    from ..store import _read_run_json
+
+    run = _read_run_json(out / "run.json")
+    saved = run.get("config", {})
+    try:
+        cfg = from_dict(
+            {k: v for k, v in saved.items() if k in FIELDS}, where=str(out / "run.json")
+        )
+    except MaskTopoError as e:
+        raise MaskFileError(out / "run.json", f"invalid training config ({e})") from None
+    bad = [k for k, v in overrides.items() if k not in RESUMABLE_CHANGES and v != getattr(cfg, k)]
+    if bad:
+        diffs = ", ".join(f"{k}={overrides[k]!r} (run: {getattr(cfg, k)!r})" for k in bad)
+        raise MaskFileError(out, f"--resume: the run was started with other settings: {diffs}; "
+                                 f"only {', '.join(RESUMABLE_CHANGES)} may change")  # fmt: skip
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad zip/pickle
+        msg = " ".join(str(e).split())[:200]
+        raise MaskFileError(path, f"corrupt or unreadable checkpoint ({type(e).__name__}: {msg})")\
+            from None  # fmt: skip
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise MaskFileError(path, "is not a masktopo training checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise MaskFileError(path, f"checkpoint version {ckpt.get('version')!r} is not supported")
+    for key in ("model", "optimizer", "sparsifier", "step", "epoch", "n_events", "config"):
+        if key not in ckpt:
+            raise MaskFileError(path, f"incomplete checkpoint (no {key!r})")
+    return ckpt
+
+
+def _save_checkpoint(path: Path, obj: dict) -> None:
+    from ..store import _atomic_write
+
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def _pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise MaskValidationError("device cuda: no CUDA device is available on this machine")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class _Data:
+    """In-memory splits and the per-epoch batch order."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: _Dist):
+        from ..zoo import get_spec, load_dataset, split_train_val
+
+        self.spec = get_spec(cfg.dataset)
+        train = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train")
+        try:
+            test = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="test")
+        except MaskFileError:
+            test = None
+        val = None
+        if cfg.val_fraction > 0:
+            train, val = split_train_val(train, cfg.val_fraction, generator(cfg.seed, "val-split"))
+        self.train = train.to(device)
+        self.val = val.to(device) if val is not None else None
+        self.test = test.to(device) if test is not None else None
+        self.device = device
+        self.dist = dist_info
+        self.batch_size = cfg.batch_size
+        if cfg.batch_size % dist_info.world:
+            raise MaskValidationError(f"batch_size {cfg.batch_size} is not divisible by the "
+                                      f"{dist_info.world} processes")  # fmt: skip
+        self.steps_per_epoch = len(self.train) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise MaskValidationError(f"batch_size {cfg.batch_size} is larger than the training "
+                                      f"split ({len(self.train)} samples)")  # fmt: skip
+        self.augment = _use_augment(cfg, tuple(self.spec.in_shape))
+        self.seed = cfg.seed
+
+    def epoch_batches(self, epoch: int, start: int = 0):
+        """Yield ``(x, y)`` for the batches of ``epoch`` from batch ``start`` (this rank's part)."""
+        g = generator(self.seed, "data-order", epoch)
+        perm = torch.randperm(len(self.train), generator=g).to(self.device)
+        aug = generator(self.seed, "augment", epoch, self.dist.rank, device=self.device)
+        b = self.batch_size
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * b : (i + 1) * b][self.dist.rank :: self.dist.world]
+            if i < start:
+                if self.augment:  # keep the augmentation stream aligned with an unbroken epoch
+                    crop_flip(self.train.data[idx[:1]].expand(len(idx), -1, -1, -1), aug)
+                continue
+            raw, y = self.train.data[idx], self.train.targets[idx]
+            if self.augment:
+                raw = crop_flip(raw, aug)
+            yield self.train.normalize(raw), y
+
+    def pai_batches(self, n: int = 1):
+        """``n`` training batches for data-driven PaI scoring (its own generator)."""
+        g = generator(self.seed, "pai-batches")
+        perm = torch.randperm(len(self.train), generator=g).to(self.device)
+        b = self.batch_size
+        return [self.train.batch(perm[i * b : (i + 1) * b]) for i in range(n)]
+
+
+def _loss(spec, logits, y, smoothing: float):
+    if spec.loss == "cross_entropy":
+        return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+    return spec.loss_fn(logits.float(), y)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, spec, *, dist_info: _Dist = _Dist(), amp: bool = False,
+             batch: int = 1024) -> tuple[float, float]:  # fmt: skip
+    """Mean loss and accuracy of ``model`` on ``dataset`` (this rank's share, summed over ranks)."""
+    was = model.training
+    model.eval()
+    n = len(dataset)
+    idx = torch.arange(dist_info.rank, n, dist_info.world, device=dataset.data.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=dataset.data.device)
+    for i in range(0, len(idx), batch):
+        x, y = dataset.batch(idx[i : i + batch])
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = _loss(spec, logits, y, 0.0)
+        sums[0] += loss.double() * len(y)
+        sums[1] += (spec.predict(logits) == y).sum()
+        sums[2] += len(y)
+    model.train(was)
+    sums = _reduce_sum(dist_info, sums)
+    total = float(sums[2])
+    return float(sums[0]) / total, float(sums[1]) / total
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike | None,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    callback=None,
+) -> TrainResult:
+    """Train one run and record its mask events into the run directory ``out``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The configuration (resolved here). With ``resume``, pass
+        :func:`resume_config` ``(out, ...)``.
+    out : path or None
+        The run directory: new or empty for a fresh run, an existing run with ``resume``; None
+        records nothing (for benchmarks).
+    resume : bool
+        Continue the run in ``out`` from its last checkpoint.
+    progress : bool
+        Show a progress bar on stderr (rank 0).
+    callback : callable, optional
+        ``callback(step, info)`` after each step (tests and benchmarks).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    MaskTopoError
+        Bad config or names (before anything is written), a missing dataset, an unusable output
+        directory, a corrupt checkpoint, a failed write (e.g. a full disk), a NaN loss
+        (:class:`TrainingError`). The run directory keeps its last complete event and checkpoint.
+    """
+    t_start = time.perf_counter()
+    cfg = resolve(cfg)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_out_dir(out_path, resume)
+    ckpt = _load_checkpoint(out_path / CHECKPOINT_FILE) if resume else None
+    if ckpt is not None:
+        saved = {k: v for k, v in ckpt["config"].items() if k in FIELDS}
+        ours = cfg.to_dict()
+        bad = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != ours.get(k)]
+        if bad:
+            raise MaskFileError(out_path / CHECKPOINT_FILE, "belongs to a run with other "
+                                f"settings ({', '.join(bad)})")  # fmt: skip
+
+    device = _pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist_info = _init_distributed(device)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    data = _Data(cfg, device, dist_info)
+    spe = data.steps_per_epoch
+    total_steps = spe * cfg.epochs
+    stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+
+    from ..zoo import get_model, maskable_parameters
+    from .masking import Masking
+    from .methods import make_sparsifier
+
+    model = get_model(cfg.model, dataset=data.spec, generator=generator(cfg.seed, "model"))
+    model.to(device)
+    image = len(data.spec.in_shape) == 3
+    channels_last = cfg.channels_last if cfg.channels_last is not None else (
+        device.type == "cuda" and image)  # fmt: skip
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    maskable = maskable_parameters(model, first_dense=cfg.first_dense, last_dense=cfg.last_dense)
+    if not maskable:
+        raise MaskValidationError(f"model {cfg.model!r} has no maskable layer left")
+    sparsifier = make_sparsifier(cfg, steps_per_epoch=spe, total_steps=total_steps, device=device)
+
+    if ckpt is None:
+        masks, init_weights = sparsifier.init_masks(
+            model, maskable, generator(cfg.seed, "masks", device=device),
+            batches=data.pai_batches() if cfg.method == "static" else None,
+        )  # fmt: skip
+        if init_weights:
+            with torch.no_grad():
+                for name, w in init_weights.items():
+                    maskable[name].copy_(w.to(maskable[name].dtype))
+    else:
+        masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}
+        if not any(k.endswith("_mask") for k in ckpt["model"]):
+            masks = {}
+    masking = Masking(model, masks, mask_adam=cfg.mask_adam) if masks else None
+
+    opt_params = model.parameters()
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(opt_params, lr=cfg.lr, momentum=cfg.momentum,
+                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
+    else:
+        optimizer = torch.optim.AdamW(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    step, epoch0, history = 0, 0, []
+    n_events = 0
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            sparsifier.load_state_dict(ckpt["sparsifier"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            msg = " ".join(str(e).split())[:200]
+            raise MaskFileError(out_path / CHECKPOINT_FILE, f"does not fit this run ({msg})")\
+                from None  # fmt: skip
+        if masking is not None:
+            masking.apply(optimizer)
+        step, epoch0, n_events = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["n_events"])
+        history = list(ckpt.get("history", []))
+        _set_rng_state(ckpt["rng"], device)
+    else:
+        torch.manual_seed(seed_for(cfg.seed, "torch-global"))
+
+    layer_names = list(maskable)
+    if masks and set(masks) != set(layer_names):
+        raise MaskValidationError(f"the {cfg.method} start masks cover {sorted(masks)}, the "
+                                  f"maskable layers are {layer_names}")  # fmt: skip
+    writer = out_path is not None and dist_info.main
+    if writer and ckpt is None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(out_path if writer else None, n_events=n_events)
+    done = {"steps": step}  # steps completed, as the events report them
+
+    def current_masks() -> dict[str, torch.Tensor]:
+        if masking is not None:
+            return {n: masking.masks[n] for n in layer_names}
+        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}
+
+    def record(kind: str, *, weights: bool | None = None, **scalars) -> None:
+        if weights is None:
+            weights = cfg.dump_weights == "all"
+        m = current_masks()
+        if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m)):
+            raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
+                                f"{done['steps']}; this is a bug, please report it")  # fmt: skip
+        w = {n: maskable[n] for n in layer_names} if weights else None
+        s = done["steps"]
+        recorder.record(m, w, kind=kind, step=s, epoch=s / spe,
+                        scalars={**sparsifier.scalars(), **scalars})  # fmt: skip
+
+    if writer:
+        if ckpt is None:
+            from ..analysis.paths import layer_graph
+
+            try:
+                graph = layer_graph(model, tuple(data.spec.in_shape), layers=layer_names)
+            except MaskTopoError as e:  # an architecture the tracer does not know
+                warnings.warn(f"no layer graph in run.json: {e}", stacklevel=2)
+                graph = None
+            recorder.write_run_json({
+                "format": "masktopo.run",
+                "format_version": 1,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                "masktopo_version": __version__,
+                "git": _git_hash(),
+                "config": cfg.to_dict(),
+                "seed": cfg.seed,
+                "seeds": {p: seed_for(cfg.seed, p) for p in
+                          ("model", "masks", "val-split", "data-order", "pai-batches")},
+                "world_size": dist_info.world,
+                "steps_per_epoch": spe,
+                "total_steps": total_steps,
+                "data": {"train": len(data.train), "val": len(data.val) if data.val else 0,
+                         "test": len(data.test) if data.test else 0,
+                         "augment": data.augment},
+                "versions": _versions(),
+                "layers": [{"name": n, "kind": "conv" if p.dim() > 2 else "linear",
+                            "shape": list(p.shape)} for n, p in maskable.items()],
+                "graph": graph,
+            })  # fmt: skip
+        else:
+            recorder.truncate(n_events)
+    if ckpt is None:
+        record("init", weights=True)
+
+    if device.type == "cpu" and dist_info.world == 1:
+        train_model = model
+    elif dist_info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        train_model = model
+    model.train()
+
+    bar = None
+    if progress and dist_info.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stop_step, initial=step, unit="step", dynamic_ncols=True,
+                   file=sys.stderr, desc=f"{cfg.method} {cfg.model}")  # fmt: skip
+
+    def checkpoint() -> None:
+        recorder.flush()
+        if writer:
+            _save_checkpoint(out_path / CHECKPOINT_FILE, {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "config": cfg.to_dict(), "step": step, "epoch": step // spe,
+                "n_events": recorder.n_events, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "sparsifier": sparsifier.state_dict(), "rng": _rng_state(device),
+            })  # fmt: skip
+
+    crash_after = int(os.environ.get(CRASH_ENV, "-1"))
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    epoch = epoch0
+    stopped = False
+    try:
+        for epoch in range(epoch0, cfg.epochs):
+            t_epoch = time.perf_counter()
+            sums.zero_()
+            start_in_epoch = step - epoch * spe
+            for x, y in data.epoch_batches(epoch, start_in_epoch):
+                if step >= stop_step:
+                    stopped = True
+                    break
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = lr_at(cfg, step, total_steps, spe)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = train_model(x)
+                loss = _loss(data.spec, logits, y, cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                if not sparsifier.skip_step(step):
+                    optimizer.step()
+                if masking is not None:
+                    masking.apply(optimizer)
+                done["steps"] = step + 1
+                sparsifier.update(step, masking, optimizer, record)
+                with torch.no_grad():
+                    sums[0] += loss.detach().double() * len(y)
+                    sums[1] += (data.spec.predict(logits.detach()) == y).sum()
+                    sums[2] += len(y)
+                step += 1
+                if step % 50 == 0 or step == stop_step:
+                    mean_loss = float(sums[0] / sums[2])
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(
+                            f"the training loss is {mean_loss} at step {step} (epoch "
+                            f"{epoch + 1}); the last checkpoint (epoch {epoch}) and events are "
+                            "intact; lower --lr or check the data"
+                        )
+                    if bar is not None:
+                        bar.update(step - bar.n)
+                        post = {"loss": f"{mean_loss:.4f}",
+                                "acc": f"{float(sums[1] / sums[2]):.3f}",
+                                "density": f"{_density(masking, maskable):.4f}"}  # fmt: skip
+                        post.update({k: f"{v:.4f}" for k, v in sparsifier.scalars().items()
+                                     if isinstance(v, float)})  # fmt: skip
+                        bar.set_postfix(post, refresh=False)
+                if callback is not None:
+                    callback(step, {"loss": loss, "epoch": epoch})
+                if step == crash_after:
+                    recorder.flush()
+                    os._exit(137)
+            if stopped and step - epoch * spe < spe:
+                break
+            # ---- end of a complete epoch: evaluate, checkpoint
+            tr = _reduce_sum(dist_info, sums.clone())
+            train_loss, train_acc = float(tr[0] / tr[2]), float(tr[1] / tr[2])
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"the training loss is {train_loss} in epoch {epoch + 1}; "
+                                    f"the last checkpoint (epoch {epoch}) is intact")  # fmt: skip
+            val_loss = val_acc = float("nan")
+            last = epoch + 1 == cfg.epochs or step >= stop_step
+            if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+                val_loss, val_acc = evaluate(model, data.val, data.spec, dist_info=dist_info,
+                                             amp=amp)  # fmt: skip
+            row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                   "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                   "lr": lr_at(cfg, max(step - 1, 0), total_steps, spe),
+                   "density": _density(masking, maskable),
+                   "seconds": time.perf_counter() - t_epoch, **_floats(sparsifier.scalars())}  # fmt: skip
+            history.append(row)
+            if bar is not None:
+                bar.write(_epoch_line(row))
+            checkpoint()
+            if step >= stop_step:
+                break
+        # ---- the end: a checkpoint (without the final event, which a resume records again)
+        if stopped:
+            checkpoint()
+        final = _final_metrics(model, data, dist_info, amp, history, sparsifier)
+        record("final", weights=True, **{k: v for k, v in final.items() if k != "R_s"})
+        recorder.close()
+        if writer:
+            from ..store import _atomic_write
+
+            summary = {"steps": step, "epochs": step / spe, "n_events": recorder.n_events,
+                       "density": _density(masking, maskable), "final": final,
+                       "history": history}  # fmt: skip
+            text = json.dumps(summary, indent=1, allow_nan=True) + "\n"
+            _atomic_write(out_path / SUMMARY_FILE, lambda f: f.write(text.encode()))
+    finally:
+        if bar is not None:
+            bar.close()
+        try:
+            recorder.close()
+        except MaskTopoError:
+            if sys.exc_info()[0] is None:
+                raise
+    return TrainResult(out_path, cfg, step, step / spe, recorder.n_events,
+                       _density(masking, maskable), history, final,
+                       time.perf_counter() - t_start)  # fmt: skip
+
+
+def _floats(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items() if isinstance(v, int | float)}
+
+
+def _density(masking, maskable) -> float:
+    if masking is None:
+        return 1.0
+    return masking.density()
+
+
+def _final_metrics(model, data: _Data, dist_info, amp, history, sparsifier) -> dict:
+    last = history[-1] if history else {}
+    out = {"train_loss": last.get("train_loss", float("nan")),
+           "train_acc": last.get("train_acc", float("nan")),
+           "val_loss": float("nan"), "val_acc": float("nan"),
+           "test_loss": float("nan"), "test_acc": float("nan")}  # fmt: skip
+    if data.val is not None:
+        out["val_loss"], out["val_acc"] = evaluate(model, data.val, data.spec,
+                                                   dist_info=dist_info, amp=amp)  # fmt: skip
+    if data.test is not None:
+        out["test_loss"], out["test_acc"] = evaluate(model, data.test, data.spec,
+                                                     dist_info=dist_info, amp=amp)  # fmt: skip
+    out.update(_floats(sparsifier.scalars()))
+    return out
+
+
+def _epoch_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}",
+             f"acc {row['train_acc']:.4f}"]  # fmt: skip
+    if math.isfinite(row["val_acc"]):
+        parts.append(f"val_acc {row['val_acc']:.4f}")
+    parts.append(f"density {row['density']:.4f}")
+    if "R_s" in row:
+        parts.append(f"R_s {row['R_s']:.4f}")
+    return "  ".join(parts)
