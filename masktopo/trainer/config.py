@@ -53,7 +53,7 @@ DUMP_WEIGHTS = ("ends", "all")
 #: method's dict is not used by that method and must be left unset (None).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dense": {},
-    "static": {"init_method": "erk", "distribution": "erk"},
+    "static": {"init_method": "erk"},
     "itop": {
         "distribution": "erk",
         "update_interval": 1500,
@@ -407,7 +407,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise MaskValidationError("static: give init_method or init_masks, not both")
     if cfg.method == "static" and cfg.init_masks is not None:
         changes["init_method"] = None
-        changes["distribution"] = None
     out = dataclasses.replace(cfg, **changes)
 
     _range("density", out.density, 0.0, 1.0, lo_open=True, hi_open=False)

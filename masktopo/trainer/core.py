@@ -1,0 +1,410 @@
+r"""Shared pieces of the sparse-training methods: exact counts, drop, growth, start masks, R_s.
+
+Every method in :mod:`masktopo.trainer.methods` is a few lines over these functions, so no
+method re-implements a drop rule, a growth rule, ERK or top-k (STYLE.md). All selections keep or
+move an *exact* number of entries (methods-spec §1.3): scores go through
+:func:`masktopo.pai.select.top_k_mask` (``torch.kthvalue``, entries strictly above the threshold
+kept, ties at the threshold drawn with a seeded ``torch.Generator``), and entries that must not
+be chosen score ``-inf``. The references instead threshold with a strict ``>`` after a sort (ties
+drop more than asked) and draw random growth as Bernoulli(p) per empty slot (the count is right
+only on average, so the density drifts); we do neither.
+
+Notation for one maskable layer :math:`l`: :math:`N_l` entries, mask :math:`m_l`,
+:math:`a_l = |m_l|_0` active entries, weight :math:`w_l`, dense gradient :math:`g_l`.
+
+Everything runs on the tensors' device; functions that return counts synchronise (they are only
+called on update steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import MaskValidationError, UnknownNameError
+from ..pai.densities import apportion, keep_count, layer_counts, layer_densities
+from ..pai.select import select_global, select_local, top_k_mask
+
+__all__ = [
+    "DROPS",
+    "GROWTHS",
+    "DenseMomentum",
+    "drop_count",
+    "drop_magnitude",
+    "drop_set",
+    "grow",
+    "growth_scores",
+    "itop_rate",
+    "prune_magnitude",
+    "prune_targets",
+    "random_masks",
+    "rewire",
+    "start_counts",
+    "start_masks",
+    "top_k",
+]
+
+#: Drop rules: smallest magnitudes, or SET's half smallest positive / half largest negative.
+DROPS = ("magnitude", "set")
+#: Growth rules (methods-spec §2.1 step 3.2).
+GROWTHS = ("random", "gradient", "momentum", "random_unfired")
+
+_NEG_INF = float("-inf")
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(mask.count_nonzero())
+
+
+def top_k(
+    scores: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bool mask of exactly ``k`` largest ``scores`` among ``candidates``, ties drawn at random.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores (NaN not allowed).
+    k : int
+        How many to pick, ``0 <= k <= |candidates|``.
+    generator : torch.Generator
+        Breaks ties at the threshold (a uniformly random subset of the tied entries).
+    candidates : torch.Tensor, optional
+        Bool mask of the entries that may be picked (all when None); the others score ``-inf``.
+
+    Raises
+    ------
+    MaskValidationError
+        When ``k`` exceeds the number of candidates, or a score is NaN.
+    """
+    s = scores.detach().float()
+    if candidates is not None:
+        n = _count(candidates)
+        if k > n:
+            raise MaskValidationError(f"cannot pick {k} of {n} candidate entries")
+        s = s.masked_fill(~candidates, _NEG_INF)
+    return top_k_mask(s, int(k), generator)
+
+
+def drop_count(rate: float, active: int, rounding: str = "ceil") -> int:
+    r"""Entries to drop from a layer with ``active`` weights at drop rate ``rate``.
+
+    ``"ceil"``: :math:`n = \lceil p\, a \rceil` (ITOP, GraNet: ``math.ceil(death_rate *
+    num_nonzero)``); ``"floor"``: :math:`n = \lfloor p\, a \rfloor` (RigL keeps
+    :math:`a - \lfloor p a \rfloor` by magnitude). The product is rounded to 9 decimals first, so
+    that e.g. :math:`0.3 \cdot 10` is 3, not 4. At most ``active``.
+
+    >>> drop_count(0.5, 7), drop_count(0.5, 7, "floor"), drop_count(0.3, 10), drop_count(1.0, 4)
+    (4, 3, 3, 4)
+    """
+    x = round(float(rate) * int(active), 9)
+    if rounding == "ceil":
+        n = math.ceil(x)
+    elif rounding == "floor":
+        n = math.floor(x)
+    else:
+        raise UnknownNameError("drop-count rounding", rounding, ("ceil", "floor"))
+    return max(0, min(int(active), n))
+
+
+def drop_magnitude(
+    weight: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    r"""The ``n`` active entries of smallest :math:`|w|` (exactly ``n``; ties drawn at random).
+
+    Keeps the :math:`a - n` largest :math:`|w|` among the active entries (ITOP's and RigL's
+    magnitude drop; methods-spec §2.1). Returns the bool mask of the dropped entries.
+    """
+    a = _count(mask)
+    if not 0 <= n <= a:
+        raise MaskValidationError(f"cannot drop {n} of {a} active entries")
+    keep = top_k(weight.detach().abs(), a - n, generator, mask)
+    return mask & ~keep
+
+
+def drop_set(
+    weight: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    r"""SET's drop: half the ``n`` from the smallest positive, half from the largest negative weights.
+
+    Mocanu et al. (2018), *Scalable training of artificial neural networks with adaptive sparse
+    connectivity*, Nature Communications; ITOP's ``magnitude_and_negativity`` death mode.
+    :math:`\lceil n/2 \rceil` active entries with :math:`w \ge 0` are dropped in increasing
+    order of :math:`w` and :math:`\lfloor n/2 \rfloor` with :math:`w < 0` in decreasing order
+    (the negatives closest to 0). When one side has too few, the other side gives the rest, so
+    exactly ``n`` are dropped (ITOP drops :math:`2\lceil n/2 \rceil`). Active zeros count as
+    positive (the smallest ones). Returns the dropped entries.
+    """
+    w = weight.detach().float()
+    pos = mask & (w >= 0)
+    neg = mask & (w < 0)
+    n_pos_avail, n_neg_avail = _count(pos), _count(neg)
+    if not 0 <= n <= n_pos_avail + n_neg_avail:
+        raise MaskValidationError(f"cannot drop {n} of {n_pos_avail + n_neg_avail} active entries")
+    n_pos = min(math.ceil(n / 2), n_pos_avail)
+    n_neg = n - n_pos
+    if n_neg > n_neg_avail:
+        n_neg = n_neg_avail
+        n_pos = n - n_neg
+    return top_k(-w, n_pos, generator, pos) | top_k(w, n_neg, generator, neg)
+
+
+def _drop(rule: str):
+    if rule == "magnitude":
+        return drop_magnitude
+    if rule == "set":
+        return drop_set
+    raise UnknownNameError("drop rule", rule, DROPS)
+
+
+def _rand_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    r = torch.rand(t.shape, generator=generator, device=generator.device)
+    return r.to(t.device)
+
+
+def growth_scores(
+    rule: str,
+    *,
+    weight: torch.Tensor,
+    generator: torch.Generator,
+    grad: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
+    fired: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Scores of the growth rule (larger = grown first), shaped like ``weight``.
+
+    * ``random`` (SET): i.i.d. uniform :math:`U[0, 1)`, so the top-:math:`n` is a uniformly
+      random :math:`n`-subset of the candidates;
+    * ``gradient`` (RigL, Evci et al. ICML 2020): :math:`|g|`, the dense gradient of the last
+      minibatch (NaN counts as 0);
+    * ``momentum`` (SNFS, Dettmers & Zettlemoyer 2019): :math:`|\mu|`, a dense momentum of the
+      gradients (:class:`DenseMomentum`);
+    * ``random_unfired`` (ITOP): :math:`U[0, 1) + [\text{never fired}]`: a random subset of the
+      positions never active so far, topped up with random fired ones when there are too few.
+    """
+    if rule == "random":
+        return _rand_like(weight, generator)
+    if rule == "gradient":
+        if grad is None:
+            raise MaskValidationError(
+                "gradient growth needs the dense gradient (p.grad is None on an update step)"
+            )
+        return torch.nan_to_num(grad.detach().float().abs(), nan=0.0)
+    if rule == "momentum":
+        if momentum is None:
+            raise MaskValidationError("momentum growth needs the dense gradient momentum")
+        return torch.nan_to_num(momentum.detach().float().abs(), nan=0.0)
+    if rule == "random_unfired":
+        if fired is None:
+            raise MaskValidationError("random_unfired growth needs the fired masks")
+        return _rand_like(weight, generator) + (~fired).float()
+    raise UnknownNameError("growth rule", rule, GROWTHS)
+
+
+def grow(
+    scores: torch.Tensor, candidates: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The ``n`` candidates of largest score (exactly ``n``; ties drawn at random)."""
+    return top_k(scores, n, generator, candidates)
+
+
+def rewire(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    generator: torch.Generator,
+    *,
+    drop: str = "magnitude",
+    growth: str = "random",
+    grad: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
+    fired: torch.Tensor | None = None,
+    reinit_when_same: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""One layer's drop-and-grow at constant count (ITOP, RigL, SET, GraNet's regeneration).
+
+    1. Drop :math:`n` active entries by the ``drop`` rule (:func:`drop_magnitude`,
+       :func:`drop_set`); :math:`m' = m \setminus D`.
+    2. Grow :math:`n` entries among the positions empty after the drop, :math:`\neg m'`, which
+       include the just-dropped ones (the references' and RigL TF's behaviour, methods-spec §1.4),
+       by the ``growth`` rule (:func:`growth_scores`); :math:`m'' = m' \cup G`.
+    3. New connections :math:`G \setminus m` (all of :math:`G` with ``reinit_when_same``) start at
+       0 with zero optimizer state; a just-dropped weight that is regrown keeps its value.
+
+    Returns
+    -------
+    new_mask, new_connections : torch.Tensor
+        :math:`m''` (exactly as many entries as :math:`m`) and the entries the caller must reset.
+    """
+    dropped = _drop(drop)(weight, mask, n, generator)
+    after = mask & ~dropped
+    scores = growth_scores(
+        growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired
+    )
+    grown = grow(scores, ~after, n, generator)
+    new_mask = after | grown
+    new_connections = grown if reinit_when_same else grown & ~mask
+    return new_mask, new_connections
+
+
+class DenseMomentum:
+    r"""Dense momentum of the gradients for ``momentum`` growth: :math:`\mu \leftarrow \beta\mu + g`.
+
+    ITOP masks the optimizer's momentum buffer after every step, so at an empty position it is 0
+    and "momentum growth" there is degenerate; sparse momentum (Dettmers & Zettlemoyer 2019) ranks
+    the momentum of the dense gradient, which this keeps (one fused multiply-add per step over the
+    masked layers, updated from ``p.grad``).
+    """
+
+    def __init__(self, beta: float):
+        self.beta = float(beta)
+        self.buffers: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, params: Mapping[str, torch.nn.Parameter]) -> None:
+        """Fold in the current gradients (parameters without a gradient are skipped)."""
+        grads = {n: p.grad for n, p in params.items() if p.grad is not None}
+        if not grads:
+            return
+        if self.buffers is None:
+            self.buffers = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        bufs = [self.buffers[n] for n in grads]
+        torch._foreach_mul_(bufs, self.beta)
+        torch._foreach_add_(bufs, [g.float() for g in grads.values()])
+
+    def state_dict(self) -> dict:
+        """The momentum coefficient and a copy of the buffers (None before the first step)."""
+        bufs = None if self.buffers is None else {n: b.clone() for n, b in self.buffers.items()}
+        return {"beta": self.beta, "buffers": bufs}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        """Restore :meth:`state_dict`'s output, moving the buffers to ``device``."""
+        self.beta = float(state["beta"])
+        bufs = state["buffers"]
+        self.buffers = None if bufs is None else {n: b.to(device) for n, b in bufs.items()}
+
+
+def start_counts(
+    shapes: Mapping[str, tuple[int, ...]], density: float, distribution: str = "erk"
+) -> dict[str, int]:
+    r"""Exact kept counts per layer at a global ``density`` (``masktopo.pai`` densities and counts).
+
+    ``distribution`` is ``"erk"``, ``"er"`` or ``"uniform"`` (:func:`masktopo.pai.layer_densities`,
+    RigL's algorithm, methods-spec §1.6); the counts are :func:`masktopo.pai.layer_counts`: each
+    layer ``floor`` or ``ceil`` of :math:`d_l N_l`, summing to :math:`\mathrm{round}(D N)`.
+    """
+    return layer_counts(shapes, layer_densities(shapes, density, distribution))
+
+
+def random_masks(
+    shapes: Mapping[str, tuple[int, ...]],
+    counts: Mapping[str, int],
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per layer a uniformly random subset of exactly ``counts[l]`` entries (``randperm``).
+
+    rigl-torch's exact initial masks (methods-spec §1.6: ITOP and GraNet draw Bernoulli(d_l)
+    masks, whose counts are only right on average).
+    """
+    out = {}
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        k = int(counts[name])
+        if not 0 <= k <= numel:
+            raise MaskValidationError(f"layer {name!r}: cannot keep {k} of {numel} entries")
+        flat = torch.zeros(numel, dtype=torch.bool, device=generator.device)
+        if k == numel:
+            flat.fill_(True)
+        elif k:
+            flat[torch.randperm(numel, generator=generator, device=generator.device)[:k]] = True
+        out[name] = flat.reshape(shape).to(device if device is not None else generator.device)
+    return out
+
+
+def start_masks(
+    params: Mapping[str, torch.Tensor],
+    density: float,
+    distribution: str,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Random start masks at ``density`` with exact per-layer counts (:func:`start_counts`).
+
+    A density of 1 gives all-True masks (GMP's and GraNet's dense start). The masks are on the
+    parameters' device.
+    """
+    if not params:
+        raise MaskValidationError("the model has no maskable layer (nn.Linear / nn.Conv weight)")
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    device = next(iter(params.values())).device
+    if density >= 1.0:
+        return {n: torch.ones(s, dtype=torch.bool, device=device) for n, s in shapes.items()}
+    return random_masks(shapes, start_counts(shapes, density, distribution), generator, device)
+
+
+def itop_rate(fired: Mapping[str, torch.Tensor]) -> float:
+    r"""ITOP's in-time over-parameterization rate (Liu et al. ICML 2021).
+
+    .. math:: R_s = \frac{\sum_l |\bigcup_t m_{l,t}|_0}{\sum_l N_l}
+
+    over the maskable layers, where ``fired[l]`` is the union of the layer's masks so far.
+    """
+    if not fired:
+        return 1.0
+    total = sum(f.numel() for f in fired.values())
+    return float(torch.stack([f.count_nonzero() for f in fired.values()]).sum()) / total
+
+
+def prune_targets(
+    sizes: Mapping[str, int],
+    active: Mapping[str, int],
+    density: float,
+    *,
+    scope: str,
+    start_densities: Mapping[str, float] | None = None,
+    d_init: float = 1.0,
+) -> int | dict[str, int]:
+    r"""Kept counts of a magnitude-pruning event at network density ``density``.
+
+    * ``"global"``: :math:`K = \mathrm{round}(d N)` over all :math:`N = \sum_l N_l` maskable
+      entries (GraNet's global threshold, counted exactly).
+    * ``"layer"``: each layer scales its start density,
+      :math:`d_l = d_{l,0}\, d / d_i` (dense start: every layer at :math:`d`), with counts
+      apportioned to the same total :math:`K` (each ``floor`` or ``ceil`` of :math:`d_l N_l`).
+
+    Counts never exceed the layers' current ``active`` counts (pruned weights are not revived).
+    """
+    total_n = sum(sizes.values())
+    k = min(keep_count(density, total_n), sum(active.values()))
+    if scope == "global":
+        return k
+    if scope != "layer":
+        raise UnknownNameError("prune scope", scope, ("global", "layer"))
+    names = list(sizes)
+    start = start_densities or dict.fromkeys(names, 1.0)
+    quotas = [start[n] * sizes[n] * density / d_init for n in names]
+    counts = apportion(quotas, [active[n] for n in names], k)
+    return dict(zip(names, counts, strict=True))
+
+
+def prune_magnitude(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    keep: int | Mapping[str, int],
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    r"""Keep the largest :math:`|w|` among the active entries: ``keep`` in all layers or per layer.
+
+    Global scope (an int): one exact top-:math:`K` of :math:`|w|` pooled over the layers (Zhu &
+    Gupta 2017; GraNet's ``pruning``); layer scope (a dict): the top-:math:`k_l` within each layer.
+    Inactive entries score ``-inf``, so a pruned weight never comes back.
+    """
+    scores = {n: weights[n].detach().abs().float().masked_fill(~masks[n], _NEG_INF) for n in masks}
+    if isinstance(keep, Mapping):
+        return select_local(scores, keep, generator)
+    return select_global(scores, int(keep), generator)

@@ -1,0 +1,102 @@
+"""Static sparse training: one mask, fixed for the whole run.
+
+The mask is either a pruning-at-initialization mask, ``masktopo.pai.prune(model, init_method,
+density, ...)`` (ERK by default; SNIP, GraSP, SynFlow, ... with exact counts, docs/pai.md), or a
+mask file (``init_masks``: e.g. PAGS's ``best.safetensors``, any file ``masktopo.load`` reads, or
+a run directory's last event). A file's layers must be exactly the model's maskable layers, with
+the same shapes; when the file carries weights, they replace the model's initial weights (the
+weights the mask was chosen on).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ...errors import MaskFileError, MaskValidationError
+from ...zoo.models import maskable_parameters
+from .base import Sparsifier
+
+__all__ = ["Static"]
+
+
+class Static(Sparsifier):
+    """A fixed mask from a PaI method or a mask file (module docstring)."""
+
+    name: ClassVar[str] = "static"
+    summary: ClassVar[str] = "a fixed mask: a PaI method or a mask file"
+
+    def init_masks(self, model, maskable, generator, *, batches=None):
+        """The PaI or file mask; the file's weights (on the parameters' devices) when it has them.
+
+        Raises
+        ------
+        MaskFileError
+            The mask file cannot be read, or its layers or shapes do not match ``maskable``.
+        MaskValidationError
+            A data-driven PaI method without ``batches``, or ``maskable`` that is not the model's
+            maskable parameters (minus the first and/or last layer).
+        """
+        self._check_maskable(maskable)
+        if self.cfg.init_masks is not None:
+            return self._from_file(model, maskable)
+        from ... import pai
+
+        first_dense, last_dense = _dense_ends(model, maskable)
+        ms = pai.prune(
+            model,
+            self.cfg.init_method,
+            self.cfg.density,
+            batches=batches,
+            generator=generator,
+            first_dense=first_dense,
+            last_dense=last_dense,
+        )
+        return {n: ms[n].to(p.device) for n, p in maskable.items()}, None
+
+    def _from_file(self, model, maskable):
+        from ...store import load
+
+        path = self.cfg.init_masks
+        ms = load(path)
+        names, want = list(ms), set(maskable)
+        missing = [n for n in maskable if n not in ms]
+        extra = [n for n in names if n not in want]
+        if missing or extra:
+            problem = "its layers are not the model's maskable layers"
+            if missing:
+                problem += f"; missing: {', '.join(missing)}"
+            if extra:
+                problem += f"; not maskable in this model: {', '.join(extra)}"
+                if set(extra) <= set(maskable_parameters(model)):
+                    problem += " (kept dense by first_dense / last_dense)"
+            raise MaskFileError(path, problem)
+        for n, p in maskable.items():
+            if tuple(ms[n].shape) != tuple(p.shape):
+                raise MaskFileError(
+                    path,
+                    f"layer {n!r} has shape {tuple(ms[n].shape)}, the model's parameter "
+                    f"{tuple(p.shape)}",
+                )
+        masks = {n: ms[n].to(p.device) for n, p in maskable.items()}
+        weights = None
+        if ms.has_weights:
+            w = ms.weights
+            weights = {n: w[n].to(device=p.device, dtype=p.dtype) for n, p in maskable.items()}
+        return masks, weights
+
+
+def _dense_ends(model: torch.nn.Module, maskable) -> tuple[bool, bool]:
+    """Which of the model's first/last maskable layers ``maskable`` leaves out (kept dense)."""
+    every = list(maskable_parameters(model))
+    names = list(maskable)
+    first = bool(every) and every[0] not in maskable
+    last = len(every) > 1 and every[-1] not in maskable
+    expected = every[int(first) : len(every) - int(last)]
+    if names != expected:
+        raise MaskValidationError(
+            "maskable must be masktopo.zoo.maskable_parameters(model) minus at most its first "
+            f"and last layers; got {names}"
+        )
+    return first, last
