@@ -566,8 +566,13 @@ def train(
                                 f"{done['steps']}; this is a bug, please report it")  # fmt: skip
         w = {n: maskable[n] for n in layer_names} if weights else None
         s = done["steps"]
+        latest = {}
+        if history:  # the metrics of the last completed epoch, and when they were measured
+            h = history[-1]
+            latest = {k: h[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+            latest["metrics_epoch"] = h["epoch"]
         recorder.record(m, w, kind=kind, step=s, epoch=s / spe,
-                        scalars={**sparsifier.scalars(), **scalars})  # fmt: skip
+                        scalars={**latest, **sparsifier.scalars(), **scalars})  # fmt: skip
 
     if writer:
         if ckpt is None:
@@ -714,7 +719,12 @@ def train(
         # ---- the end: a checkpoint (without the final event, which a resume records again)
         if stopped:
             checkpoint()
-        final = _final_metrics(model, data, dist_info, amp, history, sparsifier)
+        partial = None
+        if stopped and float(sums[2]) > 0:  # stopped mid-epoch: that epoch's running means
+            tr = _reduce_sum(dist_info, sums.clone())
+            partial = {"train_loss": float(tr[0] / tr[2]), "train_acc": float(tr[1] / tr[2])}
+        final = _final_metrics(model, data, dist_info, amp, partial or (history[-1] if history
+                               else {}), sparsifier)  # fmt: skip
         record("final", weights=True, **{k: v for k, v in final.items() if k != "R_s"})
         recorder.close()
         if writer:
@@ -748,8 +758,9 @@ def _density(masking, maskable) -> float:
     return masking.density()
 
 
-def _final_metrics(model, data: _Data, dist_info, amp, history, sparsifier) -> dict:
-    last = history[-1] if history else {}
+def _final_metrics(model, data: _Data, dist_info, amp, last: dict, sparsifier) -> dict:
+    """Final metrics: train loss/accuracy of ``last`` (the last epoch or the stopped part of
+    one), validation and test sets evaluated now."""
     out = {"train_loss": last.get("train_loss", float("nan")),
            "train_acc": last.get("train_acc", float("nan")),
            "val_loss": float("nan"), "val_acc": float("nan"),

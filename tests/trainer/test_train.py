@@ -220,3 +220,23 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, p.stderr)
         assert not out.exists(), args
+
+
+def test_pags_warm_start_from_a_short_dense_training(tmp_path):
+    """PAGS's "warm start after a few hundred dense steps": `masktopo train --method dense
+    --max-steps K` then `masktopo pags --warm-start RUN/checkpoint.pt` scores on those weights."""
+    _masktopo("train", "--method", "dense", "--density", "1", "--model", "spiral-mlp",
+              "--dataset", "cubist-spiral", "--epochs", "1", "--max-steps", "20",
+              "--batch-size", "500", "--out", tmp_path / "warm")  # fmt: skip
+    summary = json.loads((tmp_path / "warm" / "summary.json").read_text())
+    assert (
+        summary["steps"] == 20 and summary["final"]["train_loss"] == summary["final"]["train_loss"]
+    )
+    _masktopo("pags", "--model", "spiral-mlp", "--dataset", "cubist-spiral", "--method", "erk",
+              "--density", "0.3", "--n", "2", "--warm-start", tmp_path / "warm" / "checkpoint.pt",
+              "--out", tmp_path / "pags")  # fmt: skip
+    trained = store.load(tmp_path / "warm")  # the dense run's final weights (all-ones masks)
+    best = store.load(tmp_path / "pags" / "best.safetensors")
+    for name, mask in best.items():
+        assert mask.any()
+        assert torch.equal(best.weights[name][mask], trained.weights[name][mask])
