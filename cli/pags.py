@@ -92,8 +92,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a("--resume", action="store_true",
       help="continue the interrupted run in --out; ends as an uninterrupted run would")  # fmt: skip
     a("--warm-start", metavar="CKPT", default=None,
-      help="score on the weights of this checkpoint of --model (e.g. after 500 dense steps) "
-      "instead of the initialization")  # fmt: skip
+      help="score on the weights of this checkpoint of --model instead of the initialization, "
+      "e.g. warm/checkpoint.pt of 'masktopo train --method dense --density 1 --max-steps 500 "
+      "--out warm'")  # fmt: skip
     a("--progress", action="store_true",
       help="show the progress bar even when stderr is not a terminal")  # fmt: skip
     a("--list-methods", action="store_true", help="list the PaI methods and exit")
