@@ -1,7 +1,10 @@
 """``masktopo analyze``: graph metrics of mask files, one row per layer plus a network row.
 
-Every input is loaded and analyzed before anything is written, so a bad input leaves no output file;
-``--out`` is written atomically.
+A run directory is analyzed event by event (:func:`masktopo.analysis.runs.analyze_run`: every
+event, or every K-th with ``--every``, incrementally through the cache in ``RUN/analysis/``), unless
+``--event K`` picks one event. Every input is loaded and analyzed before anything is written, so a
+bad input leaves no output file; ``--out`` is written atomically. Warnings (a run's missing or
+corrupt event file, an unwritable cache) are printed as ``masktopo: warning: ...`` lines.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
@@ -21,6 +25,8 @@ _SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq":
 #: Columns of the text table when ``--metrics`` is not given (those present are shown).
 TABLE_COLUMNS = (
     "file",
+    "event",
+    "step",
     "layer",
     "shape",
     "density",
@@ -46,7 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Load each PATH (a .safetensors/.npz mask file, a PyTorch checkpoint or a run "
             "directory), turn every layer mask into a bipartite graph and compute its metrics. "
-            "One row per layer, plus one '(network)' row per file."
+            "One row per layer, plus one '(network)' row per file. A run directory gives these "
+            "rows for every mask event (cached in RUN/analysis/, so a second call computes only "
+            "new events), or for one event with --event."
         ),
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="mask files or run directories")
@@ -88,8 +96,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="for run directories: the event to analyze (negative counts from the end; "
-        "default: the last)",
+        help="for run directories: analyze only event K (negative counts from the end; "
+        "default: every event)",
+    )
+    p.add_argument(
+        "--every",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="for run directories: analyze events 0, K, 2K, ... and the last (default 1: all)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="for run directories: neither read nor update the cache in RUN/analysis/",
     )
     p.add_argument(
         "--gate",
@@ -122,6 +142,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def output_format(fmt: str | None, out: str | None) -> str:
@@ -170,6 +200,35 @@ def _check_device(device: str | None) -> None:
 
 def _empty_layers(maskset) -> list[str]:
     return [name for name, nnz in maskset.nnz_per_layer().items() if nnz == 0]
+
+
+def _analyze_run(path, args, metrics: list[str] | None, show: bool):
+    """Every (or every K-th) event of a run directory, with its network rows."""
+    from masktopo.analysis.runs import NETWORK, analyze_run
+
+    df = analyze_run(
+        path,
+        every=args.every,
+        conv=args.conv,
+        weights=not args.no_weights,
+        metrics=metrics,
+        gate=args.gate,
+        imdb=args.imdb,
+        narc=args.narc,
+        device=args.device,
+        progress=show,
+        cache=not args.no_cache,
+    )
+    if df.empty:
+        bad = df.attrs["bad_events"]
+        if not bad:
+            raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
+        raise MaskFileError(
+            path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
+        )
+    if args.no_network:
+        df = df[df["layer"] != NETWORK].reset_index(drop=True)
+    return df
 
 
 def _analyze_one(path, args, metrics: list[str] | None, show: bool):
@@ -243,19 +302,28 @@ def analyze_paths(args, metrics: list[str] | None):
     frames = []
     bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
     for path in bar:
+        whole_run = args.event is None and Path(path).is_dir()
         try:
-            df = _analyze_one(path, args, metrics, show)
+            if whole_run:
+                df = _analyze_run(path, args, metrics, show)
+            else:
+                df = _analyze_one(path, args, metrics, show)
         except MaskTopoError as exc:
             if str(path) in str(exc):
                 raise
             raise MaskFileError(path, str(exc)) from exc
-        if not args.no_network:
+        if not args.no_network and not whole_run:
             df = _with_network_row(df, analysis.aggregate(df))
         if several:
             df.insert(0, "file", str(path))
         frames.append(df)
     bar.close()
     return pd.concat(frames, ignore_index=True) if several else frames[0]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each: ``masktopo: warning: <message>``."""
+    print(f"masktopo: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def render(df, fmt: str, metrics: list[str] | None) -> str:
@@ -269,7 +337,7 @@ def render(df, fmt: str, metrics: list[str] | None) -> str:
     if metrics is None:
         columns = TABLE_COLUMNS
     else:
-        columns = ("file", "layer", "shape", *metrics, "reason")
+        columns = ("file", "event", "step", "layer", "shape", *metrics, "reason")
     return render_frame(df, columns) + "\n"
 
 
@@ -287,8 +355,12 @@ def run(args) -> int:
 
         metrics = resolve_metrics(args.metrics, weighted=not args.no_weights)
     _check_device(args.device)
+    if args.event is not None and args.every != 1:
+        raise MaskTopoError("--every selects events of a whole run; it cannot be used with --event")
 
-    df = analyze_paths(args, metrics)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        df = analyze_paths(args, metrics)
 
     from masktopo.store import _atomic_write
 

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from masktopo import __version__
 from masktopo.errors import MaskTopoError
 
-from . import analyze, demo, info, pags, train
+from . import analyze, demo, info, pags, plot, report, train
 
 #: The subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = (analyze, info, pags, train, demo)
+SUBCOMMANDS = (analyze, info, pags, train, plot, report, demo)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

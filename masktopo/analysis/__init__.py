@@ -5,10 +5,14 @@
 - :mod:`~masktopo.analysis.spectral`: top singular values, exact in float64, batched, CPU or CUDA.
 - :mod:`~masktopo.analysis.metrics`: the registry of named layer metrics, :func:`layer_metrics`,
   :func:`analyze` (a pandas DataFrame, one row per layer) and :func:`aggregate` (network level).
+- :mod:`~masktopo.analysis.runs`: :func:`analyze_run`, the metrics of every mask event of a run
+  directory in one table, cached next to the run (the one module here that reads and writes
+  files, through :mod:`masktopo.store`).
 """
 
 from .graph import biadjacency, strip_isolated, to_igraph, to_networkx, weighted_biadjacency
 from .metrics import METRICS, Metric, aggregate, analyze, layer_metrics, metric_names
+from .runs import analyze_run
 from .spectral import top_singular_values
 
 __all__ = [
@@ -16,6 +20,7 @@ __all__ = [
     "Metric",
     "aggregate",
     "analyze",
+    "analyze_run",
     "biadjacency",
     "layer_metrics",
     "metric_names",

@@ -65,17 +65,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "skip_step_on_update": False,
         "reinit_when_same": False,
     },
-    "set": {
-        "distribution": "erk",
-        "update_interval": 1500,
-        "growth": "random",
-        "drop": "magnitude",
-        "rate": 0.5,
-        "rate_min": 0.005,
-        "update_end": None,
-        "skip_step_on_update": False,
-        "reinit_when_same": False,
-    },
     "rigl": {
         "distribution": "erk",
         "update_interval": 100,
@@ -109,6 +98,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "reinit_when_same": False,
     },
 }
+#: SET in ITOP form is ITOP with its default (random) growth, under its own name.
+METHOD_DEFAULTS["set"] = dict(METHOD_DEFAULTS["itop"])
 #: The fields in :data:`METHOD_DEFAULTS` (method-specific).
 METHOD_FIELDS = (
     "init_method",

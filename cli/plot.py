@@ -1,0 +1,375 @@
+"""``masktopo plot``: figures of topology over training, of several runs, or of one mask file.
+
+Run directories are analyzed with :func:`masktopo.analysis.runs.analyze_run` (every event, or every
+K-th with ``--every``, through the incremental cache in ``RUN/analysis/``) and drawn with
+:func:`masktopo.plots.plot_run`: one run gives a figure per metric and the full-spectrum plane;
+several runs give comparison figures. A mask file (or a run with ``--layer``) gives the degree
+histograms, singular-value spectrum and, for small layers, the bipartite drawing of its layers.
+
+Nothing is written until every input is analyzed and every figure drawn: the figures are drawn into
+a hidden staging folder next to ``--out`` and moved into it at the end, so a failure leaves ``--out``
+as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from masktopo.errors import MaskFileError, MaskTopoError
+
+from ._output import show_progress
+
+#: Figure formats (file suffixes) ``--format`` accepts.
+FORMATS = ("png", "svg", "pdf")
+X_AXES = ("step", "epoch", "event")
+#: Keys of an events.jsonl line that describe the event rather than measure it (docs/formats.md).
+_EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
+
+_DESCRIPTION = """\
+Draw figures of mask topology into the folder --out.
+
+One run directory: a figure per metric against training step (a line per layer and the network;
+default: Δr, λ, the IMDB terms, the full-spectrum norm, density, R_s and accuracy, those the run
+has) and the full-spectrum plane (Δr vs λ). Several run directories: one comparison figure per
+metric (the network of each run) and the plane with one trajectory per run. Runs are analyzed
+through the cache in RUN/analysis/ (only new events are computed).
+
+A mask file (.safetensors, .npz, a checkpoint), or one run directory with --layer (its last
+event, or --event K): per layer, the fan-in/fan-out degree histograms, the singular-value spectrum
+with the Ramanujan bound, the weighted spectrum when the file has weights, and a drawing as a
+bipartite graph when the layer is small enough.
+
+The written files are printed, one per line. Options taking several values (--metric, --format,
+--labels, --layer) go after the PATHs."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "plot",
+        help="figures of topology over training, run comparisons or one mask file's layers",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run directories, or one mask file")
+    p.add_argument(
+        "--out", "-o", metavar="DIR", required=True, help="folder for the figures (created)"
+    )
+    p.add_argument(
+        "--metric",
+        "--metrics",
+        dest="metrics",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="metrics to draw, comma or space separated (default: the standard set the runs "
+        "have); any name of 'masktopo analyze --list-metrics', R_s, accuracy, loss, train_acc, "
+        "val_acc, train_loss, val_loss, or another numeric column of the run table",
+    )
+    p.add_argument(
+        "--format",
+        dest="formats",
+        nargs="+",
+        choices=FORMATS,
+        default=None,
+        metavar="FMT",
+        help=f"figure formats, any of {', '.join(FORMATS)} (default png)",
+    )
+    p.add_argument(
+        "--every",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="analyze events 0, K, 2K, ... and the last (default 1: all)",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABEL",
+        default=None,
+        help="one legend label per run (default: the run folders' names)",
+    )
+    p.add_argument(
+        "--x",
+        choices=X_AXES,
+        default="step",
+        help="horizontal axis of the figures over training (default step)",
+    )
+    p.add_argument(
+        "--layer",
+        dest="layers",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="layer figures of these layers (default for a mask file: every layer)",
+    )
+    p.add_argument(
+        "--event",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --layer on a run directory: the event to draw (default: the last)",
+    )
+    p.add_argument(
+        "--conv",
+        choices=("unrolled", "rolled"),
+        default="unrolled",
+        help="conv layer graph of the analysis and the degree/spectrum figures (default "
+        "unrolled; the bipartite drawing always uses channels)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor update the run-analysis cache in RUN/analysis/",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def split_names(values) -> list[str] | None:
+    """Names given space or comma separated (``--metric a,b c``), in order, without repeats."""
+    if values is None:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each: ``masktopo: warning: <message>``."""
+    print(f"masktopo: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def note(text: str) -> None:
+    print(f"masktopo: note: {' '.join(text.split())}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Output folder: checked first, filled at the end
+# ------------------------------------------------------------------------------------------------
+def existing_ancestor(path: Path) -> Path:
+    """The nearest folder of ``path`` (itself included) that exists."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_out_dir(out: Path) -> Path:
+    """Fail (one line) unless ``out`` is an existing writable folder or can be created.
+
+    Returns the nearest existing folder (where the staging folder goes).
+    """
+    if out.exists() and not out.is_dir():
+        raise MaskFileError(out, "cannot write figures there: it is a file, not a folder")
+    base = existing_ancestor(out)
+    if not base.is_dir():
+        raise MaskFileError(out, f"cannot create the folder: {str(base)!r} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise MaskFileError(out, f"cannot write: the folder {str(base)!r} is not writable")
+    return base
+
+
+class Staging:
+    """A hidden temporary folder next to ``out``; :meth:`commit` moves its files into ``out``.
+
+    Used as a context manager: leaving it without :meth:`commit` (an error) removes the staging
+    folder and everything drawn so far, so ``out`` is not touched.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        base = check_out_dir(out)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=".masktopo-plot-", dir=base))
+        except OSError as e:
+            raise MaskFileError(out, f"cannot write ({e.strerror or e})") from None
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self, files: list[Path]) -> list[Path]:
+        """Move ``files`` (inside the staging folder) into ``out``; their new paths."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            moved = []
+            for f in files:
+                dest = self.out / f.relative_to(self.path)
+                os.replace(f, dest)
+                moved.append(dest)
+        except OSError as e:
+            raise MaskFileError(self.out, f"cannot write ({e.strerror or e})") from None
+        return moved
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------
+def check_metric_names(names: list[str] | None, runs) -> None:
+    """Unknown metric names fail before any analysis (the message lists the known ones).
+
+    Known: :data:`masktopo.plots.PLOT_METRICS` and the scalars the runs' events record.
+    """
+    if not names:
+        return
+    from masktopo.errors import UnknownNameError
+    from masktopo.plots import PLOT_METRICS
+
+    known = set(PLOT_METRICS) | {"n_layers"}
+    for run in runs:
+        known |= {k for ev in run.events for k in ev if k not in _EVENT_FIELDS}
+    for name in names:
+        if name not in known:
+            raise UnknownNameError("metric", name, known)
+
+
+def analyze_runs(paths, *, every: int, conv: str, cache: bool, progress: bool) -> list:
+    """The run-analysis table of every run (a run without an analyzable event is an error)."""
+    from masktopo.analysis.runs import analyze_run
+
+    tables = []
+    for path in paths:
+        df = analyze_run(path, every=every, conv=conv, progress=progress, cache=cache)
+        if df.empty:
+            bad = df.attrs["bad_events"]
+            if not bad:
+                raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
+            raise MaskFileError(
+                path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
+            )
+        tables.append(df)
+    return tables
+
+
+def _plot_runs(args, paths: list[Path], metrics, formats) -> list[Path]:
+    from masktopo.store import read_run
+
+    runs = [read_run(p) for p in paths]  # "not a run directory" before anything else
+    check_metric_names(metrics, runs)
+    labels = args.labels
+    if labels is not None and len(labels) != len(paths):
+        raise MaskTopoError(f"--labels: {len(labels)} label(s) for {len(paths)} run(s)")
+    staging = Staging(Path(args.out))
+    with staging, warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        tables = analyze_runs(
+            paths,
+            every=args.every,
+            conv=args.conv,
+            cache=not args.no_cache,
+            progress=show_progress(args),
+        )
+        from masktopo.plots import plot_run
+
+        if labels is None:
+            labels = run_labels(paths)
+        files = plot_run(tables, staging.path, metrics, formats, labels=labels, x=args.x)
+        if not files:
+            raise MaskTopoError("nothing to draw: the runs have no defined value of any metric")
+        return staging.commit(files)
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """The runs' folder names, made unique with their parent folder when two are the same."""
+    names = [p.resolve().name or str(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers of one mask file
+# ------------------------------------------------------------------------------------------------
+def _stem(layer: str) -> str:
+    name = layer[: -len(".weight")] if layer.endswith(".weight") else layer
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _plot_layers(args, path: Path, formats) -> list[Path]:
+    from masktopo import store
+    from masktopo.errors import MaskValidationError, UnknownNameError
+    from masktopo.plots import plot_bipartite, plot_degrees, plot_spectrum, save_figure
+
+    if args.event is not None and not path.is_dir():
+        raise MaskTopoError("--event picks an event of a run directory; the PATH is a file")
+    ms = store.load(path, event=args.event)
+    layers = ms.names if args.layers is None else split_names(args.layers)
+    for name in layers:
+        if name not in ms:
+            raise UnknownNameError("layer", name, ms.names)
+    staging = Staging(Path(args.out))
+    with staging:
+        files: list[Path] = []
+
+        def emit(fig, stem: str) -> None:
+            for fmt in formats:
+                files.append(save_figure(fig, staging.path / f"{stem}.{fmt}"))
+
+        for name in layers:
+            stem = _stem(name)
+            emit(plot_degrees(ms, name, conv=args.conv), f"{stem}-degrees")
+            kinds = [("spectrum", False)] + (
+                [("weighted-spectrum", True)] if ms.has_weights else []
+            )
+            for what, weighted in kinds:
+                try:
+                    fig = plot_spectrum(ms, name, conv=args.conv, weighted=weighted)
+                except MaskValidationError as exc:
+                    note(f"{what} of layer {name!r} skipped: {exc}")
+                    continue
+                emit(fig, f"{stem}-{what}")
+            try:
+                fig = plot_bipartite(ms, name)
+            except MaskValidationError as exc:
+                note(f"bipartite drawing of layer {name!r} skipped: {exc}")
+                continue
+            emit(fig, f"{stem}-bipartite")
+        return staging.commit(files)
+
+
+# ------------------------------------------------------------------------------------------------
+def run(args) -> int:
+    paths = [Path(p) for p in args.paths]
+    for p in paths:
+        if not p.exists():
+            raise MaskFileError(p, "no such file or directory")
+    formats = list(dict.fromkeys(args.formats or ["png"]))
+    metrics = split_names(args.metrics)
+    layer_mode = args.layers is not None or any(not p.is_dir() for p in paths)
+    if layer_mode:
+        if len(paths) != 1:
+            raise MaskTopoError(
+                f"layer figures (--layer, or a mask file) take exactly one PATH; got {len(paths)}"
+            )
+        for flag, given in (("--metric", metrics), ("--labels", args.labels)):
+            if given:
+                raise MaskTopoError(f"{flag} applies to run directories, not to layer figures")
+        written = _plot_layers(args, paths[0], formats)
+    else:
+        if args.event is not None:
+            raise MaskTopoError("--event needs --layer (the figures over training use every event)")
+        written = _plot_runs(args, paths, metrics, formats)
+    for f in written:
+        print(f)
+    return 0

@@ -1,0 +1,571 @@
+"""Topology over training: the metrics of every mask event of a run directory, cached by the run.
+
+:func:`analyze_run` reads a run directory (``run.json``, ``events.jsonl``, one mask file per event;
+docs/formats.md), runs :func:`~masktopo.analysis.metrics.analyze` and
+:func:`~masktopo.analysis.metrics.aggregate` on the mask set of every selected event, and returns
+one table: a row per (event, layer) and a ``"(network)"`` row per event, with the event's step,
+epoch, kind and recorded scalars (losses, accuracies, ``R_s``).
+
+The per-event results are cached in ``RUN/analysis/<key>.npz`` (``key`` a hash of the analysis
+options and metric list). A later call with the same options computes only the events that are not
+in the cache yet, so a run that is still training can be analyzed again and again. Every cached
+event is validated against its current line of ``events.jsonl`` and the size and modification time
+of its mask file; an event that no longer matches (a resumed run that rewrote its events) is
+computed again. The cache format is described in docs/formats.md ("Run-analysis cache").
+
+Events are analyzed in parallel: by default two forked worker processes (``workers``, or
+``$MASKTOPO_WORKERS``) each analyze whole events, with one BLAS thread and no nested spectral
+worker, so a 2-core machine runs exactly two busy processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import threadpoolctl
+
+from .._version import __version__
+from ..errors import MaskFileError, MaskValidationError
+from ..store import Run, _atomic_write, read_run
+from .metrics import INT_METRICS, METRICS, Options, aggregate, analyze, resolve_metrics
+from .spectral import cpu_workers
+
+__all__ = ["CACHE_DIR", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
+
+#: Sub-directory of the run directory that holds the cache files.
+CACHE_DIR = "analysis"
+CACHE_FORMAT = "masktopo.run-analysis"
+CACHE_FORMAT_VERSION = 1
+#: The ``layer`` value of the network rows.
+NETWORK = "(network)"
+#: Event scalars that are always columns of the table (NaN where an event does not record them).
+SCALARS = ("density", "R_s", "train_loss", "train_acc", "val_loss", "val_acc")
+#: Keys of an events.jsonl line that describe the event rather than measure it.
+_STRUCTURAL = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
+#: Value columns of the cache besides the metrics: aggregate's layer count (network rows only).
+_EXTRA = ("n_layers",)
+_NO_WEIGHTS = "no weights dumped at this event: weighted metrics undefined"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every event is analyzed with (inherited by forked workers)."""
+
+    run: Run
+    opts: Options
+    names: tuple[str, ...]
+    weights: bool
+    device: Any
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.names, *_EXTRA)
+
+
+@dataclass
+class _Result:
+    """One event's values: ``values[i, j]`` is column j of row i (the layers in run order, then
+    the network row), ``reasons`` one text per row."""
+
+    sig: str
+    values: np.ndarray
+    reasons: list[str]
+
+
+# --------------------------------------------------------------------------------------------
+# One event
+# --------------------------------------------------------------------------------------------
+
+
+def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
+    """Metric values of event ``k``: a ``(n_layers + 1, n_columns)`` float array and the reasons.
+
+    Raises :class:`MaskFileError` when the event's mask file is missing or invalid.
+    """
+    ms = job.run.load(k, weights=job.weights)
+    use_w = job.weights and ms.has_weights
+    names = [n for n in job.names if use_w or not METRICS[n].weighted]
+    columns = job.columns
+    n_layers = len(ms)
+    values = np.full((n_layers + 1, len(columns)), math.nan)
+    reasons = [""] * n_layers
+    if names:
+        o = job.opts
+        df = analyze(ms, conv=o.conv, weights=use_w, metrics=names, gate=o.gate, imdb=o.imdb,
+                     narc=o.narc, device=job.device, allow_empty=True)  # fmt: skip
+        net = aggregate(df)
+        for name in names:
+            j = columns.index(name)
+            values[:n_layers, j] = _floats(df[name])
+            values[n_layers, j] = _float(net[name])
+        reasons = [str(r) for r in df["reason"]]
+    values[n_layers, columns.index("n_layers")] = n_layers
+    if len(names) < len(job.names):
+        reasons = [f"{r}; {_NO_WEIGHTS}" if r else _NO_WEIGHTS for r in reasons]
+    return values, [*reasons, ""]
+
+
+def _floats(col) -> np.ndarray:
+    """A metric column as float64 (bool as 0/1, missing as NaN)."""
+    return col.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _float(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _signature(run: Run, k: int) -> str:
+    """What a cached event is valid for: its events.jsonl line and its mask file's size and
+    modification time."""
+    ev = run.events[k]
+    line = json.dumps(ev, sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        st = (run.path / ev["file"]).stat()
+        stat = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stat = "missing"
+    return hashlib.sha256(f"{line}\0{stat}".encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------
+# Many events, in parallel
+# --------------------------------------------------------------------------------------------
+
+_JOB: _Job | None = None  # set in each forked worker
+
+
+def _init_worker(job: _Job) -> None:
+    global _JOB
+    _JOB = job
+    # Ctrl-C is the parent's to handle: it stops handing out events and keeps what is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["MASKTOPO_WORKERS"] = "1"  # no nested spectral worker inside a worker
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _worker_event(k: int):
+    return _one(_JOB, k)
+
+
+def _one(job: _Job, k: int):
+    """``("ok", values, reasons)`` or ``("bad", problem)`` for event ``k``."""
+    try:
+        values, reasons = _event_values(job, k)
+    except MaskFileError as exc:
+        return ("bad", str(exc))
+    return ("ok", values, reasons)
+
+
+def _compute(job: _Job, todo: list[int], workers: int, progress: bool, done: dict) -> None:
+    """Analyze the events ``todo``, putting ``k -> outcome`` into ``done`` as they finish (so a
+    caller interrupted midway keeps what was computed)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="events", unit="event", file=sys.stderr,
+               disable=not progress, leave=False)  # fmt: skip
+    try:
+        parallel = (
+            workers >= 2
+            and len(todo) >= 2
+            and job.device.type == "cpu"
+            and "fork" in multiprocessing.get_all_start_methods()
+        )
+        if parallel:
+            _compute_forked(job, todo, min(workers, len(todo)), bar, done)
+        for k in todo:  # serial, or what a broken pool left
+            if k not in done:
+                done[k] = _one(job, k)
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _compute_forked(job: _Job, todo: list[int], workers: int, bar, done: dict) -> None:
+    """Events spread over ``workers`` forked processes, each with one BLAS/OpenMP thread.
+
+    The processes are forked while the thread pools are limited to one thread, so they inherit
+    that limit (changing a thread pool inside a forked child is unsafe). A pool that breaks (a
+    worker killed) leaves the remaining events to the caller's serial loop.
+    """
+    with threadpoolctl.threadpool_limits(1):
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(job,),
+            )
+        except (OSError, ValueError):  # pragma: no cover - no processes on this platform
+            return
+        try:
+            futures = {pool.submit(_worker_event, k): k for k in todo}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                bar.update()
+        except BrokenProcessPool:  # pragma: no cover - a worker died (e.g. out of memory)
+            pass
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------------------------
+
+
+def _cache_key(job: _Job) -> str:
+    spec = {
+        "format": CACHE_FORMAT,
+        "format_version": CACHE_FORMAT_VERSION,
+        "masktopo_version": __version__,
+        **_options(job.opts),
+        "metrics": list(job.names),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cache_header(job: _Job) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "format_version": CACHE_FORMAT_VERSION,
+        "masktopo_version": __version__,
+        "options": _options(job.opts),
+        "metrics": list(job.names),
+        "columns": list(job.columns),
+        "layers": job.run.config["layers"],
+    }
+
+
+def _options(opts: Options) -> dict:
+    return {"conv": opts.conv, "gate": opts.gate, "imdb": opts.imdb, "narc": opts.narc}
+
+
+def _read_cache(path: Path, job: _Job) -> dict[int, _Result]:
+    """The cached results of ``path`` (empty when there is no cache); a cache that cannot be read
+    or was written for other options or layers is ignored with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            events, sigs = z["events"], z["sigs"]
+            row_event, values, reasons = z["row_event"], z["values"], z["reasons"]
+    except Exception as exc:  # any damage: zip, npz, JSON, missing keys
+        warnings.warn(f"{path}: ignoring an unreadable run-analysis cache ({exc})", stacklevel=3)
+        return {}
+    want = _cache_header(job)
+    if any(header.get(key) != want[key] for key in want if key != "masktopo_version"):
+        warnings.warn(
+            f"{path}: ignoring a run-analysis cache written for other options or layers",
+            stacklevel=3,
+        )
+        return {}
+    n = len(job.run.config["layers"]) + 1
+    rows = len(row_event)
+    if (
+        values.shape != (rows, len(job.columns))
+        or reasons.shape != (rows,)
+        or sigs.shape != events.shape
+    ):
+        warnings.warn(f"{path}: ignoring a damaged run-analysis cache", stacklevel=3)
+        return {}
+    out: dict[int, _Result] = {}
+    starts = np.searchsorted(row_event, events, side="left")
+    for k, sig, s in zip(events.tolist(), sigs.tolist(), starts.tolist(), strict=True):
+        if s + n <= len(row_event) and (row_event[s : s + n] == k).all():
+            out[int(k)] = _Result(str(sig), values[s : s + n], reasons[s : s + n].tolist())
+    return out
+
+
+def _write_cache(path: Path, job: _Job, results: dict[int, _Result]) -> str | None:
+    """Write ``results`` atomically; the problem as text when the cache cannot be written."""
+    ks = sorted(results)
+    n = len(job.run.config["layers"]) + 1
+    arrays = {
+        "header": np.array(json.dumps(_cache_header(job))),
+        "events": np.array(ks, dtype=np.int64),
+        "sigs": np.array([results[k].sig for k in ks], dtype=str),
+        "row_event": np.repeat(np.array(ks, dtype=np.int64), n),
+        "values": (
+            np.concatenate([results[k].values for k in ks])
+            if ks
+            else np.zeros((0, len(job.columns)))
+        ),
+        "reasons": np.array([r for k in ks for r in results[k].reasons], dtype=str),
+    }
+    try:
+        path.parent.mkdir(exist_ok=True)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+    except MaskFileError as exc:
+        return exc.problem
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+
+def _column(values: list):
+    """A pandas column from Python values: Int64 for integers, float64 for other numbers,
+    boolean for bools, object otherwise; None is missing."""
+    import pandas as pd
+
+    present = [v for v in values if v is not None]
+    if all(isinstance(v, bool) for v in present) and present:
+        return pd.array(values, dtype="boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present) and present:
+        return pd.array(values, dtype="Int64")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return pd.array(values, dtype=object)
+
+
+def _table(job: _Job, ks: list[int], results: dict[int, _Result]):
+    import pandas as pd
+
+    run = job.run
+    layers = run.layers
+    names = [x.name for x in layers]
+    n = len(layers) + 1
+    events = [run.events[k] for k in ks]
+
+    def per_event(key):
+        return [ev.get(key) for ev in events for _ in range(n)]
+
+    cols: dict[str, Any] = {
+        "event": np.repeat(np.array(ks, dtype=np.int64), n),
+        "step": _column(per_event("step")),
+        "epoch": _column([None if v is None else float(v) for v in per_event("epoch")]),
+        "kind": per_event("kind"),
+        "layer": [*names, NETWORK] * len(ks),
+        "kind_layer": [*(x.kind for x in layers), None] * len(ks),
+        "shape": [*("x".join(map(str, x.shape)) for x in layers), None] * len(ks),
+    }
+    values = (
+        np.concatenate([results[k].values for k in ks]) if ks else np.zeros((0, len(job.columns)))
+    )
+    for j, name in enumerate(job.columns):
+        v = values[:, j]
+        if name in INT_METRICS or name == "n_layers":
+            col = pd.array(np.where(np.isnan(v), 0, v).astype(np.int64), dtype="Int64")
+            col[np.isnan(v)] = pd.NA
+            cols[name] = col
+        else:
+            cols[name] = v
+    cols["reason"] = [r for k in ks for r in results[k].reasons]
+    numel = np.array([x.numel for x in layers], dtype=np.float64)
+    scalars = list(SCALARS) + sorted(
+        {key for ev in events for key in ev if key not in _STRUCTURAL and key not in SCALARS}
+    )
+    for key in scalars:
+        if key in cols:
+            continue
+        if key == "density":  # layer density on layer rows, network density on network rows
+            cols[key] = np.array([d for ev in events for d in _density(ev, names, numel)])
+            continue
+        raw = [ev.get(key) for ev in events]
+        dicts = [v for v in raw if isinstance(v, dict)]
+        if dicts and len(dicts) + raw.count(None) == len(raw):
+            if all(set(v) <= set(names) for v in dicts):  # {layer: x}: per layer, network sum
+                cols[key] = _column([x for v in raw for x in _per_layer(v, names)])
+        elif all(v is None or isinstance(v, str | int | float | bool) for v in raw):
+            cols[key] = _column([v for v in raw for _ in range(n)])
+    df = pd.DataFrame(cols)
+    for key in ("kind", "layer", "kind_layer", "shape", "reason"):
+        df[key] = df[key].astype(object)
+    return df
+
+
+def _density(ev: dict, names: list[str], numel: np.ndarray) -> list[float]:
+    return [*(ev["nnz"][x] / numel[i] for i, x in enumerate(names)), float(ev["density"])]
+
+
+def _per_layer(value, names: list[str]) -> list:
+    """A per-layer dict spread over the layer rows, its sum on the network row."""
+    if not isinstance(value, dict):
+        return [None] * (len(names) + 1)
+    per = [value.get(x) for x in names]
+    nums = [v for v in per if isinstance(v, int | float) and not isinstance(v, bool)]
+    total = sum(nums) if len(nums) == len(per) else None
+    return [*per, total]
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def analyze_run(
+    path: str | os.PathLike,
+    *,
+    every: int = 1,
+    conv: str = "unrolled",
+    weights: bool = True,
+    metrics: Iterable[str] | str | None = None,
+    gate: str = "n23",
+    imdb: str = "n23",
+    narc: str = "directed",
+    device=None,
+    progress: bool = False,
+    cache: bool = True,
+    workers: int | None = None,
+):
+    """Graph metrics of every mask event of a run directory, incrementally cached.
+
+    Each selected event's mask set is analyzed as :func:`~masktopo.analysis.metrics.analyze`
+    does (every layer) and aggregated as :func:`~masktopo.analysis.metrics.aggregate` does (the
+    network row). Results are cached in ``RUN/analysis/<key>.npz``; a later call with the same
+    options computes only events not cached yet (or whose line or mask file changed).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A run directory (``run.json``, ``events.jsonl``, the events' mask files).
+    every : int
+        Analyze events ``0, every, 2·every, …`` and always the last one.
+    conv, metrics, gate, imdb, narc, device
+        As for :func:`~masktopo.analysis.metrics.analyze`. ``metrics=None`` means every metric.
+    weights : bool
+        Use the weights of events that dumped them. Weighted metrics of an event without weights
+        are NaN, with a reason; when no analyzed event has weights and ``metrics`` is None, the
+        weighted columns are left out (as :func:`analyze` does).
+    progress : bool
+        Show a progress bar (events) on stderr.
+    cache : bool
+        Read and update the cache. False computes every selected event and writes nothing.
+    workers : int, optional
+        Processes analyzing events in parallel (each one whole event at a time); default
+        :func:`~masktopo.analysis.spectral.cpu_workers` (``$MASKTOPO_WORKERS`` or min(2, cores)).
+        1 analyzes in this process. CUDA always analyzes in this process.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (event, layer) in the layer order of ``run.json``, then one ``"(network)"``
+        row per event, sorted by event. Columns: ``event``, ``step``, ``epoch``, ``kind`` (the
+        event's), ``layer``, ``kind_layer`` (``conv``/``linear``; missing on network rows),
+        ``shape``, the metric columns (counts as ``Int64``; ``is_ramanujan`` as float: 1/0 on
+        layer rows, the Ramanujan fraction on network rows), ``n_layers`` (network rows),
+        ``reason``, then the event's scalars: ``density`` (the layer's on layer rows, the
+        network's on network rows), ``R_s``, ``train_loss``, ``train_acc``, ``val_loss``,
+        ``val_acc`` (always present, NaN where the event did not record them) and any other
+        scalar of events.jsonl; per-layer records such as ``drop`` and ``grow`` give the layer's
+        value on layer rows and the sum on network rows.
+
+        ``df.attrs`` holds ``run``, ``options``, ``weighted``, ``events`` (the events in the
+        table), ``computed`` and ``cached`` (which of them were computed by this call or read
+        from the cache), ``cache`` (the cache file, or None) and ``bad_events``: one dict
+        ``{"event", "file", "problem"}`` per selected event whose mask file is missing or invalid
+        (those events have no rows; each also gives a warning naming the file and the problem).
+
+    Raises
+    ------
+    MaskFileError
+        When ``path`` is not a run directory, or ``run.json`` or ``events.jsonl`` is invalid.
+    UnknownNameError
+        For an unknown metric (the message lists the known ones) or option value.
+    MaskValidationError
+        For ``every`` or ``workers`` below 1, or a weighted metric asked for with
+        ``weights=False`` or in a run where no event has weights.
+
+    Warns
+    -----
+    UserWarning
+        Once per bad event (``"<mask file>: <problem>"``), and once when the cache cannot be
+        written (the result is returned all the same).
+
+    Examples
+    --------
+    >>> df = analyze_run("runs/rigl-r18", every=10)  # doctest: +SKIP
+    >>> net = df[df.layer == "(network)"]  # doctest: +SKIP
+    >>> net.plot(x="step", y="ramanujan_gap")  # doctest: +SKIP
+    """
+    opts = Options(conv, gate, imdb, narc, allow_empty=True)
+    every = _positive("every", every)
+    workers = cpu_workers() if workers is None else _positive("workers", workers)
+    names = tuple(resolve_metrics(metrics, weighted=bool(weights)))
+    from .metrics import _device
+
+    dev = _device(device)
+    run = read_run(path)
+    job = _Job(run, opts, names, bool(weights), dev)
+
+    n = run.n_events
+    selected = sorted({*range(0, n, every), n - 1}) if n else []
+    explicit_weighted = metrics is not None and any(METRICS[x].weighted for x in names)
+    if explicit_weighted and selected and not any(run.events[k]["has_weights"] for k in selected):
+        asked = next(x for x in names if METRICS[x].weighted)
+        raise MaskValidationError(
+            f"{run.path}: metric {asked!r} needs weights, and no analyzed event has them"
+        )
+
+    cache_path = run.path / CACHE_DIR / f"{_cache_key(job)}.npz" if cache else None
+    stored = _read_cache(cache_path, job) if cache_path is not None else {}
+    sigs = {k: _signature(run, k) for k in selected}
+    # Cached events whose line or mask file changed (a resumed run rewrote them), or that lie
+    # beyond the current end of events.jsonl, are dropped.
+    valid = {
+        k: r for k, r in stored.items() if k < n and r.sig == (sigs.get(k) or _signature(run, k))
+    }
+    changed = len(valid) != len(stored)
+    todo = [k for k in selected if k not in valid]
+    done: dict[int, tuple] = {}
+    try:
+        _compute(job, todo, workers, progress, done)
+    finally:
+        new = {k: _Result(sigs[k], o[1], o[2]) for k, o in done.items() if o[0] == "ok"}
+        if cache_path is not None and (new or changed):
+            problem = _write_cache(cache_path, job, {**valid, **new})
+            if problem is not None:
+                warnings.warn(
+                    f"{cache_path}: cannot write the run-analysis cache ({problem}); the "
+                    "results are returned but not cached",
+                    stacklevel=2,
+                )
+    results = {**valid, **new}
+    bad = []
+    for k in todo:
+        if done[k][0] == "bad":
+            bad.append({"event": k, "file": run.events[k]["file"], "problem": done[k][1]})
+            warnings.warn(done[k][1], stacklevel=2)
+    ks = [k for k in selected if k in results]
+    df = _table(job, ks, results)
+    weighted = bool(weights) and any(run.events[k]["has_weights"] for k in ks)
+    if metrics is None and not weighted:
+        df = df.drop(columns=[x for x in names if METRICS[x].weighted])
+    df.attrs.update(
+        run=str(run.path),
+        options={"conv": conv, "gate": gate, "imdb": imdb, "narc": narc, "every": every},
+        weighted=weighted,
+        events=ks,
+        computed=sorted(new),
+        cached=[k for k in ks if k in valid],
+        cache=None if cache_path is None else str(cache_path),
+        bad_events=bad,
+    )
+    return df
+
+
+def _positive(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise MaskValidationError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
