@@ -464,7 +464,9 @@ def train(
     t_start = time.perf_counter()
     cfg = resolve(cfg)
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
+    # Under torchrun only rank 0 checks a fresh --out: it creates the directory, and another rank
+    # checking later would find it taken (a failing rank 0 makes torchrun stop the others).
+    if out_path is not None and (resume or int(os.environ.get("RANK", "0")) == 0):
         check_out_dir(out_path, resume)
     ckpt = _load_checkpoint(out_path / CHECKPOINT_FILE) if resume else None
     if ckpt is not None:
@@ -561,7 +563,7 @@ def train(
         if weights is None:
             weights = cfg.dump_weights == "all"
         m = current_masks()
-        if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m)):
+        if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m).to(device)):
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
                                 f"{done['steps']}; this is a bug, please report it")  # fmt: skip
         w = {n: maskable[n] for n in layer_names} if weights else None
