@@ -5,6 +5,7 @@ Light at import time (standard library only): pandas is imported only where a va
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import sys
@@ -114,3 +115,14 @@ def show_progress(args) -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--every``, ``--n``, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

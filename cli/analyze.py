@@ -17,7 +17,7 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 
-from ._output import json_records, render_frame, render_rows, show_progress
+from ._output import json_records, positive_int, render_frame, render_rows, show_progress
 
 FORMATS = ("table", "csv", "json", "parquet")
 _SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -101,7 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--every",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="for run directories: analyze events 0, K, 2K, ... and the last (default 1: all)",
@@ -142,16 +142,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def output_format(fmt: str | None, out: str | None) -> str:

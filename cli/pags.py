@@ -25,7 +25,7 @@ Under 'torchrun --nproc_per_node=K -m masktopo pags ...' the candidates are spli
 processes; the result is the same for any K."""
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -56,14 +56,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       help="PaI method the candidates come from (default erk); see --list-methods")  # fmt: skip
     a("--density", type=_float, default=None, metavar="D",
       help="fraction of the maskable weights to keep, in (0, 1] (required)")  # fmt: skip
-    a("--n", "--candidates", dest="n", type=_positive_int, default=1000, metavar="N",
+    a("--n", "--candidates", dest="n", type=_integer, default=1000, metavar="N",
       help="number of candidate masks to sample (default 1000); under torchrun spell it "
            "--candidates (torchrun reads --n as an abbreviation of its own options)")  # fmt: skip
-    a("--iters", type=_positive_int, default=20, metavar="I",
+    a("--iters", type=_integer, default=20, metavar="I",
       help="minibatches per candidate's PaI scoring, rescore sampler (default 20)")  # fmt: skip
-    a("--batch-size", type=_positive_int, default=128, metavar="B",
+    a("--batch-size", type=_integer, default=128, metavar="B",
       help="minibatch size for the PaI scoring (default 128)")  # fmt: skip
-    a("--snapshot-every", type=_positive_int, default=20, metavar="K",
+    a("--snapshot-every", type=_integer, default=20, metavar="K",
       help="save snapshots/snapshot-T.safetensors every K candidates when the best changed "
       "(default 20; snapshot 0 is the base)")  # fmt: skip
     a("--sampler", choices=SAMPLERS, default="rescore",
@@ -80,9 +80,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a("--reference", choices=("origin", "base"), default="origin",
       help="full-spectrum distance from the origin (author code, default) or from the base "
       "mask's coordinate")  # fmt: skip
-    a("--chunk", type=_positive_int, default=32, metavar="C",
+    a("--chunk", type=_integer, default=32, metavar="C",
       help="candidates generated and scored per batch (speed only; default 32)")  # fmt: skip
-    a("--seed", type=_positive_int, default=0, metavar="S",
+    a("--seed", type=_integer, default=0, metavar="S",
       help="run seed: model init and candidate t draw from (S, t) only (default 0)")  # fmt: skip
     a("--device", choices=("cpu", "cuda"), default="cpu",
       help="where PaI scoring and the spectra run (default cpu)")  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 
-from ._output import show_progress
+from ._output import positive_int, show_progress
 
 #: Figure formats (file suffixes) ``--format`` accepts.
 FORMATS = ("png", "svg", "pdf")
@@ -82,7 +82,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--every",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="analyze events 0, K, 2K, ... and the last (default 1: all)",
@@ -133,16 +133,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="show a progress bar on stderr even when it is not a terminal",
     )
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def split_names(values) -> list[str] | None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from ._output import show_progress
-from .plot import X_AXES, _positive_int, show_warning
+from ._output import positive_int, show_progress
+from .plot import X_AXES, show_warning
 
 _DESCRIPTION = """\
 Write one HTML page about the run directories RUN...: the final metrics of summary.json, the
@@ -43,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--every",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="analyze events 0, K, 2K, ... and the last (default 1: all)",
