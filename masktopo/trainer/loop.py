@@ -448,7 +448,8 @@ def train(
     progress : bool
         Show a progress bar on stderr (rank 0).
     callback : callable, optional
-        ``callback(step, info)`` after each step (tests and benchmarks).
+        ``callback(step, info)`` after each step, ``info`` = ``{"loss", "epoch", "model"}`` (tests
+        and benchmarks).
 
     Returns
     -------
@@ -667,7 +668,17 @@ def train(
                 if masking is not None:
                     masking.apply(optimizer)
                 done["steps"] = step + 1
-                sparsifier.update(step, masking, optimizer, record)
+                try:
+                    sparsifier.update(step, masking, optimizer, record)
+                except MaskValidationError:
+                    bad = [n for n, p in maskable.items() if not bool(torch.isfinite(p).all())]
+                    if bad:  # diverged: the update's scores are NaN
+                        raise TrainingError(
+                            f"weights became NaN or infinite before the mask update at step "
+                            f"{step + 1} (layer {bad[0]!r}); the last checkpoint and events are "
+                            "intact; lower --lr or check the data"
+                        ) from None
+                    raise
                 with torch.no_grad():
                     sums[0] += loss.detach().double() * len(y)
                     sums[1] += (data.spec.predict(logits.detach()) == y).sum()
@@ -690,7 +701,7 @@ def train(
                                      if isinstance(v, float)})  # fmt: skip
                         bar.set_postfix(post, refresh=False)
                 if callback is not None:
-                    callback(step, {"loss": loss, "epoch": epoch})
+                    callback(step, {"loss": loss, "epoch": epoch, "model": model})
                 if step == crash_after:
                     recorder.flush()
                     os._exit(137)

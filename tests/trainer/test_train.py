@@ -240,3 +240,20 @@ def test_pags_warm_start_from_a_short_dense_training(tmp_path):
     for name, mask in best.items():
         assert mask.any()
         assert torch.equal(best.weights[name][mask], trained.weights[name][mask])
+
+
+def test_weights_diverging_before_a_mask_update_is_a_training_error(tmp_path):
+    cfg = TrainConfig(method="set", density=0.3, epochs=1, update_interval=10, **SPIRAL)
+
+    def poison(step, info):
+        if step == 5:
+            from masktopo.zoo import maskable_parameters
+
+            model = info.get("model")
+            assert model is not None
+            with torch.no_grad():
+                next(iter(maskable_parameters(model).values())).fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="NaN or infinite before the mask update at step 10"):
+        train(cfg, tmp_path / "r", callback=poison)
+    assert store.read_run(tmp_path / "r").events[0]["kind"] == "init"
