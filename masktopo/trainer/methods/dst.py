@@ -134,7 +134,26 @@ class Regrowth:
             self.momentum.load_state_dict(state["momentum"], device)
 
 
-class DST(Sparsifier):
+class RegrowthState:
+    """Scalars and checkpoint state of a method that owns ``self.rate`` and ``self.regrowth``
+    (DST and GraNet); put it before the :class:`Sparsifier` base in the class bases."""
+
+    def scalars(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**super().scalars(), "rate": self.rate}
+        if self.regrowth.R_s is not None:
+            out["R_s"] = self.regrowth.R_s
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rate": self.rate, "regrowth": self.regrowth.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.rate = float(state["rate"])
+        self.regrowth.load_state_dict(state["regrowth"], self.device)
+
+
+class DST(RegrowthState, Sparsifier):
     """Drop-and-grow at constant per-layer counts (module docstring: ITOP, SET, RigL)."""
 
     name: ClassVar[str] = "itop"
@@ -186,20 +205,6 @@ class DST(Sparsifier):
         self.rate = self.rate_at(step)
         drops, grows = self.regrowth.apply(masking, optimizer, self.rate)
         record("update", rate=self.rate, R_s=self.regrowth.R_s, drop=drops, grow=grows)
-
-    def scalars(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rate": self.rate}
-        if self.regrowth.R_s is not None:
-            out["R_s"] = self.regrowth.R_s
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rate": self.rate, "regrowth": self.regrowth.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.rate = float(state["rate"])
-        self.regrowth.load_state_dict(state["regrowth"], self.device)
 
 
 class ITOP(DST):

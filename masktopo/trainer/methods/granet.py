@@ -20,18 +20,18 @@ mask with exact ERK counts (``distribution``). No regeneration after the last it
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..masking import Masking
 from ..schedules import cosine_rate, is_update_step
 from .base import Record
-from .dst import Regrowth
+from .dst import Regrowth, RegrowthState
 from .gmp import GMP
 
 __all__ = ["GraNet"]
 
 
-class GraNet(GMP):
+class GraNet(RegrowthState, GMP):
     """GMP plus neuroregeneration at every update (module docstring)."""
 
     name: ClassVar[str] = "granet"
@@ -60,17 +60,3 @@ class GraNet(GMP):
         self.rate = cosine_rate(step + 1, self.total_steps, self.cfg.rate, self.cfg.rate_min)
         drops, grows = self.regrowth.apply(masking, optimizer, self.rate)
         record("regen", rate=self.rate, R_s=self.regrowth.R_s, drop=drops, grow=grows)
-
-    def scalars(self) -> dict[str, Any]:
-        out = {**super().scalars(), "rate": self.rate}
-        if self.regrowth.R_s is not None:
-            out["R_s"] = self.regrowth.R_s
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rate": self.rate, "regrowth": self.regrowth.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.rate = float(state["rate"])
-        self.regrowth.load_state_dict(state["regrowth"], self.device)
