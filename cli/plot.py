@@ -28,8 +28,6 @@ from ._output import positive_int, show_progress
 #: Figure formats (file suffixes) ``--format`` accepts.
 FORMATS = ("png", "svg", "pdf")
 X_AXES = ("step", "epoch", "event")
-#: Keys of an events.jsonl line that describe the event rather than measure it (docs/formats.md).
-_EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
 
 _DESCRIPTION = """\
 Draw figures of mask topology into the folder --out.
@@ -223,12 +221,13 @@ def check_metric_names(names: list[str] | None, runs) -> None:
     """
     if not names:
         return
+    from masktopo.analysis.runs import EVENT_FIELDS
     from masktopo.errors import UnknownNameError
     from masktopo.plots import PLOT_METRICS
 
     known = set(PLOT_METRICS) | {"n_layers"}
     for run in runs:
-        known |= {k for ev in run.events for k in ev if k not in _EVENT_FIELDS}
+        known |= {k for ev in run.events for k in ev if k not in EVENT_FIELDS}
     for name in names:
         if name not in known:
             raise UnknownNameError("metric", name, known)

@@ -1,3 +1,22 @@
 """Package version (single source: read by pyproject and by run.json writers)."""
 
 __version__ = "0.1.0"
+
+
+def versions() -> dict[str, str]:
+    """Versions of masktopo and what its results depend on, for the ``run.json`` of PAGS runs
+    and training runs (imports numpy, scipy and torch)."""
+    import platform
+
+    import numpy
+    import scipy
+    import torch
+
+    return {
+        "masktopo": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

@@ -55,7 +55,7 @@ NETWORK = "(network)"
 #: Event scalars that are always columns of the table (NaN where an event does not record them).
 SCALARS = ("density", "R_s", "train_loss", "train_acc", "val_loss", "val_acc")
 #: Keys of an events.jsonl line that describe the event rather than measure it.
-_STRUCTURAL = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
+EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
 #: Value columns of the cache besides the metrics: aggregate's layer count (network rows only).
 _EXTRA = ("n_layers",)
 _NO_WEIGHTS = "no weights dumped at this event: weighted metrics undefined"
@@ -374,7 +374,7 @@ def _table(job: _Job, ks: list[int], results: dict[int, _Result]):
     cols["reason"] = [r for k in ks for r in results[k].reasons]
     numel = np.array([x.numel for x in layers], dtype=np.float64)
     scalars = list(SCALARS) + sorted(
-        {key for ev in events for key in ev if key not in _STRUCTURAL and key not in SCALARS}
+        {key for ev in events for key in ev if key not in EVENT_FIELDS and key not in SCALARS}
     )
     for key in scalars:
         if key in cols:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._version import __version__
+from .._version import versions
 from ..errors import MaskFileError, MaskValidationError
 from ..masks import MaskSet
 from .config import RESUMABLE_CHANGES, PagsConfig
@@ -149,13 +148,6 @@ def accept(config: PagsConfig, best: Scores, cand: Scores, i: int) -> np.ndarray
     c, b = cand.network(inv)[i], best.network(inv)[0]
     win = (not np.isnan(c)) and (np.isnan(b) or c > b)
     return np.full(len(cand.layers), bool(win))
-
-
-def _versions() -> dict:
-    import scipy
-
-    return {"masktopo": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "python": platform.python_version()}  # fmt: skip
 
 
 def _row(t: int, sc: Scores, i: int, config: PagsConfig, numel: int, accepted: int,
@@ -352,7 +344,7 @@ def run_pags(
         meta = {"pags": {"t": 0, "role": "base"}}
         writer.json(RUN_FILE, {
             "format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
-            "seed": config.seed, "versions": _versions(), "world_size": comm.world,
+            "seed": config.seed, "versions": versions(), "world_size": comm.world,
             "layers": [{"name": n, "kind": kinds[n], "shape": list(base_masks[n].shape),
                         "base_nnz": counts[n]} for n in names],
             "base_density": sum(counts.values()) / numel, **(run_info or {}),

@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 import warnings
@@ -44,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._version import __version__
+from .._version import __version__, versions
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
 from .recorder import Recorder
@@ -222,18 +221,6 @@ def _reduce_sum(dist_info: _Dist, values: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # run directory
 # ---------------------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    import numpy
-
-    return {
-        "masktopo": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def _git_hash() -> str | None:
     root = Path(__file__).resolve().parents[2]
     head = root / ".git" / "HEAD"
@@ -602,7 +589,7 @@ def train(
                 "data": {"train": len(data.train), "val": len(data.val) if data.val else 0,
                          "test": len(data.test) if data.test else 0,
                          "augment": data.augment},
-                "versions": _versions(),
+                "versions": versions(),
                 "layers": [{"name": n, "kind": "conv" if p.dim() > 2 else "linear",
                             "shape": list(p.shape)} for n, p in maskable.items()],
                 "graph": graph,
