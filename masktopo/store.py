@@ -444,6 +444,12 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     _fsync_directory(directory)
 
 
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (NaN allowed) to ``path`` through :func:`_atomic_write`."""
+    text = json.dumps(obj, indent=1, allow_nan=True) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make the rename durable; not possible (nor needed) on every platform."""
     try:

@@ -195,10 +195,9 @@ class _Writer:
 
     def json(self, rel: str, obj: dict) -> None:
         if self.active:
-            from ..store import _atomic_write
+            from ..store import _atomic_write_json
 
-            text = json.dumps(obj, indent=1, allow_nan=True) + "\n"
-            _atomic_write(self.out / rel, lambda f: f.write(text.encode("utf-8")))
+            _atomic_write_json(self.out / rel, obj)
 
     def rows(self, rows: list[dict]) -> None:
         if self.active:

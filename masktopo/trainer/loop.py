@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import math
 import os
 import sys
@@ -728,13 +727,12 @@ def train(
         record("final", weights=True, **{k: v for k, v in final.items() if k != "R_s"})
         recorder.close()
         if writer:
-            from ..store import _atomic_write
+            from ..store import _atomic_write_json
 
             summary = {"steps": step, "epochs": step / spe, "n_events": recorder.n_events,
                        "density": _density(masking, maskable), "final": final,
                        "history": history}  # fmt: skip
-            text = json.dumps(summary, indent=1, allow_nan=True) + "\n"
-            _atomic_write(out_path / SUMMARY_FILE, lambda f: f.write(text.encode()))
+            _atomic_write_json(out_path / SUMMARY_FILE, summary)
     finally:
         if bar is not None:
             bar.close()

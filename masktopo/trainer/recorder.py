@@ -77,10 +77,9 @@ class Recorder:
         """Write ``run.json`` atomically."""
         if self.out is None:
             return
-        from ..store import _atomic_write
+        from ..store import _atomic_write_json
 
-        text = json.dumps(_jsonable(obj), indent=1) + "\n"
-        _atomic_write(self.out / "run.json", lambda f: f.write(text.encode("utf-8")))
+        _atomic_write_json(self.out / "run.json", _jsonable(obj))
 
     # -- events --------------------------------------------------------------------------------
     def record(
