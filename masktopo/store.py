@@ -808,17 +808,23 @@ def _read_masktopo_npz(
     return ms, has_weights
 
 
-def _read_torch(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bool]:
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    never code; every failure is a one-line :class:`MaskFileError`."""
     try:
         with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise MaskFileError(path, f"cannot read ({_oserror(e)})") from None
     except pickle.UnpicklingError as e:
         raise MaskFileError(path, _unpickling_problem(path, e)) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
         raise MaskFileError(path, f"truncated or corrupt checkpoint ({_short(e)})") from None
+
+
+def _read_torch(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bool]:
+    obj = _torch_load(path)
     state = _find_state_dict(obj)
     if state is None:
         raise MaskFileError(

@@ -7,7 +7,6 @@ checked before the output directory is created, so a bad invocation writes nothi
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,18 +26,12 @@ def check_method(name: str):
 
 def load_warm_start(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
     """Load a checkpoint's weights into ``model``; a checkpoint for another model is an error."""
-    from ..store import _find_state_dict, _strip_wrapper_prefixes
+    from ..store import _find_state_dict, _strip_wrapper_prefixes, _torch_load
 
     path = Path(path)
     if not path.is_file():
         raise MaskFileError(path, "warm-start checkpoint not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MaskFileError(path, f"cannot read the warm-start checkpoint ({type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:200]})") from None  # fmt: skip
+    obj = _torch_load(path)
     state = _find_state_dict(obj)
     if state is None:
         raise MaskFileError(path, "no state dict in the warm-start checkpoint")

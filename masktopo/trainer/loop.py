@@ -278,14 +278,9 @@ def resume_config(out: Path, **overrides) -> TrainConfig:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad zip/pickle
-        msg = " ".join(str(e).split())[:200]
-        raise MaskFileError(path, f"corrupt or unreadable checkpoint ({type(e).__name__}: {msg})")\
-            from None  # fmt: skip
+    from ..store import _torch_load
+
+    ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise MaskFileError(path, "is not a masktopo training checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:

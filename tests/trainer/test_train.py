@@ -112,7 +112,7 @@ def test_resume_refuses_other_settings_and_bad_checkpoints(tmp_path):
     assert again.density == 0.2 and again.max_steps == 3
     ck = tmp_path / "r" / CHECKPOINT_FILE
     ck.write_bytes(ck.read_bytes()[:1000])  # truncated
-    with pytest.raises(MaskFileError, match="corrupt or unreadable checkpoint"):
+    with pytest.raises(MaskFileError, match="truncated or corrupt checkpoint"):
         train(resume_config(tmp_path / "r"), tmp_path / "r", resume=True)
     with pytest.raises(MaskFileError, match="already holds a run"):
         train(cfg, tmp_path / "r")
