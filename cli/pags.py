@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._output import show_progress
+from ._output import integer, number, show_progress
 
 SAMPLERS = ("rescore", "rewire")
 SELECTIONS = ("layerwise", "global")
@@ -23,21 +23,6 @@ best.safetensors (best mask + the weights it was scored on), base.safetensors, s
 candidates.parquet (one row per candidate), run.json; analyze them with 'masktopo analyze'.
 Under 'torchrun --nproc_per_node=K -m masktopo pags ...' the candidates are split across K
 processes; the result is the same for any K."""
-
-
-def _integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,16 +39,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
       "fashion-mnist cubist-spiral (data-free methods need only its shapes, no files)")  # fmt: skip
     a("--method", metavar="NAME", default="erk",
       help="PaI method the candidates come from (default erk); see --list-methods")  # fmt: skip
-    a("--density", type=_float, default=None, metavar="D",
+    a("--density", type=number, default=None, metavar="D",
       help="fraction of the maskable weights to keep, in (0, 1] (required)")  # fmt: skip
-    a("--n", "--candidates", dest="n", type=_integer, default=1000, metavar="N",
+    a("--n", "--candidates", dest="n", type=integer, default=1000, metavar="N",
       help="number of candidate masks to sample (default 1000); under torchrun spell it "
            "--candidates (torchrun reads --n as an abbreviation of its own options)")  # fmt: skip
-    a("--iters", type=_integer, default=20, metavar="I",
+    a("--iters", type=integer, default=20, metavar="I",
       help="minibatches per candidate's PaI scoring, rescore sampler (default 20)")  # fmt: skip
-    a("--batch-size", type=_integer, default=128, metavar="B",
+    a("--batch-size", type=integer, default=128, metavar="B",
       help="minibatch size for the PaI scoring (default 128)")  # fmt: skip
-    a("--snapshot-every", type=_integer, default=20, metavar="K",
+    a("--snapshot-every", type=integer, default=20, metavar="K",
       help="save snapshots/snapshot-T.safetensors every K candidates when the best changed "
       "(default 20; snapshot 0 is the base)")  # fmt: skip
     a("--sampler", choices=SAMPLERS, default="rescore",
@@ -80,9 +65,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     a("--reference", choices=("origin", "base"), default="origin",
       help="full-spectrum distance from the origin (author code, default) or from the base "
       "mask's coordinate")  # fmt: skip
-    a("--chunk", type=_integer, default=32, metavar="C",
+    a("--chunk", type=integer, default=32, metavar="C",
       help="candidates generated and scored per batch (speed only; default 32)")  # fmt: skip
-    a("--seed", type=_integer, default=0, metavar="S",
+    a("--seed", type=integer, default=0, metavar="S",
       help="run seed: model init and candidate t draw from (S, t) only (default 0)")  # fmt: skip
     a("--device", choices=("cpu", "cuda"), default="cpu",
       help="where PaI scoring and the spectra run (default cpu)")  # fmt: skip

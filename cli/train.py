@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 
-from ._output import render_rows, show_progress
+from ._output import integer, number, render_rows, show_progress
 
 _DESCRIPTION = """\
 Train a sparse network with a sparsification method and record every mask change into a run
@@ -50,17 +50,6 @@ _FLAGS = (
 )  # fmt: skip
 
 
-def _value(kind):
-    def parse(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-
-    return parse
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
@@ -69,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for flag, dest, kind, text in _FLAGS:
-        p.add_argument(flag, dest=dest, type=_value(kind), default=None, help=text,
+        p.add_argument(flag, dest=dest, type={int: integer, float: number}.get(kind, str), default=None, help=text,
                        metavar=dest.upper())  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="the run directory to create (new or empty)")
     p.add_argument("--config", metavar="FILE", help="a TOML config (see configs/)")
