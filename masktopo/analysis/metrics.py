@@ -275,16 +275,14 @@ class _Plan:
     values: dict[str, Any] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
     jobs: list[Parts] = field(default_factory=list)
-    connected: list[bool] = field(default_factory=list)
     slots: dict[Any, int] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
     imdb_groups: list[tuple] = field(default_factory=list)
 
-    def add_job(self, key, matrix: Parts, connected: bool = False) -> None:
-        """Queue a spectral job; ``connected=True`` when its graph is known to be connected."""
+    def add_job(self, key, matrix: Parts) -> None:
+        """Queue a spectral job (top two singular values of ``matrix``)."""
         self.slots[key] = len(self.jobs)
         self.jobs.append(matrix)
-        self.connected.append(connected)
 
     def why(self, text: str) -> None:
         if text not in self.reasons:
@@ -315,24 +313,23 @@ def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Pl
         return plan
     v["deg_out_mean"] = d_out = n_edges / n_o
     v["deg_in_mean"] = d_in = n_edges / n_i
-    # Components: weakly connected components of the directed out→in edge list (sparse, O(|E|)).
-    N = n_o + n_i
-    adj = sp.csr_matrix((np.ones(pat.rows.size), (pat.rows, pat.indices + n_o)), shape=(N, N))
-    v["n_components"] = int(connected_components(adj, directed=True, connection="weak")[0])
+    if "components" in groups:  # weakly connected components of the out→in edges, O(|E|)
+        N = n_o + n_i
+        adj = sp.csr_matrix((np.ones(pat.rows.size), (pat.rows, pat.indices + n_o)), shape=(N, N))
+        v["n_components"] = int(connected_components(adj, directed=True, connection="weak")[0])
 
     enough = min(n_o, n_i) >= 2
     if not enough:
         plan.why(f"mu_hat undefined: {n_o} active output(s), {n_i} active input(s) (need 2 each)")
-    one = v["n_components"] == 1
     if "spectral" in groups:
-        plan.add_job("bin", pat.parts(pat.data), one)
+        plan.add_job("bin", pat.parts(pat.data))
     if "weighted" in groups and pat.wdata is not None:
-        plan.add_job("w", pat.parts(pat.wdata), one)
+        plan.add_job("w", pat.parts(pat.wdata))
     if "expansion" in groups and enough:
         rs = np.bincount(pat.rows, weights=pat.data, minlength=n_o)
         cs = np.bincount(pat.indices, weights=pat.data, minlength=n_i)
         ndata = pat.data / np.sqrt(rs[pat.rows] * cs[pat.indices])
-        plan.add_job("norm", pat.parts(ndata), one)
+        plan.add_job("norm", pat.parts(ndata))
     if "ramanujan" in groups or "narc" in groups:
         plan.values["_gate_ok"] = _gate_ok(opts.gate, d_out, d_in)
         plan.values["_i23_ok"] = _gate_ok("i23", d_out, d_in)
@@ -491,7 +488,9 @@ def _device(device) -> torch.device:
 
 def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False):
     groups = _groups_for(names)
-    plans, jobs, connected, offsets = [], [], [], []
+    if "n_components" in names:
+        groups.add("components")  # a graph search per layer: only when asked for
+    plans, jobs, offsets = [], [], []
     it = layers
     if progress:
         from tqdm.auto import tqdm
@@ -501,9 +500,8 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         plan = _plan_layer(mask, weight, opts, groups, name)
         offsets.append(len(jobs))
         jobs.extend(plan.jobs)
-        connected.extend(plan.connected)
         plans.append(plan)
-    svals = solve_many(jobs, 2, device=device, connected=connected)
+    svals = solve_many(jobs, 2, device=device)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}

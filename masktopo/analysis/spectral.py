@@ -210,22 +210,20 @@ def solve_many(
     k: int = 2,
     *,
     device: str | torch.device = "cpu",
-    connected: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """Top-``k`` singular values of many sparse matrices of different shapes.
 
     ``mats`` holds :class:`~masktopo.analysis._engine.Parts`, scipy sparse matrices or arrays.
-    On the CPU (``k = 2``) the exact engine of :mod:`masktopo.analysis._engine` splits each matrix
-    into connected components, solves small ones densely and all large ones together with one
-    block-diagonal Lanczos run (``connected[i] = True`` skips the component search for a matrix
-    known to be connected). On CUDA the matrices are densified on the device, bucketed by padded
+    On the CPU (``k = 2``) the exact compiled engine of :mod:`masktopo.analysis._kernels` solves
+    them one after the other (dense Gram route for a small side, two Lanczos phases otherwise),
+    split over :func:`cpu_workers` processes. On CUDA the matrices are densified on the device, bucketed by padded
     shape (zero padding changes no singular value) and solved batched with the Gram route.
     Returns a ``(len(mats), k)`` float64 array, descending.
     """
     device = torch.device(device)
     if device.type == "cpu":
         if k == 2:
-            return _solve_top2_parallel(mats, connected)
+            return _solve_top2_parallel(mats)
         return np.stack([top_singular_values_np(Parts.of(M).scipy(), k) for M in mats])
     out = np.zeros((len(mats), k))
     parts = [Parts.of(M) for M in mats]
@@ -269,9 +267,11 @@ def cpu_workers() -> int:
 def _worker_pool():
     """One persistent worker, forked while BLAS is limited to one thread (so it inherits that:
     changing OpenBLAS's thread count inside a forked child can crash it). The worker only runs
-    numpy/scipy code."""
+    numpy/scipy/numba code; the kernel is compiled (or loaded from numba's cache) before the
+    fork, so the worker inherits it instead of compiling it again."""
     global _POOL
     if _POOL is None:
+        solve_top2([np.ones((3, 30))])  # compile / load the kernel here, before forking
         with threadpoolctl.threadpool_limits(1):
             pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("fork")
@@ -281,7 +281,7 @@ def _worker_pool():
     return _POOL
 
 
-def _solve_top2_parallel(mats: Sequence, connected: Sequence[bool] | None) -> np.ndarray:
+def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     """:func:`solve_top2` with the jobs split in two cost-balanced halves, one in a worker.
 
     The split is deterministic (greedy by nonzeros), so results are reproducible; a failing
@@ -297,25 +297,24 @@ def _solve_top2_parallel(mats: Sequence, connected: Sequence[bool] | None) -> np
             or nnz.sum() < _PARALLEL_MIN_NNZ
             or "fork" not in multiprocessing.get_all_start_methods()
         ):
-            return solve_top2(parts, connected)
-        return _split_solve(parts, nnz, connected)
+            return solve_top2(parts)
+        return _split_solve(parts, nnz)
 
 
-def _split_solve(parts, nnz, connected) -> np.ndarray:
+def _split_solve(parts, nnz) -> np.ndarray:
     halves: list[list[int]] = [[], []]
     load = [0, 0]
     for i in np.argsort(-nnz, kind="stable"):
         h = 0 if load[0] <= load[1] else 1
         halves[h].append(int(i))
         load[h] += int(nnz[i])
-    conn = [False] * len(parts) if connected is None else list(connected)
     out = np.zeros((len(parts), 2))
     remote = [parts[i] for i in halves[1]]
     try:
-        future = _worker_pool().submit(solve_top2, remote, [conn[i] for i in halves[1]])
+        future = _worker_pool().submit(solve_top2, remote)
     except Exception:  # pragma: no cover - e.g. fork not permitted
         future = None
-    out[halves[0]] = solve_top2([parts[i] for i in halves[0]], [conn[i] for i in halves[0]])
+    out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
     try:
         if future is None:
             raise RuntimeError("no worker")
@@ -323,7 +322,7 @@ def _split_solve(parts, nnz, connected) -> np.ndarray:
     except Exception:  # pragma: no cover - a dead worker: do its half here
         global _POOL
         _POOL = None
-        out[halves[1]] = solve_top2(remote, [conn[i] for i in halves[1]])
+        out[halves[1]] = solve_top2(remote)
     return out
 
 

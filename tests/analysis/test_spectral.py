@@ -1,12 +1,12 @@
-"""The spectral engine: every route against a dense LAPACK SVD, ties, splitting, parallel path."""
+"""The spectral engine: every route against a dense LAPACK SVD, ties, deflation, parallel path."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from masktopo.analysis import _engine, spectral
-from masktopo.analysis._engine import Parts, dense_top2, lanczos_top2, solve_top2
+from masktopo.analysis import _engine, _kernels, spectral
+from masktopo.analysis._engine import Parts, solve_top2
 from masktopo.errors import MaskValidationError, UnknownNameError
 
 
@@ -33,25 +33,52 @@ def _connected_random(m, n, density, seed, binary):
     return A
 
 
+def _kernel(mats, small_side=_engine.DENSE_MAX_SIDE):
+    """σ₁, σ₂ and Lanczos steps straight from the compiled kernel."""
+    out, ok, steps = _kernels.top2_batch(*_kernels.pack([Parts.of(M) for M in mats]),
+                                         _engine.TOL, _engine.MAX_STEPS, small_side)  # fmt: skip
+    assert ok.all()
+    return out, steps
+
+
 @pytest.mark.parametrize("binary", [True, False])
-def test_lanczos_matches_dense_svd(binary):
+@pytest.mark.parametrize("transpose", [False, True])
+def test_lanczos_matches_dense_svd(binary, transpose):
     mats = [
         _connected_random(120, 400, 0.02, 0, binary),
         _connected_random(200, 200, 0.05, 1, binary),
         _connected_random(130, 2000, 0.01, 2, binary),
+        sp.random(150, 600, density=0.004, random_state=3, format="csr"),  # many components
     ]
-    got = lanczos_top2([Parts.of(M) for M in mats])
+    if transpose:  # the Gram operator on the column side
+        mats = [M.T.tocsr() for M in mats]
+    got, steps = _kernel(mats)
+    assert (steps > 0).all()  # both Lanczos phases ran for every matrix
     for M, g in zip(mats, got, strict=True):
         _close(g, _ref(M))
 
 
-def test_lanczos_is_deterministic():
+def test_dense_route_matches_lanczos_route():
+    mats = [_connected_random(60, 90, 0.08, s, s % 2 == 0) for s in range(4)]
+    dense, steps_d = _kernel(mats, small_side=100)
+    lanczos, steps_l = _kernel(mats, small_side=0)
+    assert (steps_d == 0).all() and (steps_l > 0).all()
+    for M, a, b in zip(mats, dense, lanczos, strict=True):
+        _close(a, _ref(M))
+        _close(b, _ref(M))
+
+
+def test_result_does_not_depend_on_the_batch():
     mats = [Parts.of(_connected_random(150, 500, 0.02, s, False)) for s in range(3)]
-    assert np.array_equal(lanczos_top2(mats), lanczos_top2(mats))
+    together = solve_top2(mats)
+    assert np.array_equal(together, solve_top2(mats))
+    for M, row in zip(mats, together, strict=True):
+        assert np.array_equal(solve_top2([M])[0], row)  # bit for bit, alone or batched
+    assert np.array_equal(solve_top2(mats[::-1])[::-1], together)
 
 
 def test_tied_top_singular_values_across_components_are_found():
-    # Single-vector Lanczos alone would see sigma_1 once; splitting into components finds both.
+    # Single-vector Lanczos sees sigma_1 once; the deflated second phase finds the second copy.
     K = sp.csr_matrix(np.ones((100, 200)))
     two = sp.block_diag([K, K]).tocsr()
     got = solve_top2([two])[0]
@@ -65,14 +92,29 @@ def test_tied_top_singular_values_across_components_are_found():
     c = np.asarray(D.sum(0)).ravel()
     N = sp.diags(1 / np.sqrt(r)) @ D @ sp.diags(1 / np.sqrt(c))
     _close(solve_top2([N])[0], [1.0, 1.0])
+    # Many equal stars (every column its own component): sigma_1 = sigma_2 = sqrt(3).
+    stars = sp.block_diag([np.ones((3, 1))] * 60).tocsr()
+    _close(_kernel([stars], small_side=0)[0][0], [np.sqrt(3)] * 2)
 
 
-def test_rank_one_components_and_small_dense_route():
+@pytest.mark.parametrize("small_side", [0, 100])
+def test_rank_one_and_complete_bipartite_exact_sigma2(small_side):
     star = sp.csr_matrix(np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]))
     _close(solve_top2([star])[0], [5.0, 0.0])
-    kab = np.ones((7, 9))
-    s = dense_top2([Parts.of(kab)])[0]
-    assert abs(s[0] - np.sqrt(63)) < 1e-13 and abs(s[1]) < 1e-13  # Ritz step: sigma_2 exact
+    for a, b in ((7, 9), (40, 70)):
+        s = _kernel([np.ones((a, b))], small_side=small_side)[0][0]
+        # Rayleigh–Ritz step: sigma_2 = 0 to about eps * sigma_1, not sqrt(eps) * sigma_1.
+        assert abs(s[0] - np.sqrt(a * b)) < 1e-12 * s[0] and abs(s[1]) < 1e-13 * s[0]
+    # Biregular: sigma_1 = sqrt(d_row * d_col) exactly; a circulant-like pattern (rows of
+    # degree 4 over 2x as many columns of degree 2).
+    n = 64
+    C = np.zeros((n, 2 * n))
+    for i in range(n):
+        for j in (0, 1, 2, 7):  # two even and two odd offsets: every column has degree 2
+            C[i, (2 * i + j) % (2 * n)] = 1.0
+    got = _kernel([C], small_side=small_side)[0][0]
+    _close(got, _ref(C))
+    assert abs(got[0] - np.sqrt(4 * 2)) < 1e-12
 
 
 def test_solve_many_and_top_singular_values_agree_on_every_method():
