@@ -23,7 +23,7 @@ import scipy.sparse as sp
 #: Matrices whose smaller side is at most this are solved densely; larger ones by Lanczos.
 DENSE_MAX_SIDE = 24
 #: Lanczos residual tolerance, relative to σ₁²: ``β_k·|s_k| ≤ TOL·σ₁²`` for both phases.
-TOL = 1e-10
+TOL = 1e-8
 #: Lanczos steps per phase before a matrix is handed to ARPACK.
 MAX_STEPS = 600
 

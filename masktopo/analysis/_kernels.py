@@ -437,3 +437,140 @@ def pack(mats):
     else:
         data, indices, indptr = np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64)
     return data, indices, indptr, ptr_off, nnz_off, shapes
+
+
+# --------------------------------------------------------------------------------------------
+# Layer planning: stripped CSR pattern and IMDB degree groups (masktopo.analysis.metrics)
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def strip_pattern(flat, n_out, n_in):
+    """Stripped CSR of the entries ``flat`` (ascending row-major positions in ``n_out × n_in``).
+
+    Rows and columns without an entry are dropped and the rest renumbered in order. Returns
+    ``(rows, indices, indptr, n_rows, n_cols)``: int32 row and column of every entry, int32
+    ``indptr`` and the stripped shape.
+    """
+    E = flat.size
+    row_deg = np.zeros(n_out, dtype=np.int64)
+    col_deg = np.zeros(n_in, dtype=np.int64)
+    for e in range(E):
+        row_deg[flat[e] // n_in] += 1
+        col_deg[flat[e] % n_in] += 1
+    row_new = np.empty(n_out, dtype=np.int64)
+    n_o = 0
+    for i in range(n_out):
+        row_new[i] = n_o
+        if row_deg[i] > 0:
+            n_o += 1
+    col_new = np.empty(n_in, dtype=np.int64)
+    n_i = 0
+    for j in range(n_in):
+        col_new[j] = n_i
+        if col_deg[j] > 0:
+            n_i += 1
+    rows = np.empty(E, dtype=np.int32)
+    indices = np.empty(E, dtype=np.int32)
+    indptr = np.zeros(n_o + 1, dtype=np.int32)
+    for e in range(E):
+        r = row_new[flat[e] // n_in]
+        rows[e] = r
+        indices[e] = col_new[flat[e] % n_in]
+        indptr[r + 1] += 1
+    for i in range(n_o):
+        indptr[i + 1] += indptr[i]
+    return rows, indices, indptr, n_o, n_i
+
+
+@njit(cache=True)
+def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
+    """The IMDB degree groups of a stripped CSR pattern (pags-spec §3.4).
+
+    Columns (inputs) are grouped by fan-out ``d`` (the sum of ``data`` over the column); a group
+    is kept when ``d > 0``, it has at least ``min_group`` columns, it touches ``n_r ≥ 2`` rows and
+    passes the gate on ``(d_in, d_out) = (d, d·size/n_r)``: ``d_in ≥ 3`` and ``d_out > 1``
+    (N23), or both ``≥ 3`` (``both_three``, I23). Each kept group's submatrix is returned
+    transposed (its columns as rows, in column order; its rows renumbered in order) as CSR.
+
+    Returns ``(d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off)``: per group the
+    degree, column count and row count; the concatenated CSR pieces (``g_eid``: the entry of the
+    pattern each group entry is, to pick binary and weighted values alike) and per-group offsets
+    into them.
+    """
+    fan = np.zeros(n_cols)
+    cnt = np.zeros(n_cols + 1, dtype=np.int64)
+    for r in range(n_rows):
+        for p in range(indptr[r], indptr[r + 1]):
+            fan[indices[p]] += data[p]
+            cnt[indices[p] + 1] += 1
+    for j in range(n_cols):
+        cnt[j + 1] += cnt[j]
+    fill = cnt[:-1].copy()
+    crow = np.empty(indptr[n_rows], dtype=np.int64)
+    ceid = np.empty(indptr[n_rows], dtype=np.int64)
+    for r in range(n_rows):  # CSC with rows ascending in every column
+        for p in range(indptr[r], indptr[r + 1]):
+            c = indices[p]
+            crow[fill[c]] = r
+            ceid[fill[c]] = p
+            fill[c] += 1
+    order = np.argsort(fan, kind="mergesort")  # stable: columns in order within a group
+    g_d = np.empty(n_cols)
+    g_size = np.empty(n_cols, dtype=np.int64)
+    g_nr = np.empty(n_cols, dtype=np.int64)
+    ptr_off = np.empty(n_cols, dtype=np.int64)
+    nnz_off = np.empty(n_cols, dtype=np.int64)
+    g_indptr = np.empty(2 * n_cols + 1, dtype=np.int32)
+    g_indices = np.empty(indptr[n_rows], dtype=np.int32)
+    g_eid = np.empty(indptr[n_rows], dtype=np.int64)
+    mark = np.full(n_rows, -1, dtype=np.int64)
+    remap = np.empty(n_rows, dtype=np.int32)
+    used = np.empty(n_rows, dtype=np.int64)
+    ng = 0
+    pp = 0
+    ee = 0
+    a = 0
+    while a < n_cols:
+        d = fan[order[a]]
+        b = a + 1
+        while b < n_cols and fan[order[b]] == d:
+            b += 1
+        size = b - a
+        if d > 0 and size >= min_group:
+            n_r = 0
+            for t in range(a, b):
+                c = order[t]
+                for q in range(cnt[c], cnt[c + 1]):
+                    r = crow[q]
+                    if mark[r] != a:
+                        mark[r] = a
+                        used[n_r] = r
+                        n_r += 1
+            d_out = d * size / n_r
+            ok = d >= 3 and (d_out >= 3 if both_three else d_out > 1)
+            if ok and n_r >= 2:
+                rs = np.sort(used[:n_r])
+                for i in range(n_r):
+                    remap[rs[i]] = i
+                g_d[ng] = d
+                g_size[ng] = size
+                g_nr[ng] = n_r
+                ptr_off[ng] = pp
+                nnz_off[ng] = ee
+                g_indptr[pp] = 0
+                k = 0
+                for t in range(a, b):
+                    c = order[t]
+                    for q in range(cnt[c], cnt[c + 1]):
+                        g_indices[ee + k] = remap[crow[q]]
+                        g_eid[ee + k] = ceid[q]
+                        k += 1
+                    pp += 1
+                    g_indptr[pp] = k
+                pp += 1
+                ee += k
+                ng += 1
+        a = b
+    return (g_d[:ng], g_size[:ng], g_nr[:ng], g_indptr[:pp], g_indices[:ee], g_eid[:ee],
+            ptr_off[:ng], nnz_off[:ng])  # fmt: skip

@@ -68,6 +68,7 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import _check_weight
 from ._engine import Parts
+from ._kernels import imdb_groups, strip_pattern
 from .graph import _as_mask, check_conv_mode
 from .spectral import solve_many
 
@@ -241,26 +242,16 @@ def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
         w = _to_numpy(wt.reshape(-1)[idx].to(torch.float64).abs())
     if m.ndim == 2 or conv == "unrolled":
         n_in = m.size // n_out
-        r, c = np.divmod(flat, n_in)
+        pos = flat  # positions in the n_out × n_in biadjacency, row-major
         data = np.ones(flat.size)
         wdata = w
     else:
         n_in = m.shape[1]
-        pair, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
-                                      return_counts=True)  # fmt: skip
-        r, c = np.divmod(pair, n_in)  # channel pairs, row-major
-        data = counts.astype(np.float64)
-        wdata = None if w is None else np.bincount(inv, weights=w, minlength=pair.size)
-    row_deg = np.bincount(r, minlength=n_out)
-    col_deg = np.bincount(c, minlength=n_in)
-    row_act, col_act = row_deg > 0, col_deg > 0
-    row_new = np.cumsum(row_act) - 1
-    col_new = np.cumsum(col_act) - 1
-    rows = row_new[r].astype(np.int32)
-    indices = col_new[c].astype(np.int32)
-    n_o, n_i = int(row_act.sum()), int(col_act.sum())
-    indptr = np.zeros(n_o + 1, dtype=np.int32)
-    np.cumsum(row_deg[row_act], out=indptr[1:])
+        pos, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
+                                     return_counts=True)  # fmt: skip
+        data = counts.astype(np.float64)  # channel pairs, row-major, with multiplicities
+        wdata = None if w is None else np.bincount(inv, weights=w, minlength=pos.size)
+    rows, indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
     pat = _Pattern(indptr, indices, rows, data, wdata, (n_o, n_i))
     return n_out, n_in, pat
 
@@ -340,41 +331,22 @@ def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Pl
 
 def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> None:
     n_rows, n_cols = pat.shape
-    fan_out = np.bincount(pat.indices, weights=pat.data, minlength=n_cols)
-    # Columns sorted by fan-out degree: every degree group is a contiguous range of a CSC matrix.
-    order = np.argsort(fan_out, kind="stable")
-    deg_sorted = fan_out[order]
-    bounds = np.flatnonzero(np.diff(deg_sorted)) + 1
-    lo = np.concatenate([[0], bounds])
-    hi = np.concatenate([bounds, [n_cols]])
     min_group = 2 if opts.imdb == "n23" else 3
-    csc = sp.csr_matrix((np.arange(pat.data.size, dtype=np.float64), pat.indices, pat.indptr),
-                        shape=pat.shape).tocsc()[:, order]  # fmt: skip
-    eid = csc.data.astype(np.int64)  # edge ids, to pick binary and weighted values alike
-    cptr, crow = csc.indptr, csc.indices
-    remap = np.empty(n_rows, dtype=np.int32)
-    for a, b in zip(lo, hi, strict=True):
-        d = float(deg_sorted[a])
-        if d == 0 or b - a < min_group:
-            continue
-        e0, e1 = cptr[a], cptr[b]
-        rows = crow[e0:e1]
-        used = np.zeros(n_rows, dtype=bool)
-        used[rows] = True
-        n_r = int(used.sum())
-        d_in, d_out = d, d * (b - a) / n_r  # inputs are "left" for IMDB subgraphs
-        if not _gate_ok(opts.imdb, d_in, d_out) or n_r < 2:
-            continue
-        remap[used] = np.arange(n_r, dtype=np.int32)
-        # The group's transpose (inputs × active outputs) as CSR: no conversion needed, and
-        # singular values do not change under transposition.
-        indptr = (cptr[a : b + 1] - e0).astype(np.int32)
-        indices = remap[rows]
-        key = ("imdb", d)
-        plan.imdb_groups.append((key, b - a, n_r, d_in, d_out))
-        plan.add_job(key, Parts(pat.data[eid[e0:e1]], indices, indptr, (b - a, n_r)))
+    # Inputs are "left" for IMDB subgraphs: d_in = d, d_out = d·size/n_r.
+    d, size, n_r, indptr, indices, eid, ptr_off, nnz_off = imdb_groups(
+        pat.indptr, pat.indices, pat.data, n_rows, n_cols, min_group, opts.imdb == "i23"
+    )
+    for g in range(d.size):
+        dg, sz, nr = float(d[g]), int(size[g]), int(n_r[g])
+        ip = indptr[ptr_off[g] : ptr_off[g] + sz + 1]
+        e = eid[nnz_off[g] : nnz_off[g] + ip[-1]]
+        ind = indices[nnz_off[g] : nnz_off[g] + ip[-1]]
+        # The group's transpose (inputs × active outputs): σ do not change under transposition.
+        key = ("imdb", dg)
+        plan.imdb_groups.append((key, sz, nr, dg, dg * sz / nr))
+        plan.add_job(key, Parts(pat.data[e], ind, ip, (sz, nr)))
         if weighted:
-            plan.add_job(("imdb_w", d), Parts(pat.wdata[eid[e0:e1]], indices, indptr, (b - a, n_r)))
+            plan.add_job(("imdb_w", dg), Parts(pat.wdata[e], ind, ip, (sz, nr)))
 
 
 def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options, weighted: bool) -> dict:
