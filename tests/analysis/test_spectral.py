@@ -53,7 +53,7 @@ def test_lanczos_matches_dense_svd(binary, transpose):
     if transpose:  # the Gram operator on the column side
         mats = [M.T.tocsr() for M in mats]
     got, steps = _kernel(mats)
-    assert (steps > 0).all()  # both Lanczos phases ran for every matrix
+    assert (steps[:3] > 0).all()  # the connected ones went through Lanczos
     for M, g in zip(mats, got, strict=True):
         _close(g, _ref(M))
 
@@ -78,7 +78,7 @@ def test_result_does_not_depend_on_the_batch():
 
 
 def test_tied_top_singular_values_across_components_are_found():
-    # Single-vector Lanczos sees sigma_1 once; the deflated second phase finds the second copy.
+    # Single-vector Lanczos sees sigma_1 once; solving each component alone finds both copies.
     K = sp.csr_matrix(np.ones((100, 200)))
     two = sp.block_diag([K, K]).tocsr()
     got = solve_top2([two])[0]
@@ -162,3 +162,33 @@ def test_engine_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_lanczos_may_need_more_steps_than_the_dimension():
+    # Two dense columns over a 35-dim side: sigma_1^2 dwarfs the sigma_2 - sigma_3 gap, so the
+    # second pair converges only after more than 35 steps (without full reorthogonalization the
+    # Krylov space is not exhausted at step 35; stopping there gave sigma_2 wrong by 1e-5).
+    rng = np.random.default_rng(0)
+    M = (rng.random((39, 35)) < 0.45).astype(float)
+    M[:, rng.random(35) < 0.4] = 1.0
+    (got,), _ = _kernel([M], small_side=0)
+    _close(got, _ref(M))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lanczos_route_on_small_awkward_matrices(seed):
+    """Every small structure through the Lanczos route (the default sends them to dense eigh)."""
+    rng = np.random.default_rng(100 + seed)
+    m, n = (int(x) for x in rng.integers(2, 60, size=2))
+    M = (rng.random((m, n)) < rng.uniform(0.03, 0.9)).astype(float)
+    if seed % 3 == 1:  # two diagonal blocks: a disconnected graph
+        M[: m // 2, n // 2 :] = 0
+        M[m // 2 :, : n // 2] = 0
+    if seed % 3 == 2:  # dense columns
+        M[:, rng.random(n) < 0.3] = 1.0
+    if seed % 2:
+        M *= rng.random((m, n))  # weighted
+    if not M.any():
+        M[0, 0] = 1.0
+    (got,), _ = _kernel([M], small_side=0)
+    _close(got, _ref(M))
