@@ -56,6 +56,7 @@ References
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +68,12 @@ from scipy.sparse.csgraph import connected_components
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import _check_weight
-from ._engine import Parts
-from ._kernels import imdb_groups, strip_pattern
+from threadpoolctl import threadpool_limits
+
+from ._engine import Parts, solve_top2
+from ._kernels import flat_kept, imdb_groups, strip_pattern
 from .graph import _as_mask, check_conv_mode
-from .spectral import solve_many
+from .spectral import result_or_local, solve_many, submit, use_workers
 
 NaN = math.nan
 GATES = ("n23", "i23")
@@ -228,32 +231,57 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _layer_pattern(mask: torch.Tensor, weight: torch.Tensor | None, conv: str):
-    """Full dims, active masks and the stripped CSR pattern of one layer."""
+@dataclass
+class _Raw:
+    """What planning needs of one layer: its kept entries as positions in the ``n_out × n_in``
+    biadjacency (row-major, ascending) with their values. Small enough to send to a worker."""
+
+    name: str
+    n_out: int
+    n_in: int
+    numel: int
+    pos: np.ndarray
+    data: np.ndarray | None  # None: every value is 1 (unrolled or linear masks)
+    wdata: np.ndarray | None  # |W ⊙ M| at the same positions, or None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.pos.size)
+
+
+def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: Options) -> _Raw:
+    """The kept entries of one layer (and ``|w|`` there) under the conv reading of ``opts``."""
     m = _to_numpy(mask)
     n_out = m.shape[0]
-    flat = np.flatnonzero(m)  # kept entries, C order
+    # kept entries, C order (a bool mask: 8 bytes at a time)
+    flat = flat_kept(m) if m.dtype == np.bool_ and sys.byteorder == "little" else np.flatnonzero(m)
+    if flat.size == 0 and not opts.allow_empty:
+        raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges)")
     w = None
     if weight is not None:  # |w| at the kept entries only, gathered where the weight lives
         wt = weight.detach()
         if wt.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             wt = wt.float()  # e.g. float8: no indexing kernels
-        idx = torch.from_numpy(flat).to(wt.device)
-        w = _to_numpy(wt.reshape(-1)[idx].to(torch.float64).abs())
-    if m.ndim == 2 or conv == "unrolled":
-        n_in = m.size // n_out
-        pos = flat  # positions in the n_out × n_in biadjacency, row-major
-        data = np.ones(flat.size)
-        wdata = w
-    else:
-        n_in = m.shape[1]
-        pos, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
-                                     return_counts=True)  # fmt: skip
-        data = counts.astype(np.float64)  # channel pairs, row-major, with multiplicities
-        wdata = None if w is None else np.bincount(inv, weights=w, minlength=pos.size)
-    rows, indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
-    pat = _Pattern(indptr, indices, rows, data, wdata, (n_o, n_i))
-    return n_out, n_in, pat
+        if wt.device.type == "cpu":
+            w = np.abs(_to_numpy(wt).reshape(-1)[flat].astype(np.float64))
+        else:
+            idx = torch.from_numpy(flat).to(wt.device)
+            w = _to_numpy(wt.reshape(-1)[idx].to(torch.float64).abs())
+    if m.ndim == 2 or opts.conv == "unrolled":
+        return _Raw(name, n_out, m.size // n_out, int(m.size), flat, None, w)
+    n_in = m.shape[1]
+    pos, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
+                                 return_counts=True)  # fmt: skip
+    wdata = None if w is None else np.bincount(inv, weights=w, minlength=pos.size)
+    # channel pairs, row-major, with multiplicities
+    return _Raw(name, n_out, n_in, int(m.size), pos, counts.astype(np.float64), wdata)
+
+
+def _layer_pattern(raw: _Raw) -> _Pattern:
+    """The stripped CSR pattern of one layer."""
+    rows, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
+    data = np.ones(raw.nnz) if raw.data is None else raw.data
+    return _Pattern(indptr, indices, rows, data, raw.wdata, (n_o, n_i))
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,18 +315,16 @@ def _gate_ok(gate: str, d_left: float, d_right: float) -> bool:
     return d_left >= 3 and d_right >= 3
 
 
-def _plan_layer(mask, weight, opts: Options, groups: set[str], name: str) -> _Plan:
+def _plan_layer(raw: _Raw, opts: Options, groups: set[str]) -> _Plan:
     plan = _Plan(groups=groups)
     v = plan.values
-    numel = int(mask.numel())
-    n_out, n_in, pat = _layer_pattern(mask, weight, opts.conv)
+    numel, n_out, n_in = raw.numel, raw.n_out, raw.n_in
+    pat = _layer_pattern(raw)
     n_edges = round(float(pat.data.sum()))
     n_o, n_i = pat.shape
     v.update(n_out=n_out, n_in=n_in, numel=numel, n_edges=n_edges, density=n_edges / numel,
              n_out_active=n_o, n_in_active=n_i)  # fmt: skip
-    if n_edges == 0:
-        if not opts.allow_empty:
-            raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges)")
+    if n_edges == 0:  # allowed: _extract raised otherwise
         v.update(deg_out_mean=NaN, deg_in_mean=NaN, n_components=0)
         plan.why("layer has no edges")
         return plan
@@ -462,18 +488,29 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
     groups = _groups_for(names)
     if "n_components" in names:
         groups.add("components")  # a graph search per layer: only when asked for
-    plans, jobs, offsets = [], [], []
     it = layers
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(layers, desc="graphs", unit="layer", leave=False, file=None)
-    for name, mask, weight in it:
-        plan = _plan_layer(mask, weight, opts, groups, name)
+    raws = [_extract(name, mask, weight, opts) for name, mask, weight in it]
+    if device.type != "cpu":
+        return _rows(raws, opts, names, groups, weighted, device)
+    return _rows_parallel(raws, opts, names, groups, weighted)
+
+
+def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
+    """Plan every layer, solve all their spectra in one call, finish the rows."""
+    plans, jobs, offsets = [], [], []
+    for raw in raws:
+        plan = _plan_layer(raw, opts, groups)
         offsets.append(len(jobs))
         jobs.extend(plan.jobs)
         plans.append(plan)
-    svals = solve_many(jobs, 2, device=device)
+    if device is None:  # in this process (a worker does not start workers of its own)
+        svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
+    else:
+        svals = solve_many(jobs, 2, device=device)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}
@@ -484,6 +521,34 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         row["reason"] = "; ".join(plan.reasons)
         results.append(row)
     return results
+
+
+def _rows_parallel(raws, opts, names, groups, weighted) -> list[dict]:
+    """:func:`_rows` with the layers split in two halves by size, one half in the worker
+    process of :mod:`masktopo.analysis.spectral` (planning and solving both run in parallel;
+    only the kept positions and values travel). Results do not depend on the split: each
+    layer is computed by the same code either way."""
+    sizes = np.array([r.nnz for r in raws], dtype=np.int64)
+    if not use_workers(int(sizes.sum())):
+        with threadpool_limits(1):
+            return _rows(raws, opts, names, groups, weighted)
+    halves: list[list[int]] = [[], []]
+    load = [0, 0]
+    for i in np.argsort(-sizes, kind="stable"):
+        h = 0 if load[0] <= load[1] else 1
+        halves[h].append(int(i))
+        load[h] += int(sizes[i]) + 1
+    remote = [raws[i] for i in halves[1]]
+    with threadpool_limits(1):
+        future = submit(_rows, remote, opts, names, groups, weighted)
+        local = _rows([raws[i] for i in halves[0]], opts, names, groups, weighted)
+        far = result_or_local(future, _rows, remote, opts, names, groups, weighted)
+    out: list[dict] = [{}] * len(raws)
+    for i, row in zip(halves[0], local, strict=True):
+        out[i] = row
+    for i, row in zip(halves[1], far, strict=True):
+        out[i] = row
+    return out
 
 
 def layer_metric_rows(

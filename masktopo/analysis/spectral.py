@@ -282,48 +282,59 @@ def _worker_pool():
     return _POOL
 
 
-def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
-    """:func:`solve_top2` with the jobs split in two cost-balanced halves, one in a worker.
-
-    The split is deterministic (greedy by nonzeros), so results are reproducible; a failing
-    worker only costs time: its half is then solved here.
-    """
-    parts = [Parts.of(M) for M in mats]
-    # One BLAS thread: the matrices are small enough that threads only add contention (measured:
-    # 1.20 s vs 1.34 s serial for ResNet-50, and 0.55 s with the second process).
-    with threadpoolctl.threadpool_limits(1):
-        if (
-            cpu_workers() < 2
-            or sum(P.nnz for P in parts) < _PARALLEL_MIN_NNZ
-            or "fork" not in multiprocessing.get_all_start_methods()
-        ):
-            return solve_top2(parts)
-        return _split_solve(parts)
+def use_workers(total_nnz: int) -> bool:
+    """Whether a CPU job of ``total_nnz`` stored entries is worth the worker process."""
+    return (
+        cpu_workers() >= 2
+        and total_nnz >= _PARALLEL_MIN_NNZ
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
 
 
-def _split_solve(parts) -> np.ndarray:
-    costs = np.array([cost(P) for P in parts], dtype=np.int64)
-    halves: list[list[int]] = [[], []]
-    load = [0, 0]
-    for i in np.argsort(-costs, kind="stable"):
-        h = 0 if load[0] <= load[1] else 1
-        halves[h].append(int(i))
-        load[h] += int(costs[i])
-    out = np.zeros((len(parts), 2))
-    remote = pack([parts[i] for i in halves[1]])  # six arrays: cheap to send
+def submit(fn, *args):
+    """Run ``fn(*args)`` in the worker process; None if it cannot be started."""
     try:
-        future = _worker_pool().submit(solve_packed, remote)
+        return _worker_pool().submit(fn, *args)
     except Exception:  # pragma: no cover - e.g. fork not permitted
-        future = None
-    out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
+        return None
+
+
+def result_or_local(future, fn, *args):
+    """The worker's result, or ``fn(*args)`` computed here if the worker failed (a dead worker
+    only costs time; the next call forks a new one)."""
+    global _POOL
     try:
         if future is None:
             raise RuntimeError("no worker")
-        out[halves[1]] = future.result()
+        return future.result()
     except Exception:  # pragma: no cover - a dead worker: do its half here
-        global _POOL
         _POOL = None
-        out[halves[1]] = solve_packed(remote)
+        return fn(*args)
+
+
+def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
+    """:func:`solve_top2` with the jobs split in two cost-balanced halves, one in a worker.
+
+    The split is deterministic (greedy by predicted cost), and every matrix is solved by the
+    same code in either process, so results do not depend on it.
+    """
+    parts = [Parts.of(M) for M in mats]
+    # One BLAS thread: the matrices are small enough that threads only add contention.
+    with threadpoolctl.threadpool_limits(1):
+        if not use_workers(sum(P.nnz for P in parts)):
+            return solve_top2(parts)
+        costs = np.array([cost(P) for P in parts], dtype=np.int64)
+        halves: list[list[int]] = [[], []]
+        load = [0, 0]
+        for i in np.argsort(-costs, kind="stable"):
+            h = 0 if load[0] <= load[1] else 1
+            halves[h].append(int(i))
+            load[h] += int(costs[i])
+        out = np.zeros((len(parts), 2))
+        remote = pack([parts[i] for i in halves[1]])  # six arrays: cheap to send
+        future = submit(solve_packed, remote)
+        out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
+        out[halves[1]] = result_or_local(future, solve_packed, remote)
     return out
 
 
