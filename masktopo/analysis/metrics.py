@@ -65,11 +65,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import _check_weight
-from threadpoolctl import threadpool_limits
-
 from ._engine import Parts, solve_top2
 from ._kernels import flat_kept, imdb_groups, strip_pattern
 from .graph import _as_mask, check_conv_mode
@@ -262,7 +261,7 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
         wt = weight.detach()
         if wt.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             wt = wt.float()  # e.g. float8: no indexing kernels
-        if wt.device.type == "cpu":
+        if wt.device.type == "cpu" and wt.dtype in (torch.float32, torch.float64):
             w = np.abs(_to_numpy(wt).reshape(-1)[flat].astype(np.float64))
         else:
             idx = torch.from_numpy(flat).to(wt.device)
