@@ -349,7 +349,7 @@ def run_pags(
             "base_density": sum(counts.values()) / numel, **(run_info or {}),
         })  # fmt: skip
         writer.save(BASE_FILE, base_masks, meta)
-        writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(0)}", base_masks, meta)
+        writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(0)}", base_masks, meta, weights=False)
         writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
         _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots, rows)
 
@@ -410,9 +410,9 @@ def run_pags(
         def state_of(st: dict) -> dict[str, torch.Tensor]:
             return {n: best[n] if s is None else masks[(s, n)] for n, s in st.items()}  # noqa: B023
 
-        for u, st in snaps_here:
+        for u, st in snaps_here:  # masks only: θ is in base.safetensors and best.safetensors
             writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(u)}", state_of(st),
-                        {"pags": {"t": u, "role": "snapshot"}})  # fmt: skip
+                        {"pags": {"t": u, "role": "snapshot"}}, weights=False)  # fmt: skip
             snapshots.append(u)
         new_best = state_of(src)
         if any(s is not None for s in src.values()):

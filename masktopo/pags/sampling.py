@@ -198,4 +198,4 @@ class RescoreSource:
         if not self.data_free:
             batches = minibatches(self.dataset, self.iters, self.batch_size, g)
         return self.prune(model, self.method, self.density, batches=batches, generator=g,
-                          **self.kwargs)  # fmt: skip
+                          weights=False, **self.kwargs)  # fmt: skip

@@ -230,6 +230,7 @@ def prune(
     first_dense: bool | None = None,
     last_dense: bool = False,
     in_shape: tuple[int, ...] | None = None,
+    weights: bool = True,
     **options,
 ) -> MaskSet:
     r"""Prune at initialization: a mask of exactly the requested size over the model's weights.
@@ -272,6 +273,10 @@ def prune(
         ``first_dense=None`` is the method's default: True for ``uniform`` (RigL), else False.
     in_shape : tuple of int, optional
         One input sample's shape, for SynFlow; read from the first batch when omitted.
+    weights : bool
+        Attach copies of the model's weights to the result (default). ``False`` skips the copy
+        (PAGS scores every candidate on one shared θ, and a copy of ResNet-18's weights costs
+        about as much as drawing an ERK mask).
     **options
         Method options: ``schedule`` ("exponential" or "linear") for the scorers, ``loss`` (a
         callable ``(outputs, targets) -> scalar``, default cross-entropy) for the data-driven ones,
@@ -367,7 +372,7 @@ def prune(
         n: masks[n] if n in masks else torch.ones(p.shape, dtype=torch.bool, device=p.device)
         for n, p in params.items()
     }
-    weights = {n: p.detach().clone() for n, p in params.items()}
+    kept_weights = {n: p.detach().clone() for n, p in params.items()} if weights else None
     meta = {
         "source": "masktopo.pai.prune",
         "method": cls.name,
@@ -378,7 +383,7 @@ def prune(
         "options": {k: _jsonable(getattr(m, k)) for k in m.options()},
         "generator_initial_seed": int(generator.initial_seed()),
     }
-    return MaskSet(out, weights=weights, meta=meta)
+    return MaskSet(out, weights=kept_weights, meta=meta)
 
 
 def _random_subsets(target, shapes, generator, device) -> dict[str, torch.Tensor]:

@@ -74,9 +74,9 @@ def test_output_directory(w, base, tmp_path):
                                                 "candidates.parquet", "run.json", "snapshots"}  # fmt: skip
     best = store.load(out / "best.safetensors")
     assert best.has_weights and all(torch.equal(best.weights[n], w[n]) for n in w)
-    assert store.load(out / "base.safetensors").equal(
-        store.load(out / "snapshots" / snapshot_name(0))
-    )
+    snap0 = store.load(out / "snapshots" / snapshot_name(0))
+    assert not snap0.has_weights  # snapshots are masks only: θ is in base and best
+    assert store.load(out / "base.safetensors").without_weights().equal(snap0)
     snaps = sorted(p.name for p in (out / "snapshots").iterdir())
     assert snaps == [snapshot_name(t) for t in r.snapshots]
     assert all(t % 4 == 0 for t in r.snapshots)
