@@ -1,0 +1,115 @@
+"""The compiled planning kernels against plain numpy/scipy, and the parallel layer split."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from masktopo import examples
+from masktopo.analysis import _engine, _kernels, metrics, spectral
+from masktopo.analysis._engine import Parts
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 1001])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_flat_kept_equals_flatnonzero(n, density):
+    m = np.random.default_rng(n).random(n) < density
+    assert np.array_equal(_kernels.flat_kept(m), np.flatnonzero(m))
+    conv = np.random.default_rng(1).random((16, 3, 3, 3)) < density
+    assert np.array_equal(_kernels.flat_kept(conv), np.flatnonzero(conv))
+
+
+def _strip_reference(pos, n_out, n_in):
+    r, c = np.divmod(pos, n_in)
+    rows_act = np.unique(r)
+    cols_act = np.unique(c)
+    rr = np.searchsorted(rows_act, r)
+    cc = np.searchsorted(cols_act, c)
+    A = sp.csr_matrix((np.ones(pos.size), (rr, cc)), shape=(rows_act.size, cols_act.size))
+    return A, rr
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_strip_pattern_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    n_out, n_in = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+    M = rng.random((n_out, n_in)) < rng.uniform(0.02, 0.6)
+    M[rng.random(n_out) < 0.3] = False  # empty rows and columns to strip
+    M[:, rng.random(n_in) < 0.3] = False
+    pos = np.flatnonzero(M)
+    rows, indices, indptr, n_o, n_i = _kernels.strip_pattern(pos, n_out, n_in)
+    A, rr = _strip_reference(pos, n_out, n_in)
+    assert (n_o, n_i) == A.shape
+    assert np.array_equal(rows, rr) and np.array_equal(indptr, A.indptr)
+    assert np.array_equal(indices, A.indices)
+
+
+def _imdb_reference(A, min_group, both_three):
+    """IMDB degree groups with scipy: (d, size, n_r, dense transposed submatrix)."""
+    fan = np.asarray(A.sum(axis=0)).ravel()
+    out = []
+    for d in np.unique(fan):
+        cols = np.flatnonzero(fan == d)
+        if d == 0 or cols.size < min_group:
+            continue
+        sub = A[:, cols]
+        used = np.flatnonzero(np.asarray(sub.sum(axis=1)).ravel() > 0)
+        n_r = used.size
+        d_out = d * cols.size / n_r
+        ok = d >= 3 and (d_out >= 3 if both_three else d_out > 1)
+        if ok and n_r >= 2:
+            out.append((float(d), cols.size, n_r, sub[used].T.toarray()))
+    return out
+
+
+@pytest.mark.parametrize("both_three", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_imdb_groups_match_scipy(seed, both_three):
+    rng = np.random.default_rng(10 + seed)
+    m, n = int(rng.integers(4, 60)), int(rng.integers(4, 80))
+    A = sp.random(m, n, density=rng.uniform(0.05, 0.5), random_state=rng, format="csr")
+    A.data[:] = rng.integers(1, 4, A.nnz).astype(float)  # rolled-conv multiplicities
+    A = A[np.flatnonzero(np.diff(A.indptr))]  # no empty rows (as a stripped pattern)
+    A.sort_indices()
+    got = _kernels.imdb_groups(A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data,
+                               A.shape[0], A.shape[1], 3 if both_three else 2, both_three)  # fmt: skip
+    d, size, n_r, indptr, indices, eid, ptr_off, nnz_off = got
+    want = _imdb_reference(A, 3 if both_three else 2, both_three)
+    assert len(want) == d.size
+    for g, (wd, wsize, wnr, dense) in enumerate(want):
+        assert (d[g], size[g], n_r[g]) == (wd, wsize, wnr)
+        ip = indptr[ptr_off[g] : ptr_off[g] + wsize + 1]
+        sl = slice(nnz_off[g], nnz_off[g] + ip[-1])
+        sub = sp.csr_matrix((A.data[eid[sl]], indices[sl], ip), shape=(wsize, wnr)).toarray()
+        assert np.array_equal(sub, dense)
+
+
+def test_cost_model_orders_matrices_sensibly():
+    small = Parts.of(np.ones((5, 40)))
+    big = Parts.of(sp.random(300, 3000, density=0.01, random_state=0, format="csr"))
+    binary = Parts(np.ones(big.nnz), big.indices, big.indptr, big.shape)
+    assert 0 < _engine.cost(small) < _engine.cost(big) < _engine.cost(binary)
+
+
+def _resnet_layers(seed):
+    shapes = examples.resnet18_cifar_shapes()
+    ms = examples.random_maskset(shapes, 0.01, distribution="erk", weights=False, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return [(n, ms[n], torch.randn(shapes[n], generator=g)) for n in ms]
+
+
+def test_parallel_layer_split_is_bit_identical_to_serial(monkeypatch):
+    layers = _resnet_layers(3) + _resnet_layers(4)
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    serial = metrics.layer_metric_rows(layers)
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
+    assert spectral.use_workers(1)
+    parallel = metrics.layer_metric_rows(layers)
+    assert spectral._POOL is not None  # the worker process ran half of the layers
+    assert len(serial) == len(parallel) == len(layers)
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            same = a[k] == b[k] or (isinstance(a[k], float) and np.isnan(a[k]) and np.isnan(b[k]))
+            assert same, (k, a[k], b[k])
