@@ -6,7 +6,7 @@ network yields hundreds of small IMDB subgraphs; :func:`solve_top2` hands them a
 kernel of :mod:`masktopo.analysis._kernels` in one call.
 
 Exactness: every σ comes from an exact method (a dense Gram eigen-decomposition, or Lanczos with
-full reorthogonalization on each connected component, stopped on a residual bound of
+partial reorthogonalization (Simon) on each connected component, stopped on a residual bound of
 ``TOL·σ₁²``), finished with a Rayleigh–Ritz step, so small σ keep an absolute accuracy of about
 ``ε·σ₁``. ``TOL = 1e-10``: at ``1e-8`` the σ of 90 %-sparse ResNet-50 layers (where σ₂ and σ₃
 are close) were off by up to 3.6e-13 relative to ARPACK, at ``1e-10`` by 1.6e-14, for 10–25 %

@@ -12,7 +12,7 @@ sparse passes over the CSR arrays, never formed):
   Rayleigh–Ritz step on its top two eigenvectors (exact whatever the connectivity);
 * otherwise the bipartite graph is split into connected components (union–find), rank-one
   components get ``σ = ‖values‖``, small ones the dense route, and each large one a Lanczos run
-  with full reorthogonalization [GV13]_ from a seeded Gaussian start vector, stopped when the
+  with partial reorthogonalization [S84]_ [GV13]_ from a seeded Gaussian start vector, stopped when the
   residual bounds ``β_k |s_{k,i}|`` of its two top Ritz pairs are at most ``tol·θ₁``. A connected
   non-negative matrix has a simple ``σ₁`` (Perron–Frobenius), which a single start vector cannot
   miss; solving components separately finds a ``σ₁`` shared by two components;
@@ -30,6 +30,8 @@ not converge within ``max_steps`` is flagged; the caller solves it another way.
 
 References
 ----------
+.. [S84] H. D. Simon, "The Lanczos algorithm with partial reorthogonalization", Mathematics of
+   Computation 42(165), 1984, pp. 115–142.
 .. [GV13] G. H. Golub, C. F. Van Loan, *Matrix Computations*, 4th ed., Johns Hopkins, 2013,
    §10.1–10.3 (Lanczos), §8.4 (tridiagonal bisection and inverse iteration).
 """
@@ -40,6 +42,7 @@ import numpy as np
 from numba import njit
 
 _EPS = np.finfo(np.float64).eps
+_SQRT_EPS = np.sqrt(_EPS)
 _SEED = 0x5EED
 # IEEE division (no zero-division checks: every division is guarded or harmless), cached to disk.
 _jit = njit(cache=True, error_model="numpy")
@@ -271,20 +274,27 @@ def _dot(a, b, n):
 @_jit
 def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q, tmp, z,
              start, y1, y2, unit):  # fmt: skip
-    """Top two eigenpairs of the Gram operator ``G`` of a connected matrix by Lanczos with full
-    reorthogonalization; Ritz vectors into ``y1``, ``y2``. Returns ``(converged, steps)``.
+    """Top two eigenpairs of the Gram operator ``G`` of a connected matrix by Lanczos with
+    partial reorthogonalization [S84]_ (full Gram–Schmidt against every Lanczos vector whenever
+    the estimated loss of orthogonality exceeds √ε, and for the vector after); Ritz vectors into
+    ``y1``, ``y2``. Returns ``(converged, steps)``.
 
     Stops when the residual bounds ``β_k |s_{k,i}|`` of both top Ritz pairs are at most
     ``tol·θ₁``, or when the Krylov space is exhausted (``β_k ≈ 0`` or ``k = dim``: the Ritz
     values are then exact). The second pair is only examined once the first has converged, and
     the next check is placed where the geometrically falling residual should reach the limit.
     A connected non-negative matrix has a simple ``σ₁`` (Perron–Frobenius), so a single start
-    vector cannot miss a second copy of it. (Without full reorthogonalization, Lanczos on small
+    vector cannot miss a second copy of it. (Without any reorthogonalization, Lanczos on small
     or low-rank Gram matrices returned spurious second values: the reference tests caught it.)
     """
     alpha = np.zeros(max_steps + 1)
     beta = np.zeros(max_steps + 1)
     cbuf = np.zeros(max_steps + 1)
+    w_prev = np.zeros(max_steps + 2)  # ω estimates of the previous, current and next vector
+    w_cur = np.zeros(max_steps + 2)
+    w_next = np.zeros(max_steps + 2)
+    w_cur[0] = 1.0
+    force = False
     s1 = np.zeros(max_steps + 1)
     s2 = np.zeros(max_steps + 1)
     empty = np.zeros(0)
@@ -315,18 +325,42 @@ def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q,
         else:
             for i in range(dim):
                 z[i] -= a * q[i]
-        # Full reorthogonalization: classical Gram–Schmidt against every Lanczos vector by two
-        # BLAS matrix-vector products, repeated when the norm drops by more than 1/√2 (DGKS).
-        n0 = _dot(z, z, dim)
-        n1 = n0
-        for _ in range(2):
-            a += _reorth(Q, k + 1, z, dim, cbuf)
-            n1 = _dot(z, z, dim)
-            if n1 >= 0.5 * n0:
-                break
-            n0 = n1
-        alpha[k] = a
+        c = _dot(q, z, dim)  # local reorthogonalization against q_k: keeps α accurate
+        for i in range(dim):
+            z[i] -= c * q[i]
+        a += c
+        n1 = _dot(z, z, dim)
         b = np.sqrt(n1)
+        # Partial reorthogonalization (Simon): estimate ω_i = |q_{k+1}·q_i| by its recurrence
+        # and reorthogonalize against every Lanczos vector only when it exceeds √ε, and then
+        # the next vector too; this keeps the basis semi-orthogonal, which makes the
+        # tridiagonal matrix as good as under full reorthogonalization.
+        worst = 0.0
+        if k > 0 and b > 0.0:
+            for i in range(k):
+                t = beta[i] * w_cur[i + 1] + (alpha[i] - a) * w_cur[i] - beta[k - 1] * w_prev[i]
+                if i > 0:
+                    t += beta[i - 1] * w_cur[i - 1]
+                noise = _EPS * (abs(alpha[i]) + abs(a) + beta[i] + b + beta[k - 1])
+                t = (t + (noise if t >= 0.0 else -noise)) / b
+                w_next[i] = t
+                worst = max(worst, abs(t))
+        if force or worst > _SQRT_EPS or not np.isfinite(worst):
+            n0 = n1
+            for _ in range(2):  # classical Gram–Schmidt, repeated by the DGKS criterion
+                a += _reorth(Q, k + 1, z, dim, cbuf)
+                n1 = _dot(z, z, dim)
+                if n1 >= 0.5 * n0:
+                    break
+                n0 = n1
+            b = np.sqrt(n1)
+            for i in range(k):
+                w_next[i] = _EPS
+            force = not force  # a reorthogonalization triggered by ω also does the next vector
+        w_next[k] = _EPS
+        w_next[k + 1] = 1.0
+        w_prev, w_cur, w_next = w_cur, w_next, w_prev
+        alpha[k] = a
         beta[k] = b
         K = k + 1
         tnorm = max(tnorm, abs(a), b)
