@@ -235,6 +235,51 @@ def _tri_solve(alpha, beta, k, shift, rhs):
 
 
 @_jit
+def _rqi_second(alpha, beta, k, s1, th1, x):
+    """Second largest eigenpair of ``T_k`` by Rayleigh quotient iteration from ``x`` (the last
+    check's second Ritz vector, zero-padded), kept orthogonal to the top vector ``s1``.
+
+    Returns the eigenvalue with the unit vector in ``x[:k]``, or -1 when the iteration did not
+    land on the second eigenvalue (checked with two Sturm counts); the caller then bisects.
+    """
+    for _ in range(6):
+        c = 0.0
+        for j in range(k):
+            c += s1[j] * x[j]
+        nrm = 0.0
+        for j in range(k):
+            x[j] -= c * s1[j]
+            nrm += x[j] * x[j]
+        nrm = np.sqrt(nrm)
+        if not (nrm > 0.0) or not np.isfinite(nrm):
+            return -1.0
+        for j in range(k):
+            x[j] /= nrm
+        rho = alpha[0] * x[0] * x[0]  # xᵀ T x
+        for j in range(1, k):
+            rho += alpha[j] * x[j] * x[j] + 2.0 * beta[j - 1] * x[j - 1] * x[j]
+        r2 = 0.0  # ‖T x − ρ x‖²
+        for j in range(k):
+            t = (alpha[j] - rho) * x[j]
+            if j > 0:
+                t += beta[j - 1] * x[j - 1]
+            if j < k - 1:
+                t += beta[j] * x[j + 1]
+            r2 += t * t
+        if np.sqrt(r2) <= 64.0 * _EPS * th1:
+            delta = 1e-9 * th1
+            if (
+                rho + delta < th1
+                and _sturm_below(alpha, beta, k, rho + delta) == k - 1
+                and _sturm_below(alpha, beta, k, rho - delta) == k - 2
+            ):
+                return rho
+            return -1.0
+        _tri_solve(alpha, beta, k, rho, x)
+    return -1.0
+
+
+@_jit
 def _eigvec(alpha, beta, k, theta, other, s):
     """Unit eigenvector of ``T_k`` for the eigenvalue ``theta`` into ``s[:k]`` by inverse
     iteration, kept orthogonal to ``other[:k]`` when ``other`` is given (non-empty)."""
@@ -243,7 +288,7 @@ def _eigvec(alpha, beta, k, theta, other, s):
     if k == 1:
         s[0] = 1.0
         return
-    for _ in range(3):
+    for _ in range(2):  # θ is accurate to a few ulps: two steps give the vector to ε/gap
         _tri_solve(alpha, beta, k, theta, s)
         if other.size:
             c = 0.0
@@ -313,6 +358,7 @@ def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q,
     last_k = 0
     res1 = np.inf  # residual bounds of the last check
     res2 = np.inf
+    k_s2 = 0  # length of the second Ritz vector of the last check (0: none yet)
     for k in range(max_steps):
         q = Q[k]
         _apply(data, indices, indptr, e0, m, n, rows_side, q, tmp, z, unit)
@@ -379,9 +425,18 @@ def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q,
             res = res1
             if res <= lim or broke or K == max_steps:  # the second pair only once the first is
                 if K >= 2:
-                    up = th2 + 1.5 * res2 + 8.0 * _EPS * th1 if res2 < np.inf else th1
-                    th2 = _kth_eig(alpha, beta, K, K - 2, th2, min(up, th1))
-                    _eigvec(alpha, beta, K, th2, s1[:K], s2)
+                    t2 = -1.0
+                    if k_s2 > 0:  # Rayleigh quotient iteration from the last second vector
+                        for j in range(k_s2, K):
+                            s2[j] = 0.0
+                        t2 = _rqi_second(alpha, beta, K, s1, th1, s2)
+                    if t2 >= 0.0:
+                        th2 = t2
+                    else:  # bisection (first time, or the quotient iteration went elsewhere)
+                        up = th2 + 1.5 * res2 + 8.0 * _EPS * th1 if res2 < np.inf else th1
+                        th2 = _kth_eig(alpha, beta, K, K - 2, th2, min(up, th1))
+                        _eigvec(alpha, beta, K, th2, s1[:K], s2)
+                    k_s2 = K
                     res2 = b * abs(s2[K - 1])
                     res = max(res, res2)
                 else:
@@ -403,6 +458,10 @@ def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q,
             last_res = res
             last_k = K
             next_check = K + gap
+        if K >= Q.shape[0]:  # grow the basis (most runs need 30–60 vectors, not dim)
+            Q2 = np.empty((min(2 * Q.shape[0], max_steps + 1), dim))
+            Q2[:K] = Q[:K]
+            Q = Q2
         qn = Q[K]
         for i in range(dim):
             qn[i] = z[i] / b
@@ -554,7 +613,7 @@ def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side
         return True, 0
     steps = min(max_steps, dim)
     other = n if rows_side else m
-    Q = np.empty((steps + 1, dim))
+    Q = np.empty((min(steps + 1, 64), dim))
     tmp = np.empty(other)
     z = np.empty(dim)
     y1 = np.empty(dim)
