@@ -63,6 +63,17 @@ def _uniform(i, salt):
 
 
 @_jit
+def _gaussians(n):
+    """``n`` standard normal numbers (Box–Muller on :func:`_uniform`): entry ``j`` depends on
+    ``j`` only, so a matrix's Lanczos start vector ``table[:dim]`` does not depend on the call."""
+    out = np.empty(n)
+    for j in range(n):
+        u1 = 1.0 - _uniform(2 * j, _SEED)
+        out[j] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * _uniform(2 * j + 1, _SEED))
+    return out
+
+
+@_jit
 def _apply_unit(indices, indptr, e0, m, n, rows_side, x, tmp, out):
     """:func:`_apply` for a binary matrix (about a tenth faster: one stream less)."""
     if rows_side:
@@ -596,7 +607,7 @@ def _find(parent, x):
 
 
 @_jit
-def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out):
+def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out, table):
     """σ₁, σ₂ of one matrix whose graph is connected (or small: the dense route is exact
     whatever the connectivity). Returns ``(converged, Lanczos steps)``."""
     rows_side = m <= n
@@ -618,10 +629,7 @@ def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side
     z = np.empty(dim)
     y1 = np.empty(dim)
     y2 = np.empty(dim)
-    start = np.empty(dim)
-    for j in range(dim):  # Gaussian (Box–Muller), a pure function of the position
-        u1 = 1.0 - _uniform(2 * j, _SEED)
-        start[j] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * _uniform(2 * j + 1, _SEED))
+    start = table[:dim]  # Gaussian, a pure function of the position
     unit = True
     for p in range(indptr[m]):
         if data[e0 + p] != 1.0:
@@ -634,11 +642,12 @@ def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side
 
 
 @_jit
-def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out):
+def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out, table):
     """σ₁, σ₂ of one matrix: split into connected components unless it is small, solve each
     and keep the two largest values. Returns ``(converged, Lanczos steps)``."""
     if min(m, n) <= small_side:
-        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out)
+        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
+                                table)  # fmt: skip
     parent = np.arange(m + n)
     for r in range(m):
         for p in range(indptr[r], indptr[r + 1]):
@@ -670,7 +679,8 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out)
         if comp_nnz[g] > 0:
             n_real += 1
     if n_real <= 1:  # connected (apart from empty rows and columns)
-        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out)
+        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
+                                table)  # fmt: skip
     # Local numbering of rows and columns inside their component, in order.
     local = np.zeros(m + n, dtype=np.int64)
     seen_r = np.zeros(n_comp, dtype=np.int64)
@@ -710,7 +720,8 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out)
             if ip[i] < ip[i - 1]:
                 ip[i] = ip[i - 1]
         ok_g, k_g = _solve_connected(sub_dat, sub_ind, ip, nnz_start[g], comp_rows[g],
-                                     comp_cols[g], tol, max_steps, small_side, part)  # fmt: skip
+                                     comp_cols[g], tol, max_steps, small_side, part,
+                                     table)  # fmt: skip
         ok = ok and ok_g
         steps += k_g
         for v in part:
@@ -737,6 +748,7 @@ def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps, 
     out = np.zeros((nb, 2))
     ok = np.ones(nb, dtype=np.bool_)
     steps = np.zeros(nb, dtype=np.int64)
+    table = _gaussians(max(1, np.max(np.minimum(shapes[:, 0], shapes[:, 1])) if nb else 1))
     for i in range(nb):
         m = shapes[i, 0]
         n = shapes[i, 1]
@@ -744,7 +756,7 @@ def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps, 
         if m == 0 or n == 0 or ip[m] == 0:
             continue
         ok[i], steps[i] = _solve_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps,
-                                     small_side, out[i])  # fmt: skip
+                                     small_side, out[i], table)  # fmt: skip
     return out, ok, steps
 
 

@@ -239,9 +239,9 @@ class _Raw:
     n_out: int
     n_in: int
     numel: int
-    pos: np.ndarray
+    pos: np.ndarray  # int32 when the layer has fewer than 2**31 entries, else int64
     data: np.ndarray | None  # None: every value is 1 (unrolled or linear masks)
-    wdata: np.ndarray | None  # |W ⊙ M| at the same positions, or None
+    wdata: np.ndarray | None  # |W ⊙ M| at the same positions (float32 or 64), or None
 
     @property
     def nnz(self) -> int:
@@ -262,12 +262,13 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
         if wt.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             wt = wt.float()  # e.g. float8: no indexing kernels
         if wt.device.type == "cpu" and wt.dtype in (torch.float32, torch.float64):
-            w = np.abs(_to_numpy(wt).reshape(-1)[flat].astype(np.float64))
+            w = np.abs(_to_numpy(wt).reshape(-1)[flat])  # float32 stays float32: exact, smaller
         else:
             idx = torch.from_numpy(flat).to(wt.device)
             w = _to_numpy(wt.reshape(-1)[idx].to(torch.float64).abs())
     if m.ndim == 2 or opts.conv == "unrolled":
-        return _Raw(name, n_out, m.size // n_out, int(m.size), flat, None, w)
+        pos = flat.astype(np.int32) if m.size < 2**31 else flat  # half the bytes to a worker
+        return _Raw(name, n_out, m.size // n_out, int(m.size), pos, None, w)
     n_in = m.shape[1]
     pos, inv, counts = np.unique(flat // (m.size // (n_out * n_in)), return_inverse=True,
                                  return_counts=True)  # fmt: skip
@@ -280,7 +281,8 @@ def _layer_pattern(raw: _Raw) -> _Pattern:
     """The stripped CSR pattern of one layer."""
     rows, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
     data = np.ones(raw.nnz) if raw.data is None else raw.data
-    return _Pattern(indptr, indices, rows, data, raw.wdata, (n_o, n_i))
+    wdata = None if raw.wdata is None else raw.wdata.astype(np.float64, copy=False)
+    return _Pattern(indptr, indices, rows, data, wdata, (n_o, n_i))
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,15 +489,39 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
     groups = _groups_for(names)
     if "n_components" in names:
         groups.add("components")  # a graph search per layer: only when asked for
-    it = layers
+    layers = list(layers)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(layers, desc="graphs", unit="layer", leave=False, file=None)
-    raws = [_extract(name, mask, weight, opts) for name, mask, weight in it]
-    if device.type != "cpu":
-        return _rows(raws, opts, names, groups, weighted, device)
-    return _rows_parallel(raws, opts, names, groups, weighted)
+        bar = tqdm(total=len(layers), desc="graphs", unit="layer", leave=False, file=None)
+
+    def extract(items):
+        out = []
+        for name, mask, weight in items:
+            out.append(_extract(name, mask, weight, opts))
+            if bar is not None:
+                bar.update()
+        return out
+
+    try:
+        if device.type != "cpu":
+            return _rows(extract(layers), opts, names, groups, weighted, device)
+        return _rows_parallel(layers, extract, opts, names, groups, weighted)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _kept(mask: torch.Tensor) -> int:
+    if mask.device.type == "cpu" and mask.dtype == torch.bool:
+        return int(np.count_nonzero(_to_numpy(mask)))
+    return int(torch.count_nonzero(mask))
+
+
+#: Share of the kept entries sent to the worker: it starts while this process still extracts
+#: its own half, so it can take a little more (measured on ResNet-18 PAGS chunks).
+_REMOTE_SHARE = 0.52
 
 
 def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
@@ -522,30 +548,34 @@ def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
     return results
 
 
-def _rows_parallel(raws, opts, names, groups, weighted) -> list[dict]:
-    """:func:`_rows` with the layers split in two halves by size, one half in the worker
-    process of :mod:`masktopo.analysis.spectral` (planning and solving both run in parallel;
-    only the kept positions and values travel). Results do not depend on the split: each
-    layer is computed by the same code either way."""
-    sizes = np.array([r.nnz for r in raws], dtype=np.int64)
+def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]:
+    """:func:`_rows` with the layers split in two parts by kept entries, one in the worker
+    process of :mod:`masktopo.analysis.spectral`: the worker's part is extracted first and sent
+    (only kept positions and values travel), then this process extracts and solves its own part
+    while the worker runs. Results do not depend on the split: each layer is computed by the
+    same code either way."""
+    sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
+    if not opts.allow_empty and (sizes == 0).any():
+        extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
     if not use_workers(int(sizes.sum())):
         with threadpool_limits(1):
-            return _rows(raws, opts, names, groups, weighted)
-    halves: list[list[int]] = [[], []]
-    load = [0, 0]
-    for i in np.argsort(-sizes, kind="stable"):
-        h = 0 if load[0] <= load[1] else 1
-        halves[h].append(int(i))
+            return _rows(extract(layers), opts, names, groups, weighted)
+    parts: list[list[int]] = [[], []]
+    load = [0.0, 0.0]
+    share = (1.0 - _REMOTE_SHARE, _REMOTE_SHARE)
+    for i in np.argsort(-sizes, kind="stable"):  # greedy: to the part furthest below its share
+        h = 0 if load[0] / share[0] <= load[1] / share[1] else 1
+        parts[h].append(int(i))
         load[h] += int(sizes[i]) + 1
-    remote = [raws[i] for i in halves[1]]
     with threadpool_limits(1):
+        remote = extract([layers[i] for i in parts[1]])
         future = submit(_rows, remote, opts, names, groups, weighted)
-        local = _rows([raws[i] for i in halves[0]], opts, names, groups, weighted)
+        local = _rows(extract([layers[i] for i in parts[0]]), opts, names, groups, weighted)
         far = result_or_local(future, _rows, remote, opts, names, groups, weighted)
-    out: list[dict] = [{}] * len(raws)
-    for i, row in zip(halves[0], local, strict=True):
+    out: list[dict] = [{}] * len(layers)
+    for i, row in zip(parts[0], local, strict=True):
         out[i] = row
-    for i, row in zip(halves[1], far, strict=True):
+    for i, row in zip(parts[1], far, strict=True):
         out[i] = row
     return out
 
