@@ -80,7 +80,8 @@ def arpack_top(A, k: int = 2) -> np.ndarray:
 
 
 def solve_top2(mats: Sequence) -> np.ndarray:
-    """σ₁, σ₂ of every matrix in ``mats`` (Parts, scipy sparse or dense); ``(len, 2)`` float64.
+    """σ₁, σ₂ of every matrix in ``mats`` (Parts, scipy sparse, dense, or a
+    :class:`~masktopo.analysis._kernels.Block` of many); ``(matrices, 2)`` float64.
 
     All matrices go to one call of the compiled kernel :func:`masktopo.analysis._kernels.
     top2_batch` (see there: dense Gram route for a smaller side of at most
@@ -88,9 +89,9 @@ def solve_top2(mats: Sequence) -> np.ndarray:
     Lanczos run did not converge within :data:`MAX_STEPS` steps (not seen on real masks) is
     solved by ARPACK instead.
     """
-    from ._kernels import pack
+    from ._kernels import Block, pack
 
-    parts = [Parts.of(M) for M in mats]
+    parts = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
     if not parts:
         return np.zeros((0, 2))
     return solve_packed(pack(parts))

@@ -38,6 +38,8 @@ References
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -760,21 +762,54 @@ def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps, 
     return out, ok, steps
 
 
+class Block(NamedTuple):
+    """Many matrices already concatenated as :func:`pack` lays them out (e.g. the IMDB degree
+    groups of one layer, straight from :func:`imdb_groups`): one array per field, not one small
+    object per matrix."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    ptr_off: np.ndarray
+    nnz_off: np.ndarray
+    shapes: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.shapes.shape[0])
+
+
 def pack(mats):
-    """Concatenate :class:`~masktopo.analysis._engine.Parts` into :func:`top2_batch`'s arrays."""
-    nb = len(mats)
-    shapes = np.array([P.shape for P in mats], dtype=np.int64).reshape(nb, 2)
-    nnz = np.array([P.nnz for P in mats], dtype=np.int64)
+    """Concatenate :class:`~masktopo.analysis._engine.Parts` and :class:`Block` items into
+    :func:`top2_batch`'s arrays (a block contributes its matrices in order)."""
+    shapes_l, nnz_l, data_l, ind_l, ptr_l = [], [], [], [], []
+    for P in mats:
+        if isinstance(P, Block):
+            m = P.shapes[:, 0]
+            shapes_l.append(P.shapes)
+            nnz_l.append(P.indptr[P.ptr_off + m].astype(np.int64))
+            data_l.append(P.data)
+            ind_l.append(P.indices)
+            ptr_l.append(P.indptr)
+        else:
+            shapes_l.append(np.array([P.shape], dtype=np.int64))
+            nnz_l.append(np.array([P.nnz], dtype=np.int64))
+            data_l.append(P.data[: P.nnz])
+            ind_l.append(P.indices[: P.nnz])
+            ptr_l.append(P.indptr)
+    if not shapes_l:
+        z = np.zeros(0, dtype=np.int64)
+        return np.zeros(0), np.zeros(0, np.int32), z, z, z, np.zeros((0, 2), dtype=np.int64)
+    shapes = np.concatenate(shapes_l).astype(np.int64, copy=False).reshape(-1, 2)
+    nnz = np.concatenate(nnz_l)
+    nb = shapes.shape[0]
     nnz_off = np.zeros(nb, dtype=np.int64)
     np.cumsum(nnz[:-1], out=nnz_off[1:])
     ptr_off = np.zeros(nb, dtype=np.int64)
     np.cumsum(shapes[:-1, 0] + 1, out=ptr_off[1:])
-    if nb:
-        data = np.concatenate([np.asarray(P.data[: P.nnz], dtype=np.float64) for P in mats])
-        indices = np.concatenate([np.asarray(P.indices[: P.nnz], dtype=np.int32) for P in mats])
-        indptr = np.concatenate([np.asarray(P.indptr, dtype=np.int64) for P in mats])
-    else:
-        data, indices, indptr = np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64)
+    data = np.concatenate(data_l).astype(np.float64, copy=False)
+    indices = np.concatenate(ind_l).astype(np.int32, copy=False)
+    indptr = np.concatenate(ptr_l).astype(np.int64, copy=False)
     return data, indices, indptr, ptr_off, nnz_off, shapes
 
 
@@ -848,6 +883,29 @@ def strip_pattern(flat, n_out, n_in):
 
 
 @_jit
+def _stable_order(values):
+    """``argsort(values, kind="stable")``: a counting sort when every value is a small
+    non-negative integer (degrees, or sums of multiplicities), else a merge sort."""
+    n = values.size
+    top = 0.0
+    for v in values:
+        if v < 0.0 or v != np.floor(v) or v > 4 * n + 1024:
+            return np.argsort(values, kind="mergesort")
+        top = max(top, v)
+    count = np.zeros(int(top) + 2, dtype=np.int64)
+    for v in values:
+        count[int(v) + 1] += 1
+    for i in range(count.size - 1):
+        count[i + 1] += count[i]
+    order = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        k = int(values[j])
+        order[count[k]] = j
+        count[k] += 1
+    return order
+
+
+@_jit
 def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
     """The IMDB degree groups of a stripped CSR pattern (pags-spec §3.4).
 
@@ -879,7 +937,7 @@ def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
             crow[fill[c]] = r
             ceid[fill[c]] = p
             fill[c] += 1
-    order = np.argsort(fan, kind="mergesort")  # stable: columns in order within a group
+    order = _stable_order(fan)  # columns by fan-out, in column order within a group
     g_d = np.empty(n_cols)
     g_size = np.empty(n_cols, dtype=np.int64)
     g_nr = np.empty(n_cols, dtype=np.int64)

@@ -70,7 +70,7 @@ from threadpoolctl import threadpool_limits
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import _check_weight
 from ._engine import Parts, solve_top2
-from ._kernels import flat_kept, imdb_groups, strip_pattern
+from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
 from .graph import _as_mask, check_conv_mode
 from .spectral import result_or_local, solve_many, submit, use_workers
 
@@ -294,15 +294,24 @@ def _layer_pattern(raw: _Raw) -> _Pattern:
 class _Plan:
     values: dict[str, Any] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
-    jobs: list[Parts] = field(default_factory=list)
+    jobs: list = field(default_factory=list)  # Parts and Blocks
+    n_mat: int = 0  # matrices in jobs (a Block holds many)
     slots: dict[Any, int] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
     imdb_groups: list[tuple] = field(default_factory=list)
 
     def add_job(self, key, matrix: Parts) -> None:
         """Queue a spectral job (top two singular values of ``matrix``)."""
-        self.slots[key] = len(self.jobs)
+        self.slots[key] = self.n_mat
         self.jobs.append(matrix)
+        self.n_mat += 1
+
+    def add_block(self, keys, block: Block) -> None:
+        """Queue ``block.count`` spectral jobs at once, one key each."""
+        for j, key in enumerate(keys):
+            self.slots[key] = self.n_mat + j
+        self.jobs.append(block)
+        self.n_mat += block.count
 
     def why(self, text: str) -> None:
         if text not in self.reasons:
@@ -363,17 +372,17 @@ def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> Non
     d, size, n_r, indptr, indices, eid, ptr_off, nnz_off = imdb_groups(
         pat.indptr, pat.indices, pat.data, n_rows, n_cols, min_group, opts.imdb == "i23"
     )
-    for g in range(d.size):
-        dg, sz, nr = float(d[g]), int(size[g]), int(n_r[g])
-        ip = indptr[ptr_off[g] : ptr_off[g] + sz + 1]
-        e = eid[nnz_off[g] : nnz_off[g] + ip[-1]]
-        ind = indices[nnz_off[g] : nnz_off[g] + ip[-1]]
-        # The group's transpose (inputs × active outputs): σ do not change under transposition.
-        key = ("imdb", dg)
-        plan.imdb_groups.append((key, sz, nr, dg, dg * sz / nr))
-        plan.add_job(key, Parts(pat.data[e], ind, ip, (sz, nr)))
-        if weighted:
-            plan.add_job(("imdb_w", dg), Parts(pat.wdata[e], ind, ip, (sz, nr)))
+    if d.size == 0:
+        return
+    shapes = np.stack([size, n_r], axis=1)
+    for dg, sz, nr in zip(d.tolist(), size.tolist(), n_r.tolist(), strict=True):
+        plan.imdb_groups.append((("imdb", dg), sz, nr, dg, dg * sz / nr))
+    # Each group's transpose (inputs × active outputs): σ do not change under transposition.
+    plan.add_block([("imdb", dg) for dg in d.tolist()],
+                   Block(pat.data[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
+    if weighted:
+        plan.add_block([("imdb_w", dg) for dg in d.tolist()],
+                       Block(pat.wdata[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
 
 
 def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options, weighted: bool) -> dict:
@@ -527,15 +536,17 @@ _REMOTE_SHARE = 0.52
 def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
     """Plan every layer, solve all their spectra in one call, finish the rows."""
     plans, jobs, offsets = [], [], []
+    n_mat = 0
     for raw in raws:
         plan = _plan_layer(raw, opts, groups)
-        offsets.append(len(jobs))
+        offsets.append(n_mat)
+        n_mat += plan.n_mat
         jobs.extend(plan.jobs)
         plans.append(plan)
     if device is None:  # in this process (a worker does not start workers of its own)
         svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
-    else:
-        svals = solve_many(jobs, 2, device=device)
+    else:  # one matrix per job for the device path
+        svals = solve_many(_expand(jobs), 2, device=device)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}
@@ -546,6 +557,17 @@ def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
         row["reason"] = "; ".join(plan.reasons)
         results.append(row)
     return results
+
+
+def _expand(jobs) -> list[Parts]:
+    """Jobs with every :class:`Block` unpacked into its matrices."""
+    out = []
+    for J in jobs:
+        if isinstance(J, Block):
+            out.extend(Parts(*unpack(J, i)) for i in range(J.count))
+        else:
+            out.append(J)
+    return out
 
 
 def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]:
