@@ -113,3 +113,19 @@ def test_parallel_layer_split_is_bit_identical_to_serial(monkeypatch):
         for k in a:
             same = a[k] == b[k] or (isinstance(a[k], float) and np.isnan(a[k]) and np.isnan(b[k]))
             assert same, (k, a[k], b[k])
+
+
+def test_pack_mixes_parts_and_blocks():
+    rng = np.random.default_rng(5)
+    mats = [sp.random(int(rng.integers(2, 30)), int(rng.integers(2, 30)), density=0.3,
+                      random_state=rng, format="csr") for _ in range(5)]  # fmt: skip
+    parts = [Parts.of(M) for M in mats]
+    inner = _kernels.pack(parts[1:4])  # three matrices as one block
+    items = [parts[0], _kernels.Block(*inner), parts[4]]
+    packed = _kernels.pack(items)
+    assert packed[5].shape == (5, 2)
+    for i, P in enumerate(parts):
+        data, indices, indptr, shape = _kernels.unpack(packed, i)
+        got = sp.csr_matrix((data, indices, indptr), shape=shape).toarray()
+        assert np.array_equal(got, P.dense())
+    assert np.array_equal(_engine.solve_top2(items), _engine.solve_top2(parts))
