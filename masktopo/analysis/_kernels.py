@@ -22,8 +22,9 @@ sparse passes over the CSR arrays, never formed):
   graph); the two largest values over all components are kept.
 
 The Ritz pairs of the tridiagonal ``T_k`` come from Newton's method on ``det(T_k − x·I)`` from a
-validated upper bound (the top value) or bisection on Sturm counts (the second), and inverse
-iteration [GV13]_ (§8.4), all ``O(k)``; checks are placed where the residual, falling
+validated upper bound (the top value), Rayleigh quotient iteration from the previous check's
+vector validated by two Sturm counts (the second; bisection on Sturm counts the first time or when
+that check fails), and inverse iteration [GV13]_ (§8.4), all ``O(k)``; checks are placed where the residual, falling
 geometrically, should reach the limit. Start vectors are a pure function of the position, so a
 result does not depend on which other matrices share the call (bit for bit). A matrix that does
 not converge within ``max_steps`` is flagged; the caller solves it another way.
