@@ -845,6 +845,18 @@ def flat_kept(mask: np.ndarray) -> np.ndarray:
 
 
 @_jit
+def _renumber(deg):
+    """New consecutive ids of the nodes with ``deg > 0`` (in order), and how many there are."""
+    new = np.empty(deg.size, dtype=np.int64)
+    count = 0
+    for i in range(deg.size):
+        new[i] = count
+        if deg[i] > 0:
+            count += 1
+    return new, count
+
+
+@_jit
 def strip_pattern(flat, n_out, n_in):
     """Stripped CSR of the entries ``flat`` (ascending row-major positions in ``n_out × n_in``).
 
@@ -858,18 +870,8 @@ def strip_pattern(flat, n_out, n_in):
     for e in range(E):
         row_deg[flat[e] // n_in] += 1
         col_deg[flat[e] % n_in] += 1
-    row_new = np.empty(n_out, dtype=np.int64)
-    n_o = 0
-    for i in range(n_out):
-        row_new[i] = n_o
-        if row_deg[i] > 0:
-            n_o += 1
-    col_new = np.empty(n_in, dtype=np.int64)
-    n_i = 0
-    for j in range(n_in):
-        col_new[j] = n_i
-        if col_deg[j] > 0:
-            n_i += 1
+    row_new, n_o = _renumber(row_deg)
+    col_new, n_i = _renumber(col_deg)
     rows = np.empty(E, dtype=np.int32)
     indices = np.empty(E, dtype=np.int32)
     indptr = np.zeros(n_o + 1, dtype=np.int32)
