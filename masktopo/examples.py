@@ -137,7 +137,7 @@ def random_maskset(
     import numpy as np
     import torch
 
-    from .masks import MaskSet
+    from .masks import MaskSet, attach_positions
 
     densities = layer_densities(shapes, density, distribution)
     shapes = _check_shapes(shapes)
@@ -147,9 +147,10 @@ def random_maskset(
     for name, shape in shapes.items():
         n = math.prod(shape)
         k = min(n, round(densities[name] * n))
+        pos = np.sort(rng.choice(n, size=k, replace=False))
         flat = torch.zeros(n, dtype=torch.bool)
-        flat[torch.from_numpy(rng.choice(n, size=k, replace=False))] = True
-        masks[name] = flat.reshape(shape)
+        flat[torch.from_numpy(pos)] = True
+        masks[name] = attach_positions(flat.reshape(shape), pos)  # the analysis skips a scan
         if weights:
             fan_in = math.prod(shape[1:])
             w = torch.randn(shape, generator=gen, dtype=torch.float32) * math.sqrt(2.0 / fan_in)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import MaskValidationError, UnknownNameError
@@ -141,6 +142,26 @@ def to_bool_mask(name: str, tensor: Any) -> torch.Tensor:
             f"layer {name!r}: mask has values other than 0 and 1 (e.g. {bad.flatten()[0].item()!r})"
         )
     return ones
+
+
+def attach_positions(mask: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """Remember the kept entries of ``mask`` as ascending flat (C-order) positions.
+
+    Whoever builds a mask from positions (PAGS draws them) can attach them, so that readers
+    (:mod:`masktopo.analysis`) skip scanning the dense mask. The note is ignored as soon as the
+    mask changes in place (its version counter moves on) and is not copied with the tensor.
+    Returns ``mask``.
+    """
+    mask._masktopo_positions = (mask._version, positions)
+    return mask
+
+
+def known_positions(mask: torch.Tensor) -> np.ndarray | None:
+    """The positions attached by :func:`attach_positions`, if the mask is unchanged since."""
+    entry = getattr(mask, "_masktopo_positions", None)
+    if entry is not None and entry[0] == mask._version:
+        return entry[1]
+    return None
 
 
 class MaskSet(Mapping[str, torch.Tensor]):

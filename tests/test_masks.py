@@ -439,3 +439,31 @@ def test_weight_dtype_without_arithmetic_is_an_error():
     weight = torch.zeros(2, 3, dtype=torch.uint8).view(torch.float4_e2m1fn_x2)
     with pytest.raises(MaskValidationError, match=r"weight dtype .*float4.* is not supported"):
         MaskSet({"a": torch.ones(2, 3, dtype=torch.bool)}, weights={"a": weight})
+
+
+def test_attached_positions_are_dropped_when_the_mask_changes():
+    import numpy as np
+
+    from masktopo.masks import attach_positions, known_positions
+
+    m = torch.zeros(4, 5, dtype=torch.bool)
+    m.view(-1)[torch.tensor([3, 7])] = True
+    pos = np.array([3, 7])
+    attach_positions(m, pos)
+    assert known_positions(m) is pos
+    assert known_positions(m.clone()) is None  # not copied with the tensor
+    m[0, 0] = True  # in place: the note is stale now
+    assert known_positions(m) is None
+    assert known_positions(torch.ones(2, dtype=torch.bool)) is None
+
+
+def test_scoring_with_and_without_attached_positions_agree():
+    from masktopo import examples
+    from masktopo.analysis.metrics import layer_metric_rows
+
+    shapes = {"a.weight": (30, 40), "b.weight": (20, 30, 3, 3)}
+    ms = examples.random_maskset(shapes, 0.2, distribution="erk", weights=True, seed=2)
+    with_pos = layer_metric_rows([(n, ms[n], ms.weights[n]) for n in ms])
+    plain = layer_metric_rows([(n, ms[n].clone(), ms.weights[n]) for n in ms])
+    assert [r["weighted_mu_hat"] for r in with_pos] == [r["weighted_mu_hat"] for r in plain]
+    assert [r["imdb_ramanujan_gap"] for r in with_pos] == [r["imdb_ramanujan_gap"] for r in plain]

@@ -68,7 +68,7 @@ from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import _check_weight
+from ..masks import _check_weight, known_positions
 from ._engine import Parts, solve_top2
 from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
 from .graph import _as_mask, check_conv_mode
@@ -252,8 +252,11 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
     """The kept entries of one layer (and ``|w|`` there) under the conv reading of ``opts``."""
     m = _to_numpy(mask)
     n_out = m.shape[0]
-    # kept entries, C order (a bool mask: 8 bytes at a time)
-    flat = flat_kept(m) if m.dtype == np.bool_ and sys.byteorder == "little" else np.flatnonzero(m)
+    # kept entries, C order: as attached by whoever drew them, or a scan (8 bytes at a time)
+    flat = known_positions(mask)
+    if flat is None:
+        little = m.dtype == np.bool_ and sys.byteorder == "little"
+        flat = flat_kept(m) if little else np.flatnonzero(m)
     if flat.size == 0 and not opts.allow_empty:
         raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges)")
     w = None
@@ -523,6 +526,9 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
 
 
 def _kept(mask: torch.Tensor) -> int:
+    known = known_positions(mask)
+    if known is not None:
+        return int(known.size)
     if mask.device.type == "cpu" and mask.dtype == torch.bool:
         return int(np.count_nonzero(_to_numpy(mask)))
     return int(torch.count_nonzero(mask))

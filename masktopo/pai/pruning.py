@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import MaskSet
+from ..masks import MaskSet, attach_positions
 from ..zoo.models import MASKABLE_TYPES, maskable_parameters
 from .densities import check_density, keep_count, layer_counts
 from .methods import PaIMethod, get_method
@@ -401,9 +401,11 @@ def _random_subsets(target, shapes, generator, device) -> dict[str, torch.Tensor
         picks = [flat[cut[i] : cut[i + 1]] - offsets[i] for i in range(len(names))]
     masks = {}
     for n, sz, idx in zip(names, sizes, picks, strict=True):
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
         mask = torch.zeros(int(sz), dtype=torch.bool)
-        mask[torch.from_numpy(np.asarray(idx, dtype=np.int64))] = True
-        masks[n] = mask.reshape(shapes[n]).to(device)
+        mask[torch.from_numpy(idx)] = True
+        # The positions travel with the mask: the graph analysis then need not scan it again.
+        masks[n] = attach_positions(mask.reshape(shapes[n]).to(device), idx)
     return masks
 
 
