@@ -361,7 +361,8 @@ def header(args, shapes, cands) -> list[str]:
         f"ResNet-18 (CIFAR): {len(shapes)} layers, {numel:,} weights. Candidates: "
         f"`examples.random_maskset(shapes, {args.density}, distribution='erk', weights=False, "
         f"seed=s)` for s = {args.seed + 1} … (exact per-layer counts; {nnz:,} kept entries, "
-        f"density {nnz / numel:.4f}); θ: dense Kaiming-normal float32 (seed {args.seed}), shared "
+        f"density {nnz / numel:.4f}; drawn as positions, which travel with the masks as for "
+        f"PAGS's own candidates); θ: dense Kaiming-normal float32 (seed {args.seed}), shared "
         "by all candidates. Unrolled convs, n23 gate and IMDB variant (the PAGS defaults).",
         "",
         "Machine:",
