@@ -129,3 +129,21 @@ def test_pack_mixes_parts_and_blocks():
         got = sp.csr_matrix((data, indices, indptr), shape=shape).toarray()
         assert np.array_equal(got, P.dense())
     assert np.array_equal(_engine.solve_top2(items), _engine.solve_top2(parts))
+
+
+def test_device_path_expands_blocks_like_the_in_process_path(monkeypatch):
+    """The device route (``solve_many`` one matrix per job) gets the IMDB blocks unpacked; run it
+    on the CPU so that it can be compared with the in-process kernel route."""
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    layers = _resnet_layers(7)[:6]
+    opts = metrics.Options()
+    names = metrics.resolve_metrics(None, weighted=True)
+    groups = metrics._groups_for(names)
+    raws = [metrics._extract(n, m, w, opts) for n, m, w in layers]
+    plans = [metrics._plan_layer(r, opts, groups) for r in raws]
+    assert any(isinstance(j, _kernels.Block) for p in plans for j in p.jobs)
+    here = metrics._rows(raws, opts, names, groups, True)
+    device = metrics._rows(raws, opts, names, groups, True, torch.device("cpu"))
+    for a, b in zip(here, device, strict=True):
+        for k in ("mu_hat", "weighted_mu_hat", "imdb_ramanujan_gap", "imdb_weighted_gap"):
+            assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), k
