@@ -25,7 +25,7 @@ import scipy.sparse as sp
 DENSE_MAX_SIDE = 24
 #: Lanczos residual tolerance, relative to σ₁²: ``β_k·|s_k| ≤ TOL·σ₁²`` for both top pairs.
 TOL = 1e-10
-#: Lanczos steps per phase before a matrix is handed to ARPACK.
+#: Lanczos steps per run (per connected component) before a matrix is handed to ARPACK.
 MAX_STEPS = 600
 
 

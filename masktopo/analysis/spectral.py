@@ -216,9 +216,10 @@ def solve_many(
 
     ``mats`` holds :class:`~masktopo.analysis._engine.Parts`, scipy sparse matrices or arrays.
     On the CPU (``k = 2``) the exact compiled engine of :mod:`masktopo.analysis._kernels` solves
-    them one after the other (dense Gram route for a small side, two Lanczos phases otherwise),
-    split over :func:`cpu_workers` processes. On CUDA the matrices are densified on the device, bucketed by padded
-    shape (zero padding changes no singular value) and solved batched with the Gram route.
+    them one after the other (dense Gram route for a small side, Lanczos on each connected
+    component otherwise), split over :func:`cpu_workers` processes. On CUDA the matrices are
+    densified on the device, bucketed by padded shape (zero padding changes no singular value)
+    and solved batched with the Gram route.
     Returns a ``(len(mats), k)`` float64 array, descending.
     """
     device = torch.device(device)
