@@ -61,10 +61,6 @@ class Parts(NamedTuple):
         X[self.rows(), self.indices] = self.data
         return X
 
-    def transpose(self) -> Parts:
-        T = self.scipy().T.tocsr()
-        return Parts(T.data, T.indices.astype(np.int32), T.indptr.astype(np.int32), T.shape)
-
 
 def pad_desc(values, k: int = 2) -> np.ndarray:
     """The ``k`` largest values, float64 descending, zero-padded to length ``k``."""

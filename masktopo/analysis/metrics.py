@@ -72,7 +72,7 @@ from ..masks import _check_weight, known_positions
 from ._engine import Parts, solve_top2
 from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
 from .graph import _as_mask, check_conv_mode
-from .spectral import result_or_local, solve_many, submit, use_workers
+from .spectral import result_or_local, solve_many, split_two, submit, use_workers
 
 NaN = math.nan
 GATES = ("n23", "i23")
@@ -588,13 +588,7 @@ def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]
     if not use_workers(int(sizes.sum())):
         with threadpool_limits(1):
             return _rows(extract(layers), opts, names, groups, weighted)
-    parts: list[list[int]] = [[], []]
-    load = [0.0, 0.0]
-    share = (1.0 - _REMOTE_SHARE, _REMOTE_SHARE)
-    for i in np.argsort(-sizes, kind="stable"):  # greedy: to the part furthest below its share
-        h = 0 if load[0] / share[0] <= load[1] / share[1] else 1
-        parts[h].append(int(i))
-        load[h] += int(sizes[i]) + 1
+    parts = split_two(sizes, _REMOTE_SHARE)
     with threadpool_limits(1):
         remote = extract([layers[i] for i in parts[1]])
         future = submit(_rows, remote, opts, names, groups, weighted)

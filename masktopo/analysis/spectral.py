@@ -292,6 +292,21 @@ def use_workers(total_nnz: int) -> bool:
     )
 
 
+def split_two(costs, remote_share: float = 0.5) -> tuple[list[int], list[int]]:
+    """Indices split in two parts, the second (the worker's) with about ``remote_share`` of the
+    total cost: greedy, largest first, each item to the part furthest below its share.
+    Deterministic."""
+    costs = np.asarray(costs, dtype=np.float64)
+    parts: tuple[list[int], list[int]] = ([], [])
+    load = [0.0, 0.0]
+    share = (1.0 - remote_share, remote_share)
+    for i in np.argsort(-costs, kind="stable"):
+        h = 0 if load[0] / share[0] <= load[1] / share[1] else 1
+        parts[h].append(int(i))
+        load[h] += float(costs[i]) + 1.0
+    return parts
+
+
 def submit(fn, *args):
     """Run ``fn(*args)`` in the worker process; None if it cannot be started."""
     try:
@@ -324,13 +339,7 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     with threadpoolctl.threadpool_limits(1):
         if not use_workers(sum(P.nnz for P in parts)):
             return solve_top2(parts)
-        costs = np.array([cost(P) for P in parts], dtype=np.int64)
-        halves: list[list[int]] = [[], []]
-        load = [0, 0]
-        for i in np.argsort(-costs, kind="stable"):
-            h = 0 if load[0] <= load[1] else 1
-            halves[h].append(int(i))
-            load[h] += int(costs[i])
+        halves = split_two([cost(P) for P in parts])
         out = np.zeros((len(parts), 2))
         remote = pack([parts[i] for i in halves[1]])  # six arrays: cheap to send
         future = submit(solve_packed, remote)
