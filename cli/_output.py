@@ -142,3 +142,18 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def require_events(df, path):
+    """``df`` (an :func:`masktopo.analysis.runs.analyze_run` table), or a one-line error saying
+    why the run at ``path`` gave no rows (no mask events yet, or only bad event files)."""
+    if df.empty:
+        from masktopo.errors import MaskFileError
+
+        bad = df.attrs["bad_events"]
+        if not bad:
+            raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
+        raise MaskFileError(
+            path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
+        )
+    return df

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 
-from ._output import json_records, positive_int, render_frame, render_rows, show_progress
+from ._output import (
+    json_records,
+    positive_int,
+    render_frame,
+    render_rows,
+    require_events,
+    show_progress,
+)
 
 FORMATS = ("table", "csv", "json", "parquet")
 _SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -209,13 +216,7 @@ def _analyze_run(path, args, metrics: list[str] | None, show: bool):
         progress=show,
         cache=not args.no_cache,
     )
-    if df.empty:
-        bad = df.attrs["bad_events"]
-        if not bad:
-            raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
-        raise MaskFileError(
-            path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
-        )
+    require_events(df, path)
     if args.no_network:
         df = df[df["layer"] != NETWORK].reset_index(drop=True)
     return df

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 
-from ._output import positive_int, show_progress
+from ._output import positive_int, require_events, show_progress
 
 #: Figure formats (file suffixes) ``--format`` accepts.
 FORMATS = ("png", "svg", "pdf")
@@ -240,14 +240,7 @@ def analyze_runs(paths, *, every: int, conv: str, cache: bool, progress: bool) -
     tables = []
     for path in paths:
         df = analyze_run(path, every=every, conv=conv, progress=progress, cache=cache)
-        if df.empty:
-            bad = df.attrs["bad_events"]
-            if not bad:
-                raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
-            raise MaskFileError(
-                path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
-            )
-        tables.append(df)
+        tables.append(require_events(df, path))
     return tables
 
 
