@@ -12,14 +12,7 @@ from masktopo.pai import layer_counts, layer_densities
 from masktopo.trainer import core as C
 from masktopo.zoo import get_model, maskable_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (much faster than two on a loaded two-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _g(seed=0):

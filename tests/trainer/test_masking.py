@@ -13,14 +13,7 @@ from masktopo.trainer.core import start_masks
 from masktopo.trainer.masking import Masking, mask_buffer_key
 from masktopo.zoo import get_model, maskable_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (much faster than two on a loaded two-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name="lenet5", seed=0):

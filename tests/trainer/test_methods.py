@@ -21,14 +21,7 @@ from masktopo.trainer.methods import METHODS, Sparsifier, make_sparsifier
 from masktopo.trainer.schedules import cosine_rate, cubic_density, prune_events
 from masktopo.zoo import get_model, maskable_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (much faster than two on a loaded two-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def keep_count(d, n):
