@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from _common import log, machine_facts
 
+from masktopo.runs import RunWriter
+from masktopo.seeding import generator
 from masktopo.trainer.config import TrainConfig, resolve
-from masktopo.trainer.loop import generator
 from masktopo.trainer.masking import Masking
 from masktopo.trainer.methods import make_sparsifier
-from masktopo.trainer.recorder import Recorder
 from masktopo.zoo import get_model, get_spec, maskable_parameters
 
 
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     assert events, "the sparsifier recorded no update event"
 
     with tempfile.TemporaryDirectory() as tmp:
-        rec = Recorder(Path(tmp))
+        rec = RunWriter(Path(tmp))
         crit, total_dump = [], []
         names = list(maskable)
         for _ in range(3):

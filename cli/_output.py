@@ -157,3 +157,33 @@ def require_events(df, path):
             path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
         )
     return df
+
+
+def warning_printer():
+    """A ``warnings.showwarning`` for one command: each warning as one line, ``masktopo:
+    warning: <message>``, and a message given again (the same bad line of a run read twice)
+    only once."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen and sys.stderr is not None:
+            seen.add(text)
+            print(f"masktopo: warning: {text}", file=sys.stderr)
+
+    return show
+
+
+def require_stdout() -> None:
+    """Fail (one line, before any work) when standard output is closed (``>&-``)."""
+    from masktopo.errors import MaskTopoError
+
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        raise MaskTopoError("standard output is closed; write to a file with --out FILE")
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to standard output and flush it."""
+    require_stdout()
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import warnings
 from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
@@ -23,7 +22,9 @@ from ._output import (
     render_frame,
     render_rows,
     require_events,
+    require_stdout,
     show_progress,
+    write_stdout,
 )
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -169,7 +170,7 @@ def list_metrics() -> str:
     return render_rows(("name", "group", "weighted", "description"), rows)
 
 
-def _check_output(fmt: str, out: str | None) -> None:
+def _check_output(fmt: str, out: str | None, inputs: list[str]) -> None:
     if fmt == "parquet":
         if out is None:
             raise MaskTopoError(
@@ -180,11 +181,9 @@ def _check_output(fmt: str, out: str | None) -> None:
                 "--format parquet needs pyarrow: pip install 'masktopo[parquet]' (or pyarrow)"
             )
     if out is not None:
-        parent = Path(out).parent
-        if not parent.is_dir():
-            raise MaskFileError(out, f"cannot write: directory {str(parent)!r} does not exist")
-        if Path(out).is_dir():
-            raise MaskFileError(out, "cannot write: it is a directory")
+        from masktopo.runs import check_output
+
+        check_output(out, inputs)
 
 
 def _check_device(device: str | None) -> None:
@@ -222,13 +221,23 @@ def _analyze_run(path, args, metrics: list[str] | None, show: bool):
     return df
 
 
-def _analyze_one(path, args, metrics: list[str] | None, show: bool):
-    """Load one path and analyze it (one row per layer)."""
-    from masktopo import analysis, store
+def _read_input(path, args):
+    """Check one PATH before anything is computed or written: a run directory's run.json and
+    events (None is returned: its events are read when analyzed), or a mask file's MaskSet."""
+    from masktopo.inputs import load
+    from masktopo.runs import read_run
 
-    ms = store.load(
-        path, event=args.event, zeros_as_mask=args.zeros_as_mask, weights=not args.no_weights
-    )
+    if args.event is None and Path(path).is_dir():
+        read_run(path)
+        return None
+    return load(path, event=args.event, zeros_as_mask=args.zeros_as_mask,
+                weights=not args.no_weights)  # fmt: skip
+
+
+def _analyze_one(path, ms, args, metrics: list[str] | None, show: bool):
+    """Analyze one loaded mask set (one row per layer)."""
+    from masktopo import analysis
+
     empty = _empty_layers(ms)
     if empty and not args.allow_empty_layers:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
@@ -280,6 +289,16 @@ def _for_parquet(df):
     return out
 
 
+def _in_context(path, fn, *args):
+    """``fn(*args)``, with an error that does not name ``path`` prefixed by it."""
+    try:
+        return fn(*args)
+    except MaskTopoError as exc:
+        if str(path) in str(exc):
+            raise
+        raise MaskFileError(path, str(exc)) from exc
+
+
 def analyze_paths(args, metrics: list[str] | None):
     """Load and analyze every path; the DataFrame of all rows (nothing is written here)."""
     import pandas as pd
@@ -290,19 +309,17 @@ def analyze_paths(args, metrics: list[str] | None):
     paths = list(args.paths)
     several = len(paths) > 1
     show = show_progress(args)
+    # Every input is read and checked before any is analyzed: a run's analysis writes its cache,
+    # which a bad input further on must not leave behind.
+    loaded = [_in_context(path, _read_input, path, args) for path in paths]
     frames = []
     bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
-    for path in bar:
-        whole_run = args.event is None and Path(path).is_dir()
-        try:
-            if whole_run:
-                df = _analyze_run(path, args, metrics, show)
-            else:
-                df = _analyze_one(path, args, metrics, show)
-        except MaskTopoError as exc:
-            if str(path) in str(exc):
-                raise
-            raise MaskFileError(path, str(exc)) from exc
+    for path, ms in zip(bar, loaded, strict=True):
+        whole_run = ms is None
+        if whole_run:
+            df = _in_context(path, _analyze_run, path, args, metrics, show)
+        else:
+            df = _in_context(path, _analyze_one, path, ms, args, metrics, show)
         if not args.no_network and not whole_run:
             df = _with_network_row(df, analysis.aggregate(df))
         if several:
@@ -310,11 +327,6 @@ def analyze_paths(args, metrics: list[str] | None):
         frames.append(df)
     bar.close()
     return pd.concat(frames, ignore_index=True) if several else frames[0]
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each: ``masktopo: warning: <message>``."""
-    print(f"masktopo: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def render(df, fmt: str, metrics: list[str] | None) -> str:
@@ -339,7 +351,9 @@ def run(args) -> int:
     if not args.paths:
         args.parser.error("the following arguments are required: PATH (or --list-metrics)")
     fmt = output_format(args.format, args.out)
-    _check_output(fmt, args.out)
+    _check_output(fmt, args.out, args.paths)
+    if args.out is None:
+        require_stdout()
     metrics = None
     if args.metrics is not None:  # names checked before any file is read
         from masktopo.analysis.metrics import resolve_metrics
@@ -349,20 +363,17 @@ def run(args) -> int:
     if args.event is not None and args.every != 1:
         raise MaskTopoError("--every selects events of a whole run; it cannot be used with --event")
 
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        df = analyze_paths(args, metrics)
+    df = analyze_paths(args, metrics)
 
-    from masktopo.store import _atomic_write
+    from masktopo.files import atomic_write, atomic_write_bytes
 
     if fmt == "parquet":
         table = _for_parquet(df)
-        _atomic_write(Path(args.out), lambda f: table.to_parquet(f, index=False))
+        atomic_write(Path(args.out), lambda f: table.to_parquet(f, index=False))
         return 0
     text = render(df, fmt, metrics)
     if args.out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_stdout(text)
     else:
-        _atomic_write(Path(args.out), lambda f: f.write(text.encode("utf-8")))
+        atomic_write_bytes(Path(args.out), text.encode("utf-8"))
     return 0

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def describe(info: dict) -> str:
-    """Text description of one :func:`masktopo.store.info` result."""
+    """Text description of one :func:`masktopo.info` result."""
     lines = [str(info["path"])]
     lines.append(
         f"  format: {info['format']}   layers: {info['n_layers']}   "
@@ -58,9 +58,9 @@ def describe(info: dict) -> str:
 
 
 def run(args) -> int:
-    from masktopo import store
+    from masktopo.inputs import info
 
-    infos = [store.info(path, zeros_as_mask=args.zeros_as_mask) for path in args.paths]
+    infos = [info(path, zeros_as_mask=args.zeros_as_mask) for path in args.paths]
     if args.json:
         sys.stdout.write(json.dumps(infos, indent=2, default=str) + "\n")
     else:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from masktopo import __version__
 from masktopo.errors import MaskTopoError
 
 from . import analyze, demo, info, pags, plot, report, train
+from ._output import warning_printer
 
 #: The subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (analyze, info, pags, train, plot, report, demo)
@@ -62,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``masktopo`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = warning_printer()  # one line each, on every command
+            return int(args.run(args) or 0)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)
     except KeyboardInterrupt:

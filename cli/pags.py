@@ -143,10 +143,12 @@ def run(args) -> int:
     result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
     import torch.distributed as dist
 
+    from masktopo.runs.layout import BEST_FILE
+
     if not dist.is_initialized() or dist.get_rank() == 0:
         sc = result.best_scores.network(config.invalid)[0]
         base = result.base_scores.network(config.invalid)[0]
         print(f"best: network score {sc:.6g} (base {base:.6g}), density "
               f"{result.best.density():.6g}, {result.n_done} candidates -> "
-              f"{result.out / 'best.safetensors'}")  # fmt: skip
+              f"{result.out / BEST_FILE}")  # fmt: skip
     return 0

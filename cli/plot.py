@@ -14,14 +14,11 @@ as it was.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
+from masktopo.files import Staging
 
 from ._output import positive_int, require_events, show_progress
 
@@ -141,74 +138,8 @@ def split_names(values) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each: ``masktopo: warning: <message>``."""
-    print(f"masktopo: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
 def note(text: str) -> None:
     print(f"masktopo: note: {' '.join(text.split())}", file=sys.stderr)
-
-
-# ------------------------------------------------------------------------------------------------
-# Output folder: checked first, filled at the end
-# ------------------------------------------------------------------------------------------------
-def existing_ancestor(path: Path) -> Path:
-    """The nearest folder of ``path`` (itself included) that exists."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-def check_out_dir(out: Path) -> Path:
-    """Fail (one line) unless ``out`` is an existing writable folder or can be created.
-
-    Returns the nearest existing folder (where the staging folder goes).
-    """
-    if out.exists() and not out.is_dir():
-        raise MaskFileError(out, "cannot write figures there: it is a file, not a folder")
-    base = existing_ancestor(out)
-    if not base.is_dir():
-        raise MaskFileError(out, f"cannot create the folder: {str(base)!r} is a file")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise MaskFileError(out, f"cannot write: the folder {str(base)!r} is not writable")
-    return base
-
-
-class Staging:
-    """A hidden temporary folder next to ``out``; :meth:`commit` moves its files into ``out``.
-
-    Used as a context manager: leaving it without :meth:`commit` (an error) removes the staging
-    folder and everything drawn so far, so ``out`` is not touched.
-    """
-
-    def __init__(self, out: Path):
-        self.out = out
-        base = check_out_dir(out)
-        try:
-            self.path = Path(tempfile.mkdtemp(prefix=".masktopo-plot-", dir=base))
-        except OSError as e:
-            raise MaskFileError(out, f"cannot write ({e.strerror or e})") from None
-
-    def __enter__(self) -> Staging:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def commit(self, files: list[Path]) -> list[Path]:
-        """Move ``files`` (inside the staging folder) into ``out``; their new paths."""
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            moved = []
-            for f in files:
-                dest = self.out / f.relative_to(self.path)
-                os.replace(f, dest)
-                moved.append(dest)
-        except OSError as e:
-            raise MaskFileError(self.out, f"cannot write ({e.strerror or e})") from None
-        return moved
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,9 +152,9 @@ def check_metric_names(names: list[str] | None, runs) -> None:
     """
     if not names:
         return
-    from masktopo.analysis.runs import EVENT_FIELDS
     from masktopo.errors import UnknownNameError
     from masktopo.plots import PLOT_METRICS
+    from masktopo.runs import EVENT_FIELDS
 
     known = set(PLOT_METRICS) | {"n_layers"}
     for run in runs:
@@ -245,16 +176,15 @@ def analyze_runs(paths, *, every: int, conv: str, cache: bool, progress: bool) -
 
 
 def _plot_runs(args, paths: list[Path], metrics, formats) -> list[Path]:
-    from masktopo.store import read_run
+    from masktopo.runs import read_run
 
     runs = [read_run(p) for p in paths]  # "not a run directory" before anything else
     check_metric_names(metrics, runs)
     labels = args.labels
     if labels is not None and len(labels) != len(paths):
         raise MaskTopoError(f"--labels: {len(labels)} label(s) for {len(paths)} run(s)")
-    staging = Staging(Path(args.out))
-    with staging, warnings.catch_warnings():
-        warnings.showwarning = show_warning
+    staging = Staging(Path(args.out), "figures")
+    with staging:
         tables = analyze_runs(
             paths,
             every=args.every,
@@ -289,18 +219,18 @@ def _stem(layer: str) -> str:
 
 
 def _plot_layers(args, path: Path, formats) -> list[Path]:
-    from masktopo import store
     from masktopo.errors import MaskValidationError, UnknownNameError
+    from masktopo.inputs import load
     from masktopo.plots import plot_bipartite, plot_degrees, plot_spectrum, save_figure
 
     if args.event is not None and not path.is_dir():
         raise MaskTopoError("--event picks an event of a run directory; the PATH is a file")
-    ms = store.load(path, event=args.event)
+    ms = load(path, event=args.event)
     layers = ms.names if args.layers is None else split_names(args.layers)
     for name in layers:
         if name not in ms:
             raise UnknownNameError("layer", name, ms.names)
-    staging = Staging(Path(args.out))
+    staging = Staging(Path(args.out), "figures")
     with staging:
         files: list[Path] = []
 

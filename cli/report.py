@@ -9,10 +9,9 @@ while missing or corrupt event files are warned about, left out and named in the
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from ._output import positive_int, show_progress
-from .plot import X_AXES, show_warning
+from .plot import X_AXES
 
 _DESCRIPTION = """\
 Write one HTML page about the run directories RUN...: the final metrics of summary.json, the
@@ -79,24 +78,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from masktopo.errors import MaskTopoError
-    from masktopo.report import check_output, write_report
+    from masktopo.report import write_report
+    from masktopo.runs import check_output
 
     if args.labels is not None and len(args.labels) != len(args.paths):
         raise MaskTopoError(f"--labels: {len(args.labels)} label(s) for {len(args.paths)} run(s)")
-    check_output(args.out)
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning
-        path = write_report(
-            args.paths,
-            args.out,
-            labels=args.labels,
-            every=args.every,
-            conv=args.conv,
-            cache=not args.no_cache,
-            progress=show_progress(args),
-            figures=args.figures,
-            x=args.x,
-            title=args.title,
-        )
+    check_output(args.out, args.paths, "the report")
+    path = write_report(
+        args.paths,
+        args.out,
+        labels=args.labels,
+        every=args.every,
+        conv=args.conv,
+        cache=not args.no_cache,
+        progress=show_progress(args),
+        figures=args.figures,
+        x=args.x,
+        title=args.title,
+    )
     print(path)
     return 0

@@ -5,6 +5,8 @@ Public API (stable)::
     masktopo.MaskSet                       # ordered name -> bool mask, kinds, shapes, optional weights
     masktopo.load(path, ...)               # any supported mask file or run directory -> MaskSet
     masktopo.save(path, maskset)           # safetensors (default), .npz or prune-style .pt; atomic
+    masktopo.info(path)                    # layers, shapes, densities of a file or run
+    masktopo.runs.read_run(path)           # a run directory: its config, events, mask files
     masktopo.analysis.analyze(maskset)     # pandas DataFrame of graph metrics, one row per layer
     masktopo.analysis.layer_metrics(mask)  # dict of metrics for one layer
 
@@ -20,28 +22,43 @@ from typing import TYPE_CHECKING
 from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import analysis, examples, store  # noqa: F401
+    from . import analysis, examples, runs, store  # noqa: F401
     from .errors import (  # noqa: F401
         MaskFileError,
         MaskTopoError,
         MaskValidationError,
         UnknownNameError,
     )
+    from .inputs import info, load  # noqa: F401
     from .masks import LayerInfo, MaskSet  # noqa: F401
-    from .store import info, load, save  # noqa: F401
+    from .store import save  # noqa: F401
 
 _LAZY = {
     "MaskSet": ("masktopo.masks", "MaskSet"),
     "LayerInfo": ("masktopo.masks", "LayerInfo"),
-    "load": ("masktopo.store", "load"),
+    "load": ("masktopo.inputs", "load"),
     "save": ("masktopo.store", "save"),
-    "info": ("masktopo.store", "info"),
+    "info": ("masktopo.inputs", "info"),
     "MaskTopoError": ("masktopo.errors", "MaskTopoError"),
     "MaskFileError": ("masktopo.errors", "MaskFileError"),
     "MaskValidationError": ("masktopo.errors", "MaskValidationError"),
     "UnknownNameError": ("masktopo.errors", "UnknownNameError"),
 }
-_SUBMODULES = {"analysis", "store", "masks", "errors", "examples", "zoo", "pai", "pags", "trainer"}
+_SUBMODULES = {
+    "analysis",
+    "errors",
+    "examples",
+    "files",
+    "inputs",
+    "masks",
+    "pags",
+    "pai",
+    "runs",
+    "seeding",
+    "store",
+    "trainer",
+    "zoo",
+}
 
 __all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]
 

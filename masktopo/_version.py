@@ -20,3 +20,18 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def git_commit() -> str | None:
+    """The commit of the masktopo checkout this code runs from, or None (an installed wheel)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    head = root / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (root / ".git" / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return None

@@ -174,7 +174,7 @@ def save_figure(fig, path: str | Path) -> Path:
     """
     import matplotlib
 
-    from .store import _atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     fmt = _format_of(path)
@@ -184,7 +184,7 @@ def save_figure(fig, path: str | Path) -> Path:
         with matplotlib.rc_context({"svg.hashsalt": "masktopo"}):
             fig.savefig(f, format=fmt, dpi=_DPI, metadata=meta[fmt])
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

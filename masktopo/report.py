@@ -46,6 +46,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import MaskFileError, MaskTopoError, UnknownNameError
+from .runs.layout import SUMMARY_FILE
 
 __all__ = ["FIGURE_FORMATS", "build_report", "write_report"]
 
@@ -208,7 +209,7 @@ def _figure(data: bytes, fmt: str, caption: str) -> str:
 class _RunReport:
     path: Path
     label: str
-    run: Any  # masktopo.store.Run
+    run: Any  # masktopo.runs.Run
     table: Any  # run-analysis DataFrame
     summary: dict | None = None
     problems: list[str] = field(default_factory=list)
@@ -219,22 +220,16 @@ class _RunReport:
 
 
 def _read_summary(r: _RunReport) -> None:
-    f = r.path / "summary.json"
-    if not f.exists():
+    try:
+        r.summary = r.run.summary()
+    except MaskFileError as exc:
+        r.problems.append(str(exc))
+        return
+    if r.summary is None:
         r.notes.append(
-            "no summary.json: the run has not finished (or was stopped); the tables below end "
+            f"no {SUMMARY_FILE}: the run has not finished (or was stopped); the tables below end "
             "at its last recorded mask event"
         )
-        return
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        r.problems.append(f"{f}: cannot read ({' '.join(str(exc).split())})")
-        return
-    if not isinstance(data, dict):
-        r.problems.append(f"{f}: not a JSON object")
-        return
-    r.summary = data
 
 
 def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
@@ -244,16 +239,19 @@ def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
     r.table = df
     for bad in df.attrs.get("bad_events", []):
         r.problems.append(f"event {bad['event']} left out: {' '.join(str(bad['problem']).split())}")
+    for skipped in df.attrs.get("skipped_lines", []):
+        r.problems.append(f"line {skipped['line']} of the event log skipped: {skipped['problem']}")
     n = r.run.n_events
     if n == 0:
-        r.notes.append("the run has no mask events yet (events.jsonl is missing or empty)")
+        r.notes.append("the run has no mask events yet (its event log is missing or empty)")
     elif df.empty:
         r.problems.append("no event could be analyzed: every selected event file is bad")
     else:
         r.final_event = int(df["event"].max())
-        if r.final_event != n - 1:
+        last = r.run.events[-1]["event"]
+        if r.final_event != last:
             r.notes.append(
-                f"the last event ({n - 1}) could not be read; the final tables use event "
+                f"the last event ({last}) could not be read; the final tables use event "
                 f"{r.final_event}, the last intact one"
             )
 
@@ -340,7 +338,7 @@ def _problems(r: _RunReport) -> str:
 def _summary_section(r: _RunReport) -> str:
     if r.summary is None:
         return ""
-    parts = ["<h3>Final metrics (summary.json)</h3>"]
+    parts = [f"<h3>Final metrics ({SUMMARY_FILE})</h3>"]
     final = _final_metrics(r)
     parts.append(_kv_table(final.items()) if final else '<p class="note">none recorded</p>')
     history = r.summary.get("history")
@@ -498,7 +496,7 @@ def build_report(
     UnknownNameError
         For an unknown figure format or x axis.
     """
-    from .store import read_run
+    from .runs import read_run
 
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
     if not paths:
@@ -562,28 +560,17 @@ def build_report(
     )
 
 
-def check_output(out: str | os.PathLike) -> Path:
-    """``out`` as a Path, when it can be written (its folder exists and it is not a folder)."""
-    out = Path(out)
-    if out.is_dir():
-        raise MaskFileError(out, "cannot write the report: it is a folder")
-    parent = out.parent
-    if not parent.is_dir():
-        raise MaskFileError(out, f"cannot write: the folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MaskFileError(out, f"cannot write: the folder {str(parent)!r} is not writable")
-    return out
-
-
 def write_report(runs, out: str | os.PathLike, **kwargs) -> Path:
     """Write :func:`build_report` ``(runs, **kwargs)`` to ``out`` atomically; returns the path.
 
-    The output is checked before any run is analyzed, and written only when the page is complete.
+    The output is checked before any run is analyzed (it may be neither an input nor a part of
+    a run directory, such as ``run/run.json``), and written only when the page is complete.
     """
-    from .store import _atomic_write
+    from .files import atomic_write_bytes
+    from .runs import check_output
 
-    path = check_output(out)
+    inputs = [runs] if isinstance(runs, str | os.PathLike) else list(runs)
+    path = check_output(out, inputs, "the report")
     text = build_report(runs, **kwargs)
-    data = text.encode("utf-8")
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path

@@ -40,22 +40,20 @@ import threadpoolctl
 
 from .._version import __version__
 from ..errors import MaskFileError, MaskValidationError
-from ..store import Run, _atomic_write, read_run
+from ..files import atomic_write
+from ..runs import EVENT_FIELDS, Run, read_run
+from ..runs.layout import ANALYSIS_DIR
 from .metrics import INT_METRICS, METRICS, Options, aggregate, analyze, resolve_metrics
 from .spectral import cpu_workers
 
-__all__ = ["CACHE_DIR", "CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
+__all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
 
-#: Sub-directory of the run directory that holds the cache files.
-CACHE_DIR = "analysis"
 CACHE_FORMAT = "masktopo.run-analysis"
 CACHE_FORMAT_VERSION = 1
 #: The ``layer`` value of the network rows.
 NETWORK = "(network)"
 #: Event scalars that are always columns of the table (NaN where an event does not record them).
 SCALARS = ("density", "R_s", "train_loss", "train_acc", "val_loss", "val_acc")
-#: Keys of an events.jsonl line that describe the event rather than measure it.
-EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
 #: Value columns of the cache besides the metrics: aggregate's layer count (network rows only).
 _EXTRA = ("n_layers",)
 _NO_WEIGHTS = "no weights dumped at this event: weighted metrics undefined"
@@ -131,7 +129,7 @@ def _float(v) -> float:
 def _signature(run: Run, k: int) -> str:
     """What a cached event is valid for: its events.jsonl line and its mask file's size and
     modification time."""
-    ev = run.events[k]
+    ev = run.event(k)
     line = json.dumps(ev, sort_keys=True, separators=(",", ":"), default=str)
     try:
         st = (run.path / ev["file"]).stat()
@@ -311,7 +309,7 @@ def _write_cache(path: Path, job: _Job, results: dict[int, _Result]) -> str | No
     }
     try:
         path.parent.mkdir(exist_ok=True)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except MaskFileError as exc:
         return exc.problem
     except OSError as exc:
@@ -346,7 +344,7 @@ def _table(job: _Job, ks: list[int], results: dict[int, _Result]):
     layers = run.layers
     names = [x.name for x in layers]
     n = len(layers) + 1
-    events = [run.events[k] for k in ks]
+    events = [run.event(k) for k in ks]
 
     def per_event(key):
         return [ev.get(key) for ev in events for _ in range(n)]
@@ -475,7 +473,9 @@ def analyze_run(
         table), ``computed`` and ``cached`` (which of them were computed by this call or read
         from the cache), ``cache`` (the cache file, or None) and ``bad_events``: one dict
         ``{"event", "file", "problem"}`` per selected event whose mask file is missing or invalid
-        (those events have no rows; each also gives a warning naming the file and the problem).
+        (those events have no rows; each also gives a warning naming the file and the problem),
+        and ``skipped_lines``: one dict ``{"line", "problem"}`` per line of ``events.jsonl`` that
+        could not be read (a cut-off or corrupt line; each gave a warning naming it).
 
     Raises
     ------
@@ -509,22 +509,25 @@ def analyze_run(
     run = read_run(path)
     job = _Job(run, opts, names, bool(weights), dev)
 
-    n = run.n_events
-    selected = sorted({*range(0, n, every), n - 1}) if n else []
+    nums = run.numbers  # 0, 1, ..., with a gap where a bad line of events.jsonl was skipped
+    selected = sorted({*nums[::every], nums[-1]}) if nums else []
     explicit_weighted = metrics is not None and any(METRICS[x].weighted for x in names)
-    if explicit_weighted and selected and not any(run.events[k]["has_weights"] for k in selected):
+    if explicit_weighted and selected and not any(run.event(k)["has_weights"] for k in selected):
         asked = next(x for x in names if METRICS[x].weighted)
         raise MaskValidationError(
             f"{run.path}: metric {asked!r} needs weights, and no analyzed event has them"
         )
 
-    cache_path = run.path / CACHE_DIR / f"{_cache_key(job)}.npz" if cache else None
+    cache_path = run.path / ANALYSIS_DIR / f"{_cache_key(job)}.npz" if cache else None
     stored = _read_cache(cache_path, job) if cache_path is not None else {}
     sigs = {k: _signature(run, k) for k in selected}
     # Cached events whose line or mask file changed (a resumed run rewrote them), or that lie
     # beyond the current end of events.jsonl, are dropped.
+    present = set(nums)
     valid = {
-        k: r for k, r in stored.items() if k < n and r.sig == (sigs.get(k) or _signature(run, k))
+        k: r
+        for k, r in stored.items()
+        if k in present and r.sig == (sigs.get(k) or _signature(run, k))
     }
     changed = len(valid) != len(stored)
     todo = [k for k in selected if k not in valid]
@@ -545,11 +548,11 @@ def analyze_run(
     bad = []
     for k in todo:
         if done[k][0] == "bad":
-            bad.append({"event": k, "file": run.events[k]["file"], "problem": done[k][1]})
+            bad.append({"event": k, "file": run.event(k)["file"], "problem": done[k][1]})
             warnings.warn(done[k][1], stacklevel=2)
     ks = [k for k in selected if k in results]
     df = _table(job, ks, results)
-    weighted = bool(weights) and any(run.events[k]["has_weights"] for k in ks)
+    weighted = bool(weights) and any(run.event(k)["has_weights"] for k in ks)
     if metrics is None and not weighted:
         df = df.drop(columns=[x for x in names if METRICS[x].weighted])
     df.attrs.update(
@@ -561,6 +564,7 @@ def analyze_run(
         cached=[k for k in ks if k in valid],
         cache=None if cache_path is None else str(cache_path),
         bad_events=bad,
+        skipped_lines=[{"line": i, "problem": p} for i, p in run.skipped],
     )
     return df
 

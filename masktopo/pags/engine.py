@@ -32,8 +32,8 @@ base), ``run.json`` (resolved config, seed, versions) and ``state.json`` plus ``
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,26 +42,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._version import versions
+from .._version import git_commit, versions
 from ..errors import MaskFileError, MaskValidationError
+from ..files import atomic_write, atomic_write_json
 from ..masks import MaskSet
+from ..runs import RunLock, check_out_dir, check_same_config, jsonable, run_header
+from ..runs.layout import (
+    BASE_FILE,
+    BEST_FILE,
+    CANDIDATES_FILE,
+    RUN_FILE,
+    SNAPSHOT_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    snapshot_file,
+    state_best_file,
+)
+from ..store import load as load_file
+from ..store import save
 from .config import RESUMABLE_CHANGES, PagsConfig
 from .sampling import Source, repair
 from .scoring import Scores, score_candidates
 
-FORMAT = "masktopo.pags"
-FORMAT_VERSION = 1
-RUN_FILE = "run.json"
-STATE_FILE = "state.json"
-STATE_DIR = ".pags-state"
-BEST_FILE = "best.safetensors"
-BASE_FILE = "base.safetensors"
-SNAPSHOT_DIR = "snapshots"
-CANDIDATES_FILE = "candidates.parquet"
-
-
-def snapshot_name(t: int) -> str:
-    return f"snapshot-{t:06d}.safetensors"
+#: The ``format`` of state.json, the resume point (its version: 1).
+STATE_FORMAT = "masktopo.pags-state"
+STATE_VERSION = 1
+#: What state.json's ``format`` said before the run layer (still read on resume).
+_LEGACY_STATE_FORMAT = "masktopo.pags"
 
 
 @dataclass
@@ -202,54 +209,52 @@ class _Writer:
 
     def save(self, rel: str, masks, meta: dict | None = None, weights: bool = True) -> None:
         if self.active:
-            from ..store import save
-
             save(self.out / rel, self.maskset(masks, meta, weights))
 
     def json(self, rel: str, obj: dict) -> None:
         if self.active:
-            from ..store import _atomic_write_json
-
-            _atomic_write_json(self.out / rel, obj)
+            atomic_write_json(self.out / rel, obj)
 
     def rows(self, rows: list[dict]) -> None:
         if self.active:
             import pandas as pd
 
-            from ..store import _atomic_write
-
             df = pd.DataFrame(rows)
-            _atomic_write(self.out / CANDIDATES_FILE, lambda f: df.to_parquet(f, index=False))
+            atomic_write(self.out / CANDIDATES_FILE, lambda f: df.to_parquet(f, index=False))
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
-    """Raise unless ``out`` can take a fresh run (``resume=False``) or holds one to resume."""
-    state = out / STATE_FILE
-    if resume:
-        if not state.is_file():
-            raise MaskFileError(out, "--resume: no PAGS run to resume here (no state.json)")
-        return
-    if out.exists() and not out.is_dir():
-        raise MaskFileError(out, "cannot write: it is not a directory")
-    if state.exists() or (out / BEST_FILE).exists():
-        raise MaskFileError(out, "already holds a PAGS run; pass --resume to continue it, or "
-                                 "choose another --out")  # fmt: skip
+def require_parquet() -> None:
+    """PAGS writes candidates.parquet: fail before any work when pyarrow is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        from ..errors import MaskTopoError
+
+        raise MaskTopoError(
+            "masktopo pags writes candidates.parquet, which needs pyarrow: pip install "
+            "'masktopo[parquet]' (or pyarrow)"
+        )
 
 
-def _read_state(out: Path, config: PagsConfig) -> dict:
+def _read_state(out: Path, config: PagsConfig) -> dict | None:
+    """The resume point (state.json), checked against ``config``; None when the run stopped
+    before writing its first one."""
+    import json
+
     path = out / STATE_FILE
+    if not path.exists():
+        return None
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise MaskFileError(path, f"cannot read the resume state ({e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (
+        STATE_FORMAT,
+        _LEGACY_STATE_FORMAT,
+    ):
         raise MaskFileError(path, "is not a masktopo PAGS state file")
     old = state.get("config", {})
-    new = config.to_dict()
-    diff = [f"{k}={old.get(k)!r} (now {v!r})" for k, v in new.items()
-            if k not in RESUMABLE_CHANGES and old.get(k) != v]  # fmt: skip
-    if diff:
-        raise MaskFileError(path, "the run was started with other settings: " + ", ".join(diff))
+    check_same_config(old, config.to_dict(), allowed=RESUMABLE_CHANGES, where=path)
     return state
 
 
@@ -318,18 +323,37 @@ def run_pags(
         base_scores = score([base_ms])
     base_fp = {n: _fingerprint(m) for n, m in base_masks.items()}
 
-    if out is not None:
-        check_out_dir(out, resume)
-    if resume:
-        state = _read_state(out, config)
-        from ..store import load
+    lock = None
+    if out is not None and comm.rank == 0:
+        require_parquet()
+        check_out_dir(out, "pags", resume=resume)
+        lock = RunLock(out)
+        if resume:
+            lock.acquire()  # before reading the state: no other process writes it meanwhile
+    try:
+        return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, source,
+                    config, comm, writer, lock, out=out, resume=resume, progress=progress,
+                    stop=stop, run_info=run_info)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
 
-        stored_base = load(out / BASE_FILE, weights=False)
+
+def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, source, config,
+         comm, writer, lock, *, out, resume, progress, stop, run_info) -> PagsResult:  # fmt: skip
+    names = list(base_masks)
+    state = _read_state(out, config) if resume else None
+    if resume and state is None and comm.rank == 0:
+        warnings.warn(f"{out}: the PAGS run stopped before its first resume point; starting it "
+                      "again from candidate 1 with the same settings", stacklevel=3)  # fmt: skip
+    if state is not None:
+        stored_base = load_file(out / BASE_FILE, weights=False)
         if list(stored_base) != names or any(
             not torch.equal(stored_base[n], base_masks[n]) for n in names
         ):
             raise MaskFileError(out / BASE_FILE, "differs from this run's base mask; cannot resume")
-        best_ms = load(out / STATE_DIR / state["best_file"], weights=False)
+        rel = state["best_file"]
+        best_ms = load_file(out / (rel if "/" in rel else f"{STATE_DIR}/{rel}"), weights=False)
         best = {n: best_ms[n] for n in names}
         best_sc = Scores.from_dict(state["best_scores"])
         best_fp = dict(state["best_fp"])
@@ -349,20 +373,23 @@ def run_pags(
         changed, snapshots, next_t = False, [0], 1
         rows = [_row(0, base_scores, 0, config, numel, 0, best_sc)]
         if writer.active:
-            out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                out.mkdir(parents=True, exist_ok=True)
+                lock.acquire()
+                check_out_dir(out, "pags", resume=False)  # nobody started a run here meanwhile
             (out / SNAPSHOT_DIR).mkdir(exist_ok=True)
             (out / STATE_DIR).mkdir(exist_ok=True)
         comm.barrier()
         meta = {"pags": {"t": 0, "role": "base"}}
-        writer.json(RUN_FILE, {
-            "format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
+        writer.json(RUN_FILE, jsonable({
+            **run_header("pags"), "git": git_commit(), "config": config.to_dict(),
             "seed": config.seed, "versions": versions(), "world_size": comm.world,
             "layers": [{"name": n, "kind": kinds[n], "shape": list(base_masks[n].shape),
                         "base_nnz": counts[n]} for n in names],
             "base_density": sum(counts.values()) / numel, **(run_info or {}),
-        })  # fmt: skip
+        }))  # fmt: skip
         writer.save(BASE_FILE, base_masks, meta)
-        writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(0)}", base_masks, meta, weights=False)
+        writer.save(snapshot_file(0), base_masks, meta, weights=False)
         writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
         _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots, rows)
 
@@ -428,7 +455,7 @@ def run_pags(
             return {n: best[n] if s is None else masks[(s, n)] for n, s in st.items()}  # noqa: B023
 
         for u, st in snaps_here:  # masks only: θ is in base.safetensors and best.safetensors
-            writer.save(f"{SNAPSHOT_DIR}/{snapshot_name(u)}", state_of(st),
+            writer.save(snapshot_file(u), state_of(st),
                         {"pags": {"t": u, "role": "snapshot"}}, weights=False)  # fmt: skip
             snapshots.append(u)
         new_best = state_of(src)
@@ -460,13 +487,14 @@ def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, change
     if not writer.active:
         return
     writer.rows(rows)
-    best_file = f"best-{next_t:06d}.safetensors"
-    writer.save(f"{STATE_DIR}/{best_file}", best, weights=False)
+    best_file = state_best_file(next_t)
+    writer.save(best_file, best, weights=False)
     writer.json(STATE_FILE, {
-        "format": FORMAT, "version": FORMAT_VERSION, "config": config.to_dict(),
+        "format": STATE_FORMAT, "version": STATE_VERSION, "config": config.to_dict(),
         "next_t": next_t, "best_file": best_file, "best_scores": best_sc.to_dict(),
         "best_fp": best_fp, "changed": changed, "snapshots": snapshots,
     })  # fmt: skip
+    keep = (writer.out / best_file).name
     for old in (writer.out / STATE_DIR).glob("best-*.safetensors"):
-        if old.name != best_file:
+        if old.name != keep:
             old.unlink(missing_ok=True)

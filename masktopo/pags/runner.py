@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from ..errors import MaskFileError
+from ..runs import check_out_dir
 from .config import PagsConfig
-from .engine import PagsResult, check_out_dir, run_pags
+from .engine import PagsResult, require_parquet, run_pags
 from .sampling import RescoreSource, RewireSource, full_batches, generators, seed_for
 
 
@@ -26,17 +27,12 @@ def check_method(name: str):
 
 def load_warm_start(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
     """Load a checkpoint's weights into ``model``; a checkpoint for another model is an error."""
-    from ..store import _find_state_dict, _strip_wrapper_prefixes, _torch_load
+    from ..store import read_state_dict
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MaskFileError(path, "warm-start checkpoint not found")
-    obj = _torch_load(path)
-    state = _find_state_dict(obj)
-    if state is None:
-        raise MaskFileError(path, "no state dict in the warm-start checkpoint")
-    prefix = _strip_wrapper_prefixes(list(state))
-    state = {k[len(prefix) :]: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -121,7 +117,8 @@ def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: 
         stop=None) -> PagsResult:  # fmt: skip
     """Run PAGS as ``masktopo pags`` does: validate, build, then write ``out``."""
     out = Path(out)
-    check_out_dir(out, resume)
+    require_parquet()
+    check_out_dir(out, "pags", resume=resume)
     base, theta, source, info = prepare(config)
     return run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
                     stop=stop, run_info=info)  # fmt: skip

@@ -28,8 +28,6 @@ checksum across ranks. Only rank 0 writes the run directory.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import math
 import os
 import sys
@@ -37,23 +35,36 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .._version import __version__, versions
+from .._version import git_commit, versions
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
+from ..runs import (
+    RunLock,
+    RunWriter,
+    check_out_dir,
+    check_same_config,
+    read_checkpoint,
+    read_run_json,
+    write_checkpoint,
+)
+from ..runs.layout import CHECKPOINT_FILE, RUN_FILE
+from ..seeding import generator, seed_for
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
-from .recorder import Recorder
 
-CHECKPOINT_FILE = "checkpoint.pt"
-SUMMARY_FILE = "summary.json"
 CHECKPOINT_FORMAT = "masktopo.checkpoint"
-CHECKPOINT_VERSION = 1
+#: Version 2 added mid-epoch checkpoints (the epoch's running sums) and the events digest.
+CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSIONS = (1, 2)
 
 #: Environment variable for tests: ``os._exit(137)`` right after this global step (a hard kill).
 CRASH_ENV = "MASKTOPO_TEST_CRASH_AFTER_STEP"
+#: Environment variable for tests: ``"event:K:FILE"`` or ``"checkpoint:K:FILE"``: once event K
+#: (its number) or the K-th checkpoint of this process is on disk, create FILE and wait to be
+#: killed (a test sends SIGKILL at a known point of the run).
+HOLD_ENV = "MASKTOPO_TEST_HOLD"
 
 
 class TrainingError(MaskTopoError):
@@ -101,17 +112,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # small pure pieces
 # ---------------------------------------------------------------------------------------------
-def seed_for(seed: int, *parts: Any) -> int:
-    """A 63-bit seed derived from ``seed`` and a purpose (stable across runs and platforms)."""
-    text = ":".join(str(p) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
-
-
-def generator(seed: int, *parts: Any, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded by :func:`seed_for`."""
-    return torch.Generator(device=device).manual_seed(seed_for(seed, *parts))
-
-
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     r"""The learning rate of global step ``step`` (0-based): a pure function of the step.
 
@@ -220,36 +220,6 @@ def _reduce_sum(dist_info: _Dist, values: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # run directory
 # ---------------------------------------------------------------------------------------------
-def _git_hash() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    head = root / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (root / ".git" / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return None
-
-
-def check_out_dir(out: Path, resume: bool) -> None:
-    """Raise unless ``out`` can take a fresh run (``resume=False``) or holds one to resume."""
-    if resume:
-        if not (out / "run.json").is_file():
-            raise MaskFileError(out, "--resume: not a run directory (no run.json)")
-        if not (out / CHECKPOINT_FILE).is_file():
-            raise MaskFileError(out, f"--resume: no {CHECKPOINT_FILE} to resume from (the run "
-                                     "stopped before its first checkpoint; start it again)")  # fmt: skip
-        return
-    if out.exists() and not out.is_dir():
-        raise MaskFileError(out, "cannot write: it is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if (out / "run.json").exists():
-            raise MaskFileError(out, "already holds a run; pass --resume to continue it, or "
-                                     "choose another --out")  # fmt: skip
-        raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
-
-
 def resume_config(out: Path, **overrides) -> TrainConfig:
     """The config a run directory was started with, with the allowed ``overrides``.
 
@@ -259,31 +229,29 @@ def resume_config(out: Path, **overrides) -> TrainConfig:
         When run.json is unreadable or an override would change the result (only
         :data:`~masktopo.trainer.config.RESUMABLE_CHANGES` may differ).
     """
-    from ..store import _read_run_json
-
-    run = _read_run_json(out / "run.json")
+    out = Path(out)
+    check_out_dir(out, "train", resume=True)
+    run = read_run_json(out)
     saved = run.get("config", {})
     try:
-        cfg = from_dict(
-            {k: v for k, v in saved.items() if k in FIELDS}, where=str(out / "run.json")
-        )
+        cfg = from_dict({k: v for k, v in saved.items() if k in FIELDS}, where=str(out / RUN_FILE))
     except MaskTopoError as e:
-        raise MaskFileError(out / "run.json", f"invalid training config ({e})") from None
-    bad = [k for k, v in overrides.items() if k not in RESUMABLE_CHANGES and v != getattr(cfg, k)]
-    if bad:
-        diffs = ", ".join(f"{k}={overrides[k]!r} (run: {getattr(cfg, k)!r})" for k in bad)
-        raise MaskFileError(out, f"--resume: the run was started with other settings: {diffs}; "
-                                 f"only {', '.join(RESUMABLE_CHANGES)} may change")  # fmt: skip
+        raise MaskFileError(out / RUN_FILE, f"invalid training config ({e})") from None
+    ours = cfg.to_dict()
+    check_same_config(ours, {**ours, **cfg.replace(**overrides).to_dict()},
+                      allowed=RESUMABLE_CHANGES, where=f"{out}: --resume")  # fmt: skip
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def _load_checkpoint(path: Path) -> dict:
-    from ..store import _torch_load
-
-    ckpt = _torch_load(path)
+def _load_checkpoint(out: Path) -> dict | None:
+    """The run's checkpoint, checked; None when the run stopped before its first one."""
+    ckpt = read_checkpoint(out)
+    if ckpt is None:
+        return None
+    path = out / CHECKPOINT_FILE
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise MaskFileError(path, "is not a masktopo training checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
+    if ckpt.get("version") not in CHECKPOINT_VERSIONS:
         raise MaskFileError(path, f"checkpoint version {ckpt.get('version')!r} is not supported")
     for key in ("model", "optimizer", "sparsifier", "step", "epoch", "n_events", "config"):
         if key not in ckpt:
@@ -291,10 +259,18 @@ def _load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _save_checkpoint(path: Path, obj: dict) -> None:
-    from ..store import _atomic_write
-
-    _atomic_write(path, lambda f: torch.save(obj, f))
+def _hold(what: str, count: int, writer: RunWriter) -> None:
+    """The test hook of :data:`HOLD_ENV`: at the named point, flush, signal and wait."""
+    spec = os.environ.get(HOLD_ENV, "")
+    if not spec:
+        return
+    kind, _, rest = spec.partition(":")
+    n, _, marker = rest.partition(":")
+    if kind == what and n.isdigit() and int(n) == count:
+        writer.flush()
+        Path(marker).write_text(str(os.getpid()))
+        while True:
+            time.sleep(60)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +401,9 @@ def train(
         The run directory: new or empty for a fresh run, an existing run with ``resume``; None
         records nothing (for benchmarks).
     resume : bool
-        Continue the run in ``out`` from its last checkpoint.
+        Continue the run in ``out`` from its last checkpoint (from step 0 with the run's config
+        when it stopped before its first checkpoint). The events written after the checkpoint
+        are dropped and recorded again; the events up to it must be the ones it saw.
     progress : bool
         Show a progress bar on stderr (rank 0).
     callback : callable, optional
@@ -441,23 +419,38 @@ def train(
     MaskTopoError
         Bad config or names (before anything is written), a missing dataset, an unusable output
         directory, a corrupt checkpoint, a failed write (e.g. a full disk), a NaN loss
-        (:class:`TrainingError`). The run directory keeps its last complete event and checkpoint.
+        (:class:`TrainingError`), another process writing the same run. The run directory keeps
+        its last complete event and checkpoint.
     """
-    t_start = time.perf_counter()
     cfg = resolve(cfg)
     out_path = Path(out) if out is not None else None
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     # Under torchrun only rank 0 checks a fresh --out: it creates the directory, and another rank
     # checking later would find it taken (a failing rank 0 makes torchrun stop the others).
-    if out_path is not None and (resume or int(os.environ.get("RANK", "0")) == 0):
-        check_out_dir(out_path, resume)
-    ckpt = _load_checkpoint(out_path / CHECKPOINT_FILE) if resume else None
+    if out_path is not None and (resume or rank0):
+        check_out_dir(out_path, "train", resume=resume)
+    lock = RunLock(out_path) if out_path is not None and rank0 else None
+    if lock is not None and resume:
+        lock.acquire()  # before reading the checkpoint: no other process writes it meanwhile
+    try:
+        return _train(cfg, out_path, lock, resume=resume, progress=progress, callback=callback)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, resume: bool,
+           progress: bool, callback) -> TrainResult:  # fmt: skip
+    t_start = time.perf_counter()
+    ckpt = _load_checkpoint(out_path) if resume else None
     if ckpt is not None:
         saved = {k: v for k, v in ckpt["config"].items() if k in FIELDS}
         ours = cfg.to_dict()
-        bad = [k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != ours.get(k)]
-        if bad:
-            raise MaskFileError(out_path / CHECKPOINT_FILE, "belongs to a run with other "
-                                f"settings ({', '.join(bad)})")  # fmt: skip
+        check_same_config({**ours, **saved}, ours, allowed=RESUMABLE_CHANGES,
+                          where=out_path / CHECKPOINT_FILE)  # fmt: skip
+    elif resume and int(os.environ.get("RANK", "0")) == 0:
+        warnings.warn(f"{out_path}: the run stopped before its first checkpoint; starting it "
+                      "again from step 0 with its recorded config", stacklevel=3)  # fmt: skip
 
     device = _pick_device(cfg.device)
     if device.type == "cuda":
@@ -509,6 +502,7 @@ def train(
 
     step, epoch0, history = 0, 0, []
     n_events = 0
+    epoch_sums = None  # the running sums of the epoch a mid-epoch checkpoint was taken in
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
@@ -522,6 +516,8 @@ def train(
             masking.apply(optimizer)
         step, epoch0, n_events = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["n_events"])
         history = list(ckpt.get("history", []))
+        if "sums" in ckpt and dist_info.main:  # summed over the ranks: rank 0 carries them
+            epoch_sums = torch.as_tensor(ckpt["sums"], dtype=torch.float64)
         _set_rng_state(ckpt["rng"], device)
     else:
         torch.manual_seed(seed_for(cfg.seed, "torch-global"))
@@ -531,19 +527,22 @@ def train(
         raise MaskValidationError(f"the {cfg.method} start masks cover {sorted(masks)}, the "
                                   f"maskable layers are {layer_names}")  # fmt: skip
     writer = out_path is not None and dist_info.main
-    if writer and ckpt is None:
+    if writer and not resume:
         out_path.mkdir(parents=True, exist_ok=True)
-    recorder = Recorder(out_path if writer else None, n_events=n_events)
+        lock.acquire()
+        check_out_dir(out_path, "train", resume=False)  # nobody started a run here meanwhile
+    recorder = RunWriter(out_path if writer else None, n_events=n_events)
     done = {"steps": step}  # steps completed, as the events report them
+    n_checkpoints = 0
 
     def current_masks() -> dict[str, torch.Tensor]:
         if masking is not None:
             return {n: masking.masks[n] for n in layer_names}
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}
 
-    def record(kind: str, *, weights: bool | None = None, **scalars) -> None:
-        if weights is None:
-            weights = cfg.dump_weights == "all"
+    def record(kind: str, **scalars) -> None:
+        ends = kind in ("init", "final")
+        weights = cfg.dump_weights == "all" or (cfg.dump_weights == "ends" and ends)
         m = current_masks()
         if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m).to(device)):
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
@@ -555,8 +554,9 @@ def train(
             h = history[-1]
             latest = {k: h[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             latest["metrics_epoch"] = h["epoch"]
-        recorder.record(m, w, kind=kind, step=s, epoch=s / spe,
-                        scalars={**latest, **sparsifier.scalars(), **scalars})  # fmt: skip
+        k = recorder.record(m, w, kind=kind, step=s, epoch=s / spe,
+                            scalars={**latest, **sparsifier.scalars(), **scalars})  # fmt: skip
+        _hold("event", k, recorder)
 
     if writer:
         if ckpt is None:
@@ -567,12 +567,10 @@ def train(
             except MaskTopoError as e:  # an architecture the tracer does not know
                 warnings.warn(f"no layer graph in run.json: {e}", stacklevel=2)
                 graph = None
-            recorder.write_run_json({
-                "format": "masktopo.run",
-                "format_version": 1,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "masktopo_version": __version__,
-                "git": _git_hash(),
+            if resume:  # stopped before its first checkpoint: start again, events and all
+                recorder.truncate(0)
+            recorder.write_run_json("train", {
+                "git": git_commit(),
                 "config": cfg.to_dict(),
                 "seed": cfg.seed,
                 "seeds": {p: seed_for(cfg.seed, p) for p in
@@ -589,9 +587,9 @@ def train(
                 "graph": graph,
             })  # fmt: skip
         else:
-            recorder.truncate(n_events)
+            recorder.truncate(n_events, ckpt.get("events_digest"))
     if ckpt is None:
-        record("init", weights=True)
+        record("init")
 
     if device.type == "cpu" and dist_info.world == 1:
         train_model = model
@@ -610,16 +608,26 @@ def train(
         bar = tqdm(total=stop_step, initial=step, unit="step", dynamic_ncols=True,
                    file=sys.stderr, desc=f"{cfg.method} {cfg.model}")  # fmt: skip
 
-    def checkpoint() -> None:
+    def checkpoint(mid_epoch: bool = False) -> None:
+        nonlocal n_checkpoints
         recorder.flush()
+        # A mid-epoch checkpoint carries the epoch's running sums (over the ranks), so that the
+        # epoch's loss and accuracy come out as in an unbroken run.
+        partial = _reduce_sum(dist_info, sums.clone()).cpu() if mid_epoch else None
         if writer:
-            _save_checkpoint(out_path / CHECKPOINT_FILE, {
+            obj = {
                 "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "config": cfg.to_dict(), "step": step, "epoch": step // spe,
-                "n_events": recorder.n_events, "history": history,
+                "n_events": recorder.n_events, "events_digest": recorder.digest(),
+                "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "sparsifier": sparsifier.state_dict(), "rng": _rng_state(device),
-            })  # fmt: skip
+            }  # fmt: skip
+            if partial is not None:
+                obj["sums"] = partial
+            write_checkpoint(out_path, obj)
+        n_checkpoints += 1
+        _hold("checkpoint", n_checkpoints, recorder)
 
     crash_after = int(os.environ.get(CRASH_ENV, "-1"))
     sums = torch.zeros(3, dtype=torch.float64, device=device)
@@ -630,6 +638,9 @@ def train(
             t_epoch = time.perf_counter()
             sums.zero_()
             start_in_epoch = step - epoch * spe
+            if start_in_epoch and epoch_sums is not None:  # resumed from a mid-epoch checkpoint
+                sums.copy_(epoch_sums)
+            epoch_sums = None
             for x, y in data.epoch_batches(epoch, start_in_epoch):
                 if step >= stop_step:
                     stopped = True
@@ -670,8 +681,8 @@ def train(
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
                             f"the training loss is {mean_loss} at step {step} (epoch "
-                            f"{epoch + 1}); the last checkpoint (epoch {epoch}) and events are "
-                            "intact; lower --lr or check the data"
+                            f"{epoch + 1}); the last checkpoint and events are intact; lower "
+                            "--lr or check the data"
                         )
                     if bar is not None:
                         bar.update(step - bar.n)
@@ -686,6 +697,9 @@ def train(
                 if step == crash_after:
                     recorder.flush()
                     os._exit(137)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                        and step % spe and step < stop_step):  # fmt: skip
+                    checkpoint(mid_epoch=True)
             if stopped and step - epoch * spe < spe:
                 break
             # ---- end of a complete epoch: evaluate, checkpoint
@@ -693,7 +707,7 @@ def train(
             train_loss, train_acc = float(tr[0] / tr[2]), float(tr[1] / tr[2])
             if not math.isfinite(train_loss):
                 raise TrainingError(f"the training loss is {train_loss} in epoch {epoch + 1}; "
-                                    f"the last checkpoint (epoch {epoch}) is intact")  # fmt: skip
+                                    "the last checkpoint is intact")  # fmt: skip
             val_loss = val_acc = float("nan")
             last = epoch + 1 == cfg.epochs or step >= stop_step
             if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
@@ -712,22 +726,19 @@ def train(
                 break
         # ---- the end: a checkpoint (without the final event, which a resume records again)
         if stopped:
-            checkpoint()
+            checkpoint(mid_epoch=step % spe != 0)
         partial = None
         if stopped and float(sums[2]) > 0:  # stopped mid-epoch: that epoch's running means
             tr = _reduce_sum(dist_info, sums.clone())
             partial = {"train_loss": float(tr[0] / tr[2]), "train_acc": float(tr[1] / tr[2])}
         final = _final_metrics(model, data, dist_info, amp, partial or (history[-1] if history
                                else {}), sparsifier)  # fmt: skip
-        record("final", weights=True, **{k: v for k, v in final.items() if k != "R_s"})
+        record("final", **{k: v for k, v in final.items() if k != "R_s"})
         recorder.close()
-        if writer:
-            from ..store import _atomic_write_json
-
-            summary = {"steps": step, "epochs": step / spe, "n_events": recorder.n_events,
-                       "density": _density(masking, maskable), "final": final,
-                       "history": history}  # fmt: skip
-            _atomic_write_json(out_path / SUMMARY_FILE, summary)
+        recorder.write_summary({"steps": step, "epochs": step / spe,
+                                "n_events": recorder.n_events,
+                                "density": _density(masking, maskable), "final": final,
+                                "history": history})  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import masktopo
-from masktopo import store
+from masktopo import runs, store
 from masktopo.analysis import aggregate, analyze, metric_names
 from masktopo.analysis import runs as runs_mod
 from masktopo.analysis.runs import NETWORK, analyze_run
@@ -122,7 +122,7 @@ def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_table_matches_analyze_and_aggregate(run5):
     df = analyze_run(run5, workers=1, cache=False)
-    run = store.read_run(run5)
+    run = runs.read_run(run5)
     fixed = ["event", "step", "epoch", "kind", "layer", "kind_layer", "shape"]
     assert list(df.columns[:7]) == fixed
     assert list(df.columns[7 : 7 + len(metric_names())]) == metric_names()
@@ -286,7 +286,7 @@ def test_replaced_mask_file_with_the_same_line_is_recomputed(tmp_path, count_eve
     root = write_run(tmp_path / "run", masksets(2))
     analyze_run(root, workers=1)
     # Same nnz per layer (so the same events.jsonl line), other positions: a row permutation.
-    ms = store.read_run(root).load(1)
+    ms = runs.read_run(root).load(1)
     perm = {n: m[torch.arange(m.shape[0] - 1, -1, -1)] for n, m in ms.items()}
     path = root / "masks/event-000001.safetensors"
     st = path.stat()

@@ -68,7 +68,7 @@ def _assert_user_error(rc, err, *contains):
 
 
 def _no_staging_left(folder: Path) -> None:
-    assert not [p for p in folder.rglob(".masktopo-plot-*")], list(folder.rglob("*"))
+    assert not [p for p in folder.rglob(".masktopo-*")], list(folder.rglob("*"))
 
 
 def assert_png(path: Path) -> None:
@@ -342,28 +342,49 @@ def test_report_several_runs_names_corrupt_events_and_escapes_text(runs, tmp_pat
     assert any("#run-2" == v for _, k, v in p.refs if k == "href")
 
 
-@pytest.mark.parametrize("case", ["not-a-run", "no-folder", "out-is-a-folder", "bad-events"])
+@pytest.mark.parametrize(
+    "case", ["not-a-run", "no-folder", "out-is-a-folder", "out-is-run-json", "out-is-an-input"]
+)
 def test_report_bad_input_is_one_line_and_writes_nothing(case, runs, tmp_path, capsys):
     plain = tmp_path / "plain"
     plain.mkdir()
     out = tmp_path / "r.html"
     run = runs["full"]
-    if case == "bad-events":  # events.jsonl itself corrupt (not just an event file)
-        run = tmp_path / "badrun"
+    if case in ("out-is-run-json", "out-is-an-input"):  # a copy: the run itself must survive
+        run = tmp_path / "copy"
         shutil.copytree(runs["partial"], run)
-        with open(run / "events.jsonl", "a") as f:
-            f.write("{not json\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     argv, expect = {
         "not-a-run": ([run, plain, "--out", out], ("plain", "not a run directory")),
         "no-folder": ([run, "--out", tmp_path / "missing" / "r.html"], ("does not exist",)),
         "out-is-a-folder": ([run, "--out", plain], ("is a folder",)),
-        "bad-events": ([run, "--out", out], ("events.jsonl line 4",)),
+        "out-is-run-json": ([run, "--out", run / "run.json"], ("part of the run directory",)),
+        "out-is-an-input": ([run, "--out", run], ("is a folder",)),
     }[case]
     rc, stdout, err = _run(capsys, "report", *argv)
     _assert_user_error(rc, err, *expect)
     assert stdout == ""
     assert not out.exists() and list(plain.iterdir()) == []
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".r.html")]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_a_corrupt_line_of_events_jsonl_is_skipped_with_a_warning(command, runs, tmp_path, capsys):
+    """A run killed mid-write or a disk error leaves a bad line: the other events are used."""
+    run = tmp_path / "badrun"
+    shutil.copytree(runs["partial"], run)
+    lines = (run / "events.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = "{not json\n"  # a corrupt middle line
+    (run / "events.jsonl").write_text("".join(lines))
+    out = tmp_path / ("r.html" if command == "report" else "figs")
+    rc, _, err = _run(capsys, command, run, "--out", out, "--no-cache")
+    assert rc == 0, err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("masktopo: warning:")]
+    assert len(warnings) == 1 and "events.jsonl: skipping line 2: not valid JSON" in warnings[0]
+    assert out.exists()
+    if command == "report":
+        assert "line 2 of the event log skipped" in out.read_text()
 
 
 # ------------------------------------------------------------------------------------------------

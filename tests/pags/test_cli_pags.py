@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import masktopo
 from cli.main import main
-from masktopo import store
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["pags", "--model", "lenet300", "--dataset", "mnist", "--method", "erk"]
@@ -29,8 +29,8 @@ def test_small_run_writes_every_output_and_resumes(tmp_path, capsys):
     rc, text, err = _run(capsys, *argv)
     assert rc == 0, err
     assert "best: network score" in text
-    best = store.load(out / "best.safetensors")
-    assert best.has_weights and best.nnz() == store.load(out / "base.safetensors").nnz()
+    best = masktopo.load(out / "best.safetensors")
+    assert best.has_weights and best.nnz() == masktopo.load(out / "base.safetensors").nnz()
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "lenet300" and run["config"]["n"] == 6
     rc, _, err = _run(capsys, *argv)
@@ -104,7 +104,7 @@ def test_warm_start_for_another_model(tmp_path, capsys):
     rc, _, err = _run(capsys, *BASE, "--density", "0.1", "--n", "2", "--warm-start", str(good),
                       "--out", str(out))  # fmt: skip
     assert rc == 0, err
-    best = store.load(out / "best.safetensors")
+    best = masktopo.load(out / "best.safetensors")
     name = next(iter(best))
     assert torch.equal(best.weights[name], dict(model.named_parameters())[name].detach())
 
@@ -116,9 +116,9 @@ def test_synflow_runs_data_free_with_the_dataset_input_shape(tmp_path, capsys):
                       "--data-dir", str(tmp_path / "nothing-here"), "--method", "synflow",
                       "--density", "0.1", "--n", "2", "--out", str(out))  # fmt: skip
     assert rc == 0, err
-    base = store.load(out / "base.safetensors")
+    base = masktopo.load(out / "base.safetensors")
     assert base.nnz() == round(0.1 * base.numel())  # exact; the layer-wise best may drift (A11)
-    assert abs(store.load(out / "best.safetensors").density() - 0.1) < 0.01
+    assert abs(masktopo.load(out / "best.safetensors").density() - 0.1) < 0.01
 
 
 def test_random_methods_are_redrawn_without_weight_noise():

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from _stubs import dist_worker
 
-from masktopo import store
+import masktopo
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
@@ -37,7 +37,7 @@ def test_one_and_two_processes_agree(tmp_path):
     one = tmp_path / "w1"
     run_pags(base_mask(w, 0.3), w, NoisyMagnitude(w, 0.3, KW["seed"]), PagsConfig(**KW), out=one)
     two = _spawn(2, tmp_path, "w2")
-    b1, b2 = store.load(one / "best.safetensors"), store.load(two / "best.safetensors")
+    b1, b2 = masktopo.load(one / "best.safetensors"), masktopo.load(two / "best.safetensors")
     assert b1.equal(b2)
     pd.testing.assert_frame_equal(pd.read_parquet(one / "candidates.parquet"),
                                   pd.read_parquet(two / "candidates.parquet"))  # fmt: skip

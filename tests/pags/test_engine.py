@@ -8,10 +8,10 @@ import pytest
 import torch
 from _stubs import NoisyMagnitude, base_mask, theta
 
-from masktopo import store
+import masktopo
 from masktopo.errors import MaskFileError
 from masktopo.pags import PagsConfig, RewireSource, run_pags, score_candidates
-from masktopo.pags.engine import STATE_DIR, snapshot_name
+from masktopo.runs.layout import STATE_DIR, snapshot_file
 
 DENSITY = 0.3
 
@@ -37,7 +37,7 @@ def _run(w, base, out=None, **kw):
 @pytest.mark.parametrize("sampler", ["rescore", "rewire"])
 def test_never_below_base_under_its_own_criterion(w, base, tmp_path, selection, sampler):
     r = _run(w, base, tmp_path / "o", selection=selection, sampler=sampler)
-    saved = store.load(tmp_path / "o" / "best.safetensors")
+    saved = masktopo.load(tmp_path / "o" / "best.safetensors")
     assert saved.equal(r.best)
     # Re-score the saved best and the base from scratch.
     sb, s0 = score_candidates([saved], weights=w), score_candidates([base], weights=w)
@@ -72,13 +72,13 @@ def test_output_directory(w, base, tmp_path):
     r = _run(w, base, out)
     assert {p.name for p in out.iterdir()} >= {"best.safetensors", "base.safetensors",
                                                 "candidates.parquet", "run.json", "snapshots"}  # fmt: skip
-    best = store.load(out / "best.safetensors")
+    best = masktopo.load(out / "best.safetensors")
     assert best.has_weights and all(torch.equal(best.weights[n], w[n]) for n in w)
-    snap0 = store.load(out / "snapshots" / snapshot_name(0))
+    snap0 = masktopo.load(out / snapshot_file(0))
     assert not snap0.has_weights  # snapshots are masks only: θ is in base and best
-    assert store.load(out / "base.safetensors").without_weights().equal(snap0)
-    snaps = sorted(p.name for p in (out / "snapshots").iterdir())
-    assert snaps == [snapshot_name(t) for t in r.snapshots]
+    assert masktopo.load(out / "base.safetensors").without_weights().equal(snap0)
+    snaps = sorted(f"snapshots/{p.name}" for p in (out / "snapshots").iterdir())
+    assert snaps == [snapshot_file(t) for t in r.snapshots]
     assert all(t % 4 == 0 for t in r.snapshots)
     df = pd.read_parquet(out / "candidates.parquet")
     assert len(df) == 25 and {"t", "network_score", "accepted_layers", "fs", "density"} <= set(df)
@@ -105,12 +105,12 @@ def test_resume_equals_uninterrupted(w, base, tmp_path):
         if name.endswith(".parquet"):
             pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b))
         else:
-            assert store.load(a).equal(store.load(b))
+            assert masktopo.load(a).equal(masktopo.load(b))
     assert sorted(p.name for p in (tmp_path / "part" / "snapshots").iterdir()) == sorted(
         p.name for p in (tmp_path / "full" / "snapshots").iterdir())  # fmt: skip
-    with pytest.raises(MaskFileError, match="other settings: seed=11"):
+    with pytest.raises(MaskFileError, match=r"other settings: seed=12 \(run: 11\)"):
         run_pags(base, w, src, cfg.replace(seed=12), out=tmp_path / "part", resume=True)
-    with pytest.raises(MaskFileError, match="no PAGS run to resume"):
+    with pytest.raises(MaskFileError, match=r"--resume: not a run directory \(no run\.json\)"):
         run_pags(base, w, src, cfg, out=tmp_path / "none", resume=True)
 
 

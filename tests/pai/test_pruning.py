@@ -10,6 +10,7 @@ import torch
 from _toys import conv_batches, conv_net
 from torch import nn
 
+import masktopo
 from masktopo import pai
 from masktopo.errors import MaskValidationError, UnknownNameError
 from masktopo.masks import MaskSet
@@ -298,7 +299,7 @@ def test_maskset_round_trips_through_a_file(tmp_path):
     ms = _prune("iter-snip", 0.1)
     path = tmp_path / "m.safetensors"
     store.save(path, ms)
-    back = store.load(path)
+    back = masktopo.load(path)
     assert back.equal(ms) and back.meta["method"] == "iter-snip"
     assert back.meta["options"] == {"schedule": "exponential", "loss": "cross_entropy"}
 

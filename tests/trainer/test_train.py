@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import masktopo
-from masktopo import store
+from masktopo import runs, store
 from masktopo.errors import MaskFileError, MaskTopoError
 from masktopo.trainer import TrainConfig, TrainingError, resume_config, train
 from masktopo.trainer.loop import CHECKPOINT_FILE, CRASH_ENV, _mask_checksum
@@ -48,7 +48,7 @@ def test_short_fashion_mnist_training_learns_and_its_masks_analyze(tmp_path):
     res = train(cfg, tmp_path / "run")
     assert res.final["val_acc"] > 0.70  # chance is 0.10
     assert res.final["test_acc"] > 0.70
-    run = store.read_run(tmp_path / "run")
+    run = runs.read_run(tmp_path / "run")
     kinds = [e["kind"] for e in run.events]
     assert kinds[0] == "init" and kinds[-1] == "final" and kinds.count("update") == 4
     total = sum(math_prod(x.shape) for x in run.layers)
@@ -89,9 +89,9 @@ def test_kill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, method):
     assert p.returncode == 137
     ck = torch.load(tmp_path / "cut" / CHECKPOINT_FILE, weights_only=True)
     assert ck["step"] == spe and ck["epoch"] == 1
-    assert store.read_run(tmp_path / "cut").events[-1]["step"] > spe  # events after the checkpoint
+    assert runs.read_run(tmp_path / "cut").events[-1]["step"] > spe  # events after the checkpoint
     _masktopo("train", "--resume", tmp_path / "cut")
-    a, b = store.read_run(tmp_path / "whole"), store.read_run(tmp_path / "cut")
+    a, b = runs.read_run(tmp_path / "whole"), runs.read_run(tmp_path / "cut")
     strip = [{k: v for k, v in e.items() if k not in ("seconds",)} for e in a.events]
     assert [{k: v for k, v in e.items() if k != "seconds"} for e in b.events] == strip
     fa, fb = a.load(), b.load()
@@ -114,14 +114,16 @@ def test_resume_refuses_other_settings_and_bad_checkpoints(tmp_path):
     ck.write_bytes(ck.read_bytes()[:1000])  # truncated
     with pytest.raises(MaskFileError, match="truncated or corrupt checkpoint"):
         train(resume_config(tmp_path / "r"), tmp_path / "r", resume=True)
-    with pytest.raises(MaskFileError, match="already holds a run"):
+    with pytest.raises(MaskFileError, match="already holds a training run"):
         train(cfg, tmp_path / "r")
     with pytest.raises(MaskFileError, match=r"no run\.json"):
         train(cfg, tmp_path / "empty", resume=True)
 
 
 def test_full_disk_while_dumping_leaves_the_run_consistent(tmp_path, monkeypatch):
-    real_save = store.save
+    from masktopo.runs import writer as writer_module
+
+    real_save = writer_module.save
     calls = {"n": 0}
 
     def save(path, ms, **kw):
@@ -130,11 +132,11 @@ def test_full_disk_while_dumping_leaves_the_run_consistent(tmp_path, monkeypatch
             raise MaskFileError(path, "cannot write ([Errno 28] No space left on device)")
         return real_save(path, ms, **kw)
 
-    monkeypatch.setattr(store, "save", save)
+    monkeypatch.setattr(writer_module, "save", save)
     cfg = TrainConfig(method="set", density=0.3, epochs=2, update_interval=10, **SPIRAL)
     with pytest.raises(MaskFileError, match="No space left"):
         train(cfg, tmp_path / "r")
-    run = store.read_run(tmp_path / "r")
+    run = runs.read_run(tmp_path / "r")
     assert run.n_events == 2
     for k in range(2):
         run.load(k)  # every recorded event is complete
@@ -146,7 +148,7 @@ def test_nan_loss_is_a_clear_error(tmp_path):
                       "optimizer": "sgd", "nesterov": False, "momentum": 0.0})  # fmt: skip
     with pytest.raises(TrainingError, match="training loss is"):
         train(cfg, tmp_path / "r")
-    run = store.read_run(tmp_path / "r")
+    run = runs.read_run(tmp_path / "r")
     assert run.events[0]["kind"] == "init"
 
 
@@ -162,7 +164,7 @@ def test_static_trains_a_mask_file_with_its_weights(tmp_path):
     cfg = TrainConfig(method="static", init_masks=str(tmp_path / "m.safetensors"),
                       density=0.5, epochs=1, max_steps=1, **SPIRAL)  # fmt: skip
     train(cfg, tmp_path / "r")
-    init = store.load(tmp_path / "r", event=0)
+    init = masktopo.load(tmp_path / "r", event=0)
     for n in masks:
         assert torch.equal(init[n], masks[n])
         assert torch.equal(init.weights[n], weights[n])
@@ -194,7 +196,7 @@ def test_torchrun_two_processes_keep_masks_identical(tmp_path):
     p = subprocess.run([shutil.which("torchrun"), *args], capture_output=True, text=True,
                        env=_env(), timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
-    run = store.read_run(tmp_path / "ddp")
+    run = runs.read_run(tmp_path / "ddp")
     assert run.config["world_size"] == 2
     kinds = [e["kind"] for e in run.events]
     assert kinds.count("update") >= 2 and kinds[-1] == "final"
@@ -235,8 +237,8 @@ def test_pags_warm_start_from_a_short_dense_training(tmp_path):
     _masktopo("pags", "--model", "spiral-mlp", "--dataset", "cubist-spiral", "--method", "erk",
               "--density", "0.3", "--n", "2", "--warm-start", tmp_path / "warm" / "checkpoint.pt",
               "--out", tmp_path / "pags")  # fmt: skip
-    trained = store.load(tmp_path / "warm")  # the dense run's final weights (all-ones masks)
-    best = store.load(tmp_path / "pags" / "best.safetensors")
+    trained = masktopo.load(tmp_path / "warm")  # the dense run's final weights (all-ones masks)
+    best = masktopo.load(tmp_path / "pags" / "best.safetensors")
     for name, mask in best.items():
         assert mask.any()
         assert torch.equal(best.weights[name][mask], trained.weights[name][mask])
@@ -256,4 +258,4 @@ def test_weights_diverging_before_a_mask_update_is_a_training_error(tmp_path):
 
     with pytest.raises(TrainingError, match="NaN or infinite before the mask update at step 10"):
         train(cfg, tmp_path / "r", callback=poison)
-    assert store.read_run(tmp_path / "r").events[0]["kind"] == "init"
+    assert runs.read_run(tmp_path / "r").events[0]["kind"] == "init"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ...errors import MaskValidationError
-from ..loop import generator as seeded_generator
+from ...seeding import generator as seeded_generator
 from ..masking import Masking
 
 __all__ = ["Record", "Sparsifier"]
@@ -44,7 +44,7 @@ class Sparsifier:
     ----------
     generator : torch.Generator
         The method's own random stream (ties, random growth), on ``device``, seeded from
-        ``cfg.seed`` and the purpose ``"updates"`` (:func:`masktopo.trainer.loop.generator`), so
+        ``cfg.seed`` and the purpose ``"updates"`` (:func:`masktopo.seeding.generator`), so
         it is independent of the generator that draws the start masks.
     """
 

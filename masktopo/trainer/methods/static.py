@@ -56,7 +56,7 @@ class Static(Sparsifier):
         return {n: ms[n].to(p.device) for n, p in maskable.items()}, None
 
     def _from_file(self, model, maskable):
-        from ...store import load
+        from ...inputs import load
 
         path = self.cfg.init_masks
         ms = load(path)

@@ -1,0 +1,133 @@
+"""Checks before a command writes: is ``--out`` free for a new run, or a run to resume; does a
+resume keep the run's settings; is an output file neither an input nor part of a run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import MaskFileError
+from ..files import check_not_inputs, input_path, writable_file
+from .layout import LOCK_FILE, RUN_FILE, run_parts
+from .reader import read_run_json
+
+__all__ = ["check_out_dir", "check_output", "check_same_config", "run_kind"]
+
+#: How messages name the kinds of run.
+_NAMES = {"train": "training", "pags": "PAGS", "?": "(unreadable)"}
+
+
+def run_kind(path: Path) -> str | None:
+    """The kind of the run in folder ``path`` (``"train"``, ``"pags"``), or None when it holds
+    no run.json. A run.json that cannot be read counts as a run of unknown kind (``"?"``)."""
+    if not (path / RUN_FILE).exists():
+        return None
+    try:
+        return read_run_json(path)["kind"]
+    except MaskFileError:
+        return "?"
+
+
+def check_out_dir(out: str | os.PathLike, kind: str, *, resume: bool) -> Path:
+    """``out`` as a Path, when it can take a new run of ``kind`` (``resume=False``: a new or
+    empty folder),
+    or holds a run of ``kind`` to resume (with or without a checkpoint).
+
+    Raises
+    ------
+    MaskFileError
+        ``already holds a train run; pass --resume ...``; ``holds a train run, not a pags run``;
+        ``is not empty``; ``not a run directory (no run.json)``; ``is a file``.
+    """
+    out = Path(os.fspath(out))
+    if out.exists() or out.is_symlink():
+        out = input_path(out)  # a symlink loop, a FIFO, ...: one clear line
+        if not out.is_dir():
+            raise MaskFileError(out, "cannot write a run there: it is a file, not a folder")
+    found = run_kind(out) if out.is_dir() else None
+    if resume:
+        if found is None:
+            raise MaskFileError(out, f"--resume: not a run directory (no {RUN_FILE})")
+        if found != kind:
+            raise MaskFileError(out, f"--resume: holds a {_NAMES[found]} run, not a "
+                                     f"{_NAMES[kind]} run")  # fmt: skip
+        return out
+    if found is not None:
+        if found == kind:
+            raise MaskFileError(out, f"already holds a {_NAMES[kind]} run; pass --resume to "
+                                     "continue "
+                                     "it, or choose another --out")  # fmt: skip
+        raise MaskFileError(out, f"holds a {_NAMES[found]} run; a {_NAMES[kind]} run needs a "
+                                 "new or empty "
+                                 "folder: choose another --out")  # fmt: skip
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
+    return out
+
+
+def check_same_config(
+    saved: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    allowed: Iterable[str],
+    where: str | os.PathLike,
+) -> None:
+    """Raise unless ``new`` equals ``saved`` in every key but the ``allowed`` ones.
+
+    Raises
+    ------
+    MaskFileError
+        ``<where>: the run was started with other settings: density=0.5 (run: 0.2); only
+        device, data_dir may change``.
+    """
+    allowed = tuple(allowed)
+    diffs = [f"{k}={new.get(k)!r} (run: {saved.get(k)!r})"
+             for k in sorted(set(saved) | set(new))
+             if k not in allowed and saved.get(k) != new.get(k)]  # fmt: skip
+    if diffs:
+        raise MaskFileError(
+            where,
+            f"the run was started with other settings: {', '.join(diffs)}; only "
+            f"{', '.join(allowed)} may change",
+        )
+
+
+def _inside_run(path: Path) -> tuple[Path, str] | None:
+    """``(run directory, part)`` when ``path`` is one of the files or folders of a run (its
+    run.json, events.jsonl, a mask file under masks/, ...), else None."""
+    p = Path(os.path.realpath(path))
+    for parent in p.parents:
+        rel = p.relative_to(parent)
+        if (parent / RUN_FILE).is_file() and rel.parts[0] in run_parts():
+            return parent, rel.parts[0]
+    return None
+
+
+def check_output(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "the output"
+) -> Path:
+    """``out`` as a Path, when it can be written (:func:`masktopo.files.writable_file`) and
+    writing it replaces no input and no part of a run directory.
+
+    A report or table may be written *into* a run directory (``run/report.html``), but not over
+    the files that make the run (``run/run.json``, ``run/events.jsonl``, ``run/masks/...``).
+
+    Raises
+    ------
+    MaskFileError
+        ``is also an input of this command ...``; ``is part of the run directory RUN (its
+        run.json) ...``.
+    """
+    out = writable_file(out, what)
+    check_not_inputs(out, inputs)
+    found = _inside_run(out)
+    if found is not None:
+        run, part = found
+        raise MaskFileError(
+            out,
+            f"is part of the run directory {str(run)!r} (its {part}); writing it would damage "
+            "the run: choose another output",
+        )
+    return out

@@ -1,0 +1,340 @@
+"""Reading run directories: ``run.json``, ``events.jsonl`` and the events' mask files.
+
+A bad line of ``events.jsonl`` (a run killed mid-write, a disk error, a line written twice) is
+skipped with one warning naming the line, so that every other event stays readable; a strict read
+(:func:`read_run` ``(strict=True)``, what a resumed run checks its log with) raises instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import MaskFileError, MaskValidationError
+from ..files import input_path, os_problem
+from ..masks import LayerInfo, MaskSet
+from ..store import describe_layers, parse_layers, read_file
+from .layout import (
+    EVENTS_FILE,
+    KINDS,
+    LEGACY_PAGS_FORMAT,
+    RUN_FILE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSIONS,
+    SUMMARY_FILE,
+)
+
+__all__ = ["EVENT_FIELDS", "Run", "read_run", "read_run_json"]
+
+_CUT_OFF = "a write cut off by a stopped run"
+#: Keys of an events.jsonl line that describe the event rather than measure it.
+EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_event_arg(event: Any) -> None:
+    """``event`` must be an int or None."""
+    if event is not None and not _is_int(event):
+        raise MaskValidationError(f"event must be an integer or None, not {event!r}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The run directory.
+    config : dict
+        The whole of ``run.json`` (``format``, ``kind``, ``created``, ``masktopo_version``, the
+        resolved ``config``, ``seed``, ``layers``, ...).
+    events : list of dict
+        The readable lines of ``events.jsonl`` in order, each with its ``event`` number (0, 1,
+        ... with a gap only where a bad line was skipped).
+    skipped : list of (int, str)
+        ``(line number, problem)`` of every line of ``events.jsonl`` that was skipped.
+    """
+
+    path: Path
+    config: dict
+    events: list[dict]
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """What wrote the run: ``"train"``, ``"pags"``, ... (run.json's ``kind``)."""
+        return self.config.get("kind", "train")
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The masked layers listed in ``run.json``, in order."""
+        return [LayerInfo(d["name"], d["kind"], tuple(d["shape"])) for d in self.config["layers"]]
+
+    @property
+    def n_events(self) -> int:
+        return len(self.events)
+
+    @property
+    def numbers(self) -> list[int]:
+        """The event numbers of :attr:`events`, in order."""
+        return list(self._positions)
+
+    @functools.cached_property
+    def _positions(self) -> dict[int, int]:
+        return {ev["event"]: i for i, ev in enumerate(self.events)}
+
+    def index(self, event: int | None = None) -> int:
+        """The position in :attr:`events` of ``event``: its number when >= 0, the last when
+        None, counted from the end when negative."""
+        check_event_arg(event)
+        n = len(self.events)
+        if n == 0:
+            raise MaskFileError(
+                self.path, f"the run has no mask events yet ({EVENTS_FILE} is missing or empty)"
+            )
+        if event is None:
+            return n - 1
+        if event < 0:
+            if event < -n:
+                raise self._out_of_range(event)
+            return n + event
+        if event in self._positions:
+            return self._positions[event]
+        if event < self.events[-1]["event"]:
+            raise MaskFileError(
+                self.path,
+                f"event {event} is not readable: its line of {EVENTS_FILE} was skipped as bad",
+            )
+        raise self._out_of_range(event)
+
+    def _out_of_range(self, event: int) -> MaskFileError:
+        n, last = len(self.events), self.events[-1]["event"]
+        return MaskFileError(
+            self.path,
+            f"event {event} is out of range: the run has {n} event(s), valid are 0..{last} "
+            f"(or {-n}..-1 from the end)",
+        )
+
+    def event(self, event: int | None = None) -> dict:
+        """The events.jsonl line of ``event`` (as :meth:`index`)."""
+        return self.events[self.index(event)]
+
+    def event_path(self, event: int | None = None) -> Path:
+        """The mask file of ``event``."""
+        return self.path / self.event(event)["file"]
+
+    def load(self, event: int | None = None, weights: bool = True) -> MaskSet:
+        """The MaskSet of ``event`` (None: the last), with weights when dumped and ``weights``."""
+        return self.read(event, weights=weights)[0]
+
+    def read(self, event: int | None, *, weights: bool) -> tuple[MaskSet, bool]:
+        """``(MaskSet, whether its file has weights)`` of ``event``, checked against the run."""
+        ev = self.event(event)
+        k = ev["event"]
+        file = self.path / ev["file"]
+        if not file.is_file():
+            raise MaskFileError(file, f"the mask file of event {k} is missing")
+        ms, _, has_weights = read_file(file, weights=weights)
+        if ms.layers() != self.layers:
+            raise MaskFileError(
+                file,
+                f"the layers of event {k} do not match {RUN_FILE} "
+                f"({describe_layers(ms.layers())} vs {describe_layers(self.layers)})",
+            )
+        if has_weights != ev["has_weights"]:
+            raise MaskFileError(
+                file,
+                f"{EVENTS_FILE} says event {k} has_weights={ev['has_weights']}, the file "
+                f"{'has' if has_weights else 'has no'} weights",
+            )
+        nnz = {n: int(np.count_nonzero(m.numpy())) for n, m in ms.items()}
+        for name, count in ev["nnz"].items():
+            if nnz[name] != count:
+                raise MaskFileError(
+                    file,
+                    f"layer {name!r}: the mask has {nnz[name]} nonzeros, {EVENTS_FILE} records "
+                    f"{count} for event {k}",
+                )
+        ms.meta = {**ms.meta, "run": str(self.path), "event": dict(ev)}
+        return ms, has_weights
+
+    def summary(self) -> dict | None:
+        """``summary.json`` (history and final metrics) when the run finished, else None.
+
+        Raises
+        ------
+        MaskFileError
+            When the file exists but cannot be read or is not a JSON object.
+        """
+        f = self.path / SUMMARY_FILE
+        if not f.exists():
+            return None
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise MaskFileError(f, f"cannot read ({os_problem(e)})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MaskFileError(f, f"not valid JSON ({' '.join(str(e).split())})") from None
+        if not isinstance(data, dict):
+            raise MaskFileError(f, "not a JSON object")
+        return data
+
+
+def read_run_json(path: str | os.PathLike) -> dict:
+    """``run.json`` of the run directory ``path``, checked; ``kind`` filled in for the runs of
+    format version 1 (training runs, and PAGS runs of the legacy ``masktopo.pags`` format)."""
+    p = Path(os.fspath(path))
+    run_file = p / RUN_FILE
+    try:
+        config = json.loads(run_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})") from None
+    except OSError as e:
+        raise MaskFileError(run_file, f"cannot read ({os_problem(e)})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MaskFileError(run_file, f"not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise MaskFileError(run_file, "not a JSON object")
+    if config.get("format") == LEGACY_PAGS_FORMAT and config.get("version") == 1:
+        config = {**config, "format": RUN_FORMAT, "format_version": 1, "kind": "pags"}
+    if config.get("format") != RUN_FORMAT:
+        raise MaskFileError(
+            run_file, f"'format' is {config.get('format')!r}, expected {RUN_FORMAT!r}"
+        )
+    version = config.get("format_version")
+    if version not in RUN_FORMAT_VERSIONS or isinstance(version, bool):
+        raise MaskFileError(
+            run_file,
+            f"format_version {version!r} is not supported: masktopo {__version__} reads "
+            f"versions {', '.join(map(str, RUN_FORMAT_VERSIONS))}",
+        )
+    kind = config.setdefault("kind", "train")
+    if kind not in KINDS:
+        raise MaskFileError(run_file, f"'kind' is {kind!r}, not one of {', '.join(KINDS)}")
+    if not isinstance(config.get("config", {}), dict):
+        raise MaskFileError(run_file, "'config' is not a JSON object")
+    parse_layers(run_file, config.get("layers"), nnz=False)
+    return config
+
+
+def read_run(path: str | os.PathLike, *, strict: bool = False) -> Run:
+    """Read and check a run directory's ``run.json`` and ``events.jsonl``.
+
+    Event mask files are read only by :meth:`Run.load`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The run directory.
+    strict : bool
+        Raise on any bad line of ``events.jsonl``. By default a bad line is skipped with a
+        warning naming it (``<run>/events.jsonl: skipping line N: <problem>``), and the last line
+        when it was cut off by a stopped run (no trailing newline, not JSON) is ignored with a
+        warning; the other events stay readable.
+
+    Raises
+    ------
+    MaskFileError
+        When ``path`` is not a run directory or ``run.json`` is invalid; with ``strict``, also
+        for a bad line (message ``"<dir>: events.jsonl line N: ..."``).
+    """
+    p = input_path(path)
+    if not p.is_dir():
+        raise MaskFileError(p, "not a run directory")
+    config = read_run_json(p)
+    layers = {d["name"]: math.prod(d["shape"]) for d in config["layers"]}
+    events_file = p / EVENTS_FILE
+    events: list[dict] = []
+    skipped: list[tuple[int, str]] = []
+    if not events_file.exists():
+        return Run(p, config, events, skipped)
+    try:
+        data = events_file.read_bytes()
+    except OSError as e:
+        raise MaskFileError(events_file, f"cannot read ({os_problem(e)})") from None
+    lines = data.split(b"\n")
+    partial = bool(lines[-1].strip())  # the last line has no newline: maybe cut off
+    if not partial:
+        lines.pop()  # b"" after the final newline
+    prev, gap = -1, 0  # the last good event's number; bad lines since then
+    for i, raw in enumerate(lines, start=1):
+        try:
+            obj = _parse(p, i, raw, prev, gap, layers, cut_off=partial and i == len(lines))
+        except MaskFileError as e:
+            problem = e.problem.split(": ", 1)[1] if ": " in e.problem else e.problem
+            cut_off = problem == _CUT_OFF
+            if strict and not cut_off:
+                raise
+            skipped.append((i, problem))
+            if cut_off:
+                msg = f"ignoring line {i}, a write cut off by a stopped run"
+            else:
+                msg = f"skipping line {i}: {problem}"
+            warnings.warn(f"{events_file}: {msg}", stacklevel=2)
+            gap += 1
+            continue
+        events.append(obj)
+        prev, gap = obj["event"], 0
+    return Run(p, config, events, skipped)
+
+
+def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, *,
+           cut_off: bool) -> dict:  # fmt: skip
+    def bad(problem: str) -> MaskFileError:
+        return MaskFileError(run, f"{EVENTS_FILE} line {line}: {problem}")
+
+    if not raw.strip():
+        raise bad("empty line")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if cut_off:
+            raise bad(_CUT_OFF) from None
+        raise bad(f"not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise bad("not a JSON object")
+    for key in ("event", "step", "epoch", "kind", "file", "has_weights", "nnz", "density"):
+        if key not in obj:
+            raise bad(f"missing key {key!r}")
+    k = obj["event"]
+    if not _is_int(k) or not prev + 1 <= k <= prev + 1 + gap:
+        want = f"{prev + 1}" if not gap else f"{prev + 1}..{prev + 1 + gap}"
+        raise bad(f"'event' is {k!r}, expected {want} (events count from 0, one per line)")
+    for key in ("step", "epoch"):
+        v = obj[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise bad(f"{key!r} is {v!r}, not a number or null")
+    if not isinstance(obj["kind"], str) or not obj["kind"]:
+        raise bad(f"'kind' is {obj['kind']!r}, not a non-empty string")
+    file = obj["file"]
+    if not isinstance(file, str) or not file:
+        raise bad(f"'file' is {file!r}, not a path")
+    rel = PurePosixPath(file)
+    if rel.is_absolute() or ".." in rel.parts or "\\" in file or ":" in file:
+        raise bad(f"'file' {file!r} is not a relative path inside the run directory")
+    if not isinstance(obj["has_weights"], bool):
+        raise bad(f"'has_weights' is {obj['has_weights']!r}, not true/false")
+    nnz = obj["nnz"]
+    if not isinstance(nnz, dict) or set(nnz) != set(layers):
+        got = sorted(nnz) if isinstance(nnz, dict) else nnz
+        raise bad(f"'nnz' must map each layer of {RUN_FILE} to a count, got {got!r}")
+    for name, count in nnz.items():
+        if not _is_int(count) or not 0 <= count <= layers[name]:
+            raise bad(f"'nnz' of layer {name!r} is {count!r}, not a count in 0..{layers[name]}")
+    d = obj["density"]
+    if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:
+        raise bad(f"'density' is {d!r}, not a number in [0, 1]")
+    return obj

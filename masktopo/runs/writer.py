@@ -1,0 +1,259 @@
+"""Writing run directories: run.json, mask events, checkpoints and summaries.
+
+Crash safety: ``run.json`` is written (atomically) before anything else; each event's mask file is
+written atomically *before* its line is appended to ``events.jsonl``, and the line is appended
+with one ``write`` and fsynced, so a stopped run leaves complete events only (a cut-off last line
+is ignored by the reader). A resumed run drops the events written after its checkpoint
+(:meth:`RunWriter.truncate`), after checking that the events up to the checkpoint are the ones the
+checkpoint saw (:meth:`RunWriter.digest`).
+
+Off the critical path: :meth:`RunWriter.record` only copies the masks (and the kept weights) to
+host memory; packing, counting and writing happen in one background thread, in order. An error
+there (a full disk) is raised by the next :meth:`~RunWriter.record`, :meth:`~RunWriter.flush` or
+:meth:`~RunWriter.close`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..errors import MaskFileError
+from ..files import atomic_write_bytes, atomic_write_json, os_problem
+from ..masks import MaskSet
+from ..store import save, torch_bytes, torch_load
+from .layout import (
+    CHECKPOINT_FILE,
+    EVENTS_FILE,
+    MASKS_DIR,
+    RUN_FILE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    SUMMARY_FILE,
+    event_file,
+    event_index,
+)
+
+__all__ = [
+    "RunWriter",
+    "jsonable",
+    "read_checkpoint",
+    "run_header",
+    "write_checkpoint",
+]
+
+#: What the mask file of an event holds besides the masks (``dump_weights`` of a training run).
+WEIGHT_DUMPS = ("all", "ends", "none")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with tensors as numbers or lists, NaN as None, tuples as lists, keys as str."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def run_header(kind: str) -> dict[str, Any]:
+    """The keys every run.json starts with: format, version, kind, creation time, version."""
+    return {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "kind": kind,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "masktopo_version": __version__,
+    }
+
+
+def write_checkpoint(run: Path, obj: dict) -> None:
+    """Write the run's resume point atomically (serialized in memory first, so that a full disk
+    is one clear error and the previous checkpoint stays intact)."""
+    atomic_write_bytes(run / CHECKPOINT_FILE, torch_bytes(obj))
+
+
+def read_checkpoint(run: Path) -> Any | None:
+    """The run's checkpoint (read with ``weights_only=True``), or None when it has none."""
+    path = run / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    return torch_load(path)
+
+
+class RunWriter:
+    """Write one run directory (a no-op writer when ``out`` is None).
+
+    Parameters
+    ----------
+    out : pathlib.Path or None
+        The run directory (it must exist).
+    n_events : int
+        Events already in the directory (a resumed run continues the numbering).
+    background : bool
+        Pack and write events in a background thread (default); False writes synchronously.
+    """
+
+    def __init__(self, out: Path | None, *, n_events: int = 0, background: bool = True):
+        self.out = out
+        self.n_events = n_events
+        self._background = background
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+        self._digest = hashlib.sha256()  # of the events.jsonl lines of events 0 .. n_events-1
+
+    # -- run.json and summary.json -------------------------------------------------------------
+    def write_run_json(self, kind: str, fields: dict) -> None:
+        """Write ``run.json``: :func:`run_header` ``(kind)`` and ``fields``, atomically."""
+        if self.out is not None:
+            atomic_write_json(self.out / RUN_FILE, jsonable({**run_header(kind), **fields}))
+
+    def write_summary(self, summary: dict) -> None:
+        """Write ``summary.json`` (history and final metrics) atomically."""
+        if self.out is not None:
+            atomic_write_json(self.out / SUMMARY_FILE, jsonable(summary))
+
+    # -- events --------------------------------------------------------------------------------
+    def record(
+        self,
+        masks: dict[str, torch.Tensor],
+        weights: dict[str, torch.Tensor] | None,
+        *,
+        kind: str,
+        step: int,
+        epoch: float,
+        scalars: dict[str, Any] | None = None,
+    ) -> int:
+        """Record one event; returns its index. Copies to host now, writes in the background.
+
+        ``weights`` (when given) are stored at the kept positions of the masks only, as
+        float32; reading the event gives them back dense, zero where the mask is.
+        """
+        self._raise_failed()
+        k = self.n_events
+        self.n_events += 1
+        if self.out is None:
+            return k
+        host_masks = {n: m.detach().to("cpu", torch.bool, copy=True) for n, m in masks.items()}
+        host_w = None
+        if weights is not None:  # gathered on the device: only the kept values travel
+            host_w = {n: w.detach()[masks[n].to(torch.bool)].to("cpu", torch.float32, copy=True)
+                      for n, w in weights.items()}  # fmt: skip
+        line = {"event": k, "step": int(step), "epoch": float(epoch), "kind": kind}
+        job = (k, host_masks, host_w, line, jsonable(scalars or {}))
+        if not self._background:
+            self._write(*job)
+            return k
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, "masktopo-run-writer")
+        self._pending.append(self._pool.submit(self._write, *job))
+        return k
+
+    def _write(self, k, masks, kept, line, extra) -> None:
+        weights = None
+        if kept is not None:
+            weights = {}
+            for n, m in masks.items():
+                w = torch.zeros(m.shape, dtype=torch.float32)
+                w.reshape(-1)[m.reshape(-1)] = kept[n]
+                weights[n] = w
+        ms = MaskSet(masks, weights=weights)
+        rel = event_file(k)
+        (self.out / MASKS_DIR).mkdir(exist_ok=True)
+        save(self.out / rel, ms, weights="kept")
+        nnz = ms.nnz_per_layer()
+        numel = sum(m.numel() for m in masks.values())
+        full = {
+            **line,
+            "file": rel,
+            "has_weights": weights is not None,
+            "nnz": nnz,
+            "density": (sum(nnz.values()) / numel) if numel else 1.0,
+            **extra,
+        }
+        data = (json.dumps(full) + "\n").encode("utf-8")
+        path = self.out / EVENTS_FILE
+        try:
+            with self._lock, open(path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                self._digest.update(data)
+        except OSError as e:
+            raise MaskFileError(path, f"cannot append event {k} ({os_problem(e)})") from None
+
+    def digest(self) -> str:
+        """SHA-256 of the events.jsonl lines of the events recorded so far (call :meth:`flush`
+        first): a checkpoint keeps it, and :meth:`truncate` checks it on resume."""
+        with self._lock:
+            return self._digest.hexdigest()
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            f.result()  # re-raises a failed write
+
+    def flush(self) -> None:
+        """Wait until every recorded event is on disk (raises a failed write's error)."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def close(self) -> None:
+        """Flush and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def truncate(self, n_events: int, digest: str | None = None) -> None:
+        """Keep only events ``0 .. n_events-1`` (on resume): rewrite events.jsonl atomically
+        and delete later mask files.
+
+        Raises
+        ------
+        MaskFileError
+            When events.jsonl holds fewer events, or (``digest`` given) other events than the
+            checkpoint saw: another process wrote the run, or it was edited.
+        """
+        self.n_events = n_events
+        if self.out is None:
+            return
+        path = self.out / EVENTS_FILE
+        lines = path.read_bytes().split(b"\n") if path.exists() else []
+        kept = [ln for ln in lines if ln.strip()][:n_events]
+        if len(kept) < n_events:
+            raise MaskFileError(path, f"has {len(kept)} events, the checkpoint expects {n_events}")
+        data = b"".join(ln + b"\n" for ln in kept)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise MaskFileError(
+                path,
+                f"its first {n_events} events are not the ones the checkpoint saw (another "
+                "process wrote this run, or the file was edited); cannot resume",
+            )
+        if data != b"".join(ln + b"\n" for ln in lines if ln.strip()) or not lines[-1:] == [b""]:
+            atomic_write_bytes(path, data)
+        with self._lock:
+            self._digest = hashlib.sha256(data)
+        masks_dir = self.out / MASKS_DIR
+        if masks_dir.is_dir():
+            for p in masks_dir.iterdir():
+                k = event_index(p.name)
+                if k is not None and k >= n_events:
+                    p.unlink(missing_ok=True)

@@ -1,0 +1,127 @@
+"""PyTorch checkpoints: read with ``weights_only=True`` (no code in a file ever runs), written as
+``torch.nn.utils.prune``-style state dicts (docs/formats.md)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MaskFileError
+from ..masks import MaskSet
+from .common import cpu_weights, short
+from .foreign import STATE_DICT_KEYS, find_state_dict, interpret
+
+#: Parts of torch's weights-only unpickler messages that mean "this object is not allowed".
+_OBJECT_ERRORS = (
+    "GLOBAL",
+    "Can only create new object",
+    "call reduce",
+    "Can only build",
+    "imported",
+)
+#: torch's message for a global from a module it never allows (os, posix, nt, sys); it has no
+#: "WeightsUnpickler error:" part, so _OBJECT_ERRORS does not see it.
+_BLOCKED_GLOBAL = re.compile(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked")
+_REFUSE = (
+    "refusing to unpickle: the checkpoint contains Python objects other than tensors ({}); save "
+    "only the state dict (torch.save(model.state_dict(), path))"
+)
+
+
+def to_bytes(maskset: MaskSet) -> bytes:
+    """A prune-style state dict (``<layer>_mask`` as the weight dtype, ``<layer>_orig``),
+    serialized in memory so that a failed write is an OSError of the file, not torch's."""
+    weights = cpu_weights(maskset)
+    state: dict[str, torch.Tensor] = {}
+    for name in maskset:
+        w = weights.get(name)
+        dtype = torch.float32 if w is None else w.dtype
+        state[f"{name}_mask"] = maskset[name].detach().cpu().to(dtype)
+        if w is not None:
+            state[f"{name}_orig"] = w
+    return save_bytes(state)
+
+
+def save_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` into bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    never code; every failure is a one-line :class:`MaskFileError`."""
+    try:
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        from ..files import os_problem
+
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    except pickle.UnpicklingError as e:
+        raise MaskFileError(path, _unpickling_problem(path, e)) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
+        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+
+
+def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bool]:
+    obj = torch_load(path)
+    state = find_state_dict(obj)
+    if state is None:
+        raise MaskFileError(
+            path,
+            "no state dict found: the checkpoint holds no mapping of names to tensors "
+            f"(looked at the top level and under {', '.join(map(repr, STATE_DICT_KEYS))})",
+        )
+    return interpret(path, state, "torch", zeros_as_mask=zeros_as_mask, weights=weights)
+
+
+def _torch_global_exists(dotted: str) -> bool:
+    """Whether ``dotted`` (``torch.serialization.save``) names an object of torch: a real
+    reference in the pickle, not a name cut short by a truncated file."""
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def _unpickling_problem(path: Path, e: Exception) -> str:
+    text = str(e)
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:  # e.g. os.system: the classic code-running payload
+        return _REFUSE.format(f"{blocked.group(1)}, from the blocked module {blocked.group(2)!r}")
+    marker = "WeightsUnpickler error:"
+    detail = text[text.index(marker) + len(marker) :].strip() if marker in text else ""
+    detail = detail.splitlines()[0] if detail else ""
+    if not any(s in detail for s in _OBJECT_ERRORS):  # e.g. "Unsupported operand": bad bytes
+        return f"truncated or corrupt checkpoint ({short(e)})"
+    if detail.startswith("Unsupported global: GLOBAL "):
+        detail = detail.removeprefix("Unsupported global: GLOBAL ").split(" ")[0]
+        # A legacy (non-zip) checkpoint cut short stops mid-name in one of torch's own globals;
+        # a whole name of torch's (torch.serialization.save, a gadget) is a real reference.
+        if (
+            detail.startswith("torch.")
+            and not zipfile.is_zipfile(path)
+            and not _torch_global_exists(detail)
+        ):
+            return f"truncated or corrupt checkpoint (unpickling stopped at {detail})"
+    return _REFUSE.format(detail[:160])

@@ -1,0 +1,72 @@
+"""Test helpers shared by the store and run tests: a small mask set, a hand-written run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import masktopo
+from masktopo import store
+from masktopo.masks import MaskSet
+
+
+def make_maskset(
+    seed: int = 0, *, weights: bool = True, dtype: torch.dtype = torch.float32, meta=None
+) -> MaskSet:
+    """Linear + conv layers with odd numels (so the packed masks have padding bits).
+
+    Layer names are not in alphabetical order, to check that files keep the order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "z.fc.weight": (5, 7),
+        "a.conv.weight": (3, 2, 3, 3),
+        "m.conv3d.weight": (2, 1, 3, 1, 3),
+    }
+    masks, wts = {}, {}
+    for name, shape in shapes.items():
+        masks[name] = torch.rand(shape, generator=g) < 0.4
+        wts[name] = (torch.randn(shape, generator=g) * masks[name]).to(dtype)
+    return MaskSet(masks, weights=wts if weights else None, meta=meta)
+
+
+def write_run(
+    root: Path, masksets: list[MaskSet], *, config: dict | None = None, suffix=".safetensors"
+) -> Path:
+    """Write a run directory the way a recorder must (see docs/formats.md).
+
+    Each event's mask file is written (atomically) before its line is appended to events.jsonl.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    run = {
+        "format": "masktopo.run",
+        "format_version": 1,
+        "created": "2025-01-01T00:00:00+00:00",
+        "masktopo_version": masktopo.__version__,
+        "config": config if config is not None else {"method": "test", "density": 0.4},
+        "seed": 0,
+        "layers": [
+            {"name": x.name, "kind": x.kind, "shape": list(x.shape)} for x in masksets[0].layers()
+        ],
+    }
+    (root / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    (root / "masks").mkdir(exist_ok=True)
+    for i, ms in enumerate(masksets):
+        rel = f"masks/event-{i:06d}{suffix}"
+        store.save(root / rel, ms)
+        line = {
+            "event": i,
+            "step": 100 * i,
+            "epoch": i,
+            "kind": "init" if i == 0 else "prune",
+            "file": rel,
+            "has_weights": ms.has_weights,
+            "nnz": ms.nnz_per_layer(),
+            "density": ms.density(),
+            "train_loss": 1.0 / (i + 1),
+        }
+        with open(root / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+    return root
