@@ -117,14 +117,14 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _overrides(args) -> dict:
-    from masktopo.trainer.config import _check_keys, _coerce
+    from masktopo.trainer.config import check_keys, coerce
 
     values = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS}
     values = {k: v for k, v in values.items() if v is not None}
     sets = _parse_sets(args.sets)
-    _check_keys(sets, "--set field")
+    check_keys(sets, "--set field")
     for key, value in sets.items():
-        values[key] = _coerce(key, value, "--set")
+        values[key] = coerce(key, value, "--set")
     return values
 
 

@@ -53,9 +53,55 @@ def check_name(name: Any) -> str:
     return name
 
 
+def check_values_tensor(name: str, t: Any, what: str = "mask") -> torch.Tensor:
+    """``t`` when it is a tensor whose values can be read: strided (not sparse) and not on the
+    meta device. One rule for :class:`MaskSet`, the file readers and the analysis functions."""
+    if not isinstance(t, torch.Tensor):
+        raise MaskValidationError(f"layer {name!r}: {what} is a {type(t).__name__}, not a tensor")
+    if t.layout != torch.strided:
+        raise MaskValidationError(
+            f"layer {name!r}: {what} is a sparse tensor ({t.layout}); pass a dense one "
+            "(tensor.to_dense())"
+        )
+    if t.device.type == "meta":
+        raise MaskValidationError(
+            f"layer {name!r}: {what} is on the meta device: it has a shape but no values"
+        )
+    return t
+
+
+def check_layer_mask(name: str, mask: Any) -> torch.Tensor:
+    """A layer mask as a bool tensor, by the rules the file readers apply: a dense tensor (or
+    array-like) of 0/1 values, not empty, with 2 (``[out, in]``) to 5 (``[out, in, *kernel]``)
+    dimensions.
+
+    Raises
+    ------
+    MaskValidationError
+        For None or anything that is not array-like, a sparse or meta tensor, values other than
+        0 and 1, an empty or 1-D or 6-D shape.
+    """
+    if mask is None or not isinstance(mask, torch.Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, RuntimeError, ValueError):
+            raise MaskValidationError(
+                f"layer {name!r}: mask is a {type(mask).__name__}, not a tensor"
+            ) from None
+    check_values_tensor(name, mask)
+    mask = to_bool_mask(name, mask)
+    shape = tuple(mask.shape)
+    if any(s == 0 for s in shape):
+        raise MaskValidationError(f"layer {name!r}: mask of shape {shape} is empty")
+    try:
+        infer_kind(shape)
+    except MaskValidationError as e:
+        raise MaskValidationError(f"layer {name!r}: {e}") from None
+    return mask
+
+
 def _check_mask(name: str, mask: Any, kind: str | None) -> tuple[torch.Tensor, str]:
-    if not isinstance(mask, torch.Tensor):
-        raise MaskValidationError(f"layer {name!r}: mask is a {type(mask).__name__}, not a tensor")
+    check_values_tensor(name, mask)
     if mask.dtype != torch.bool:
         raise MaskValidationError(
             f"layer {name!r}: mask dtype is {mask.dtype}, expected torch.bool "
@@ -77,11 +123,10 @@ def _check_mask(name: str, mask: Any, kind: str | None) -> tuple[torch.Tensor, s
     return mask, kind
 
 
-def _check_weight(name: str, weight: Any, mask: torch.Tensor) -> torch.Tensor:
-    if not isinstance(weight, torch.Tensor):
-        raise MaskValidationError(
-            f"layer {name!r}: weight is a {type(weight).__name__}, not a tensor"
-        )
+def check_weight(name: str, weight: Any, mask: torch.Tensor) -> torch.Tensor:
+    """``weight`` when it can be the weight of ``mask``: a dense floating-point tensor of the
+    mask's shape with finite values (one rule for MaskSet, the readers and the analysis)."""
+    check_values_tensor(name, weight, "weight")
     if not weight.is_floating_point():
         raise MaskValidationError(
             f"layer {name!r}: weight dtype {weight.dtype} is not floating point"
@@ -223,7 +268,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
                 raise MaskValidationError(
                     f"weights do not match masks: missing {missing}, without a mask {extra}"
                 )
-            self._weights = {n: _check_weight(n, weights[n], self._masks[n]) for n in self._masks}
+            self._weights = {n: check_weight(n, weights[n], self._masks[n]) for n in self._masks}
         self.meta: dict = dict(meta or {})
 
     # -- construction helpers -------------------------------------------------------------

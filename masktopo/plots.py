@@ -636,8 +636,7 @@ def plot_spectrum_plane(
 # One layer
 # ------------------------------------------------------------------------------------------------
 def _layer(maskset_or_mask, layer: str | None) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-    from .analysis.graph import _as_mask
-    from .masks import MaskSet
+    from .masks import MaskSet, check_layer_mask
 
     if isinstance(maskset_or_mask, MaskSet):
         if layer is None:
@@ -649,7 +648,7 @@ def _layer(maskset_or_mask, layer: str | None) -> tuple[str, torch.Tensor, torch
         return layer, mask, w
     if isinstance(maskset_or_mask, Mapping):
         raise MaskValidationError("pass a MaskSet and a layer name, or a single mask tensor")
-    return layer or "layer", _as_mask(maskset_or_mask), None
+    return layer or "layer", check_layer_mask(layer or "layer", maskset_or_mask), None
 
 
 def plot_degrees(

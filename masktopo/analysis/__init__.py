@@ -7,26 +7,54 @@
   :func:`analyze` (a pandas DataFrame, one row per layer) and :func:`aggregate` (network level).
 - :mod:`~masktopo.analysis.runs`: :func:`analyze_run`, the metrics of every mask event of a run
   directory in one table, cached next to the run (the one module here that reads and writes
-  files, through :mod:`masktopo.store`).
+  files, through :mod:`masktopo.runs`).
+
+Names are imported lazily (on first use).
 """
 
-from .graph import biadjacency, strip_isolated, to_igraph, to_networkx, weighted_biadjacency
-from .metrics import METRICS, Metric, aggregate, analyze, layer_metrics, metric_names
-from .runs import analyze_run
-from .spectral import top_singular_values
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "METRICS",
-    "Metric",
-    "aggregate",
-    "analyze",
-    "analyze_run",
-    "biadjacency",
-    "layer_metrics",
-    "metric_names",
-    "strip_isolated",
-    "to_igraph",
-    "to_networkx",
-    "top_singular_values",
-    "weighted_biadjacency",
-]
+if TYPE_CHECKING:  # pragma: no cover
+    from .graph import (  # noqa: F401
+        biadjacency,
+        strip_isolated,
+        to_igraph,
+        to_networkx,
+        weighted_biadjacency,
+    )
+    from .metrics import METRICS, Metric, aggregate, analyze, layer_metrics, metric_names  # noqa: F401
+    from .runs import analyze_run  # noqa: F401
+    from .spectral import top_singular_values  # noqa: F401
+
+#: Public name -> submodule. Imported on first use, so that a worker process can import the
+#: torch-free engine (:mod:`masktopo.analysis._engine`) without torch.
+_LAZY = {
+    "METRICS": "metrics",
+    "Metric": "metrics",
+    "aggregate": "metrics",
+    "analyze": "metrics",
+    "analyze_run": "runs",
+    "biadjacency": "graph",
+    "layer_metrics": "metrics",
+    "metric_names": "metrics",
+    "strip_isolated": "graph",
+    "to_igraph": "graph",
+    "to_networkx": "graph",
+    "top_singular_values": "spectral",
+    "weighted_biadjacency": "graph",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"masktopo.analysis.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'masktopo.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

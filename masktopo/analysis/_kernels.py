@@ -48,10 +48,12 @@ _EPS = np.finfo(np.float64).eps
 _SQRT_EPS = np.sqrt(_EPS)
 _SEED = 0x5EED
 # IEEE division (no zero-division checks: every division is guarded or harmless), cached to disk.
-_jit = njit(cache=True, error_model="numpy")
+# Without the GIL: two threads of one process run the kernels at once (the spectral worker of
+# masktopo.analysis.spectral is a thread, not a forked process).
+_jit = njit(cache=True, error_model="numpy", nogil=True)
 # Inner products and updates may be reassociated (SIMD) and fused: still deterministic for a
 # given build, and within a few ulps of the sequential sum.
-_jit_simd = njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+_jit_simd = njit(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "contract"})
 
 
 @_jit

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError
+from ..masks import check_layer_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..masks import MaskSet
@@ -47,17 +48,10 @@ def check_conv_mode(conv: str) -> str:
 
 
 def _as_mask(mask: Any) -> torch.Tensor:
-    mask = torch.as_tensor(mask)
-    if mask.dtype != torch.bool:
-        from ..masks import to_bool_mask
-
-        mask = to_bool_mask("<mask>", mask)
-    if mask.ndim < 2 or any(s == 0 for s in mask.shape):
-        raise MaskValidationError(
-            f"a layer mask must be [out, in] or [out, in, *kernel] and non-empty, got shape "
-            f"{tuple(mask.shape)}"
-        )
-    return mask
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and 2 <= mask.ndim <= 5:
+        if mask.layout == torch.strided and mask.device.type != "meta" and all(mask.shape):
+            return mask  # the common case, checked without a pass over the values
+    return check_layer_mask("<mask>", mask)
 
 
 def biadjacency(mask: torch.Tensor, conv: str = "unrolled") -> torch.Tensor:
@@ -99,10 +93,10 @@ def weighted_biadjacency(
     The absolute value keeps the matrix non-negative, so Perron–Frobenius applies ([N23]_ §3.2).
     """
     check_conv_mode(conv)
-    from ..masks import _check_weight
+    from ..masks import check_weight
 
     mask = _as_mask(mask)
-    weight = _check_weight("<mask>", torch.as_tensor(weight), mask)
+    weight = check_weight("<mask>", torch.as_tensor(weight), mask)
     w = (weight.to(mask.device, torch.float64) * mask).abs()
     if w.ndim == 2:
         return w

@@ -68,11 +68,11 @@ from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import _check_weight, known_positions
+from ..masks import check_weight, known_positions
 from ._engine import Parts, solve_top2
 from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
 from .graph import _as_mask, check_conv_mode
-from .spectral import result_or_local, solve_many, split_two, submit, use_workers
+from .spectral import solve_many, split_two, submit, use_workers
 
 NaN = math.nan
 GATES = ("n23", "i23")
@@ -578,10 +578,10 @@ def _expand(jobs) -> list[Parts]:
 
 def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]:
     """:func:`_rows` with the layers split in two parts by kept entries, one in the worker
-    process of :mod:`masktopo.analysis.spectral`: the worker's part is extracted first and sent
-    (only kept positions and values travel), then this process extracts and solves its own part
-    while the worker runs. Results do not depend on the split: each layer is computed by the
-    same code either way."""
+    thread of :mod:`masktopo.analysis.spectral`: the worker's part is extracted first and
+    handed over, then this thread extracts and solves its own part while the worker runs (the
+    compiled kernels run without the GIL). Results do not depend on the split: each layer is
+    computed by the same code either way."""
     sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
@@ -593,7 +593,7 @@ def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]
         remote = extract([layers[i] for i in parts[1]])
         future = submit(_rows, remote, opts, names, groups, weighted)
         local = _rows(extract([layers[i] for i in parts[0]]), opts, names, groups, weighted)
-        far = result_or_local(future, _rows, remote, opts, names, groups, weighted)
+        far = future.result()
     out: list[dict] = [{}] * len(layers)
     for i, row in zip(parts[0], local, strict=True):
         out[i] = row
@@ -703,7 +703,7 @@ def layer_metrics(
     opts = Options(conv, gate, imdb, narc, allow_empty)
     mask = _as_mask(mask)
     if weight is not None:
-        weight = _check_weight("<mask>", torch.as_tensor(weight), mask)
+        weight = check_weight("<mask>", torch.as_tensor(weight), mask)
     names = resolve_metrics(metrics, weighted=weight is not None)
     rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None)
     return rows[0]

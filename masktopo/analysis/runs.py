@@ -13,9 +13,10 @@ event is validated against its current line of ``events.jsonl`` and the size and
 of its mask file; an event that no longer matches (a resumed run that rewrote its events) is
 computed again. The cache format is described in docs/formats.md ("Run-analysis cache").
 
-Events are analyzed in parallel: by default two forked worker processes (``workers``, or
-``$MASKTOPO_WORKERS``) each analyze whole events, with one BLAS thread and no nested spectral
-worker, so a 2-core machine runs exactly two busy processes.
+Events are analyzed in parallel: by default two worker threads (``workers``, or
+``$MASKTOPO_WORKERS``) each analyze whole events, with one torch/BLAS thread and no nested spectral
+worker, so a 2-core machine runs exactly two busy threads (the compiled kernels, numpy and torch
+release the GIL).
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from ..files import atomic_write
 from ..runs import EVENT_FIELDS, Run, read_run
 from ..runs.layout import ANALYSIS_DIR
 from .metrics import INT_METRICS, METRICS, Options, aggregate, analyze, resolve_metrics
-from .spectral import cpu_workers
+from .spectral import alone, cpu_workers
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
 
@@ -61,7 +59,7 @@ _NO_WEIGHTS = "no weights dumped at this event: weighted metrics undefined"
 
 @dataclass(frozen=True)
 class _Job:
-    """What every event is analyzed with (inherited by forked workers)."""
+    """What every event is analyzed with (shared by the worker threads)."""
 
     run: Run
     opts: Options
@@ -143,23 +141,6 @@ def _signature(run: Run, k: int) -> str:
 # Many events, in parallel
 # --------------------------------------------------------------------------------------------
 
-_JOB: _Job | None = None  # set in each forked worker
-
-
-def _init_worker(job: _Job) -> None:
-    global _JOB
-    _JOB = job
-    # Ctrl-C is the parent's to handle: it stops handing out events and keeps what is done.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["MASKTOPO_WORKERS"] = "1"  # no nested spectral worker inside a worker
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _worker_event(k: int):
-    return _one(_JOB, k)
-
 
 def _one(job: _Job, k: int):
     """``("ok", values, reasons)`` or ``("bad", problem)`` for event ``k``."""
@@ -178,15 +159,9 @@ def _compute(job: _Job, todo: list[int], workers: int, progress: bool, done: dic
     bar = tqdm(total=len(todo), desc="events", unit="event", file=sys.stderr,
                disable=not progress, leave=False)  # fmt: skip
     try:
-        parallel = (
-            workers >= 2
-            and len(todo) >= 2
-            and job.device.type == "cpu"
-            and "fork" in multiprocessing.get_all_start_methods()
-        )
-        if parallel:
-            _compute_forked(job, todo, min(workers, len(todo)), bar, done)
-        for k in todo:  # serial, or what a broken pool left
+        if workers >= 2 and len(todo) >= 2 and job.device.type == "cpu":
+            _compute_threaded(job, todo, min(workers, len(todo)), bar, done)
+        for k in todo:  # serial
             if k not in done:
                 done[k] = _one(job, k)
                 bar.update()
@@ -194,32 +169,37 @@ def _compute(job: _Job, todo: list[int], workers: int, progress: bool, done: dic
         bar.close()
 
 
-def _compute_forked(job: _Job, todo: list[int], workers: int, bar, done: dict) -> None:
-    """Events spread over ``workers`` forked processes, each with one BLAS/OpenMP thread.
+def _one_alone(job: _Job, k: int):
+    """:func:`_one` without a nested spectral worker (this thread is one of the event workers)."""
+    with alone():
+        return _one(job, k)
 
-    The processes are forked while the thread pools are limited to one thread, so they inherit
-    that limit (changing a thread pool inside a forked child is unsafe). A pool that breaks (a
-    worker killed) leaves the remaining events to the caller's serial loop.
+
+def _compute_threaded(job: _Job, todo: list[int], workers: int, bar, done: dict) -> None:
+    """Events spread over ``workers`` threads of this process, one event each at a time.
+
+    The compiled kernels, numpy and torch release the GIL for their work, so the threads keep
+    the cores busy without a fork (unsafe in a multi-threaded process, which every process that
+    imported torch is) or a worker start-up. torch, BLAS and OpenMP run one thread each
+    meanwhile (restored after), so ``workers`` threads use ``workers`` cores. An interruption
+    (Ctrl-C) cancels the events not started and keeps the finished ones in ``done``.
     """
-    with threadpoolctl.threadpool_limits(1):
-        try:
-            pool = ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_init_worker,
-                initargs=(job,),
-            )
-        except (OSError, ValueError):  # pragma: no cover - no processes on this platform
-            return
-        try:
-            futures = {pool.submit(_worker_event, k): k for k in todo}
-            for fut in as_completed(futures):
-                done[futures[fut]] = fut.result()
-                bar.update()
-        except BrokenProcessPool:  # pragma: no cover - a worker died (e.g. out of memory)
-            pass
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(1):
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="masktopo-events")
+            futures = {pool.submit(_one_alone, job, k): k for k in todo}
+            try:
+                for fut in as_completed(futures):
+                    done[futures[fut]] = fut.result()
+                    bar.update()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------

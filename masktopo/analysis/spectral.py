@@ -22,10 +22,11 @@ Methods (chosen per matrix by ``method="auto"``; measured costs in docs/performa
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import scipy.linalg
@@ -250,13 +251,27 @@ def solve_many(
     return out
 
 
-# Below this many nonzeros in a whole call, a second process costs more than it saves.
+# Below this many nonzeros in a whole call, a second thread costs more than it saves.
 _PARALLEL_MIN_NNZ = 250_000
-_POOL = None
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+_LOCAL = threading.local()  # .alone: this thread solves everything itself
+
+
+@contextlib.contextmanager
+def alone():
+    """Within this context, the calling thread hands nothing to the worker thread: for callers
+    that already spread their work over threads of their own (the run analysis's events)."""
+    before = getattr(_LOCAL, "alone", False)
+    _LOCAL.alone = True
+    try:
+        yield
+    finally:
+        _LOCAL.alone = before
 
 
 def cpu_workers() -> int:
-    """Processes used by :func:`solve_many` on the CPU: ``$MASKTOPO_WORKERS`` or min(2, cores)."""
+    """Threads used by :func:`solve_many` on the CPU: ``$MASKTOPO_WORKERS`` or min(2, cores)."""
     env = os.environ.get("MASKTOPO_WORKERS", "").strip()
     if env:
         try:
@@ -266,30 +281,23 @@ def cpu_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _worker_pool():
-    """One persistent worker, forked while BLAS is limited to one thread (so it inherits that:
-    changing OpenBLAS's thread count inside a forked child can crash it). The worker only runs
-    numpy/scipy/numba code; the kernel is compiled (or loaded from numba's cache) before the
-    fork, so the worker inherits it instead of compiling it again."""
+def _worker_pool() -> ThreadPoolExecutor:
+    """One persistent worker thread. The compiled kernels run without the GIL
+    (:mod:`masktopo.analysis._kernels`), so the worker and the calling thread solve their halves
+    at the same time in one process: no fork (unsafe in a multi-threaded process, which every
+    process that imported torch is), no start-up, nothing copied between processes."""
     global _POOL
-    if _POOL is None:
-        solve_top2([np.ones((3, 30))])  # compile / load the kernel here, before forking
-        with threadpoolctl.threadpool_limits(1):
-            pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("fork")
-            )
-            pool.submit(int, 0).result()  # fork now, inside the limit
-        _POOL = pool
-    return _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(1, thread_name_prefix="masktopo-spectral")
+        return _POOL
 
 
 def use_workers(total_nnz: int) -> bool:
-    """Whether a CPU job of ``total_nnz`` stored entries is worth the worker process."""
-    return (
-        cpu_workers() >= 2
-        and total_nnz >= _PARALLEL_MIN_NNZ
-        and "fork" in multiprocessing.get_all_start_methods()
-    )
+    """Whether a CPU job of ``total_nnz`` stored entries is worth the worker thread."""
+    if getattr(_LOCAL, "alone", False):
+        return False
+    return cpu_workers() >= 2 and total_nnz >= _PARALLEL_MIN_NNZ
 
 
 def split_two(costs, remote_share: float = 0.5) -> tuple[list[int], list[int]]:
@@ -307,25 +315,9 @@ def split_two(costs, remote_share: float = 0.5) -> tuple[list[int], list[int]]:
     return parts
 
 
-def submit(fn, *args):
-    """Run ``fn(*args)`` in the worker process; None if it cannot be started."""
-    try:
-        return _worker_pool().submit(fn, *args)
-    except Exception:  # pragma: no cover - e.g. fork not permitted
-        return None
-
-
-def result_or_local(future, fn, *args):
-    """The worker's result, or ``fn(*args)`` computed here if the worker failed (a dead worker
-    only costs time; the next call forks a new one)."""
-    global _POOL
-    try:
-        if future is None:
-            raise RuntimeError("no worker")
-        return future.result()
-    except Exception:  # pragma: no cover - a dead worker: do its half here
-        _POOL = None
-        return fn(*args)
+def submit(fn, *args) -> Future:
+    """Run ``fn(*args)`` in the worker thread; its future."""
+    return _worker_pool().submit(fn, *args)
 
 
 def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
@@ -341,10 +333,9 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
             return solve_top2(parts)
         halves = split_two([cost(P) for P in parts])
         out = np.zeros((len(parts), 2))
-        remote = pack([parts[i] for i in halves[1]])  # six arrays: cheap to send
-        future = submit(solve_packed, remote)
+        future = submit(solve_packed, pack([parts[i] for i in halves[1]]))
         out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
-        out[halves[1]] = result_or_local(future, solve_packed, remote)
+        out[halves[1]] = future.result()
     return out
 
 

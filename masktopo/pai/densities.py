@@ -220,6 +220,21 @@ def keep_count(density: float, n: int) -> int:
     return min(int(n), round(float(density) * int(n)))
 
 
+def keeps_some(density: float, n: int, what: str = "prunable weights") -> int:
+    """:func:`keep_count` ``(density, n)``, when it keeps at least one entry: the one rule every
+    method (PaI, PAGS, every training method) applies to a target density.
+
+    Raises
+    ------
+    MaskValidationError
+        ``density 1e-09 keeps no entry of the 266200 prunable weights``.
+    """
+    k = keep_count(density, n)
+    if k == 0:
+        raise MaskValidationError(f"density {density!r} keeps no entry of the {int(n)} {what}")
+    return k
+
+
 def apportion(quotas: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
     """Integer counts near ``quotas`` that sum exactly to ``total`` (largest-remainder method).
 

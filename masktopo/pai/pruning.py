@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet, attach_positions
 from ..zoo.models import MASKABLE_TYPES, maskable_parameters
-from .densities import check_density, keep_count, layer_counts
+from .densities import check_density, keeps_some, layer_counts
 from .methods import PaIMethod, get_method
 from .select import local_counts, schedule_densities, select_global, select_local, step_counts
 
@@ -323,11 +323,7 @@ def prune(
         )
     sizes = {n: params[n].numel() for n in pruned}
     shapes = {n: tuple(params[n].shape) for n in pruned}
-    total = keep_count(density, sum(sizes.values()))
-    if total == 0:
-        raise MaskValidationError(
-            f"density {density!r} keeps no entry of the {sum(sizes.values())} prunable weights"
-        )
+    total = keeps_some(density, sum(sizes.values()))
 
     # Kept counts per round: a list of ints (global) or of per-layer dicts (local).
     if cls.layerwise:

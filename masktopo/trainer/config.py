@@ -268,7 +268,7 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` (unknown field names are an error listing the known ones)."""
-        _check_keys(changes, "option")
+        check_keys(changes, "option")
         return dataclasses.replace(self, **changes, resolved=False)
 
 
@@ -276,7 +276,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "res
 _TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
-def _check_keys(changes: dict, what: str, where: str | None = None) -> None:
+def check_keys(changes: dict, what: str, where: str | None = None) -> None:
     for key in changes:
         if key not in FIELDS:
             prefix = f"{where}: " if where else ""
@@ -286,8 +286,8 @@ def _check_keys(changes: dict, what: str, where: str | None = None) -> None:
 
 def from_dict(data: dict[str, Any], *, where: str | None = None) -> TrainConfig:
     """A config from a dict of field values (e.g. run.json's ``config``), type-checked."""
-    _check_keys(data, "config key", where)
-    values = {k: _coerce(k, v, where) for k, v in data.items()}
+    check_keys(data, "config key", where)
+    values = {k: coerce(k, v, where) for k, v in data.items()}
     return TrainConfig(**values)
 
 
@@ -315,7 +315,7 @@ def load_toml(path: str | Path, **overrides) -> TrainConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def _coerce(key: str, value: Any, where: str | None) -> Any:
+def coerce(key: str, value: Any, where: str | None) -> Any:
     """Check one value's type against the field (ints are accepted for floats)."""
     prefix = f"{where}: " if where else ""
     t = str(_TYPES[key])
@@ -376,7 +376,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.resolved:
         return cfg
     for key in FIELDS:
-        _coerce(key, getattr(cfg, key), None)
+        coerce(key, getattr(cfg, key), None)
     _choice("method", cfg.method, METHODS)
     _choice("model", cfg.model, MODELS)
     _choice("dataset", cfg.dataset, DATASETS)

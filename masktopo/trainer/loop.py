@@ -462,6 +462,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     total_steps = spe * cfg.epochs
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
 
+    from ..pai.densities import keeps_some
     from ..zoo import get_model, maskable_parameters
     from .masking import Masking
     from .methods import make_sparsifier
@@ -476,6 +477,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     maskable = maskable_parameters(model, first_dense=cfg.first_dense, last_dense=cfg.last_dense)
     if not maskable:
         raise MaskValidationError(f"model {cfg.model!r} has no maskable layer left")
+    keeps_some(cfg.density, sum(p.numel() for p in maskable.values()), "maskable weights")
     sparsifier = make_sparsifier(cfg, steps_per_epoch=spe, total_steps=total_steps, device=device)
 
     if ckpt is None:

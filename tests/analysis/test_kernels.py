@@ -106,7 +106,7 @@ def test_parallel_layer_split_is_bit_identical_to_serial(monkeypatch):
     monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
     assert spectral.use_workers(1)
     parallel = metrics.layer_metric_rows(layers)
-    assert spectral._POOL is not None  # the worker process ran half of the layers
+    assert spectral._POOL is not None  # the worker thread ran half of the layers
     assert len(serial) == len(parallel) == len(layers)
     for a, b in zip(serial, parallel, strict=True):
         assert a.keys() == b.keys()
