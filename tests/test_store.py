@@ -3,6 +3,7 @@ tests/runs/)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -716,3 +717,153 @@ def test_npz_weight_shape_mismatch(tmp_path, with_weights):
     # checked from the array header even when the weights themselves are not read
     with pytest.raises(MaskFileError, match=r"layer 'a\.conv\.weight': weight shape \(3, 2, 9\)"):
         masktopo.load(path, weights=with_weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# weights at the kept positions only; checksums; sizes checked before allocating
+# ---------------------------------------------------------------------------------------------
+def test_kept_weights_round_trip_and_are_small(tmp_path):
+    ms = make_maskset()  # weights are zero where the mask is: nothing is lost
+    dense = store.save(tmp_path / "d.safetensors", ms)
+    kept = store.save(tmp_path / "k.safetensors", ms, weights="kept")
+    back = masktopo.load(kept)
+    assert back == ms and back.equal(ms)
+    with safe_open(str(kept), framework="pt") as f:
+        md = f.metadata()
+        assert md["format_version"] == "2" and md["weight_layout"] == "kept"
+        assert f.get_slice("weight/z.fc.weight").get_shape() == [ms.nnz("z.fc.weight")]
+    weight_bytes = sum(4 * ms.numel(n) for n in ms)
+    assert dense.stat().st_size - kept.stat().st_size > 0.5 * weight_bytes
+    info = masktopo.info(kept)
+    assert info["has_weights"] and info["nnz"] == ms.nnz()
+    with pytest.raises(MaskValidationError, match="safetensors layout"):
+        store.save(tmp_path / "k.npz", ms, weights="kept")
+    with pytest.raises(UnknownNameError, match="weight layout"):
+        store.save(tmp_path / "k.safetensors", ms, weights="sparse")
+
+
+def test_kept_weights_with_a_wrong_count_are_corrupt(tmp_path):
+    path = store.save(tmp_path / "k.safetensors", make_maskset(), weights="kept")
+
+    def drop_one(tensors):
+        tensors["weight/z.fc.weight"] = tensors["weight/z.fc.weight"][:-1].clone()
+
+    rewrite_safetensors(path, edit_tensors=drop_one)
+    with pytest.raises(
+        MaskFileError, match=r"'z\.fc\.weight': kept weights shape .* does not match"
+    ):
+        masktopo.load(path, weights=False)
+
+
+def _flip_byte(path: Path, offset: int, bit: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= bit
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("layout", ["dense", "kept"])
+def test_a_flipped_weight_byte_is_detected_by_its_checksum(tmp_path, layout):
+    """A low mantissa byte changed: a finite weight still, so only the checksum sees it."""
+    path = store.save(tmp_path / "m.safetensors", make_maskset(), weights=layout)
+    start, _ = data_range(path, "weight/a.conv.weight")
+    _flip_byte(path, start)
+    with pytest.raises(MaskFileError, match=r"'a\.conv\.weight': the weight bytes do not match "
+                       r"their recorded CRC-32 checksum \(the file is corrupt\)"):  # fmt: skip
+        masktopo.load(path)
+    assert masktopo.load(path, weights=False).nnz() == make_maskset().nnz()  # not read: not checked
+
+
+def test_two_flipped_mask_bits_that_keep_the_count_are_detected(tmp_path):
+    ms = make_maskset()
+    path = store.save(tmp_path / "m.safetensors", ms.without_weights())
+    bits = np.packbits(ms["z.fc.weight"].numpy().reshape(-1))
+    on = next(i for i in range(len(bits) * 8) if bits[i // 8] >> (7 - i % 8) & 1)
+    off = next(i for i in range(35) if not bits[i // 8] >> (7 - i % 8) & 1)
+    start, _ = data_range(path, "mask/z.fc.weight")
+    _flip_byte(path, start + on // 8, 1 << (7 - on % 8))
+    _flip_byte(path, start + off // 8, 1 << (7 - off % 8))
+    with pytest.raises(MaskFileError, match="mask bytes do not match their recorded CRC-32"):
+        masktopo.load(path)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_a_flipped_byte_in_npz_and_pt_files_is_caught_by_the_zip_checksums(tmp_path, fmt):
+    ms = make_maskset()
+    path = store.save(tmp_path / f"m.{fmt}", ms)
+    if fmt == "npz":  # uncompressed, so that the flip lands in the array bytes, not the stream
+        np.savez(path, **{k: v for k, v in np.load(path, allow_pickle=False).items()})
+    with zipfile.ZipFile(path) as z:
+        member = next(i for i in z.infolist() if i.file_size > 64 and "data.pkl" not in i.filename)
+    data_start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    _flip_byte(path, data_start + member.file_size - 3)  # the last bytes: array data
+    with pytest.raises(MaskFileError, match="truncated or corrupt"):
+        masktopo.load(path)
+
+
+def test_an_npz_claiming_a_huge_array_is_refused_before_allocating(tmp_path):
+    """A 300-byte archive whose header says 10^12 elements: refused from the sizes alone."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (10**6, 10**6)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(b"\0" * 64)
+    path = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mask/fc.weight.npy", buf.getvalue())
+    assert path.stat().st_size < 400
+    with pytest.raises(MaskFileError, match=r"huge\.npz: truncated or corrupt \.npz file \(array "
+                       r"'mask/fc\.weight' of shape \(1000000, 1000000\)"):  # fmt: skip
+        masktopo.load(path)
+    with pytest.raises(MaskFileError, match="needs 4000000000000 bytes"):
+        masktopo.info(path)
+
+
+def test_special_files_are_refused_as_inputs(tmp_path):
+    zero = tmp_path / "zero.npz"
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(MaskFileError, match="is a character device"):
+        masktopo.load(zero)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(MaskFileError, match="is a FIFO"):
+        masktopo.info(fifo)
+
+
+def _gadget(path: str) -> None:
+    """Stands for a call of one of torch's own functions that an attacker would abuse."""
+
+
+def test_legacy_checkpoint_with_a_torch_global_is_refused_not_called_corrupt(tmp_path):
+    class TorchGadget:
+        def __reduce__(self):
+            return (torch.serialization.save, ("x", str(tmp_path / "written")))
+
+    path = tmp_path / "evil-legacy.pt"
+    torch.save({"fc.weight_mask": torch.ones(2, 3), "x": TorchGadget()}, path,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    with pytest.raises(MaskFileError, match=r"refusing to unpickle: .*torch\.serialization\.save"):
+        masktopo.load(path)
+    assert not (tmp_path / "written").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes the file unreadable by switching to nobody")
+def test_an_unreadable_file_says_permission_denied():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="masktopo-perm-", dir="/tmp"))  # nobody may enter it
+    folder.chmod(0o755)
+    path = store.save(folder / "m.safetensors", make_maskset())
+    readable = store.save(folder / "r.safetensors", make_maskset())
+    path.chmod(0o000)
+    # Everything is imported (a readable file loaded) before the process becomes 'nobody', who
+    # may not read the interpreter's own files here.
+    code = (
+        "import os, sys, masktopo\nmasktopo.load(sys.argv[2])\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n    masktopo.load(sys.argv[1])\nexcept masktopo.MaskFileError as e:\n    print(e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(path), str(readable)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    shutil.rmtree(folder)
+    assert p.stdout.strip() == f"{path}: cannot read (Permission denied)", p.stdout + p.stderr

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MaskFileError, MaskValidationError, UnknownNameError
-from ..files import atomic_write, atomic_write_bytes, input_path
+from ..files import atomic_write, atomic_write_bytes, input_path, os_problem
 from ..masks import MaskSet
 from . import npz_file, safetensors_file, torch_file
 from .common import (
@@ -167,6 +167,10 @@ def read_file(
             f"unsupported file type {p.suffix or '(no suffix)'!r}; supported: {known}, "
             "or a run directory",
         )
+    try:  # readable at all? (safetensors reports a permission problem as a missing file)
+        os.close(os.open(p, os.O_RDONLY))
+    except OSError as e:
+        raise MaskFileError(p, f"cannot read ({os_problem(e)})") from None
     ms, has_weights = _READERS[fmt](p, zeros_as_mask=zeros_as_mask, weights=weights)
     return ms, fmt, has_weights
 

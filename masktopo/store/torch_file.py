@@ -9,6 +9,7 @@ import pickle
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def save_bytes(obj: Any) -> bytes:
 def torch_load(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
     never code; every failure is a one-line :class:`MaskFileError`."""
+    _check_zip_crc(path)
     try:
         with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol
             warnings.simplefilter("ignore")
@@ -72,6 +74,30 @@ def torch_load(path: Path) -> Any:
         raise MaskFileError(path, _unpickling_problem(path, e)) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
         raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+
+
+def _check_zip_crc(path: Path) -> None:
+    """Verify the CRC-32 of every member of a zip-format checkpoint (torch.save's default since
+    1.6), which torch itself does not check: a flipped byte in a tensor is an error here, not
+    silent garbage. Legacy (non-zip) checkpoints carry no checksum."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except OSError as e:
+        from ..files import os_problem
+
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as e:  # fmt: skip
+        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+    if bad is not None:
+        raise MaskFileError(
+            path,
+            f"truncated or corrupt checkpoint (the bytes of {bad!r} do not match their CRC-32 "
+            "checksum)",
+        )
 
 
 def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bool]:

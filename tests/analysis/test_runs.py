@@ -441,3 +441,34 @@ def test_no_cache_writes_nothing(run5):
     shutil.rmtree(run5 / "masks")  # sanity: the fixture really is a run with files
     with pytest.warns(UserWarning, match="missing"):
         assert len(analyze_run(run5, cache=False, workers=1)) == 0
+
+
+def test_events_and_layers_run_in_threads_never_in_forks(run5, monkeypatch):
+    """Forking a multi-threaded process (every process that imported torch) can deadlock, and
+    Python >= 3.12 warns about it: the parallel parts are threads of this process."""
+    import threading
+
+    from masktopo.analysis import metrics, spectral
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("a process was forked")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(os, "posix_spawn", no_fork, raising=False)
+    seen: set[str] = set()
+    original = runs_mod._event_values
+
+    def spy(job, k):
+        seen.add(threading.current_thread().name)
+        return original(job, k)
+
+    monkeypatch.setattr(runs_mod, "_event_values", spy)
+    parallel = analyze_run(run5, workers=2, cache=False)
+    serial = analyze_run(run5, workers=1, cache=False)
+    pd.testing.assert_frame_equal(parallel, serial)
+    assert any(name.startswith("masktopo-events") for name in seen), seen
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
+    ms = masktopo.load(run5, event=0)
+    rows = metrics.layer_metric_rows([(n, ms[n], ms.weights[n]) for n in ms])
+    assert len(rows) == len(ms) and spectral._POOL is not None
