@@ -45,8 +45,10 @@ _FLAGS = (
     ("--seed", "seed", int, "seed of every random draw (default 0)"),
     ("--device", "device", str, "auto (default), cpu or cuda"),
     ("--max-steps", "max_steps", int, "stop after this many steps (schedules keep their length)"),
-    ("--dump-weights", "dump_weights", str, "weights in mask files: ends (init and final, "
-     "default) or all"),
+    ("--dump-weights", "dump_weights", str, "weights in the event files, stored at the kept "
+     "positions only: all (every event, default), ends (init and final) or none"),
+    ("--checkpoint-every", "checkpoint_every", int, "steps between checkpoints within an epoch "
+     "(default 500; 0: only at the end of each epoch); a killed run resumes from the last one"),
 )  # fmt: skip
 
 

@@ -32,6 +32,24 @@ def make_maskset(
     return MaskSet(masks, weights=wts if weights else None, meta=meta)
 
 
+def write_run_json(root: Path, first: MaskSet, config: dict) -> None:
+    """``root/run.json`` (format version 1, as written before the run layer) and ``masks/``."""
+    root.mkdir(parents=True, exist_ok=True)
+    run = {
+        "format": "masktopo.run",
+        "format_version": 1,
+        "created": "2025-01-01T00:00:00+00:00",
+        "masktopo_version": masktopo.__version__,
+        "config": config,
+        "seed": 0,
+        "layers": [
+            {"name": x.name, "kind": x.kind, "shape": list(x.shape)} for x in first.layers()
+        ],
+    }
+    (root / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    (root / "masks").mkdir(exist_ok=True)
+
+
 def write_run(
     root: Path, masksets: list[MaskSet], *, config: dict | None = None, suffix=".safetensors"
 ) -> Path:
@@ -39,20 +57,8 @@ def write_run(
 
     Each event's mask file is written (atomically) before its line is appended to events.jsonl.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    run = {
-        "format": "masktopo.run",
-        "format_version": 1,
-        "created": "2025-01-01T00:00:00+00:00",
-        "masktopo_version": masktopo.__version__,
-        "config": config if config is not None else {"method": "test", "density": 0.4},
-        "seed": 0,
-        "layers": [
-            {"name": x.name, "kind": x.kind, "shape": list(x.shape)} for x in masksets[0].layers()
-        ],
-    }
-    (root / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    (root / "masks").mkdir(exist_ok=True)
+    write_run_json(root, masksets[0], config if config is not None else {"method": "test",
+                                                                          "density": 0.4})  # fmt: skip
     for i, ms in enumerate(masksets):
         rel = f"masks/event-{i:06d}{suffix}"
         store.save(root / rel, ms)

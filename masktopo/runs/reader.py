@@ -180,17 +180,20 @@ class Run:
             When the file exists but cannot be read or is not a JSON object.
         """
         f = self.path / SUMMARY_FILE
-        if not f.exists():
-            return None
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise MaskFileError(f, f"cannot read ({os_problem(e)})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MaskFileError(f, f"not valid JSON ({' '.join(str(e).split())})") from None
-        if not isinstance(data, dict):
-            raise MaskFileError(f, "not a JSON object")
-        return data
+        return _json_object(f) if f.exists() else None
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON file holding one object; every problem is a one-line MaskFileError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MaskFileError(path, f"not valid JSON ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict):
+        raise MaskFileError(path, "not a JSON object")
+    return data
 
 
 def read_run_json(path: str | os.PathLike) -> dict:
@@ -198,16 +201,9 @@ def read_run_json(path: str | os.PathLike) -> dict:
     format version 1 (training runs, and PAGS runs of the legacy ``masktopo.pags`` format)."""
     p = Path(os.fspath(path))
     run_file = p / RUN_FILE
-    try:
-        config = json.loads(run_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})") from None
-    except OSError as e:
-        raise MaskFileError(run_file, f"cannot read ({os_problem(e)})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MaskFileError(run_file, f"not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise MaskFileError(run_file, "not a JSON object")
+    if not run_file.exists():
+        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+    config = _json_object(run_file)
     if config.get("format") == LEGACY_PAGS_FORMAT and config.get("version") == 1:
         config = {**config, "format": RUN_FORMAT, "format_version": 1, "kind": "pags"}
     if config.get("format") != RUN_FORMAT:

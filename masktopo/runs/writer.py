@@ -30,7 +30,7 @@ from .._version import __version__
 from ..errors import MaskFileError
 from ..files import atomic_write_bytes, atomic_write_json, os_problem
 from ..masks import MaskSet
-from ..store import save, torch_bytes, torch_load
+from ..store import save_kept, torch_bytes, torch_load
 from .layout import (
     CHECKPOINT_FILE,
     EVENTS_FILE,
@@ -163,23 +163,16 @@ class RunWriter:
         return k
 
     def _write(self, k, masks, kept, line, extra) -> None:
-        weights = None
-        if kept is not None:
-            weights = {}
-            for n, m in masks.items():
-                w = torch.zeros(m.shape, dtype=torch.float32)
-                w.reshape(-1)[m.reshape(-1)] = kept[n]
-                weights[n] = w
-        ms = MaskSet(masks, weights=weights)
+        ms = MaskSet(masks)
         rel = event_file(k)
         (self.out / MASKS_DIR).mkdir(exist_ok=True)
-        save(self.out / rel, ms, weights="kept")
+        save_kept(self.out / rel, ms, kept)
         nnz = ms.nnz_per_layer()
         numel = sum(m.numel() for m in masks.values())
         full = {
             **line,
             "file": rel,
-            "has_weights": weights is not None,
+            "has_weights": kept is not None,
             "nnz": nnz,
             "density": (sum(nnz.values()) / numel) if numel else 1.0,
             **extra,

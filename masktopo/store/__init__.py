@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import MaskFileError, MaskValidationError, UnknownNameError
 from ..files import atomic_write, atomic_write_bytes, input_path, os_problem
@@ -54,6 +56,7 @@ __all__ = [
     "read_file",
     "read_state_dict",
     "save",
+    "save_kept",
     "strip_prefix",
     "torch_bytes",
     "torch_load",
@@ -149,6 +152,37 @@ def save(
     return path
 
 
+def save_kept(
+    path: str | os.PathLike, maskset: MaskSet, values: Mapping[str, torch.Tensor] | None
+) -> Path:
+    """Write the masks of ``maskset`` (which has no weights) and, when given, the weights at
+    their kept positions, ``values[layer]`` (1-D, row-major, one per kept entry, finite), as a
+    safetensors file with the kept layout; atomically. What :func:`save` ``(weights="kept")``
+    writes for a mask set whose weights are zero where its masks are, without dense weights.
+
+    Raises
+    ------
+    MaskValidationError
+        When ``values`` does not hold one finite value per kept entry of every layer.
+    """
+    path = Path(os.fspath(path))
+    if READ_SUFFIXES.get(path.suffix.lower()) != "safetensors":
+        raise MaskFileError(path, "kept weights are written as .safetensors")
+    if maskset.has_weights:
+        raise MaskValidationError("save_kept() takes the weights as values, not in the MaskSet")
+    if values is not None:
+        for name in maskset:
+            v = values.get(name)
+            nnz = maskset.nnz(name)
+            if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.numel() != nnz:
+                raise MaskValidationError(f"layer {name!r}: kept weights must be {nnz} values")
+            if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+                raise MaskValidationError(f"layer {name!r}: kept weights must be finite floats")
+    meta_json = json.dumps(maskset.meta)
+    data = safetensors_file.to_bytes(maskset, meta_json, kept=True, values=values)
+    return atomic_write_bytes(path, data)
+
+
 def read_file(
     path: str | os.PathLike, *, zeros_as_mask: bool = False, weights: bool = True
 ) -> tuple[MaskSet, str, bool]:
@@ -176,33 +210,8 @@ def read_file(
 
 
 def load(path: str | os.PathLike, *, zeros_as_mask: bool = False, weights: bool = True) -> MaskSet:
-    """Read one mask file into a :class:`MaskSet` (:func:`masktopo.load` also reads runs).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.safetensors`` or ``.npz`` mask file, or a PyTorch checkpoint (``.pt``, ``.pth``,
-        ``.ckpt``, ``.bin``; read with ``weights_only=True``).
-    zeros_as_mask : bool
-        For files without masks: each 2-D or 4-D floating-point ``*.weight`` tensor defines a mask
-        by its nonzero entries (the weights are kept). Ignored when the file has masks.
-    weights : bool
-        Attach the file's weights, when it has them. False does not attach them (nor, where the
-        format allows, read them); their shapes are checked all the same.
-
-    Returns
-    -------
-    MaskSet
-        On the CPU, in the file's layer order. ``meta`` holds the file's metadata; for foreign
-        files ``meta["source"]`` says how the file was interpreted.
-
-    Raises
-    ------
-    MaskFileError
-        For a missing, truncated, corrupt or unsupported file, a checkpoint that would need to
-        unpickle Python objects, or invalid masks or weights in it; the message names the file and
-        the layer or line.
-    """
+    """Read one mask file into a :class:`MaskSet`: :func:`masktopo.load` (which also reads run
+    directories) for a file, with the same parameters, result and errors."""
     return read_file(path, zeros_as_mask=zeros_as_mask, weights=weights)[0]
 
 
@@ -246,8 +255,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     MaskFileError
         When the file is unreadable or holds no state dict.
     """
-    import torch
-
     p = input_path(path)
     state = find_state_dict(torch_load(p))
     if state is None:

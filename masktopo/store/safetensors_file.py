@@ -38,36 +38,51 @@ from .common import (
 from .foreign import interpret
 
 
-def to_bytes(maskset: MaskSet, meta_json: str, *, kept: bool) -> bytes:
+def to_bytes(
+    maskset: MaskSet,
+    meta_json: str,
+    *,
+    kept: bool,
+    values: dict[str, torch.Tensor] | None = None,
+) -> bytes:
     """The file's bytes: ``mask/<layer>`` (packed bits), ``weight/<layer>`` (dense, or 1-D at
-    the kept positions when ``kept``) and the metadata with each layer's checksums."""
+    the kept positions when ``kept``) and the metadata with each layer's checksums.
+
+    ``values`` gives the kept weights directly (1-D, row-major, CPU) for a ``maskset`` without
+    weights: what the run writer records, without building dense weights to gather them again.
+    """
     from safetensors.torch import save as st_save
 
     tensors: dict[str, torch.Tensor] = {}
     layers = []
     weights = cpu_weights(maskset)
+    has_weights = bool(weights) or values is not None
     for layer in maskset.layers():
-        packed, nnz = pack_mask(maskset[layer.name])
+        mask = maskset[layer.name]
+        packed, nnz = pack_mask(mask)
         mask_t = torch.from_numpy(packed)
         tensors[f"mask/{layer.name}"] = mask_t
         entry = {"name": layer.name, "kind": layer.kind, "shape": list(layer.shape), "nnz": nnz,
                  "crc32": crc32(mask_t)}  # fmt: skip
-        if weights:
-            w = weights[layer.name]
-            if kept:
-                w = kept_values(w, maskset[layer.name].cpu())
+        if has_weights:
+            if values is not None:
+                w = values[layer.name].detach().cpu().contiguous()
+            elif kept:
+                w = kept_values(weights[layer.name], mask.cpu())
+            else:
+                w = weights[layer.name]
             tensors[f"weight/{layer.name}"] = w
             entry["weight_crc32"] = crc32(w)
         layers.append(entry)
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION_KEPT if kept and weights else FORMAT_VERSION),
+        "format_version": str(FORMAT_VERSION_KEPT if kept and has_weights else FORMAT_VERSION),
         "layers": json.dumps(layers),
-        "has_weights": "true" if maskset.has_weights else "false",
+        "has_weights": "true" if has_weights else "false",
         "meta": meta_json,
         "masktopo_version": __version__,
     }
-    if kept and weights:
+    if kept and has_weights:
         metadata["weight_layout"] = "kept"
     return st_save(tensors, metadata=metadata)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _files import write_run_json
 
 import masktopo
 from masktopo import runs, store
@@ -64,20 +65,7 @@ def _line(i: int, ms: MaskSet, rel: str) -> dict:
 
 def write_run(root: Path, masksets: list[MaskSet]) -> Path:
     """A run directory: run.json, then per event its mask file (atomically) and its line."""
-    root.mkdir(parents=True, exist_ok=True)
-    run = {
-        "format": "masktopo.run",
-        "format_version": 1,
-        "created": "2025-01-01T00:00:00+00:00",
-        "masktopo_version": masktopo.__version__,
-        "config": {"method": "test"},
-        "seed": 0,
-        "layers": [
-            {"name": x.name, "kind": x.kind, "shape": list(x.shape)} for x in masksets[0].layers()
-        ],
-    }
-    (root / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    (root / "masks").mkdir(exist_ok=True)
+    write_run_json(root, masksets[0], {"method": "test"})
     append_events(root, masksets, start=0)
     return root
 

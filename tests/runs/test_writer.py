@@ -94,7 +94,7 @@ def test_full_disk_error_surfaces_and_keeps_complete_events(tmp_path, monkeypatc
     def full(*a, **k):
         raise MaskFileError(tmp_path / "masks" / "x", "cannot write ([Errno 28] No space left)")
 
-    monkeypatch.setattr(writer_module, "save", full)
+    monkeypatch.setattr(writer_module, "save_kept", full)
     rec.record(masks, None, kind="update", step=1, epoch=1)
     with pytest.raises(MaskFileError, match="No space left"):
         rec.flush()

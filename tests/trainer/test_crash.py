@@ -34,7 +34,7 @@ needs_fmnist = pytest.mark.skipif(
 #: checkpoint every 100 steps within the epoch (steps 100, 200, 300, 400).
 ITOP = ["train", "--method", "itop", "--model", "lenet300", "--dataset", "fashion-mnist",
         "--density", "0.05", "--epochs", "1", "--update-interval", "50",
-        "--set", "checkpoint_every=100"]  # fmt: skip
+        "--checkpoint-every", "100"]  # fmt: skip
 
 
 def _env(**extra) -> dict:

@@ -123,16 +123,16 @@ def test_resume_refuses_other_settings_and_bad_checkpoints(tmp_path):
 def test_full_disk_while_dumping_leaves_the_run_consistent(tmp_path, monkeypatch):
     from masktopo.runs import writer as writer_module
 
-    real_save = writer_module.save
+    real_save = writer_module.save_kept
     calls = {"n": 0}
 
-    def save(path, ms, **kw):
+    def save(path, ms, values):
         calls["n"] += 1
         if calls["n"] >= 3:  # init and the first update succeed
             raise MaskFileError(path, "cannot write ([Errno 28] No space left on device)")
-        return real_save(path, ms, **kw)
+        return real_save(path, ms, values)
 
-    monkeypatch.setattr(writer_module, "save", save)
+    monkeypatch.setattr(writer_module, "save_kept", save)
     cfg = TrainConfig(method="set", density=0.3, epochs=2, update_interval=10, **SPIRAL)
     with pytest.raises(MaskFileError, match="No space left"):
         train(cfg, tmp_path / "r")
