@@ -237,10 +237,12 @@ def resume_config(out: Path, **overrides) -> TrainConfig:
         cfg = from_dict({k: v for k, v in saved.items() if k in FIELDS}, where=str(out / RUN_FILE))
     except MaskTopoError as e:
         raise MaskFileError(out / RUN_FILE, f"invalid training config ({e})") from None
-    ours = cfg.to_dict()
-    check_same_config(ours, {**ours, **cfg.replace(**overrides).to_dict()},
-                      allowed=RESUMABLE_CHANGES, where=f"{out}: --resume")  # fmt: skip
-    return cfg.replace(**overrides) if overrides else cfg
+    if not overrides:
+        return cfg
+    new = cfg.replace(**overrides)
+    check_same_config(cfg.to_dict(), new.to_dict(), allowed=RESUMABLE_CHANGES,
+                      where=f"{out}: --resume")  # fmt: skip
+    return new
 
 
 def _load_checkpoint(out: Path) -> dict | None:
