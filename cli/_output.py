@@ -187,3 +187,45 @@ def write_stdout(text: str) -> None:
     require_stdout()
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def add_progress(p) -> None:
+    """``--progress``, the same for every command that shows a progress bar."""
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a progress bar on stderr even when it is not a terminal",
+    )
+
+
+def add_config_arguments(p, command: str, out_help: str) -> None:
+    """``--out``, ``--config``, ``--set`` and ``--print-config`` of a command whose options are a
+    typed config (:mod:`masktopo.options`)."""
+    p.add_argument("--out", "-o", metavar="DIR", default=None, help=out_help)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML config: top-level keys or a [{command}] table (see configs/ and "
+        "--print-config)",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any config field, also those without a flag, in TOML value syntax (--set "
+        "name=0.1, --set name=word, --set name=[0.3,0.6]); --print-config lists them",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as TOML (ready to edit and rerun with --config) and exit",
+    )
+
+
+def print_config(cfg, table: str, header: str) -> None:
+    """Write ``cfg`` to stdout as TOML that ``--config`` reads back into the same config."""
+    from masktopo.options import to_toml
+
+    write_stdout(to_toml(cfg, table=table, header=header))

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._output import integer, number, show_progress
+from masktopo import __version__
 
-SAMPLERS = ("rescore", "rewire")
-SELECTIONS = ("layerwise", "global")
+from ._output import add_config_arguments, add_progress, print_config, show_progress
 
 _DESCRIPTION = """\
 Pruning at Initialization as Graph Sampling. Start from the mask of a PaI method (the base, scored
@@ -22,67 +21,29 @@ N23 full-spectrum criteria on the initial weights, and keep the best. Writes int
 best.safetensors (best mask + the weights it was scored on), base.safetensors, snapshots/,
 candidates.parquet (one row per candidate), run.json; analyze them with 'masktopo analyze'.
 Under 'torchrun --nproc_per_node=K -m masktopo pags ...' the candidates are split across K
-processes; the result is the same for any K."""
+processes; the result is the same for any K. Every option is declared in PagsConfig
+(masktopo.pags.config); --print-config shows them all as TOML."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from masktopo.options import add_arguments
+    from masktopo.pags.config import PagsConfig
+
     p = subparsers.add_parser(
         "pags",
         help="generate PAGS masks before training (graph-sampled PaI)",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    a = p.add_argument
-    a("--model", metavar="NAME", help="network from the zoo: resnet18 resnet34 resnet20 resnet50 "
-      "vgg16 vgg19 lenet5 lenet300 mlpnet spiral-mlp")  # fmt: skip
-    a("--dataset", metavar="NAME", help="dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
-      "fashion-mnist cubist-spiral (data-free methods need only its shapes, no files)")  # fmt: skip
-    a("--method", metavar="NAME", default="erk",
-      help="PaI method the candidates come from (default erk); see --list-methods")  # fmt: skip
-    a("--density", type=number, default=None, metavar="D",
-      help="fraction of the maskable weights to keep, in (0, 1] (required)")  # fmt: skip
-    a("--n", "--candidates", dest="n", type=integer, default=1000, metavar="N",
-      help="number of candidate masks to sample (default 1000); under torchrun spell it "
-           "--candidates (torchrun reads --n as an abbreviation of its own options)")  # fmt: skip
-    a("--iters", type=integer, default=20, metavar="I",
-      help="minibatches per candidate's PaI scoring, rescore sampler (default 20)")  # fmt: skip
-    a("--batch-size", type=integer, default=128, metavar="B",
-      help="minibatch size for the PaI scoring (default 128)")  # fmt: skip
-    a("--snapshot-every", type=integer, default=20, metavar="K",
-      help="save snapshots/snapshot-T.safetensors every K candidates when the best changed "
-      "(default 20; snapshot 0 is the base)")  # fmt: skip
-    a("--sampler", choices=SAMPLERS, default="rescore",
-      help="rescore: re-run the PaI method on fresh minibatches (noisy weights for data-free "
-      "methods; default, author code); rewire: random re-wiring at the base's per-layer counts")  # fmt: skip
-    a("--selection", choices=SELECTIONS, default="layerwise",
-      help="layerwise: per-layer Pareto acceptance on (IMDB Ramanujan gap, full-spectrum norm), "
-      "default; global: keep the whole candidate with the largest mean full-spectrum norm")  # fmt: skip
-    a("--repair", action="store_true",
-      help="bring each candidate back to the base's per-layer counts (top-|w|) before scoring, so "
-      "layer-wise mixing keeps the density exact")  # fmt: skip
-    a("--invalid", choices=("zero", "skip"), default="zero",
-      help="layers failing the Ramanujan gate count as 0 (N23, default) or are skipped (I23)")  # fmt: skip
-    a("--reference", choices=("origin", "base"), default="origin",
-      help="full-spectrum distance from the origin (author code, default) or from the base "
-      "mask's coordinate")  # fmt: skip
-    a("--chunk", type=integer, default=32, metavar="C",
-      help="candidates generated and scored per batch (speed only; default 32)")  # fmt: skip
-    a("--seed", type=integer, default=0, metavar="S",
-      help="run seed: model init and candidate t draw from (S, t) only (default 0)")  # fmt: skip
-    a("--device", choices=("cpu", "cuda"), default="cpu",
-      help="where PaI scoring and the spectra run (default cpu)")  # fmt: skip
-    a("--data-dir", metavar="DIR", default=None,
-      help="dataset directory (default: the dataset's standard place)")  # fmt: skip
-    a("--out", "-o", metavar="DIR", default=None, help="output directory (required; created)")
-    a("--resume", action="store_true",
-      help="continue the interrupted run in --out; ends as an uninterrupted run would")  # fmt: skip
-    a("--warm-start", metavar="CKPT", default=None,
-      help="score on the weights of this checkpoint of --model instead of the initialization, "
-      "e.g. warm/checkpoint.pt of 'masktopo train --method dense --density 1 --max-steps 500 "
-      "--out warm'")  # fmt: skip
-    a("--progress", action="store_true",
-      help="show the progress bar even when stderr is not a terminal")  # fmt: skip
-    a("--list-methods", action="store_true", help="list the PaI methods and exit")
+    add_arguments(p, PagsConfig)
+    add_config_arguments(p, "pags", "output directory (required; created)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out; ends as an uninterrupted run would",
+    )
+    add_progress(p)
+    p.add_argument("--list-methods", action="store_true", help="list the PaI methods and exit")
     return p
 
 
@@ -115,31 +76,34 @@ def run(args) -> int:
     if args.list_methods:
         print(list_methods())
         return 0
-    missing = [f for f, v in (("--model", args.model), ("--dataset", args.dataset),
-                              ("--density", args.density), ("--out", args.out)) if v is None]  # fmt: skip
+    from masktopo.options import flag_values, gather, parse_sets, read_toml
+    from masktopo.pags.config import PagsConfig
+
+    flags = flag_values(args, PagsConfig)
+    sets = parse_sets(args.sets)
+    config = gather(PagsConfig, config=args.config, table="pags", flags=flags, sets=sets)
+    if args.print_config:
+        print_config(config, "pags", f"masktopo pags --config FILE (masktopo {__version__})")
+        return 0
+    given = {*flags, *sets, *(read_toml(args.config, "pags") if args.config else ())}
+    missing = [flag for flag, ok in (("--model", config.model is not None),
+                                     ("--dataset", config.dataset is not None),
+                                     ("--density", "density" in given),
+                                     ("--out", args.out is not None)) if not ok]  # fmt: skip
     if missing:
         args.parser.error(f"the following arguments are required: {', '.join(missing)}")
-    from masktopo.pags import PagsConfig, run as run_pags  # noqa: I001
-
-    config = PagsConfig(
-        model=args.model, dataset=args.dataset, method=args.method, density=args.density,
-        n=args.n, iters=args.iters, batch_size=args.batch_size,
-        snapshot_every=args.snapshot_every, sampler=args.sampler, selection=args.selection,
-        repair=args.repair, seed=args.seed, chunk=args.chunk, invalid=args.invalid,
-        reference=args.reference, device=args.device, data_dir=args.data_dir,
-        warm_start=args.warm_start,
-    )  # fmt: skip
     from masktopo import zoo
 
-    zoo.get_spec(args.dataset)  # names first: cheap, and one clear line each
-    if args.model not in zoo.MODEL_NAMES:
+    zoo.get_spec(config.dataset)  # names first: cheap, and one clear line each
+    if config.model not in zoo.MODEL_NAMES:
         from masktopo.errors import UnknownNameError
 
-        raise UnknownNameError("model", args.model, zoo.MODEL_NAMES)
+        raise UnknownNameError("model", config.model, zoo.MODEL_NAMES)
+    from masktopo.pags import run as run_pags
     from masktopo.pags.runner import check_method
 
-    check_method(args.method)
-    _init_distributed(args.device)
+    check_method(config.method)
+    _init_distributed(config.device)
     result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
     import torch.distributed as dist
 

@@ -12,28 +12,39 @@ batches, and keep the best, layer by layer or as a whole.
 - :class:`PagsConfig` — the run's parameters (:mod:`~masktopo.pags.config`).
 """
 
-from .config import REFERENCES, SELECTIONS, PagsConfig
-from .engine import PagsResult, accept, run_pags
-from .runner import prepare, run
-from .sampling import SAMPLERS, RescoreSource, RewireSource, generators, repair, rewire
-from .scoring import INVALID, Scores, score_candidates
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "INVALID",
-    "REFERENCES",
-    "SAMPLERS",
-    "SELECTIONS",
-    "PagsConfig",
-    "PagsResult",
-    "RescoreSource",
-    "RewireSource",
-    "Scores",
-    "accept",
-    "generators",
-    "prepare",
-    "repair",
-    "rewire",
-    "run",
-    "run_pags",
-    "score_candidates",
-]
+from .._lazy import lazy_names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import INVALID, REFERENCES, SAMPLERS, SELECTIONS, PagsConfig  # noqa: F401
+    from .engine import PagsResult, accept, run_pags  # noqa: F401
+    from .runner import prepare, run  # noqa: F401
+    from .sampling import RescoreSource, RewireSource, generators, repair, rewire  # noqa: F401
+    from .scoring import Scores, score_candidates  # noqa: F401
+
+#: Public name -> submodule, imported on first use (``masktopo pags --help`` reads the config
+#: without torch).
+_LAZY = {
+    "INVALID": "config",
+    "REFERENCES": "config",
+    "SAMPLERS": "config",
+    "SELECTIONS": "config",
+    "PagsConfig": "config",
+    "PagsResult": "engine",
+    "accept": "engine",
+    "run_pags": "engine",
+    "prepare": "runner",
+    "run": "runner",
+    "RescoreSource": "sampling",
+    "RewireSource": "sampling",
+    "generators": "sampling",
+    "repair": "sampling",
+    "rewire": "sampling",
+    "Scores": "scoring",
+    "score_candidates": "scoring",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

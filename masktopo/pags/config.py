@@ -1,26 +1,29 @@
 """The resolved configuration of a PAGS run: one frozen dataclass, saved into run.json.
 
-Every string option is parsed here and nowhere else; a bad value raises
-:class:`~masktopo.errors.UnknownNameError` (listing the known values) or
-:class:`~masktopo.errors.MaskValidationError`. Names of models, datasets and PaI methods are
-checked against their registries by :mod:`masktopo.pags.runner`.
+Every option is declared once, here, with :func:`masktopo.options.option` (help, bounds, known
+names); the ``masktopo pags`` flags, ``--config FILE.toml``, ``--print-config`` and run.json's
+``config`` are derived from these declarations, and every string option is checked here and
+nowhere else: a bad value raises :class:`~masktopo.errors.UnknownNameError` (listing the known
+values) or :class:`~masktopo.errors.MaskValidationError`, naming the flag or file it came from.
+Names of models, datasets and PaI methods are checked against their registries by
+:mod:`masktopo.pags.runner`. Light: no torch is imported (``masktopo pags --help``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from ..analysis.metrics import Options
-from ..errors import MaskValidationError, UnknownNameError
-from .sampling import SAMPLERS
-from .scoring import INVALID
+from ..options import CONV_MODES, GATES, IMDB_VARIANTS, check_value, fields, option, to_dict
 
+#: Candidate samplers (pags-spec A3).
+SAMPLERS = ("rescore", "rewire")
 #: Selection rules (pags-spec A7).
 SELECTIONS = ("layerwise", "global")
 #: Where the full-spectrum distance is measured from (pags-spec A5).
 REFERENCES = ("origin", "base")
+#: How an undefined (gated) layer value counts: as 0 (N23) or skipped (I23) (pags-spec A9).
+INVALID = ("zero", "skip")
 #: Configuration fields that may change between a run and its ``--resume``.
 RESUMABLE_CHANGES = ("n", "chunk", "device", "data_dir")
 
@@ -29,96 +32,84 @@ RESUMABLE_CHANGES = ("n", "chunk", "device", "data_dir")
 class PagsConfig:
     """Parameters of one PAGS run (defaults: author-faithful, pags-spec §4.6).
 
-    Attributes
-    ----------
-    model, dataset, method : str
-        Zoo model, dataset and PaI method names (``model``/``dataset`` may be None when the
-        engine is driven directly from Python).
-    density : float
-        Target global density in (0, 1].
-    n : int
-        Number of candidates (pags-spec A4), default 1000.
-    iters, batch_size : int
-        Minibatches per candidate's PaI scoring and their size (rescore sampler), 20 and 128.
-    snapshot_every : int
-        Save a snapshot every this many candidates when the best changed.
-    sampler : {"rescore", "rewire"}
-        Candidate sampler (A3).
-    selection : {"layerwise", "global"}
-        Per-layer Pareto acceptance on (IMDB_Δr, fs) or whole-mask argmax of the network score
-        (A7).
-    repair : bool
-        Bring each candidate back to the base mask's per-layer counts before scoring (A11).
-    seed : int
-        Run seed: candidate ``t`` uses generators seeded by ``(seed, t)``.
-    chunk : int
-        Candidates generated and scored per batch (no effect on the result).
-    invalid : {"zero", "skip"}
-        Undefined layer values count as 0 (N23) or are skipped (I23) (A9).
-    reference : {"origin", "base"}
-        Full-spectrum distance from the origin (author code) or from the base mask's coordinate
-        (A5).
-    conv, gate, imdb : str
-        Graph options of the analysis (:class:`masktopo.analysis.metrics.Options`).
-    device : str
-        ``"cpu"`` or ``"cuda"``: where the spectra (and PaI scoring) run.
-    data_dir, warm_start : str, optional
-        Dataset directory and a warm-start checkpoint (weights θ after a few dense steps).
+    Each field's meaning and bounds are declared with it (``masktopo pags --help`` and
+    ``--print-config`` show them). ``model`` and ``dataset`` may be None when the engine is
+    driven directly from Python; ``conv``, ``gate`` and ``imdb`` are the graph options the
+    candidates are scored with (:class:`masktopo.options.Options`).
     """
 
-    model: str | None = None
-    dataset: str | None = None
-    method: str = "erk"
-    density: float = 0.05
-    n: int = 1000
-    iters: int = 20
-    batch_size: int = 128
-    snapshot_every: int = 20
-    sampler: str = "rescore"
-    selection: str = "layerwise"
-    repair: bool = False
-    seed: int = 0
-    chunk: int = 32
-    invalid: str = "zero"
-    reference: str = "origin"
-    conv: str = "unrolled"
-    gate: str = "n23"
-    imdb: str = "n23"
-    device: str = "cpu"
-    data_dir: str | None = None
-    warm_start: str | None = None
+    model: str | None = option(None, "network from the zoo: resnet18 resnet34 resnet20 resnet50 "
+                               "vgg16 vgg19 lenet5 lenet300 mlpnet spiral-mlp", metavar="NAME",
+                               default_text="required")  # fmt: skip
+    dataset: str | None = option(None, "dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
+                                 "fashion-mnist cubist-spiral (data-free methods need only its "
+                                 "shapes, no files)", metavar="NAME",
+                                 default_text="required")  # fmt: skip
+    method: str = option("erk", "PaI method the candidates come from; see --list-methods",
+                         metavar="NAME")  # fmt: skip
+    density: float = option(0.05, "fraction of the maskable weights to keep", gt=0.0, le=1.0,
+                            metavar="D")  # fmt: skip
+    n: int = option(1000, "number of candidate masks to sample; under torchrun spell it "
+                    "--candidates (torchrun reads --n as an abbreviation of its own options)",
+                    ge=1, aliases=("--candidates",), metavar="N")  # fmt: skip
+    iters: int = option(20, "minibatches per candidate's PaI scoring, rescore sampler", ge=1,
+                        metavar="I")  # fmt: skip
+    batch_size: int = option(128, "minibatch size for the PaI scoring", ge=1, metavar="B")
+    snapshot_every: int = option(20, "save snapshots/snapshot-T.safetensors every K candidates "
+                                 "when the best changed (snapshot 0 is the base)", ge=1,
+                                 metavar="K")  # fmt: skip
+    sampler: str = option("rescore", "rescore: re-run the PaI method on fresh minibatches (noisy "
+                          "weights for data-free methods; author code); rewire: random "
+                          "re-wiring at the base's per-layer counts", choices=SAMPLERS,
+                          what="sampler")  # fmt: skip
+    selection: str = option("layerwise", "layerwise: per-layer Pareto acceptance on (IMDB "
+                            "Ramanujan gap, full-spectrum norm); global: keep the whole "
+                            "candidate with the largest mean full-spectrum norm",
+                            choices=SELECTIONS, what="selection")  # fmt: skip
+    repair: bool = option(False, "bring each candidate back to the base's per-layer counts "
+                          "(top-|w|) before scoring, so layer-wise mixing keeps the density "
+                          "exact")  # fmt: skip
+    seed: int = option(0, "run seed: model init and candidate t draw from (S, t) only", ge=0,
+                       metavar="S")  # fmt: skip
+    chunk: int = option(32, "candidates generated and scored per batch (speed only)", ge=1,
+                        metavar="C")  # fmt: skip
+    invalid: str = option("zero", "layers failing the Ramanujan gate count as 0 (N23) or are "
+                          "skipped (I23)", choices=INVALID, what="invalid-value rule")  # fmt: skip
+    reference: str = option("origin", "full-spectrum distance from the origin (author code) or "
+                            "from the base mask's coordinate", choices=REFERENCES,
+                            what="distance reference")  # fmt: skip
+    conv: str = option("unrolled", "conv layer graph of the scoring", choices=CONV_MODES,
+                       what="conv mode", flag=False)  # fmt: skip
+    gate: str = option("n23", "validity gate of the Ramanujan metrics", choices=GATES,
+                       what="gate", flag=False)  # fmt: skip
+    imdb: str = option("n23", "IMDB variant", choices=IMDB_VARIANTS, what="IMDB variant",
+                       flag=False)  # fmt: skip
+    device: str = option("cpu", "where PaI scoring and the spectra run", choices=("cpu", "cuda"),
+                         what="device")  # fmt: skip
+    data_dir: str | None = option(None, "dataset directory", metavar="DIR",
+                                  default_text="the dataset's standard place")  # fmt: skip
+    warm_start: str | None = option(None, "score on the weights of this checkpoint of --model "
+                                    "instead of the initialization, e.g. warm/checkpoint.pt of "
+                                    "'masktopo train --method dense --density 1 --max-steps "
+                                    "500 --out warm'", metavar="CKPT")  # fmt: skip
 
     def __post_init__(self):
-        d = self.density
-        if not isinstance(d, int | float) or not math.isfinite(d) or not 0 < d <= 1:
-            raise MaskValidationError(f"density must be in (0, 1], got {d!r}")
-        for name in ("n", "iters", "batch_size", "snapshot_every", "chunk"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise MaskValidationError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise MaskValidationError(f"seed must be an integer >= 0, got {self.seed!r}")
-        for value, known, what in (
-            (self.sampler, SAMPLERS, "sampler"),
-            (self.selection, SELECTIONS, "selection"),
-            (self.invalid, INVALID, "invalid-value rule"),
-            (self.reference, REFERENCES, "distance reference"),
-            (self.device, ("cpu", "cuda"), "device"),
-        ):
-            if value not in known:
-                raise UnknownNameError(what, value, known)
-        self.options()  # validates conv / gate / imdb
+        for f in fields(PagsConfig):
+            value = check_value(PagsConfig, f.name, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)  # an int given for a float becomes a float
 
-    def options(self) -> Options:
+    def options(self):
         """The analysis options candidates are scored with."""
+        from ..options import Options
+
         return Options(self.conv, self.gate, self.imdb, "directed", allow_empty=True)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PagsConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes) -> PagsConfig:

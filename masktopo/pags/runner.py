@@ -13,9 +13,10 @@ import torch
 
 from ..errors import MaskFileError
 from ..runs import check_out_dir
+from ..seeding import generator
 from .config import PagsConfig
 from .engine import PagsResult, require_parquet, run_pags
-from .sampling import RescoreSource, RewireSource, full_batches, generators, seed_for
+from .sampling import RescoreSource, RewireSource, full_batches, generators
 
 
 def check_method(name: str):
@@ -74,7 +75,7 @@ def prepare(config: PagsConfig):
     data_free = bool(method.data_free)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise MaskFileError("--device", "cuda: no CUDA device is available on this machine")
-    init = torch.Generator().manual_seed(seed_for(config.seed, 0, 2))
+    init = generator(config.seed, "model")  # the trainer's model stream: the same θ
     model = zoo.get_model(config.model, dataset=spec, generator=init)
     dataset = None
     if not data_free:

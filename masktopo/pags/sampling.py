@@ -27,25 +27,19 @@ import torch
 
 from ..errors import MaskValidationError
 from ..masks import MaskSet
-
-#: Candidate samplers (parsed in :class:`masktopo.pags.config.PagsConfig`).
-SAMPLERS = ("rescore", "rewire")
+from ..seeding import seed_for
+from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
 
 #: A candidate source: ``t -> MaskSet`` (masks only; weights are ignored).
 Source = Callable[[int], MaskSet]
 
 
-def seed_for(seed: int, t: int, stream: int = 0) -> int:
-    """A 63-bit seed derived from ``(seed, t, stream)`` (numpy SeedSequence mixing)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(t), int(stream)])
-    a, b = state.generate_state(2, dtype=np.uint32)
-    return (int(a) << 31) ^ int(b)
-
-
 def generators(seed: int, t: int) -> tuple[torch.Generator, np.random.Generator]:
-    """The torch and numpy generators of candidate ``t`` of a run seeded with ``seed``."""
-    g = torch.Generator().manual_seed(seed_for(seed, t, 0))
-    return g, np.random.default_rng(seed_for(seed, t, 1))
+    """The torch and numpy generators of candidate ``t`` of a run seeded with ``seed``: the
+    streams ``(seed, "candidate", t, "torch")`` and ``(..., "numpy")`` of
+    :func:`masktopo.seeding.seed_for`, the one seed derivation of the package."""
+    g = torch.Generator().manual_seed(seed_for(seed, "candidate", t, "torch"))
+    return g, np.random.default_rng(seed_for(seed, "candidate", t, "numpy"))
 
 
 def rewire(base: MaskSet, rng: np.random.Generator) -> MaskSet:

@@ -46,9 +46,8 @@ import torch
 from ..analysis.metrics import Options, layer_metric_rows
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet
+from .config import INVALID
 
-#: Rules for undefined layer values (pags-spec A9).
-INVALID = ("zero", "skip")
 #: Metric columns computed for every candidate layer.
 COORD_METRICS = (
     "ramanujan_gap",

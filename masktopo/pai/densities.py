@@ -21,7 +21,7 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import MaskValidationError, UnknownNameError
 
@@ -35,13 +35,26 @@ __all__ = [
     "keep_count",
     "layer_counts",
     "layer_densities",
+    "register_distribution",
     "uniform_densities",
 ]
 
-#: Names of the layer-density distributions :func:`layer_densities` accepts.
-DISTRIBUTIONS = ("erk", "er", "uniform")
-
 Shapes = Mapping[str, tuple[int, ...]]
+
+#: Layer-density distributions by name: ``fn(shapes, density) -> {layer: density}``
+#: (:func:`register_distribution`; :func:`layer_densities` and every ``distribution`` option).
+DISTRIBUTIONS: dict[str, Callable[[Shapes, float], dict[str, float]]] = {}
+
+
+def register_distribution(name: str):
+    """Decorator: register ``fn(shapes, density) -> {layer: density}`` as distribution ``name``
+    (then ``distribution = "name"`` works in PaI, PAGS and the trainer)."""
+
+    def register(fn):
+        DISTRIBUTIONS[name] = fn
+        return fn
+
+    return register
 
 
 def check_density(density: float) -> float:
@@ -93,6 +106,7 @@ def _solve(shapes: dict[str, tuple[int, ...]], raw: dict[str, float], density: f
     return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
 
 
+@register_distribution("erk")
 def erk_densities(shapes: Shapes, density: float, *, power_scale: float = 1.0) -> dict[str, float]:
     r"""Per-layer densities of the Erdős–Rényi-Kernel (ERK) distribution at a global density.
 
@@ -142,6 +156,7 @@ def erk_densities(shapes: Shapes, density: float, *, power_scale: float = 1.0) -
     return _solve(shapes, raw, density)
 
 
+@register_distribution("er")
 def er_densities(shapes: Shapes, density: float) -> dict[str, float]:
     r"""Per-layer densities of the Erdős–Rényi (ER) distribution: ERK without the kernel terms.
 
@@ -179,6 +194,7 @@ def er_densities(shapes: Shapes, density: float) -> dict[str, float]:
     return _solve(shapes, raw, density)
 
 
+@register_distribution("uniform")
 def uniform_densities(
     shapes: Shapes, density: float, *, first_dense: bool = False
 ) -> dict[str, float]:
@@ -196,7 +212,8 @@ def uniform_densities(
 
 
 def layer_densities(shapes: Shapes, density: float, distribution: str = "erk") -> dict[str, float]:
-    """Per-layer densities of a named distribution: ``"erk"``, ``"er"`` or ``"uniform"``.
+    """Per-layer densities of a registered distribution (:data:`DISTRIBUTIONS`): ``"erk"``,
+    ``"er"``, ``"uniform"``, or one added with :func:`register_distribution`.
 
     ``"uniform"`` gives every layer the global density (no dense first layer here; see
     :func:`uniform_densities`).
@@ -204,15 +221,11 @@ def layer_densities(shapes: Shapes, density: float, distribution: str = "erk") -
     Raises
     ------
     UnknownNameError
-        On a distribution other than those in :data:`DISTRIBUTIONS`.
+        On a distribution that is not registered.
     """
-    if distribution == "erk":
-        return erk_densities(shapes, density)
-    if distribution == "er":
-        return er_densities(shapes, density)
-    if distribution == "uniform":
-        return uniform_densities(shapes, density)
-    raise UnknownNameError("layer-density distribution", distribution, DISTRIBUTIONS)
+    if distribution not in DISTRIBUTIONS:
+        raise UnknownNameError("layer-density distribution", distribution, DISTRIBUTIONS)
+    return DISTRIBUTIONS[distribution](shapes, density)
 
 
 def keep_count(density: float, n: int) -> int:

@@ -19,7 +19,8 @@ called on update steps).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -31,6 +32,9 @@ __all__ = [
     "DROPS",
     "GROWTHS",
     "DenseMomentum",
+    "DropRule",
+    "GrowthInputs",
+    "GrowthRule",
     "drop_count",
     "drop_magnitude",
     "drop_set",
@@ -40,18 +44,108 @@ __all__ = [
     "prune_magnitude",
     "prune_targets",
     "random_masks",
+    "register_drop",
+    "register_growth",
     "rewire",
     "start_counts",
     "start_masks",
     "top_k",
 ]
 
-#: Drop rules: smallest magnitudes, or SET's half smallest positive / half largest negative.
-DROPS = ("magnitude", "set")
-#: Growth rules (methods-spec §2.1 step 3.2).
-GROWTHS = ("random", "gradient", "momentum", "random_unfired")
-
 _NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------------
+# Drop and growth rules: strategies registered by name
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DropRule:
+    """A drop rule: ``drop(weight, mask, n, generator)`` returns the bool mask of exactly ``n``
+    dropped active entries."""
+
+    name: str
+    summary: str
+    drop: Callable[[torch.Tensor, torch.Tensor, int, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GrowthInputs:
+    """What a growth rule may read for one layer: the weight, the method's generator, and (when
+    the rule declares it needs them) the dense gradient, the dense gradient momentum and the
+    fired mask (every position active so far)."""
+
+    weight: torch.Tensor
+    generator: torch.Generator
+    grad: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+    fired: torch.Tensor | None = None
+
+
+#: What the needs of a growth rule are called in its error message.
+_NEEDS = {
+    "grad": "the dense gradient (p.grad is None on an update step)",
+    "momentum": "the dense gradient momentum",
+    "fired": "the fired masks",
+}
+
+
+@dataclass(frozen=True)
+class GrowthRule:
+    """A growth rule: ``scores(inputs)`` ranks the empty positions (larger = grown first);
+    ``needs`` names the inputs it reads (``"grad"``, ``"momentum"``, ``"fired"``), so that the
+    methods provide them (a dense momentum is kept only for a rule that needs it)."""
+
+    name: str
+    summary: str
+    scores: Callable[[GrowthInputs], torch.Tensor]
+    needs: frozenset[str] = frozenset()
+
+
+#: Drop rules by name (:func:`register_drop`).
+DROPS: dict[str, DropRule] = {}
+#: Growth rules by name (:func:`register_growth`; methods-spec §2.1 step 3.2).
+GROWTHS: dict[str, GrowthRule] = {}
+
+
+def register_drop(name: str, summary: str):
+    """Decorator: register ``fn(weight, mask, n, generator) -> dropped`` as drop rule ``name``
+    (then ``drop = "name"`` works in every DST method and in GraNet)."""
+
+    def register(fn):
+        DROPS[name] = DropRule(name, summary, fn)
+        return fn
+
+    return register
+
+
+def register_growth(name: str, summary: str, needs: tuple[str, ...] = ()):
+    """Decorator: register ``fn(inputs: GrowthInputs) -> scores`` as growth rule ``name``
+    (then ``growth = "name"`` works in every DST method and in GraNet); ``needs`` names what it
+    reads of ``inputs`` besides the weight and the generator."""
+    unknown = sorted(set(needs) - set(_NEEDS))
+    if unknown:
+        raise MaskValidationError(f"growth rule {name!r}: unknown needs {unknown}; known: "
+                                  f"{', '.join(_NEEDS)}")  # fmt: skip
+
+    def register(fn):
+        GROWTHS[name] = GrowthRule(name, summary, fn, frozenset(needs))
+        return fn
+
+    return register
+
+
+def get_drop(name: str) -> DropRule:
+    """The drop rule ``name`` (UnknownNameError listing the known ones)."""
+    if name not in DROPS:
+        raise UnknownNameError("drop rule", name, DROPS)
+    return DROPS[name]
+
+
+def get_growth(name: str) -> GrowthRule:
+    """The growth rule ``name`` (UnknownNameError listing the known ones)."""
+    if name not in GROWTHS:
+        raise UnknownNameError("growth rule", name, GROWTHS)
+    return GROWTHS[name]
 
 
 def _count(mask: torch.Tensor) -> int:
@@ -112,6 +206,7 @@ def drop_count(rate: float, active: int, rounding: str = "ceil") -> int:
     return max(0, min(int(active), n))
 
 
+@register_drop("magnitude", "the n active entries of smallest |w| (ITOP, RigL)")
 def drop_magnitude(
     weight: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -127,6 +222,7 @@ def drop_magnitude(
     return mask & ~keep
 
 
+@register_drop("set", "SET: half the smallest positive, half the largest negative weights")
 def drop_set(
     weight: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -154,17 +250,37 @@ def drop_set(
     return top_k(-w, n_pos, generator, pos) | top_k(w, n_neg, generator, neg)
 
 
-def _drop(rule: str):
-    if rule == "magnitude":
-        return drop_magnitude
-    if rule == "set":
-        return drop_set
-    raise UnknownNameError("drop rule", rule, DROPS)
-
-
 def _rand_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     r = torch.rand(t.shape, generator=generator, device=generator.device)
     return r.to(t.device)
+
+
+@register_growth("random", "SET: uniformly random empty positions")
+def _grow_random(x: GrowthInputs) -> torch.Tensor:
+    """i.i.d. :math:`U[0, 1)`: the top-:math:`n` is a uniformly random :math:`n`-subset."""
+    return _rand_like(x.weight, x.generator)
+
+
+@register_growth("gradient", "RigL: largest |dense gradient|", needs=("grad",))
+def _grow_gradient(x: GrowthInputs) -> torch.Tensor:
+    """:math:`|g|`, the dense gradient of the last minibatch (NaN counts as 0); RigL, Evci et
+    al. ICML 2020."""
+    return torch.nan_to_num(x.grad.detach().float().abs(), nan=0.0)
+
+
+@register_growth("momentum", "SNFS: largest |dense gradient momentum|", needs=("momentum",))
+def _grow_momentum(x: GrowthInputs) -> torch.Tensor:
+    r""":math:`|\mu|`, a dense momentum of the gradients (:class:`DenseMomentum`); SNFS,
+    Dettmers & Zettlemoyer 2019."""
+    return torch.nan_to_num(x.momentum.detach().float().abs(), nan=0.0)
+
+
+@register_growth("random_unfired", "ITOP: random positions never active so far first",
+                 needs=("fired",))  # fmt: skip
+def _grow_random_unfired(x: GrowthInputs) -> torch.Tensor:
+    """:math:`U[0, 1) + [\text{never fired}]`: a random subset of the positions never active so
+    far, topped up with random fired ones when there are too few (ITOP)."""
+    return _rand_like(x.weight, x.generator) + (~x.fired).float()
 
 
 def growth_scores(
@@ -176,34 +292,23 @@ def growth_scores(
     momentum: torch.Tensor | None = None,
     fired: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Scores of the growth rule (larger = grown first), shaped like ``weight``.
+    r"""Scores of the growth rule ``rule`` (larger = grown first), shaped like ``weight``: the
+    registered rule (:data:`GROWTHS`) applied to the inputs it needs.
 
-    * ``random`` (SET): i.i.d. uniform :math:`U[0, 1)`, so the top-:math:`n` is a uniformly
-      random :math:`n`-subset of the candidates;
-    * ``gradient`` (RigL, Evci et al. ICML 2020): :math:`|g|`, the dense gradient of the last
-      minibatch (NaN counts as 0);
-    * ``momentum`` (SNFS, Dettmers & Zettlemoyer 2019): :math:`|\mu|`, a dense momentum of the
-      gradients (:class:`DenseMomentum`);
-    * ``random_unfired`` (ITOP): :math:`U[0, 1) + [\text{never fired}]`: a random subset of the
-      positions never active so far, topped up with random fired ones when there are too few.
+    Raises
+    ------
+    MaskValidationError
+        When the rule needs an input that is missing (``gradient growth needs the dense
+        gradient ...``).
+    UnknownNameError
+        For a rule that is not registered.
     """
-    if rule == "random":
-        return _rand_like(weight, generator)
-    if rule == "gradient":
-        if grad is None:
-            raise MaskValidationError(
-                "gradient growth needs the dense gradient (p.grad is None on an update step)"
-            )
-        return torch.nan_to_num(grad.detach().float().abs(), nan=0.0)
-    if rule == "momentum":
-        if momentum is None:
-            raise MaskValidationError("momentum growth needs the dense gradient momentum")
-        return torch.nan_to_num(momentum.detach().float().abs(), nan=0.0)
-    if rule == "random_unfired":
-        if fired is None:
-            raise MaskValidationError("random_unfired growth needs the fired masks")
-        return _rand_like(weight, generator) + (~fired).float()
-    raise UnknownNameError("growth rule", rule, GROWTHS)
+    g = get_growth(rule)
+    x = GrowthInputs(weight, generator, grad, momentum, fired)
+    for need in sorted(g.needs):
+        if getattr(x, need) is None:
+            raise MaskValidationError(f"{rule} growth needs {_NEEDS[need]}")
+    return g.scores(x)
 
 
 def grow(
@@ -241,7 +346,7 @@ def rewire(
     new_mask, new_connections : torch.Tensor
         :math:`m''` (exactly as many entries as :math:`m`) and the entries the caller must reset.
     """
-    dropped = _drop(drop)(weight, mask, n, generator)
+    dropped = get_drop(drop).drop(weight, mask, n, generator)
     after = mask & ~dropped
     scores = growth_scores(
         growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired

@@ -195,7 +195,7 @@ def test_info_prints_warnings_like_every_command(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "seed=-1"], "seed must be an integer >= 0, got -1"),
+        (["--set", "seed=-1"], "--set: seed must be >= 0, got -1"),
         (["--method", "set", "--density", "1e-9"], "density 1e-09 keeps no entry of the"),
         (["--method", "rigl", "--density", "1e-9"], "keeps no entry"),
         (["--method", "static", "--density", "1e-9"], "keeps no entry"),

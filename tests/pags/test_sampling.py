@@ -15,13 +15,14 @@ from masktopo.pags.sampling import (
     generators,
     minibatches,
     repair,
-    seed_for,
 )
+from masktopo.seeding import seed_for
 
 
 def test_seeds_depend_on_seed_and_t_only():
-    assert seed_for(0, 1) == seed_for(0, 1)
-    assert len({seed_for(s, t, k) for s in range(3) for t in range(3) for k in range(2)}) == 18
+    assert seed_for(0, "candidate", 1) == seed_for(0, "candidate", 1)
+    seeds = {seed_for(s, "candidate", t, k) for s in range(3) for t in range(3) for k in range(2)}
+    assert len(seeds) == 18
     a, b = generators(7, 3), generators(7, 3)
     assert torch.equal(torch.rand(5, generator=a[0]), torch.rand(5, generator=b[0]))
     assert a[1].integers(1 << 30) == b[1].integers(1 << 30)

@@ -12,13 +12,14 @@ gmp         :class:`.gmp.GMP`        cubic gradual magnitude pruning, global or 
 granet      :class:`.granet.GraNet`  GMP plus neuroregeneration at every update
 ==========  =======================  =========================================================
 
-Adding a method: one file with a :class:`Sparsifier` subclass, one line in :data:`METHODS`, its
-defaults in :data:`masktopo.trainer.config.METHOD_DEFAULTS`.
+Adding a method: one file with a :class:`Sparsifier` subclass (its ``name``, ``summary`` and the
+``defaults`` of the method-specific config fields it uses live with it) and one call of
+:func:`register_method`.
 """
 
 from __future__ import annotations
 
-from ...errors import UnknownNameError
+from ...errors import MaskValidationError, UnknownNameError
 from .base import Record, Sparsifier
 from .dense import Dense
 from .dst import DST, ITOP, SET, Regrowth, RigL
@@ -40,12 +41,31 @@ __all__ = [
     "Sparsifier",
     "Static",
     "make_sparsifier",
+    "register_method",
 ]
 
-#: Method name -> :class:`Sparsifier` subclass (the names of ``config.METHODS``).
-METHODS: dict[str, type[Sparsifier]] = {
-    cls.name: cls for cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet)
-}
+#: Method name -> :class:`Sparsifier` subclass (:func:`register_method`).
+METHODS: dict[str, type[Sparsifier]] = {}
+
+
+def register_method(cls: type[Sparsifier]) -> type[Sparsifier]:
+    """Register a :class:`Sparsifier` subclass under its ``name`` (usable as a decorator): then
+    ``masktopo train --method NAME`` runs it, ``--list-methods`` lists it with its ``summary``,
+    and :func:`masktopo.trainer.config.resolve` fills its ``defaults``."""
+    from ..config import METHOD_FIELDS
+
+    unknown = sorted(set(cls.defaults) - set(METHOD_FIELDS))
+    if not cls.name or unknown:
+        raise MaskValidationError(
+            f"method class {cls.__name__}: needs a name, and defaults only for "
+            f"{', '.join(METHOD_FIELDS)} (got {unknown})"
+        )
+    METHODS[cls.name] = cls
+    return cls
+
+
+for _cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet):
+    register_method(_cls)
 
 
 def make_sparsifier(cfg, *, steps_per_epoch: int, total_steps: int, device) -> Sparsifier:

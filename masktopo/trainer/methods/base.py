@@ -50,6 +50,10 @@ class Sparsifier:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: The method's values of the method-specific config fields it uses
+    #: (:data:`masktopo.trainer.config.METHOD_FIELDS`): a field missing here is not used by the
+    #: method and must stay unset. :func:`masktopo.trainer.config.resolve` fills the unset ones.
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
         for key, value in (("steps_per_epoch", steps_per_epoch), ("total_steps", total_steps)):

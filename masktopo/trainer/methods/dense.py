@@ -17,7 +17,7 @@ class Dense(Sparsifier):
     """
 
     name: ClassVar[str] = "dense"
-    summary: ClassVar[str] = "no mask"
+    summary: ClassVar[str] = "every weight trained (baseline)"
 
     def init_masks(self, model, maskable, generator, *, batches=None):
         """No masks and no weights: ``({}, None)``."""

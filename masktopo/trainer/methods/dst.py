@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import MaskValidationError
-from ..core import DenseMomentum, drop_count, itop_rate, rewire, start_masks
+from ..core import DenseMomentum, drop_count, get_growth, itop_rate, rewire, start_masks
 from ..masking import Masking
 from ..schedules import cosine_rate, is_update_step
 from .base import Record, Sparsifier
@@ -65,7 +65,8 @@ class Regrowth:
         self.reinit_when_same = bool(cfg.reinit_when_same)
         self.generator = generator
         self.rounding = rounding
-        self.momentum = DenseMomentum(cfg.momentum) if cfg.growth == "momentum" else None
+        needs = get_growth(cfg.growth).needs
+        self.momentum = DenseMomentum(cfg.momentum) if "momentum" in needs else None
         self.fired: dict[str, torch.Tensor] | None = None
         self.R_s: float | None = None
 
@@ -157,7 +158,20 @@ class DST(RegrowthState, Sparsifier):
     """Drop-and-grow at constant per-layer counts (module docstring: ITOP, SET, RigL)."""
 
     name: ClassVar[str] = "itop"
-    summary: ClassVar[str] = "ITOP: ERK start, magnitude drop, regrowth, cosine rate, R_s"
+    summary: ClassVar[str] = (
+        "ITOP: prune-and-regrow through the whole run (SET-ITOP; RigL-ITOP with --growth gradient)"
+    )
+    defaults: ClassVar[dict] = {
+        "distribution": "erk",
+        "update_interval": 1500,
+        "growth": "random",
+        "drop": "magnitude",
+        "rate": 0.5,
+        "rate_min": 0.005,
+        "update_end": None,
+        "skip_step_on_update": False,
+        "reinit_when_same": False,
+    }
     #: Drop count rounding: ceil (ITOP/SET/GraNet) or floor (RigL).
     rounding: ClassVar[str] = "ceil"
 
@@ -224,5 +238,14 @@ class RigL(DST):
     """RigL (Evci et al. ICML 2020): gradient growth, cosine to 0 at 75%, floor counts, skip."""
 
     name = "rigl"
-    summary = "RigL: gradient growth, alpha 0.3 cosine to T_end = 0.75, optimizer step skipped"
+    summary = "RigL: gradient growth, alpha 0.3, updates stop at 75% of training"
+    defaults: ClassVar[dict] = {
+        **DST.defaults,
+        "update_interval": 100,
+        "growth": "gradient",
+        "rate": 0.3,
+        "rate_min": 0.0,
+        "update_end": 0.75,
+        "skip_step_on_update": True,
+    }
     rounding = "floor"

@@ -37,6 +37,14 @@ class GMP(Sparsifier):
 
     name: ClassVar[str] = "gmp"
     summary: ClassVar[str] = "gradual magnitude pruning on the cubic schedule"
+    defaults: ClassVar[dict] = {
+        "update_interval": 1000,
+        "init_density": 1.0,
+        "distribution": "erk",
+        "prune_start": 0.0,
+        "prune_end": 0.5,
+        "prune_scope": "global",
+    }
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
         super().__init__(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

@@ -35,7 +35,15 @@ class GraNet(RegrowthState, GMP):
     """GMP plus neuroregeneration at every update (module docstring)."""
 
     name: ClassVar[str] = "granet"
-    summary: ClassVar[str] = "GMP plus zero-cost neuroregeneration (gradient regrowth)"
+    summary: ClassVar[str] = "GMP plus zero-cost neuroregeneration (dense- or sparse-to-sparse)"
+    defaults: ClassVar[dict] = {
+        **GMP.defaults,
+        "growth": "gradient",
+        "drop": "magnitude",
+        "rate": 0.5,
+        "rate_min": 0.005,
+        "reinit_when_same": False,
+    }
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
         super().__init__(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

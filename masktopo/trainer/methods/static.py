@@ -25,7 +25,8 @@ class Static(Sparsifier):
     """A fixed mask from a PaI method or a mask file (module docstring)."""
 
     name: ClassVar[str] = "static"
-    summary: ClassVar[str] = "a fixed mask: a PaI method or a mask file"
+    summary: ClassVar[str] = "a fixed mask from a PaI method or a mask file"
+    defaults: ClassVar[dict] = {"init_method": "erk"}
 
     def init_masks(self, model, maskable, generator, *, batches=None):
         """The PaI or file mask; the file's weights (on the parameters' devices) when it has them.

@@ -1,0 +1,514 @@
+"""Options declared once: typed config dataclasses whose fields carry their help, bounds and known
+names; command-line flags, TOML files, ``--print-config`` and run.json are all derived from them.
+
+A command's config is a frozen dataclass whose fields are declared with :func:`option`::
+
+    @dataclass(frozen=True)
+    class PagsConfig:
+        n: int = option(1000, "number of candidate masks to sample", ge=1, metavar="N")
+        sampler: str = option("rescore", "how candidates are drawn", choices=("rescore", "rewire"))
+
+and nothing else describes them: :func:`add_arguments` makes the flags (``--n``, ``--sampler``),
+with the help text and the default; :func:`gather` merges defaults, a TOML file (``--config``),
+the flags and ``--set KEY=VALUE`` in that order and checks every value *where it came from* (a
+bad value is one line naming the key and the file or the flag); :func:`to_toml` writes a config
+back as TOML that :func:`gather` reads into the same config (``--print-config``); :func:`to_dict`
+is what run.json records.
+
+Option groups that several commands share are declared at the end of this module:
+:class:`Options` (how a layer mask is read as a graph, which metric variants: ``analyze``,
+``analyze_run``, ``layer_metrics``, PAGS's scoring, and the ``analyze``, ``plot``, ``report``
+and ``pags`` flags) and :class:`RunOptions` (which events of a run are analyzed, and the cache).
+Options of one command are declared with it (:class:`masktopo.trainer.config.TrainConfig`,
+:class:`masktopo.pags.config.PagsConfig`).
+
+This module is light (standard library only): building a command's ``--help`` never imports
+torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MaskFileError, MaskValidationError, UnknownNameError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CONV_MODES",
+    "GATES",
+    "IMDB_VARIANTS",
+    "INVALID",
+    "NARC_EDGES",
+    "Options",
+    "RunOptions",
+    "Spec",
+    "add_arguments",
+    "check_value",
+    "fields",
+    "from_values",
+    "gather",
+    "option",
+    "parse_sets",
+    "read_toml",
+    "to_dict",
+    "to_toml",
+    "tomllib",
+]
+
+_KEY = "masktopo.option"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one config field is described, checked and offered on the command line.
+
+    Attributes
+    ----------
+    help : str
+        One line for ``--help`` and for the comment above the key in ``--print-config``.
+    flag : str, bool
+        The flag (``"--batch-size"``); True (default) derives it from the field name; False
+        offers the field only through ``--config``/``--set``.
+    aliases : tuple of str
+        More flags for the same field (``("--candidates",)``).
+    metavar : str, optional
+        The value's name in ``--help``.
+    choices : tuple of str or callable, optional
+        The known names (a callable returning them, for registries read on first use).
+    what : str, optional
+        How an unknown name is described (``"PaI method"``); default the field name.
+    ge, gt, le, lt : float, optional
+        Bounds of a number.
+    negative, negative_help : str, optional
+        For a bool whose flag turns it off (``"--no-weights"`` for ``weights = True``), and that
+        flag's help.
+    default_text : str, optional
+        What ``--help`` says the default is, where the dataclass default (None) means more.
+    """
+
+    help: str
+    flag: str | bool = True
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
+    what: str | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    negative: str | None = None
+    negative_help: str | None = None
+    default_text: str | None = None
+
+    def known(self) -> tuple[str, ...] | None:
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A dataclass field with ``default`` and its :class:`Spec` (``help`` and ``**spec``)."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata={_KEY: Spec(help, **spec)})
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    kind: str  # "bool", "int", "float", "str", "floats" (a tuple of floats)
+    nullable: bool
+    default: Any
+    spec: Spec
+
+    @property
+    def flags(self) -> list[str]:
+        if self.spec.flag is False:
+            return []
+        main = (
+            self.spec.flag
+            if isinstance(self.spec.flag, str)
+            else "--" + self.name.replace("_", "-")
+        )
+        return [main, *self.spec.aliases]
+
+
+def _kind(annotation: Any) -> tuple[str, bool]:
+    """``(kind, nullable)`` of a field's annotation (a string under postponed evaluation)."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    parts = [p.strip() for p in text.replace("typing.", "").split("|")]
+    nullable = "None" in parts
+    base = next(p for p in parts if p != "None")
+    if base.startswith("tuple[float"):
+        return "floats", nullable
+    if base in ("bool", "int", "float", "str"):
+        return base, nullable
+    raise TypeError(f"unsupported option type {text!r}")
+
+
+def fields(cls: type) -> list[_Field]:
+    """The declared fields of a config class, in order (fields without a :class:`Spec` are not
+    options and are left out)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_KEY)
+        if spec is None:
+            continue
+        kind, nullable = _kind(f.type)
+        out.append(_Field(f.name, kind, nullable, f.default, spec))
+    return out
+
+
+def _field(cls: type, name: str, what: str, where: str | None) -> _Field:
+    for f in fields(cls):
+        if f.name == name:
+            return f
+    prefix = f"{where}: " if where else ""
+    known = ", ".join(f.name for f in fields(cls))
+    raise MaskValidationError(f"{prefix}unknown {what} {name!r}; known: {known}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _fmt(x: float) -> str:
+    return repr(float(x)) if isinstance(x, float) else repr(x)
+
+
+def check_value(cls: type, name: str, value: Any, where: str | None = None) -> Any:
+    """``value`` for field ``name`` of ``cls``, converted (an int for a float, a list for a
+    tuple) and checked against the field's type, known names and bounds.
+
+    Raises
+    ------
+    MaskValidationError
+        ``<where>: epochs must be int, got 'ten'``, ``<where>: density must be in (0.0, 1.0],
+        got 1.5``, ``<where>: unknown option 'lr_rate'; known: ...``.
+    UnknownNameError
+        An unknown name: ``<where>: unknown method 'sparse'; known: ...``.
+    """
+    f = _field(cls, name, "option", where)
+    prefix = f"{where}: " if where else ""
+    if value is None:
+        if f.nullable:
+            return None
+        raise MaskValidationError(f"{prefix}{name} cannot be null")
+    if f.kind == "floats":
+        if not isinstance(value, list | tuple) or not all(_number(v) for v in value):
+            raise MaskValidationError(f"{prefix}{name} must be a list of numbers")
+        return tuple(float(v) for v in value)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": _number(value),
+        "str": isinstance(value, str),
+    }[f.kind]
+    if not ok:
+        raise MaskValidationError(f"{prefix}{name} must be {f.kind}, got {value!r}")
+    if f.kind == "float":
+        value = float(value)
+    s = f.spec
+    known = s.known()
+    if known is not None and value not in known:
+        err = UnknownNameError(s.what or name, value, known)
+        if where:
+            err.args = (f"{prefix}{err}",)
+        raise err
+    if f.kind in ("int", "float"):
+        _check_bounds(name, value, s, prefix)
+    return value
+
+
+def _check_bounds(name: str, value: float, s: Spec, prefix: str) -> None:
+    lo = s.ge if s.ge is not None else s.gt
+    hi = s.le if s.le is not None else s.lt
+    bad = not math.isfinite(value) and (lo is not None or hi is not None)
+    bad = bad or (s.ge is not None and value < s.ge) or (s.gt is not None and value <= s.gt)
+    bad = bad or (s.le is not None and value > s.le) or (s.lt is not None and value >= s.lt)
+    if not bad:
+        return
+    if hi is None:
+        op = ">=" if s.ge is not None else ">"
+        raise MaskValidationError(f"{prefix}{name} must be {op} {lo!r}, got {value!r}")
+    if lo is None:
+        op = "<=" if s.le is not None else "<"
+        raise MaskValidationError(f"{prefix}{name} must be {op} {hi!r}, got {value!r}")
+    left = "[" if s.ge is not None else "("
+    right = "]" if s.le is not None else ")"
+    raise MaskValidationError(
+        f"{prefix}{name} must be in {left}{_fmt(lo)}, {_fmt(hi)}{right}, got {value!r}"
+    )
+
+
+def from_values(cls: type, values: Mapping[str, Any], where: str | Mapping[str, str] | None = None):
+    """An instance of ``cls`` from field values, each checked (:func:`check_value`);
+    ``where`` names their source (one for all, or one per key)."""
+    checked = {}
+    for key, value in values.items():
+        w = where.get(key) if isinstance(where, Mapping) else where
+        checked[key] = check_value(cls, key, value, w)
+    return cls(**checked)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Every option of ``cfg`` as JSON-able values (tuples become lists), in declaration order:
+    what run.json records."""
+    out = {}
+    for f in fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# -- TOML ------------------------------------------------------------------------------------------
+def read_toml(path: str | Path, table: str | None = None) -> dict[str, Any]:
+    """The keys of a TOML config file: its top level, or the ``[table]`` when it has one (then
+    nothing may stand outside it).
+
+    Raises
+    ------
+    MaskFileError
+        ``config file not found``, ``not valid TOML (...)``, ``keys outside the [train] table``.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise MaskFileError(p, "config file not found") from None
+    except OSError as e:
+        raise MaskFileError(p, f"cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise MaskFileError(p, f"not valid TOML ({e})") from None
+    if table is not None and table in data:
+        extra = sorted(k for k in data if k != table)
+        if extra:
+            raise MaskFileError(p, f"keys outside the [{table}] table: {', '.join(extra)}")
+        data = data[table]
+        if not isinstance(data, dict):
+            raise MaskFileError(p, f"'{table}' is not a table")
+    return data
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: Any, *, table: str | None = None, header: str = "") -> str:
+    """``cfg`` as a TOML file that :func:`gather` ``(config=...)`` reads back into ``cfg``: one
+    ``key = value`` per option with its help as a comment; an unset (None) option is a
+    commented-out line (TOML has no null)."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    if table:
+        lines += ["", f"[{table}]"]
+    for f in fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        lines.append(f"# {f.spec.help}")
+        if value is None:
+            lines.append(f"# {f.name} =  (unset)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict; VALUE in TOML syntax (a bare word is a string)."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise MaskValidationError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: a string
+        out[key] = value
+    return out
+
+
+# -- the command line ------------------------------------------------------------------------------
+def _argparse_type(f: _Field) -> Callable[[str], Any]:
+    def integer(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+    def numbers(text: str) -> tuple[float, ...]:
+        return tuple(number(t) for t in text.replace(",", " ").split())
+
+    return {"int": integer, "float": number, "floats": numbers}.get(f.kind, str)
+
+
+def _default_text(f: _Field) -> str:
+    if f.spec.default_text is not None:
+        return f.spec.default_text
+    d = f.default
+    if d is None:
+        return "unset"
+    if isinstance(d, bool):
+        return "on" if d else "off"
+    if isinstance(d, tuple):
+        return ",".join(f"{x:g}" for x in d)
+    return str(d)
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = ()
+) -> list[str]:
+    """Add a flag for every option of ``cls`` that has one; returns the fields added.
+
+    Every flag's default is None (not given), so that :func:`gather` knows which values came from
+    the command line; its help ends with the option's default.
+    """
+    skip = set(exclude)
+    added = []
+    for f in fields(cls):
+        if f.name in skip or not f.flags:
+            continue
+        help_text = f"{f.spec.help} (default: {_default_text(f)})"
+        if f.kind == "bool":
+            if f.spec.negative:
+                parser.add_argument(f.spec.negative, dest=f.name, action="store_const",
+                                    const=False, default=None,
+                                    help=f.spec.negative_help or help_text)  # fmt: skip
+            else:
+                parser.add_argument(*f.flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=help_text)  # fmt: skip
+        else:
+            metavar = f.spec.metavar or f.name.upper()
+            parser.add_argument(*f.flags, dest=f.name, type=_argparse_type(f), default=None,
+                                metavar=metavar, help=help_text)  # fmt: skip
+        added.append(f.name)
+    return added
+
+
+def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options given as flags (those not None) in ``args``."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+
+
+def gather(
+    cls: type,
+    *,
+    config: str | Path | None = None,
+    table: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Mapping[str, Any] | None = None,
+    base: Any = None,
+):
+    """The config from ``base`` (default: the class defaults), then a TOML file, then flags, then
+    ``--set`` values: each value is checked where it came from (the file's path, ``--flag``,
+    ``--set``), so that a bad value is one line naming both."""
+    values: dict[str, Any] = {} if base is None else to_dict(base)
+    where: dict[str, str] = {}
+    if config is not None:
+        data = read_toml(config, table)
+        for key in data:
+            _field(cls, key, "config key", str(config))
+        values.update(data)
+        where.update(dict.fromkeys(data, str(config)))
+    by_flag = {f.name: f.flags[0] for f in fields(cls) if f.flags}
+    for key, value in (flags or {}).items():
+        values[key] = value
+        where[key] = by_flag.get(key, f"--{key}")
+    for key, value in (sets or {}).items():
+        _field(cls, key, "--set field", None)
+        values[key] = value
+        where[key] = "--set"
+    return from_values(cls, values, where)
+
+
+def dataclass_replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` with every changed value checked (:func:`check_value`)."""
+    for key in changes:
+        _field(type(cfg), key, "option", None)
+    checked = {k: check_value(type(cfg), k, v) for k, v in changes.items()}
+    return dataclasses.replace(cfg, **checked)
+
+
+# -- option groups shared by several commands ------------------------------------------------
+#: How a conv layer becomes a graph (:mod:`masktopo.analysis.graph`).
+CONV_MODES = ("unrolled", "rolled")
+#: Validity gates of the Ramanujan metrics (pags-spec §3.7).
+GATES = ("n23", "i23")
+#: Variants of IMDB (pags-spec §3.3).
+IMDB_VARIANTS = ("n23", "i23")
+#: NaRC's edge count convention: ``e = 2|E|`` (the I23 code) or ``|E|``.
+NARC_EDGES = ("directed", "undirected")
+#: How undefined layer values enter a network mean: skipped, or counted as 0 (N23).
+INVALID = ("skip", "zero")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated analysis options (checked once, here: an unknown value is one line listing the
+    known ones)."""
+
+    conv: str = option("unrolled", "conv layer graph: one edge per kernel entry (unrolled) or "
+                       "channel pairs with edge counts (rolled)", choices=CONV_MODES,
+                       what="conv mode")  # fmt: skip
+    gate: str = option("n23", "validity gate of the Ramanujan metrics (spec variant)",
+                       choices=GATES, what="gate")  # fmt: skip
+    imdb: str = option("n23", "nested-regular-subgraph (IMDB) variant", choices=IMDB_VARIANTS,
+                       what="IMDB variant")  # fmt: skip
+    narc: str = option("directed", "edge count e in NaRC: 2|E| as the I23 code (directed) or "
+                       "|E|", choices=NARC_EDGES, what="NaRC edge convention")  # fmt: skip
+    allow_empty: bool = option(False, "analyze layers with no kept entry (their metrics are "
+                               "NaN) instead of failing", flag="--allow-empty-layers")  # fmt: skip
+
+    def __post_init__(self):
+        for f in fields(Options):
+            check_value(Options, f.name, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Which events of a run directory are analyzed, and whether the cache is used."""
+
+    every: int = option(1, "for run directories: analyze events 0, K, 2K, ... and the last "
+                        "(1: all)", ge=1, metavar="K")  # fmt: skip
+    cache: bool = option(True, "for run directories: read and update the cache in "
+                         "RUN/analysis/", negative="--no-cache",
+                         negative_help="for run directories: neither read nor update the cache "
+                         "in RUN/analysis/")  # fmt: skip
+
+    def __post_init__(self):
+        for f in fields(RunOptions):
+            check_value(RunOptions, f.name, getattr(self, f.name))
