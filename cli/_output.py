@@ -198,10 +198,10 @@ def add_progress(p) -> None:
     )
 
 
-def add_config_arguments(p, command: str, out_help: str) -> None:
+def add_config_arguments(p, command: str, out_help: str, out_metavar: str = "DIR") -> None:
     """``--out``, ``--config``, ``--set`` and ``--print-config`` of a command whose options are a
     typed config (:mod:`masktopo.options`)."""
-    p.add_argument("--out", "-o", metavar="DIR", default=None, help=out_help)
+    p.add_argument("--out", "-o", metavar=out_metavar, default=None, help=out_help)
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -229,3 +229,16 @@ def print_config(cfg, table: str, header: str) -> None:
     from masktopo.options import to_toml
 
     write_stdout(to_toml(cfg, table=table, header=header))
+
+
+def apply_options(args, *classes) -> None:
+    """For each option group (:class:`masktopo.options.Options`, ``RunOptions``, ...): check the
+    flags given and set every option of the group on ``args`` to its value (the declared default
+    where no flag was given)."""
+    from masktopo.options import fields, flag_values, gather
+
+    for cls in classes:
+        values = gather(cls, flags=flag_values(args, cls))
+        for f in fields(cls):
+            if hasattr(args, f.name):
+                setattr(args, f.name, getattr(values, f.name))

@@ -12,13 +12,27 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from masktopo import __version__
 from masktopo.errors import MaskFileError, MaskTopoError
+from masktopo.options import (
+    Options,
+    RunOptions,
+    add_arguments,
+    flag_values,
+    gather,
+    option,
+    parse_sets,
+    same_as,
+)
 
 from ._output import (
+    add_config_arguments,
+    add_progress,
     json_records,
-    positive_int,
+    print_config,
     render_frame,
     render_rows,
     require_events,
@@ -53,6 +67,37 @@ NETWORK_LAYER = "(network)"
 LARGE_MASKSET = 5_000_000
 
 
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """The options of ``masktopo analyze``, declared once (flags, ``--config``, ``--print-config``
+    derived from them); the graph options and the run options are those of the library
+    (:class:`masktopo.options.Options`, :class:`masktopo.options.RunOptions`)."""
+
+    metrics: tuple[str, ...] | None = option(
+        None, "metrics to compute, comma or space separated; put it after the PATHs. See "
+        "--list-metrics", default_text="all")  # fmt: skip
+    weights: bool = option(True, "use the files' weights for the weighted metrics",
+                           negative="--no-weights",
+                           negative_help="ignore weights; no weighted metrics")  # fmt: skip
+    format: str | None = option(None, "output format", choices=FORMATS, usage_choices=True,
+                                default_text="from the --out suffix, else table")  # fmt: skip
+    device: str | None = option(None, "where to compute", choices=("cpu", "cuda"),
+                                usage_choices=True, default_text="cpu")  # fmt: skip
+    zeros_as_mask: bool = option(False, "for checkpoints without masks: each weight's nonzeros "
+                                 "define its mask")  # fmt: skip
+    event: int | None = option(None, "for run directories: analyze only event K (negative counts "
+                               "from the end)", metavar="K", default_text="every event")  # fmt: skip
+    every: int = same_as(RunOptions, "every")
+    cache: bool = same_as(RunOptions, "cache")
+    conv: str = same_as(Options, "conv")
+    gate: str = same_as(Options, "gate")
+    imdb: str = same_as(Options, "imdb")
+    narc: str = same_as(Options, "narc")
+    allow_empty: bool = same_as(Options, "allow_empty")
+    network: bool = option(True, "append the '(network)' row", negative="--no-network",
+                           negative_help="do not append the '(network)' row")  # fmt: skip
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "analyze",
@@ -66,88 +111,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="mask files or run directories")
-    p.add_argument(
-        "--conv",
-        choices=("unrolled", "rolled"),
-        default="unrolled",
-        help="conv layer graph: one edge per kernel entry (unrolled, default) or channel pairs "
-        "with edge counts (rolled)",
-    )
-    p.add_argument("--no-weights", action="store_true", help="ignore weights; no weighted metrics")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=None,
-        help="output format (default: from the --out suffix, else table)",
-    )
-    p.add_argument(
-        "--out", "-o", metavar="FILE", help="write to FILE (atomically) instead of stdout"
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        action="extend",
-        metavar="NAME",
-        help="metrics to compute, comma or space separated (default: all); put it after the "
-        "PATHs. See --list-metrics",
-    )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="where to compute (default: cpu)"
-    )
-    p.add_argument(
-        "--zeros-as-mask",
-        action="store_true",
-        help="for checkpoints without masks: each weight's nonzeros define its mask",
-    )
-    p.add_argument(
-        "--event",
-        type=int,
-        default=None,
-        metavar="K",
-        help="for run directories: analyze only event K (negative counts from the end; "
-        "default: every event)",
-    )
-    p.add_argument(
-        "--every",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="for run directories: analyze events 0, K, 2K, ... and the last (default 1: all)",
-    )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="for run directories: neither read nor update the cache in RUN/analysis/",
-    )
-    p.add_argument(
-        "--gate",
-        choices=("n23", "i23"),
-        default="n23",
-        help="validity gate of the Ramanujan metrics (spec variant; default n23)",
-    )
-    p.add_argument(
-        "--imdb",
-        choices=("n23", "i23"),
-        default="n23",
-        help="nested-regular-subgraph (IMDB) variant (default n23)",
-    )
-    p.add_argument(
-        "--narc",
-        choices=("directed", "undirected"),
-        default="directed",
-        help="edge count e in NaRC: 2|E| as the I23 code (directed, default) or |E|",
-    )
-    p.add_argument(
-        "--allow-empty-layers",
-        action="store_true",
-        help="analyze layers with no kept entry (their metrics are NaN) instead of failing",
-    )
-    p.add_argument("--no-network", action="store_true", help="do not append the '(network)' row")
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        help="show a progress bar on stderr even when it is not a terminal",
-    )
+    add_arguments(p, AnalyzeConfig)
+    add_config_arguments(p, "analyze", "write to FILE (atomically) instead of stdout", "FILE")
+    add_progress(p)
     p.add_argument("--list-metrics", action="store_true", help="list the metric names and exit")
     return p
 
@@ -198,48 +164,48 @@ def _empty_layers(maskset) -> list[str]:
     return [name for name, nnz in maskset.nnz_per_layer().items() if nnz == 0]
 
 
-def _analyze_run(path, args, metrics: list[str] | None, show: bool):
+def _analyze_run(path, cfg, metrics: list[str] | None, show: bool):
     """Every (or every K-th) event of a run directory, with its network rows."""
     from masktopo.analysis.runs import NETWORK, analyze_run
 
     df = analyze_run(
         path,
-        every=args.every,
-        conv=args.conv,
-        weights=not args.no_weights,
+        every=cfg.every,
+        conv=cfg.conv,
+        weights=cfg.weights,
         metrics=metrics,
-        gate=args.gate,
-        imdb=args.imdb,
-        narc=args.narc,
-        device=args.device,
+        gate=cfg.gate,
+        imdb=cfg.imdb,
+        narc=cfg.narc,
+        device=cfg.device,
         progress=show,
-        cache=not args.no_cache,
+        cache=cfg.cache,
     )
     require_events(df, path)
-    if args.no_network:
+    if not cfg.network:
         df = df[df["layer"] != NETWORK].reset_index(drop=True)
     return df
 
 
-def _read_input(path, args):
+def _read_input(path, cfg):
     """Check one PATH before anything is computed or written: a run directory's run.json and
     events (None is returned: its events are read when analyzed), or a mask file's MaskSet."""
     from masktopo.inputs import load
     from masktopo.runs import read_run
 
-    if args.event is None and Path(path).is_dir():
+    if cfg.event is None and Path(path).is_dir():
         read_run(path)
         return None
-    return load(path, event=args.event, zeros_as_mask=args.zeros_as_mask,
-                weights=not args.no_weights)  # fmt: skip
+    return load(path, event=cfg.event, zeros_as_mask=cfg.zeros_as_mask,
+                weights=cfg.weights)  # fmt: skip
 
 
-def _analyze_one(path, ms, args, metrics: list[str] | None, show: bool):
+def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress: bool):
     """Analyze one loaded mask set (one row per layer)."""
     from masktopo import analysis
 
     empty = _empty_layers(ms)
-    if empty and not args.allow_empty_layers:
+    if empty and not cfg.allow_empty:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise MaskFileError(
             path,
@@ -248,15 +214,15 @@ def _analyze_one(path, ms, args, metrics: list[str] | None, show: bool):
         )
     return analysis.analyze(
         ms,
-        conv=args.conv,
-        weights=not args.no_weights,
+        conv=cfg.conv,
+        weights=cfg.weights,
         metrics=metrics,
-        gate=args.gate,
-        imdb=args.imdb,
-        narc=args.narc,
-        device=args.device,
-        progress=show and (args.progress or ms.numel() >= LARGE_MASKSET),
-        allow_empty=args.allow_empty_layers,
+        gate=cfg.gate,
+        imdb=cfg.imdb,
+        narc=cfg.narc,
+        device=cfg.device,
+        progress=show and (progress or ms.numel() >= LARGE_MASKSET),
+        allow_empty=cfg.allow_empty,
     )
 
 
@@ -299,7 +265,7 @@ def _in_context(path, fn, *args):
         raise MaskFileError(path, str(exc)) from exc
 
 
-def analyze_paths(args, metrics: list[str] | None):
+def analyze_paths(args, cfg, metrics: list[str] | None):
     """Load and analyze every path; the DataFrame of all rows (nothing is written here)."""
     import pandas as pd
     from tqdm.auto import tqdm
@@ -311,16 +277,16 @@ def analyze_paths(args, metrics: list[str] | None):
     show = show_progress(args)
     # Every input is read and checked before any is analyzed: a run's analysis writes its cache,
     # which a bad input further on must not leave behind.
-    loaded = [_in_context(path, _read_input, path, args) for path in paths]
+    loaded = [_in_context(path, _read_input, path, cfg) for path in paths]
     frames = []
     bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
     for path, ms in zip(bar, loaded, strict=True):
         whole_run = ms is None
         if whole_run:
-            df = _in_context(path, _analyze_run, path, args, metrics, show)
+            df = _in_context(path, _analyze_run, path, cfg, metrics, show)
         else:
-            df = _in_context(path, _analyze_one, path, ms, args, metrics, show)
-        if not args.no_network and not whole_run:
+            df = _in_context(path, _analyze_one, path, ms, cfg, metrics, show, args.progress)
+        if cfg.network and not whole_run:
             df = _with_network_row(df, analysis.aggregate(df))
         if several:
             df.insert(0, "file", str(path))
@@ -348,22 +314,28 @@ def run(args) -> int:
     if args.list_metrics:
         print(list_metrics())
         return 0
+    cfg = gather(AnalyzeConfig, config=args.config, table="analyze",
+                 flags=flag_values(args, AnalyzeConfig), sets=parse_sets(args.sets))  # fmt: skip
+    if args.print_config:
+        print_config(cfg, "analyze", f"masktopo analyze --config FILE PATH... (masktopo "
+                     f"{__version__})")  # fmt: skip
+        return 0
     if not args.paths:
         args.parser.error("the following arguments are required: PATH (or --list-metrics)")
-    fmt = output_format(args.format, args.out)
+    fmt = output_format(cfg.format, args.out)
     _check_output(fmt, args.out, args.paths)
     if args.out is None:
         require_stdout()
     metrics = None
-    if args.metrics is not None:  # names checked before any file is read
+    if cfg.metrics is not None:  # names checked before any file is read
         from masktopo.analysis.metrics import resolve_metrics
 
-        metrics = resolve_metrics(args.metrics, weighted=not args.no_weights)
-    _check_device(args.device)
-    if args.event is not None and args.every != 1:
+        metrics = resolve_metrics(cfg.metrics, weighted=cfg.weights)
+    _check_device(cfg.device)
+    if cfg.event is not None and cfg.every != 1:
         raise MaskTopoError("--every selects events of a whole run; it cannot be used with --event")
 
-    df = analyze_paths(args, metrics)
+    df = analyze_paths(args, cfg, metrics)
 
     from masktopo.files import atomic_write, atomic_write_bytes
 

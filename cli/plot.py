@@ -19,12 +19,12 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 from masktopo.files import Staging
+from masktopo.options import FigureOptions, Options, RunOptions, add_arguments
 
-from ._output import positive_int, require_events, show_progress
+from ._output import add_progress, apply_options, require_events, show_progress
 
 #: Figure formats (file suffixes) ``--format`` accepts.
 FORMATS = ("png", "svg", "pdf")
-X_AXES = ("step", "epoch", "event")
 
 _DESCRIPTION = """\
 Draw figures of mask topology into the folder --out.
@@ -76,26 +76,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"figure formats, any of {', '.join(FORMATS)} (default png)",
     )
     p.add_argument(
-        "--every",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="analyze events 0, K, 2K, ... and the last (default 1: all)",
-    )
-    p.add_argument(
-        "--labels",
-        nargs="+",
-        metavar="LABEL",
-        default=None,
-        help="one legend label per run (default: the run folders' names)",
-    )
-    p.add_argument(
-        "--x",
-        choices=X_AXES,
-        default="step",
-        help="horizontal axis of the figures over training (default step)",
-    )
-    p.add_argument(
         "--layer",
         dest="layers",
         nargs="+",
@@ -110,23 +90,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="K",
         help="with --layer on a run directory: the event to draw (default: the last)",
     )
-    p.add_argument(
-        "--conv",
-        choices=("unrolled", "rolled"),
-        default="unrolled",
-        help="conv layer graph of the analysis and the degree/spectrum figures (default "
-        "unrolled; the bipartite drawing always uses channels)",
-    )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="neither read nor update the run-analysis cache in RUN/analysis/",
-    )
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        help="show a progress bar on stderr even when it is not a terminal",
-    )
+    add_arguments(p, FigureOptions)
+    add_arguments(p, RunOptions)
+    add_arguments(p, Options, only=("conv",))
+    add_progress(p)
     return p
 
 
@@ -189,7 +156,7 @@ def _plot_runs(args, paths: list[Path], metrics, formats) -> list[Path]:
             paths,
             every=args.every,
             conv=args.conv,
-            cache=not args.no_cache,
+            cache=args.cache,
             progress=show_progress(args),
         )
         from masktopo.plots import plot_run
@@ -262,6 +229,8 @@ def _plot_layers(args, path: Path, formats) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------
 def run(args) -> int:
+    apply_options(args, FigureOptions, RunOptions, Options)
+    args.labels = None if args.labels is None else list(args.labels)
     paths = [Path(p) for p in args.paths]
     for p in paths:
         if not p.exists():

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._output import positive_int, show_progress
-from .plot import X_AXES
+from masktopo.options import FigureOptions, Options, RunOptions, add_arguments
+
+from ._output import add_progress, apply_options, show_progress
 
 _DESCRIPTION = """\
 Write one HTML page about the run directories RUN...: the final metrics of summary.json, the
@@ -34,49 +35,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out", "-o", metavar="FILE", required=True, help="the HTML file to write (atomically)"
     )
     p.add_argument(
-        "--labels",
-        nargs="+",
-        metavar="LABEL",
-        default=None,
-        help="one label per run (default: the run folders' names)",
-    )
-    p.add_argument(
-        "--every",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="analyze events 0, K, 2K, ... and the last (default 1: all)",
-    )
-    p.add_argument(
         "--figures",
         choices=("svg", "png"),
         default="svg",
         help="how figures are embedded (default svg: sharp at any zoom)",
     )
-    p.add_argument(
-        "--x", choices=X_AXES, default="step", help="horizontal axis of the figures (default step)"
-    )
-    p.add_argument(
-        "--conv",
-        choices=("unrolled", "rolled"),
-        default="unrolled",
-        help="conv layer graph of the analysis (default unrolled)",
-    )
     p.add_argument("--title", default=None, help="page title (default: 'masktopo report: RUNs')")
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="neither read nor update the run-analysis cache in RUN/analysis/",
-    )
-    p.add_argument(
-        "--progress",
-        action="store_true",
-        help="show a progress bar on stderr even when it is not a terminal",
-    )
+    add_arguments(p, FigureOptions)
+    add_arguments(p, RunOptions)
+    add_arguments(p, Options, only=("conv",))
+    add_progress(p)
     return p
 
 
 def run(args) -> int:
+    apply_options(args, FigureOptions, RunOptions, Options)
     from masktopo.errors import MaskTopoError
     from masktopo.report import write_report
     from masktopo.runs import check_output
@@ -90,7 +63,7 @@ def run(args) -> int:
         labels=args.labels,
         every=args.every,
         conv=args.conv,
-        cache=not args.no_cache,
+        cache=args.cache,
         progress=show_progress(args),
         figures=args.figures,
         x=args.x,

@@ -50,6 +50,8 @@ __all__ = [
     "IMDB_VARIANTS",
     "INVALID",
     "NARC_EDGES",
+    "X_AXES",
+    "FigureOptions",
     "Options",
     "RunOptions",
     "Spec",
@@ -58,9 +60,11 @@ __all__ = [
     "fields",
     "from_values",
     "gather",
+    "grouped",
     "option",
     "parse_sets",
     "read_toml",
+    "same_as",
     "to_dict",
     "to_toml",
     "tomllib",
@@ -95,6 +99,14 @@ class Spec:
         flag's help.
     default_text : str, optional
         What ``--help`` says the default is, where the dataclass default (None) means more.
+    usage_choices : bool
+        Check the known names in the parser itself (argparse's usage error, ``argument --conv:
+        invalid choice``) rather than in the config.
+    usage_bounds : bool
+        Check the bounds of a number in the parser itself (argparse's usage error).
+    comma_list : bool
+        For a list of names: split each value at commas too (``--metrics a,b c``); False keeps
+        every value whole (labels).
     """
 
     help: str
@@ -110,6 +122,9 @@ class Spec:
     negative: str | None = None
     negative_help: str | None = None
     default_text: str | None = None
+    usage_choices: bool = False
+    usage_bounds: bool = False
+    comma_list: bool = True
 
     def known(self) -> tuple[str, ...] | None:
         if self.choices is None:
@@ -124,10 +139,19 @@ def option(default: Any, help: str, **spec: Any) -> Any:
     return dataclasses.field(default=default, metadata={_KEY: Spec(help, **spec)})
 
 
+def same_as(cls: type, name: str, **changes: Any) -> Any:
+    """A field declared as option ``name`` of ``cls`` (its default, help, bounds and known
+    names), with ``changes`` to its :class:`Spec` (e.g. ``flag=False``): one declaration for an
+    option that two configs share."""
+    f = next(f for f in fields(cls) if f.name == name)
+    spec = dataclasses.replace(f.spec, **changes)
+    return dataclasses.field(default=f.default, metadata={_KEY: spec})
+
+
 @dataclass(frozen=True)
 class _Field:
     name: str
-    kind: str  # "bool", "int", "float", "str", "floats" (a tuple of floats)
+    kind: str  # "bool", "int", "float", "str", "floats", "strs" (tuples of floats, of str)
     nullable: bool
     default: Any
     spec: Spec
@@ -152,6 +176,8 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     base = next(p for p in parts if p != "None")
     if base.startswith("tuple[float"):
         return "floats", nullable
+    if base.startswith("tuple[str"):
+        return "strs", nullable
     if base in ("bool", "int", "float", "str"):
         return base, nullable
     raise TypeError(f"unsupported option type {text!r}")
@@ -209,6 +235,15 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
         if not isinstance(value, list | tuple) or not all(_number(v) for v in value):
             raise MaskValidationError(f"{prefix}{name} must be a list of numbers")
         return tuple(float(v) for v in value)
+    if f.kind == "strs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise MaskValidationError(f"{prefix}{name} must be a list of names")
+        if not f.spec.comma_list:
+            return tuple(value)
+        names = [n for v in value for n in v.replace(",", " ").split()]
+        return tuple(dict.fromkeys(names))
     ok = {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -354,15 +389,23 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
 
 # -- the command line ------------------------------------------------------------------------------
 def _argparse_type(f: _Field) -> Callable[[str], Any]:
+    def bounded(value):
+        if f.spec.usage_bounds:
+            try:
+                _check_bounds(f.name, value, f.spec, "")
+            except MaskValidationError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
     def integer(text: str) -> int:
         try:
-            return int(text)
+            return bounded(int(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
     def number(text: str) -> float:
         try:
-            return float(text)
+            return bounded(float(text))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
@@ -381,22 +424,29 @@ def _default_text(f: _Field) -> str:
     if isinstance(d, bool):
         return "on" if d else "off"
     if isinstance(d, tuple):
-        return ",".join(f"{x:g}" for x in d)
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in d)
     return str(d)
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
 ) -> list[str]:
-    """Add a flag for every option of ``cls`` that has one; returns the fields added.
+    """Add a flag for every option of ``cls`` that has one (or those named in ``only``); returns
+    the fields added.
 
     Every flag's default is None (not given), so that :func:`gather` knows which values came from
-    the command line; its help ends with the option's default.
+    the command line; its help ends with the option's default. A list of names (``tuple[str,
+    ...]``) takes one or more values, space or comma separated, and the flag may be repeated.
     """
     skip = set(exclude)
+    keep = None if only is None else set(only)
     added = []
     for f in fields(cls):
-        if f.name in skip or not f.flags:
+        if f.name in skip or not f.flags or (keep is not None and f.name not in keep):
             continue
         help_text = f"{f.spec.help} (default: {_default_text(f)})"
         if f.kind == "bool":
@@ -407,6 +457,13 @@ def add_arguments(
             else:
                 parser.add_argument(*f.flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)  # fmt: skip
+        elif f.kind == "strs":
+            parser.add_argument(*f.flags, dest=f.name, nargs="+", action="extend", default=None,
+                                metavar=f.spec.metavar or "NAME", help=help_text,
+                                **({"choices": f.spec.known()} if f.spec.usage_choices else {}))  # fmt: skip
+        elif f.spec.usage_choices:
+            parser.add_argument(*f.flags, dest=f.name, choices=f.spec.known(), default=None,
+                                help=help_text)  # fmt: skip
         else:
             metavar = f.spec.metavar or f.name.upper()
             parser.add_argument(*f.flags, dest=f.name, type=_argparse_type(f), default=None,
@@ -455,6 +512,26 @@ def gather(
     return from_values(cls, values, where)
 
 
+def grouped(values: Mapping[str, Any], *classes: type, where: str | None = None) -> list[Any]:
+    """One instance of each option group in ``classes`` from keyword ``values`` (each checked by
+    its group; the defaults elsewhere): how a function takes the options of a group as keyword
+    arguments without declaring them again (``analyze(ms, conv="rolled")``).
+
+    Raises
+    ------
+    MaskValidationError
+        For a keyword that is an option of none of the groups (listing the known ones).
+    """
+    names = {f.name: cls for cls in classes for f in fields(cls)}
+    for key in values:
+        if key not in names:
+            prefix = f"{where}: " if where else ""
+            raise MaskValidationError(f"{prefix}unknown option {key!r}; known: {', '.join(names)}")
+    return [
+        from_values(cls, {k: v for k, v in values.items() if names[k] is cls}) for cls in classes
+    ]
+
+
 def dataclass_replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` with every changed value checked (:func:`check_value`)."""
     for key in changes:
@@ -483,13 +560,14 @@ class Options:
 
     conv: str = option("unrolled", "conv layer graph: one edge per kernel entry (unrolled) or "
                        "channel pairs with edge counts (rolled)", choices=CONV_MODES,
-                       what="conv mode")  # fmt: skip
+                       what="conv mode", usage_choices=True)  # fmt: skip
     gate: str = option("n23", "validity gate of the Ramanujan metrics (spec variant)",
-                       choices=GATES, what="gate")  # fmt: skip
+                       choices=GATES, what="gate", usage_choices=True)  # fmt: skip
     imdb: str = option("n23", "nested-regular-subgraph (IMDB) variant", choices=IMDB_VARIANTS,
-                       what="IMDB variant")  # fmt: skip
+                       what="IMDB variant", usage_choices=True)  # fmt: skip
     narc: str = option("directed", "edge count e in NaRC: 2|E| as the I23 code (directed) or "
-                       "|E|", choices=NARC_EDGES, what="NaRC edge convention")  # fmt: skip
+                       "|E|", choices=NARC_EDGES, what="NaRC edge convention",
+                       usage_choices=True)  # fmt: skip
     allow_empty: bool = option(False, "analyze layers with no kept entry (their metrics are "
                                "NaN) instead of failing", flag="--allow-empty-layers")  # fmt: skip
 
@@ -503,7 +581,7 @@ class RunOptions:
     """Which events of a run directory are analyzed, and whether the cache is used."""
 
     every: int = option(1, "for run directories: analyze events 0, K, 2K, ... and the last "
-                        "(1: all)", ge=1, metavar="K")  # fmt: skip
+                        "(1: all)", ge=1, metavar="K", usage_bounds=True)  # fmt: skip
     cache: bool = option(True, "for run directories: read and update the cache in "
                          "RUN/analysis/", negative="--no-cache",
                          negative_help="for run directories: neither read nor update the cache "
@@ -512,3 +590,22 @@ class RunOptions:
     def __post_init__(self):
         for f in fields(RunOptions):
             check_value(RunOptions, f.name, getattr(self, f.name))
+
+
+#: Horizontal axes of the figures over training (:mod:`masktopo.plots`).
+X_AXES = ("step", "epoch", "event")
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """How runs are drawn over training (``masktopo plot``, ``masktopo report``)."""
+
+    labels: tuple[str, ...] | None = option(None, "one label per run", metavar="LABEL",
+                                            default_text="the run folders' names",
+                                            comma_list=False)  # fmt: skip
+    x: str = option("step", "horizontal axis of the figures over training", choices=X_AXES,
+                    what="x axis", usage_choices=True)  # fmt: skip
+
+    def __post_init__(self):
+        for f in fields(FigureOptions):
+            check_value(FigureOptions, f.name, getattr(self, f.name))

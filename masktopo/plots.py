@@ -49,6 +49,7 @@ import torch
 
 from .analysis.metrics import METRICS
 from .errors import MaskValidationError, UnknownNameError
+from .options import X_AXES
 
 __all__ = [
     "FORMATS",
@@ -84,7 +85,8 @@ STANDARD_METRICS = (
     "R_s",
     "accuracy",
 )
-_X_AXES = {
+#: The axis label of each x axis (the names: :data:`masktopo.options.X_AXES`).
+_X_LABELS = {
     "step": "training step (optimizer steps)",
     "epoch": "epoch",
     "event": "mask event (index)",
@@ -254,8 +256,8 @@ def _check_table(table, x: str, what: str = "table"):
         raise MaskValidationError(
             f"expected a run-analysis table (pandas.DataFrame), not {type(table).__name__}"
         )
-    if x not in _X_AXES:
-        raise UnknownNameError("x axis", x, _X_AXES)
+    if x not in X_AXES:
+        raise UnknownNameError("x axis", x, X_AXES)
     missing = [c for c in ("event", "layer", x) if c not in table.columns]
     if missing:
         raise MaskValidationError(
@@ -436,7 +438,7 @@ def plot_metric(
         if cmap is not None:
             _layer_colourbar(fig, ax, chosen, colours)
         what = " per layer" if chosen else ""
-    ax.set_xlabel(_X_AXES[x])
+    ax.set_xlabel(_X_LABELS[x])
     ax.set_ylabel(pm.label)
     run = _run_label(table, 0) if table.attrs.get("run") else None
     _title(ax, title or f"{pm.title}{what}" + (f" — {run}" if run else ""))
@@ -513,7 +515,7 @@ def plot_runs(
                 xs, ys = _series(t, layer, col, x)
             name = label if len(pm.columns) == 1 else f"{label}: {col}"
             ax.plot(xs, ys, style, color=colour, marker=".", ms=4, lw=1.6, label=name)
-    ax.set_xlabel(_X_AXES[x])
+    ax.set_xlabel(_X_LABELS[x])
     ax.set_ylabel(pm.label)
     where = "" if pm.event_scalar else (" (network)" if layer == NETWORK else f" ({layer})")
     _title(ax, title or f"{pm.title}{where}: {len(tables)} run(s)")

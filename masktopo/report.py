@@ -46,6 +46,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import MaskFileError, MaskTopoError, UnknownNameError
+from .options import X_AXES
 from .runs.layout import SUMMARY_FILE
 
 __all__ = ["FIGURE_FORMATS", "build_report", "write_report"]
@@ -503,8 +504,8 @@ def build_report(
         raise MaskTopoError("no run directory given")
     if figures not in FIGURE_FORMATS:
         raise UnknownNameError("figure format", figures, FIGURE_FORMATS)
-    if x not in ("step", "epoch", "event"):
-        raise UnknownNameError("x axis", x, ("step", "epoch", "event"))
+    if x not in X_AXES:
+        raise UnknownNameError("x axis", x, X_AXES)
     if labels is None:
         labels = [_label_of(p) for p in paths]
         if len(set(labels)) < len(labels):

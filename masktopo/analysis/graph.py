@@ -33,11 +33,10 @@ import torch
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import check_layer_mask
+from ..options import CONV_MODES
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..masks import MaskSet
-
-CONV_MODES = ("unrolled", "rolled")
 
 
 def check_conv_mode(conv: str) -> str:

@@ -37,6 +37,13 @@ Structure
     ``numel``, ``density``, ``n_out_active``, ``n_in_active``, ``deg_out_mean``, ``deg_in_mean``,
     ``n_components`` (connected components among active nodes).
 
+Every metric is one function of :mod:`masktopo.analysis.metric_defs` registered in :data:`METRICS`
+with its dependencies (:mod:`masktopo.analysis._registry`); a layer is *planned* (structure, the
+spectral jobs of the quantities the selected metrics need), all jobs are solved in one call, and
+the metrics are *finished* in dependency order. :func:`register_metric` (or the :func:`metric`
+decorator) adds one; :func:`unregister_metric` removes it; :func:`metric_table_markdown` renders the
+table of docs/metrics.md.
+
 Validity gates (pags-spec §3.7): ``"n23"`` requires ``d̄_out ≥ 3`` and ``d̄_in > 1``, ``"i23"``
 requires both ``≥ 3``; for IMDB groups the n23 gate swaps the sides. ``mu_hat`` needs at least 2
 active nodes on each side. A metric that is undefined is NaN (``None`` for ``is_ramanujan``) and
@@ -55,7 +62,6 @@ References
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -69,85 +75,32 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import check_weight, known_positions
+from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
+from . import metric_defs  # noqa: F401  (registers the built-in metrics)
 from ._engine import Parts, solve_top2
 from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
-from .graph import _as_mask, check_conv_mode
-from .spectral import solve_many, split_two, submit, use_workers
-
-NaN = math.nan
-GATES = ("n23", "i23")
-IMDB_VARIANTS = ("n23", "i23")
-NARC_EDGES = ("directed", "undirected")
-INVALID = ("skip", "zero")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A registered layer metric: its output name, the group computing it, whether it needs
-    weights, and a one-line description."""
-
-    name: str
-    group: str
-    weighted: bool
-    description: str
-
-
-def _m(name, group, description, weighted=False):
-    return name, Metric(name, group, weighted, description)
-
-
-METRICS: dict[str, Metric] = dict(
-    [
-        _m("n_out", "structure", "output units (biadjacency rows)"),
-        _m("n_in", "structure", "input nodes (columns; C_in·k_h·k_w unrolled, C_in rolled)"),
-        _m("numel", "structure", "entries of the mask"),
-        _m("n_edges", "structure", "kept entries |E| (mask nnz)"),
-        _m("density", "structure", "n_edges / numel"),
-        _m("n_out_active", "structure", "outputs with at least one edge"),
-        _m("n_in_active", "structure", "inputs with at least one edge"),
-        _m("deg_out_mean", "structure", "mean fan-in of active outputs, |E| / n_out_active"),
-        _m("deg_in_mean", "structure", "mean fan-out of active inputs, |E| / n_in_active"),
-        _m("n_components", "structure", "connected components among active nodes"),
-        _m("mu0", "spectral", "largest eigenvalue of the adjacency, σ1(B)"),
-        _m("mu_hat", "spectral", "largest non-trivial eigenvalue, σ2(B)"),
-        _m("spectral_gap", "spectral", "mu0 − mu_hat"),
-        _m("ramanujan_bound", "ramanujan", "√(d̄_in − 1) + √(d̄_out − 1)"),
-        _m("ramanujan_gap", "ramanujan", "Δr = ramanujan_bound − mu_hat (gated)"),
-        _m("ramanujan_gap_norm", "ramanujan", "Δr / ramanujan_bound (gated)"),
-        _m("ramanujan_gap_spectral", "ramanujan", "I23's Δs = 2√(mu0 − 1) − mu_hat (gated)"),
-        _m("is_ramanujan", "ramanujan", "Δr ≥ 0 (gated)"),
-        _m("weighted_mu0", "weighted", "σ1(|W ⊙ M|)", True),
-        _m("weighted_mu_hat", "weighted", "σ2(|W ⊙ M|)", True),
-        _m("weighted_spectral_gap", "weighted", "λ = weighted_mu0 − weighted_mu_hat", True),
-        _m("imdb_ramanujan_gap", "imdb", "mean Δr over nested regular subgraphs"),
-        _m("imdb_ramanujan_gap_norm", "imdb", "mean Δr/bound over nested regular subgraphs"),
-        _m("imdb_n_groups", "imdb", "degree groups used by IMDB"),
-        _m("imdb_weighted_gap", "imdb", "mean λ over nested regular subgraphs", True),
-        _m("narc", "narc", "I23's normalised random coefficient (gated, i23 gate)"),
-        _m("full_spectrum_norm", "full_spectrum", "‖(Δr, λ, IMDB_Δr, IMDB_λ)‖₂", True),
-        _m("normalized_spectral_gap", "expansion", "1 − σ2(D_out^-½ B D_in^-½)"),
-        _m("conductance_lower", "expansion", "Cheeger lower bound on conductance, gap/2"),
-        _m("conductance_upper", "expansion", "Cheeger upper bound on conductance, √(2·gap)"),
-    ]
+from ._registry import (  # noqa: F401  (the registry API, public from here)
+    INT_METRICS,
+    METRICS,
+    QUANTITIES,
+    ImdbGroup,
+    LayerCounts,
+    Metric,
+    MetricContext,
+    NaN,
+    Quantity,
+    Selection,
+    compute_metrics,
+    mean_over_layers,
+    metric,
+    metric_names,
+    metric_table_markdown,
+    register_metric,
+    select,
+    unregister_metric,
 )
-
-# Groups a group's values depend on (computed first, even when not asked for).
-_DEPENDS = {
-    "ramanujan": {"structure", "spectral"},
-    "narc": {"structure", "spectral"},
-    "imdb": {"structure"},
-    "full_spectrum": {"structure", "spectral", "ramanujan", "weighted", "imdb"},
-    "spectral": {"structure"},
-    "weighted": {"structure"},
-    "expansion": {"structure"},
-}
-INT_METRICS = ("n_out", "n_in", "numel", "n_edges", "n_out_active", "n_in_active",
-               "n_components", "imdb_n_groups")  # fmt: skip
-
-
-def metric_names(weighted: bool = True) -> list[str]:
-    """Registered metric names in table order; without the weighted ones if ``weighted=False``."""
-    return [n for n, m in METRICS.items() if weighted or not m.weighted]
+from .graph import _as_mask
+from .spectral import solve_many, split_two, submit, use_workers
 
 
 def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
@@ -174,36 +127,9 @@ def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list
     return names
 
 
-def _groups_for(names: Iterable[str]) -> set[str]:
-    groups = {METRICS[n].group for n in names}
-    todo = list(groups)
-    while todo:
-        for dep in _DEPENDS.get(todo.pop(), ()):
-            if dep not in groups:
-                groups.add(dep)
-                todo.append(dep)
-    return groups
-
-
-@dataclass(frozen=True)
-class Options:
-    """Validated analysis options (the strings are parsed here and nowhere else)."""
-
-    conv: str = "unrolled"
-    gate: str = "n23"
-    imdb: str = "n23"
-    narc: str = "directed"
-    allow_empty: bool = False
-
-    def __post_init__(self):
-        check_conv_mode(self.conv)
-        for value, known, what in (
-            (self.gate, GATES, "gate"),
-            (self.imdb, IMDB_VARIANTS, "IMDB variant"),
-            (self.narc, NARC_EDGES, "NaRC edge convention"),
-        ):
-            if value not in known:
-                raise UnknownNameError(what, value, known)
+#: Earlier name of :func:`~masktopo.analysis._registry.select` (what the phases below get for a
+#: metric selection), kept for the kernel tests.
+_groups_for = select
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,13 +221,16 @@ def _layer_pattern(raw: _Raw) -> _Pattern:
 
 @dataclass
 class _Plan:
-    values: dict[str, Any] = field(default_factory=dict)
+    """One planned layer: its sizes, the spectral jobs it queued and what finishing reads."""
+
+    layer: LayerCounts
+    selection: Selection
     reasons: list[str] = field(default_factory=list)
     jobs: list = field(default_factory=list)  # Parts and Blocks
     n_mat: int = 0  # matrices in jobs (a Block holds many)
     slots: dict[Any, int] = field(default_factory=dict)
-    groups: set[str] = field(default_factory=set)
-    imdb_groups: list[tuple] = field(default_factory=list)
+    components: int = 0
+    imdb_groups: list[tuple[int, int, int]] = field(default_factory=list)  # (d, |S_d|, |R_d|)
 
     def add_job(self, key, matrix: Parts) -> None:
         """Queue a spectral job (top two singular values of ``matrix``)."""
@@ -316,59 +245,36 @@ class _Plan:
         self.jobs.append(block)
         self.n_mat += block.count
 
-    def why(self, text: str) -> None:
-        if text not in self.reasons:
-            self.reasons.append(text)
 
-
-def _gate_ok(gate: str, d_left: float, d_right: float) -> bool:
-    """Validity gate; ``d_left`` is the side the N23 code calls left (pags-spec §3.7)."""
-    if gate == "n23":
-        return d_left >= 3 and d_right > 1
-    return d_left >= 3 and d_right >= 3
-
-
-def _plan_layer(raw: _Raw, opts: Options, groups: set[str]) -> _Plan:
-    plan = _Plan(groups=groups)
-    v = plan.values
-    numel, n_out, n_in = raw.numel, raw.n_out, raw.n_in
+def _plan_layer(raw: _Raw, opts: Options, selection: Selection) -> _Plan:
+    """Sizes of one layer and the jobs of the quantities ``selection`` needs."""
     pat = _layer_pattern(raw)
     n_edges = round(float(pat.data.sum()))
     n_o, n_i = pat.shape
-    v.update(n_out=n_out, n_in=n_in, numel=numel, n_edges=n_edges, density=n_edges / numel,
-             n_out_active=n_o, n_in_active=n_i)  # fmt: skip
+    plan = _Plan(LayerCounts(raw.n_out, raw.n_in, raw.numel, n_edges, n_o, n_i), selection)
     if n_edges == 0:  # allowed: _extract raised otherwise
-        v.update(deg_out_mean=NaN, deg_in_mean=NaN, n_components=0)
-        plan.why("layer has no edges")
         return plan
-    v["deg_out_mean"] = d_out = n_edges / n_o
-    v["deg_in_mean"] = d_in = n_edges / n_i
-    if "components" in groups:  # weakly connected components of the out→in edges, O(|E|)
+    need = selection.quantities
+    if "components" in need:  # weakly connected components of the out→in edges, O(|E|)
         N = n_o + n_i
         adj = sp.csr_matrix((np.ones(pat.rows.size), (pat.rows, pat.indices + n_o)), shape=(N, N))
-        v["n_components"] = int(connected_components(adj, directed=True, connection="weak")[0])
-
-    enough = min(n_o, n_i) >= 2
-    if not enough:
-        plan.why(f"mu_hat undefined: {n_o} active output(s), {n_i} active input(s) (need 2 each)")
-    if "spectral" in groups:
-        plan.add_job("bin", pat.parts(pat.data))
-    if "weighted" in groups and pat.wdata is not None:
-        plan.add_job("w", pat.parts(pat.wdata))
-    if "expansion" in groups and enough:
+        plan.components = int(connected_components(adj, directed=True, connection="weak")[0])
+    if "sv_binary" in need:
+        plan.add_job("sv_binary", pat.parts(pat.data))
+    if "sv_weighted" in need and pat.wdata is not None:
+        plan.add_job("sv_weighted", pat.parts(pat.wdata))
+    if "sv_normalized" in need and min(n_o, n_i) >= 2:
         rs = np.bincount(pat.rows, weights=pat.data, minlength=n_o)
         cs = np.bincount(pat.indices, weights=pat.data, minlength=n_i)
         ndata = pat.data / np.sqrt(rs[pat.rows] * cs[pat.indices])
-        plan.add_job("norm", pat.parts(ndata))
-    if "ramanujan" in groups or "narc" in groups:
-        plan.values["_gate_ok"] = _gate_ok(opts.gate, d_out, d_in)
-        plan.values["_i23_ok"] = _gate_ok("i23", d_out, d_in)
-    if "imdb" in groups:
-        _plan_imdb(plan, pat, opts, weighted=pat.wdata is not None)
+        plan.add_job("sv_normalized", pat.parts(ndata))
+    binary, weighted = "imdb_groups" in need, "imdb_weighted" in need and pat.wdata is not None
+    if binary or weighted:
+        _plan_imdb(plan, pat, opts, binary, weighted)
     return plan
 
 
-def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> None:
+def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, binary: bool, weighted: bool) -> None:
     n_rows, n_cols = pat.shape
     min_group = 2 if opts.imdb == "n23" else 3
     # Inputs are "left" for IMDB subgraphs: d_in = d, d_out = d·size/n_r.
@@ -377,110 +283,34 @@ def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, weighted: bool) -> Non
     )
     if d.size == 0:
         return
+    degrees = d.tolist()
+    plan.imdb_groups = list(zip(degrees, size.tolist(), n_r.tolist(), strict=True))
     shapes = np.stack([size, n_r], axis=1)
-    for dg, sz, nr in zip(d.tolist(), size.tolist(), n_r.tolist(), strict=True):
-        plan.imdb_groups.append((("imdb", dg), sz, nr, dg, dg * sz / nr))
     # Each group's transpose (inputs × active outputs): σ do not change under transposition.
-    plan.add_block([("imdb", dg) for dg in d.tolist()],
-                   Block(pat.data[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
+    if binary:
+        plan.add_block([("imdb_groups", dg) for dg in degrees],
+                       Block(pat.data[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
     if weighted:
-        plan.add_block([("imdb_w", dg) for dg in d.tolist()],
+        plan.add_block([("imdb_weighted", dg) for dg in degrees],
                        Block(pat.wdata[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
 
 
-def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options, weighted: bool) -> dict:
-    v = plan.values
-    groups = plan.groups
-    out: dict[str, Any] = dict(v)
-    empty = v["n_edges"] == 0
-    enough = not empty and min(v["n_out_active"], v["n_in_active"]) >= 2
-    if "spectral" in groups:
-        mu0 = float(sv["bin"][0]) if "bin" in sv else NaN
-        mu_hat = float(sv["bin"][1]) if enough else NaN
-        out.update(mu0=mu0, mu_hat=mu_hat, spectral_gap=mu0 - mu_hat)
-    if "ramanujan" in groups:
-        d_in, d_out = v.get("deg_in_mean", NaN), v.get("deg_out_mean", NaN)
-        bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1) if not empty else NaN
-        out["ramanujan_bound"] = bound
-        ok = bool(v.get("_gate_ok", False)) and enough
-        if not empty and enough and not ok:
-            side = f"mean fan-in {d_out:.3g}, mean fan-out {d_in:.3g}"
-            rule = "fan-in >= 3 and fan-out > 1" if opts.gate == "n23" else "both >= 3"
-            plan.why(f"ramanujan gate ({opts.gate}) fails: {side}; needs {rule}")
-        if ok:
-            gap = bound - out["mu_hat"]
-            out.update(ramanujan_gap=gap, ramanujan_gap_norm=gap / bound, is_ramanujan=gap >= 0,
-                       ramanujan_gap_spectral=2 * math.sqrt(max(out["mu0"] - 1, 0.0))
-                       - out["mu_hat"])  # fmt: skip
-        else:
-            out.update(ramanujan_gap=NaN, ramanujan_gap_norm=NaN, is_ramanujan=None,
-                       ramanujan_gap_spectral=NaN)  # fmt: skip
-    if "weighted" in groups and weighted:
-        w0 = float(sv["w"][0]) if "w" in sv else NaN
-        wh = float(sv["w"][1]) if enough else NaN
-        out.update(weighted_mu0=w0, weighted_mu_hat=wh, weighted_spectral_gap=w0 - wh)
-    if "imdb" in groups:
-        _finish_imdb(plan, sv, out, opts, weighted, empty)
-    if "narc" in groups:
-        if enough and v.get("_i23_ok", False):
-            n_l, n_r = v["n_in_active"], v["n_out_active"]
-            e = (2 if opts.narc == "directed" else 1) * v["n_edges"]
-            d_l = v["n_edges"] / n_l
-            root = math.sqrt(n_l * n_r)
-            out["narc"] = ((out["mu_hat"] ** 2 / 4 + 1) * root
-                           - abs(e - d_l / v["n_out"] * n_l * n_r)) / (v["n_in"] * v["n_out"])  # fmt: skip
-        else:
-            out["narc"] = NaN
-            if enough:
-                plan.why("narc undefined: i23 gate fails (mean degrees must both be >= 3)")
-    if "full_spectrum" in groups and weighted:
-        ok = out.get("is_ramanujan") is not None
-        coord = [
-            out["ramanujan_gap"] if ok else 0.0,
-            out["weighted_spectral_gap"] if ok else 0.0,
-            out["imdb_ramanujan_gap"],
-            out["imdb_weighted_gap"],
-        ]
-        out["full_spectrum_norm"] = math.hypot(*(0.0 if math.isnan(c) else c for c in coord))
-    if "expansion" in groups:
-        if enough:
-            gap = 1.0 - float(sv["norm"][1])
-            gap = min(max(gap, 0.0), 1.0)  # σ₂ of the normalized matrix lies in [0, 1]
-            out.update(normalized_spectral_gap=gap, conductance_lower=gap / 2,
-                       conductance_upper=math.sqrt(2 * gap))  # fmt: skip
-        else:
-            out.update(normalized_spectral_gap=NaN, conductance_lower=NaN, conductance_upper=NaN)
-    for key in [k for k in out if k.startswith("_")]:
-        del out[key]
-    return out
+def _quantity(name: str, plan: _Plan, sv: dict[Any, np.ndarray]) -> Any:
+    """The value of quantity ``name`` (:data:`QUANTITIES`) for a finished plan."""
+    if name == "components":
+        return plan.components
+    if name in ("imdb_groups", "imdb_weighted"):
+        return [ImdbGroup(d, n_s, n_r, d, d * n_s / n_r, sv.get((name, d)))
+                for d, n_s, n_r in plan.imdb_groups]  # fmt: skip
+    return sv.get(name)  # singular values, or None where no job was queued
 
 
-def _finish_imdb(plan, sv, out, opts, weighted, empty) -> None:
-    drs, drns, lams = [], [], []
-    for key, n_s, n_r, d_in, d_out in plan.imdb_groups:
-        bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
-        dr = bound - float(sv[key][1])
-        lam = None
-        if weighted:
-            s = sv[("imdb_w", key[1])]
-            lam = float(s[0] - s[1])
-        c = max(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else 1.0
-        drs.append(c * dr)
-        drns.append(dr / bound)
-        if lam is not None:
-            lams.append(c * lam)
-    out["imdb_n_groups"] = len(drs)
-    if drs:
-        out["imdb_ramanujan_gap"] = float(np.mean(drs))
-        out["imdb_ramanujan_gap_norm"] = float(np.mean(drns))
-        if weighted:
-            out["imdb_weighted_gap"] = float(np.mean(lams))
-    else:
-        out["imdb_ramanujan_gap"] = out["imdb_ramanujan_gap_norm"] = NaN
-        if weighted:
-            out["imdb_weighted_gap"] = NaN
-        if not empty:
-            plan.why(f"imdb undefined: no input-degree group passes the {opts.imdb} rules")
+def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options) -> dict[str, Any]:
+    """Every metric of the plan's selection on this layer, from its singular values ``sv``;
+    the reasons of NaN values go to ``plan.reasons``."""
+    quantities = {q: _quantity(q, plan, sv) for q in plan.selection.quantities}
+    ctx = MetricContext(plan.layer, opts, quantities, plan.reasons)
+    return compute_metrics(plan.selection, ctx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,9 +328,7 @@ def _device(device) -> torch.device:
 
 
 def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False):
-    groups = _groups_for(names)
-    if "n_components" in names:
-        groups.add("components")  # a graph search per layer: only when asked for
+    selection = select(names)
     layers = list(layers)
     bar = None
     if progress:
@@ -518,8 +346,8 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
 
     try:
         if device.type != "cpu":
-            return _rows(extract(layers), opts, names, groups, weighted, device)
-        return _rows_parallel(layers, extract, opts, names, groups, weighted)
+            return _rows(extract(layers), opts, names, selection, weighted, device)
+        return _rows_parallel(layers, extract, opts, names, selection, weighted)
     finally:
         if bar is not None:
             bar.close()
@@ -539,12 +367,15 @@ def _kept(mask: torch.Tensor) -> int:
 _REMOTE_SHARE = 0.52
 
 
-def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
-    """Plan every layer, solve all their spectra in one call, finish the rows."""
+def _rows(raws, opts, names, selection, weighted, device=None) -> list[dict]:
+    """Plan every layer, solve all their spectra in one call, finish the rows.
+
+    ``selection`` is ``select(names)``; ``weighted`` says whether the layers have weights (the
+    selection holds weighted metrics only if so)."""
     plans, jobs, offsets = [], [], []
     n_mat = 0
     for raw in raws:
-        plan = _plan_layer(raw, opts, groups)
+        plan = _plan_layer(raw, opts, selection)
         offsets.append(n_mat)
         n_mat += plan.n_mat
         jobs.extend(plan.jobs)
@@ -556,10 +387,8 @@ def _rows(raws, opts, names, groups, weighted, device=None) -> list[dict]:
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}
-        full = _finish(plan, sv, opts, weighted)
-        row = {n: full.get(n, NaN) for n in names}
-        if "is_ramanujan" in row and isinstance(row["is_ramanujan"], float):
-            row["is_ramanujan"] = None
+        values = _finish(plan, sv, opts)
+        row = {n: values[n] for n in names}
         row["reason"] = "; ".join(plan.reasons)
         results.append(row)
     return results
@@ -576,7 +405,7 @@ def _expand(jobs) -> list[Parts]:
     return out
 
 
-def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]:
+def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[dict]:
     """:func:`_rows` with the layers split in two parts by kept entries, one in the worker
     thread of :mod:`masktopo.analysis.spectral`: the worker's part is extracted first and
     handed over, then this thread extracts and solves its own part while the worker runs (the
@@ -587,12 +416,12 @@ def _rows_parallel(layers, extract, opts, names, groups, weighted) -> list[dict]
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
     if not use_workers(int(sizes.sum())):
         with threadpool_limits(1):
-            return _rows(extract(layers), opts, names, groups, weighted)
+            return _rows(extract(layers), opts, names, selection, weighted)
     parts = split_two(sizes, _REMOTE_SHARE)
     with threadpool_limits(1):
         remote = extract([layers[i] for i in parts[1]])
-        future = submit(_rows, remote, opts, names, groups, weighted)
-        local = _rows(extract([layers[i] for i in parts[0]]), opts, names, groups, weighted)
+        future = submit(_rows, remote, opts, names, selection, weighted)
+        local = _rows(extract([layers[i] for i in parts[0]]), opts, names, selection, weighted)
         far = future.result()
     out: list[dict] = [{}] * len(layers)
     for i, row in zip(parts[0], local, strict=True):
@@ -646,17 +475,25 @@ def layer_metric_rows(
     return _run(layers, opts, names, _device(device), weighted)
 
 
+def _options(options: Options | None, values: dict[str, Any]) -> Options:
+    """The graph options: ``options``, or built from keyword values (not both)."""
+    if options is not None:
+        if values:
+            raise MaskValidationError(f"give options= or {', '.join(values)}, not both")
+        if not isinstance(options, Options):
+            raise MaskValidationError(f"options must be an Options, not {type(options).__name__}")
+        return options
+    return grouped(values, Options)[0]
+
+
 def layer_metrics(
     mask: torch.Tensor,
     weight: torch.Tensor | None = None,
-    conv: str = "unrolled",
     *,
     metrics: Iterable[str] | str | None = None,
-    gate: str = "n23",
-    imdb: str = "n23",
-    narc: str = "directed",
     device: str | torch.device | None = None,
-    allow_empty: bool = False,
+    options: Options | None = None,
+    **graph_options: Any,
 ) -> dict[str, Any]:
     """Graph metrics of one layer mask.
 
@@ -666,20 +503,19 @@ def layer_metrics(
         Bool or 0/1 mask, ``[out, in]`` or ``[out, in, *kernel]``.
     weight : torch.Tensor, optional
         Weights of the same shape; enables the weighted metrics (module docstring).
-    conv : {"unrolled", "rolled"}
-        Conv reading (:mod:`masktopo.analysis.graph`).
     metrics : iterable of str, optional
         Names from :data:`METRICS`; default all (weighted ones only with ``weight``).
-    gate : {"n23", "i23"}
-        Validity gate of the Ramanujan metrics (module docstring).
-    imdb : {"n23", "i23"}
-        IMDB variant.
-    narc : {"directed", "undirected"}
-        Edge count convention of NaRC (``e = 2|E|`` as in the I23 code, or ``|E|``).
     device : str or torch.device, optional
         Where the singular values are computed (``"cuda"`` batches them on the GPU).
-    allow_empty : bool
-        Report an all-zero mask as NaN metrics instead of raising.
+    options : Options, optional
+        The graph options (:class:`masktopo.options.Options`, where they are declared and
+        checked): ``conv`` (``"unrolled"`` or ``"rolled"``, :mod:`masktopo.analysis.graph`),
+        ``gate`` (``"n23"``/``"i23"``, the Ramanujan validity gate), ``imdb`` (the IMDB
+        variant), ``narc`` (``"directed"``: ``e = 2|E|`` as the I23 code, or
+        ``"undirected"``), ``allow_empty`` (an all-zero mask gives NaN metrics instead of an
+        error).
+    **graph_options
+        The same options one by one (``conv="rolled"``), instead of ``options``.
 
     Returns
     -------
@@ -700,7 +536,7 @@ def layer_metrics(
     >>> r["mu0"], r["mu_hat"], r["ramanujan_gap"], r["is_ramanujan"]
     (4.0, 0.0, 3.4641016151377544, True)
     """
-    opts = Options(conv, gate, imdb, narc, allow_empty)
+    opts = _options(options, graph_options)
     mask = _as_mask(mask)
     if weight is not None:
         weight = check_weight("<mask>", torch.as_tensor(weight), mask)
@@ -712,15 +548,12 @@ def layer_metrics(
 def analyze(
     maskset,
     *,
-    conv: str = "unrolled",
     weights: bool = True,
     metrics: Iterable[str] | str | None = None,
-    gate: str = "n23",
-    imdb: str = "n23",
-    narc: str = "directed",
     device: str | torch.device | None = None,
     progress: bool = False,
-    allow_empty: bool = False,
+    options: Options | None = None,
+    **graph_options: Any,
 ):
     """Graph metrics of every layer of a MaskSet, one row per layer.
 
@@ -730,8 +563,8 @@ def analyze(
         Masks, with weights if the weighted metrics are wanted.
     weights : bool
         Use the MaskSet's weights when it has them (``False``: structure-only metrics).
-    conv, metrics, gate, imdb, narc, device, allow_empty
-        As in :func:`layer_metrics`.
+    metrics, device, options, **graph_options
+        As in :func:`layer_metrics` (``conv``, ``gate``, ``imdb``, ``narc``, ``allow_empty``).
     progress : bool
         Show a progress bar on stderr.
 
@@ -749,7 +582,7 @@ def analyze(
         raise MaskValidationError(f"analyze expects a MaskSet, not {type(maskset).__name__}")
     if len(maskset) == 0:
         raise MaskValidationError("the MaskSet has no layers")
-    opts = Options(conv, gate, imdb, narc, allow_empty)
+    opts = _options(options, graph_options)
     use_w = bool(weights) and maskset.has_weights
     names = resolve_metrics(metrics, weighted=use_w)
     ws = maskset.weights if use_w else None
@@ -764,7 +597,8 @@ def analyze(
             df[col] = df[col].astype("Int64")
     if "is_ramanujan" in df:
         df["is_ramanujan"] = df["is_ramanujan"].astype("boolean")
-    df.attrs.update(conv=conv, gate=gate, imdb=imdb, narc=narc, weighted=use_w)
+    df.attrs.update(conv=opts.conv, gate=opts.gate, imdb=opts.imdb, narc=opts.narc,
+                    weighted=use_w)  # fmt: skip
     return df
 
 
@@ -783,6 +617,10 @@ def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
       over all layers with undefined values counted as 0 (``"zero"``, the N23 code's rule).
       ``full_spectrum_norm`` is always defined, so its mean is N23's network score S.
 
+    These are the registry's rules (:attr:`Metric.reduce`, :attr:`Metric.integer`): a registered
+    metric is summed if it is a count, else averaged, unless it brings its own rule; a column
+    that no metric owns is averaged.
+
     Returns a dict with ``layer = "(network)"``, ``n_layers`` and one entry per metric column.
     """
     if invalid not in INVALID:
@@ -791,26 +629,12 @@ def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
     for col in df.columns:
         if col in ("layer", "kind", "shape", "reason", "file", "event"):
             continue
-        s = df[col]
-        if col in INT_METRICS:  # counts are summed
-            out[col] = int(s.sum())
-        elif col == "density" and "numel" in df and "n_edges" in df:
-            out[col] = float(df["n_edges"].sum() / df["numel"].sum())
-        elif col == "density":
-            out[col] = float(s.mean())
-        elif col in ("deg_out_mean", "deg_in_mean") and "n_edges" in df:
-            act = "n_out_active" if col == "deg_out_mean" else "n_in_active"
-            out[col] = float(df["n_edges"].sum() / df[act].sum()) if act in df else NaN
-        elif col == "is_ramanujan":
-            vals = s.astype("boolean")
-            if invalid == "skip":
-                out[col] = float(vals.dropna().mean()) if vals.notna().any() else NaN
-            else:
-                out[col] = float(vals.fillna(False).mean())
+        m = METRICS.get(col)
+        if m is not None and m.reduce is not None:  # its own rule (density, degrees, flags)
+            out[col] = m.reduce(df, col, invalid)
+        elif m is not None and m.integer:  # counts are summed
+            out[col] = int(df[col].sum())
         else:
-            vals = s.astype(float)
-            if invalid == "zero":
-                vals = vals.fillna(0.0)
-            out[col] = float(vals.mean()) if vals.notna().any() else NaN
+            out[col] = mean_over_layers(df, col, invalid)
     out["reason"] = ""
     return out

@@ -21,6 +21,7 @@ release the GIL).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,9 +40,10 @@ import threadpoolctl
 from .._version import __version__
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write
+from ..options import Options, RunOptions, grouped
 from ..runs import EVENT_FIELDS, Run, read_run
 from ..runs.layout import ANALYSIS_DIR
-from .metrics import INT_METRICS, METRICS, Options, aggregate, analyze, resolve_metrics
+from .metrics import INT_METRICS, METRICS, aggregate, analyze, resolve_metrics
 from .spectral import alone, cpu_workers
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
@@ -101,8 +103,7 @@ def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
     reasons = [""] * n_layers
     if names:
         o = job.opts
-        df = analyze(ms, conv=o.conv, weights=use_w, metrics=names, gate=o.gate, imdb=o.imdb,
-                     narc=o.narc, device=job.device, allow_empty=True)  # fmt: skip
+        df = analyze(ms, weights=use_w, metrics=names, device=job.device, options=o)
         net = aggregate(df)
         for name in names:
             j = columns.index(name)
@@ -395,17 +396,12 @@ def _per_layer(value, names: list[str]) -> list:
 def analyze_run(
     path: str | os.PathLike,
     *,
-    every: int = 1,
-    conv: str = "unrolled",
     weights: bool = True,
     metrics: Iterable[str] | str | None = None,
-    gate: str = "n23",
-    imdb: str = "n23",
-    narc: str = "directed",
     device=None,
     progress: bool = False,
-    cache: bool = True,
     workers: int | None = None,
+    **options: Any,
 ):
     """Graph metrics of every mask event of a run directory, incrementally cached.
 
@@ -418,9 +414,7 @@ def analyze_run(
     ----------
     path : str or os.PathLike
         A run directory (``run.json``, ``events.jsonl``, the events' mask files).
-    every : int
-        Analyze events ``0, every, 2·every, …`` and always the last one.
-    conv, metrics, gate, imdb, narc, device
+    metrics, device
         As for :func:`~masktopo.analysis.metrics.analyze`. ``metrics=None`` means every metric.
     weights : bool
         Use the weights of events that dumped them. Weighted metrics of an event without weights
@@ -428,12 +422,16 @@ def analyze_run(
         weighted columns are left out (as :func:`analyze` does).
     progress : bool
         Show a progress bar (events) on stderr.
-    cache : bool
-        Read and update the cache. False computes every selected event and writes nothing.
     workers : int, optional
         Processes analyzing events in parallel (each one whole event at a time); default
         :func:`~masktopo.analysis.spectral.cpu_workers` (``$MASKTOPO_WORKERS`` or min(2, cores)).
         1 analyzes in this process. CUDA always analyzes in this process.
+    **options
+        The run options (:class:`masktopo.options.RunOptions`): ``every`` (analyze events ``0,
+        every, 2·every, …`` and always the last one; default 1) and ``cache`` (read and update
+        the cache; False computes every selected event and writes nothing); and the graph
+        options ``conv``, ``gate``, ``imdb``, ``narc`` (:class:`masktopo.options.Options`, as for
+        :func:`~masktopo.analysis.metrics.analyze`). Layers without edges are always allowed.
 
     Returns
     -------
@@ -479,8 +477,9 @@ def analyze_run(
     >>> net = df[df.layer == "(network)"]  # doctest: +SKIP
     >>> net.plot(x="step", y="ramanujan_gap")  # doctest: +SKIP
     """
-    opts = Options(conv, gate, imdb, narc, allow_empty=True)
-    every = _positive("every", every)
+    graph, selection = grouped(options, Options, RunOptions)
+    opts = dataclasses.replace(graph, allow_empty=True)
+    every, cache = selection.every, selection.cache
     workers = cpu_workers() if workers is None else _positive("workers", workers)
     names = tuple(resolve_metrics(metrics, weighted=bool(weights)))
     from .metrics import _device
@@ -537,7 +536,13 @@ def analyze_run(
         df = df.drop(columns=[x for x in names if METRICS[x].weighted])
     df.attrs.update(
         run=str(run.path),
-        options={"conv": conv, "gate": gate, "imdb": imdb, "narc": narc, "every": every},
+        options={
+            "conv": opts.conv,
+            "gate": opts.gate,
+            "imdb": opts.imdb,
+            "narc": opts.narc,
+            "every": every,
+        },
         weighted=weighted,
         events=ks,
         computed=sorted(new),

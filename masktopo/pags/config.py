@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..options import CONV_MODES, GATES, IMDB_VARIANTS, check_value, fields, option, to_dict
+from ..options import INVALID, Options, check_value, fields, option, same_as, to_dict
 
 #: Candidate samplers (pags-spec A3).
 SAMPLERS = ("rescore", "rewire")
@@ -22,8 +22,6 @@ SAMPLERS = ("rescore", "rewire")
 SELECTIONS = ("layerwise", "global")
 #: Where the full-spectrum distance is measured from (pags-spec A5).
 REFERENCES = ("origin", "base")
-#: How an undefined (gated) layer value counts: as 0 (N23) or skipped (I23) (pags-spec A9).
-INVALID = ("zero", "skip")
 #: Configuration fields that may change between a run and its ``--resume``.
 RESUMABLE_CHANGES = ("n", "chunk", "device", "data_dir")
 
@@ -78,12 +76,9 @@ class PagsConfig:
     reference: str = option("origin", "full-spectrum distance from the origin (author code) or "
                             "from the base mask's coordinate", choices=REFERENCES,
                             what="distance reference")  # fmt: skip
-    conv: str = option("unrolled", "conv layer graph of the scoring", choices=CONV_MODES,
-                       what="conv mode", flag=False)  # fmt: skip
-    gate: str = option("n23", "validity gate of the Ramanujan metrics", choices=GATES,
-                       what="gate", flag=False)  # fmt: skip
-    imdb: str = option("n23", "IMDB variant", choices=IMDB_VARIANTS, what="IMDB variant",
-                       flag=False)  # fmt: skip
+    conv: str = same_as(Options, "conv", flag=False)
+    gate: str = same_as(Options, "gate", flag=False)
+    imdb: str = same_as(Options, "imdb", flag=False)
     device: str = option("cpu", "where PaI scoring and the spectra run", choices=("cpu", "cuda"),
                          what="device")  # fmt: skip
     data_dir: str | None = option(None, "dataset directory", metavar="DIR",
@@ -98,10 +93,8 @@ class PagsConfig:
             value = check_value(PagsConfig, f.name, getattr(self, f.name))
             object.__setattr__(self, f.name, value)  # an int given for a float becomes a float
 
-    def options(self):
+    def options(self) -> Options:
         """The analysis options candidates are scored with."""
-        from ..options import Options
-
         return Options(self.conv, self.gate, self.imdb, "directed", allow_empty=True)
 
     def to_dict(self) -> dict:
