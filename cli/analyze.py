@@ -168,23 +168,17 @@ def _analyze_run(path, cfg, metrics: list[str] | None, show: bool):
     """Every (or every K-th) event of a run directory, with its network rows."""
     from masktopo.analysis.runs import NETWORK, analyze_run
 
-    df = analyze_run(
-        path,
-        every=cfg.every,
-        conv=cfg.conv,
-        weights=cfg.weights,
-        metrics=metrics,
-        gate=cfg.gate,
-        imdb=cfg.imdb,
-        narc=cfg.narc,
-        device=cfg.device,
-        progress=show,
-        cache=cfg.cache,
-    )
+    df = analyze_run(path, weights=cfg.weights, metrics=metrics, device=cfg.device,
+                     progress=show, every=cfg.every, cache=cfg.cache, **_graph(cfg))  # fmt: skip
     require_events(df, path)
     if not cfg.network:
         df = df[df["layer"] != NETWORK].reset_index(drop=True)
     return df
+
+
+def _graph(cfg: AnalyzeConfig) -> dict:
+    """The graph options of ``cfg`` (:class:`masktopo.options.Options` but ``allow_empty``)."""
+    return {k: getattr(cfg, k) for k in ("conv", "gate", "imdb", "narc")}
 
 
 def _read_input(path, cfg):
@@ -212,18 +206,9 @@ def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress:
             f"layer {empty[0]!r}{more} has no kept entry (an all-zero mask); "
             "pass --allow-empty-layers to analyze it anyway",
         )
-    return analysis.analyze(
-        ms,
-        conv=cfg.conv,
-        weights=cfg.weights,
-        metrics=metrics,
-        gate=cfg.gate,
-        imdb=cfg.imdb,
-        narc=cfg.narc,
-        device=cfg.device,
-        progress=show and (progress or ms.numel() >= LARGE_MASKSET),
-        allow_empty=cfg.allow_empty,
-    )
+    return analysis.analyze(ms, weights=cfg.weights, metrics=metrics, device=cfg.device,
+                            progress=show and (progress or ms.numel() >= LARGE_MASKSET),
+                            allow_empty=cfg.allow_empty, **_graph(cfg))  # fmt: skip
 
 
 def _with_network_row(df, network: dict):
