@@ -65,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
-            warnings.showwarning = warning_printer()  # one line each, on every command
+            # Every command shows its warnings (not once per process: tests and notebooks run
+            # several), one line each, a repeated one once.
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = warning_printer()
             return int(args.run(args) or 0)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)

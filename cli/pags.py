@@ -92,13 +92,6 @@ def run(args) -> int:
                                      ("--out", args.out is not None)) if not ok]  # fmt: skip
     if missing:
         args.parser.error(f"the following arguments are required: {', '.join(missing)}")
-    from masktopo import zoo
-
-    zoo.get_spec(config.dataset)  # names first: cheap, and one clear line each
-    if config.model not in zoo.MODEL_NAMES:
-        from masktopo.errors import UnknownNameError
-
-        raise UnknownNameError("model", config.model, zoo.MODEL_NAMES)
     from masktopo.pags import run as run_pags
     from masktopo.pags.runner import check_method
 

@@ -54,6 +54,7 @@ __all__ = [
     "FigureOptions",
     "Options",
     "RunOptions",
+    "SetupOptions",
     "Spec",
     "add_arguments",
     "check_value",
@@ -139,13 +140,17 @@ def option(default: Any, help: str, **spec: Any) -> Any:
     return dataclasses.field(default=default, metadata={_KEY: Spec(help, **spec)})
 
 
-def same_as(cls: type, name: str, **changes: Any) -> Any:
+_SAME = object()
+
+
+def same_as(cls: type, name: str, default: Any = _SAME, **changes: Any) -> Any:
     """A field declared as option ``name`` of ``cls`` (its default, help, bounds and known
-    names), with ``changes`` to its :class:`Spec` (e.g. ``flag=False``): one declaration for an
-    option that two configs share."""
+    names), with another ``default`` and ``changes`` to its :class:`Spec` (e.g.
+    ``flag=False``): one declaration for an option that several configs share."""
     f = next(f for f in fields(cls) if f.name == name)
     spec = dataclasses.replace(f.spec, **changes)
-    return dataclasses.field(default=f.default, metadata={_KEY: spec})
+    return dataclasses.field(default=f.default if default is _SAME else default,
+                             metadata={_KEY: spec})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -609,3 +614,34 @@ class FigureOptions:
     def __post_init__(self):
         for f in fields(FigureOptions):
             check_value(FigureOptions, f.name, getattr(self, f.name))
+
+
+def _zoo_models() -> tuple[str, ...]:
+    from .zoo import MODEL_NAMES  # light: plain names
+
+    return MODEL_NAMES
+
+
+def _zoo_datasets() -> tuple[str, ...]:
+    from .zoo import DATASET_NAMES
+
+    return DATASET_NAMES
+
+
+@dataclass(frozen=True)
+class SetupOptions:
+    """What a command trains or prunes, and how: the zoo model and dataset, where the data is,
+    the target density and the run seed (``masktopo train``, ``masktopo pags``; each command's
+    config takes these declarations with :func:`same_as`)."""
+
+    model: str | None = option(None, "zoo network: resnet18 resnet34 resnet20 resnet50 vgg16 "
+                               "vgg19 lenet5 lenet300 mlpnet spiral-mlp", choices=_zoo_models,
+                               what="model", metavar="NAME")  # fmt: skip
+    dataset: str | None = option(None, "dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
+                                 "fashion-mnist cubist-spiral", choices=_zoo_datasets,
+                                 what="dataset", metavar="NAME")  # fmt: skip
+    data_dir: str | None = option(None, "folder with the dataset's files", metavar="DIR",
+                                  default_text="the dataset's standard place")  # fmt: skip
+    density: float = option(0.05, "fraction of the maskable weights kept", gt=0.0, le=1.0,
+                            metavar="D")  # fmt: skip
+    seed: int = option(0, "seed of every random draw (masktopo.seeding)", ge=0, metavar="S")

@@ -14,7 +14,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..options import INVALID, Options, check_value, fields, option, same_as, to_dict
+from ..options import (
+    INVALID,
+    Options,
+    SetupOptions,
+    check_value,
+    fields,
+    option,
+    same_as,
+    to_dict,
+)
 
 #: Candidate samplers (pags-spec A3).
 SAMPLERS = ("rescore", "rewire")
@@ -36,17 +45,11 @@ class PagsConfig:
     candidates are scored with (:class:`masktopo.options.Options`).
     """
 
-    model: str | None = option(None, "network from the zoo: resnet18 resnet34 resnet20 resnet50 "
-                               "vgg16 vgg19 lenet5 lenet300 mlpnet spiral-mlp", metavar="NAME",
-                               default_text="required")  # fmt: skip
-    dataset: str | None = option(None, "dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
-                                 "fashion-mnist cubist-spiral (data-free methods need only its "
-                                 "shapes, no files)", metavar="NAME",
-                                 default_text="required")  # fmt: skip
+    model: str | None = same_as(SetupOptions, "model", default_text="required")
+    dataset: str | None = same_as(SetupOptions, "dataset", default_text="required")
     method: str = option("erk", "PaI method the candidates come from; see --list-methods",
                          metavar="NAME")  # fmt: skip
-    density: float = option(0.05, "fraction of the maskable weights to keep", gt=0.0, le=1.0,
-                            metavar="D")  # fmt: skip
+    density: float = same_as(SetupOptions, "density", default_text="required")
     n: int = option(1000, "number of candidate masks to sample; under torchrun spell it "
                     "--candidates (torchrun reads --n as an abbreviation of its own options)",
                     ge=1, aliases=("--candidates",), metavar="N")  # fmt: skip
@@ -67,8 +70,7 @@ class PagsConfig:
     repair: bool = option(False, "bring each candidate back to the base's per-layer counts "
                           "(top-|w|) before scoring, so layer-wise mixing keeps the density "
                           "exact")  # fmt: skip
-    seed: int = option(0, "run seed: model init and candidate t draw from (S, t) only", ge=0,
-                       metavar="S")  # fmt: skip
+    seed: int = same_as(SetupOptions, "seed")
     chunk: int = option(32, "candidates generated and scored per batch (speed only)", ge=1,
                         metavar="C")  # fmt: skip
     invalid: str = option("zero", "layers failing the Ramanujan gate count as 0 (N23) or are "
@@ -81,8 +83,7 @@ class PagsConfig:
     imdb: str = same_as(Options, "imdb", flag=False)
     device: str = option("cpu", "where PaI scoring and the spectra run", choices=("cpu", "cuda"),
                          what="device")  # fmt: skip
-    data_dir: str | None = option(None, "dataset directory", metavar="DIR",
-                                  default_text="the dataset's standard place")  # fmt: skip
+    data_dir: str | None = same_as(SetupOptions, "data_dir")
     warm_start: str | None = option(None, "score on the weights of this checkpoint of --model "
                                     "instead of the initialization, e.g. warm/checkpoint.pt of "
                                     "'masktopo train --method dense --density 1 --max-steps "

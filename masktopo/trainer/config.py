@@ -34,7 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MaskValidationError
-from ..options import check_value, fields, from_values, option, read_toml, to_dict, tomllib
+from ..options import (
+    SetupOptions,
+    check_value,
+    fields,
+    from_values,
+    option,
+    read_toml,
+    same_as,
+    to_dict,
+    tomllib,
+)
 
 __all__ = [
     "FIELDS",
@@ -78,18 +88,6 @@ def _pai_methods() -> tuple[str, ...]:
     return tuple(pai.METHODS)
 
 
-def _models() -> tuple[str, ...]:
-    from ..zoo import MODELS
-
-    return tuple(MODELS)
-
-
-def _datasets() -> tuple[str, ...]:
-    from ..zoo import DATASETS
-
-    return tuple(DATASETS)
-
-
 _BY_METHOD = "the method's; see --list-methods"
 
 #: Fields that may differ between a run and its ``--resume`` (they do not change the result).
@@ -119,16 +117,10 @@ class TrainConfig:
 
     method: str = option("static", "sparsification method", choices=_methods, what="method",
                          metavar="NAME")  # fmt: skip
-    model: str = option("lenet300", "zoo network (masktopo.zoo: resnet18 resnet34 resnet20 "
-                        "resnet50 vgg16 vgg19 lenet5 lenet300 mlpnet spiral-mlp)",
-                        choices=_models, what="model", metavar="NAME")  # fmt: skip
-    dataset: str = option("fashion-mnist", "dataset (cifar10 cifar100 tiny-imagenet mnist "
-                          "fashion-mnist cubist-spiral)", choices=_datasets, what="dataset",
-                          metavar="NAME")  # fmt: skip
-    data_dir: str | None = option(None, "folder with the dataset's files",
-                                  default_text="the dataset's standard place", metavar="DIR")  # fmt: skip
-    density: float = option(0.05, "final fraction of maskable weights kept", gt=0.0, le=1.0,
-                            metavar="D")  # fmt: skip
+    model: str = same_as(SetupOptions, "model", default="lenet300")
+    dataset: str = same_as(SetupOptions, "dataset", default="fashion-mnist")
+    data_dir: str | None = same_as(SetupOptions, "data_dir")
+    density: float = same_as(SetupOptions, "density")
     epochs: int = option(10, "training epochs (schedules span them)", ge=1, metavar="N")
     max_steps: int | None = option(None, "stop after this many steps (schedules keep their "
                                    "length)", ge=1, metavar="N")  # fmt: skip
@@ -197,7 +189,7 @@ class TrainConfig:
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
     mask_adam: bool = option(False, "also zero AdamW's moments at masked entries", flag=False)
-    seed: int = option(0, "seed of every random draw", ge=0, metavar="S")
+    seed: int = same_as(SetupOptions, "seed")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"),
                          what="device")  # fmt: skip
     amp: bool | None = option(None, "bfloat16 autocast", default_text="on for CUDA",
