@@ -537,14 +537,6 @@ def grouped(values: Mapping[str, Any], *classes: type, where: str | None = None)
     ]
 
 
-def dataclass_replace(cfg: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` with every changed value checked (:func:`check_value`)."""
-    for key in changes:
-        _field(type(cfg), key, "option", None)
-    checked = {k: check_value(type(cfg), k, v) for k, v in changes.items()}
-    return dataclasses.replace(cfg, **checked)
-
-
 # -- option groups shared by several commands ------------------------------------------------
 #: How a conv layer becomes a graph (:mod:`masktopo.analysis.graph`).
 CONV_MODES = ("unrolled", "rolled")

@@ -22,7 +22,6 @@ from .checks import check_out_dir, check_output, check_same_config, run_kind
 from .lock import RunLock
 from .reader import EVENT_FIELDS, Run, read_run, read_run_json
 from .writer import (
-    WEIGHT_DUMPS,
     RunWriter,
     jsonable,
     read_checkpoint,
@@ -32,7 +31,6 @@ from .writer import (
 
 __all__ = [
     "EVENT_FIELDS",
-    "WEIGHT_DUMPS",
     "Run",
     "RunLock",
     "RunWriter",

@@ -51,9 +51,6 @@ __all__ = [
     "write_checkpoint",
 ]
 
-#: What the mask file of an event holds besides the masks (``dump_weights`` of a training run).
-WEIGHT_DUMPS = ("all", "ends", "none")
-
 
 def jsonable(value: Any) -> Any:
     """``value`` with tensors as numbers or lists, NaN as None, tuples as lists, keys as str."""
@@ -229,8 +226,11 @@ class RunWriter:
         if self.out is None:
             return
         path = self.out / EVENTS_FILE
-        lines = path.read_bytes().split(b"\n") if path.exists() else []
-        kept = [ln for ln in lines if ln.strip()][:n_events]
+        try:
+            raw = path.read_bytes() if path.exists() else None
+        except OSError as e:
+            raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+        kept = [ln for ln in (raw or b"").split(b"\n") if ln.strip()][:n_events]
         if len(kept) < n_events:
             raise MaskFileError(path, f"has {len(kept)} events, the checkpoint expects {n_events}")
         data = b"".join(ln + b"\n" for ln in kept)
@@ -240,7 +240,7 @@ class RunWriter:
                 f"its first {n_events} events are not the ones the checkpoint saw (another "
                 "process wrote this run, or the file was edited); cannot resume",
             )
-        if data != b"".join(ln + b"\n" for ln in lines if ln.strip()) or not lines[-1:] == [b""]:
+        if raw != data:  # events after the checkpoint, or a cut-off last line: rewrite
             atomic_write_bytes(path, data)
         with self._lock:
             self._digest = hashlib.sha256(data)
