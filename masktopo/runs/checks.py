@@ -32,14 +32,14 @@ def run_kind(path: Path) -> str | None:
 
 def check_out_dir(out: str | os.PathLike, kind: str, *, resume: bool) -> Path:
     """``out`` as a Path, when it can take a new run of ``kind`` (``resume=False``: a new or
-    empty folder),
-    or holds a run of ``kind`` to resume (with or without a checkpoint).
+    empty folder) or holds a run of ``kind`` to resume (with or without a checkpoint).
 
     Raises
     ------
     MaskFileError
-        ``already holds a train run; pass --resume ...``; ``holds a train run, not a pags run``;
-        ``is not empty``; ``not a run directory (no run.json)``; ``is a file``.
+        ``already holds a training run; pass --resume ...``; ``holds a training run; a PAGS run
+        needs a new or empty folder ...``; ``is not empty``; ``not a run directory (no
+        run.json)``; ``it is a file, not a folder``.
     """
     out = Path(os.fspath(out))
     if out.exists() or out.is_symlink():
@@ -47,21 +47,24 @@ def check_out_dir(out: str | os.PathLike, kind: str, *, resume: bool) -> Path:
         if not out.is_dir():
             raise MaskFileError(out, "cannot write a run there: it is a file, not a folder")
     found = run_kind(out) if out.is_dir() else None
+    this = _NAMES[kind]
     if resume:
         if found is None:
             raise MaskFileError(out, f"--resume: not a run directory (no {RUN_FILE})")
         if found != kind:
-            raise MaskFileError(out, f"--resume: holds a {_NAMES[found]} run, not a "
-                                     f"{_NAMES[kind]} run")  # fmt: skip
+            raise MaskFileError(out, f"--resume: holds a {_NAMES[found]} run, not a {this} run")
         return out
+    if found == kind:
+        raise MaskFileError(
+            out,
+            f"already holds a {this} run; pass --resume to continue it, or choose another --out",
+        )
     if found is not None:
-        if found == kind:
-            raise MaskFileError(out, f"already holds a {_NAMES[kind]} run; pass --resume to "
-                                     "continue "
-                                     "it, or choose another --out")  # fmt: skip
-        raise MaskFileError(out, f"holds a {_NAMES[found]} run; a {_NAMES[kind]} run needs a "
-                                 "new or empty "
-                                 "folder: choose another --out")  # fmt: skip
+        raise MaskFileError(
+            out,
+            f"holds a {_NAMES[found]} run; a {this} run needs a new or empty folder: choose "
+            "another --out",
+        )
     if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
     return out
