@@ -5,7 +5,6 @@ Light at import time (standard library only): pandas is imported only where a va
 
 from __future__ import annotations
 
-import argparse
 import math
 import numbers
 import sys
@@ -115,33 +114,6 @@ def show_progress(args) -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--every``, ``--n``, ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def integer(text: str) -> int:
-    """argparse type: an integer, with a one-line message otherwise."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def number(text: str) -> float:
-    """argparse type: a number, with a one-line message otherwise."""
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def require_events(df, path):

@@ -57,6 +57,7 @@ __all__ = [
     "SetupOptions",
     "Spec",
     "add_arguments",
+    "check_bounds",
     "check_value",
     "fields",
     "from_values",
@@ -272,21 +273,37 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
 
 
 def _check_bounds(name: str, value: float, s: Spec, prefix: str) -> None:
-    lo = s.ge if s.ge is not None else s.gt
-    hi = s.le if s.le is not None else s.lt
+    check_bounds(name, value, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt, prefix=prefix)
+
+
+def check_bounds(
+    name: str,
+    value: float,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    prefix: str = "",
+) -> None:
+    """Raise unless ``value`` lies within the bounds (NaN and infinities never do, where a bound
+    is given): ``density must be in (0.0, 1.0], got 1.5``. The bounds of a declared option are
+    checked with it; a config checks bounds that depend on other fields with this."""
+    lo = ge if ge is not None else gt
+    hi = le if le is not None else lt
     bad = not math.isfinite(value) and (lo is not None or hi is not None)
-    bad = bad or (s.ge is not None and value < s.ge) or (s.gt is not None and value <= s.gt)
-    bad = bad or (s.le is not None and value > s.le) or (s.lt is not None and value >= s.lt)
+    bad = bad or (ge is not None and value < ge) or (gt is not None and value <= gt)
+    bad = bad or (le is not None and value > le) or (lt is not None and value >= lt)
     if not bad:
         return
     if hi is None:
-        op = ">=" if s.ge is not None else ">"
+        op = ">=" if ge is not None else ">"
         raise MaskValidationError(f"{prefix}{name} must be {op} {lo!r}, got {value!r}")
     if lo is None:
-        op = "<=" if s.le is not None else "<"
+        op = "<=" if le is not None else "<"
         raise MaskValidationError(f"{prefix}{name} must be {op} {hi!r}, got {value!r}")
-    left = "[" if s.ge is not None else "("
-    right = "]" if s.le is not None else ")"
+    left = "[" if ge is not None else "("
+    right = "]" if le is not None else ")"
     raise MaskValidationError(
         f"{prefix}{name} must be in {left}{_fmt(lo)}, {_fmt(hi)}{right}, got {value!r}"
     )

@@ -31,19 +31,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import MaskValidationError, UnknownNameError
+from ..errors import MaskValidationError
 from ..masks import check_layer_mask
-from ..options import CONV_MODES
+from ..options import Options, check_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..masks import MaskSet
 
 
 def check_conv_mode(conv: str) -> str:
-    """Return ``conv`` if it is a known conv mode, else raise :class:`UnknownNameError`."""
-    if conv not in CONV_MODES:
-        raise UnknownNameError("conv mode", conv, CONV_MODES)
-    return conv
+    """Return ``conv`` if it is a known conv mode (checked by its one declaration,
+    :class:`masktopo.options.Options`), else raise :class:`UnknownNameError`."""
+    return check_value(Options, "conv", conv)
 
 
 def _as_mask(mask: Any) -> torch.Tensor:

@@ -23,6 +23,7 @@ from ..errors import MaskFileError, MaskValidationError
 from ..files import input_path, os_problem
 from ..masks import LayerInfo, MaskSet
 from ..store import describe_layers, parse_layers, read_file
+from ..store.common import is_int
 from .layout import (
     EVENTS_FILE,
     KINDS,
@@ -40,13 +41,9 @@ _CUT_OFF = "a write cut off by a stopped run"
 EVENT_FIELDS = ("event", "step", "epoch", "kind", "file", "has_weights", "nnz")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_event_arg(event: Any) -> None:
     """``event`` must be an int or None."""
-    if event is not None and not _is_int(event):
+    if event is not None and not is_int(event):
         raise MaskValidationError(f"event must be an integer or None, not {event!r}")
 
 
@@ -306,7 +303,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         if key not in obj:
             raise bad(f"missing key {key!r}")
     k = obj["event"]
-    if not _is_int(k) or not prev + 1 <= k <= prev + 1 + gap:
+    if not is_int(k) or not prev + 1 <= k <= prev + 1 + gap:
         want = f"{prev + 1}" if not gap else f"{prev + 1}..{prev + 1 + gap}"
         raise bad(f"'event' is {k!r}, expected {want} (events count from 0, one per line)")
     for key in ("step", "epoch"):
@@ -328,7 +325,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         got = sorted(nnz) if isinstance(nnz, dict) else nnz
         raise bad(f"'nnz' must map each layer of {RUN_FILE} to a count, got {got!r}")
     for name, count in nnz.items():
-        if not _is_int(count) or not 0 <= count <= layers[name]:
+        if not is_int(count) or not 0 <= count <= layers[name]:
             raise bad(f"'nnz' of layer {name!r} is {count!r}, not a count in 0..{layers[name]}")
     d = obj["density"]
     if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:

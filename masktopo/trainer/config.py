@@ -36,6 +36,7 @@ from typing import Any
 from ..errors import MaskValidationError
 from ..options import (
     SetupOptions,
+    check_bounds,
     check_value,
     fields,
     from_values,
@@ -272,16 +273,6 @@ def load_toml(path: str | Path, **overrides) -> TrainConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def _range(key: str, value: float, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
-    bad = not math.isfinite(value)
-    bad = (
-        bad or (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi)
-    )
-    if bad:
-        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise MaskValidationError(f"{key} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
-
-
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the method's defaults and check every value; returns a config with ``resolved``.
 
@@ -326,19 +317,18 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.method == "dense" and out.density != 1.0:
         raise MaskValidationError(f"method 'dense' trains every weight: density must be 1, got "
                                   f"{out.density!r}")  # fmt: skip
-    _range("warmup_epochs", out.warmup_epochs, 0.0, float(out.epochs), lo_open=False,
-           hi_open=False)  # fmt: skip
+    check_bounds("warmup_epochs", out.warmup_epochs, ge=0.0, le=float(out.epochs))
     for m in out.lr_milestones:
-        _range("each lr milestone", m, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_bounds("each lr milestone", m, gt=0.0, lt=1.0)
     if list(out.lr_milestones) != sorted(out.lr_milestones):
         raise MaskValidationError(f"lr_milestones must be increasing, got {out.lr_milestones}")
     if out.nesterov and out.optimizer == "sgd" and out.momentum == 0:
         raise MaskValidationError("nesterov needs momentum > 0")
     if out.rate_min is not None:
-        _range("rate_min", out.rate_min, 0.0, out.rate, lo_open=False, hi_open=False)
+        check_bounds("rate_min", out.rate_min, ge=0.0, le=out.rate)
     if out.init_density is not None and out.init_density < out.density:
         raise MaskValidationError(f"init_density ({out.init_density}) must be >= density "
                                   f"({out.density})")  # fmt: skip
     if out.prune_start is not None:
-        _range("prune_end", out.prune_end, out.prune_start, 1.0, lo_open=True, hi_open=False)
+        check_bounds("prune_end", out.prune_end, gt=out.prune_start, le=1.0)
     return dataclasses.replace(out, resolved=True)
