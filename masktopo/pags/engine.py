@@ -46,12 +46,11 @@ from .._version import git_commit, versions
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_json
 from ..masks import MaskSet
-from ..runs import RunLock, check_out_dir, check_same_config, jsonable, run_header
+from ..runs import RunLock, RunWriter, check_out_dir, check_same_config
 from ..runs.layout import (
     BASE_FILE,
     BEST_FILE,
     CANDIDATES_FILE,
-    RUN_FILE,
     SNAPSHOT_DIR,
     STATE_DIR,
     STATE_FILE,
@@ -381,13 +380,13 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
             (out / STATE_DIR).mkdir(exist_ok=True)
         comm.barrier()
         meta = {"pags": {"t": 0, "role": "base"}}
-        writer.json(RUN_FILE, jsonable({
-            **run_header("pags"), "git": git_commit(), "config": config.to_dict(),
+        RunWriter(out if writer.active else None).write_run_json("pags", {
+            "git": git_commit(), "config": config.to_dict(),
             "seed": config.seed, "versions": versions(), "world_size": comm.world,
             "layers": [{"name": n, "kind": kinds[n], "shape": list(base_masks[n].shape),
                         "base_nnz": counts[n]} for n in names],
             "base_density": sum(counts.values()) / numel, **(run_info or {}),
-        }))  # fmt: skip
+        })  # fmt: skip
         writer.save(BASE_FILE, base_masks, meta)
         writer.save(snapshot_file(0), base_masks, meta, weights=False)
         writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})

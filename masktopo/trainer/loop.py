@@ -450,7 +450,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
         ours = cfg.to_dict()
         check_same_config({**ours, **saved}, ours, allowed=RESUMABLE_CHANGES,
                           where=out_path / CHECKPOINT_FILE)  # fmt: skip
-    elif resume and int(os.environ.get("RANK", "0")) == 0:
+    elif resume and lock is not None:  # the writing rank says it once
         warnings.warn(f"{out_path}: the run stopped before its first checkpoint; starting it "
                       "again from step 0 with its recorded config", stacklevel=3)  # fmt: skip
 
