@@ -53,6 +53,7 @@ from ..runs import (
 from ..runs.layout import CHECKPOINT_FILE, RUN_FILE
 from ..seeding import generator, seed_for
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
+from .session import DivergedError, SparseSession
 
 CHECKPOINT_FORMAT = "masktopo.checkpoint"
 #: Version 2 added mid-epoch checkpoints (the epoch's running sums) and the events digest.
@@ -466,8 +467,6 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
 
     from ..pai.densities import keeps_some
     from ..zoo import get_model, maskable_parameters
-    from .masking import Masking
-    from .methods import make_sparsifier
 
     model = get_model(cfg.model, dataset=data.spec, generator=generator(cfg.seed, "model"))
     model.to(device)
@@ -480,22 +479,16 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     if not maskable:
         raise MaskValidationError(f"model {cfg.model!r} has no maskable layer left")
     keeps_some(cfg.density, sum(p.numel() for p in maskable.values()), "maskable weights")
-    sparsifier = make_sparsifier(cfg, steps_per_epoch=spe, total_steps=total_steps, device=device)
+    session = SparseSession(cfg, model, maskable, steps_per_epoch=spe, total_steps=total_steps,
+                            device=device)  # fmt: skip
+    sparsifier = session.sparsifier
 
     if ckpt is None:
-        masks, init_weights = sparsifier.init_masks(
-            model, maskable, generator(cfg.seed, "masks", device=device),
-            batches=data.pai_batches() if cfg.method == "static" else None,
-        )  # fmt: skip
-        if init_weights:
-            with torch.no_grad():
-                for name, w in init_weights.items():
-                    maskable[name].copy_(w.to(maskable[name].dtype))
-    else:
-        masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}
-        if not any(k.endswith("_mask") for k in ckpt["model"]):
-            masks = {}
-    masking = Masking(model, masks, mask_adam=cfg.mask_adam) if masks else None
+        session.start(generator(cfg.seed, "masks", device=device),
+                      batches=data.pai_batches() if cfg.method == "static" else None)  # fmt: skip
+    elif any(k.endswith("_mask") for k in ckpt["model"]):  # the masks come with the model
+        session.attach({n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()})
+    masking = session.masking
 
     opt_params = model.parameters()
     if cfg.optimizer == "sgd":
@@ -527,40 +520,32 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
         torch.manual_seed(seed_for(cfg.seed, "torch-global"))
 
     layer_names = list(maskable)
-    if masks and set(masks) != set(layer_names):
-        raise MaskValidationError(f"the {cfg.method} start masks cover {sorted(masks)}, the "
-                                  f"maskable layers are {layer_names}")  # fmt: skip
     writer = out_path is not None and dist_info.main
     if writer and not resume:
         out_path.mkdir(parents=True, exist_ok=True)
         lock.acquire()
         check_out_dir(out_path, "train", resume=False)  # nobody started a run here meanwhile
     recorder = RunWriter(out_path if writer else None, n_events=n_events)
-    done = {"steps": step}  # steps completed, as the events report them
+    session.writer = recorder
+    session.steps_done = step
     n_checkpoints = 0
 
-    def current_masks() -> dict[str, torch.Tensor]:
-        if masking is not None:
-            return {n: masking.masks[n] for n in layer_names}
-        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}
+    def latest() -> dict:  # the metrics of the last completed epoch, and when they were measured
+        if not history:
+            return {}
+        h = history[-1]
+        return {**{k: h[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+                "metrics_epoch": h["epoch"]}  # fmt: skip
 
-    def record(kind: str, **scalars) -> None:
-        ends = kind in ("init", "final")
-        weights = cfg.dump_weights == "all" or (cfg.dump_weights == "ends" and ends)
-        m = current_masks()
+    def check_ranks(kind: str, m: dict) -> None:
         if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m).to(device)):
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
-                                f"{done['steps']}; this is a bug, please report it")  # fmt: skip
-        w = {n: maskable[n] for n in layer_names} if weights else None
-        s = done["steps"]
-        latest = {}
-        if history:  # the metrics of the last completed epoch, and when they were measured
-            h = history[-1]
-            latest = {k: h[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
-            latest["metrics_epoch"] = h["epoch"]
-        k = recorder.record(m, w, kind=kind, step=s, epoch=s / spe,
-                            scalars={**latest, **sparsifier.scalars(), **scalars})  # fmt: skip
-        _hold("event", k, recorder)
+                                f"{session.steps_done}; this is a bug, please report it")  # fmt: skip
+
+    session.extra_scalars = latest
+    session.on_event = check_ranks
+    session.after_event = lambda k: _hold("event", k, recorder)
+    record = session.record
 
     if writer:
         if ckpt is None:
@@ -659,22 +644,13 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 loss = _loss(data.spec, logits, y, cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=False)
                 loss.backward()
-                if not sparsifier.skip_step(step):
+                if not session.skip_step(step):
                     optimizer.step()
-                if masking is not None:
-                    masking.apply(optimizer)
-                done["steps"] = step + 1
                 try:
-                    sparsifier.update(step, masking, optimizer, record)
-                except MaskValidationError:
-                    bad = [n for n, p in maskable.items() if not bool(torch.isfinite(p).all())]
-                    if bad:  # diverged: the update's scores are NaN
-                        raise TrainingError(
-                            f"weights became NaN or infinite before the mask update at step "
-                            f"{step + 1} (layer {bad[0]!r}); the last checkpoint and events are "
-                            "intact; lower --lr or check the data"
-                        ) from None
-                    raise
+                    session.after_step(step, optimizer)
+                except DivergedError as e:
+                    raise TrainingError(f"{e}; the last checkpoint and events are intact; lower "
+                                        "--lr or check the data") from None  # fmt: skip
                 with torch.no_grad():
                     sums[0] += loss.detach().double() * len(y)
                     sums[1] += (data.spec.predict(logits.detach()) == y).sum()
@@ -692,7 +668,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                         bar.update(step - bar.n)
                         post = {"loss": f"{mean_loss:.4f}",
                                 "acc": f"{float(sums[1] / sums[2]):.3f}",
-                                "density": f"{_density(masking, maskable):.4f}"}  # fmt: skip
+                                "density": f"{session.density():.4f}"}  # fmt: skip
                         post.update({k: f"{v:.4f}" for k, v in sparsifier.scalars().items()
                                      if isinstance(v, float)})  # fmt: skip
                         bar.set_postfix(post, refresh=False)
@@ -720,7 +696,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                    "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                    "lr": lr_at(cfg, max(step - 1, 0), total_steps, spe),
-                   "density": _density(masking, maskable),
+                   "density": session.density(),
                    "seconds": time.perf_counter() - t_epoch, **_floats(sparsifier.scalars())}  # fmt: skip
             history.append(row)
             if bar is not None:
@@ -741,7 +717,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
         recorder.close()
         recorder.write_summary({"steps": step, "epochs": step / spe,
                                 "n_events": recorder.n_events,
-                                "density": _density(masking, maskable), "final": final,
+                                "density": session.density(), "final": final,
                                 "history": history})  # fmt: skip
     finally:
         if bar is not None:
@@ -752,18 +728,12 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             if sys.exc_info()[0] is None:
                 raise
     return TrainResult(out_path, cfg, step, step / spe, recorder.n_events,
-                       _density(masking, maskable), history, final,
+                       session.density(), history, final,
                        time.perf_counter() - t_start)  # fmt: skip
 
 
 def _floats(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float)}
-
-
-def _density(masking, maskable) -> float:
-    if masking is None:
-        return 1.0
-    return masking.density()
 
 
 def _final_metrics(model, data: _Data, dist_info, amp, last: dict, sparsifier) -> dict:
