@@ -6,6 +6,9 @@ Public API (stable)::
     masktopo.load(path, ...)               # any supported mask file or run directory -> MaskSet
     masktopo.save(path, maskset)           # safetensors (default), .npz or prune-style .pt; atomic
     masktopo.info(path)                    # layers, shapes, densities of a file or run
+    masktopo.sparsify(model, opt, method=..., density=..., total_steps=T, out=...)
+                                           # any masktopo method in your own loop (sp.step())
+    masktopo.record(model, out, every=500) # record the masks another library makes
     masktopo.runs.read_run(path)           # a run directory: its config, events, mask files
     masktopo.analysis.analyze(maskset)     # pandas DataFrame of graph metrics, one row per layer
     masktopo.analysis.layer_metrics(mask)  # dict of metrics for one layer
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inputs import info, load  # noqa: F401
     from .masks import LayerInfo, MaskSet  # noqa: F401
     from .store import save  # noqa: F401
+    from .userloop import record, sparsify  # noqa: F401
 
 _LAZY = {
     "MaskSet": ("masktopo.masks", "MaskSet"),
@@ -39,6 +43,8 @@ _LAZY = {
     "load": ("masktopo.inputs", "load"),
     "save": ("masktopo.store", "save"),
     "info": ("masktopo.inputs", "info"),
+    "sparsify": ("masktopo.userloop", "sparsify"),
+    "record": ("masktopo.userloop", "record"),
     "MaskTopoError": ("masktopo.errors", "MaskTopoError"),
     "MaskFileError": ("masktopo.errors", "MaskFileError"),
     "MaskValidationError": ("masktopo.errors", "MaskValidationError"),
@@ -50,6 +56,8 @@ _SUBMODULES = {
     "examples",
     "files",
     "inputs",
+    "integrations",
+    "maskable",
     "masks",
     "pags",
     "pai",
@@ -57,6 +65,7 @@ _SUBMODULES = {
     "seeding",
     "store",
     "trainer",
+    "userloop",
     "zoo",
 }
 

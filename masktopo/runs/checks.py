@@ -16,7 +16,7 @@ from .reader import read_run_json
 __all__ = ["check_out_dir", "check_output", "check_same_config", "run_kind"]
 
 #: How messages name the kinds of run.
-_NAMES = {"train": "training", "pags": "PAGS", "?": "(unreadable)"}
+_NAMES = {"train": "training", "pags": "PAGS", "loop": "own-loop", "?": "(unreadable)"}
 
 
 def run_kind(path: Path) -> str | None:

@@ -7,10 +7,10 @@ events::
 
     run.json                          format, format_version, kind, created, config, layers, ...
     .lock                             the writing process (pid, host) while one writes
-    events.jsonl                      one JSON line per mask event          (train)
-    masks/event-NNNNNN.safetensors    the event's masks (and kept weights)  (train)
+    events.jsonl                      one JSON line per mask event          (train, loop)
+    masks/event-NNNNNN.safetensors    the event's masks (and kept weights)  (train, loop)
     checkpoint.pt                     the resume point                      (train)
-    summary.json                      history and final metrics             (train)
+    summary.json                      history and final metrics             (train, loop)
     analysis/<key>.npz                the run-analysis cache                (any kind with events)
     base.safetensors, best.safetensors, snapshots/, candidates.parquet,
     state.json, .pags-state/          PAGS's outputs and resume point       (pags)
@@ -48,6 +48,9 @@ STATE_DIR = ".pags-state"
 KINDS: dict[str, tuple[str, ...]] = {
     "train": (EVENTS_FILE, MASKS_DIR, CHECKPOINT_FILE, SUMMARY_FILE, ANALYSIS_DIR),
     "pags": (BASE_FILE, BEST_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE, STATE_DIR),
+    # recorded from a user's own loop (masktopo.sparsify / masktopo.record): the user's own
+    # checkpoint holds the resume point (the sparsifier's state_dict)
+    "loop": (EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, ANALYSIS_DIR),
 }
 
 

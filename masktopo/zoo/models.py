@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaskValidationError, UnknownNameError
+from ..maskable import MASKABLE_TYPES, find_maskable
 
 __all__ = [
     "MASKABLE_TYPES",
@@ -62,9 +63,6 @@ __all__ = [
     "get_model",
     "maskable_parameters",
 ]
-
-#: Module types whose ``weight`` is maskable (PyTorch orientation ``[out, in, *kernel]``).
-MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # -- argument checks --------------------------------------------------------------------------------
@@ -561,7 +559,9 @@ def maskable_parameters(
     """The weights a mask may cover: every Linear/Conv weight, in ``named_parameters()`` order.
 
     Biases, BatchNorm parameters and any other parameter are never maskable (methods-spec §1.1:
-    CHITA's and GraNet's rule; ITOP's rule gives the same set on these models).
+    CHITA's and GraNet's rule; ITOP's rule gives the same set on these models). This is
+    :func:`masktopo.maskable.find_maskable`'s type rule, which also covers attention projections
+    of models outside the zoo.
 
     Parameters
     ----------
@@ -576,14 +576,4 @@ def maskable_parameters(
         Parameter name (as in ``model.named_parameters()``, e.g. ``"conv1.weight"``) -> the
         parameter itself (not a copy). Empty when the model has no such layer left.
     """
-    weights = {
-        id(m.weight)
-        for m in model.modules()
-        if isinstance(m, MASKABLE_TYPES) and isinstance(m.weight, nn.Parameter)
-    }
-    found = [(n, p) for n, p in model.named_parameters() if id(p) in weights]
-    if found and last_dense:
-        found = found[:-1]
-    if found and first_dense:
-        found = found[1:]
-    return dict(found)
+    return find_maskable(model, first_dense=first_dense, last_dense=last_dense)
