@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import keyword
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +64,7 @@ __all__ = [
     "from_values",
     "gather",
     "grouped",
+    "is_import_path",
     "option",
     "parse_sets",
     "read_toml",
@@ -94,6 +96,12 @@ class Spec:
         The known names (a callable returning them, for registries read on first use).
     what : str, optional
         How an unknown name is described (``"PaI method"``); default the field name.
+    accepts : callable, optional
+        ``accepts(value) -> bool``: values taken besides the known names (a model's import path,
+        :func:`is_import_path`); checked in the config, never by the parser.
+    accepts_text : str, optional
+        How those values are spelled in the unknown-name error (``"module.path:callable"``: the
+        message ends ``known: a, b, or module.path:callable``).
     ge, gt, le, lt : float, optional
         Bounds of a number.
     negative, negative_help : str, optional
@@ -117,6 +125,8 @@ class Spec:
     metavar: str | None = None
     choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None
     what: str | None = None
+    accepts: Callable[[Any], bool] | None = None
+    accepts_text: str | None = None
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
@@ -262,10 +272,11 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
         value = float(value)
     s = f.spec
     known = s.known()
-    if known is not None and value not in known:
+    if known is not None and value not in known and not (s.accepts and s.accepts(value)):
         err = UnknownNameError(s.what or name, value, known)
-        if where:
-            err.args = (f"{prefix}{err}",)
+        also = f", or {s.accepts_text}" if s.accepts_text else ""
+        if where or also:
+            err.args = (f"{prefix}{err}{also}",)
         raise err
     if f.kind in ("int", "float"):
         _check_bounds(name, value, s, prefix)
@@ -625,6 +636,20 @@ class FigureOptions:
             check_value(FigureOptions, f.name, getattr(self, f.name))
 
 
+def is_import_path(value: Any) -> bool:
+    """Whether ``value`` is a well-formed import path ``module.path:callable``: exactly one colon,
+    a dotted module path before it and a dotted attribute path after it, every part a Python
+    identifier that is not a keyword (``mypkg.models:make_net``, ``nets:Zoo.small``).
+
+    Only the spelling is checked; nothing is imported. A model option takes such a path besides
+    the zoo names (:func:`masktopo.zoo.get_model` imports and calls it).
+    """
+    if not isinstance(value, str) or value.count(":") != 1:
+        return False
+    parts = [p.split(".") for p in value.split(":")]
+    return all(n.isidentifier() and not keyword.iskeyword(n) for path in parts for n in path)
+
+
 def _zoo_models() -> tuple[str, ...]:
     from .zoo import MODEL_NAMES  # light: plain names
 
@@ -639,13 +664,16 @@ def _zoo_datasets() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SetupOptions:
-    """What a command trains or prunes, and how: the zoo model and dataset, where the data is,
-    the target density and the run seed (``masktopo train``, ``masktopo pags``; each command's
-    config takes these declarations with :func:`same_as`)."""
+    """What a command trains or prunes, and how: the model (a zoo name, or an import path
+    ``module.path:callable`` of one's own model, see :func:`masktopo.zoo.get_model`) and
+    dataset, where the data is, the target density and the run seed (``masktopo train``,
+    ``masktopo pags``; each command's config takes these declarations with :func:`same_as`)."""
 
     model: str | None = option(None, "zoo network: resnet18 resnet34 resnet20 resnet50 vgg16 "
-                               "vgg19 lenet5 lenet300 mlpnet spiral-mlp", choices=_zoo_models,
-                               what="model", metavar="NAME")  # fmt: skip
+                               "vgg19 lenet5 lenet300 mlpnet spiral-mlp, or module.path:callable "
+                               "(your own, docs/zoo.md)", choices=_zoo_models, what="model",
+                               accepts=is_import_path, accepts_text="module.path:callable",
+                               metavar="NAME")  # fmt: skip
     dataset: str | None = option(None, "dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
                                  "fashion-mnist cubist-spiral", choices=_zoo_datasets,
                                  what="dataset", metavar="NAME")  # fmt: skip

@@ -100,6 +100,16 @@ def _check_not_sharded(maskable: Mapping[str, nn.Parameter]) -> None:
             )
 
 
+def _check_ranks(kind: str, masks: Mapping[str, torch.Tensor]) -> None:
+    from .trainer.session import masks_agree
+
+    if not masks_agree(masks):
+        raise MaskValidationError(
+            f"sparsify: the masks differ across ranks at the {kind} event; every rank must call "
+            "sparsify with the same seed and options and step() after the same optimizer steps"
+        )
+
+
 def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
     """The innermost ``torch.optim.Optimizer`` (Accelerate and Lightning wrap theirs)."""
     opt = optimizer
@@ -315,6 +325,7 @@ class SparseTraining:
         self.session = SparseSession(cfg, base, maskable, steps_per_epoch=spe,
                                      total_steps=total_steps, device=device,
                                      writer=self._folder.writer)  # fmt: skip
+        self.session.on_event = _check_ranks
         self._graph = _Graph(base, list(maskable), example_inputs)
         if resume:  # run.json already has its graph (or why not)
             self._graph.done = True
@@ -380,7 +391,14 @@ class SparseTraining:
             return True
         if not self._graph.done:
             self._folder.set_graph(*self._graph.compute())
-        self.session.after_step(self.steps, self.optimizer)
+        try:
+            self.session.after_step(self.steps, self.optimizer)
+        except MaskValidationError as e:
+            if "p.grad is None" not in str(e):
+                raise
+            raise MaskValidationError(
+                f"{e}: call sp.step() after optimizer.step() and before optimizer.zero_grad()"
+            ) from None
         self.steps += 1
         return True
 

@@ -53,7 +53,7 @@ from ..runs import (
 from ..runs.layout import CHECKPOINT_FILE, RUN_FILE
 from ..seeding import generator, seed_for
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
-from .session import DivergedError, SparseSession
+from .session import DivergedError, SparseSession, masks_agree
 
 CHECKPOINT_FORMAT = "masktopo.checkpoint"
 #: Version 2 added mid-epoch checkpoints (the epoch's running sums) and the events digest.
@@ -186,27 +186,6 @@ def _init_distributed(device: torch.device) -> _Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size())
-
-
-def _all_same(dist_info: _Dist, value: torch.Tensor) -> bool:
-    """True when ``value`` (a small float64 tensor) is equal on every rank."""
-    if dist_info.world == 1:
-        return True
-    import torch.distributed as dist
-
-    gathered = [torch.empty_like(value) for _ in range(dist_info.world)]
-    dist.all_gather(gathered, value)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def _mask_checksum(masks: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per layer (nnz, sum of kept flat indices mod a prime): equal masks give equal sums."""
-    out = []
-    for m in masks.values():
-        flat = m.reshape(-1)
-        idx = torch.nonzero(flat).reshape(-1).to(torch.float64)
-        out += [idx.numel(), float(torch.remainder(idx * 2654435761.0, 1_000_003.0).sum())]
-    return torch.tensor(out, dtype=torch.float64)
 
 
 def _reduce_sum(dist_info: _Dist, values: torch.Tensor) -> torch.Tensor:
@@ -538,7 +517,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 "metrics_epoch": h["epoch"]}  # fmt: skip
 
     def check_ranks(kind: str, m: dict) -> None:
-        if dist_info.world > 1 and not _all_same(dist_info, _mask_checksum(m).to(device)):
+        if dist_info.world > 1 and not masks_agree(m):
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
                                 f"{session.steps_done}; this is a bug, please report it")  # fmt: skip
 

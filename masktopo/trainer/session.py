@@ -28,7 +28,36 @@ from .config import TrainConfig, resolve
 from .masking import Masking
 from .methods import Sparsifier, make_sparsifier
 
-__all__ = ["DivergedError", "SparseSession"]
+__all__ = ["DivergedError", "SparseSession", "mask_checksum", "masks_agree"]
+
+
+def mask_checksum(masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Per layer (nnz, sum of kept flat indices mod a prime), float64 on the masks' device:
+    equal masks give equal sums."""
+    out = []
+    for m in masks.values():
+        idx = torch.nonzero(m.reshape(-1)).reshape(-1).to(torch.float64)
+        out.append(torch.stack([torch.tensor(float(idx.numel()), dtype=torch.float64,
+                                             device=idx.device),
+                                torch.remainder(idx * 2654435761.0, 1_000_003.0).sum()]))  # fmt: skip
+    if not out:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat(out)
+
+
+def masks_agree(masks: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``masks`` are the same on every rank of the default process group (always
+    True without one): one all-gather of :func:`mask_checksum`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return True
+    value = mask_checksum(masks)
+    if dist.get_backend() == "nccl" and value.device.type != "cuda":
+        value = value.to("cuda", torch.cuda.current_device())
+    gathered = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, value)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
 class DivergedError(MaskValidationError):

@@ -37,6 +37,7 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from torch import nn
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..maskable import MASKABLE_TYPES, find_maskable
+from ..options import is_import_path
 
 __all__ = [
     "MASKABLE_TYPES",
@@ -489,13 +491,15 @@ def get_model(
     generator: torch.Generator | None = None,
     **options,
 ) -> nn.Module:
-    """Build a zoo model by name, initialised from an explicit generator.
+    """Build a zoo model by name, or one's own model by import path, initialised from an explicit
+    generator.
 
     Parameters
     ----------
     name : str
         One of :data:`MODELS`: ``resnet18 resnet34 resnet20 resnet50 vgg16 vgg19 lenet5 lenet300
-        mlpnet spiral-mlp``.
+        mlpnet spiral-mlp``; or an import path ``module.path:callable`` (exactly one colon, dotted
+        identifiers on both sides; see Notes).
     num_classes : int, optional
         Output units. Defaults to the dataset's ``num_outputs`` when ``dataset`` is given, else to
         the model's own default (10; 1000 for resnet50; 1 logit for spiral-mlp).
@@ -509,22 +513,48 @@ def get_model(
         Source of every random initial value. ``None`` uses a generator seeded with 0, so the
         result is deterministic either way; PyTorch's global RNG is never used.
     **options
-        Model-specific options (``width`` for spiral-mlp).
+        Model-specific options (``width`` for spiral-mlp), passed on to an import path's callable.
 
     Returns
     -------
     torch.nn.Module
-        On the CPU, float32, in training mode.
+        A zoo model is on the CPU, float32, in training mode; an import path's model is what the
+        callable returned.
 
     Raises
     ------
     UnknownNameError
-        For an unknown model or dataset name (the message lists the known ones).
+        For an unknown model or dataset name, or a malformed import path (the message lists the
+        known names, ``or module.path:callable``).
     MaskValidationError
-        For an invalid ``num_classes``, ``in_shape`` or option.
+        For an invalid ``num_classes``, ``in_shape`` or option; for an import path whose module
+        cannot be imported, that lacks the attribute, whose attribute is not callable, that cannot
+        be called with the arguments above, or that returns something other than an
+        ``nn.Module`` (one line naming the path).
+
+    Notes
+    -----
+    An import path ``module.path:callable`` (``mypkg.models:make_net``, ``nets:Zoo.small``; a
+    class works too) imports ``module.path`` (it must be importable: installed, on
+    ``PYTHONPATH``, or in the current folder under ``python -m masktopo``) and calls the
+    attribute with keyword arguments only:
+
+    - ``num_classes`` (int) and ``in_shape`` (one sample's shape, a tuple of int), each only
+      where it is known (given, or taken from ``dataset``) and the callable's signature takes it
+      (a parameter of that name, or ``**kwargs``);
+    - every one of ``**options`` (an option its signature does not take is an error).
+
+    The call runs under :func:`torch.random.fork_rng` with the global seed set to a value drawn
+    from ``generator``, so that the callable may initialise with PyTorch's global RNG as usual:
+    equally seeded generators give identical weights, and the global RNG state is restored
+    afterwards (CUDA's too, where CUDA is initialised). The model should be built on the CPU.
     """
     if name not in MODELS:
-        raise UnknownNameError("model", name, MODELS)
+        if is_import_path(name):
+            return _model_from_path(
+                name, num_classes, in_shape, dataset, generator=generator, options=options
+            )
+        raise _unknown_model(name)
     if dataset is not None:
         from .datasets import DatasetSpec, get_spec
 
@@ -551,6 +581,118 @@ def get_model(
     with torch.device("meta"):
         model = builder(**kwargs)
     return _initialize(model, _INIT[name], generator)
+
+
+def _unknown_model(name) -> UnknownNameError:
+    """The unknown-name error of a model, which also offers an import path."""
+    err = UnknownNameError("model", name, MODELS)
+    err.args = (f"{err}, or module.path:callable",)
+    return err
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _type_name(obj) -> str:
+    if obj is None:
+        return "None"
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _resolve_path(path: str) -> Callable:
+    """The callable that ``module.path:attr.path`` names (one-line errors naming ``path``)."""
+    module_name, attr_path = path.split(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # any failure of the user's module is one line, not a traceback
+        missing = isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]
+        hint = "; is its folder on PYTHONPATH?" if missing else ""
+        raise MaskValidationError(
+            f"model {path!r}: cannot import module {module_name!r} ({_one_line(e)}){hint}"
+        ) from None
+    for i, attr in enumerate(attr_path.split(".")):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            owner = ".".join([module_name, *attr_path.split(".")[:i]])
+            raise MaskValidationError(
+                f"model {path!r}: {owner} has no attribute {attr!r}"
+            ) from None
+    if not callable(obj):
+        raise MaskValidationError(
+            f"model {path!r}: {module_name}.{attr_path} is not callable (it is {_type_name(obj)})"
+        )
+    return obj
+
+
+def _model_from_path(
+    path: str, num_classes, in_shape, dataset, *, generator, options: dict
+) -> nn.Module:
+    """:func:`get_model` for an import path ``module.path:callable`` (see its Notes)."""
+    if dataset is not None:
+        from .datasets import DatasetSpec, get_spec
+
+        spec = dataset if isinstance(dataset, DatasetSpec) else get_spec(dataset)
+        num_classes = spec.num_outputs if num_classes is None else num_classes
+        in_shape = spec.in_shape if in_shape is None else in_shape
+    if num_classes is not None:
+        num_classes = _check_classes(num_classes)
+    if in_shape is not None:
+        in_shape = _check_shape(in_shape, image=False, model=f"model {path!r}")
+    builder = _resolve_path(path)
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):  # no signature to read (some builtins): offer everything
+        sig = None
+    params = (
+        [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+        if sig is None
+        else list(sig.parameters.values())
+    )
+    by_keyword = [
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    kwargs = {}
+    for key, value in (("num_classes", num_classes), ("in_shape", in_shape)):
+        if value is not None and (any_keyword or key in by_keyword):
+            kwargs[key] = value
+    for key in options:
+        if not any_keyword and key not in by_keyword:
+            known = [k for k in by_keyword if k not in ("num_classes", "in_shape")]
+            raise MaskValidationError(
+                f"model {path!r} has no option {key!r}"
+                + (f"; options: {', '.join(known)}" if known else "; it takes no options")
+            )
+    kwargs.update(options)
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            given = ", ".join(kwargs) or "no arguments"
+            raise MaskValidationError(
+                f"model {path!r} cannot be called with {given}: {' '.join(str(e).split())}"
+            ) from None
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        if cuda:
+            torch.manual_seed(seed)
+        else:  # seeding CUDA before it starts would queue the seed for later: leave it alone
+            torch.random.default_generator.manual_seed(seed)
+        model = builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise MaskValidationError(
+            f"model {path!r} returned {_type_name(model)}, not a torch.nn.Module"
+        )
+    return model
 
 
 def maskable_parameters(

@@ -16,7 +16,8 @@ import masktopo
 from masktopo import runs, store
 from masktopo.errors import MaskFileError, MaskTopoError
 from masktopo.trainer import TrainConfig, TrainingError, resume_config, train
-from masktopo.trainer.loop import CHECKPOINT_FILE, CRASH_ENV, _mask_checksum
+from masktopo.trainer.loop import CHECKPOINT_FILE, CRASH_ENV
+from masktopo.trainer.session import mask_checksum as _mask_checksum
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[2]

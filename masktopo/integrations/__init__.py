@@ -1,0 +1,103 @@
+"""Callbacks that run :func:`masktopo.sparsify` inside another library's trainer.
+
+Each module needs its library (an optional extra); importing this package imports neither:
+
+- :mod:`masktopo.integrations.lightning`: ``MaskTopoCallback`` for Lightning's ``Trainer``
+  (``pip install masktopo[lightning]``); resumes with ``trainer.fit(..., ckpt_path=...)``.
+- :mod:`masktopo.integrations.transformers`: ``MaskTopoCallback`` for Hugging Face's
+  ``transformers.Trainer`` (``pip install masktopo[transformers]``).
+
+Both write the same ``loop`` run directory as :func:`masktopo.sparsify`, which
+``masktopo analyze``, ``plot`` and ``report`` read::
+
+    from masktopo.integrations.lightning import MaskTopoCallback
+
+    trainer = lightning.Trainer(max_steps=10_000, callbacks=[
+        MaskTopoCallback("rigl", out="runs/rigl", density=0.1, update_interval=100)])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: The keywords of :func:`masktopo.sparsify` a callback passes on besides its method options.
+_LOOP_KEYWORDS = (
+    "total_steps",
+    "steps_per_epoch",
+    "layers",
+    "exclude",
+    "batches",
+    "example_inputs",
+)
+
+
+def _sparsify_options(
+    method: str, density: float | None, options: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """The keywords for :func:`masktopo.sparsify`, checked now (not at the first step).
+
+    Raises
+    ------
+    MaskValidationError
+        An unknown keyword, ``resume=`` (the trainer decides), a missing ``density``, or a method
+        option that is unknown, out of range or not used by the method.
+    """
+    from ..errors import MaskValidationError
+    from ..trainer.config import TrainConfig, resolve
+    from ..userloop import SPARSIFY_OPTIONS
+
+    if "resume" in options:
+        raise MaskValidationError(
+            f"{where}: resume= is not an option here; the trainer's own resume decides it"
+        )
+    unknown = sorted(set(options) - set(SPARSIFY_OPTIONS) - set(_LOOP_KEYWORDS))
+    if unknown:
+        raise MaskValidationError(
+            f"{where}: {', '.join(map(repr, unknown))} is not a sparsify option; it takes "
+            f"{', '.join((*SPARSIFY_OPTIONS, *_LOOP_KEYWORDS))}"
+        )
+    out = dict(options)
+    if density is not None:
+        out["density"] = density
+    if "density" not in out and method != "dense":
+        raise MaskValidationError(f"{where}: method {method!r} needs density=")
+    resolve(TrainConfig(method=method, **{k: v for k, v in out.items() if k in SPARSIFY_OPTIONS}))
+    return out
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite real scalars of ``values`` (one-element tensors included) as floats."""
+    import torch
+
+    out = {}
+    for key, v in values.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1 or v.is_complex():
+                continue
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if math.isfinite(float(v)):
+            out[str(key)] = float(v)
+    return out
+
+
+def _abandon(sp) -> None:
+    """Stop a :class:`~masktopo.userloop.SparseTraining` after a crash without its final event:
+    the recorded events are flushed, ``optimizer.step`` is restored and the run directory's lock
+    released, so that the run can be resumed (in this process too).
+
+    ``SparseTraining`` has no public call for this yet (``finish`` records a final event and
+    completes the run); this does what ``finish`` does minus the event and the summary.
+    """
+    if sp is None or getattr(sp, "_finished", True):
+        return
+    sp._finished = True
+    try:
+        sp.optimizer.step = sp._orig_step
+        sp.session.writer.close()
+    finally:
+        sp._graph.remove()
+        sp._folder.release()
