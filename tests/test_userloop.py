@@ -519,4 +519,7 @@ def test_ddp_under_torchrun_keeps_masks_identical_and_rank0_writes(tmp_path):
     assert run.config["world_size"] == 2
     kinds = [e["kind"] for e in run.events]
     assert kinds.count("update") == 3 and kinds[-1] == "final"  # RigL stops at 75 %
-    assert p.stdout.count("nnz") == 2 and len(set(p.stdout.split("nnz")[1:])) == 1
+    import re
+
+    nnz = re.findall(r"nnz (\d+)", p.stdout)  # both ranks end with the same masks (checked at
+    assert len(nnz) == 2 and nnz[0] == nnz[1]  # every event by an all-gather of checksums)
