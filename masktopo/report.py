@@ -262,7 +262,9 @@ def _analyze_paths(r: _RunReport) -> None:
 
     graph = r.run.config.get("graph")
     if graph is None:
-        r.notes.append("run.json has no layer graph: the whole-network path analysis is skipped")
+        why = r.run.config.get("graph_error")
+        r.notes.append("run.json has no layer graph" + (f" ({why})" if why else "")
+                       + ": the whole-network path analysis is skipped")  # fmt: skip
         return
     if r.final_event is None:
         return

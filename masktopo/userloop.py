@@ -96,7 +96,7 @@ def _check_not_sharded(maskable: Mapping[str, nn.Parameter]) -> None:
         if type(p.data).__name__ == "DTensor" or type(p).__name__ == "DTensor":
             raise MaskValidationError(
                 f"parameter {name!r} is a sharded DTensor (FSDP2 fully_shard): masktopo masks "
-                "whole layers and does not support FSDP; use DDP, or sparsify before sharding"
+                "whole layers and does not support FSDP; use DDP"
             )
 
 

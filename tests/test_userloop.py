@@ -523,3 +523,23 @@ def test_ddp_under_torchrun_keeps_masks_identical_and_rank0_writes(tmp_path):
 
     nnz = re.findall(r"nnz (\d+)", p.stdout)  # both ranks end with the same masks (checked at
     assert len(nnz) == 2 and nnz[0] == nnz[1]  # every event by an all-gather of checksums)
+
+
+def test_fsdp2_sharded_parameters_are_refused_in_one_line(tmp_path):
+    import torch.distributed as dist
+
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no FSDP2 (torch.distributed.fsdp.fully_shard)")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        fsdp.fully_shard(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.raises(MaskValidationError, match=r"'0.weight' is a sharded DTensor \(FSDP2"):
+            masktopo.sparsify(model, opt, method="static", density=0.5, total_steps=3,
+                              out=tmp_path / "r")  # fmt: skip
+        assert not (tmp_path / "r").exists()
+    finally:
+        dist.destroy_process_group()
