@@ -288,6 +288,10 @@ class SparseTraining:
 
         keeps_some(cfg.density, sum(p.numel() for p in maskable.values()), "maskable weights")
         opt = _torch_optimizer(optimizer)
+        if isinstance(getattr(opt.step, "__self__", None), SparseTraining):
+            raise MaskValidationError(
+                "sparsify: this optimizer already serves another sparsify run; finish() it first"
+            )
         held = {id(p) for g in opt.param_groups for p in g["params"]}
         missing = [n for n, p in maskable.items() if id(p) not in held]
         if missing:

@@ -543,3 +543,17 @@ def test_fsdp2_sharded_parameters_are_refused_in_one_line(tmp_path):
         assert not (tmp_path / "r").exists()
     finally:
         dist.destroy_process_group()
+
+
+def test_static_on_layers_chosen_by_name_uses_exact_random_counts():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3,
+                           layers=["fc*"], init_method="uniform")  # fmt: skip
+    assert sp.nnz() == {"fc1.weight": round(0.3 * 4096), "fc2.weight": round(0.3 * 128)}
+    with pytest.raises(MaskValidationError, match="already serves another sparsify run"):
+        masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3)
+    sp.finish()
+    with pytest.raises(MaskValidationError, match="on layers chosen by name use random"):
+        masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3,
+                          layers=["fc*"], init_method="snip")  # fmt: skip

@@ -293,7 +293,7 @@ def test_static_data_driven_pai_and_dense_ends():
         sp.init_masks(net, maskable, torch.Generator())
     every = maskable_parameters(net)
     odd = {k: v for i, (k, v) in enumerate(every.items()) if i != 1}  # a hole in the middle
-    with pytest.raises(MaskValidationError, match="maskable must be"):
+    with pytest.raises(MaskValidationError, match="on layers chosen by name use random"):
         sp.init_masks(net, odd, torch.Generator(), batches=batches)
 
 

@@ -44,7 +44,10 @@ class Static(Sparsifier):
             return self._from_file(model, maskable)
         from ... import pai
 
-        first_dense, last_dense = _dense_ends(model, maskable)
+        ends = _dense_ends(model, maskable, strict=False)
+        if ends is None:  # a set chosen by name patterns (masktopo.sparsify(layers=...))
+            return self._on_subset(maskable, generator), None
+        first_dense, last_dense = ends
         ms = pai.prune(
             model,
             self.cfg.init_method,
@@ -55,6 +58,22 @@ class Static(Sparsifier):
             last_dense=last_dense,
         )
         return {n: ms[n].to(p.device) for n, p in maskable.items()}, None
+
+    def _on_subset(self, maskable, generator):
+        """Random masks with exact counts on a maskable set that is not the model's type-rule set
+        (PaI scoring covers the type-rule set only): ``random`` (uniform layer densities) or a
+        distribution (erk, er, uniform)."""
+        from ...pai.densities import DISTRIBUTIONS
+        from ..core import start_masks
+
+        how = self.cfg.init_method
+        dist = "uniform" if how == "random" else how
+        if dist not in DISTRIBUTIONS:
+            raise MaskValidationError(
+                f"static: init_method {how!r} scores the model's Linear/Conv/attention weights; "
+                f"on layers chosen by name use random, {', '.join(DISTRIBUTIONS)} or init_masks"
+            )
+        return start_masks(maskable, self.cfg.density, dist, generator)
 
     def _from_file(self, model, maskable):
         from ...inputs import load
@@ -88,14 +107,17 @@ class Static(Sparsifier):
         return masks, weights
 
 
-def _dense_ends(model: torch.nn.Module, maskable) -> tuple[bool, bool]:
-    """Which of the model's first/last maskable layers ``maskable`` leaves out (kept dense)."""
+def _dense_ends(model: torch.nn.Module, maskable, *, strict: bool = True):
+    """Which of the model's first/last maskable layers ``maskable`` leaves out (kept dense);
+    None (``strict=False``) or an error when ``maskable`` is another set."""
     every = list(maskable_parameters(model))
     names = list(maskable)
     first = bool(every) and every[0] not in maskable
     last = len(every) > 1 and every[-1] not in maskable
     expected = every[int(first) : len(every) - int(last)]
     if names != expected:
+        if not strict:
+            return None
         raise MaskValidationError(
             "maskable must be masktopo.zoo.maskable_parameters(model) minus at most its first "
             f"and last layers; got {names}"
