@@ -50,7 +50,14 @@ from torch import nn
 from ._version import git_commit, versions
 from .errors import MaskValidationError
 from .maskable import find_maskable, transposed_layers, unwrap_model
-from .runs import RunLock, RunWriter, check_out_dir, check_same_config, read_run_json
+from .runs import (
+    EVENT_FIELDS,
+    RunLock,
+    RunWriter,
+    check_out_dir,
+    check_same_config,
+    read_run_json,
+)
 from .seeding import generator
 
 __all__ = ["SPARSIFY_OPTIONS", "MaskRecorder", "SparseTraining", "record", "sparsify"]
@@ -178,6 +185,9 @@ class _Graph:
             return None, f"the model could not be traced ({type(e).__name__}: {why})"
 
 
+_FLAGS = ("resume=True", "out")
+
+
 class _RunFolder:
     """The ``loop`` run directory of :func:`sparsify` and :func:`record` (rank 0 writes)."""
 
@@ -189,19 +199,23 @@ class _RunFolder:
         if not self.writing:
             self.writer = RunWriter(None)
             return
-        check_out_dir(self.out, "loop", resume=resume)
+        check_out_dir(self.out, "loop", resume=resume, flags=_FLAGS)
         self.lock = RunLock(self.out)
-        if resume:
-            self.lock.acquire()
-            saved = read_run_json(self.out).get("config", {})
-            check_same_config(saved, compare, allowed=(), where=self.out)
-        else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire()
-            check_out_dir(self.out, "loop", resume=False)
-        self.writer = RunWriter(self.out)
-        if not resume:
-            self.writer.write_run_json("loop", fields)
+        try:
+            if resume:
+                self.lock.acquire()
+                saved = read_run_json(self.out).get("config", {})
+                check_same_config(saved, compare, allowed=(), where=self.out)
+            else:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
+                check_out_dir(self.out, "loop", resume=False, flags=_FLAGS)
+            self.writer = RunWriter(self.out)
+            if not resume:
+                self.writer.write_run_json("loop", fields)
+        except BaseException:
+            self.release()
+            raise
 
     def set_graph(self, graph: dict | None, why: str | None) -> None:
         if not self.writing:
@@ -225,9 +239,17 @@ class _RunFolder:
             self.lock = None
 
 
+#: Event fields a metric may not be named after (the writer's own columns).
+_RESERVED = (*EVENT_FIELDS, "density")
+
+
 def _floats(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out = {}
     for k, v in (metrics or {}).items():
+        if k in _RESERVED:
+            raise MaskValidationError(
+                f"metric {k!r} is the name of an event field ({', '.join(_RESERVED)}); rename it"
+            )
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
         if isinstance(v, bool) or not isinstance(v, int | float):
@@ -269,8 +291,10 @@ class SparseTraining:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MaskValidationError(f"sparsify: {key} must be a positive integer, got "
                                           f"{value!r}")  # fmt: skip
-        if "density" not in options and method != "dense":
-            raise MaskValidationError(f"sparsify: method {method!r} needs density=")
+        if "density" not in options:
+            if method != "dense":
+                raise MaskValidationError(f"sparsify: method {method!r} needs density=")
+            options["density"] = 1.0
         cfg = resolve(TrainConfig(method=method, **options))
         base = unwrap_model(model)
         if not isinstance(base, nn.Module):
@@ -339,9 +363,10 @@ class SparseTraining:
         self._finished = False
         self._awaiting_state = bool(resume)
         try:
-            if resume:  # the masks come back with load_state_dict (or the model's state_dict)
-                self.session.attach({n: torch.ones_like(p, dtype=torch.bool)
-                                     for n, p in maskable.items()})  # fmt: skip
+            if resume:  # mask buffers for the model's state_dict; load_state_dict sets them
+                if cfg.method != "dense":
+                    self.session.attach({n: torch.ones_like(p, dtype=torch.bool)
+                                         for n, p in maskable.items()})  # fmt: skip
             else:
                 self.session.start(generator(cfg.seed, "masks", device=device), batches=batches)
                 self.session.record("init")
@@ -425,6 +450,20 @@ class SparseTraining:
                                  "n_events": self.session.writer.n_events,
                                  "density": self.session.density(),
                                  "final": {**scalars, **_plain(self.session.scalars())}})  # fmt: skip
+
+    def close(self) -> None:
+        """Stop without a final event (after a crash or an interrupted fit): flush the events
+        written so far, restore ``optimizer.step``, release the run directory. The run stays
+        resumable from the last ``state_dict()``; :meth:`finish` completes it instead."""
+        if self._finished:
+            return
+        self._finished = True
+        self.optimizer.step = self._orig_step  # type: ignore[method-assign]
+        self._graph.remove()
+        try:
+            self.session.writer.close()
+        finally:
+            self._folder.release()
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

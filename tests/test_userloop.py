@@ -511,7 +511,8 @@ def test_ddp_under_torchrun_keeps_masks_identical_and_rank0_writes(tmp_path):
     import sys
 
     # torchrun of this interpreter (its console script may belong to another Python on PATH)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script),
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(script),
                         str(tmp_path / "r")], capture_output=True, text=True, env=env,
                        timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
@@ -557,3 +558,35 @@ def test_static_on_layers_chosen_by_name_uses_exact_random_counts():
     with pytest.raises(MaskValidationError, match="on layers chosen by name use random"):
         masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3,
                           layers=["fc*"], init_method="snip")  # fmt: skip
+
+
+def test_close_keeps_the_run_resumable_in_the_same_process(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    kw = {"method": "itop", "density": 0.25, "total_steps": 8, "update_interval": 2}
+    sp = masktopo.sparsify(model, opt, out=tmp_path / "r", **kw)
+    _loop(model, opt, sp, 3)
+    state = sp.state_dict()
+    sp.close()  # a crash: no final event, the lock released, optimizer.step restored
+    assert opt.step.__func__ is torch.optim.SGD.step
+    with pytest.raises(
+        MaskFileError, match="pass resume=True to continue it, or choose another out"
+    ):
+        masktopo.sparsify(model, opt, out=tmp_path / "r", **kw)
+    with pytest.raises(MaskFileError, match=r"density=0\.5 \(run: 0\.25\); none may change"):
+        masktopo.sparsify(model, opt, out=tmp_path / "r", resume=True, **{**kw, "density": 0.5})
+    sp = masktopo.sparsify(model, opt, out=tmp_path / "r", resume=True, **kw)  # lock free again
+    sp.load_state_dict(state)
+    _loop(model, opt, sp, 8, start=3)
+    sp.finish()
+    kinds = [e["kind"] for e in runs.read_run(tmp_path / "r").events]
+    assert kinds == ["init", "update", "update", "update", "final"]
+
+
+def test_dense_needs_no_density_and_metrics_may_not_shadow_event_fields(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = masktopo.sparsify(model, opt, method="dense", total_steps=2, out=tmp_path / "r")
+    assert sp.density == 1.0 and sp.session.masking is None
+    with pytest.raises(MaskValidationError, match="metric 'epoch' is the name of an event field"):
+        sp.finish(metrics={"epoch": 3.0})

@@ -61,18 +61,27 @@ def _sparsify_options(
     out = dict(options)
     if density is not None:
         out["density"] = density
-    if "density" not in out and method != "dense":
-        raise MaskValidationError(f"{where}: method {method!r} needs density=")
+    if "density" not in out:
+        if method != "dense":
+            raise MaskValidationError(f"{where}: method {method!r} needs density=")
+        out["density"] = 1.0  # sparsify(method="dense") alone takes TrainConfig's 0.05 and fails
     resolve(TrainConfig(method=method, **{k: v for k, v in out.items() if k in SPARSIFY_OPTIONS}))
     return out
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
-    """The finite real scalars of ``values`` (one-element tensors included) as floats."""
+    """The finite real scalars of ``values`` (one-element tensors included) as floats, less the
+    names of an event's own columns (``step``, ``epoch``, ``density``, ...), which a metric of
+    that name would overwrite in events.jsonl."""
     import torch
 
+    from ..runs import EVENT_FIELDS
+
+    reserved = {*EVENT_FIELDS, "density"}
     out = {}
     for key, v in values.items():
+        if str(key) in reserved:
+            continue
         if isinstance(v, torch.Tensor):
             if v.numel() != 1 or v.is_complex():
                 continue
@@ -85,19 +94,7 @@ def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _abandon(sp) -> None:
-    """Stop a :class:`~masktopo.userloop.SparseTraining` after a crash without its final event:
-    the recorded events are flushed, ``optimizer.step`` is restored and the run directory's lock
-    released, so that the run can be resumed (in this process too).
-
-    ``SparseTraining`` has no public call for this yet (``finish`` records a final event and
-    completes the run); this does what ``finish`` does minus the event and the summary.
-    """
-    if sp is None or getattr(sp, "_finished", True):
-        return
-    sp._finished = True
-    try:
-        sp.optimizer.step = sp._orig_step
-        sp.session.writer.close()
-    finally:
-        sp._graph.remove()
-        sp._folder.release()
+    """Stop a :class:`~masktopo.userloop.SparseTraining` after a crash without its final event
+    (:meth:`~masktopo.userloop.SparseTraining.close`): the run stays resumable."""
+    if sp is not None:
+        sp.close()

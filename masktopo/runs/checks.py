@@ -30,9 +30,18 @@ def run_kind(path: Path) -> str | None:
         return "?"
 
 
-def check_out_dir(out: str | os.PathLike, kind: str, *, resume: bool) -> Path:
+def check_out_dir(
+    out: str | os.PathLike,
+    kind: str,
+    *,
+    resume: bool,
+    flags: tuple[str, str] = ("--resume", "--out"),
+) -> Path:
     """``out`` as a Path, when it can take a new run of ``kind`` (``resume=False``: a new or
     empty folder) or holds a run of ``kind`` to resume (with or without a checkpoint).
+
+    ``flags`` names the resume switch and the output in the messages (``("resume=True", "out")``
+    for the Python API).
 
     Raises
     ------
@@ -48,25 +57,26 @@ def check_out_dir(out: str | os.PathLike, kind: str, *, resume: bool) -> Path:
             raise MaskFileError(out, "cannot write a run there: it is a file, not a folder")
     found = run_kind(out) if out.is_dir() else None
     this = _NAMES[kind]
+    again, dest = flags
     if resume:
         if found is None:
-            raise MaskFileError(out, f"--resume: not a run directory (no {RUN_FILE})")
+            raise MaskFileError(out, f"{again}: not a run directory (no {RUN_FILE})")
         if found != kind:
-            raise MaskFileError(out, f"--resume: holds a {_NAMES[found]} run, not a {this} run")
+            raise MaskFileError(out, f"{again}: holds a {_NAMES[found]} run, not a {this} run")
         return out
     if found == kind:
         raise MaskFileError(
             out,
-            f"already holds a {this} run; pass --resume to continue it, or choose another --out",
+            f"already holds a {this} run; pass {again} to continue it, or choose another {dest}",
         )
     if found is not None:
         raise MaskFileError(
             out,
             f"holds a {_NAMES[found]} run; a {this} run needs a new or empty folder: choose "
-            "another --out",
+            f"another {dest}",
         )
     if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
+        raise MaskFileError(out, f"is not empty; choose an empty or new directory for {dest}")
     return out
 
 
@@ -92,8 +102,8 @@ def check_same_config(
     if diffs:
         raise MaskFileError(
             where,
-            f"the run was started with other settings: {', '.join(diffs)}; only "
-            f"{', '.join(allowed)} may change",
+            f"the run was started with other settings: {', '.join(diffs)}; "
+            + (f"only {', '.join(allowed)} may change" if allowed else "none may change"),
         )
 
 

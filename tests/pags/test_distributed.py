@@ -63,7 +63,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     args = ["pags", "--model", "mlpnet", "--dataset", "fashion-mnist", "--method", "erk",
             "--density", "0.05", "--candidates", "6", "--chunk", "3"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    two = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "masktopo", *args, "--out",
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "masktopo", *args, "--out",
                           str(tmp_path / "two")], capture_output=True, text=True, env=env,
                          timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr[-2000:]

@@ -191,7 +191,7 @@ def test_mask_checksum_tells_masks_apart():
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_torchrun_two_processes_keep_masks_identical(tmp_path):
     """Two gloo processes: the loop compares mask checksums across ranks after every event."""
-    args = ["--nproc_per_node=2", "-m", "masktopo", "train", "--method", "rigl", "--model",
+    args = ["--standalone", "--nproc_per_node=2", "-m", "masktopo", "train", "--method", "rigl", "--model",
             "spiral-mlp", "--dataset", "cubist-spiral", "--density", "0.3", "--epochs", "1",
             "--batch-size", "1000", "--update-interval", "10", "--out", str(tmp_path / "ddp")]  # fmt: skip
     p = subprocess.run([shutil.which("torchrun"), *args], capture_output=True, text=True,
