@@ -20,11 +20,39 @@ does. The report (Markdown) goes to stdout, progress to stderr.
     python benchmarks/bench_train.py                     # CPU, ResNet-18, batch 128
     python benchmarks/bench_train.py --device cuda       # on a GPU
     python benchmarks/bench_train.py --model lenet5 --dataset fashion-mnist --steps 50
+
+``--sparsify``: the overhead of :func:`masktopo.sparsify` in a user's own loop, on one transformer
+block (``nn.TransformerEncoderLayer``, ``batch_first``; CPU: d_model 256, 4 heads, feed-forward
+1024, batch 32, sequence 128; CUDA: d_model 1024, 16 heads, feed-forward 4096, batch 32, sequence
+512, bfloat16 autocast), random inputs and targets, MSE loss, AdamW. Per training step:
+
+* dense: forward, loss, backward, ``opt.step()`` (no masktopo);
+* static: the same with ``sp = masktopo.sparsify(model, opt, method="static", density=0.1, ...)``
+  and ``sp.step()`` after ``opt.step()`` (the post-step masking of the weights only);
+* rigl: ``method="rigl"``, ``update_interval=100`` (``--interval``): the masking at every step plus
+  one drop-and-grow update (and its event) every 100 steps, amortised;
+
+each with ``out=None`` (nothing written) and with ``out=`` a temporary directory (the events are
+written by a background thread: RigL's every 100 steps, masks and kept weights). Every variant has
+its own copy of the same block and optimizer. After a warm-up, each of ``--rounds`` rounds times
+``--steps`` consecutive steps of every variant, interleaved step by step (one step of each loop in
+turn, the order rotated from round to round), so that a slow phase of a shared machine hits all
+of them alike; a round's value is a variant's median step. A RigL window is placed around one
+update step (the run's step counter ``sp.steps`` is moved forward before it; the schedules are
+functions of the step): its value is the median ordinary step plus the window's whole excess over
+it (the update step, slower steps after it, and waiting for the event's background write at the
+end of the window) divided by ΔT. The reported figure is the median over rounds, and the overhead
+is relative to the dense median. The post-step masking alone (``Masking.apply``) is also timed
+many times, which is robust to a noisy machine.
+
+    python benchmarks/bench_train.py --sparsify                  # CPU, about 1 minute
+    python benchmarks/bench_train.py --sparsify --device cuda    # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -33,7 +61,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _common import log, machine_facts
+from torch import nn
 
+import masktopo
 from masktopo.runs import RunWriter
 from masktopo.seeding import generator
 from masktopo.trainer.config import TrainConfig, resolve
@@ -88,15 +118,221 @@ def _time_steps(fn, n, device):
     return statistics.median(times)
 
 
+# ---------------------------------------------------------------------------------------------
+# --sparsify: masktopo.sparsify in a user's loop, on a transformer block
+# ---------------------------------------------------------------------------------------------
+_BLOCK_DEFAULTS = {  # cpu, cuda
+    "batch": (32, 32),
+    "density": (0.1, 0.1),
+    "interval": (100, 100),
+    "steps": (10, 50),
+    "rounds": (5, 5),
+    "d_model": (256, 1024),
+    "nhead": (4, 16),
+    "ff": (1024, 4096),
+    "seq": (128, 512),
+}
+
+
+class _Variant:
+    """One loop: its own copy of the block and optimizer, and a SparseTraining or None."""
+
+    def __init__(self, label, block, args, device, method=None, out=None):
+        self.label, self.method = label, method
+        self.model = copy.deepcopy(block).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-sparsify-") if out else None
+        self.sp = None
+        if method is not None:
+            # schedules long enough that RigL is still updating (at its start rate) in every window
+            self.sp = masktopo.sparsify(
+                self.model, self.opt, method=method, density=args.density,
+                total_steps=100 * args.interval,
+                out=Path(self.tmp.name, "run") if self.tmp else None,
+                **({"update_interval": args.interval} if method == "rigl" else {}),
+            )  # fmt: skip
+        self.rounds: list[float] = []
+        self.ordinary: list[float] = []
+        self.update: list[float] = []
+
+    def step(self, x, y, amp):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = self.model(x)
+        loss = F.mse_loss(out.float(), y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        if self.sp is not None:
+            self.sp.step()
+
+    def begin(self, n, interval):
+        """Start a window of ``n`` steps; a RigL window holds one update step, in its middle."""
+        if self.method == "rigl":
+            # the next update step u ((u + 1) % ΔT == 0) at least n // 2 steps ahead
+            u = ((self.sp.steps + n // 2) // interval + 1) * interval - 1
+            self.sp.steps = u - n // 2
+        self._times: list[float] = []
+        self._updated: list[bool] = []
+
+    def timed_step(self, x, y, amp, device):
+        sp = self.sp
+        before = sp.n_events if sp is not None else 0
+        _sync(device)
+        t0 = time.perf_counter()
+        self.step(x, y, amp)
+        _sync(device)
+        self._times.append(time.perf_counter() - t0)
+        self._updated.append(sp is not None and sp.n_events != before)
+
+    def end(self, interval):
+        """The window's value: its median step (RigL: amortised over ΔT)."""
+        times, updated = self._times, self._updated
+        if self.method != "rigl":
+            self.rounds.append(statistics.median(times))
+            return
+        t0 = time.perf_counter()
+        self.sp.session.writer.flush()  # wait for the background write of the window's event
+        wait = time.perf_counter() - t0
+        assert sum(updated) == 1, f"{self.label}: {sum(updated)} update steps in the window"
+        ordinary = statistics.median(t for t, u in zip(times, updated, strict=True) if not u)
+        excess = sum(times) + wait - len(times) * ordinary
+        self.ordinary.append(ordinary)
+        self.update.append(next(t for t, u in zip(times, updated, strict=True) if u))
+        self.rounds.append(ordinary + excess / interval)
+
+    def close(self):
+        info = None
+        if self.sp is not None:
+            self.sp.finish()
+        if self.tmp is not None:
+            run = Path(self.tmp.name, "run")
+            files = [f for f in run.rglob("*") if f.is_file()]
+            info = (len(list((run / "masks").iterdir())), sum(f.stat().st_size for f in files))
+            self.tmp.cleanup()
+        return info
+
+
+def _main_sparsify(args, device, amp) -> int:
+    for key, values in _BLOCK_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, values[device.type == "cuda"])
+    if args.steps < 4:
+        log("--sparsify needs --steps 4 or more (a RigL window holds one update step)")
+        return 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        block = nn.TransformerEncoderLayer(args.d_model, args.nhead, args.ff, batch_first=True)
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (args.batch, args.seq, args.d_model)
+    x = torch.randn(*shape, device=device, generator=g)
+    y = torch.randn(*shape, device=device, generator=g)
+
+    static = f"static, density {args.density}"
+    rigl = f"rigl, density {args.density}, ΔT = {args.interval}"
+    variants = [
+        _Variant("dense loop (forward, backward, AdamW step)", block, args, device),
+        _Variant(static, block, args, device, "static"),
+        _Variant(static, block, args, device, "static", out=True),
+        _Variant(rigl, block, args, device, "rigl"),
+        _Variant(rigl, block, args, device, "rigl", out=True),
+    ]
+    dense = variants[0]
+    maskable = variants[1].sp.session.maskable
+    log(f"warm-up (transformer block d_model {args.d_model}, batch {args.batch}, seq {args.seq}, "
+        f"{device})")  # fmt: skip
+    t_start = time.perf_counter()
+    for v in variants:
+        for _ in range(3):
+            v.step(x, y, amp)
+    for r in range(args.rounds):
+        log(f"round {r + 1}/{args.rounds}: {args.steps} steps of each of {len(variants)} loops, "
+            "interleaved")  # fmt: skip
+        order = variants[r:] + variants[:r]  # who follows whom changes from round to round
+        for v in order:
+            v.begin(args.steps, args.interval)
+        for _ in range(args.steps):
+            for v in order:
+                v.timed_step(x, y, amp, device)
+        for v in order:
+            v.end(args.interval)
+    # the post-step masking alone, many times: robust to a noisy machine
+    sp = variants[1].sp
+    t_apply = _time_steps(lambda: sp.session.masking.apply(sp.optimizer), 10 * args.steps, device)
+    written = [v.close() for v in variants]
+    wall = time.perf_counter() - t_start
+
+    t_dense = statistics.median(dense.rounds)
+    n_params = sum(p.numel() for p in block.parameters())
+    n_mask = sum(p.numel() for p in maskable.values())
+    print(f"# bench_train --sparsify: one nn.TransformerEncoderLayer (d_model {args.d_model}, "
+          f"{args.nhead} heads, feed-forward {args.ff}), batch {args.batch}, sequence {args.seq}, "
+          f"AdamW, device {device}{' (bf16 autocast)' if amp else ''}")  # fmt: skip
+    print()
+    for line in machine_facts([args.device]):
+        print(line if line.startswith("- ") else f"- {line}")
+    print(f"- {n_params:,} parameters, {n_mask:,} maskable in {len(maskable)} weights "
+          f"({', '.join(maskable)}); median of {args.steps} steps × {args.rounds} rounds, the "
+          f"loops interleaved step by step, after 3 warm-up steps; benchmark wall time "
+          f"{wall:.0f} s")  # fmt: skip
+    print()
+    print("| loop | out | time per step | overhead vs dense |")
+    print("|---|---|---|---|")
+    print(f"| {dense.label} | | {1e3 * t_dense:.1f} ms | |")
+    for v, info in zip(variants[1:], written[1:], strict=True):
+        t = statistics.median(v.rounds)
+        what = "amortised, " if v.method == "rigl" else ""
+        out = "None"
+        if v.tmp is not None:
+            out = f"temp dir ({info[0]} event files, {info[1] / 1e6:.1f} MB)"
+        print(f"| {v.label} + `sp.step()` | {out} | {what}{1e3 * t:.1f} ms | "
+              f"**{100 * (t / t_dense - 1):+.1f}%** |")  # fmt: skip
+    print(f"| post-step masking alone (`Masking.apply`, {len(maskable)} weights) | | "
+          f"{1e3 * t_apply:.2f} ms | **{100 * t_apply / t_dense:.2f}%** of a dense step |")  # fmt: skip
+    print()
+    print("RigL windows (median over rounds): the ordinary step, the update step (forward and "
+          "backward, no optimizer step, masking, drop and grow in every weight, the event), and "
+          "the amortised step = ordinary + the window's excess over it / ΔT:")  # fmt: skip
+    print()
+    print("| loop | out | ordinary step | update step | amortised step |")
+    print("|---|---|---|---|---|")
+    for v in variants[3:]:
+        out = "None" if v.tmp is None else "temp dir"
+        print(f"| {v.label} | {out} | {1e3 * statistics.median(v.ordinary):.1f} ms | "
+              f"{1e3 * statistics.median(v.update):.1f} ms | "
+              f"{1e3 * statistics.median(v.rounds):.1f} ms |")  # fmt: skip
+    print()
+    print("Per-round values (ms): " + "; ".join(
+        f"{v.label}{'' if v.sp is None else (' tmp' if v.tmp else ' None')} "
+        + ", ".join(f"{1e3 * t:.1f}" for t in v.rounds) for v in variants))  # fmt: skip
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sparsify", action="store_true",
+                   help="time masktopo.sparsify in a user's loop on a transformer block instead "
+                        "(dense, static and RigL steps, with and without a run directory)")  # fmt: skip
     p.add_argument("--model", default="resnet18")
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--density", type=float, default=0.01)
-    p.add_argument("--interval", type=int, default=1500, help="ΔT for the shares (default 1500)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant (median)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating dense/masked rounds")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default 128; --sparsify: 32)")  # fmt: skip
+    p.add_argument("--density", type=float, default=None,
+                   help="density (default 0.01; --sparsify: 0.1)")  # fmt: skip
+    p.add_argument("--interval", type=int, default=None,
+                   help="ΔT for the shares (default 1500; --sparsify: RigL's 100)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per variant and round (default 20; --sparsify: 10 on CPU, "
+                        "50 on CUDA)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating rounds (default 3; --sparsify: 5)")  # fmt: skip
+    p.add_argument("--d-model", type=int, default=None,
+                   help="--sparsify: the block's width (default 256 on CPU, 1024 on CUDA)")  # fmt: skip
+    p.add_argument("--nhead", type=int, default=None,
+                   help="--sparsify: attention heads (default 4 on CPU, 16 on CUDA)")  # fmt: skip
+    p.add_argument("--ff", type=int, default=None,
+                   help="--sparsify: feed-forward width (default 1024 on CPU, 4096 on CUDA)")  # fmt: skip
+    p.add_argument("--seq", type=int, default=None,
+                   help="--sparsify: sequence length (default 128 on CPU, 512 on CUDA)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -104,6 +340,12 @@ def main(argv=None) -> int:
         log("no CUDA device: nothing to do")
         return 1
     amp = device.type == "cuda"
+    if args.sparsify:
+        return _main_sparsify(args, device, amp)
+    for key, value in (("batch", 128), ("density", 0.01), ("interval", 1500), ("steps", 20),
+                       ("rounds", 3)):  # fmt: skip
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     cfg, model, opt, x, y = _setup(args, device, "random")
     maskable = maskable_parameters(model)

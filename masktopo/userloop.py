@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -186,6 +187,8 @@ class _Graph:
 
 
 _FLAGS = ("resume=True", "out")
+#: The attribute of our ``optimizer.step`` wrapper that names its SparseTraining.
+_MARK = "_masktopo_sparsify"
 
 
 class _RunFolder:
@@ -312,7 +315,7 @@ class SparseTraining:
 
         keeps_some(cfg.density, sum(p.numel() for p in maskable.values()), "maskable weights")
         opt = _torch_optimizer(optimizer)
-        if isinstance(getattr(opt.step, "__self__", None), SparseTraining):
+        if getattr(opt.step, _MARK, None) is not None:
             raise MaskValidationError(
                 "sparsify: this optimizer already serves another sparsify run; finish() it first"
             )
@@ -373,15 +376,44 @@ class SparseTraining:
         except BaseException:
             self._folder.release()
             raise
-        self._orig_step = opt.step
-        opt.step = self._optimizer_step  # type: ignore[method-assign]
+        self._wrap_optimizer(opt)
 
     # -- the loop ---------------------------------------------------------------------------------
+    def _wrap_optimizer(self, opt) -> None:
+        """Put :meth:`_optimizer_step` in front of ``opt.step``, as a function bound to the
+        optimizer (PyTorch's LR schedulers re-bind ``opt.step.__func__`` to the optimizer when
+        they wrap it, before or after us); it carries the scheduler's marker when the step it
+        replaces had one, so a scheduler made earlier does not warn."""
+        self._orig_step = opt.step
+        self._had_own_step = "step" in opt.__dict__
+        sp = self
+
+        def step(_opt, *args, **kwargs):
+            return sp._optimizer_step(*args, **kwargs)
+
+        setattr(step, _MARK, self)
+        if getattr(self._orig_step, "_wrapped_by_lr_sched", False):
+            step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+        self._step_func = step
+        opt.step = types.MethodType(step, opt)  # type: ignore[method-assign]
+
+    def _unwrap_optimizer(self) -> None:
+        """Give ``opt.step`` back; a wrapper added after ours (an LR scheduler made later) stays,
+        and ours then passes every call straight through."""
+        opt = self.optimizer
+        now = opt.__dict__.get("step")
+        if getattr(now, "__func__", None) is self._step_func:
+            if self._had_own_step:
+                opt.step = self._orig_step  # type: ignore[method-assign]
+            else:
+                del opt.__dict__["step"]
+
     def _optimizer_step(self, *args, **kwargs):
         if self._finished:
             return self._orig_step(*args, **kwargs)
         if self.session.skip_step(self.steps):
             self._stepped = True
+            self.optimizer._opt_called = True  # an LR scheduler made earlier: a step happened
             closure = kwargs.get("closure", args[0] if args else None)
             if closure is not None:
                 with torch.enable_grad():
@@ -438,7 +470,7 @@ class SparseTraining:
             raise MaskValidationError("sparsify: finish() was already called")
         scalars = _floats(metrics)
         self._finished = True
-        self.optimizer.step = self._orig_step  # type: ignore[method-assign]
+        self._unwrap_optimizer()
         try:
             if not self._graph.done:
                 self._folder.set_graph(*self._graph.compute())
@@ -458,7 +490,7 @@ class SparseTraining:
         if self._finished:
             return
         self._finished = True
-        self.optimizer.step = self._orig_step  # type: ignore[method-assign]
+        self._unwrap_optimizer()
         self._graph.remove()
         try:
             self.session.writer.close()

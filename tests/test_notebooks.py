@@ -25,7 +25,7 @@ CELL_TIMEOUT = 120  # seconds; every notebook takes well under a minute in all
 def test_there_are_notebooks():
     names = [p.name for p in NOTEBOOKS]
     for name in ("01_layer_graph.ipynb", "02_topology_over_training.ipynb",
-                 "03_pags_candidates.ipynb"):  # fmt: skip
+                 "03_pags_candidates.ipynb", "04_your_own_loop.ipynb"):  # fmt: skip
         assert name in names
 
 

@@ -590,3 +590,35 @@ def test_dense_needs_no_density_and_metrics_may_not_shadow_event_fields(tmp_path
     assert sp.density == 1.0 and sp.session.masking is None
     with pytest.raises(MaskValidationError, match="metric 'epoch' is the name of an event field"):
         sp.finish(metrics={"epoch": 3.0})
+
+
+@pytest.mark.parametrize("scheduler_first", [True, False])
+def test_lr_schedulers_made_before_or_after_sparsify_work_without_warnings(scheduler_first):
+    import warnings
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning (torch's "optimizer.step() overridden") fails
+        if scheduler_first:
+            sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+        sp = masktopo.sparsify(model, opt, method="rigl", density=0.3, total_steps=8,
+                               update_interval=2)  # fmt: skip
+        if not scheduler_first:
+            sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+        x, y = _data(32)
+        for _ in range(6):
+            opt.zero_grad()
+            F.cross_entropy(model(x[:8]), y[:8]).backward()
+            opt.step()
+            sp.step()
+            sched.step()
+        assert sp.steps == 6 and sp.n_events == 4  # init + RigL updates after steps 2, 4, 6
+        with pytest.raises(MaskValidationError, match="already serves another sparsify run"):
+            masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3)
+        sp.finish()
+        opt.step()  # after finish: a plain step (a later scheduler's wrapper stays in front)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1**3)
+    if scheduler_first:  # our wrapper is gone, the scheduler's is back
+        assert getattr(opt.step, "_wrapped_by_lr_sched", False)
+        assert not hasattr(opt.step, "_masktopo_sparsify")
