@@ -167,7 +167,8 @@ def same_as(cls: type, name: str, default: Any = _SAME, **changes: Any) -> Any:
 @dataclass(frozen=True)
 class _Field:
     name: str
-    kind: str  # "bool", "int", "float", "str", "floats", "strs" (tuples of floats, of str)
+    kind: str  # "bool", "int", "float", "str", "floats", "strs" (tuples of floats, of str),
+    # "map" (a dict of name -> non-negative int: a TOML table)
     nullable: bool
     default: Any
     spec: Spec
@@ -194,6 +195,8 @@ def _kind(annotation: Any) -> tuple[str, bool]:
         return "floats", nullable
     if base.startswith("tuple[str"):
         return "strs", nullable
+    if base.startswith("dict[str, int"):
+        return "map", nullable
     if base in ("bool", "int", "float", "str"):
         return base, nullable
     raise TypeError(f"unsupported option type {text!r}")
@@ -251,6 +254,17 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
         if not isinstance(value, list | tuple) or not all(_number(v) for v in value):
             raise MaskValidationError(f"{prefix}{name} must be a list of numbers")
         return tuple(float(v) for v in value)
+    if f.kind == "map":
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items()
+        ):
+            raise MaskValidationError(
+                f"{prefix}{name} must be a table of names to non-negative integers, got {value!r}"
+            )
+        if not value:
+            raise MaskValidationError(f"{prefix}{name} is an empty table")
+        return dict(value)
     if f.kind == "strs":
         if isinstance(value, str):
             value = [value]
@@ -336,7 +350,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in fields(type(cfg)):
         value = getattr(cfg, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
     return out
 
 
@@ -384,6 +402,9 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                                for k, v in value.items()) + " }"  # fmt: skip
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -122,7 +122,8 @@ class TrainConfig:
     dataset: str = same_as(SetupOptions, "dataset", default="fashion-mnist")
     data_dir: str | None = same_as(SetupOptions, "data_dir")
     density: float = same_as(SetupOptions, "density")
-    epochs: int = option(10, "training epochs (schedules span them)", ge=1, metavar="N")
+    epochs: int | None = option(None, "training epochs (schedules span them)", ge=1,
+                                default_text="10; gap: its schedule's length", metavar="N")  # fmt: skip
     max_steps: int | None = option(None, "stop after this many steps (schedules keep their "
                                    "length)", ge=1, metavar="N")  # fmt: skip
     batch_size: int = option(128, "global minibatch size (split across torchrun processes)",
@@ -186,6 +187,30 @@ class TrainConfig:
                                      "one per layer (layer)", choices=("global", "layer"),
                                      what="prune scope", default_text=_BY_METHOD,
                                      flag=False)  # fmt: skip
+    gap_mode: str | None = option(None, "gap: cyclic (C-GaP) or parallel (P-GaP)",
+                                  choices=("cyclic", "parallel"), what="gap mode",
+                                  default_text=_BY_METHOD, metavar="MODE")  # fmt: skip
+    partitions: int | None = option(None, "gap: split the maskable layers into K contiguous "
+                                    "partitions balanced by parameter count", ge=1,
+                                    default_text="3 unless partition_map", metavar="K")  # fmt: skip
+    partition_map: dict[str, int] | None = option(  # noqa: RUF009 - None, copied when set
+        None, "gap: {layer-name pattern = partition id} (a TOML table), instead of partitions",
+        flag=False)  # fmt: skip
+    step_epochs: float | None = option(None, "gap: epochs of one grow-and-prune step (fractions "
+                                       "allowed)", gt=0.0, lt=math.inf, default_text=_BY_METHOD,
+                                       metavar="E")  # fmt: skip
+    cycles: int | None = option(None, "gap: full cycles over the partitions (P-GaP: rounds)",
+                                ge=1, default_text=_BY_METHOD, metavar="C")  # fmt: skip
+    finetune_epochs: float | None = option(None, "gap: epochs of fine-tuning with every mask "
+                                           "fixed after the last prune", ge=0.0, lt=math.inf,
+                                           default_text=_BY_METHOD, metavar="E")  # fmt: skip
+    gap_restart: bool | None = option(None, "gap: clear the optimizer state and restart the LR "
+                                      "schedule at every step (the reference's restart)",
+                                      default_text=_BY_METHOD, flag=False)  # fmt: skip
+    gap_combine: str | None = option(None, "gap parallel: the parameters outside the partitions "
+                                     "from the replicas' average or from replica 0 (first)",
+                                     choices=("average", "first"), what="gap combine rule",
+                                     default_text=_BY_METHOD, flag=False)  # fmt: skip
     first_dense: bool = option(False, "keep the first (stem) maskable layer dense", flag=False)
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
@@ -237,6 +262,14 @@ METHOD_FIELDS = (
     "prune_start",
     "prune_end",
     "prune_scope",
+    "gap_mode",
+    "partitions",
+    "partition_map",
+    "step_epochs",
+    "cycles",
+    "finetune_epochs",
+    "gap_restart",
+    "gap_combine",
 )
 
 
@@ -306,13 +339,17 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                 )
         elif value is None:
             changes[key] = defaults[key]
-    if cfg.init_masks is not None and cfg.method != "static":
-        raise MaskValidationError(f"init_masks is only used by method 'static', not {cfg.method!r}")
+    if cfg.init_masks is not None and cfg.method not in ("static", "gap"):
+        raise MaskValidationError(f"init_masks is only used by methods 'static' and 'gap', not "
+                                  f"{cfg.method!r}")  # fmt: skip
     if cfg.method == "static" and cfg.init_masks is not None and cfg.init_method is not None:
         raise MaskValidationError("static: give init_method or init_masks, not both")
     if cfg.method == "static" and cfg.init_masks is not None:
         changes["init_method"] = None
     out = dataclasses.replace(cfg, **changes)
+    out = dataclasses.replace(out, **METHODS[cfg.method].resolve(out))
+    if out.epochs is None:
+        out = dataclasses.replace(out, epochs=10)
 
     if out.method == "dense" and out.density != 1.0:
         raise MaskValidationError(f"method 'dense' trains every weight: density must be 1, got "

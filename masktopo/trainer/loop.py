@@ -351,6 +351,20 @@ def evaluate(model, dataset, spec, *, dist_info: _Dist = _Dist(), amp: bool = Fa
     return float(sums[0]) / total, float(sums[1]) / total
 
 
+def _evaluate_at(model, data, dist_info: _Dist, amp: bool, owner: int | None):
+    """Validation loss and accuracy; ``owner``: only that rank's model is the run's model now
+    (P-GaP's replicas), so it evaluates the whole split and broadcasts the two numbers."""
+    if owner is None or dist_info.world == 1:
+        return evaluate(model, data.val, data.spec, dist_info=dist_info, amp=amp)
+    import torch.distributed as dist
+
+    out = torch.zeros(2, dtype=torch.float64, device=data.val.data.device)
+    if dist_info.rank == owner:
+        out[0], out[1] = evaluate(model, data.val, data.spec, amp=amp)
+    dist.broadcast(out, src=owner)
+    return float(out[0]), float(out[1])
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -439,7 +453,11 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
         torch.cuda.set_device(device)
     dist_info = _init_distributed(device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    data = _Data(cfg, device, dist_info)
+    from .methods import METHODS
+
+    # P-GaP: each process trains its own replica on whole batches (no DDP, no batch split)
+    independent = METHODS[cfg.method].independent_ranks(cfg)
+    data = _Data(cfg, device, _Dist() if independent else dist_info)
     spe = data.steps_per_epoch
     total_steps = spe * cfg.epochs
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
@@ -553,15 +571,16 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 "layers": [{"name": n, "kind": "conv" if p.dim() > 2 else "linear",
                             "shape": list(p.shape)} for n, p in maskable.items()],
                 "graph": graph,
+                "method_info": sparsifier.describe(),
             })  # fmt: skip
         else:
             recorder.truncate(n_events, ckpt.get("events_digest"))
     if ckpt is None:
-        record("init")
+        record("init", **sparsifier.init_event())
 
     if device.type == "cpu" and dist_info.world == 1:
         train_model = model
-    elif dist_info.world > 1:
+    elif dist_info.world > 1 and not independent:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -613,9 +632,13 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 if step >= stop_step:
                     stopped = True
                     break
+                if not sparsifier.computes(step):  # another process's replica (P-GaP)
+                    session.after_step(step, optimizer)
+                    step += 1
+                    continue
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                lr = lr_at(cfg, step, total_steps, spe)
+                lr = lr_at(cfg, *sparsifier.lr_position(step), spe)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -630,12 +653,13 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 except DivergedError as e:
                     raise TrainingError(f"{e}; the last checkpoint and events are intact; lower "
                                         "--lr or check the data") from None  # fmt: skip
-                with torch.no_grad():
-                    sums[0] += loss.detach().double() * len(y)
-                    sums[1] += (data.spec.predict(logits.detach()) == y).sum()
-                    sums[2] += len(y)
+                if sparsifier.counts_step(step):  # P-GaP's fine-tuning: rank 0 counts it once
+                    with torch.no_grad():
+                        sums[0] += loss.detach().double() * len(y)
+                        sums[1] += (data.spec.predict(logits.detach()) == y).sum()
+                        sums[2] += len(y)
                 step += 1
-                if step % 50 == 0 or step == stop_step:
+                if (step % 50 == 0 or step == stop_step) and float(sums[2]) > 0:
                     mean_loss = float(sums[0] / sums[2])
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
@@ -657,7 +681,8 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                     recorder.flush()
                     os._exit(137)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                        and step % spe and step < stop_step):  # fmt: skip
+                        and step % spe and step < stop_step
+                        and sparsifier.can_checkpoint(step - 1)):  # fmt: skip
                     checkpoint(mid_epoch=True)
             if stopped and step - epoch * spe < spe:
                 break
@@ -670,21 +695,22 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             val_loss = val_acc = float("nan")
             last = epoch + 1 == cfg.epochs or step >= stop_step
             if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-                val_loss, val_acc = evaluate(model, data.val, data.spec, dist_info=dist_info,
-                                             amp=amp)  # fmt: skip
+                val_loss, val_acc = _evaluate_at(model, data, dist_info, amp,
+                                                 sparsifier.eval_rank(step - 1))  # fmt: skip
             row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                    "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                   "lr": lr_at(cfg, max(step - 1, 0), total_steps, spe),
+                   "lr": lr_at(cfg, *sparsifier.lr_position(max(step - 1, 0)), spe),
                    "density": session.density(),
                    "seconds": time.perf_counter() - t_epoch, **_floats(sparsifier.scalars())}  # fmt: skip
             history.append(row)
             if bar is not None:
                 bar.write(_epoch_line(row))
-            checkpoint()
+            if sparsifier.can_checkpoint(step - 1):
+                checkpoint()
             if step >= stop_step:
                 break
         # ---- the end: a checkpoint (without the final event, which a resume records again)
-        if stopped:
+        if stopped and sparsifier.can_checkpoint(step - 1):
             checkpoint(mid_epoch=step % spe != 0)
         partial = None
         if stopped and float(sums[2]) > 0:  # stopped mid-epoch: that epoch's running means

@@ -119,6 +119,7 @@ class SparseSession:
         self.sparsifier: Sparsifier = make_sparsifier(
             self.cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps, device=device
         )
+        self.sparsifier.bind(model, self.maskable)
         self.masking: Masking | None = None
         self.writer = writer if writer is not None else RunWriter(None)
         self.steps_done = 0
@@ -198,14 +199,22 @@ class SparseSession:
             raise
 
     # -- events -----------------------------------------------------------------------------------
-    def record(self, kind: str, **scalars) -> int:
-        """Record the current masks as event ``kind`` (weights per ``dump_weights``); its index."""
+    def record(self, kind: str, *, masks=None, weights=None, **scalars) -> int:
+        """Record the current masks as event ``kind`` (weights per ``dump_weights``); its index.
+
+        ``masks`` and ``weights`` (layer -> tensor) record given values instead of the live ones
+        (P-GaP records a replica's start from its snapshot of the combined model).
+        """
         dump = self.cfg.dump_weights
         with_weights = dump == "all" or (dump == "ends" and kind in ("init", "final"))
-        masks = self.current_masks()
+        if masks is None:
+            masks = self.current_masks()
         if self.on_event is not None:
             self.on_event(kind, masks)
-        weights = {n: self.maskable[n] for n in self.layer_names} if with_weights else None
+        if not with_weights:
+            weights = None
+        elif weights is None:
+            weights = {n: self.maskable[n] for n in self.layer_names}
         s = self.steps_done
         k = self.writer.record(
             masks,

@@ -10,6 +10,7 @@ set         :class:`.dst.SET`        ITOP's core with random growth (SET in ITOP
 rigl        :class:`.dst.RigL`       gradient growth, floor counts, stop at 75%, step skipped
 gmp         :class:`.gmp.GMP`        cubic gradual magnitude pruning, global or per layer
 granet      :class:`.granet.GraNet`  GMP plus neuroregeneration at every update
+gap         :class:`.gap.GaP`        scheduled grow-and-prune over partitions (C-GaP, P-GaP)
 ==========  =======================  =========================================================
 
 Adding a method: one file with a :class:`Sparsifier` subclass (its ``name``, ``summary`` and the
@@ -23,6 +24,7 @@ from ...errors import MaskValidationError, UnknownNameError
 from .base import Record, Sparsifier
 from .dense import Dense
 from .dst import DST, ITOP, SET, Regrowth, RigL
+from .gap import GaP
 from .gmp import GMP
 from .granet import GraNet
 from .static import Static
@@ -34,6 +36,7 @@ __all__ = [
     "METHODS",
     "SET",
     "Dense",
+    "GaP",
     "GraNet",
     "Record",
     "Regrowth",
@@ -64,7 +67,7 @@ def register_method(cls: type[Sparsifier]) -> type[Sparsifier]:
     return cls
 
 
-for _cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet):
+for _cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet, GaP):
     register_method(_cls)
 
 

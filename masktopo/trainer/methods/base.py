@@ -55,6 +55,12 @@ class Sparsifier:
     #: method and must stay unset. :func:`masktopo.trainer.config.resolve` fills the unset ones.
     defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def resolve(cls, cfg) -> dict[str, Any]:
+        """Config changes the method makes once its defaults are filled (e.g. GaP derives
+        ``epochs`` from its schedule); checks across the method's fields. Default: none."""
+        return {}
+
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
         for key, value in (("steps_per_epoch", steps_per_epoch), ("total_steps", total_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -89,6 +95,51 @@ class Sparsifier:
             Minibatches for data-driven PaI methods (``static`` with SNIP, GraSP, ...).
         """
         raise NotImplementedError
+
+    # -- hooks for methods that are more than a mask schedule (GaP); defaults: a plain method --
+    @classmethod
+    def independent_ranks(cls, cfg) -> bool:
+        """True when, under torchrun, each process trains its own replica on whole batches (no
+        DDP; P-GaP) instead of a share of one model's batch."""
+        return False
+
+    def bind(self, model: nn.Module, maskable: Mapping[str, nn.Parameter]) -> None:
+        """Called once with the model, for fresh and resumed runs alike, before anything else."""
+
+    def describe(self) -> dict[str, Any]:
+        """What run.json records about the method's resolved layout (``method_info``), after
+        the start masks are drawn; JSON-able."""
+        return {}
+
+    def init_event(self) -> dict[str, Any]:
+        """``masks``/``weights`` for the ``init`` event when they are not the live ones."""
+        return {}
+
+    def computes(self, step: int) -> bool:
+        """Whether this process runs iteration ``step`` (forward, backward, step); P-GaP's
+        processes skip the other replicas' iterations (the update is still called)."""
+        return True
+
+    def counts_step(self, step: int) -> bool:
+        """Whether this process adds iteration ``step``'s loss and accuracy to the epoch's sums
+        (summed over the processes): every process that computes it, except where several
+        compute the same thing (P-GaP's fine-tuning: rank 0 only)."""
+        return self.computes(step)
+
+    def eval_rank(self, step: int) -> int | None:
+        """The rank whose model is evaluated after iteration ``step`` on the whole split, or None
+        when every rank holds the same model (the split is shared)."""
+        return None
+
+    def can_checkpoint(self, step: int) -> bool:
+        """Whether a checkpoint after iteration ``step`` captures the run (not while P-GaP's
+        replicas live on different processes)."""
+        return True
+
+    def lr_position(self, step: int) -> tuple[int, int]:
+        """``(step, length)`` at which the LR schedule is read for iteration ``step``: the whole
+        run by default; a method that restarts the schedule (GaP's ``gap_restart``) says where."""
+        return step, self.total_steps
 
     def skip_step(self, step: int) -> bool:
         """Whether the loop skips ``optimizer.step()`` at iteration ``step`` (RigL's update steps)."""

@@ -18,7 +18,7 @@ from ...errors import MaskFileError, MaskValidationError
 from ...zoo.models import maskable_parameters
 from .base import Sparsifier
 
-__all__ = ["Static"]
+__all__ = ["Static", "masks_from_file"]
 
 
 class Static(Sparsifier):
@@ -41,7 +41,7 @@ class Static(Sparsifier):
         """
         self._check_maskable(maskable)
         if self.cfg.init_masks is not None:
-            return self._from_file(model, maskable)
+            return masks_from_file(self.cfg.init_masks, model, maskable)
         from ... import pai
 
         ends = _dense_ends(model, maskable, strict=False)
@@ -75,36 +75,44 @@ class Static(Sparsifier):
             )
         return start_masks(maskable, self.cfg.density, dist, generator)
 
-    def _from_file(self, model, maskable):
-        from ...inputs import load
 
-        path = self.cfg.init_masks
-        ms = load(path)
-        names, want = list(ms), set(maskable)
-        missing = [n for n in maskable if n not in ms]
-        extra = [n for n in names if n not in want]
-        if missing or extra:
-            problem = "its layers are not the model's maskable layers"
-            if missing:
-                problem += f"; missing: {', '.join(missing)}"
-            if extra:
-                problem += f"; not maskable in this model: {', '.join(extra)}"
-                if set(extra) <= set(maskable_parameters(model)):
-                    problem += " (kept dense by first_dense / last_dense)"
-            raise MaskFileError(path, problem)
-        for n, p in maskable.items():
-            if tuple(ms[n].shape) != tuple(p.shape):
-                raise MaskFileError(
-                    path,
-                    f"layer {n!r} has shape {tuple(ms[n].shape)}, the model's parameter "
-                    f"{tuple(p.shape)}",
-                )
-        masks = {n: ms[n].to(p.device) for n, p in maskable.items()}
-        weights = None
-        if ms.has_weights:
-            w = ms.weights
-            weights = {n: w[n].to(device=p.device, dtype=p.dtype) for n, p in maskable.items()}
-        return masks, weights
+def masks_from_file(path, model, maskable):
+    """A mask file's masks for exactly the ``maskable`` layers (bool, on the parameters'
+    devices), and its weights (None when it has none).
+
+    Raises
+    ------
+    MaskFileError
+        The file cannot be read, or its layers or shapes do not match ``maskable``.
+    """
+    from ...inputs import load
+
+    ms = load(path)
+    names, want = list(ms), set(maskable)
+    missing = [n for n in maskable if n not in ms]
+    extra = [n for n in names if n not in want]
+    if missing or extra:
+        problem = "its layers are not the model's maskable layers"
+        if missing:
+            problem += f"; missing: {', '.join(missing)}"
+        if extra:
+            problem += f"; not maskable in this model: {', '.join(extra)}"
+            if set(extra) <= set(maskable_parameters(model)):
+                problem += " (kept dense by first_dense / last_dense)"
+        raise MaskFileError(path, problem)
+    for n, p in maskable.items():
+        if tuple(ms[n].shape) != tuple(p.shape):
+            raise MaskFileError(
+                path,
+                f"layer {n!r} has shape {tuple(ms[n].shape)}, the model's parameter "
+                f"{tuple(p.shape)}",
+            )
+    masks = {n: ms[n].to(p.device) for n, p in maskable.items()}
+    weights = None
+    if ms.has_weights:
+        w = ms.weights
+        weights = {n: w[n].to(device=p.device, dtype=p.dtype) for n, p in maskable.items()}
+    return masks, weights
 
 
 def _dense_ends(model: torch.nn.Module, maskable, *, strict: bool = True):
