@@ -426,15 +426,19 @@ def plot_metric(
             ax.plot(xs, ys, style, color=BLACK, marker=".", ms=4, lw=1.8, label=col)
         what = ""
     else:
+        # A mask metric is constant between two events (the mask only changes at events): a
+        # step line; a weighted one changes with the weights in between: a line between events.
+        draw = "default" if pm.weighted else "steps-post"
         chosen = _select_layers(table, layers)
         colours, cmap = _layer_colours(len(chosen))
         for name, colour in zip(chosen, colours, strict=True):
             xs, ys = _series(table, name, pm.columns[0], x)
             label = _short(name) if cmap is None else f"_{name}"  # "_": colour bar, no legend
-            ax.plot(xs, ys, color=colour, marker=".", ms=3, lw=1.2, label=label)
+            ax.plot(xs, ys, color=colour, marker=".", ms=3, lw=1.2, label=label, drawstyle=draw)
         if network and (table["layer"] == NETWORK).any():
             xs, ys = _series(table, NETWORK, pm.columns[0], x)
-            ax.plot(xs, ys, color=BLACK, marker=".", ms=4, lw=2.4, label="network", zorder=5)
+            ax.plot(xs, ys, color=BLACK, marker=".", ms=4, lw=2.4, label="network", zorder=5,
+                    drawstyle=draw)  # fmt: skip
         if cmap is not None:
             _layer_colourbar(fig, ax, chosen, colours)
         what = " per layer" if chosen else ""

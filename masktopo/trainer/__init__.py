@@ -7,7 +7,7 @@ Public API::
     masktopo.trainer.load_toml("configs/fmnist_set_lenet300.toml", seed=1)
     masktopo.trainer.resume_config("runs/rigl")                # the config to --resume with
 
-Methods: dense, static, itop, set, rigl, gmp, granet (docs/trainer.md). Submodules are imported
+Methods: dense, static, itop, set, rigl, gmp, granet, gap (docs/trainer.md). Submodules are imported
 lazily, so ``import masktopo.trainer`` is cheap.
 """
 

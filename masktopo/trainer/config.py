@@ -9,7 +9,7 @@ means "the method's default": each method class's ``defaults``, see :data:`METHO
 checks the values together. A field that the chosen method does not use must stay unset:
 ``--growth`` with ``--method static`` is an error, not a silently ignored flag.
 
-Methods (methods-spec §2, §3, §6.3):
+Methods (methods-spec §2, §3, §4, §6.3):
 
 ========= ================================================================================
 dense     no mask (the baseline of the step-time benchmark)
@@ -22,6 +22,8 @@ rigl      the RigL paper's schedule: gradient growth, alpha = 0.3, cosine to 0 a
 gmp       gradual magnitude pruning on the cubic schedule (dense start), global or per layer
 granet    GMP plus zero-cost neuroregeneration at every update (gradient growth); dense-to-sparse
           (``init_density = 1``) or sparse-to-sparse (``init_density < 1``, ERK start)
+gap       scheduled grow-and-prune over partitions of the layers: C-GaP (cyclic) or P-GaP
+          (parallel replicas, one per process under torchrun); ``epochs`` from its schedule
 ========= ================================================================================
 """
 
