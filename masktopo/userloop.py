@@ -83,6 +83,14 @@ SPARSIFY_OPTIONS = (
     "prune_start",
     "prune_end",
     "prune_scope",
+    "gap_mode",
+    "partitions",
+    "partition_map",
+    "step_epochs",
+    "cycles",
+    "finetune_epochs",
+    "gap_restart",
+    "gap_combine",
     "first_dense",
     "last_dense",
     "mask_adam",
@@ -351,6 +359,14 @@ class SparseTraining:
             "versions": versions(),
             "layers": _layers_json(maskable, transposed_layers(base)),
         }
+        world = fields["world_size"]
+        from .trainer.methods import METHODS
+
+        if world > 1 and METHODS[cfg.method].independent_ranks(cfg):
+            raise MaskValidationError(
+                f"sparsify: method {cfg.method!r} with these options trains one replica per "
+                "process, which needs masktopo train's own loop; in your loop run it in one process"
+            )
         self._folder = _RunFolder(out, resume, fields, run_config)
         self.out = self._folder.out
         self.session = SparseSession(cfg, base, maskable, steps_per_epoch=spe,

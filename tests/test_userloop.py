@@ -622,3 +622,24 @@ def test_lr_schedulers_made_before_or_after_sparsify_work_without_warnings(sched
     if scheduler_first:  # our wrapper is gone, the scheduler's is back
         assert getattr(opt.step, "_wrapped_by_lr_sched", False)
         assert not hasattr(opt.step, "_masktopo_sparsify")
+
+
+@pytest.mark.parametrize("mode", ["cyclic", "parallel"])
+def test_gap_runs_in_your_own_loop(tmp_path, mode):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = masktopo.sparsify(model, opt, method="gap", gap_mode=mode, density=0.2, partitions=2,
+                           step_epochs=1.0, cycles=2, finetune_epochs=1.0, total_steps=25,
+                           steps_per_epoch=5, out=tmp_path / "r")  # fmt: skip
+    _loop(model, opt, sp, 25)
+    sp.finish()
+    run = runs.read_run(tmp_path / "r")
+    kinds = [e["kind"] for e in run.events]
+    if mode == "cyclic":
+        assert kinds == ["init", "prune", "grow", "prune", "grow", "prune", "grow", "prune",
+                         "final"]  # fmt: skip
+    else:
+        assert kinds == ["init", "grow", "prune", "grow", "grow", "prune", "final"]
+    counts = start_counts({n: tuple(p.shape) for n, p in find_maskable(model).items()}, 0.2,
+                          "uniform")  # fmt: skip
+    assert run.events[-1]["nnz"] == counts
