@@ -83,6 +83,9 @@ class AnalyzeConfig:
                                 default_text="from the --out suffix, else table")  # fmt: skip
     device: str | None = option(None, "where to compute", choices=("cpu", "cuda"),
                                 usage_choices=True, default_text="cpu")  # fmt: skip
+    route: str = option("auto", "how the spectra are solved: auto (the compiled engine on the "
+                        "CPU, batched Gram on CUDA) or batched (the CUDA code path on any device)",
+                        choices=("auto", "batched"), usage_choices=True)  # fmt: skip
     zeros_as_mask: bool = option(False, "for checkpoints without masks: each weight's nonzeros "
                                  "define its mask")  # fmt: skip
     event: int | None = option(None, "for run directories: analyze only event K (negative counts "
@@ -169,7 +172,8 @@ def _analyze_run(path, cfg, metrics: list[str] | None, show: bool):
     from masktopo.analysis.runs import NETWORK, analyze_run
 
     df = analyze_run(path, weights=cfg.weights, metrics=metrics, device=cfg.device,
-                     progress=show, every=cfg.every, cache=cfg.cache, **_graph(cfg))  # fmt: skip
+                     route=cfg.route, progress=show, every=cfg.every, cache=cfg.cache,
+                     **_graph(cfg))  # fmt: skip
     require_events(df, path)
     if not cfg.network:
         df = df[df["layer"] != NETWORK].reset_index(drop=True)
@@ -207,7 +211,7 @@ def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress:
             "pass --allow-empty-layers to analyze it anyway",
         )
     return analysis.analyze(ms, weights=cfg.weights, metrics=metrics, device=cfg.device,
-                            progress=show and (progress or ms.numel() >= LARGE_MASKSET),
+                            route=cfg.route, progress=show and (progress or ms.numel() >= LARGE_MASKSET),
                             allow_empty=cfg.allow_empty, **_graph(cfg))  # fmt: skip
 
 

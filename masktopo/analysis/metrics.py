@@ -100,7 +100,7 @@ from ._registry import (  # noqa: F401  (the registry API, public from here)
     unregister_metric,
 )
 from .graph import _as_mask
-from .spectral import solve_many, split_two, submit, use_workers
+from .spectral import check_route, solve_many, split_two, submit, use_workers
 
 
 def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
@@ -327,7 +327,8 @@ def _device(device) -> torch.device:
     return device
 
 
-def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False):
+def _run(layers, opts: Options, names: list[str], device, weighted: bool, progress=False,
+         route: str = "auto"):  # fmt: skip
     selection = select(names)
     layers = list(layers)
     bar = None
@@ -345,8 +346,8 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         return out
 
     try:
-        if device.type != "cpu":
-            return _rows(extract(layers), opts, names, selection, weighted, device)
+        if device.type != "cpu" or route == "batched":
+            return _rows(extract(layers), opts, names, selection, weighted, device, route)
         return _rows_parallel(layers, extract, opts, names, selection, weighted)
     finally:
         if bar is not None:
@@ -367,7 +368,7 @@ def _kept(mask: torch.Tensor) -> int:
 _REMOTE_SHARE = 0.52
 
 
-def _rows(raws, opts, names, selection, weighted, device=None) -> list[dict]:
+def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> list[dict]:
     """Plan every layer, solve all their spectra in one call, finish the rows.
 
     ``selection`` is ``select(names)``; ``weighted`` says whether the layers have weights (the
@@ -383,7 +384,7 @@ def _rows(raws, opts, names, selection, weighted, device=None) -> list[dict]:
     if device is None:  # in this process (a worker does not start workers of its own)
         svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
     else:  # one matrix per job for the device path
-        svals = solve_many(_expand(jobs), 2, device=device)
+        svals = solve_many(_expand(jobs), 2, device=device, route=route)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}
@@ -437,6 +438,7 @@ def layer_metric_rows(
     metrics: Iterable[str] | str | None = None,
     options: Options | None = None,
     device: str | torch.device | None = None,
+    route: str = "auto",
 ) -> list[dict[str, Any]]:
     """Metric rows of many layers, all their spectra solved in one batched call.
 
@@ -456,6 +458,9 @@ def layer_metric_rows(
         Conv reading, gate and variants (default :class:`Options()`).
     device : str or torch.device, optional
         Where the singular values are computed.
+    route : {"auto", "batched"}
+        :data:`masktopo.analysis.spectral.ROUTES`: ``"batched"`` takes the device route (the
+        batched Gram solve CUDA uses) on the CPU too.
 
     Returns
     -------
@@ -472,7 +477,7 @@ def layer_metric_rows(
     names = resolve_metrics(metrics, weighted=weighted)
     if not layers:
         return []
-    return _run(layers, opts, names, _device(device), weighted)
+    return _run(layers, opts, names, _device(device), weighted, route=check_route(route))
 
 
 def _options(options: Options | None, values: dict[str, Any]) -> Options:
@@ -492,6 +497,7 @@ def layer_metrics(
     *,
     metrics: Iterable[str] | str | None = None,
     device: str | torch.device | None = None,
+    route: str = "auto",
     options: Options | None = None,
     **graph_options: Any,
 ) -> dict[str, Any]:
@@ -507,6 +513,9 @@ def layer_metrics(
         Names from :data:`METRICS`; default all (weighted ones only with ``weight``).
     device : str or torch.device, optional
         Where the singular values are computed (``"cuda"`` batches them on the GPU).
+    route : {"auto", "batched"}
+        ``"batched"``: the device route (batched Gram solve) on the CPU too
+        (:data:`masktopo.analysis.spectral.ROUTES`).
     options : Options, optional
         The graph options (:class:`masktopo.options.Options`, where they are declared and
         checked): ``conv`` (``"unrolled"`` or ``"rolled"``, :mod:`masktopo.analysis.graph`),
@@ -541,7 +550,8 @@ def layer_metrics(
     if weight is not None:
         weight = check_weight("<mask>", torch.as_tensor(weight), mask)
     names = resolve_metrics(metrics, weighted=weight is not None)
-    rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None)
+    rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None,
+                route=check_route(route))  # fmt: skip
     return rows[0]
 
 
@@ -552,6 +562,7 @@ def analyze(
     metrics: Iterable[str] | str | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    route: str = "auto",
     options: Options | None = None,
     **graph_options: Any,
 ):
@@ -563,7 +574,7 @@ def analyze(
         Masks, with weights if the weighted metrics are wanted.
     weights : bool
         Use the MaskSet's weights when it has them (``False``: structure-only metrics).
-    metrics, device, options, **graph_options
+    metrics, device, route, options, **graph_options
         As in :func:`layer_metrics` (``conv``, ``gate``, ``imdb``, ``narc``, ``allow_empty``).
     progress : bool
         Show a progress bar on stderr.
@@ -587,7 +598,8 @@ def analyze(
     names = resolve_metrics(metrics, weighted=use_w)
     ws = maskset.weights if use_w else None
     layers = [(n, maskset[n], None if ws is None else ws[n]) for n in maskset]
-    rows = _run(layers, opts, names, _device(device), use_w, progress=progress)
+    rows = _run(layers, opts, names, _device(device), use_w, progress=progress,
+                route=check_route(route))  # fmt: skip
     df = pd.DataFrame(rows, columns=[*names, "reason"])
     df.insert(0, "layer", list(maskset))
     df.insert(1, "kind", [maskset.kind(n) for n in maskset])

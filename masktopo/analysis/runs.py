@@ -68,6 +68,7 @@ class _Job:
     names: tuple[str, ...]
     weights: bool
     device: Any
+    route: str = "auto"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -103,7 +104,8 @@ def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
     reasons = [""] * n_layers
     if names:
         o = job.opts
-        df = analyze(ms, weights=use_w, metrics=names, device=job.device, options=o)
+        df = analyze(ms, weights=use_w, metrics=names, device=job.device, route=job.route,
+                     options=o)  # fmt: skip
         net = aggregate(df)
         for name in names:
             j = columns.index(name)
@@ -401,6 +403,7 @@ def analyze_run(
     device=None,
     progress: bool = False,
     workers: int | None = None,
+    route: str = "auto",
     **options: Any,
 ):
     """Graph metrics of every mask event of a run directory, incrementally cached.
@@ -414,8 +417,9 @@ def analyze_run(
     ----------
     path : str or os.PathLike
         A run directory (``run.json``, ``events.jsonl``, the events' mask files).
-    metrics, device
+    metrics, device, route
         As for :func:`~masktopo.analysis.metrics.analyze`. ``metrics=None`` means every metric.
+        The cache does not depend on ``route`` (the routes agree to rounding).
     weights : bool
         Use the weights of events that dumped them. Weighted metrics of an event without weights
         are NaN, with a reason; when no analyzed event has weights and ``metrics`` is None, the
@@ -486,7 +490,9 @@ def analyze_run(
 
     dev = _device(device)
     run = read_run(path)
-    job = _Job(run, opts, names, bool(weights), dev)
+    from .spectral import check_route
+
+    job = _Job(run, opts, names, bool(weights), dev, check_route(route))
 
     nums = run.numbers  # 0, 1, ..., with a gap where a bad line of events.jsonl was skipped
     selected = sorted({*nums[::every], nums[-1]}) if nums else []

@@ -18,6 +18,15 @@ Methods (chosen per matrix by ``method="auto"``; measured costs in docs/performa
 ``"sparse"``
     ARPACK Lanczos on the Gram operator of a CSR matrix (``scipy.sparse.linalg.svds``, which
     also finishes with a Ritz step), seeded for determinism. CPU only.
+
+Routes of :func:`solve_many` (many matrices at once; :data:`ROUTES`):
+
+``"auto"``
+    The compiled CPU engine (:mod:`._kernels`) on the CPU, the batched Gram route elsewhere.
+``"batched"``
+    The device route on any device: the matrices densified, bucketed by padded shape and solved
+    batched with the Gram route. On CUDA it is what ``"auto"`` does; on the CPU it lets the test
+    suite check the CUDA code path against the CPU engine on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -207,11 +216,23 @@ def _one(M, k: int, method: str) -> np.ndarray:
     return top_singular_values_np(M, k, method=method)
 
 
+#: Routes of :func:`solve_many` (module docstring).
+ROUTES = ("auto", "batched")
+
+
+def check_route(route: str) -> str:
+    """``route`` if it is one of :data:`ROUTES` (else the usual unknown-name error)."""
+    if route not in ROUTES:
+        raise UnknownNameError("route", route, ROUTES)
+    return route
+
+
 def solve_many(
     mats: Sequence,
     k: int = 2,
     *,
     device: str | torch.device = "cpu",
+    route: str = "auto",
 ) -> np.ndarray:
     """Top-``k`` singular values of many sparse matrices of different shapes.
 
@@ -220,11 +241,11 @@ def solve_many(
     them one after the other (dense Gram route for a small side, Lanczos on each connected
     component otherwise), split over :func:`cpu_workers` processes. On CUDA the matrices are
     densified on the device, bucketed by padded shape (zero padding changes no singular value)
-    and solved batched with the Gram route.
+    and solved batched with the Gram route; ``route="batched"`` takes that route on the CPU too.
     Returns a ``(len(mats), k)`` float64 array, descending.
     """
     device = torch.device(device)
-    if device.type == "cpu":
+    if device.type == "cpu" and check_route(route) == "auto":
         if k == 2:
             return _solve_top2_parallel(mats)
         return np.stack([top_singular_values_np(Parts.of(M).scipy(), k) for M in mats])

@@ -32,7 +32,7 @@ SELECTIONS = ("layerwise", "global")
 #: Where the full-spectrum distance is measured from (pags-spec A5).
 REFERENCES = ("origin", "base")
 #: Configuration fields that may change between a run and its ``--resume``.
-RESUMABLE_CHANGES = ("n", "chunk", "device", "data_dir")
+RESUMABLE_CHANGES = ("n", "chunk", "device", "route", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,9 @@ class PagsConfig:
     imdb: str = same_as(Options, "imdb", flag=False)
     device: str = option("cpu", "where PaI scoring and the spectra run", choices=("cpu", "cuda"),
                          what="device")  # fmt: skip
+    route: str = option("auto", "how the spectra are solved: auto (the compiled engine on the "
+                        "CPU, batched Gram on CUDA) or batched (the CUDA code path on any device)",
+                        choices=("auto", "batched"), what="route", flag=False)  # fmt: skip
     data_dir: str | None = same_as(SetupOptions, "data_dir")
     warm_start: str | None = option(None, "score on the weights of this checkpoint of --model "
                                     "instead of the initialization, e.g. warm/checkpoint.pt of "

@@ -311,8 +311,8 @@ def run_pags(
     writer = _Writer(out, comm.rank == 0, theta, kinds)
 
     def score(cands: list[MaskSet]) -> Scores:
-        return score_candidates(cands, weights=theta, device=device, options=opts,
-                                reference=ref)  # fmt: skip
+        return score_candidates(cands, weights=theta, device=device, route=config.route,
+                                options=opts, reference=ref)  # fmt: skip
 
     base_ms = MaskSet(base_masks, kinds)
     ref = None

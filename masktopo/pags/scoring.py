@@ -161,6 +161,7 @@ def score_candidates(
     *,
     weights: Mapping[str, torch.Tensor] | None = None,
     device: str | torch.device | None = None,
+    route: str = "auto",
     options: Options | None = None,
     reference: np.ndarray | None = None,
 ) -> Scores:
@@ -175,6 +176,8 @@ def score_candidates(
         weights). Default: each candidate's own weights (an error if it has none).
     device : str or torch.device, optional
         Where the singular values are computed (``"cuda"``: batched Gram route).
+    route : {"auto", "batched"}
+        ``"batched"``: the device route on the CPU too (the CUDA code path, for tests).
     options : masktopo.analysis.metrics.Options, optional
         Conv reading, gate and IMDB variant (default: unrolled, n23, n23). Empty layers are
         always allowed (their coordinate is 0).
@@ -215,7 +218,7 @@ def score_candidates(
                 raise MaskValidationError(f"no weight for layer {n!r}")
             layers.append((n, ms[n], ws[n]))
     rows = layer_metric_rows(layers, metrics=[*COORD_METRICS, "n_edges"], options=opts,
-                             device=device)  # fmt: skip
+                             device=device, route=route)  # fmt: skip
     c, L = len(masksets), len(names)
     raw = np.array([[r[k] for k in COORD_METRICS] for r in rows], dtype=np.float64).reshape(c, L, 4)
     nnz = np.array([r["n_edges"] for r in rows], dtype=np.int64).reshape(c, L)

@@ -258,3 +258,17 @@ def test_layer_metrics_match_reference_cuda(mask, weight, placement):
         except AssertionError as exc:
             failures.append(str(exc))
     assert not failures, f"{len(failures)} option set(s) disagree on CUDA:\n" + "\n".join(failures)
+
+
+# The CUDA code path (the batched Gram route) on the CPU: what the CUDA tests check, on every
+# machine (the routes of masktopo.analysis.spectral.solve_many).
+@pytest.mark.parametrize(("mask", "weight"), CORPUS[::2])
+def test_layer_metrics_match_reference_batched_route_on_cpu(mask, weight):
+    kind = "linear" if mask.ndim == 2 else "conv"
+    failures = []
+    for options in option_grid(kind):
+        try:
+            check_case(mask, weight, options, route="batched")
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, f"{len(failures)} option set(s) disagree:\n" + "\n".join(failures)
