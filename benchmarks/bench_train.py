@@ -11,7 +11,24 @@ For one model and batch (default ResNet-18 at CIFAR shapes, batch 128, density 0
   background part (bit-packing, checksums and the atomic write), and the file size;
 * shares of run time: update / (ΔT · step) at ``--interval`` (default ΔT = 1500, ITOP's), and
   dump / (ΔT · step) at the published intervals ΔT = 100 (RigL), 1000 (GMP, GraNet) and 1500
-  (ITOP, SET): the goal is at most 1 %.
+  (ITOP, SET): the goal is at most 1 %;
+* GaP (``method="gap"``, ``--density``, uniform layer densities, ``--partitions`` K = 4 balanced
+  by parameter count, at most one per maskable layer): the model built afresh under
+  :class:`~masktopo.trainer.session.SparseSession` (started as the trainer starts it, SGD with
+  momentum state), ``session.after_step`` timed at the boundary steps, events written as the
+  trainer writes them (masks and kept weights, ``RunWriter``), critical path and total with the
+  background write, and with no run directory for comparison. C-GaP (``gap_mode="cyclic"``):
+  the boundary prunes the dense partition to its per-layer counts and grows the next (two
+  events); P-GaP (``gap_mode="parallel"``, one process, GaP step L = 1): a replica start
+  (snapshot, the combined model loaded, one event) and a round end (combine the K replicas,
+  prune every layer, start the next round's replica 0; two events). ``--gap-cycles`` (default 4)
+  cycles and rounds are driven, the run directory alternating between None and a temporary
+  directory from cycle to cycle (after the ``init`` event, untimed); the weights are moved a
+  little between boundaries (untimed) as training would. A figure is the median over a
+  partition's boundaries, then the mean over the partitions. Shares: boundary / (L × masked
+  step) at the GaP step lengths of the shipped configs, L = 842
+  (configs/gap_fmnist_lenet300.toml) and 6255 (configs/gap_resnet50_imagenet.toml); the goal is
+  at most 1 %.
 
 Inputs are random tensors of the dataset's shape (no data files needed): the timings do not depend
 on the values. On CUDA the steps use bfloat16 autocast and channels-last, as ``masktopo train``
@@ -20,6 +37,8 @@ does. The report (Markdown) goes to stdout, progress to stderr.
     python benchmarks/bench_train.py                     # CPU, ResNet-18, batch 128
     python benchmarks/bench_train.py --device cuda       # on a GPU
     python benchmarks/bench_train.py --model lenet5 --dataset fashion-mnist --steps 50
+    # GaP rows as configs/gap_fmnist_lenet300.toml (model, batch, density; K = 3 layers), ~15 s:
+    python benchmarks/bench_train.py --model lenet300 --dataset fashion-mnist --density 0.05
 
 ``--sparsify``: the overhead of :func:`masktopo.sparsify` in a user's own loop, on one transformer
 block (``nn.TransformerEncoderLayer``, ``batch_first``; CPU: d_model 256, 4 heads, feed-forward
@@ -53,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -69,6 +89,7 @@ from masktopo.seeding import generator
 from masktopo.trainer.config import TrainConfig, resolve
 from masktopo.trainer.masking import Masking
 from masktopo.trainer.methods import make_sparsifier
+from masktopo.trainer.session import SparseSession
 from masktopo.zoo import get_model, get_spec, maskable_parameters
 
 
@@ -307,6 +328,206 @@ def _main_sparsify(args, device, amp) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# GaP: the cost of a C-GaP boundary, a P-GaP replica start and a P-GaP round end
+# ---------------------------------------------------------------------------------------------
+#: The GaP step length L (iterations) of the shipped configs: configs/gap_fmnist_lenet300.toml
+#: (2 epochs of 421 iterations: batch 128 on Fashion-MNIST's 54,000 training images) and
+#: configs/gap_resnet50_imagenet.toml (5 epochs of about 1251 iterations: batch 1024 on ImageNet).
+GAP_CONFIG_STEPS = (("gap_fmnist_lenet300", 2 * 421), ("gap_resnet50_imagenet", 5 * 1251))
+
+
+@torch.no_grad()
+def _perturb(session, optimizer, g) -> None:
+    """The training between two boundaries, stood in for (untimed): every maskable weight moves a
+    little (a grown partition's weights leave 0), then the masks are re-applied."""
+    for p in session.maskable.values():
+        p.add_(torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype), alpha=1e-3)
+    session.masking.apply(optimizer)
+
+
+def _gap_session(args, mode, k, device, x, y, amp):
+    """The benchmark's model, built afresh, under ``SparseSession`` (method ``gap``), started as
+    the trainer starts it, with an SGD optimizer that has momentum state."""
+    model = get_model(args.model, dataset=get_spec(args.dataset), generator=generator(0, "model"))
+    model = model.to(device)
+    if device.type == "cuda" and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+    maskable = maskable_parameters(model)
+    # C-GaP: L = 10 iterations; P-GaP: L = 1, so that a round's K segment ends are K consecutive
+    # iterations. One cycle (round) more than driven: every driven boundary grows the next
+    # partition (starts the next round), as all but the run's last do.
+    spe = 10 if mode == "cyclic" else 1
+    cycles = args.gap_cycles + 1
+    cfg = TrainConfig(method="gap", model=args.model, dataset=args.dataset, density=args.density,
+                      gap_mode=mode, partitions=k, step_epochs=1.0, cycles=cycles,
+                      finetune_epochs=1.0)  # fmt: skip
+    session = SparseSession(cfg, model, maskable, steps_per_epoch=spe,
+                            total_steps=(k * cycles + 1) * spe, device=device)  # fmt: skip
+    session.start(generator(0, "masks", device=device))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)  # fmt: skip
+    _step(model, opt, x, y, amp, session.masking)  # momentum buffers, as after any step
+    return session, opt
+
+
+def _gap_init_event(session, writer) -> None:
+    """The run's ``init`` event, as the trainer records it before the first step (untimed: it
+    also starts the writer's background thread)."""
+    session.writer = writer
+    session.record("init", **session.sparsifier.init_event())
+    writer.flush()
+
+
+def _gap_boundary(session, step, opt, device) -> tuple[float, float, int]:
+    """``session.after_step`` at ``step``: (critical path, total with the background write, number
+    of events recorded)."""
+    before = session.writer.n_events
+    _sync(device)
+    t0 = time.perf_counter()
+    session.after_step(step, opt)
+    _sync(device)
+    t1 = time.perf_counter()
+    session.writer.flush()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0, session.writer.n_events - before
+
+
+def _event_sizes(run: Path) -> dict[str, list[tuple[int, int]]]:
+    """Event kind -> (partition, size of the mask file) of its events in ``run``."""
+    sizes: dict[str, list[tuple[int, int]]] = {}
+    for line in (run / "events.jsonl").read_text(encoding="utf-8").splitlines():
+        ev = json.loads(line)
+        size = (run / ev["file"]).stat().st_size
+        sizes.setdefault(ev["kind"], []).append((int(ev["partition"]), size))
+    return sizes
+
+
+def _gap(args, k, device, x, y, amp) -> tuple[dict, dict]:
+    """Time GaP's boundaries; (label -> {"none": [(partition, crit, total)], "tmp": [...]},
+    "cgap"/"pgap" and event kind -> (partition, file size)).
+
+    ``args.gap_cycles`` C-GaP cycles and P-GaP rounds are driven; the run directory alternates
+    from cycle to cycle (round to round) between None (nothing written) and a temporary
+    directory, so that a slow phase of the machine hits both alike."""
+    cycles = args.gap_cycles
+    g = torch.Generator(device=device).manual_seed(1)
+    rows: dict[str, dict[str, list]] = {}
+    sizes: dict[str, list[tuple[int, int]]] = {}
+
+    def add(label, out, part, times):
+        rows.setdefault(label, {"none": [], "tmp": []})[out].append((part, *times[:2]))
+
+    with tempfile.TemporaryDirectory(prefix="bench-gap-") as tmp:
+        # C-GaP: boundary b (1-based) at step bL - 1 prunes partition (b-1) mod K and grows b mod K
+        session, opt = _gap_session(args, "cyclic", k, device, x, y, amp)
+        sp, masking = session.sparsifier, session.masking
+        Path(tmp, "cgap").mkdir()
+        none_w, tmp_w = RunWriter(None), RunWriter(Path(tmp, "cgap"))
+        _gap_init_event(session, tmp_w)
+        log(f"GaP: C-GaP, {k} partitions, {cycles * k} boundaries")
+        for b in range(1, cycles * k + 1):
+            out = "none" if (b - 1) // k % 2 == 0 else "tmp"
+            session.writer = none_w if out == "none" else tmp_w
+            _perturb(session, opt, g)
+            times = _gap_boundary(session, b * sp.L - 1, opt, device)
+            assert times[2] == 2, f"C-GaP boundary {b}: {times[2]} events, expected 2"
+            nnz, pruned, grown = masking.nnz(), (b - 1) % k, b % k
+            assert all(nnz[n] == sp.counts[n] for n in sp.layers_of(pruned)), f"boundary {b}"
+            assert all(bool(masking.masks[n].all()) for n in sp.layers_of(grown)), f"boundary {b}"
+            add("cgap", out, pruned, times)
+        tmp_w.close()
+        for kind, v in _event_sizes(Path(tmp, "cgap")).items():
+            sizes[f"cgap {kind}"] = v
+
+        # P-GaP (one process): L = 1, the segment end of replica i of round r is step rK + i
+        session, opt = _gap_session(args, "parallel", k, device, x, y, amp)
+        Path(tmp, "pgap").mkdir()
+        none_w, tmp_w = RunWriter(None), RunWriter(Path(tmp, "pgap"))
+        _gap_init_event(session, tmp_w)
+        log(f"GaP: P-GaP, {k} replicas, {cycles} rounds")
+        for r in range(cycles):
+            out = "none" if r % 2 == 0 else "tmp"
+            session.writer = none_w if out == "none" else tmp_w
+            for i in range(k):
+                _perturb(session, opt, g)  # replica i trains
+                times = _gap_boundary(session, r * k + i, opt, device)
+                end = i == k - 1
+                assert times[2] == (2 if end else 1), f"P-GaP round {r} replica {i}: {times[2]}"
+                add("pgap end" if end else "pgap replica", out, -1 if end else i, times)
+            nnz = session.masking.nnz()  # after a round end: replica 0 of the next round
+            sp = session.sparsifier
+            assert all(nnz[n] == sp.counts[n] for n in sp.parts if sp.parts[n] != 0)
+            assert all(int(sp.combined_masks[n].sum()) == sp.counts[n] for n in sp.parts)
+        tmp_w.close()
+        for kind, v in _event_sizes(Path(tmp, "pgap")).items():
+            sizes[f"pgap {kind}"] = v
+    return rows, sizes
+
+
+def _print_gap(args, k, rows, sizes, t_masked) -> None:
+    def mb(key, keep=lambda p: True):
+        mbs = [s / 1e6 for p, s in sizes[key] if keep(p)]
+        lo, hi = min(mbs), max(mbs)
+        return f"{lo:.2f} MB" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f} MB"
+
+    def per_part(samples, j):
+        """Partition -> the median of value ``j`` over its boundaries."""
+        parts = sorted({s[0] for s in samples})
+        return {p: statistics.median(s[j] for s in samples if s[0] == p) for p in parts}
+
+    def mean_of(samples, j):
+        """The mean over the partitions of their medians: a boundary's cost averaged over a
+        cycle (round), robust to a slow sample."""
+        return statistics.fmean(per_part(samples, j).values())
+
+    what = {
+        "cgap": ("C-GaP boundary: prune the dense partition to its per-layer counts, grow the "
+                 "next; 2 events", f"prune {mb('cgap prune')} + grow {mb('cgap grow')}"),
+        "pgap replica": ("P-GaP replica start: snapshot of the replica, the combined model loaded, "
+                         "the next partition dense, optimizer state cleared; 1 event",
+                         f"grow {mb('pgap grow', lambda p: p != 0)}"),
+        "pgap end": (f"P-GaP round end: the last replica's snapshot, combine {k} replicas, prune "
+                     f"every layer, start replica 0 of the next round; 2 events",
+                     f"prune {mb('pgap prune')} + grow {mb('pgap grow', lambda p: p == 0)}"),
+    }  # fmt: skip
+    configs = " | ".join(f"L = {n} ({name})" for name, n in GAP_CONFIG_STEPS)
+    print(f"GaP (`method=\"gap\"`, density {args.density}, uniform, {k} partitions balanced by "
+          f"parameter count, the events with masks and kept weights as the trainer records "
+          f"them): `SparseSession.after_step` at a boundary step (C-GaP: {args.gap_cycles} "
+          f"cycles, P-GaP: {args.gap_cycles} rounds, the run directory None and a temporary "
+          f"directory alternating by cycle or round), the median over the boundaries of each "
+          f"partition (C-GaP: the one pruned; P-GaP: the replica finished), then the mean over "
+          f"the partitions; it includes the ordinary post-step masking. Share of run time = "
+          f"boundary / (L × masked step) at the GaP step length L of the shipped configs; the "
+          f"goal is at most 1 %:")  # fmt: skip
+    print()
+    print(f"| boundary | event files | out = None | temp dir: critical path | total incl. "
+          f"background write | share at {configs} |")  # fmt: skip
+    print("|---|---|---|---|---|" + "---|" * len(GAP_CONFIG_STEPS))
+    for key, (label, files) in what.items():
+        none = mean_of(rows[key]["none"], 1)
+        t_c, t_d = mean_of(rows[key]["tmp"], 1), mean_of(rows[key]["tmp"], 2)
+        shares = " | ".join(f"{100 * t_c / (n * t_masked):.3f}% ({100 * t_d / (n * t_masked):.3f}%)"
+                            for _, n in GAP_CONFIG_STEPS)  # fmt: skip
+        print(f"| {label} | {files} | {1e3 * none:.1f} ms | {1e3 * t_c:.1f} ms | "
+              f"{1e3 * t_d:.1f} ms | {shares} |")  # fmt: skip
+    print()
+    print("Per-partition medians (ms; None, temp dir critical / total; C-GaP by the partition "
+          "pruned, P-GaP by the replica finished): " + "; ".join(
+        f"{key} " + ", ".join(
+            f"{'' if p < 0 else f'{p}: '}{1e3 * v:.1f}, {1e3 * c:.1f} / {1e3 * d:.1f}"
+            for (p, v), c, d in zip(per_part(rows[key]["none"], 1).items(),
+                                    per_part(rows[key]["tmp"], 1).values(),
+                                    per_part(rows[key]["tmp"], 2).values(), strict=True))
+        for key in what))  # fmt: skip
+    print()
+    print("Per-boundary values (ms; None; temp dir critical/total): " + "; ".join(
+        f"{key} " + ", ".join(f"{1e3 * t:.1f}" for _, t, _ in rows[key]["none"]) + "; "
+        + ", ".join(f"{1e3 * c:.1f}/{1e3 * d:.1f}" for _, c, d in rows[key]["tmp"])
+        for key in what))  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sparsify", action="store_true",
@@ -325,6 +546,11 @@ def main(argv=None) -> int:
                         "50 on CUDA)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating rounds (default 3; --sparsify: 5)")  # fmt: skip
+    p.add_argument("--partitions", type=int, default=4,
+                   help="GaP rows: partitions K (default 4, as configs/gap_resnet50_imagenet.toml; "
+                        "at most the number of maskable layers)")  # fmt: skip
+    p.add_argument("--gap-cycles", type=int, default=4,
+                   help="GaP rows: C-GaP cycles and P-GaP rounds driven (default 4; at least 2)")  # fmt: skip
     p.add_argument("--d-model", type=int, default=None,
                    help="--sparsify: the block's width (default 256 on CPU, 1024 on CUDA)")  # fmt: skip
     p.add_argument("--nhead", type=int, default=None,
@@ -349,6 +575,13 @@ def main(argv=None) -> int:
 
     cfg, model, opt, x, y = _setup(args, device, "random")
     maskable = maskable_parameters(model)
+    k_gap = min(args.partitions, len(maskable))
+    if args.gap_cycles < 2 or k_gap < 2:
+        log("the GaP rows need --gap-cycles 2 or more and 2 or more partitions (maskable layers)")
+        return 2
+    if k_gap != args.partitions:
+        log(f"--partitions {args.partitions}: {args.model} has {len(maskable)} maskable layers; "
+            f"GaP with {k_gap} partitions")  # fmt: skip
     total = 100 * args.interval
     sp = make_sparsifier(cfg, steps_per_epoch=args.interval, total_steps=total, device=device)
     masks, _ = sp.init_masks(model, maskable, generator(0, "masks", device=device))
@@ -419,6 +652,8 @@ def main(argv=None) -> int:
         dumps[label] = (statistics.median(crit), statistics.median(total_dump), size)
     dense_bytes = 4 * sum(p.numel() for p in maskable.values())
 
+    gap_rows, gap_sizes = _gap(args, k_gap, device, x, y, amp)
+
     n_params = sum(p.numel() for p in model.parameters())
     n_mask = sum(p.numel() for p in maskable.values())
     span = args.interval * t_masked
@@ -455,6 +690,8 @@ def main(argv=None) -> int:
               f"{shares} |")  # fmt: skip
     print()
     print("Shares: critical path (total incl. the background thread's packing and writing).")
+    print()
+    _print_gap(args, k_gap, gap_rows, gap_sizes, t_masked)
     per_step = {"dense": dense_t, "masked": masked_t}
     print()
     print("Per-round medians (ms): " + "; ".join(

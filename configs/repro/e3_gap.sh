@@ -10,3 +10,7 @@ for seed in 0 1 2; do
   masktopo train --config "$here/e3_gmp_lenet300.toml" --seed "$seed" --device cpu --out "$out/gmp-s$seed"
   masktopo train --config "$here/e3_rigl_lenet300.toml" --seed "$seed" --device cpu --out "$out/rigl-s$seed"
 done
+# supplementary cell: C-GaP with ERK layer densities (the baselines' RigL uses ERK, GMP is global)
+for seed in 0 1 2; do
+  masktopo train --config "$here/../gap_fmnist_lenet300.toml" --set distribution=erk --seed "$seed" --device cpu --out "$out/cgap-erk-s$seed"
+done

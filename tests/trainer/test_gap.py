@@ -248,3 +248,32 @@ def test_partition_map_from_a_toml_table(tmp_path):
     assert run.config["config"]["partition_map"]["clf.*"] == 1
     assert run.config["method_info"]["partitions"]["second_layer.weight"] == 0
     assert [e["kind"] for e in run.events] == ["init", "prune", "grow", "prune", "final"]
+
+
+def test_grown_weights_come_back_at_zero_with_no_adam_history():
+    import torch.nn.functional as F
+
+    import masktopo
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sp = masktopo.sparsify(model, opt, method="gap", density=0.25, partitions=2, step_epochs=1.0,
+                           cycles=1, finetune_epochs=1.0, total_steps=15, steps_per_epoch=5)  # fmt: skip
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    before = None
+    for i in range(5):
+        if i == 4:
+            before = sp.session.masking.masks["2.weight"].clone()  # partition 1, still masked
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+    grown = ~before  # the positions partition 1 regains at the boundary after step 5
+    assert bool(sp.session.masking.masks["2.weight"].all())
+    state = opt.state[model[2].weight]
+    assert bool(grown.any())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert not bool(state[key][grown].any()), key
+    assert not bool(model[2].weight.detach()[grown].any())
+    sp.finish()

@@ -5,7 +5,7 @@ scheduled grow-and-prune methods*, ICLR 2022 (methods-spec §4). The maskable la
 :math:`\kappa` partitions (:mod:`masktopo.trainer.partitions`); every layer :math:`l` has a target
 count :math:`k_l` from ``density`` and ``distribution`` (``uniform``: every layer at the same
 density, the paper's setting; ``erk``, ``er``) or from a mask file (``init_masks``). A GaP *step*
-lasts :math:`L` = round(``step_epochs`` · steps per epoch) iterations.
+lasts :math:`L` = floor(``step_epochs`` · steps per epoch) iterations.
 
 **C-GaP** (``gap_mode = "cyclic"``). Start from the random initialization with every partition but
 the first masked at its counts (random masks, exact counts) and partition 0 dense. After step
@@ -25,10 +25,13 @@ fixed; the final event is at exactly :math:`k_l` in every layer.
 replica :math:`i` with partition :math:`i` dense, each trained for one step; the combined model
 takes partition :math:`i` from replica :math:`i` and every other parameter (biases, norms, dense
 layers) by ``gap_combine`` (``average`` of the replicas, or ``first``: replica 0); then every layer
-is magnitude-pruned to :math:`k_l`. The loop for it is :mod:`masktopo.trainer.gap_parallel`.
+is magnitude-pruned to :math:`k_l`. Every replica and the combined model start with a fresh
+optimizer state. In one process the replicas run one after another (this class swaps the model's
+state at their boundaries); under torchrun with :math:`\kappa` processes each trains its own
+(the loop's hooks :meth:`computes`, :meth:`eval_rank`, :meth:`can_checkpoint`).
 
-Choices where the paper is silent (docs/trainer.md): the optimizer state is kept across steps and
-the LR schedule spans the whole run, unless ``gap_restart`` (the reference restarts training at
+Choices where the paper is silent (docs/trainer.md): C-GaP keeps the optimizer state across steps
+(a grown weight starts with none) and the LR schedule spans the whole run, unless ``gap_restart`` (the reference restarts training at
 every step: the optimizer state is cleared and the LR schedule, warm-up included, runs again within
 each step and then within the fine-tuning).
 """
@@ -50,8 +53,9 @@ __all__ = ["GaP", "gap_layout"]
 
 
 def gap_layout(cfg, steps_per_epoch: int) -> tuple[int, int, int]:
-    """``(K, L, n_steps)``: partitions, iterations per GaP step and GaP steps (C-GaP: K · cycles
-    steps; P-GaP: K replica steps per round, ``cycles`` rounds).
+    """``(K, L, n_steps)``: partitions, iterations per GaP step (``step_epochs`` · steps per epoch,
+    rounded down, so the steps fit in the derived epochs) and GaP steps (C-GaP: K · cycles steps;
+    P-GaP: K replica steps per round, ``cycles`` rounds).
 
     Raises
     ------
@@ -59,7 +63,7 @@ def gap_layout(cfg, steps_per_epoch: int) -> tuple[int, int, int]:
         A step shorter than one iteration.
     """
     k = cfg.partitions if cfg.partition_map is None else len(set(cfg.partition_map.values()))
-    length = round(cfg.step_epochs * steps_per_epoch)
+    length = math.floor(cfg.step_epochs * steps_per_epoch + 1e-9)  # within the derived epochs
     if length < 1:
         raise MaskValidationError(
             f"gap: step_epochs {cfg.step_epochs} is less than one iteration ({steps_per_epoch} "
@@ -243,10 +247,13 @@ class GaP(Sparsifier):
         return {n: before[n] - self.counts[n] for n in names}
 
     def grow_partition(self, partition: int, masking: Masking, optimizer) -> None:
-        """Make ``partition``'s layers dense (the weights that come back are 0)."""
+        """Make ``partition``'s layers dense: the weights that come back are 0 with no optimizer
+        history (momentum and Adam's moments zeroed there, whatever ``mask_adam`` says)."""
         live = masking.masks
-        masking.set_masks({n: torch.ones_like(live[n]) for n in self.layers_of(partition)},
-                          optimizer)  # fmt: skip
+        names = self.layers_of(partition)
+        new = {n: ~live[n] for n in names}
+        masking.set_masks({n: torch.ones_like(live[n]) for n in names}, optimizer)
+        masking.zero_entries(new, optimizer)
 
     def update(self, step: int, masking: Masking, optimizer, record: Record) -> None:
         if self.parallel:

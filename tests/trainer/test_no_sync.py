@@ -1,0 +1,151 @@
+"""No host synchronisation in the training step (issue: GPU paths by design).
+
+On CUDA a host sync stalls the GPU queue; the step must not make one between mask events. On
+the CPU there is no queue, so these tests count the calls that *would* sync on CUDA (a tensor's
+``item``, ``tolist``, ``cpu``, ``numpy``, its conversion to a Python bool/int/float) in the window
+of ordinary steps between two mask events, for ``masktopo train``'s loop and for
+``masktopo.sparsify`` in a plain loop; where CUDA exists, ``torch.cuda.set_sync_debug_mode``
+checks the same on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import masktopo
+from masktopo.trainer import TrainConfig, train
+
+_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextlib.contextmanager
+def _counting(monkeypatch):
+    """Count the calls of the sync-making tensor methods while ``state["on"]``."""
+    state = {"on": False, "calls": []}
+    for name in _SYNCS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _orig=orig, _name=name, **k):
+            if state["on"] and self.device.type != "meta":
+                import traceback
+
+                state["calls"].append((_name, traceback.format_stack(limit=6)[-3]))
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    yield state
+
+
+SPIRAL = {"model": "spiral-mlp", "dataset": "cubist-spiral", "density": 0.3, "epochs": 1,
+          "batch_size": 500, "device": "cpu", "seed": 0, "checkpoint_every": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["itop", "rigl", "gmp", "gap"])
+def test_train_steps_between_events_make_no_host_sync(monkeypatch, method):
+    extra = {"gap": {"step_epochs": 0.5, "cycles": 1, "finetune_epochs": 0.5, "partitions": 2},
+             "gmp": {"update_interval": 45, "prune_end": 1.0}}.get(method, {"update_interval": 60})  # fmt: skip
+    cfg = TrainConfig(method=method, **{**SPIRAL, **extra})
+    if method == "gap":
+        cfg = cfg.replace(epochs=None)
+    with _counting(monkeypatch) as state:
+
+        def callback(step, info):  # steps 5..45 hold no mask event and no 50-step log
+            state["on"] = 5 <= step < 40
+
+        train(cfg, None, callback=callback)
+    assert state["calls"] == [], state["calls"][:5]
+
+
+def test_sparsify_steps_between_events_make_no_host_sync(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.2, total_steps=200,
+                           update_interval=100)  # fmt: skip
+    x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    with _counting(monkeypatch) as state:
+        for i in range(40):
+            state["on"] = i >= 5  # after the first steps (the fired masks start once)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sp.step()
+        state["on"] = False
+        clean = list(state["calls"])
+        state["on"] = True  # the counter itself sees a sync (a control)
+        float(F.cross_entropy(model(x), y).detach())
+        state["on"] = False
+    sp.finish()
+    assert clean == [], clean[:5]
+    assert [name for name, _ in state["calls"]] == ["__float__"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steps_between_events_make_no_sync():
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 4)).cuda()  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.2, total_steps=200,
+                           update_interval=100)  # fmt: skip
+    x = torch.randn(64, 20, device="cuda")
+    y = torch.randint(0, 4, (64,), device="cuda")
+    for i in range(40):
+        if i == 5:
+            torch.cuda.set_sync_debug_mode("error")
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+    torch.cuda.set_sync_debug_mode("default")
+    sp.finish()
+
+
+def test_no_cuda_hard_coding_in_the_library():
+    """Devices come from the inputs or the config: no ``.cuda()`` and no literal ``"cuda:0"``."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    bad = []
+    for path in [*(root / "masktopo").rglob("*.py"), *(root / "cli").rglob("*.py")]:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"\.cuda\(\)|[\"']cuda:\d", code):
+                bad.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+    assert bad == []
+
+
+def test_the_masks_check_puts_its_checksum_on_cuda_under_nccl(monkeypatch):
+    """NCCL only moves CUDA tensors: under an NCCL group the ranks' masks check sends a CUDA
+    tensor (faked here: no GPU or NCCL is needed to see which device it picks)."""
+    import torch.distributed as dist
+
+    from masktopo.trainer import session
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def fake_to(self, *args, **kwargs):
+        seen.append(args)
+        return self
+
+    def fake_gather(out, value):
+        for t in out:
+            t.copy_(value)
+
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    monkeypatch.setattr(dist, "all_gather", fake_gather)
+    assert session.masks_agree({"w": torch.ones(2, 2, dtype=torch.bool)})
+    assert ("cuda", torch.cuda.current_device()) in seen
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    seen.clear()
+    assert session.masks_agree({"w": torch.ones(2, 2, dtype=torch.bool)})
+    assert all("cuda" not in a for a in seen)  # gloo takes the CPU tensor as it is
