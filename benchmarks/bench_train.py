@@ -32,10 +32,13 @@ For one model and batch (default ResNet-18 at CIFAR shapes, batch 128, density 0
 
 Inputs are random tensors of the dataset's shape (no data files needed): the timings do not depend
 on the values. On CUDA the steps use bfloat16 autocast and channels-last, as ``masktopo train``
-does. The report (Markdown) goes to stdout, progress to stderr.
+does. The report (Markdown) goes to stdout, progress to stderr. ``--compile`` runs the dense and
+masked steps of the default mode through ``torch.compile`` (the forward, default mode; compiled in
+the warm-up, before any timing; the GaP rows stay eager).
 
     python benchmarks/bench_train.py                     # CPU, ResNet-18, batch 128
     python benchmarks/bench_train.py --device cuda       # on a GPU
+    python benchmarks/bench_train.py --device cuda --compile  # the same steps with torch.compile
     python benchmarks/bench_train.py --model lenet5 --dataset fashion-mnist --steps 50
     # GaP rows as configs/gap_fmnist_lenet300.toml (model, batch, density; K = 3 layers), ~15 s:
     python benchmarks/bench_train.py --model lenet300 --dataset fashion-mnist --density 0.05
@@ -560,7 +563,13 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=None,
                    help="--sparsify: sequence length (default 128 on CPU, 512 on CUDA)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--compile", action="store_true",
+                   help="default mode: the dense and masked steps with torch.compile (the "
+                        "model's forward; compiled in the warm-up, not timed; GaP rows eager)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.compile and args.sparsify:
+        log("--compile applies to the default mode only, not to --sparsify")
+        return 2
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         log("no CUDA device: nothing to do")
@@ -588,16 +597,24 @@ def main(argv=None) -> int:
 
     # dense and masked share one model; masking is switched on for the masked rounds only, and
     # the rounds alternate so that a slow phase of the machine hits both variants alike.
-    log(f"warm-up ({args.model}, batch {args.batch}, {device})")
+    # --compile: the same module compiled (shared parameters and buffers); the masks, updates
+    # and dumps below keep using `model`
+    fwd = torch.compile(model) if args.compile else model
+    log(f"warm-up ({args.model}, batch {args.batch}, {device}"
+        f"{', torch.compile' if args.compile else ''})")  # fmt: skip
     for _ in range(3):
-        _step(model, opt, x, y, amp)
+        _step(fwd, opt, x, y, amp)
     masking = Masking(model, masks)
+    if args.compile:  # any recompilation after the mask buffers were added: not timed
+        for _ in range(2):
+            _step(fwd, opt, x, y, amp)
+            _step(fwd, opt, x, y, amp, masking)
     dense_t, masked_t = [], []
     for r in range(args.rounds):
         log(f"round {r + 1}/{args.rounds}: dense")
-        dense_t.append(_time_steps(lambda: _step(model, opt, x, y, amp), args.steps, device))
+        dense_t.append(_time_steps(lambda: _step(fwd, opt, x, y, amp), args.steps, device))
         log(f"round {r + 1}/{args.rounds}: masked")
-        masked_t.append(_time_steps(lambda: _step(model, opt, x, y, amp, masking), args.steps,
+        masked_t.append(_time_steps(lambda: _step(fwd, opt, x, y, amp, masking), args.steps,
                                     device))  # fmt: skip
     t_dense, t_masked = statistics.median(dense_t), statistics.median(masked_t)
     # the masking alone, many times: robust to a noisy machine, unlike the difference of two
@@ -615,7 +632,7 @@ def main(argv=None) -> int:
         cfg_g = resolve(cfg_g)
         sp = make_sparsifier(cfg_g, steps_per_epoch=args.interval, total_steps=total,
                              device=device)  # fmt: skip
-        _step(model, opt, x, y, amp, masking)  # a fresh dense gradient
+        _step(fwd, opt, x, y, amp, masking)  # a fresh dense gradient
         times = []
         for k in range(3):
             _sync(device)
@@ -658,7 +675,8 @@ def main(argv=None) -> int:
     n_mask = sum(p.numel() for p in maskable.values())
     span = args.interval * t_masked
     print(f"# bench_train: {args.model} ({args.dataset} shapes), batch {args.batch}, "
-          f"density {args.density}, device {device}{' (bf16 autocast, channels-last)' if amp else ''}")  # fmt: skip
+          f"density {args.density}, device {device}{' (bf16 autocast, channels-last)' if amp else ''}"
+          f"{', torch.compile' if args.compile else ''}")  # fmt: skip
     print()
     for line in machine_facts([args.device]):
         print(line if line.startswith("- ") else f"- {line}")
