@@ -5,7 +5,8 @@ A run directory is what a command that produces results over time writes: ``mask
 each saying its ``kind`` in ``run.json``. docs/formats.md describes the layout.
 
 - :mod:`~masktopo.runs.layout`: the file names and the format version (nothing else spells them);
-- :mod:`~masktopo.runs.reader`: :func:`read_run` and :class:`Run` (events, mask files, summary);
+- :mod:`~masktopo.runs.reader`: :func:`read_run` and :class:`Run` (events, mask files, summary),
+  :func:`read_metrics` (a training run's live log, metrics.jsonl);
 - :mod:`~masktopo.runs.writer`: :class:`RunWriter` (run.json, events in a background thread with
   the weights at the kept positions, summary), checkpoints;
 - :mod:`~masktopo.runs.lock`: :class:`RunLock`, one writer per run;
@@ -20,7 +21,7 @@ from ..files import Staging, atomic_write, atomic_write_bytes, atomic_write_json
 from . import layout
 from .checks import check_out_dir, check_output, check_same_config, run_kind
 from .lock import RunLock
-from .reader import EVENT_FIELDS, Run, read_run, read_run_json
+from .reader import EVENT_FIELDS, Run, read_metrics, read_run, read_run_json
 from .writer import (
     RunWriter,
     jsonable,
@@ -44,6 +45,7 @@ __all__ = [
     "jsonable",
     "layout",
     "read_checkpoint",
+    "read_metrics",
     "read_run",
     "read_run_json",
     "run_header",

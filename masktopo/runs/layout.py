@@ -11,6 +11,9 @@ events::
     masks/event-NNNNNN.safetensors    the event's masks (and kept weights)  (train, loop)
     checkpoint.pt                     the resume point                      (train)
     summary.json                      history and final metrics             (train, loop)
+    metrics.jsonl                     the live log: per epoch, and the end  (train)
+    tensorboard/                      --tensorboard's event files           (train)
+    wandb/                            --wandb's files (wandb.init(dir=RUN)) (train)
     analysis/<key>.npz                the run-analysis cache                (any kind with events)
     base.safetensors, best.safetensors, snapshots/, candidates.parquet,
     state.json, .pags-state/          PAGS's outputs and resume point       (pags)
@@ -35,6 +38,12 @@ MASKS_DIR = "masks"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 ANALYSIS_DIR = "analysis"
+#: The live log of a training run: one JSON line per epoch and one at the end.
+METRICS_FILE = "metrics.jsonl"
+#: TensorBoard's event files (``masktopo train --tensorboard``).
+TENSORBOARD_DIR = "tensorboard"
+#: What ``wandb.init(dir=RUN)`` writes (``masktopo train --wandb``).
+WANDB_DIR = "wandb"
 
 # -- PAGS runs ------------------------------------------------------------------------------------
 BASE_FILE = "base.safetensors"
@@ -46,7 +55,16 @@ STATE_DIR = ".pags-state"
 
 #: The kinds of run and the files and folders that make them up (besides run.json and .lock).
 KINDS: dict[str, tuple[str, ...]] = {
-    "train": (EVENTS_FILE, MASKS_DIR, CHECKPOINT_FILE, SUMMARY_FILE, ANALYSIS_DIR),
+    "train": (
+        EVENTS_FILE,
+        MASKS_DIR,
+        CHECKPOINT_FILE,
+        SUMMARY_FILE,
+        ANALYSIS_DIR,
+        METRICS_FILE,
+        TENSORBOARD_DIR,
+        WANDB_DIR,
+    ),
     "pags": (BASE_FILE, BEST_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE, STATE_DIR),
     # recorded from a user's own loop (masktopo.sparsify / masktopo.record): the user's own
     # checkpoint holds the resume point (the sparsifier's state_dict)

@@ -28,13 +28,14 @@ from .layout import (
     EVENTS_FILE,
     KINDS,
     LEGACY_PAGS_FORMAT,
+    METRICS_FILE,
     RUN_FILE,
     RUN_FORMAT,
     RUN_FORMAT_VERSIONS,
     SUMMARY_FILE,
 )
 
-__all__ = ["EVENT_FIELDS", "Run", "read_run", "read_run_json"]
+__all__ = ["EVENT_FIELDS", "Run", "read_metrics", "read_run", "read_run_json"]
 
 _CUT_OFF = "a write cut off by a stopped run"
 #: Keys of an events.jsonl line that describe the event rather than measure it.
@@ -178,6 +179,10 @@ class Run:
         """
         f = self.path / SUMMARY_FILE
         return _json_object(f) if f.exists() else None
+
+    def metrics(self, kind: str | None = None) -> list[dict]:
+        """The lines of ``metrics.jsonl`` (:func:`read_metrics`)."""
+        return read_metrics(self.path, kind=kind)
 
 
 def _json_object(path: Path) -> dict:
@@ -331,3 +336,62 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
     if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:
         raise bad(f"'density' is {d!r}, not a number in [0, 1]")
     return obj
+
+
+def read_metrics(run: str | os.PathLike | Run, *, kind: str | None = None) -> list[dict]:
+    """The lines of a training run's live log, ``metrics.jsonl``, as dicts, in order.
+
+    The file grows while the run trains: one line per completed epoch (``"kind": "epoch"`` and
+    the history row: ``epoch``, ``step``, ``train_loss``, ``train_acc``, ``val_loss``,
+    ``val_acc``, ``lr``, ``density``, ``seconds``, the method's scalars such as ``R_s``) and one
+    after the final evaluation (``"kind": "final"``: ``step``, ``epoch`` and the final metrics,
+    ``test_loss`` and ``test_acc`` among them). A value that was not measured (NaN) reads as None.
+
+    Parameters
+    ----------
+    run : str, os.PathLike or Run
+        The run directory.
+    kind : str, optional
+        Only the lines of this kind (``"epoch"`` or ``"final"``).
+
+    Returns
+    -------
+    list of dict
+        Empty when the run has no ``metrics.jsonl`` (yet, or written by an older masktopo).
+        A last line cut off by a stopped run is left out silently; any other line that is not a
+        JSON object is skipped with a warning naming it.
+
+    Raises
+    ------
+    MaskFileError
+        When ``run`` is not a run directory or the file cannot be read.
+    """
+    p = run.path if isinstance(run, Run) else input_path(run)
+    if not (p / RUN_FILE).is_file():
+        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+    path = p / METRICS_FILE
+    if not path.exists():
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    lines = data.split(b"\n")
+    last = len(lines)  # the line after the final newline is b"", or a cut-off write
+    out = []
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if i == last:  # no newline after it: a write cut off by a stopped run
+                continue
+            warnings.warn(f"{path}: skipping line {i}: not valid JSON ({e})", stacklevel=2)
+            continue
+        if not isinstance(obj, dict):
+            warnings.warn(f"{path}: skipping line {i}: not a JSON object", stacklevel=2)
+            continue
+        if kind is None or obj.get("kind") == kind:
+            out.append(obj)
+    return out

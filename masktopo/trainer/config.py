@@ -94,7 +94,16 @@ def _pai_methods() -> tuple[str, ...]:
 _BY_METHOD = "the method's; see --list-methods"
 
 #: Fields that may differ between a run and its ``--resume`` (they do not change the result).
-RESUMABLE_CHANGES = ("device", "data_dir", "num_workers", "max_steps", "checkpoint_every")
+RESUMABLE_CHANGES = (
+    "device",
+    "data_dir",
+    "num_workers",
+    "max_steps",
+    "checkpoint_every",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+)
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,13 @@ class TrainConfig:
     checkpoint_every: int = option(500, "steps between checkpoints within an epoch (0: only at "
                                    "epoch ends); a killed run resumes from the last one", ge=0,
                                    metavar="STEPS")  # fmt: skip
+    tensorboard: bool = option(False, "also log the scalars for TensorBoard into RUN/tensorboard/ "
+                               "(needs the tensorboard package)")  # fmt: skip
+    wandb: bool = option(False, "also log the scalars to Weights & Biases (pip install "
+                         "masktopo[wandb]; WANDB_MODE=offline works without an account)")  # fmt: skip
+    wandb_project: str | None = option(None, "the Weights & Biases project of --wandb",
+                                       default_text="WANDB_PROJECT or wandb's own",
+                                       metavar="NAME")  # fmt: skip
     num_workers: int = option(0, "unused by the in-memory loader; kept for configs that name it",
                               ge=0, flag=False)  # fmt: skip
     resolved: bool = field(default=False, repr=False)

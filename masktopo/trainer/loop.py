@@ -53,6 +53,7 @@ from ..runs import (
 from ..runs.layout import CHECKPOINT_FILE, RUN_FILE
 from ..seeding import generator, seed_for
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
+from .logs import RunLog, check_packages
 from .session import DivergedError, SparseSession, masks_agree
 
 CHECKPOINT_FORMAT = "masktopo.checkpoint"
@@ -401,7 +402,8 @@ def train(
         when it stopped before its first checkpoint). The events written after the checkpoint
         are dropped and recorded again; the events up to it must be the ones it saw.
     progress : bool
-        Show a progress bar on stderr (rank 0).
+        Show a progress bar on stderr (rank 0). Either way rank 0 writes one line per epoch to
+        stderr (:mod:`masktopo.trainer.logs`) and, with ``out``, to ``metrics.jsonl``.
     callback : callable, optional
         ``callback(step, info)`` after each step, ``info`` = ``{"loss", "epoch", "model"}`` (tests
         and benchmarks).
@@ -415,10 +417,12 @@ def train(
     MaskTopoError
         Bad config or names (before anything is written), a missing dataset, an unusable output
         directory, a corrupt checkpoint, a failed write (e.g. a full disk), a NaN loss
-        (:class:`TrainingError`), another process writing the same run. The run directory keeps
+        (:class:`TrainingError`), another process writing the same run, ``tensorboard`` or
+        ``wandb`` without its package (before anything is written). The run directory keeps
         its last complete event and checkpoint.
     """
     cfg = resolve(cfg)
+    check_packages(cfg)  # --tensorboard, --wandb: before anything is written
     out_path = Path(out) if out is not None else None
     rank0 = int(os.environ.get("RANK", "0")) == 0
     # Under torchrun only rank 0 checks a fresh --out: it creates the directory, and another rank
@@ -539,8 +543,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
                                 f"{session.steps_done}; this is a bug, please report it")  # fmt: skip
 
-    session.extra_scalars = latest
-    session.on_event = check_ranks
+    session.extra_scalars = latest  # session.on_event: below, with the live logs
     session.after_event = lambda k: _hold("event", k, recorder)
     record = session.record
 
@@ -575,6 +578,15 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             })  # fmt: skip
         else:
             recorder.truncate(n_events, ckpt.get("events_digest"))
+    # the live logs (metrics.jsonl cut back to the checkpoint on resume, TensorBoard, W&B)
+    runlog = RunLog(cfg, out_path if writer else None, main=dist_info.main,
+                    resumed_at=step if resume else None)  # fmt: skip
+
+    def on_event(kind: str, m: dict) -> None:
+        check_ranks(kind, m)
+        runlog.event(kind, m, session.steps_done, sparsifier.scalars())
+
+    session.on_event = on_event
     if ckpt is None:
         record("init", **sparsifier.init_event())
 
@@ -703,8 +715,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                    "density": session.density(),
                    "seconds": time.perf_counter() - t_epoch, **_floats(sparsifier.scalars())}  # fmt: skip
             history.append(row)
-            if bar is not None:
-                bar.write(_epoch_line(row))
+            runlog.epoch(row, bar)  # metrics.jsonl, the plain line (or the bar's), scalars
             if sparsifier.can_checkpoint(step - 1):
                 checkpoint()
             if step >= stop_step:
@@ -724,9 +735,11 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                                 "n_events": recorder.n_events,
                                 "density": session.density(), "final": final,
                                 "history": history})  # fmt: skip
+        runlog.finish(step, step / spe, final)
     finally:
         if bar is not None:
             bar.close()
+        runlog.close()  # after an error: wandb.finish(exit_code=1); a no-op after finish
         try:
             recorder.close()
         except MaskTopoError:
@@ -756,14 +769,3 @@ def _final_metrics(model, data: _Data, dist_info, amp, last: dict, sparsifier) -
                                                      dist_info=dist_info, amp=amp)  # fmt: skip
     out.update(_floats(sparsifier.scalars()))
     return out
-
-
-def _epoch_line(row: dict) -> str:
-    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}",
-             f"acc {row['train_acc']:.4f}"]  # fmt: skip
-    if math.isfinite(row["val_acc"]):
-        parts.append(f"val_acc {row['val_acc']:.4f}")
-    parts.append(f"density {row['density']:.4f}")
-    if "R_s" in row:
-        parts.append(f"R_s {row['R_s']:.4f}")
-    return "  ".join(parts)
