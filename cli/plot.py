@@ -38,10 +38,13 @@ through the cache in RUN/analysis/ (only new events are computed).
 A mask file (.safetensors, .npz, a checkpoint), or one run directory with --layer (its last
 event, or --event K): per layer, the fan-in/fan-out degree histograms, the singular-value spectrum
 with the Ramanujan bound, the weighted spectrum when the file has weights, and a drawing as a
-bipartite graph when the layer is small enough.
+bipartite graph (a large layer's nodes grouped into blocks, or a sample of its edges, as the
+figure says).
 
-The written files are printed, one per line. Options taking several values (--metric, --format,
---labels, --layer) go after the PATHs."""
+Figures are PNG (150 dpi) by default; --format svg or pdf gives vector files for a paper. Default
+titles say what is drawn (not the run folder); --title '' draws none, --title '{} (RigL, 10%)'
+adds to each. The written files are printed, one per line. Options taking several values
+(--metric, --format, --labels, --layer) go after the PATHs."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -73,7 +76,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=FORMATS,
         default=None,
         metavar="FMT",
-        help=f"figure formats, any of {', '.join(FORMATS)} (default png)",
+        help=f"figure formats, any of {', '.join(FORMATS)} (default png; svg and pdf are vector)",
+    )
+    p.add_argument(
+        "--title",
+        default=None,
+        metavar="TEXT",
+        help="title of every figure: '' for none (a paper's caption says it), TEXT to replace the "
+        "default, '{}' in TEXT stands for the default title (default: what is drawn)",
     )
     p.add_argument(
         "--layer",
@@ -163,7 +173,9 @@ def _plot_runs(args, paths: list[Path], metrics, formats) -> list[Path]:
 
         if labels is None:
             labels = run_labels(paths)
-        files = plot_run(tables, staging.path, metrics, formats, labels=labels, x=args.x)
+        files = plot_run(
+            tables, staging.path, metrics, formats, labels=labels, x=args.x, title=args.title
+        )
         if not files:
             raise MaskTopoError("nothing to draw: the runs have no defined value of any metric")
         return staging.commit(files)
@@ -207,19 +219,21 @@ def _plot_layers(args, path: Path, formats) -> list[Path]:
 
         for name in layers:
             stem = _stem(name)
-            emit(plot_degrees(ms, name, conv=args.conv), f"{stem}-degrees")
+            emit(plot_degrees(ms, name, conv=args.conv, title=args.title), f"{stem}-degrees")
             kinds = [("spectrum", False)] + (
                 [("weighted-spectrum", True)] if ms.has_weights else []
             )
             for what, weighted in kinds:
                 try:
-                    fig = plot_spectrum(ms, name, conv=args.conv, weighted=weighted)
+                    fig = plot_spectrum(
+                        ms, name, conv=args.conv, weighted=weighted, title=args.title
+                    )
                 except MaskValidationError as exc:
                     note(f"{what} of layer {name!r} skipped: {exc}")
                     continue
                 emit(fig, f"{stem}-{what}")
             try:
-                fig = plot_bipartite(ms, name)
+                fig = plot_bipartite(ms, name, title=args.title)
             except MaskValidationError as exc:
                 note(f"bipartite drawing of layer {name!r} skipped: {exc}")
                 continue

@@ -4,7 +4,9 @@
 through its incremental cache) and writes a single HTML file that opens in a browser without a
 server and refers to no other file: the figures are embedded as ``data:`` URIs (SVG by default, or
 PNG), the style sheet is inline, and the only links are ``#fragments`` within the page. Every text
-taken from a run (names, labels, config values, error messages) is HTML-escaped.
+taken from a run (names, labels, config values, error messages) is HTML-escaped. The layout fits
+a phone as well as a laptop: long names wrap, tables scroll inside their own box and figures
+shrink to the column, so the page is never wider than the window.
 
 For each run the page shows:
 
@@ -97,21 +99,32 @@ NETWORK_COLUMNS = (
 )
 _OVERVIEW = ("method", "model", "dataset", "density", "epochs", "batch_size", "optimizer", "seed")
 
+#: The page's style sheet. Narrow screens: long names wrap, tables scroll inside their own box,
+#: figures shrink to the column's width; nothing makes the page wider than the screen.
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
-margin:0;color:#1a1a1a;background:#fff;line-height:1.45}
+margin:0;color:#1a1a1a;background:#fff;line-height:1.45;overflow-wrap:break-word;
+-webkit-text-size-adjust:100%;text-size-adjust:100%}
 header,main,footer,nav{max-width:1200px;margin:0 auto;padding:0 1.2rem}
-header{padding-top:1rem}h1{font-size:1.6rem;margin:.4rem 0}h2{font-size:1.3rem;
-border-bottom:2px solid #0072B2;padding-bottom:.2rem;margin-top:2.2rem}h3{font-size:1.05rem;
-margin-top:1.4rem}nav ul{padding-left:1.2rem}table{border-collapse:collapse;margin:.5rem 0;
-font-size:.85rem}th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;
-vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:
-tabular-nums}td.na{color:#888;text-align:center}.scroll{overflow-x:auto}figure{margin:.8rem 0;
-display:inline-block;vertical-align:top;max-width:100%}figure img{max-width:100%;
-width:560px;height:auto;border:1px solid #eee}figcaption{font-size:.8rem;color:#444}
+header{padding-top:1rem}h1{font-size:1.6rem;margin:.4rem 0}
+h2{font-size:1.3rem;border-bottom:2px solid #0072B2;padding-bottom:.2rem;margin-top:2.2rem}
+h3{font-size:1.05rem;margin-top:1.4rem}nav ul{padding-left:1.2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:left;vertical-align:top}
+th{background:#f2f2f2;overflow-wrap:anywhere;min-width:5.5em}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.na{color:#888;text-align:center}
+.scroll{overflow-x:auto;max-width:100%}
+figure{margin:.8rem 0;display:inline-block;vertical-align:top;max-width:100%}
+img{max-width:100%;height:auto;box-sizing:border-box}
+figure img{width:560px;border:1px solid #eee}
+figcaption{font-size:.8rem;color:#444;max-width:560px}
 .problems{background:#fff4e5;border-left:4px solid #D55E00;padding:.4rem .8rem}
-.note{color:#555;font-size:.9rem}code{font-size:.85rem}details summary{cursor:pointer;
-font-weight:600;margin:.4rem 0}footer{color:#666;font-size:.8rem;padding:2rem 1.2rem}
+.note{color:#555;font-size:.9rem}code{font-size:.85rem}
+details summary{cursor:pointer;font-weight:600;margin:.4rem 0}
+footer{color:#666;font-size:.8rem;padding:2rem 1.2rem}
+@media (max-width:600px){header,main,footer,nav{padding:0 .8rem}h1{font-size:1.3rem}
+h2{font-size:1.15rem}figure{margin:.6rem 0}}
 """
 
 

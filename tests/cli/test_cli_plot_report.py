@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,11 +113,35 @@ def test_plot_one_run_writes_the_standard_figures(runs, tmp_path, capsys):
     _no_staging_left(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "title, expect",
+    [(None, "density per layer"), ("", None), ("{} (RigL, 30%)", "density per layer (RigL, 30%)")],
+)
+def test_plot_vector_formats_and_titles(title, expect, runs, tmp_path, capsys):
+    out = tmp_path / "vec"
+    extra = [] if title is None else ["--title", title]
+    rc, _, err = _run(capsys, "plot", runs["full"], "--out", out, "--metric", "density",
+                      "--format", "svg", "pdf", *extra)  # fmt: skip
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "density.pdf", "density.svg", "spectrum-plane.pdf", "spectrum-plane.svg"
+    ]  # fmt: skip
+    pdf = (out / "density.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/Type3" not in pdf  # TrueType text, no bitmap glyphs
+    svg = (out / "density.svg").read_text()
+    assert_svg(out / "density.svg")
+    texts = re.findall(r"<!-- (.*?) -->", svg)  # matplotlib names each text in a comment
+    assert "training step (optimizer steps)" in texts and "network" in texts
+    titles = [t for t in texts if t.startswith("density per layer")]
+    assert titles == ([expect] if expect else [])
+    assert not [t for t in texts if "full" in t.split()]  # the run folder is not in the figure
+
+
 def test_plot_compares_runs(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     rc, _, err = _run(capsys, "plot", runs["full"], runs["partial"], "--out", out,
                       "--metric", "full_spectrum_norm,density", "R_s",
-                      "--labels", "finished", "still training")  # fmt: skip
+                      "--labels", "finished", "--labels", "still training")  # fmt: skip
     assert rc == 0, err
     names = sorted(p.name for p in out.iterdir())
     assert names == ["compare-R_s.png", "compare-density.png", "compare-full_spectrum_norm.png",
@@ -325,7 +350,8 @@ def test_report_several_runs_names_corrupt_events_and_escapes_text(runs, tmp_pat
     out = tmp_path / "cmp.html"
     labels = ["<b>full</b>", "partial & co", 'corrupt "one"']
     rc, _, err = _run(capsys, "report", runs["full"], runs["partial"], runs["corrupt"],
-                      "--out", out, "--labels", *labels, "--no-cache")  # fmt: skip
+                      "--out", out, *(x for label in labels for x in ("--labels", label)),
+                      "--no-cache")  # fmt: skip
     assert rc == 0, err
     bad_file = f"event-{CORRUPT_EVENT:06d}.safetensors"
     assert "masktopo: warning:" in err and bad_file in err
