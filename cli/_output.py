@@ -1,4 +1,5 @@
-"""Output helpers shared by the subcommands: aligned text tables and JSON records.
+"""Output helpers shared by the subcommands: aligned text tables fitted to the terminal, Markdown
+tables, JSON records, plain text from reST, and the notices on stderr.
 
 Light at import time (standard library only): pandas is imported only where a value may be pandas NA.
 """
@@ -7,16 +8,30 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 
+#: The narrowest a clipped free-text column (``reason``) is shown; narrower, it is left out.
+MIN_CLIPPED = 12
+#: What a text table says when it leaves columns out (``{shown}``, ``{total}``, ``{width}``).
+HIDDEN_NOTE = (
+    "showing {shown} of {total} columns to fit {width} terminal columns; every column: "
+    "--columns all, or --format csv/json/markdown"
+)
+COMPILE_NOTE = "compiling the spectral kernel, once per install (about 30 s)"
+
 
 def format_cell(value) -> str:
-    """Text of one table cell: floats with 6 significant digits, NaN as ``nan``, None as empty."""
+    """Text of one table cell: floats with 6 significant digits, NaN as ``nan``, None as empty,
+    a shape (a list of ints) as ``64x3x3x3``."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+        return "x".join(str(int(v)) for v in value)
     if _is_bool(value):
         return str(bool(value))
     if isinstance(value, numbers.Integral):
@@ -25,6 +40,10 @@ def format_cell(value) -> str:
         value = float(value)
         return "nan" if math.isnan(value) else format(value, ".6g")
     return str(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def _is_bool(value) -> bool:
@@ -41,12 +60,9 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Number) or _is_bool(value)
 
 
-def render_rows(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """Aligned plain-text table: numbers right-aligned, text left-aligned, two spaces between.
-
-    A column is numeric when every value in it is a number (or missing); a missing value shows as
-    ``nan`` in a numeric column and as nothing in a text column.
-    """
+def _cells(header: Sequence[str], rows: Iterable[Sequence]):
+    """``(numeric, cells, widths)`` of a table: which columns are numeric, every cell's text and
+    each column's width (header included)."""
     rows = [list(r) for r in rows]
     ncol = len(header)
     numeric = [
@@ -59,29 +75,145 @@ def render_rows(header: Sequence[str], rows: Iterable[Sequence]) -> str:
         for r in rows
     ]
     widths = [max([len(header[j])] + [len(c[j]) for c in cells]) for j in range(ncol)]
+    return numeric, cells, widths
+
+
+def _lines(header: Sequence[str], numeric, cells, widths) -> str:
+    def cell(j: int, v: str) -> str:
+        w = widths[j]
+        v = v if len(v) <= w else v[: w - 1] + "…"  # a clipped free-text column
+        return v.rjust(w) if numeric[j] else v.ljust(w)
 
     def line(values):
-        parts = [
-            v.rjust(widths[j]) if numeric[j] else v.ljust(widths[j]) for j, v in enumerate(values)
-        ]
-        return "  ".join(parts).rstrip()
+        return "  ".join(cell(j, v) for j, v in enumerate(values)).rstrip()
 
     return "\n".join([line(list(header)), *(line(c) for c in cells)])
 
 
+def render_rows(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """Aligned plain-text table: numbers right-aligned, text left-aligned, two spaces between.
+
+    A column is numeric when every value in it is a number (or missing); a missing value shows as
+    ``nan`` in a numeric column and as nothing in a text column.
+    """
+    numeric, cells, widths = _cells(header, rows)
+    return _lines(header, numeric, cells, widths)
+
+
+def terminal_width() -> int | None:
+    """The width text tables are fitted to: ``$COLUMNS`` when it is set to a positive integer,
+    else the width of the terminal standard output is, else None (no limit: a pipe or a file
+    gets every column it asked for)."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        if sys.stdout is not None and sys.stdout.isatty():
+            return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def fit_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence],
+    width: int | None,
+    *,
+    keep: Sequence[str] = (),
+    clip: Sequence[str] = ("reason",),
+) -> tuple[str, list[str]]:
+    """:func:`render_rows` within ``width`` characters a line: ``(text, hidden columns)``.
+
+    The ``keep`` columns are always shown; the others, in order, while they fit (a column that
+    does not fit is left out and the next ones are still tried). A free-text column in ``clip``
+    that does not fit whole is shown clipped (``…``) to the room left, when that is at least
+    :data:`MIN_CLIPPED` characters. ``width=None``: every column.
+    """
+    header = list(header)
+    numeric, cells, widths = _cells(header, rows)
+    if width is None:
+        return _lines(header, numeric, cells, widths), []
+    chosen = [j for j, name in enumerate(header) if name in keep]
+    used = sum(widths[j] for j in chosen) + 2 * max(len(chosen) - 1, 0)
+    clipped: dict[int, int] = {}
+    for j, name in enumerate(header):
+        if j in chosen:
+            continue
+        need = widths[j] + (2 if chosen or clipped else 0)
+        if used + need <= width:
+            chosen.append(j)
+            used += need
+        elif name in clip and width - used - 2 >= MIN_CLIPPED:
+            clipped[j] = width - used - 2
+            used = width
+    shown = sorted([*chosen, *clipped])
+    hidden = [header[j] for j in range(len(header)) if j not in shown]
+    w = [clipped.get(j, widths[j]) for j in shown]
+    text = _lines(
+        [header[j] for j in shown],
+        [numeric[j] for j in shown],
+        [[c[j] for j in shown] for c in cells],
+        w,
+    )
+    return text, hidden
+
+
+def frame_rows(df, columns: Sequence[str] | None = None) -> tuple[list[str], list[list]]:
+    """The given columns of a DataFrame that exist (all when None), in order, and its rows as
+    plain Python values (missing as None)."""
+    cols = list(df.columns) if columns is None else [c for c in columns if c in df.columns]
+    rows = [[_plain(v) for v in row] for row in df[cols].itertuples(index=False, name=None)]
+    return cols, rows
+
+
 def render_frame(df, columns: Sequence[str] | None = None) -> str:
     """:func:`render_rows` over the given columns of a DataFrame (those that exist), in order."""
-    cols = list(df.columns) if columns is None else [c for c in columns if c in df.columns]
-    rows = ([_plain(v) for v in row] for row in df[cols].itertuples(index=False, name=None))
-    return render_rows(cols, rows)
+    return render_rows(*frame_rows(df, columns))
+
+
+def render_markdown(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned; ``|`` in cells escaped)."""
+    numeric, cells, _ = _cells(header, rows)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+_ROLE = re.compile(r":[a-zA-Z:]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+_LITERAL = re.compile(r"``([^`]+)``")
+_REF = re.compile(r"`([^`<]+?)(?:\s*<[^>]*>)?`_{0,2}")
+_STRONG = re.compile(r"\*\*([^*]+)\*\*")
+_EMPH = re.compile(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])")
+_CITATION = re.compile(r"\s*\[[A-Za-z][\w.]*\]_")
+
+
+def plain_text(text: str) -> str:
+    """reST (docstrings, summaries) as plain text for a terminal: roles (``:func:`~a.b.c```
+    becomes ``c``), literals, emphasis, references and citations lose their markup, and
+    whitespace is collapsed to single spaces."""
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if "~" in m.group(0) else
+                     m.group(1), text)  # fmt: skip
+    text = _LITERAL.sub(r"\1", text)
+    text = _STRONG.sub(r"\1", text)
+    text = _EMPH.sub(r"\1", text)
+    text = _CITATION.sub("", text)
+    text = _REF.sub(r"\1", text)
+    return " ".join(text.split())
 
 
 def _plain(value):
-    """A Python scalar (numpy scalars unwrapped), or None for a missing value (pandas NA/NaT)."""
-    if hasattr(value, "item") and type(value).__module__ == "numpy":
-        value = value.item()
+    """A Python scalar (numpy scalars unwrapped), a list (a shape), or None for a missing value
+    (pandas NA/NaT)."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy scalar
     if value is None or isinstance(value, str | bool | int | float):
         return value
+    if isinstance(value, list | tuple) or getattr(value, "ndim", None) == 1:
+        return [_plain(v) for v in value]  # a shape (a list, or an array read from parquet)
     try:
         import pandas as pd
 
@@ -114,6 +246,32 @@ def show_progress(args) -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def note(text: str) -> None:
+    """One line on stderr, ``masktopo: note: <text>``."""
+    if sys.stderr is not None:
+        print(f"masktopo: note: {' '.join(text.split())}", file=sys.stderr, flush=True)
+
+
+_COMPILE_NOTED = False
+
+
+def compile_notice(show: bool = True) -> bool:
+    """Say once per process on stderr, before the first analysis, that the compiled spectral
+    kernel is being built (:data:`COMPILE_NOTE`), when numba's disk cache does not hold it yet
+    (:func:`masktopo.analysis._kernels.cache_is_cold`); ``show=False`` says nothing. Returns
+    whether the note was printed. For the command line only: library calls stay silent."""
+    global _COMPILE_NOTED
+    if _COMPILE_NOTED or not show:
+        return False
+    from masktopo.analysis._kernels import cache_is_cold
+
+    if not cache_is_cold():
+        return False
+    _COMPILE_NOTED = True
+    note(COMPILE_NOTE)
+    return True
 
 
 def require_events(df, path):

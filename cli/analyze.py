@@ -5,6 +5,14 @@ event, or every K-th with ``--every``, incrementally through the cache in ``RUN/
 ``--event K`` picks one event. Every input is loaded and analyzed before anything is written, so a
 bad input leaves no output file; ``--out`` is written atomically. Warnings (a run's missing or
 corrupt event file, an unwritable cache) are printed as ``masktopo: warning: ...`` lines.
+
+The output is one table with two kinds of rows, told apart by the ``level`` column: ``layer``
+rows (the layer table of :func:`masktopo.analysis.analyze`) and ``network`` rows (the network row
+of :func:`masktopo.analysis.aggregate`, ``layer`` reading ``(network)``; ``--no-network`` leaves
+them out). Filter on ``level`` before summing over rows. Columns that hold a different quantity on
+network rows have their own name there (``ramanujan_fraction``, ``n_layers``). The text table
+(``--format table``, the default on stdout) shows the main columns that fit the terminal and says
+which it left out; ``--columns`` picks columns for every format (``all``: every column).
 """
 
 from __future__ import annotations
@@ -31,18 +39,26 @@ from masktopo.options import (
 from ._output import (
     add_config_arguments,
     add_progress,
+    compile_notice,
+    fit_table,
+    frame_rows,
     json_records,
+    note,
     print_config,
-    render_frame,
+    render_markdown,
     render_rows,
     require_events,
     require_stdout,
     show_progress,
+    terminal_width,
     write_stdout,
 )
 
-FORMATS = ("table", "csv", "json", "parquet")
-_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("table", "csv", "json", "parquet", "markdown")
+_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+                   ".md": "markdown"}  # fmt: skip
+#: Formats that hold every column unless ``--columns`` says otherwise.
+MACHINE_FORMATS = ("csv", "json", "parquet")
 
 #: Columns of the text table when ``--metrics`` is not given (those present are shown).
 TABLE_COLUMNS = (
@@ -61,7 +77,12 @@ TABLE_COLUMNS = (
     "normalized_spectral_gap",
     "reason",
 )
+#: Columns the text table always shows (the rows' keys), however narrow the terminal.
+KEY_COLUMNS = ("file", "event", "step", "layer")
+#: The ``layer`` label of the network rows (:data:`masktopo.analysis.metrics.NETWORK`).
 NETWORK_LAYER = "(network)"
+#: Columns that describe a row, before the metrics (in this order).
+_LEAD = ("file", "event", "step", "epoch", "event_kind", "level", "layer", "layer_kind", "shape")
 
 #: Show a progress bar for a single file when its masks have at least this many entries in all.
 LARGE_MASKSET = 5_000_000
@@ -74,12 +95,18 @@ class AnalyzeConfig:
     (:class:`masktopo.options.Options`, :class:`masktopo.options.RunOptions`)."""
 
     metrics: tuple[str, ...] | None = option(
-        None, "metrics to compute, comma or space separated; put it after the PATHs. See "
+        None, "metrics to compute, comma separated (repeat the flag to add more); see "
         "--list-metrics", default_text="all")  # fmt: skip
+    columns: tuple[str, ...] | None = option(
+        None, "columns to output, comma separated, in this order; 'all' for every column",
+        default_text="csv/json/parquet: every column; table: the main ones that fit the "
+        "terminal; markdown: the main ones")  # fmt: skip
     weights: bool = option(True, "use the files' weights for the weighted metrics",
                            negative="--no-weights",
                            negative_help="ignore weights; no weighted metrics")  # fmt: skip
-    format: str | None = option(None, "output format", choices=FORMATS, usage_choices=True,
+    format: str | None = option(None, "output format: table (aligned text for a terminal), csv, "
+                                "json, parquet (needs --out) or markdown", choices=FORMATS,
+                                usage_choices=True,
                                 default_text="from the --out suffix, else table")  # fmt: skip
     device: str | None = option(None, "where to compute", choices=("cpu", "cuda"),
                                 usage_choices=True, default_text="cpu")  # fmt: skip
@@ -97,8 +124,9 @@ class AnalyzeConfig:
     imdb: str = same_as(Options, "imdb")
     narc: str = same_as(Options, "narc")
     allow_empty: bool = same_as(Options, "allow_empty")
-    network: bool = option(True, "append the '(network)' row", negative="--no-network",
-                           negative_help="do not append the '(network)' row")  # fmt: skip
+    network: bool = option(True, "append the network rows (level 'network')",
+                           negative="--no-network",
+                           negative_help="only the layer rows: no network row")  # fmt: skip
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -108,9 +136,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "Load each PATH (a .safetensors/.npz mask file, a PyTorch checkpoint or a run "
             "directory), turn every layer mask into a bipartite graph and compute its metrics. "
-            "One row per layer, plus one '(network)' row per file. A run directory gives these "
-            "rows for every mask event (cached in RUN/analysis/, so a second call computes only "
-            "new events), or for one event with --event."
+            "One row per layer (level 'layer'), plus one network row per file (level 'network', "
+            "layer '(network)'). A run directory gives these rows for every mask event (cached "
+            "in RUN/analysis/, so a second call computes only new events; 'event' is the unique "
+            "key of an event, 'step' is not), or for one event with --event. Options that take "
+            "lists take one comma-separated value (--metrics mu0,mu_hat) and may be repeated."
         ),
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="mask files or run directories")
@@ -169,14 +199,15 @@ def _empty_layers(maskset) -> list[str]:
 
 def _analyze_run(path, cfg, metrics: list[str] | None, show: bool):
     """Every (or every K-th) event of a run directory, with its network rows."""
-    from masktopo.analysis.runs import NETWORK, analyze_run
+    from masktopo.analysis.runs import NETWORK_ONLY, analyze_run
 
     df = analyze_run(path, weights=cfg.weights, metrics=metrics, device=cfg.device,
                      route=cfg.route, progress=show, every=cfg.every, cache=cfg.cache,
                      **_graph(cfg))  # fmt: skip
     require_events(df, path)
     if not cfg.network:
-        df = df[df["layer"] != NETWORK].reset_index(drop=True)
+        df = df[df["level"] == "layer"].drop(columns=[c for c in NETWORK_ONLY if c in df])
+        df = df.reset_index(drop=True)
     return df
 
 
@@ -215,21 +246,41 @@ def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress:
                             allow_empty=cfg.allow_empty, **_graph(cfg))  # fmt: skip
 
 
-def _with_network_row(df, network: dict):
-    """``df`` with the network row appended; integer-only new columns (``n_layers``) stay Int64."""
+def _with_network_row(df, network: dict | None):
+    """The layer table ``df`` of one mask file with its ``level`` column, and its network row
+    (:func:`masktopo.analysis.aggregate`) appended unless ``network`` is None; columns in the
+    order of a run's table, one dtype each (counts ``Int64``, ``is_ramanujan`` ``boolean``)."""
     import pandas as pd
 
-    network = {**network, "layer": NETWORK_LAYER}
-    out = pd.concat([df, pd.DataFrame([network])], ignore_index=True)
-    for key, value in network.items():
-        if key not in df.columns and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = out[key].astype("Int64")
-    return out
+    from masktopo.analysis.metrics import INT_METRICS
+
+    df = df.copy()
+    df.insert(0, "level", "layer")
+    out = df if network is None else pd.concat([df, pd.DataFrame([network])], ignore_index=True)
+    for col in (*INT_METRICS, "n_layers"):
+        if col in out:
+            out[col] = out[col].astype("Int64")
+    if "is_ramanujan" in out:
+        out["is_ramanujan"] = out["is_ramanujan"].astype("boolean")
+    return out[_ordered(out.columns)]
+
+
+def _ordered(columns) -> list[str]:
+    """Row labels first, then the metrics (the network-only ``ramanujan_fraction`` right after
+    ``is_ramanujan``), then ``n_layers`` and ``reason``, then anything else in its order."""
+    columns = list(columns)
+    lead = [c for c in _LEAD if c in columns]
+    tail = [c for c in ("n_layers", "reason") if c in columns]
+    rest = [c for c in columns if c not in lead and c not in tail and c != "ramanujan_fraction"]
+    if "ramanujan_fraction" in columns:
+        at = rest.index("is_ramanujan") + 1 if "is_ramanujan" in rest else len(rest)
+        rest.insert(at, "ramanujan_fraction")
+    return [*lead, *rest, *tail]
 
 
 def _for_parquet(df):
     """A copy whose mixed columns have one Arrow type: numbers and bools together become float
-    (the network row's ``is_ramanujan`` is the fraction of Ramanujan layers)."""
+    (event scalars that some events record as bools and others as numbers)."""
     import numbers
 
     import pandas as pd
@@ -267,6 +318,7 @@ def analyze_paths(args, cfg, metrics: list[str] | None):
     # Every input is read and checked before any is analyzed: a run's analysis writes its cache,
     # which a bad input further on must not leave behind.
     loaded = [_in_context(path, _read_input, path, cfg) for path in paths]
+    compile_notice(show)  # the first analysis after an install compiles the kernels (~30 s)
     frames = []
     bar = tqdm(paths, desc="files", unit="file", file=sys.stderr, disable=not (show and several))
     for path, ms in zip(bar, loaded, strict=True):
@@ -275,8 +327,8 @@ def analyze_paths(args, cfg, metrics: list[str] | None):
             df = _in_context(path, _analyze_run, path, cfg, metrics, show)
         else:
             df = _in_context(path, _analyze_one, path, ms, cfg, metrics, show, args.progress)
-        if cfg.network and not whole_run:
-            df = _with_network_row(df, analysis.aggregate(df))
+        if not whole_run:
+            df = _with_network_row(df, analysis.aggregate(df) if cfg.network else None)
         if several:
             df.insert(0, "file", str(path))
         frames.append(df)
@@ -284,19 +336,63 @@ def analyze_paths(args, cfg, metrics: list[str] | None):
     return pd.concat(frames, ignore_index=True) if several else frames[0]
 
 
-def render(df, fmt: str, metrics: list[str] | None) -> str:
-    """Text of the table, csv or json output."""
+def select_columns(df, fmt: str, columns: tuple[str, ...] | None, metrics: list[str] | None):
+    """``(columns, fit)``: the columns to output, in order, and whether the text table fits
+    them to the terminal (only the default selection of ``--format table`` is fitted).
+
+    ``--columns`` picks them for every format (``all``: every column); else csv, json and
+    parquet get every column, and the text formats the main ones (:data:`TABLE_COLUMNS`, or the
+    row keys, ``shape``, the ``--metrics`` and ``reason``).
+
+    Raises
+    ------
+    UnknownNameError
+        For a ``--columns`` name that is not a column of the table (listing those that are).
+    """
+    if columns is not None and "all" in columns:
+        return list(df.columns), False
+    if columns is not None:
+        from masktopo.errors import UnknownNameError
+
+        for name in columns:
+            if name not in df.columns:
+                raise UnknownNameError("column", name, ["all", *df.columns])
+        return list(columns), False
+    if fmt in MACHINE_FORMATS:
+        return list(df.columns), False
+    wanted = TABLE_COLUMNS if metrics is None else (*KEY_COLUMNS, "shape", *metrics, "reason")
+    return [c for c in wanted if c in df.columns], fmt == "table"
+
+
+def render(df, fmt: str, metrics: list[str] | None, columns: tuple[str, ...] | None = None,
+           width: int | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """``(text, hidden)``: the table, csv, json or markdown output of ``df`` and the columns the
+    text table left out to fit ``width`` characters (None: no limit)."""
+    cols, fit = select_columns(df, fmt, columns, metrics)
     if fmt == "csv":
-        return df.to_csv(index=False)
+        return df[cols].to_csv(index=False), []
     if fmt == "json":
         import json
 
-        return json.dumps(json_records(df), indent=2) + "\n"
-    if metrics is None:
-        columns = TABLE_COLUMNS
-    else:
-        columns = ("file", "event", "step", "layer", "shape", *metrics, "reason")
-    return render_frame(df, columns) + "\n"
+        return json.dumps(json_records(df[cols]), indent=2) + "\n", []
+    header, rows = frame_rows(df, cols)
+    if fmt == "markdown":
+        return render_markdown(header, rows) + "\n", []
+    if not fit:
+        return render_rows(header, rows) + "\n", []
+    text, hidden = fit_table(header, rows, width, keep=KEY_COLUMNS)
+    return text + "\n", hidden
+
+
+def hidden_note(hidden: list[str], width: int | None,
+                how: str = "--columns all, or --format csv") -> None:  # fmt: skip
+    """Say on stderr, in one line, which columns the text table left out to fit ``width`` and
+    ``how`` to get every column."""
+    if hidden:
+        note(
+            f"{len(hidden)} column(s) left out to fit {width} terminal columns "
+            f"({', '.join(hidden)}); every column: {how}"
+        )
 
 
 def run(args) -> int:
@@ -329,12 +425,14 @@ def run(args) -> int:
     from masktopo.files import atomic_write, atomic_write_bytes
 
     if fmt == "parquet":
-        table = _for_parquet(df)
+        table = _for_parquet(df[select_columns(df, fmt, cfg.columns, metrics)[0]])
         atomic_write(Path(args.out), lambda f: table.to_parquet(f, index=False))
         return 0
-    text = render(df, fmt, metrics)
+    width = terminal_width() if args.out is None else None
+    text, hidden = render(df, fmt, metrics, cfg.columns, width)
     if args.out is None:
         write_stdout(text)
     else:
         atomic_write_bytes(Path(args.out), text.encode("utf-8"))
+    hidden_note(hidden, width)
     return 0

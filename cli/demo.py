@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._output import render_frame, render_rows
-from .analyze import TABLE_COLUMNS
+from ._output import compile_notice, fit_table, frame_rows, render_rows, terminal_width
+from .analyze import KEY_COLUMNS, TABLE_COLUMNS, hidden_note
 
 FILE_NAME = "demo-resnet18-erk.safetensors"
 
@@ -48,11 +48,23 @@ def run(args) -> int:
     sys.stdout.flush()
 
     loaded = store.load(path)
+    compile_notice(_stderr_is_terminal())
     df = analysis.analyze(loaded)
-    print(render_frame(df, TABLE_COLUMNS))
+    width = terminal_width()
+    text, hidden = fit_table(*frame_rows(df, TABLE_COLUMNS), width, keep=KEY_COLUMNS)
+    print(text)
     network = analysis.aggregate(df)
-    rows = [(k, v) for k, v in network.items() if k not in ("layer", "reason")]
+    rows = [(k, v) for k, v in network.items() if k not in ("level", "layer", "reason")]
     print("\nnetwork (aggregated over layers):")
     print(render_rows(("metric", "value"), rows))
     print(f"\nnext: masktopo analyze {path} --format csv --out metrics.csv")
+    sys.stdout.flush()
+    hidden_note(hidden, width, f"masktopo analyze {path} --columns all")
     return 0
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -4,6 +4,11 @@ masktopo``).
 Exit codes: 0 on success, 2 on a user error (a :class:`~masktopo.errors.MaskTopoError`, an
 unreadable or unwritable file, a usage error), 130 when interrupted. A user error prints one line,
 ``masktopo: error: <message>``, on stderr and never a traceback.
+
+The first analysis after an install compiles the spectral kernel (numba, about 30 s): the commands
+that analyze say so once on stderr (``masktopo: note: compiling the spectral kernel, ...``) when
+numba's cache is cold and stderr is a terminal (or ``--progress`` is given); ``analyze`` and
+``demo`` say it where their analysis starts, the others before they run.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ from masktopo import __version__
 from masktopo.errors import MaskTopoError
 
 from . import analyze, demo, info, pags, plot, report, train
-from ._output import warning_printer
+from ._output import compile_notice, show_progress, warning_printer
 
 #: The subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (analyze, info, pags, train, plot, report, demo)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: Commands that run the compiled spectral kernel and are noticed here, before they run (analyze
+#: and demo give the notice themselves, once their inputs are read).
+COMPILING = ("plot", "report", "pags")
+#: Flags that make a command list or print something instead of working.
+_NO_WORK = ("list_methods", "list_metrics", "print_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +70,11 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def _shows_progress(args) -> bool:
+    """The progress rule (``--progress``, or stderr a terminal) for any command's ``args``."""
+    return show_progress(argparse.Namespace(progress=getattr(args, "progress", False)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``masktopo`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
@@ -69,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # several), one line each, a repeated one once.
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = warning_printer()
+            if args.command in COMPILING and not any(getattr(args, a, False) for a in _NO_WORK):
+                compile_notice(_shows_progress(args))
             return int(args.run(args) or 0)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)

@@ -18,7 +18,7 @@ import sys
 from masktopo import __version__
 from masktopo.options import gather
 
-from ._output import add_config_arguments, add_progress, print_config, render_rows, show_progress
+from ._output import add_config_arguments, add_progress, plain_text, print_config, show_progress
 
 _DESCRIPTION = """\
 Train a sparse network with a sparsification method and record every mask change into a run
@@ -30,32 +30,72 @@ batch is split across K processes and the masks stay identical on every rank."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from masktopo.options import add_arguments
+    import shutil
+    import textwrap
+
+    from masktopo.options import add_arguments, settable_help
     from masktopo.trainer.config import TrainConfig
 
+    width = max(shutil.get_terminal_size().columns - 2, 40)
+    by_method = textwrap.fill("Defaults shown as \"the method's\" depend on --method: 'masktopo "
+                              "train --list-methods' lists every method's.", width)  # fmt: skip
     p = subparsers.add_parser(
         "train",
         help="train a sparse network, recording every mask",
         description=_DESCRIPTION,
+        epilog=f"{settable_help(TrainConfig, width=width)}\n\n{by_method}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p, TrainConfig)  # every option with a flag, declared in TrainConfig
-    add_config_arguments(p, "train", "the run directory to create (new or empty)")
+    add_config_arguments(p, "train", "the run directory to create (new or empty; required to "
+                         "train)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
     add_progress(p)
-    p.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    p.add_argument("--list-methods", action="store_true",
+                   help="list the methods with all their defaults and exit")  # fmt: skip
     return p
 
 
-def list_methods() -> str:
+def _setting(value) -> str:
+    """A default as ``--set`` writes it (TOML): ``true``, ``0.5``, ``erk``; ``none`` when unset."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_setting(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def describe_method(cls) -> str:
+    """One method's description as plain text: its ``summary``, else the first paragraph of its
+    docstring (reST markup removed)."""
+    text = cls.summary or (cls.__doc__ or "").strip().split("\n\n")[0]
+    return plain_text(text)
+
+
+def list_methods(width: int | None = None) -> str:
+    """Every method: its name and plain-text description, then every default it sets for the
+    method-specific options (``name=value``), wrapped to ``width`` (default: the terminal's)."""
+    import shutil
+    import textwrap
+
     from masktopo.trainer.methods import METHODS
 
-    rows = []
+    if width is None:
+        width = max(shutil.get_terminal_size().columns, 60)
+    pad = max(len("method"), *(len(n) for n in METHODS)) + 2
+    lines = ["method".ljust(pad) + "description; defaults of the method-specific options"]
     for name, cls in METHODS.items():
-        dt = cls.defaults.get("update_interval")
-        growth = cls.defaults.get("growth")
-        rows.append((name, "" if dt is None else dt, growth or "", cls.summary))
-    return render_rows(("name", "delta_T", "growth", "description"), rows)
+        lines += textwrap.wrap(describe_method(cls), width, initial_indent=name.ljust(pad),
+                               subsequent_indent=" " * pad) or [name]  # fmt: skip
+        defaults = ", ".join(f"{k}={_setting(v)}" for k, v in cls.defaults.items())
+        if defaults:
+            lines += textwrap.wrap("defaults: " + defaults, width, initial_indent=" " * pad,
+                                   subsequent_indent=" " * (pad + 2), break_on_hyphens=False)  # fmt: skip
+    lines.append("")
+    lines.append("Any default is overridden with its flag or --set NAME=VALUE.")
+    return "\n".join(lines)
 
 
 def _summary(result) -> str:

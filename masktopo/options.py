@@ -58,6 +58,7 @@ __all__ = [
     "SetupOptions",
     "Spec",
     "add_arguments",
+    "add_list_argument",
     "check_bounds",
     "check_value",
     "fields",
@@ -69,6 +70,7 @@ __all__ = [
     "parse_sets",
     "read_toml",
     "same_as",
+    "settable_help",
     "to_dict",
     "to_toml",
     "tomllib",
@@ -115,8 +117,9 @@ class Spec:
     usage_bounds : bool
         Check the bounds of a number in the parser itself (argparse's usage error).
     comma_list : bool
-        For a list of names: split each value at commas too (``--metrics a,b c``); False keeps
-        every value whole (labels).
+        For a list of names in a config file or ``--set``: split each item at commas (and
+        spaces) too; False keeps every item whole (labels). On the command line a list option
+        always takes one comma-separated value per flag (:func:`add_arguments`).
     """
 
     help: str
@@ -469,6 +472,65 @@ def _argparse_type(f: _Field) -> Callable[[str], Any]:
     return {"int": integer, "float": number, "floats": numbers}.get(f.kind, str)
 
 
+def _split_list(
+    known: Iterable[str] | None = None, split: bool = True
+) -> Callable[[str], list[str]]:
+    """The argparse type of a list of names: one value split at commas (``mu0,mu_hat``), each
+    name checked against ``known`` (when given) in the parser; ``split=False`` (a list of free
+    texts: labels) takes the value whole, one item per flag."""
+    known = None if known is None else tuple(known)
+
+    def names(text: str) -> list[str]:
+        if not split:
+            return [text]
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+        for item in items:
+            if known is not None and item not in known:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {item!r} (choose from {', '.join(known)})"
+                )
+        return items
+
+    return names
+
+
+def add_list_argument(
+    parser: argparse.ArgumentParser,
+    *flags: str,
+    dest: str,
+    help: str,
+    metavar: str = "NAME",
+    choices: Iterable[str] | None = None,
+    split: bool = True,
+) -> argparse.Action:
+    """Add a list flag the way :func:`add_arguments` declares list options: one value per flag,
+    comma separated (``--metric a,b``; ``split=False``: taken whole, for free texts), the flag
+    repeated to add more, the names checked against ``choices`` by the parser. It never takes
+    the positional arguments after it. The value is a list (None when the flag is not given).
+
+    For commands that declare a list flag by hand (``add_list_argument(p, "--metric",
+    "--metrics", dest="metrics", help=...)``).
+    """
+    return parser.add_argument(*flags, dest=dest, action="extend", default=None,
+                               type=_split_list(choices, split),
+                               metavar=f"{metavar}[,...]" if split else metavar,
+                               help=help)  # fmt: skip
+
+
+def _metavar(f: _Field) -> str:
+    """The value's name in ``--help``: the declared one; else the known names when there are few
+    (``{sgd,adamw}``); else the field's name in capitals."""
+    if f.spec.metavar:
+        return f.spec.metavar
+    if f.spec.choices is not None and not callable(f.spec.choices):
+        known = f.spec.known()
+        if known and len(known) <= 8:
+            return "{" + ",".join(known) + "}"
+    return f.name.upper()
+
+
 def _default_text(f: _Field) -> str:
     if f.spec.default_text is not None:
         return f.spec.default_text
@@ -493,8 +555,11 @@ def add_arguments(
     the fields added.
 
     Every flag's default is None (not given), so that :func:`gather` knows which values came from
-    the command line; its help ends with the option's default. A list of names (``tuple[str,
-    ...]``) takes one or more values, space or comma separated, and the flag may be repeated.
+    the command line; its help ends with the option's default. A list (``tuple[str, ...]``,
+    ``tuple[float, ...]``) takes exactly one value per flag, comma separated (``--metrics
+    mu0,mu_hat``), and the flag may be repeated to add more (``--metrics mu0 --metrics
+    mu_hat``): a list flag never takes the positional arguments that follow it. A list of free
+    texts (``comma_list=False``: labels) takes one item per flag, commas included.
     """
     skip = set(exclude)
     keep = None if only is None else set(only)
@@ -512,27 +577,61 @@ def add_arguments(
                 parser.add_argument(*f.flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                     default=None, help=help_text)  # fmt: skip
         elif f.kind == "strs":
-            parser.add_argument(*f.flags, dest=f.name, nargs="+", action="extend", default=None,
-                                metavar=f.spec.metavar or "NAME", help=help_text,
-                                **({"choices": f.spec.known()} if f.spec.usage_choices else {}))  # fmt: skip
+            add_list_argument(parser, *f.flags, dest=f.name, help=help_text,
+                              metavar=f.spec.metavar or "NAME",
+                              choices=f.spec.known() if f.spec.usage_choices else None,
+                              split=f.spec.comma_list)  # fmt: skip
+        elif f.kind == "floats":
+            parser.add_argument(*f.flags, dest=f.name, action="extend", type=_argparse_type(f),
+                                default=None, metavar=f"{f.spec.metavar or 'X'}[,...]",
+                                help=help_text)  # fmt: skip
         elif f.spec.usage_choices:
             parser.add_argument(*f.flags, dest=f.name, choices=f.spec.known(), default=None,
                                 help=help_text)  # fmt: skip
         else:
-            metavar = f.spec.metavar or f.name.upper()
             parser.add_argument(*f.flags, dest=f.name, type=_argparse_type(f), default=None,
-                                metavar=metavar, help=help_text)  # fmt: skip
+                                metavar=_metavar(f), help=help_text)  # fmt: skip
         added.append(f.name)
     return added
 
 
+def settable_help(cls: type, *, width: int | None = None, exclude: Iterable[str] = ()) -> str:
+    """The options of ``cls`` that have no flag, as text for the end of ``--help``: one line
+    each, ``name  help (default: ...)`` with the default in TOML syntax (what ``--set`` takes),
+    wrapped to ``width`` (default: the terminal's); they are set with ``--set NAME=VALUE`` or
+    in ``--config FILE``. Empty when every option has a flag."""
+    import shutil
+    import textwrap
+
+    rows = [f for f in fields(cls) if not f.flags and f.name not in set(exclude)]
+    if not rows:
+        return ""
+    if width is None:
+        width = max(shutil.get_terminal_size().columns - 2, 40)
+    pad = min(max(len(f.name) for f in rows) + 4, 24)
+    lines = ["options without a flag (--set NAME=VALUE, or a --config FILE):"]
+    for f in rows:
+        head = f"  {f.name}"
+        if len(head) + 2 > pad:  # a long name: its text starts on the next line
+            lines.append(head)
+            head = ""
+        default = f.spec.default_text
+        if default is None:
+            default = "unset" if f.default is None else _toml_value(f.default)
+        text = f"{f.spec.help} (default: {default})"
+        lines += textwrap.wrap(text, width, initial_indent=head.ljust(pad),
+                               subsequent_indent=" " * pad, break_on_hyphens=False)  # fmt: skip
+    return "\n".join(lines)
+
+
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The options given as flags (those not None) in ``args``."""
-    return {
-        f.name: getattr(args, f.name)
-        for f in fields(cls)
-        if getattr(args, f.name, None) is not None
-    }
+    """The options given as flags (those not None) in ``args``; lists as tuples."""
+    out = {}
+    for f in fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def gather(
@@ -646,7 +745,9 @@ X_AXES = ("step", "epoch", "event")
 class FigureOptions:
     """How runs are drawn over training (``masktopo plot``, ``masktopo report``)."""
 
-    labels: tuple[str, ...] | None = option(None, "one label per run", metavar="LABEL",
+    labels: tuple[str, ...] | None = option(None, "one label per run, in the runs' order: "
+                                            "repeat the flag (--labels A --labels B)",
+                                            metavar="LABEL",
                                             default_text="the run folders' names",
                                             comma_list=False)  # fmt: skip
     x: str = option("step", "horizontal axis of the figures over training", choices=X_AXES,

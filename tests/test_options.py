@@ -14,12 +14,14 @@ from masktopo.options import (
     Options,
     RunOptions,
     add_arguments,
+    add_list_argument,
     check_value,
     flag_values,
     gather,
     option,
     parse_sets,
     read_toml,
+    settable_help,
     to_dict,
     to_toml,
 )
@@ -36,12 +38,20 @@ class Toy:
     points: tuple[float, ...] = option((0.5, 0.75), "some fractions")
     hidden: str = option("x", "only through --config and --set", flag=False)
     label: str | None = option(None, "a free text")
+    names: tuple[str, ...] | None = option(None, "some names", choices=("a", "b", "c"),
+                                           usage_choices=True)  # fmt: skip
+    tags: tuple[str, ...] | None = option(None, "free texts", metavar="TAG", comma_list=False)
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="toy")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    add_arguments(p, Toy)
+    return p
 
 
 def _parse(*argv):
-    p = argparse.ArgumentParser()
-    add_arguments(p, Toy)
-    return flag_values(p.parse_args(list(argv)), Toy)
+    return flag_values(_parser().parse_args(list(argv)), Toy)
 
 
 def test_flags_are_derived_with_help_and_defaults():
@@ -54,6 +64,49 @@ def test_flags_are_derived_with_help_and_defaults():
     assert _parse("--size", "4", "--no-slow", "--fast", "--points", "0.1,0.2") == {
         "size": 4, "slow": False, "fast": True, "points": (0.1, 0.2)}  # fmt: skip
     assert _parse() == {}  # nothing given: the defaults stay the config's business
+
+
+def test_list_options_take_one_comma_separated_value_and_repeat():
+    args = _parser().parse_args(["--names", "a,b", "--names", "c", "x.pt", "y.pt"])
+    assert args.paths == ["x.pt", "y.pt"]  # a list flag never swallows the PATHs after it
+    assert flag_values(args, Toy)["names"] == ("a", "b", "c")
+    assert _parse("--points", "0.1,0.2", "--points", "0.3")["points"] == (0.1, 0.2, 0.3)
+    # free texts: one item per flag, commas kept
+    assert _parse("--tags", "a, b", "--tags", "c")["tags"] == ("a, b", "c")
+    text = _parser().format_help()
+    assert "--names NAME[,...]" in text and "--tags TAG " in text and "--points X[,...]" in text
+    assert "--name {a,b}" in text  # known names instead of a bare placeholder
+
+
+def test_add_list_argument_for_hand_declared_flags(capsys):
+    p = argparse.ArgumentParser(prog="plot")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    add_list_argument(p, "--metric", "--metrics", dest="metrics", help="metrics")
+    add_list_argument(p, "--format", dest="formats", help="formats", metavar="FMT",
+                      choices=("png", "svg", "pdf"))  # fmt: skip
+    args = p.parse_args(["--metric", "mu0", "--format", "png,svg", "run/"])
+    assert args.paths == ["run/"] and args.metrics == ["mu0"] and args.formats == ["png", "svg"]
+    assert p.parse_args(["run/"]).metrics is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["run/", "--format", "png,gif"])
+    assert "invalid choice: 'gif'" in capsys.readouterr().err
+
+
+def test_list_option_names_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--names", "a,z"])
+    assert "invalid choice: 'z'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--names", ","])
+    assert "names nothing" in capsys.readouterr().err
+
+
+def test_settable_help_lists_the_options_without_a_flag_with_their_defaults():
+    text = settable_help(Toy, width=80)
+    assert text.splitlines()[0].startswith("options without a flag (--set NAME=VALUE")
+    assert "hidden" in text and '(default: "x")' in text  # the value --set takes
+    assert "--size" not in text and "size " not in text
+    assert settable_help(Options) == ""
 
 
 def test_values_are_checked_and_name_where_they_came_from(tmp_path):

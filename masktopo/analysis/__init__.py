@@ -4,10 +4,13 @@
   nodes stripped; export to networkx / python-igraph for exploration.
 - :mod:`~masktopo.analysis.spectral`: top singular values, exact in float64, batched, CPU or CUDA.
 - :mod:`~masktopo.analysis.metrics`: the registry of named layer metrics, :func:`layer_metrics`,
-  :func:`analyze` (a pandas DataFrame, one row per layer) and :func:`aggregate` (network level).
+  :func:`analyze` (the layer table: a pandas DataFrame, one row per layer, no network row) and
+  :func:`aggregate` (the network row; the fraction of Ramanujan layers is
+  ``ramanujan_fraction``). Singular values below ``1e-12·σ₁`` are reported as 0 (``SV_FLOOR``).
 - :mod:`~masktopo.analysis.runs`: :func:`analyze_run`, the metrics of every mask event of a run
-  directory in one table, cached next to the run (the one module here that reads and writes
-  files, through :mod:`masktopo.runs`).
+  directory in one table (layer and network rows, told apart by ``level``; ``level="layer"`` or
+  ``"network"`` for one of them), cached next to the run (the one module here that reads and
+  writes files, through :mod:`masktopo.runs`).
 
 Names are imported lazily (on first use).
 """

@@ -1011,3 +1011,23 @@ def unpack(packed, i):
     e0 = int(nnz_off[i])
     sl = slice(e0, e0 + int(ip[-1]))
     return data[sl], indices[sl], ip.astype(np.int32), (m, n)
+
+
+def cache_is_cold() -> bool:
+    """Whether the next call of the spectral kernel (:func:`top2_batch`) compiles it first.
+
+    numba compiles the kernels on first use and caches the result on disk (``cache=True``: in
+    the ``__pycache__`` folder next to this file, or numba's user cache folder when that one is
+    not writable). The cache is cold when it holds no build of :func:`top2_batch` for this
+    source file (its size and modification time), this numba version and this CPU, and this
+    process has not compiled or loaded it yet. Used by the command line for its one-line notice
+    (library calls say nothing); False when it cannot tell (JIT disabled, other numba internals).
+    """
+    try:
+        if top2_batch.signatures:  # already compiled or loaded by this process
+            return False
+        index = top2_batch._cache._cache_file._load_index()  # {} when missing or stale
+        magic = top2_batch.targetctx.codegen().magic_tuple()
+        return not any(key[1] == magic for key in index)
+    except Exception:  # numba internals differ: say nothing rather than fail
+        return False

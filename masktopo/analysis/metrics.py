@@ -49,6 +49,16 @@ requires both ``≥ 3``; for IMDB groups the n23 gate swaps the sides. ``mu_hat`
 active nodes on each side. A metric that is undefined is NaN (``None`` for ``is_ramanujan``) and
 the ``reason`` entry says why; it is never reported as 0.
 
+Numerical floor: a singular value below :data:`SV_FLOOR` times the largest one of its matrix
+(``|σ| < 1e-12·σ₁``) is reported as exactly 0. The engine is exact to about ``ε·σ₁`` (ε = 2.2e-16),
+so anything smaller is rounding: e.g. ``mu_hat`` of a complete bipartite layer ``K_{m,n}`` (rank
+one, σ₂ = 0) comes out of the solver as 1e-44 or so, and is reported as 0. The rule is applied
+to every spectrum (binary, weighted, normalized, each IMDB group) before the metrics are finished.
+
+Tables: :func:`analyze` gives the *layer table* (one row per layer; ``is_ramanujan`` a nullable
+boolean), :func:`aggregate` the *network row* (its own names where the meaning changes: the
+fraction of Ramanujan layers is ``ramanujan_fraction``, never ``is_ramanujan``).
+
 References
 ----------
 .. [I23] D. N. Hoang, S. Liu, R. Marculescu, Z. Wang, "Revisiting Pruning at Initialization through
@@ -126,6 +136,21 @@ def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list
         raise MaskValidationError("no metric selected")
     return names
 
+
+#: Relative floor of singular values: ``|σ| < SV_FLOOR·σ₁`` (σ₁ the largest singular value of the
+#: same matrix) is reported as 0 (module docstring, "Numerical floor").
+SV_FLOOR = 1e-12
+
+#: The ``layer`` label of a network row (the ``level`` column says ``"network"``).
+NETWORK = "(network)"
+
+#: Network columns named differently from the layer column they summarize (one meaning per
+#: column name: ``is_ramanujan`` is a layer's flag, its network summary a fraction).
+NETWORK_NAMES = {"is_ramanujan": "ramanujan_fraction"}
+
+#: Columns that label a row rather than measure it: never aggregated.
+LABEL_COLUMNS = ("file", "event", "step", "epoch", "event_kind", "level", "layer", "layer_kind",
+                 "kind", "shape", "reason")  # fmt: skip
 
 #: Earlier name of :func:`~masktopo.analysis._registry.select` (what the phases below get for a
 #: metric selection), kept for the kernel tests.
@@ -305,9 +330,43 @@ def _quantity(name: str, plan: _Plan, sv: dict[Any, np.ndarray]) -> Any:
     return sv.get(name)  # singular values, or None where no job was queued
 
 
+def floor_singular_values(sv: np.ndarray | None) -> np.ndarray | None:
+    """Singular values with every value below the numerical floor set to exactly 0.
+
+    The floor is relative: ``|σ| < SV_FLOOR·max|σ|`` (:data:`SV_FLOOR`, 1e-12), since the
+    solvers are exact to about ``ε·σ₁`` and anything smaller is rounding.
+
+    Parameters
+    ----------
+    sv : numpy.ndarray or None
+        The singular values of one matrix (any order); None where no job was queued.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``sv`` as float64 with the values below the floor replaced by 0 (``sv`` itself when
+        none is); None for None.
+
+    Examples
+    --------
+    >>> floor_singular_values(np.array([484.97, 3.9e-44])).tolist()
+    [484.97, 0.0]
+    """
+    if sv is None:
+        return None
+    v = np.asarray(sv, dtype=np.float64)
+    if v.size == 0:
+        return v
+    top = float(np.max(np.abs(v)))
+    small = np.abs(v) < SV_FLOOR * top
+    return np.where(small, 0.0, v) if small.any() else v
+
+
 def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options) -> dict[str, Any]:
-    """Every metric of the plan's selection on this layer, from its singular values ``sv``;
-    the reasons of NaN values go to ``plan.reasons``."""
+    """Every metric of the plan's selection on this layer, from its singular values ``sv``
+    (floored first: :func:`floor_singular_values`); the reasons of NaN values go to
+    ``plan.reasons``."""
+    sv = {key: floor_singular_values(values) for key, values in sv.items()}
     quantities = {q: _quantity(q, plan, sv) for q in plan.selection.quantities}
     ctx = MetricContext(plan.layer, opts, quantities, plan.reasons)
     return compute_metrics(plan.selection, ctx)
@@ -582,8 +641,11 @@ def analyze(
     Returns
     -------
     pandas.DataFrame
-        Columns ``layer``, ``kind``, ``shape`` (e.g. ``"64x3x3x3"``), the metrics, ``reason``.
-        ``df.attrs`` holds the options used. :func:`aggregate` gives the network-level row.
+        The layer table, one row per layer in the MaskSet's order (no network row:
+        :func:`aggregate` gives it). Columns ``layer`` (the name), ``layer_kind`` (``"linear"``
+        or ``"conv"``), ``shape`` (the mask's shape, a list of ints such as ``[64, 3, 3, 3]``:
+        ``[out, in, *kernel]``), the metrics (counts as ``Int64``, ``is_ramanujan`` as the
+        nullable ``boolean``, the rest float64), ``reason``. ``df.attrs`` holds the options used.
     """
     import pandas as pd
 
@@ -602,8 +664,8 @@ def analyze(
                 route=check_route(route))  # fmt: skip
     df = pd.DataFrame(rows, columns=[*names, "reason"])
     df.insert(0, "layer", list(maskset))
-    df.insert(1, "kind", [maskset.kind(n) for n in maskset])
-    df.insert(2, "shape", ["x".join(str(s) for s in maskset.shape(n)) for n in maskset])
+    df.insert(1, "layer_kind", [maskset.kind(n) for n in maskset])
+    df.insert(2, "shape", [list(maskset.shape(n)) for n in maskset])
     for col in INT_METRICS:
         if col in df:
             df[col] = df[col].astype("Int64")
@@ -615,38 +677,46 @@ def analyze(
 
 
 def aggregate(df, *, invalid: str = "skip") -> dict[str, Any]:
-    """Network-level values from a per-layer table of :func:`analyze`.
+    """The network row of a layer table of :func:`analyze`.
 
     Rules (pags-spec §3.6):
 
     * counts (``n_out``, ``n_in``, ``numel``, ``n_edges``, active counts, ``n_components``,
       ``imdb_n_groups``) are summed; ``density`` is global, ``Σ n_edges / Σ numel``;
       ``deg_out_mean`` and ``deg_in_mean`` are ``Σ n_edges / Σ n_*_active``;
-    * ``is_ramanujan`` becomes the fraction of layers that are Ramanujan: among layers where it is
-      defined (``invalid="skip"``, I23's mean over defined layers) or among all layers, undefined
-      counting as not Ramanujan (``invalid="zero"``);
+    * ``is_ramanujan`` (a layer's flag) gives ``ramanujan_fraction``, the fraction of layers that
+      are Ramanujan (:data:`NETWORK_NAMES`): among layers where it is defined (``invalid="skip"``,
+      I23's mean over defined layers) or among all layers, undefined counting as not Ramanujan
+      (``invalid="zero"``);
     * every other metric is the mean over layers: over layers where it is defined (``"skip"``), or
       over all layers with undefined values counted as 0 (``"zero"``, the N23 code's rule).
       ``full_spectrum_norm`` is always defined, so its mean is N23's network score S.
 
     These are the registry's rules (:attr:`Metric.reduce`, :attr:`Metric.integer`): a registered
     metric is summed if it is a count, else averaged, unless it brings its own rule; a column
-    that no metric owns is averaged.
+    that no metric owns is averaged. Label columns (:data:`LABEL_COLUMNS`: ``layer``,
+    ``layer_kind``, ``shape``, ``reason``, ...) are not aggregated.
 
-    Returns a dict with ``layer = "(network)"``, ``n_layers`` and one entry per metric column.
+    Returns
+    -------
+    dict
+        ``level = "network"``, ``layer = "(network)"`` (:data:`NETWORK`), ``n_layers``, one entry
+        per metric column (``ramanujan_fraction`` in place of ``is_ramanujan``) and
+        ``reason = ""``.
     """
     if invalid not in INVALID:
         raise UnknownNameError("invalid-value rule", invalid, INVALID)
-    out: dict[str, Any] = {"layer": "(network)", "n_layers": len(df)}
+    out: dict[str, Any] = {"level": "network", "layer": NETWORK, "n_layers": len(df)}
     for col in df.columns:
-        if col in ("layer", "kind", "shape", "reason", "file", "event"):
+        if col in LABEL_COLUMNS:
             continue
         m = METRICS.get(col)
         if m is not None and m.reduce is not None:  # its own rule (density, degrees, flags)
-            out[col] = m.reduce(df, col, invalid)
+            value = m.reduce(df, col, invalid)
         elif m is not None and m.integer:  # counts are summed
-            out[col] = int(df[col].sum())
+            value = int(df[col].sum())
         else:
-            out[col] = mean_over_layers(df, col, invalid)
+            value = mean_over_layers(df, col, invalid)
+        out[NETWORK_NAMES.get(col, col)] = value
     out["reason"] = ""
     return out

@@ -3,8 +3,14 @@
 :func:`analyze_run` reads a run directory (``run.json``, ``events.jsonl``, one mask file per event;
 docs/formats.md), runs :func:`~masktopo.analysis.metrics.analyze` and
 :func:`~masktopo.analysis.metrics.aggregate` on the mask set of every selected event, and returns
-one table: a row per (event, layer) and a ``"(network)"`` row per event, with the event's step,
-epoch, kind and recorded scalars (losses, accuracies, ``R_s``).
+one long table: a row per (event, layer) and a network row per event (``level`` says which:
+``"layer"`` or ``"network"``), with the event's step, epoch, kind and recorded scalars (losses,
+accuracies, ``R_s``). ``analyze_run(path, level="layer")`` and ``level="network"`` give the two
+tables apart, each with only its own columns.
+
+The ``event`` number is the unique key of an event (with ``layer``, of a layer row); ``step`` is
+not: the last update and the ``final`` event of a run, for example, share a step. Pivot or index
+on ``event``.
 
 The per-event results are cached in ``RUN/analysis/<key>.npz`` (``key`` a hash of the analysis
 options and metric list). A later call with the same options computes only the events that are not
@@ -43,15 +49,29 @@ from ..files import atomic_write
 from ..options import Options, RunOptions, grouped
 from ..runs import EVENT_FIELDS, Run, read_run
 from ..runs.layout import ANALYSIS_DIR
-from .metrics import INT_METRICS, METRICS, aggregate, analyze, resolve_metrics
+from .metrics import (
+    INT_METRICS,
+    METRICS,
+    NETWORK,
+    NETWORK_NAMES,
+    aggregate,
+    analyze,
+    resolve_metrics,
+)
 from .spectral import alone, cpu_workers
 
-__all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "NETWORK", "analyze_run"]
+__all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "LEVELS", "NETWORK", "analyze_run"]
 
 CACHE_FORMAT = "masktopo.run-analysis"
-CACHE_FORMAT_VERSION = 1
-#: The ``layer`` value of the network rows.
-NETWORK = "(network)"
+#: 2: singular values below the numerical floor are stored as 0
+#: (:data:`masktopo.analysis.metrics.SV_FLOOR`); version-1 caches are not read.
+CACHE_FORMAT_VERSION = 2
+#: What ``analyze_run(level=...)`` returns: both kinds of rows, or one table.
+LEVELS = ("all", "layer", "network")
+#: Columns only layer rows have (dropped from ``level="network"``).
+LAYER_ONLY = ("layer", "layer_kind", "shape", "is_ramanujan")
+#: Columns only network rows have (dropped from ``level="layer"``).
+NETWORK_ONLY = ("ramanujan_fraction", "n_layers")
 #: Event scalars that are always columns of the table (NaN where an event does not record them).
 SCALARS = ("density", "R_s", "train_loss", "train_acc", "val_loss", "val_acc")
 #: Value columns of the cache besides the metrics: aggregate's layer count (network rows only).
@@ -92,6 +112,8 @@ class _Result:
 
 def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
     """Metric values of event ``k``: a ``(n_layers + 1, n_columns)`` float array and the reasons.
+    The network row holds :func:`aggregate`'s values under the layer columns' names (the
+    Ramanujan fraction under ``is_ramanujan``: the cache's layout; :func:`_table` renames).
 
     Raises :class:`MaskFileError` when the event's mask file is missing or invalid.
     """
@@ -110,7 +132,7 @@ def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
         for name in names:
             j = columns.index(name)
             values[:n_layers, j] = _floats(df[name])
-            values[n_layers, j] = _float(net[name])
+            values[n_layers, j] = _float(net[NETWORK_NAMES.get(name, name)])
         reasons = [str(r) for r in df["reason"]]
     values[n_layers, columns.index("n_layers")] = n_layers
     if len(names) < len(job.names):
@@ -336,20 +358,26 @@ def _table(job: _Job, ks: list[int], results: dict[int, _Result]):
         "event": np.repeat(np.array(ks, dtype=np.int64), n),
         "step": _column(per_event("step")),
         "epoch": _column([None if v is None else float(v) for v in per_event("epoch")]),
-        "kind": per_event("kind"),
+        "event_kind": per_event("kind"),
+        "level": ["layer"] * (n - 1) + ["network"],
         "layer": [*names, NETWORK] * len(ks),
-        "kind_layer": [*(x.kind for x in layers), None] * len(ks),
-        "shape": [*("x".join(map(str, x.shape)) for x in layers), None] * len(ks),
+        "layer_kind": [*(x.kind for x in layers), None] * len(ks),
+        "shape": [*(list(x.shape) for x in layers), None] * len(ks),
     }
+    cols["level"] = cols["level"] * len(ks)
     values = (
         np.concatenate([results[k].values for k in ks]) if ks else np.zeros((0, len(job.columns)))
     )
+    is_net = np.tile(np.arange(n) == n - 1, len(ks))
     for j, name in enumerate(job.columns):
         v = values[:, j]
         if name in INT_METRICS or name == "n_layers":
-            col = pd.array(np.where(np.isnan(v), 0, v).astype(np.int64), dtype="Int64")
-            col[np.isnan(v)] = pd.NA
-            cols[name] = col
+            cols[name] = _ints(v)
+        elif name in NETWORK_NAMES:  # a layer flag; its network summary has its own column
+            flag = pd.array(np.where(np.isnan(v), False, v == 1), dtype="boolean")
+            flag[np.isnan(v) | is_net] = pd.NA
+            cols[name] = flag
+            cols[NETWORK_NAMES[name]] = np.where(is_net, v, np.nan)
         else:
             cols[name] = v
     cols["reason"] = [r for k in ks for r in results[k].reasons]
@@ -371,9 +399,29 @@ def _table(job: _Job, ks: list[int], results: dict[int, _Result]):
         elif all(v is None or isinstance(v, str | int | float | bool) for v in raw):
             cols[key] = _column([v for v in raw for _ in range(n)])
     df = pd.DataFrame(cols)
-    for key in ("kind", "layer", "kind_layer", "shape", "reason"):
+    for key in ("event_kind", "level", "layer", "layer_kind", "shape", "reason"):
         df[key] = df[key].astype(object)
     return df
+
+
+def _ints(v: np.ndarray):
+    """A float column of counts as ``Int64`` (NaN missing)."""
+    import pandas as pd
+
+    col = pd.array(np.where(np.isnan(v), 0, v).astype(np.int64), dtype="Int64")
+    col[np.isnan(v)] = pd.NA
+    return col
+
+
+def _level(df, level: str):
+    """The rows (and columns) of ``level``: both kinds, the layer table or the network table."""
+    if level == "all":
+        return df
+    keep = df["level"] == level
+    drop = ["level", *(NETWORK_ONLY if level == "layer" else LAYER_ONLY)]
+    out = df[keep].drop(columns=[c for c in drop if c in df.columns]).reset_index(drop=True)
+    out.attrs = dict(df.attrs)
+    return out
 
 
 def _density(ev: dict, names: list[str], numel: np.ndarray) -> list[float]:
@@ -404,6 +452,7 @@ def analyze_run(
     progress: bool = False,
     workers: int | None = None,
     route: str = "auto",
+    level: str = "all",
     **options: Any,
 ):
     """Graph metrics of every mask event of a run directory, incrementally cached.
@@ -426,6 +475,12 @@ def analyze_run(
         weighted columns are left out (as :func:`analyze` does).
     progress : bool
         Show a progress bar (events) on stderr.
+    level : {"all", "layer", "network"}
+        ``"all"``: the long table, layer and network rows together (``level`` column);
+        ``"layer"``: the layer table (layer rows, without ``level`` and the network-only columns
+        ``ramanujan_fraction``, ``n_layers``); ``"network"``: the network table (one row per
+        event, without ``level`` and the layer-only columns ``layer``, ``layer_kind``, ``shape``,
+        ``is_ramanujan``). The cache is the same for all three.
     workers : int, optional
         Processes analyzing events in parallel (each one whole event at a time); default
         :func:`~masktopo.analysis.spectral.cpu_workers` (``$MASKTOPO_WORKERS`` or min(2, cores)).
@@ -440,16 +495,28 @@ def analyze_run(
     Returns
     -------
     pandas.DataFrame
-        One row per (event, layer) in the layer order of ``run.json``, then one ``"(network)"``
-        row per event, sorted by event. Columns: ``event``, ``step``, ``epoch``, ``kind`` (the
-        event's), ``layer``, ``kind_layer`` (``conv``/``linear``; missing on network rows),
-        ``shape``, the metric columns (counts as ``Int64``; ``is_ramanujan`` as float: 1/0 on
-        layer rows, the Ramanujan fraction on network rows), ``n_layers`` (network rows),
-        ``reason``, then the event's scalars: ``density`` (the layer's on layer rows, the
-        network's on network rows), ``R_s``, ``train_loss``, ``train_acc``, ``val_loss``,
-        ``val_acc`` (always present, NaN where the event did not record them) and any other
-        scalar of events.jsonl; per-layer records such as ``drop`` and ``grow`` give the layer's
-        value on layer rows and the sum on network rows.
+        Per event (ascending ``event``), one row per layer in the layer order of ``run.json``,
+        then the network row. ``event`` is the unique key of an event; ``step`` is not unique
+        (two events may share a step: the last update and ``final``). Columns:
+
+        * ``event`` (int), ``step`` (``Int64``), ``epoch`` (float), ``event_kind`` (the event's
+          ``kind`` in events.jsonl: ``init``, ``update``, ``prune``, ``final``, ...);
+        * ``level``: ``"layer"`` or ``"network"`` (filter on it before summing over rows);
+        * ``layer`` (the layer's name; ``"(network)"`` on network rows), ``layer_kind``
+          (``conv``/``linear``), ``shape`` (a list of ints, ``[out, in, *kernel]``): missing on
+          network rows;
+        * the metric columns: counts as ``Int64`` (summed on network rows), ``is_ramanujan`` as
+          the nullable ``boolean`` (layer rows; missing on network rows), the rest float64 (the
+          network rule of :func:`~masktopo.analysis.metrics.aggregate`);
+        * ``ramanujan_fraction`` (the fraction of Ramanujan layers) and ``n_layers``: network
+          rows only;
+        * ``reason``, then the event's scalars: ``density`` (the layer's on layer rows, the
+          network's on network rows), ``R_s``, ``train_loss``, ``train_acc``, ``val_loss``,
+          ``val_acc`` (always present, NaN where the event did not record them) and any other
+          scalar of events.jsonl; per-layer records such as ``drop`` and ``grow`` give the
+          layer's value on layer rows and the sum on network rows.
+
+        With ``level="layer"`` or ``"network"``, only those rows and their columns.
 
         ``df.attrs`` holds ``run``, ``options``, ``weighted``, ``events`` (the events in the
         table), ``computed`` and ``cached`` (which of them were computed by this call or read
@@ -478,9 +545,15 @@ def analyze_run(
     Examples
     --------
     >>> df = analyze_run("runs/rigl-r18", every=10)  # doctest: +SKIP
-    >>> net = df[df.layer == "(network)"]  # doctest: +SKIP
+    >>> net = df[df.level == "network"]  # doctest: +SKIP
     >>> net.plot(x="step", y="ramanujan_gap")  # doctest: +SKIP
+    >>> layers = analyze_run("runs/rigl-r18", every=10, level="layer")  # doctest: +SKIP
+    >>> layers.pivot(index="event", columns="layer", values="ramanujan_gap")  # doctest: +SKIP
     """
+    if level not in LEVELS:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError("level", level, LEVELS)
     graph, selection = grouped(options, Options, RunOptions)
     opts = dataclasses.replace(graph, allow_empty=True)
     every, cache = selection.every, selection.cache
@@ -557,7 +630,7 @@ def analyze_run(
         bad_events=bad,
         skipped_lines=[{"line": i, "problem": p} for i, p in run.skipped],
     )
-    return df
+    return _level(df, level)
 
 
 def _positive(what: str, value) -> int:

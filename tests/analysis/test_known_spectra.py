@@ -136,6 +136,45 @@ def test_complete_bipartite(metrics, a, b):
         assert math.isnan(r["narc"])
 
 
+@pytest.mark.parametrize(("a", "b"), [(4, 4), (5, 12), (64, 27), (300, 784)])
+@pytest.mark.parametrize("route", ["auto", "batched"])
+def test_complete_bipartite_sigma2_below_the_floor_is_exactly_zero(a, b, route):
+    """K_{m,n} has rank one: σ₂ = 0 exactly. The solvers give rounding (1e-44 for K_{300,784}),
+    reported as 0 by the floor |σ| < 1e-12·σ₁ (masktopo.analysis.metrics.SV_FLOOR), in every
+    spectrum: binary, weighted (rank-one weights), normalized, IMDB groups."""
+    from masktopo.analysis import analyze, layer_metrics
+    from masktopo.analysis.metrics import SV_FLOOR
+    from masktopo.masks import MaskSet
+
+    assert SV_FLOOR == 1e-12
+    mask = torch.ones(a, b, dtype=torch.bool)
+    weight = torch.full((a, b), 0.3, dtype=torch.float64)
+    r = layer_metrics(mask, weight, route=route)
+    assert r["mu_hat"] == 0.0 and r["weighted_mu_hat"] == 0.0  # exactly, not a denormal
+    assert r["spectral_gap"] == r["mu0"] == pytest.approx(math.sqrt(a * b), rel=1e-12)
+    assert r["weighted_spectral_gap"] == r["weighted_mu0"]
+    assert r["normalized_spectral_gap"] == 1.0
+    bound = math.sqrt(a - 1) + math.sqrt(b - 1)
+    assert r["ramanujan_gap"] == bound  # bound − 0
+    if a >= 3 and b > 1:  # the one IMDB group is K_{a,b} itself: its σ₂ is floored too
+        assert r["imdb_ramanujan_gap"] == pytest.approx(max(a, b) / (a + b - 1) * bound)
+    df = analyze(MaskSet({"k.weight": mask}), route=route)
+    assert df.loc[0, "mu_hat"] == 0.0
+
+
+def test_floor_keeps_values_above_it_and_scales_with_sigma1():
+    from masktopo.analysis.metrics import floor_singular_values
+
+    assert floor_singular_values(None) is None
+    assert floor_singular_values(np.array([484.97, 3.9e-44])).tolist() == [484.97, 0.0]
+    big = 1e20
+    assert floor_singular_values(np.array([big, 2e7])).tolist() == [big, 0.0]  # 2e7 < 1e-12·1e20
+    kept = np.array([1.0, 2e-12])  # just above the floor: untouched
+    assert floor_singular_values(kept).tolist() == [1.0, 2e-12]
+    assert floor_singular_values(np.array([1e-30, 1e-31])).tolist() == [1e-30, 1e-31]  # relative
+    assert floor_singular_values(np.zeros(2)).tolist() == [0.0, 0.0]
+
+
 @pytest.mark.parametrize(("a", "b"), [(3, 3), (4, 6), (5, 3)])
 def test_complete_bipartite_i23_variants(metrics, a, b):
     B = np.ones((a, b))

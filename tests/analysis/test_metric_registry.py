@@ -87,7 +87,7 @@ def test_metric_from_metrics_appears_everywhere(registered):
     assert df["mu_ratio"].tolist() == pytest.approx(want, abs=1e-12)
     assert df["mu_ratio"].tolist() == pytest.approx((df["mu_hat"] / df["mu0"]).tolist())
     only = analyze(ms, metrics="mu_ratio")
-    assert list(only.columns) == ["layer", "kind", "shape", "mu_ratio", "reason"]
+    assert list(only.columns) == ["layer", "layer_kind", "shape", "mu_ratio", "reason"]
     assert only["mu_ratio"].tolist() == df["mu_ratio"].tolist()
 
     assert layer_metrics(ms["a.weight"], metrics=["mu_ratio"])["mu_ratio"] == df["mu_ratio"][0]
@@ -267,7 +267,10 @@ def test_aggregate_rules_unchanged():
     assert net["n_edges"] == 12 + 4 + 20 and net["density"] == pytest.approx(36 / (30 + 20))
     assert net["deg_out_mean"] == pytest.approx(36 / (5 + 4))
     flags = df["is_ramanujan"].dropna().astype(bool)
-    assert net["is_ramanujan"] == pytest.approx(float(flags.mean()))
+    # the network's fraction of Ramanujan layers has its own name: one meaning per column name
+    assert net["ramanujan_fraction"] == pytest.approx(float(flags.mean()))
+    assert "is_ramanujan" not in net
+    assert net["level"] == "network" and net["layer"] == "(network)"
     extra = df.assign(val_acc=[0.5, np.nan])  # a column no metric owns: the mean
     assert aggregate(extra)["val_acc"] == 0.5
     assert aggregate(extra, invalid="zero")["val_acc"] == 0.25

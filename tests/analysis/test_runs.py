@@ -111,18 +111,23 @@ def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_table_matches_analyze_and_aggregate(run5):
     df = analyze_run(run5, workers=1, cache=False)
     run = runs.read_run(run5)
-    fixed = ["event", "step", "epoch", "kind", "layer", "kind_layer", "shape"]
-    assert list(df.columns[:7]) == fixed
-    assert list(df.columns[7 : 7 + len(metric_names())]) == metric_names()
-    assert df.columns[7 + len(metric_names()) : 9 + len(metric_names())].tolist() == [
+    fixed = ["event", "step", "epoch", "event_kind", "level", "layer", "layer_kind", "shape"]
+    assert list(df.columns[:8]) == fixed
+    names = metric_names()
+    at = names.index("is_ramanujan") + 1  # the network's fraction right after the layer flag
+    metric_cols = [*names[:at], "ramanujan_fraction", *names[at:]]
+    assert list(df.columns[8 : 8 + len(metric_cols)]) == metric_cols
+    assert df.columns[8 + len(metric_cols) : 10 + len(metric_cols)].tolist() == [
         "n_layers",
         "reason",
     ]
+    assert "kind" not in df.columns and "kind_layer" not in df.columns  # one meaning per name
     for col in ("R_s", "train_loss", "train_acc", "val_loss", "val_acc", "drop"):
         assert col in df.columns
     assert len(df) == 5 * (len(LAYERS) + 1)
     assert df["event"].tolist() == [k for k in range(5) for _ in range(len(LAYERS) + 1)]
     assert df["layer"].tolist() == [*LAYERS, NETWORK] * 5
+    assert df["level"].tolist() == [*["layer"] * len(LAYERS), "network"] * 5
     assert df.attrs["events"] == list(range(5)) and df.attrs["bad_events"] == []
     assert df.attrs["weighted"] is True and df.attrs["cache"] is None
 
@@ -141,8 +146,9 @@ def test_table_matches_analyze_and_aggregate(run5):
                 rtol=1e-12,
                 err_msg=f"event {k} {name}",
             )
-            assert math.isclose(float(netrow[name]), float(net[name]), rel_tol=1e-12) or (
-                math.isnan(float(netrow[name])) and math.isnan(float(net[name]))
+            on_net = "ramanujan_fraction" if name == "is_ramanujan" else name
+            assert math.isclose(float(netrow[on_net]), float(net[on_net]), rel_tol=1e-12) or (
+                math.isnan(float(netrow[on_net])) and math.isnan(float(net[on_net]))
             ), (k, name)
         if ms.has_weights:
             assert layers["reason"].tolist() == ref["reason"].tolist()
@@ -150,12 +156,17 @@ def test_table_matches_analyze_and_aggregate(run5):
             assert layers[WEIGHTED].isna().all().all()
             assert all("no weights dumped" in r for r in layers["reason"])
         ev = run.events[k]
-        assert (got["step"] == ev["step"]).all() and (got["kind"] == ev["kind"]).all()
+        assert (got["step"] == ev["step"]).all() and (got["event_kind"] == ev["kind"]).all()
         assert netrow["n_layers"] == len(LAYERS) and layers["n_layers"].isna().all()
+        assert pd.isna(netrow["is_ramanujan"]) and layers["ramanujan_fraction"].isna().all()
+        flags = layers["is_ramanujan"].dropna()
+        if len(flags):
+            assert netrow["ramanujan_fraction"] == pytest.approx(flags.astype(float).mean())
         assert netrow["density"] == pytest.approx(ev["density"])
         assert layers["density"].tolist() == pytest.approx(list(ms.densities().values()))
-        assert layers["kind_layer"].tolist() == ["conv", "linear", "linear"]
-        assert layers["shape"].tolist() == ["8x4x3x3", "12x9", "1x12"]
+        assert layers["layer_kind"].tolist() == ["conv", "linear", "linear"]
+        assert layers["shape"].tolist() == [[8, 4, 3, 3], [12, 9], [1, 12]]
+        assert pd.isna(netrow["layer_kind"]) and netrow["shape"] is None
         if k:  # per-layer records: the layer's value, the sum on the network row
             assert layers["drop"].tolist() == [ev["drop"][n] for n in LAYERS]
             assert netrow["drop"] == sum(ev["drop"].values())
@@ -164,7 +175,37 @@ def test_table_matches_analyze_and_aggregate(run5):
             assert got["drop"].isna().all() and got["R_s"].isna().all()
         assert got["val_acc"].isna().all() == (k % 2 == 1)
         assert got["train_loss"].isna().all()  # never recorded: a NaN column
-    assert df["n_edges"].dtype == "Int64" and df["is_ramanujan"].dtype == np.float64
+    assert df["n_edges"].dtype == "Int64" and df["is_ramanujan"].dtype == "boolean"
+    assert df["ramanujan_fraction"].dtype == np.float64
+    # summing the layer rows counts every edge once
+    layer_rows = df[df["level"] == "layer"]
+    assert layer_rows.groupby("event")["n_edges"].sum().tolist() == [
+        sum(e["nnz"].values()) for e in run.events
+    ]
+
+
+def test_layer_and_network_tables_apart(run5):
+    both = analyze_run(run5, workers=1, cache=False)
+    layers = analyze_run(run5, workers=1, level="layer")
+    net = analyze_run(run5, workers=1, level="network")
+    assert len(layers) == 5 * len(LAYERS) and len(net) == 5
+    assert "level" not in layers and "level" not in net
+    assert not {"ramanujan_fraction", "n_layers"} & set(layers.columns)
+    assert not {"layer", "layer_kind", "shape", "is_ramanujan"} & set(net.columns)
+    assert net["event"].tolist() == list(range(5)) and net["event"].is_unique  # the event key
+    cols = [c for c in layers.columns if c != "shape"]
+    want = both[both["level"] == "layer"].reset_index(drop=True)[cols]
+    assert_same(layers[cols], want)
+    assert layers["shape"].tolist() == both.loc[both["level"] == "layer", "shape"].tolist()
+    assert net["ramanujan_gap"].tolist() == pytest.approx(
+        both.loc[both["level"] == "network", "ramanujan_gap"].tolist(), nan_ok=True
+    )
+    # one row per (event, layer): a pivot on the unique key works
+    wide = layers.pivot(index="event", columns="layer", values="n_edges")
+    assert wide.shape == (5, len(LAYERS))
+    assert layers.attrs["events"] == list(range(5))
+    with pytest.raises(UnknownNameError, match="unknown level 'rows'"):
+        analyze_run(run5, level="rows")
 
 
 def test_weighted_columns_dropped_when_no_event_has_weights(tmp_path):

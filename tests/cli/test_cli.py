@@ -57,6 +57,12 @@ def saved2(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch):
+    """Text tables are fitted to $COLUMNS: these tests set it where they need it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def _run(capsys, *argv):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -190,7 +196,12 @@ def test_analyze_csv_matches_library(capsys, saved):
     df = pd.read_csv(io.StringIO(out))
     expected = analysis.analyze(masktopo.load(saved))
     assert list(df["layer"]) == [*LAYERS, "(network)"]
-    assert list(df.columns[: len(expected.columns)]) == list(expected.columns)
+    assert list(df["level"]) == ["layer"] * 3 + ["network"]
+    network_only = ("ramanujan_fraction", "n_layers")
+    assert [c for c in df.columns if c not in network_only] == ["level", *expected.columns]
+    at = list(df.columns).index("is_ramanujan")
+    assert df.columns[at + 1] == "ramanujan_fraction"
+    assert list(df.columns[-2:]) == ["n_layers", "reason"]
     for col in ("mu0", "mu_hat", "weighted_mu0", "n_edges", "density"):
         got = df[col].iloc[:-1].to_numpy(float)
         want = expected[col].to_numpy(float)
@@ -199,6 +210,14 @@ def test_analyze_csv_matches_library(capsys, saved):
     agg = analysis.aggregate(expected)
     assert net["n_edges"] == agg["n_edges"] == sum(_maskset().nnz_per_layer().values())
     assert net["mu0"] == pytest.approx(agg["mu0"], rel=1e-12)
+    # one meaning per column: the layer flag, and the network's fraction in its own column
+    assert df["is_ramanujan"].iloc[:-1].dropna().isin([True, False]).all()
+    assert pd.isna(net["is_ramanujan"]) and df["ramanujan_fraction"].iloc[:-1].isna().all()
+    assert net["ramanujan_fraction"] == pytest.approx(agg["ramanujan_fraction"])
+    # shapes are integers: [out, in, *kernel]
+    assert [json.loads(x) for x in df["shape"].iloc[:-1]] == [[8, 4, 3, 3], [10, 8], [1, 6]]
+    # the layer rows alone sum to the network's counts
+    assert df[df["level"] == "layer"]["n_edges"].sum() == net["n_edges"]
 
 
 def test_analyze_json(capsys, saved):
@@ -215,16 +234,26 @@ def test_analyze_json(capsys, saved):
     assert tiny["reason"]
     assert isinstance(records[0]["n_edges"], int)
     assert isinstance(records[0]["mu0"], float) and math.isfinite(records[0]["mu0"])
+    assert records[0]["shape"] == [8, 4, 3, 3] and records[0]["layer_kind"] == "conv"
+    assert records[-1]["level"] == "network" and records[-1]["shape"] is None
+    assert records[-1]["is_ramanujan"] is None
+    assert isinstance(records[-1]["ramanujan_fraction"], float)
+    # the same shapes as info --json
+    rc, out, err = _run(capsys, "info", "--json", saved)
+    assert [x["shape"] for x in json.loads(out)[0]["layers"]] == [r["shape"] for r in records[:-1]]
 
 
-def test_analyze_metrics_space_separated_and_no_network(capsys, saved):
-    rc, out, err = _run(
-        capsys, "analyze", saved, "--format", "csv", "--no-network", "--metrics", "mu0", "mu_hat"
-    )
+def test_analyze_metrics_one_comma_separated_value_and_no_network(capsys, saved):
+    # the option before the PATH: it takes one value, never the PATH after it
+    rc, out, err = _run(capsys, "analyze", "--metrics", "mu0", "--metrics", "mu_hat,mu0",
+                        "--format", "csv", "--no-network", saved)  # fmt: skip
     assert rc == 0, err
     df = pd.read_csv(io.StringIO(out))
-    assert list(df.columns) == ["layer", "kind", "shape", "mu0", "mu_hat", "reason"]
-    assert list(df["layer"]) == LAYERS
+    assert list(df.columns) == ["level", "layer", "layer_kind", "shape", "mu0", "mu_hat", "reason"]
+    assert list(df["layer"]) == LAYERS and set(df["level"]) == {"layer"}
+    # the old space-separated form: the second name is taken for a PATH (and names no file)
+    rc, _, err = _run(capsys, "analyze", saved, "--metrics", "mu0", "mu_hat")
+    assert rc == 2 and "mu_hat" in err
 
 
 def test_analyze_no_weights(capsys, saved):
@@ -263,9 +292,13 @@ def test_analyze_parquet(tmp_path, capsys, saved, saved2):
     assert out == ""
     df = pd.read_parquet(out_file)
     assert len(df) == 8 and df.columns[0] == "file"
-    net = df[df["layer"] == "(network)"]
-    # The network row's is_ramanujan is the fraction of Ramanujan layers.
-    assert net["is_ramanujan"].between(0, 1).all()
+    net = df[df["level"] == "network"]
+    assert list(net["layer"]) == ["(network)"] * 2
+    # the network's fraction of Ramanujan layers has its own column; the flag stays boolean
+    assert net["ramanujan_fraction"].between(0, 1).all() and net["is_ramanujan"].isna().all()
+    assert df["is_ramanujan"].dtype == "boolean" and df["n_edges"].dtype == "Int64"
+    assert df["ramanujan_fraction"].dtype == "float64"
+    assert list(df["shape"].iloc[0]) == [8, 4, 3, 3]  # a list of ints
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["metrics.parquet", saved.name, saved2.name]
     )
@@ -535,3 +568,146 @@ def test_narc_convention_flag(tmp_path, capsys):
     expected = masktopo.analysis.layer_metrics(ms["fc.weight"], narc="undirected")["narc"]
     assert values["undirected"] == pytest.approx(expected, rel=1e-12)
     assert values["directed"] != pytest.approx(values["undirected"])
+
+
+# -- the text table fits the terminal; --columns; --format markdown ------------------------------
+def test_table_fits_the_terminal_width_and_says_how_to_get_every_column(capsys, saved, monkeypatch):
+    rc, wide, err = _run(capsys, "analyze", saved)  # no $COLUMNS, not a terminal: no limit
+    assert rc == 0 and err == "", err
+    full = wide.splitlines()[0].split()
+    monkeypatch.setenv("COLUMNS", "60")
+    rc, out, err = _run(capsys, "analyze", saved)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 60
+    header = lines[0].split()
+    assert header[0] == "layer" and len(header) < len(full)
+    assert [line.split()[0] for line in lines[1:]] == [*LAYERS, "(network)"]
+    hidden = [c for c in full if c not in header]
+    notes = err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("masktopo: note: ")
+    assert "60 terminal columns" in notes[0] and "--columns all" in notes[0]
+    assert all(c in notes[0] for c in hidden)
+    # --columns all: every column of the table, not fitted, no note
+    rc, out, err = _run(capsys, "analyze", saved, "--columns", "all")
+    assert rc == 0 and err == ""
+    header = out.splitlines()[0].split()
+    assert header[:4] == ["level", "layer", "layer_kind", "shape"] and "n_layers" in header
+    assert "ramanujan_fraction" in header and len(out.splitlines()[0]) > 60
+    # --columns NAMES: those, in that order, in every format
+    rc, out, err = _run(capsys, "analyze", saved, "--columns", "layer,n_edges", "--columns", "mu0")
+    assert rc == 0 and err == "" and out.splitlines()[0].split() == ["layer", "n_edges", "mu0"]
+    rc, out, _ = _run(capsys, "analyze", saved, "--columns", "layer,mu0", "--format", "csv")
+    assert out.splitlines()[0] == "layer,mu0"
+
+
+def test_reason_column_is_clipped_to_the_room_left(capsys, saved, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    rc, out, _ = _run(capsys, "analyze", saved, "--metrics", "mu_hat")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "reason" and max(map(len, lines)) <= 100
+    tiny = next(line for line in lines if line.startswith("tiny.weight"))
+    assert tiny.endswith("…")  # its long reason, clipped
+
+
+def test_unknown_column_is_a_one_line_error(tmp_path, capsys, saved):
+    out_file = tmp_path / "m.csv"
+    rc, out, err = _run(capsys, "analyze", saved, "--columns", "layer,bogus", "--out", out_file)
+    _assert_user_error(rc, err, contains=("unknown column 'bogus'", "mu0", "all"))
+    assert out == "" and not out_file.exists()
+
+
+def test_markdown_format(tmp_path, capsys, saved):
+    rc, out, err = _run(capsys, "analyze", saved, "--format", "markdown", "--metrics", "mu0")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "| layer | shape | mu0 | reason |"
+    assert lines[1] == "|---|---|---:|---|"
+    assert lines[2].startswith("| conv1.weight | 8x4x3x3 | ")
+    assert lines[-1].startswith("| (network) |  | ")
+    rc, _, err = _run(capsys, "analyze", saved, "--out", tmp_path / "m.md", "--metrics", "mu0")
+    assert rc == 0 and (tmp_path / "m.md").read_text(encoding="utf-8") == out
+
+
+# -- the notice while numba compiles the kernels --------------------------------------------------
+def test_compile_notice_once_when_the_cache_is_cold(capsys, saved, monkeypatch):
+    from cli import _output
+    from masktopo.analysis import _kernels
+
+    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
+    analysis.analyze(masktopo.load(saved))  # a library call: silent
+    assert capsys.readouterr().err == ""
+    rc, _, err = _run(capsys, "analyze", saved, "--format", "csv")  # stderr is no terminal
+    assert rc == 0 and err == ""
+    rc, _, err = _run(capsys, "analyze", saved, "--format", "csv", "--progress")
+    assert rc == 0
+    assert err.count(f"masktopo: note: {_output.COMPILE_NOTE}") == 1
+    rc, _, err = _run(capsys, "analyze", saved, "--format", "csv", "--progress")
+    assert _output.COMPILE_NOTE not in err  # once per process
+    monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
+    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: False)
+    rc, _, err = _run(capsys, "analyze", saved, "--format", "csv", "--progress")
+    assert _output.COMPILE_NOTE not in err  # a warm cache: nothing to say
+
+
+def test_cache_is_cold_reads_numba_s_index():
+    from masktopo.analysis import _kernels, layer_metrics
+
+    layer_metrics(torch.ones(3, 4, dtype=torch.bool))  # compiled or loaded by now
+    assert _kernels.cache_is_cold() is False
+
+
+# -- train: plain text, every default -------------------------------------------------------------
+def test_train_list_methods_plain_text_with_every_default(capsys):
+    from cli.train import describe_method, list_methods
+
+    rc, out, _ = _run(capsys, "train", "--list-methods")
+    assert rc == 0
+    assert "``" not in out and ":func:" not in out
+    assert "update_interval=1500" in out and "update_interval=100," in out  # itop, rigl
+    assert "init_method=erk" in out and "gap_mode=cyclic" in out and "update_end=none" in out
+    assert all(len(line) <= 100 for line in list_methods(width=100).splitlines())
+
+    class Doc:
+        """Drop by :func:`~masktopo.trainer.core.magnitude`, grow ``random`` (see [N23]_).
+
+        Second paragraph, not shown."""
+
+        summary = ""
+
+    assert describe_method(Doc) == "Drop by magnitude, grow random (see)."
+
+
+def test_train_help_shows_every_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    rc, out, _ = _run(capsys, "train", "--help")
+    assert rc == 0
+    assert "--optimizer {sgd,adamw}" in out and "--device {auto,cpu,cuda}" in out
+    assert "options without a flag (--set NAME=VALUE" in out
+    for name, default in (("momentum", "0.9"), ("lr_schedule", '"step"'), ("nesterov", "true")):
+        line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
+        assert f"(default: {default})" in line
+    assert "--list-methods" in out
+
+
+def test_plain_text_from_rest():
+    from cli._output import plain_text
+
+    assert plain_text("``a``  *b* **c** :class:`x.Y` :func:`~p.q.r` `link <http://x>`_") == (
+        "a b c x.Y r link"
+    )
+
+
+def test_compile_notice_before_plot_report_pags(tmp_path, capsys, monkeypatch):
+    from cli import _output
+    from masktopo.analysis import _kernels
+
+    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
+    rc, _, err = _run(capsys, "pags", "--list-methods", "--progress")  # lists: no analysis
+    assert rc == 0 and _output.COMPILE_NOTE not in err
+    rc, _, err = _run(capsys, "plot", tmp_path / "nowhere", "--out", tmp_path / "f", "--progress")
+    assert rc == 2
+    assert err.splitlines()[0] == f"masktopo: note: {_output.COMPILE_NOTE}"

@@ -50,6 +50,12 @@ def write_run(root: Path, n: int) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch):
+    """Text tables are fitted to $COLUMNS: these tests set it where they need it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def _run(capsys, *argv):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -88,16 +94,34 @@ def test_every_event_incremental(tmp_path, capsys):
     rc, out4, _ = _run(capsys, "analyze", root, "--format", "csv", "--every", "2", "--no-network")
     sub = _csv(out4)
     assert rc == 0 and sorted(sub["event"].unique()) == [0, 2, 3]
-    assert NETWORK not in set(sub["layer"])
+    assert NETWORK not in set(sub["layer"]) and set(sub["level"]) == {"layer"}
+    assert "n_layers" not in sub and "ramanujan_fraction" not in sub  # network-only columns
+
+
+def test_run_table_columns(tmp_path, capsys):
+    root = write_run(tmp_path / "run", 3)
+    rc, out, err = _run(capsys, "analyze", root, "--format", "csv", "--no-cache")
+    assert rc == 0, err
+    df = _csv(out)
+    assert list(df.columns[:8]) == ["event", "step", "epoch", "event_kind", "level", "layer",
+                                    "layer_kind", "shape"]  # fmt: skip
+    assert "kind" not in df and "kind_layer" not in df
+    assert df["event_kind"].tolist() == [k for k in ("init", "regen", "regen") for _ in range(3)]
+    net = df[df["level"] == "network"]
+    assert net["event"].is_unique and net["event"].is_monotonic_increasing  # the unique key
+    assert net["is_ramanujan"].isna().all() and net["ramanujan_fraction"].notna().any()
+    layers = df[df["level"] == "layer"]
+    assert layers.groupby("event")["n_edges"].sum().tolist() == net["n_edges"].tolist()
+    assert layers["is_ramanujan"].dropna().isin([True, False]).all()
 
 
 def test_no_cache_writes_nothing(tmp_path, capsys):
     root = write_run(tmp_path / "run", 2)
-    rc, out, err = _run(capsys, "analyze", root, "--no-cache", "--metrics", "mu0", "n_edges")
+    rc, out, err = _run(capsys, "analyze", root, "--no-cache", "--metrics", "mu0,n_edges")
     assert rc == 0, err
     assert not (root / "analysis").exists()
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["event", "step", "layer", "shape", "mu0"]
+    assert lines[0].split() == ["event", "step", "layer", "shape", "mu0", "n_edges", "reason"]
     assert len(lines) == 1 + 2 * 3
 
 

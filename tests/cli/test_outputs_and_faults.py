@@ -95,7 +95,7 @@ def test_outputs_onto_special_files_and_symlinks(tmp_path, capsys):
     link = tmp_path / "latest.csv"
     link.symlink_to(target)
     rc, _, err = _run(capsys, "analyze", src, "--out", link)
-    assert rc == 0 and link.is_symlink() and target.read_text().startswith("layer,")
+    assert rc == 0 and link.is_symlink() and target.read_text().startswith("level,layer,")
 
 
 # -- faults ------------------------------------------------------------------------------------
