@@ -19,7 +19,7 @@ from pathlib import Path
 
 from masktopo.errors import MaskFileError, MaskTopoError
 from masktopo.files import Staging
-from masktopo.options import FigureOptions, Options, RunOptions, add_arguments
+from masktopo.options import FigureOptions, Options, RunOptions, add_arguments, add_list_argument
 
 from ._output import add_progress, apply_options, require_events, show_progress
 
@@ -43,8 +43,9 @@ figure says).
 
 Figures are PNG (150 dpi) by default; --format svg or pdf gives vector files for a paper. Default
 titles say what is drawn (not the run folder); --title '' draws none, --title '{} (RigL, 10%)'
-adds to each. The written files are printed, one per line. Options taking several values
-(--metric, --format, --labels, --layer) go after the PATHs."""
+adds to each. The written files are printed, one per line. Options taking several values take
+one comma-separated value each (--metric a,b) and may be repeated; --labels takes one label per
+flag."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -58,25 +59,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", "-o", metavar="DIR", required=True, help="folder for the figures (created)"
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--metric",
         "--metrics",
         dest="metrics",
-        nargs="+",
-        action="extend",
-        metavar="NAME",
-        help="metrics to draw, comma or space separated (default: the standard set the runs "
-        "have); any name of 'masktopo analyze --list-metrics', R_s, accuracy, loss, train_acc, "
-        "val_acc, train_loss, val_loss, or another numeric column of the run table",
+        help="metrics to draw, comma separated, repeat the flag for more (default: the standard "
+        "set the runs have); any name of 'masktopo analyze --list-metrics', R_s, accuracy, loss, "
+        "train_acc, val_acc, train_loss, val_loss, or another numeric column of the run table",
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--format",
         dest="formats",
-        nargs="+",
         choices=FORMATS,
-        default=None,
         metavar="FMT",
-        help=f"figure formats, any of {', '.join(FORMATS)} (default png; svg and pdf are vector)",
+        help=f"figure formats, comma separated: {', '.join(FORMATS)} (default png; svg and pdf "
+        "are vector)",
     )
     p.add_argument(
         "--title",
@@ -85,13 +84,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="title of every figure: '' for none (a paper's caption says it), TEXT to replace the "
         "default, '{}' in TEXT stands for the default title (default: what is drawn)",
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--layer",
         dest="layers",
-        nargs="+",
-        action="extend",
-        metavar="NAME",
-        help="layer figures of these layers (default for a mask file: every layer)",
+        help="layer figures of these layers, comma separated (default for a mask file: every "
+        "layer)",
     )
     p.add_argument(
         "--event",

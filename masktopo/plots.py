@@ -372,6 +372,9 @@ def _series(table, layer: str, column: str, x: str) -> tuple[np.ndarray, np.ndar
     """One value per event (NaN where the layer has no row or no value), sorted by ``x``."""
     import pandas as pd
 
+    if layer == NETWORK and column == "is_ramanujan" and "ramanujan_fraction" in table.columns:
+        column = "ramanujan_fraction"  # the network row's fraction of Ramanujan layers
+
     events = np.unique(table["event"].to_numpy())
     if x == "event":
         per_event = pd.Series(events, index=events)

@@ -61,7 +61,7 @@ _MIME = {"svg": "image/svg+xml", "png": "image/png"}
 #: Columns of the per-layer table (those present with a defined value are shown).
 LAYER_COLUMNS = (
     "layer",
-    "kind_layer",
+    "layer_kind",
     "shape",
     "density",
     "n_edges",
@@ -83,14 +83,14 @@ NETWORK_COLUMNS = (
     "event",
     "step",
     "epoch",
-    "kind",
+    "event_kind",
     "density",
     "ramanujan_gap",
     "weighted_spectral_gap",
     "imdb_ramanujan_gap",
     "imdb_weighted_gap",
     "full_spectrum_norm",
-    "is_ramanujan",
+    "ramanujan_fraction",
     "R_s",
     "train_loss",
     "train_acc",
@@ -372,7 +372,19 @@ def _layer_section(r: _RunReport) -> str:
     df = r.table
     rows = df[(df["event"] == r.final_event) & (df["layer"] != NETWORK)]
     head = f"<h3>Layers at the last analyzed event ({r.final_event}, step {_fmt(rows['step'].iloc[0])})</h3>"
+    if "shape" in rows:  # [out, in, *kernel] as 300x784
+        rows = rows.assign(shape=[_shape_text(v) for v in rows["shape"]])
     return head + _frame_table(rows, LAYER_COLUMNS, keep_empty=("layer",))
+
+
+def _shape_text(v) -> str:
+    """A layer shape (a list of ints, or already a string) as ``64x3x3x3``."""
+    if isinstance(v, str):
+        return v
+    try:
+        return "x".join(str(int(x)) for x in v)
+    except TypeError:
+        return _fmt(v)
 
 
 def _network_section(r: _RunReport) -> str:

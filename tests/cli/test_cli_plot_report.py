@@ -98,7 +98,7 @@ def assert_svg(data: bytes | Path) -> None:
 # ------------------------------------------------------------------------------------------------
 def test_plot_one_run_writes_the_standard_figures(runs, tmp_path, capsys):
     out = tmp_path / "figs" / "one"  # two folders created
-    rc, stdout, err = _run(capsys, "plot", runs["full"], "--out", out, "--format", "png", "svg")
+    rc, stdout, err = _run(capsys, "plot", runs["full"], "--out", out, "--format", "png,svg")
     assert rc == 0, err
     written = [Path(line) for line in stdout.split()]
     assert sorted(written) == sorted(out.iterdir())
@@ -121,7 +121,7 @@ def test_plot_vector_formats_and_titles(title, expect, runs, tmp_path, capsys):
     out = tmp_path / "vec"
     extra = [] if title is None else ["--title", title]
     rc, _, err = _run(capsys, "plot", runs["full"], "--out", out, "--metric", "density",
-                      "--format", "svg", "pdf", *extra)  # fmt: skip
+                      "--format", "svg,pdf", *extra)  # fmt: skip
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
         "density.pdf", "density.svg", "spectrum-plane.pdf", "spectrum-plane.svg"
@@ -140,7 +140,7 @@ def test_plot_vector_formats_and_titles(title, expect, runs, tmp_path, capsys):
 def test_plot_compares_runs(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     rc, _, err = _run(capsys, "plot", runs["full"], runs["partial"], "--out", out,
-                      "--metric", "full_spectrum_norm,density", "R_s",
+                      "--metric", "full_spectrum_norm,density", "--metric", "R_s",
                       "--labels", "finished", "--labels", "still training")  # fmt: skip
     assert rc == 0, err
     names = sorted(p.name for p in out.iterdir())
@@ -174,8 +174,8 @@ def test_plot_layer_figures_of_a_mask_file(runs, tmp_path, capsys):
 
     # a run directory with --layer: one event's layers (default all), here event 0
     out2 = tmp_path / "layer-run"
-    rc, _, err = _run(capsys, "plot", runs["full"], "--layer", "clf.weight",
-                      "first_layer.weight", "--event", "0", "--out", out2)  # fmt: skip
+    rc, _, err = _run(capsys, "plot", runs["full"], "--layer", "clf.weight,first_layer.weight",
+                      "--event", "0", "--out", out2)  # fmt: skip
     assert rc == 0, err
     assert {p.name.split("-")[0] for p in out2.iterdir()} == {"clf", "first_layer"}
 
@@ -205,7 +205,7 @@ def test_plot_bad_input_is_one_line_and_writes_nothing(case, runs, tmp_path, cap
     plain.mkdir()
     argv, expect = {
         "not-a-run": ([plain, "--out", out], ("not a run directory",)),
-        "unknown-metric": ([run, "--out", out, "--metric", "density", "nosuch"],
+        "unknown-metric": ([run, "--out", out, "--metric", "density,nosuch"],
                            ("unknown metric 'nosuch'", "ramanujan_gap", "full_spectrum_norm")),
         "out-is-a-file": ([run, "--out", afile], ("a-file", "not a folder")),
         "out-under-a-file": ([run, "--out", afile / "figs"], ("a-file",)),
