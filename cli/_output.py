@@ -6,12 +6,14 @@ Light at import time (standard library only): pandas is imported only where a va
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 #: The narrowest a clipped free-text column (``reason``) is shown; narrower, it is left out.
 MIN_CLIPPED = 12
@@ -335,8 +337,15 @@ def add_config_arguments(p, command: str, out_help: str, out_metavar: str = "DIR
     p.add_argument(
         "--config",
         metavar="FILE",
-        help=f"a TOML config: top-level keys or a [{command}] table (see configs/ and "
-        "--print-config)",
+        type=config_path,
+        help=f"a TOML config (top-level keys or a [{command}] table), or the NAME of a shipped "
+        "config (--list-configs); --print-config shows the result",
+    )
+    p.add_argument(
+        "--list-configs",
+        action=_ListConfigs,
+        nargs=0,
+        help="list the shipped configs (use one with --config NAME) and exit",
     )
     p.add_argument(
         "--set",
@@ -352,6 +361,45 @@ def add_config_arguments(p, command: str, out_help: str, out_metavar: str = "DIR
         action="store_true",
         help="print the resolved config as TOML (ready to edit and rerun with --config) and exit",
     )
+
+
+def shipped_configs() -> dict[str, str]:
+    """The configs installed with masktopo (``masktopo.configs``): name -> file path."""
+    from importlib.resources import files
+
+    root = files("masktopo.configs")
+    found = {}
+    for sub in (root, root / "repro"):
+        if not sub.is_dir():
+            continue
+        for f in sub.iterdir():
+            if f.name.endswith(".toml"):
+                name = f.name[: -len(".toml")]
+                found[name if sub is root else f"repro/{name}"] = str(f)
+    return dict(sorted(found.items()))
+
+
+def config_path(value: str) -> str:
+    """``--config``'s value: an existing file as given; else a shipped config's file when
+    ``value`` names one (``gap_fmnist_lenet300``, with or without ``.toml``); else ``value``
+    (the reader's error then says that the file does not exist)."""
+    if Path(value).exists():
+        return value
+    name = value[: -len(".toml")] if value.endswith(".toml") else value
+    name = name.removeprefix("configs/")
+    return shipped_configs().get(name, value)
+
+
+class _ListConfigs(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        for name, path in shipped_configs().items():
+            first = ""
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                if line.startswith("#"):
+                    first = line.lstrip("# ").strip()
+                    break
+            write_stdout(f"{name:34s} {first}\n")
+        parser.exit(0)
 
 
 def print_config(cfg, table: str, header: str) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from cli.main import main
+from masktopo.cli.main import main
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None

@@ -138,7 +138,7 @@ def test_adam_moments_are_masked_with_mask_adam():
 
 
 def test_the_run_is_read_by_analyze_plot_and_report(tmp_path):
-    from cli.main import main
+    from masktopo.cli.main import main
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

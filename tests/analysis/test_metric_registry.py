@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from cli import analyze as cli_analyze
 from masktopo.analysis import metrics
 from masktopo.analysis.metrics import (
     INT_METRICS,
@@ -25,6 +24,7 @@ from masktopo.analysis.metrics import (
     resolve_metrics,
     unregister_metric,
 )
+from masktopo.cli import analyze as cli_analyze
 from masktopo.errors import MaskValidationError, UnknownNameError
 from masktopo.masks import MaskSet
 

@@ -84,7 +84,7 @@ def test_unknown_route_is_one_line():
 
 
 def test_cli_analyze_takes_the_route(tmp_path):
-    from cli.main import main
+    from masktopo.cli.main import main
 
     ms = examples.random_maskset({"f1": (30, 40), "f2": (10, 30)}, 0.3, seed=1)
     masktopo_file = tmp_path / "m.safetensors"

@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import masktopo
-from cli.main import main
 from masktopo import analysis, store
+from masktopo.cli.main import main
 from masktopo.masks import MaskSet
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,10 +17,10 @@ import torch
 from cli_helpers import run_masktopo
 
 import masktopo
-from cli import analyze as cli_analyze
-from cli._output import render_rows
-from cli.main import main
 from masktopo import analysis, examples
+from masktopo.cli import analyze as cli_analyze
+from masktopo.cli._output import render_rows
+from masktopo.cli.main import main
 from masktopo.masks import MaskSet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def _assert_user_error(rc, err, *, contains=()):
 _PROBE = """
 import contextlib, io, json, sys, time
 t = time.perf_counter()
-from cli.main import main
+from masktopo.cli.main import main
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
     rc = main(sys.argv[1:])
@@ -554,7 +554,7 @@ def test_render_rows_aligns_numbers_right_and_text_left():
 
 
 def test_narc_convention_flag(tmp_path, capsys):
-    from cli.main import main
+    from masktopo.cli.main import main
 
     gen = torch.Generator().manual_seed(1)
     ms = masktopo.MaskSet({"fc.weight": torch.rand(40, 60, generator=gen) < 0.3})
@@ -632,8 +632,8 @@ def test_markdown_format(tmp_path, capsys, saved):
 
 # -- the notice while numba compiles the kernels --------------------------------------------------
 def test_compile_notice_once_when_the_cache_is_cold(capsys, saved, monkeypatch):
-    from cli import _output
     from masktopo.analysis import _kernels
+    from masktopo.cli import _output
 
     monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
     monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
@@ -661,7 +661,7 @@ def test_cache_is_cold_reads_numba_s_index():
 
 # -- train: plain text, every default -------------------------------------------------------------
 def test_train_list_methods_plain_text_with_every_default(capsys):
-    from cli.train import describe_method, list_methods
+    from masktopo.cli.train import describe_method, list_methods
 
     rc, out, _ = _run(capsys, "train", "--list-methods")
     assert rc == 0
@@ -693,7 +693,7 @@ def test_train_help_shows_every_default(capsys, monkeypatch):
 
 
 def test_plain_text_from_rest():
-    from cli._output import plain_text
+    from masktopo.cli._output import plain_text
 
     assert plain_text("``a``  *b* **c** :class:`x.Y` :func:`~p.q.r` `link <http://x>`_") == (
         "a b c x.Y r link"
@@ -701,8 +701,8 @@ def test_plain_text_from_rest():
 
 
 def test_compile_notice_before_plot_report_pags(tmp_path, capsys, monkeypatch):
-    from cli import _output
     from masktopo.analysis import _kernels
+    from masktopo.cli import _output
 
     monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
     monkeypatch.setattr(_output, "_COMPILE_NOTED", False)

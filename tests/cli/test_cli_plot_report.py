@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from cli.main import main
+from masktopo.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["first_layer.weight", "second_layer.weight", "third_layer.weight", "clf.weight"]
@@ -418,7 +418,7 @@ def test_a_corrupt_line_of_events_jsonl_is_skipped_with_a_warning(command, runs,
 # ------------------------------------------------------------------------------------------------
 _PROBE = """
 import contextlib, io, json, sys
-from cli.main import main
+from masktopo.cli.main import main
 with contextlib.redirect_stdout(io.StringIO()) as buf:
     rc = main(sys.argv[1:])
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "matplotlib", "pandas", "numpy"})

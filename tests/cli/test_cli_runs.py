@@ -12,8 +12,8 @@ import torch
 from cli_helpers import run_masktopo
 
 import masktopo
-from cli.main import main
 from masktopo.analysis.runs import NETWORK, analyze_run
+from masktopo.cli.main import main
 from masktopo.masks import MaskSet
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import masktopo
-from cli.main import main
 from masktopo import runs
+from masktopo.cli.main import main
 
 SPIRAL = ["--model", "spiral-mlp", "--dataset", "cubist-spiral"]
 
@@ -134,3 +134,15 @@ def test_a_registered_distribution_and_method(tmp_path, capsys):
     finally:
         METHODS.pop("wired", None)
         DISTRIBUTIONS.pop("half_uniform", None)
+
+
+def test_a_shipped_config_by_name_and_the_list(capsys):
+    from masktopo.cli.main import main
+
+    assert main(["train", "--list-configs"]) == 0
+    listing = capsys.readouterr().out
+    assert "gap_fmnist_lenet300" in listing and "repro/e3_gmp_lenet300" in listing
+    for name in ("gap_fmnist_lenet300", "gap_fmnist_lenet300.toml", "configs/gap_fmnist_lenet300"):
+        assert main(["train", "--config", name, "--print-config"]) == 0
+        out = capsys.readouterr().out
+        assert 'method = "gap"' in out and "partitions = 3" in out

@@ -16,8 +16,8 @@ import torch
 from cli_helpers import ROOT, run_masktopo
 
 import masktopo
-from cli.main import main
 from masktopo.analysis import layer_metrics
+from masktopo.cli.main import main
 from masktopo.errors import MaskValidationError
 from masktopo.masks import MaskSet
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import masktopo
-from cli.main import main
+from masktopo.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ["pags", "--model", "lenet300", "--dataset", "mnist", "--method", "erk"]

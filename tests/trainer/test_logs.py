@@ -154,7 +154,7 @@ def test_the_new_options_may_change_on_resume_and_are_in_run_json(tmp_path, one_
 # ---- TensorBoard -------------------------------------------------------------------------------
 def test_tensorboard_missing_is_one_line_before_anything_is_written(tmp_path, capsys,
                                                                    monkeypatch):  # fmt: skip
-    from cli.main import main
+    from masktopo.cli.main import main
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import fails
     out = tmp_path / "run"
