@@ -196,9 +196,9 @@ def _stem(layer: str) -> str:
 
 
 def _plot_layers(args, path: Path, formats) -> list[Path]:
-    from masktopo.errors import MaskValidationError, UnknownNameError
+    from masktopo.errors import UnknownNameError
     from masktopo.inputs import load
-    from masktopo.plots import plot_bipartite, plot_degrees, plot_spectrum, save_figure
+    from masktopo.plots import save_figure
 
     if args.event is not None and not path.is_dir():
         raise MaskTopoError("--event picks an event of a run directory; the PATH is a file")
@@ -215,28 +215,45 @@ def _plot_layers(args, path: Path, formats) -> list[Path]:
             for fmt in formats:
                 files.append(save_figure(fig, staging.path / f"{stem}.{fmt}"))
 
+        bar = None
+        if show_progress(args) and len(layers) > 1:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(layers), desc="layer figures", unit="layer", file=sys.stderr,
+                       dynamic_ncols=True, leave=False)  # fmt: skip
         for name in layers:
-            stem = _stem(name)
-            emit(plot_degrees(ms, name, conv=args.conv, title=args.title), f"{stem}-degrees")
-            kinds = [("spectrum", False)] + (
-                [("weighted-spectrum", True)] if ms.has_weights else []
-            )
-            for what, weighted in kinds:
-                try:
-                    fig = plot_spectrum(
-                        ms, name, conv=args.conv, weighted=weighted, title=args.title
-                    )
-                except MaskValidationError as exc:
-                    note(f"{what} of layer {name!r} skipped: {exc}")
-                    continue
-                emit(fig, f"{stem}-{what}")
-            try:
-                fig = plot_bipartite(ms, name, title=args.title)
-            except MaskValidationError as exc:
-                note(f"bipartite drawing of layer {name!r} skipped: {exc}")
-                continue
-            emit(fig, f"{stem}-bipartite")
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
+                bar.update(0)
+            _layer_figures(args, ms, name, emit)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
         return staging.commit(files)
+
+
+def _layer_figures(args, ms, name: str, emit) -> None:
+    """The degree, spectrum (and weighted spectrum) and bipartite figures of one layer."""
+    from masktopo.errors import MaskValidationError
+    from masktopo.plots import plot_bipartite, plot_degrees, plot_spectrum
+
+    stem = _stem(name)
+    emit(plot_degrees(ms, name, conv=args.conv, title=args.title), f"{stem}-degrees")
+    kinds = [("spectrum", False)] + ([("weighted-spectrum", True)] if ms.has_weights else [])
+    for what, weighted in kinds:
+        try:
+            fig = plot_spectrum(ms, name, conv=args.conv, weighted=weighted, title=args.title)
+        except MaskValidationError as exc:
+            note(f"{what} of layer {name!r} skipped: {exc}")
+            continue
+        emit(fig, f"{stem}-{what}")
+    try:
+        fig = plot_bipartite(ms, name, title=args.title)
+    except MaskValidationError as exc:
+        note(f"bipartite drawing of layer {name!r} skipped: {exc}")
+        return
+    emit(fig, f"{stem}-bipartite")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -435,3 +435,11 @@ def test_help_does_not_import_torch_or_matplotlib(command, tmp_path):
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probe["rc"] == 0 and probe["heavy"] == []
     assert f"masktopo {command}" in probe["out"] and "--out" in probe["out"]
+
+
+def test_plot_layer_figures_show_progress(runs, tmp_path, capsys):
+    mask_file = runs["full"] / "masks" / f"event-{runs['n_events'] - 1:06d}.safetensors"
+    rc, _, err = _run(capsys, "plot", mask_file, "--layer", "clf.weight,first_layer.weight",
+                      "--progress", "--out", tmp_path / "p")  # fmt: skip
+    assert rc == 0, err
+    assert "layer figures" in err  # the slow part (one layer's four figures) says where it is
