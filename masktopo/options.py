@@ -29,6 +29,7 @@ torch.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import keyword
 import math
@@ -188,12 +189,26 @@ class _Field:
         return [main, *self.spec.aliases]
 
 
+def _literals(annotation: Any) -> tuple[str, ...] | None:
+    """The values of a ``Literal["a", "b"]`` annotation (``| None`` allowed), else None."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    text = text.replace("typing.", "")
+    start = text.find("Literal[")
+    if start < 0:
+        return None
+    end = text.index("]", start)
+    return tuple(ast.literal_eval("(" + text[start + len("Literal[") : end] + ",)"))
+
+
 def _kind(annotation: Any) -> tuple[str, bool]:
-    """``(kind, nullable)`` of a field's annotation (a string under postponed evaluation)."""
+    """``(kind, nullable)`` of a field's annotation (a string under postponed evaluation); a
+    ``Literal`` of strings is a ``str`` whose known names are the literals."""
     text = annotation if isinstance(annotation, str) else str(annotation)
     parts = [p.strip() for p in text.replace("typing.", "").split("|")]
     nullable = "None" in parts
     base = next(p for p in parts if p != "None")
+    if base.startswith("Literal["):
+        return "str", nullable
     if base.startswith("tuple[float"):
         return "floats", nullable
     if base.startswith("tuple[str"):
@@ -214,6 +229,9 @@ def fields(cls: type) -> list[_Field]:
         if spec is None:
             continue
         kind, nullable = _kind(f.type)
+        literals = _literals(f.type)
+        if literals is not None and spec.choices is None:  # the closed set is the type
+            spec = dataclasses.replace(spec, choices=literals)
         out.append(_Field(f.name, kind, nullable, f.default, spec))
     return out
 

@@ -173,3 +173,21 @@ def test_shared_analysis_options_are_checked_once():
         Options(conv="diagonal")
     with pytest.raises(MaskValidationError, match="every must be >= 1, got 0"):
         RunOptions(every=0)
+
+
+def test_a_literal_annotation_is_the_closed_set_of_names():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from masktopo.options import check_value, fields, option
+
+    @dataclass(frozen=True)
+    class Cfg:
+        mode: Literal["fast", "exact"] = option("fast", "how", what="mode")
+        other: Literal["a", "b"] | None = option(None, "maybe")
+
+    got = {f.name: (f.kind, f.nullable, f.spec.known()) for f in fields(Cfg)}
+    assert got == {"mode": ("str", False, ("fast", "exact")), "other": ("str", True, ("a", "b"))}
+    assert check_value(Cfg, "mode", "exact") == "exact"
+    with pytest.raises(UnknownNameError, match="unknown mode 'slow'; known: exact, fast"):
+        check_value(Cfg, "mode", "slow")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from ..options import (
     INVALID,
@@ -81,11 +82,12 @@ class PagsConfig:
     conv: str = same_as(Options, "conv", flag=False)
     gate: str = same_as(Options, "gate", flag=False)
     imdb: str = same_as(Options, "imdb", flag=False)
-    device: str = option("cpu", "where PaI scoring and the spectra run", choices=("cpu", "cuda"),
-                         what="device")  # fmt: skip
-    route: str = option("auto", "how the spectra are solved: auto (the compiled engine on the "
-                        "CPU, batched Gram on CUDA) or batched (the CUDA code path on any device)",
-                        choices=("auto", "batched"), what="route", flag=False)  # fmt: skip
+    device: Literal["cpu", "cuda"] = option("cpu", "where PaI scoring and the spectra run",
+                                            what="device")  # fmt: skip
+    route: Literal["auto", "batched"] = option(
+        "auto", "how the spectra are solved: auto (the compiled engine on the CPU, batched Gram "
+        "on CUDA) or batched (the CUDA code path on any device)", what="route",
+        flag=False)  # fmt: skip
     data_dir: str | None = same_as(SetupOptions, "data_dir")
     warm_start: str | None = option(None, "score on the weights of this checkpoint of --model "
                                     "instead of the initialization, e.g. warm/checkpoint.pt of "

@@ -33,7 +33,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import MaskValidationError
 from ..options import (
@@ -139,16 +139,15 @@ class TrainConfig:
                                    "length)", ge=1, metavar="N")  # fmt: skip
     batch_size: int = option(128, "global minibatch size (split across torchrun processes)",
                              ge=1, metavar="B")  # fmt: skip
-    optimizer: str = option("sgd", "sgd (momentum, Nesterov) or adamw (decoupled decay)",
-                            choices=("sgd", "adamw"), what="optimizer")  # fmt: skip
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "sgd (momentum, Nesterov) or adamw "
+                                                "(decoupled decay)", what="optimizer")  # fmt: skip
     lr: float = option(0.1, "peak learning rate", gt=0.0, lt=math.inf)
     momentum: float = option(0.9, "SGD momentum (AdamW ignores it)", ge=0.0, lt=1.0, flag=False)
     nesterov: bool = option(True, "Nesterov momentum (SGD)", flag=False)
     weight_decay: float = option(5e-4, "weight decay (AdamW: decoupled)", ge=0.0, lt=math.inf,
                                  flag=False)  # fmt: skip
-    lr_schedule: str = option("step", "step, cosine or constant",
-                              choices=("step", "cosine", "constant"), what="lr schedule",
-                              flag=False)  # fmt: skip
+    lr_schedule: Literal["step", "cosine", "constant"] = option(
+        "step", "step, cosine or constant", what="lr schedule", flag=False)  # fmt: skip
     lr_milestones: tuple[float, ...] = option((0.5, 0.75), "fractions of training where the step "
                                               "schedule multiplies the LR by lr_gamma",
                                               flag=False)  # fmt: skip
@@ -159,8 +158,8 @@ class TrainConfig:
                                     flag=False)  # fmt: skip
     val_fraction: float = option(0.1, "fraction of the training set held out for validation "
                                  "(never the test set)", ge=0.0, lt=1.0, flag=False)  # fmt: skip
-    augment: str = option("auto", "auto, none or crop-flip", choices=("auto", "none",
-                          "crop-flip"), what="augmentation", flag=False)  # fmt: skip
+    augment: Literal["auto", "none", "crop-flip"] = option(
+        "auto", "auto, none or crop-flip", what="augmentation", flag=False)  # fmt: skip
     init_method: str | None = option(None, "static: the PaI method of the mask",
                                      choices=_pai_methods, what="PaI method",
                                      default_text=_BY_METHOD, metavar="NAME")  # fmt: skip
@@ -194,13 +193,12 @@ class TrainConfig:
     prune_end: float | None = option(None, "gmp/granet: fraction of training where the "
                                      "density reaches its target", default_text=_BY_METHOD,
                                      flag=False)  # fmt: skip
-    prune_scope: str | None = option(None, "gmp/granet: one magnitude threshold (global) or "
-                                     "one per layer (layer)", choices=("global", "layer"),
-                                     what="prune scope", default_text=_BY_METHOD,
-                                     flag=False)  # fmt: skip
-    gap_mode: str | None = option(None, "gap: cyclic (C-GaP) or parallel (P-GaP)",
-                                  choices=("cyclic", "parallel"), what="gap mode",
-                                  default_text=_BY_METHOD, metavar="MODE")  # fmt: skip
+    prune_scope: Literal["global", "layer"] | None = option(
+        None, "gmp/granet: one magnitude threshold (global) or one per layer (layer)",
+        what="prune scope", default_text=_BY_METHOD, flag=False)  # fmt: skip
+    gap_mode: Literal["cyclic", "parallel"] | None = option(
+        None, "gap: cyclic (C-GaP) or parallel (P-GaP)", what="gap mode",
+        default_text=_BY_METHOD, metavar="MODE")  # fmt: skip
     partitions: int | None = option(None, "gap: split the maskable layers into K contiguous "
                                     "partitions balanced by parameter count", ge=1,
                                     default_text="3 unless partition_map", metavar="K")  # fmt: skip
@@ -218,27 +216,26 @@ class TrainConfig:
     gap_restart: bool | None = option(None, "gap: clear the optimizer state and restart the LR "
                                       "schedule at every step (the reference's restart)",
                                       default_text=_BY_METHOD, flag=False)  # fmt: skip
-    gap_combine: str | None = option(None, "gap parallel: the parameters outside the partitions "
-                                     "from the replicas' average or from replica 0 (first)",
-                                     choices=("average", "first"), what="gap combine rule",
-                                     default_text=_BY_METHOD, flag=False)  # fmt: skip
+    gap_combine: Literal["average", "first"] | None = option(
+        None, "gap parallel: the parameters outside the partitions from the replicas' average "
+        "or from replica 0 (first)", what="gap combine rule", default_text=_BY_METHOD,
+        flag=False)  # fmt: skip
     first_dense: bool = option(False, "keep the first (stem) maskable layer dense", flag=False)
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
     mask_adam: bool = option(False, "also zero AdamW's moments at masked entries", flag=False)
     seed: int = same_as(SetupOptions, "seed")
-    device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"),
-                         what="device")  # fmt: skip
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto, cpu or cuda",
+                                                    what="device")  # fmt: skip
     amp: bool | None = option(None, "bfloat16 autocast", default_text="on for CUDA",
                               flag=False)  # fmt: skip
     channels_last: bool | None = option(None, "channels-last memory format",
                                         default_text="on for CUDA images", flag=False)  # fmt: skip
     eval_every: int = option(1, "evaluate on the validation split every this many epochs (and "
                              "at the end)", ge=1, flag=False)  # fmt: skip
-    dump_weights: str = option("all", "weights in the event files, at the kept positions: all "
-                               "(every event), ends (init and final) or none",
-                               choices=("all", "ends", "none"), what="dump_weights",
-                               metavar="WHEN")  # fmt: skip
+    dump_weights: Literal["all", "ends", "none"] = option(
+        "all", "weights in the event files, at the kept positions: all (every event), ends (init "
+        "and final) or none", what="dump_weights", metavar="WHEN")  # fmt: skip
     checkpoint_every: int = option(500, "steps between checkpoints within an epoch (0: only at "
                                    "epoch ends); a killed run resumes from the last one", ge=0,
                                    metavar="STEPS")  # fmt: skip
