@@ -60,6 +60,7 @@ from .runs import (
     read_run_json,
 )
 from .seeding import generator
+from .trainer.config import METHOD_FIELDS
 
 __all__ = ["SPARSIFY_OPTIONS", "MaskRecorder", "SparseTraining", "record", "sparsify"]
 
@@ -68,29 +69,8 @@ __all__ = ["SPARSIFY_OPTIONS", "MaskRecorder", "SparseTraining", "record", "spar
 SPARSIFY_OPTIONS = (
     "density",
     "seed",
-    "init_method",
+    *METHOD_FIELDS,
     "init_masks",
-    "distribution",
-    "update_interval",
-    "growth",
-    "drop",
-    "rate",
-    "rate_min",
-    "update_end",
-    "skip_step_on_update",
-    "reinit_when_same",
-    "init_density",
-    "prune_start",
-    "prune_end",
-    "prune_scope",
-    "gap_mode",
-    "partitions",
-    "partition_map",
-    "step_epochs",
-    "cycles",
-    "finetune_epochs",
-    "gap_restart",
-    "gap_combine",
     "first_dense",
     "last_dense",
     "mask_adam",
