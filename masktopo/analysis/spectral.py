@@ -259,15 +259,22 @@ def solve_many(
         per = max(1, int((1 << 27) // max(1, m * n)))  # keep a batch within ~1 GiB of float64
         for start in range(0, len(idx), per):
             chunk = idx[start : start + per]
-            batch = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
+            # every matrix of the chunk in one host-to-device copy and one scatter
+            bs, rs, cs, vs = [], [], [], []
             for j, i in enumerate(chunk):
                 P = parts[i]
                 r, c = P.rows(), P.indices
                 if P.shape[0] > P.shape[1]:
                     r, c = c, r
-                batch[j, torch.from_numpy(r.astype(np.int64)).to(device),
-                      torch.from_numpy(c.astype(np.int64)).to(device)] = (
-                    torch.from_numpy(P.data).to(device))  # fmt: skip
+                bs.append(np.full(len(r), j, dtype=np.int64))
+                rs.append(np.asarray(r, dtype=np.int64))
+                cs.append(np.asarray(c, dtype=np.int64))
+                vs.append(np.asarray(P.data, dtype=np.float64))
+            index = torch.from_numpy(np.stack([np.concatenate(x) for x in (bs, rs, cs)]))
+            values = torch.from_numpy(np.concatenate(vs)).to(device)
+            index = index.to(device)
+            batch = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
+            batch[index[0], index[1], index[2]] = values
             out[chunk] = _sv_gram_torch(batch, k).cpu().numpy()
     return out
 
