@@ -119,6 +119,7 @@ class AnalyzeConfig:
                                "from the end)", metavar="K", default_text="every event")  # fmt: skip
     every: int = same_as(RunOptions, "every")
     cache: bool = same_as(RunOptions, "cache")
+    invalid: str = same_as(RunOptions, "invalid")
     conv: str = same_as(Options, "conv")
     gate: str = same_as(Options, "gate")
     imdb: str = same_as(Options, "imdb")
@@ -203,7 +204,7 @@ def _analyze_run(path, cfg, metrics: list[str] | None, show: bool):
 
     df = analyze_run(path, weights=cfg.weights, metrics=metrics, device=cfg.device,
                      route=cfg.route, progress=show, every=cfg.every, cache=cfg.cache,
-                     **_graph(cfg))  # fmt: skip
+                     invalid=cfg.invalid, **_graph(cfg))  # fmt: skip
     require_events(df, path)
     if not cfg.network:
         df = df[df["level"] == "layer"].drop(columns=[c for c in NETWORK_ONLY if c in df])
@@ -328,7 +329,8 @@ def analyze_paths(args, cfg, metrics: list[str] | None):
         else:
             df = _in_context(path, _analyze_one, path, ms, cfg, metrics, show, args.progress)
         if not whole_run:
-            df = _with_network_row(df, analysis.aggregate(df) if cfg.network else None)
+            df = _with_network_row(df, analysis.aggregate(df, invalid=cfg.invalid)
+                                   if cfg.network else None)  # fmt: skip
         if several:
             df.insert(0, "file", str(path))
         frames.append(df)

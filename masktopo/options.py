@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import MaskFileError, MaskValidationError, UnknownNameError
 
@@ -741,7 +741,8 @@ class Options:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Which events of a run directory are analyzed, and whether the cache is used."""
+    """Which events of a run directory are analyzed, whether the cache is used, and how the
+    network row treats layers whose Ramanujan metrics are gated out."""
 
     every: int = option(1, "for run directories: analyze events 0, K, 2K, ... and the last "
                         "(1: all)", ge=1, metavar="K", usage_bounds=True)  # fmt: skip
@@ -749,6 +750,10 @@ class RunOptions:
                          "RUN/analysis/", negative="--no-cache",
                          negative_help="for run directories: neither read nor update the cache "
                          "in RUN/analysis/")  # fmt: skip
+    invalid: Literal["skip", "zero"] = option(
+        "skip", "the network row's means over layers whose gated metrics are undefined (NaN): "
+        "skip those layers (I23), or count them as 0 (N23, PAGS's default); pags-spec §6.3",
+        what="invalid-value rule")  # fmt: skip
 
     def __post_init__(self):
         for f in fields(RunOptions):

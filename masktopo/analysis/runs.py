@@ -89,6 +89,7 @@ class _Job:
     weights: bool
     device: Any
     route: str = "auto"
+    invalid: str = "skip"  # the network row's rule for gated-out layers (aggregate)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -128,7 +129,7 @@ def _event_values(job: _Job, k: int) -> tuple[np.ndarray, list[str]]:
         o = job.opts
         df = analyze(ms, weights=use_w, metrics=names, device=job.device, route=job.route,
                      options=o)  # fmt: skip
-        net = aggregate(df)
+        net = aggregate(df, invalid=job.invalid)
         for name in names:
             j = columns.index(name)
             values[:n_layers, j] = _floats(df[name])
@@ -240,6 +241,8 @@ def _cache_key(job: _Job) -> str:
         **_options(job.opts),
         "metrics": list(job.names),
     }
+    if job.invalid != "skip":  # keeps the keys of caches written before the option existed
+        spec["invalid"] = job.invalid
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -487,8 +490,11 @@ def analyze_run(
         1 analyzes in this process. CUDA always analyzes in this process.
     **options
         The run options (:class:`masktopo.options.RunOptions`): ``every`` (analyze events ``0,
-        every, 2·every, …`` and always the last one; default 1) and ``cache`` (read and update
-        the cache; False computes every selected event and writes nothing); and the graph
+        every, 2·every, …`` and always the last one; default 1), ``cache`` (read and update
+        the cache; False computes every selected event and writes nothing) and ``invalid``
+        (the network row's rule for layers whose gated metrics are NaN: ``"skip"`` them, the
+        default, or count them as ``"zero"``; :func:`~masktopo.analysis.metrics.aggregate`;
+        part of the cache key); and the graph
         options ``conv``, ``gate``, ``imdb``, ``narc`` (:class:`masktopo.options.Options`, as for
         :func:`~masktopo.analysis.metrics.analyze`). Layers without edges are always allowed.
 
@@ -557,6 +563,7 @@ def analyze_run(
     graph, selection = grouped(options, Options, RunOptions)
     opts = dataclasses.replace(graph, allow_empty=True)
     every, cache = selection.every, selection.cache
+    invalid = selection.invalid
     workers = cpu_workers() if workers is None else _positive("workers", workers)
     names = tuple(resolve_metrics(metrics, weighted=bool(weights)))
     from .metrics import _device
@@ -565,7 +572,7 @@ def analyze_run(
     run = read_run(path)
     from .spectral import check_route
 
-    job = _Job(run, opts, names, bool(weights), dev, check_route(route))
+    job = _Job(run, opts, names, bool(weights), dev, check_route(route), invalid)
 
     nums = run.numbers  # 0, 1, ..., with a gap where a bad line of events.jsonl was skipped
     selected = sorted({*nums[::every], nums[-1]}) if nums else []

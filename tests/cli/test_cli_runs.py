@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -187,3 +188,35 @@ def test_subprocess_run_analysis(tmp_path):
     records = json.loads(proc.stdout)
     assert len(records) == 9 and records[-1]["layer"] == NETWORK and records[-1]["event"] == 2
     assert "events" in proc.stderr  # the progress bar
+
+
+def test_analyze_invalid_rule_for_the_network_row(tmp_path, capsys):
+    """--invalid zero counts gated-out layers as 0 in the network means (skip leaves them out):
+    a run with one complete bipartite layer (connected, gated in) and one star-like layer whose
+    Ramanujan gap is undefined under the N23 gate."""
+    from masktopo.cli.main import main
+    from masktopo.runs import RunWriter
+
+    good = torch.ones(6, 8, dtype=torch.bool)
+    bad = torch.zeros(6, 8, dtype=torch.bool)
+    bad[0] = True  # one output node: a star, the gate leaves its Ramanujan gap undefined
+    run = tmp_path / "run"
+    run.mkdir()
+    w = RunWriter(run)
+    w.write_run_json("train", {"config": {}, "seed": 0, "layers": [
+        {"name": "a", "kind": "linear", "shape": [6, 8]},
+        {"name": "b", "kind": "linear", "shape": [6, 8]}]})  # fmt: skip
+    w.record({"a": good, "b": bad}, None, kind="final", step=1, epoch=1.0)
+    w.close()
+    gaps = {}
+    for rule in ("skip", "zero"):
+        out = tmp_path / f"{rule}.csv"
+        assert main(["analyze", str(run), "--invalid", rule, "--metrics", "ramanujan_gap",
+                     "--format", "csv", "--out", str(out)]) == 0  # fmt: skip
+        t = pd.read_csv(out)
+        layers = t[t["level"] == "layer"].set_index("layer")["ramanujan_gap"]
+        assert np.isnan(layers["b"]) and np.isfinite(layers["a"])
+        gaps[rule] = float(t[t["level"] == "network"]["ramanujan_gap"].iloc[0])
+        gaps["a"] = float(layers["a"])
+    assert gaps["skip"] == pytest.approx(gaps["a"])
+    assert gaps["zero"] == pytest.approx(gaps["a"] / 2)
