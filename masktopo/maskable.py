@@ -25,7 +25,13 @@ from torch import nn
 
 from .errors import MaskValidationError
 
-__all__ = ["MASKABLE_TYPES", "find_maskable", "transposed_layers", "unwrap_model"]
+__all__ = [
+    "MASKABLE_TYPES",
+    "find_maskable",
+    "transposed_layers",
+    "type_rule_attrs",
+    "unwrap_model",
+]
 
 #: Module types whose ``weight`` is maskable.
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -62,21 +68,28 @@ def _patterns(value, what: str) -> tuple[str, ...]:
     return out
 
 
+def type_rule_attrs(module: nn.Module) -> tuple[str, ...]:
+    """The attributes of ``module`` that the type rule masks (module docstring): ``("weight",)``
+    for Linear, Conv and Hugging Face ``Conv1D``, the present projection weights of
+    ``nn.MultiheadAttention``, else none. :func:`find_maskable` and :func:`masktopo.record`
+    both select by it."""
+    if isinstance(module, MASKABLE_TYPES) or _is_hf_conv1d(module):
+        return ("weight",)
+    if isinstance(module, nn.MultiheadAttention):
+        return tuple(a for a in _ATTENTION_WEIGHTS if getattr(module, a, None) is not None)
+    return ()
+
+
 def _by_type(model: nn.Module) -> set[int]:
     embedded = {
         id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)
     }
     found: set[int] = set()
     for m in model.modules():
-        if isinstance(m, MASKABLE_TYPES) or _is_hf_conv1d(m):
-            w = getattr(m, "weight", None)
+        for attr in type_rule_attrs(m):
+            w = getattr(m, attr, None)
             if isinstance(w, nn.Parameter) and id(w) not in embedded:
                 found.add(id(w))
-        elif isinstance(m, nn.MultiheadAttention):
-            for attr in _ATTENTION_WEIGHTS:
-                w = getattr(m, attr, None)
-                if isinstance(w, nn.Parameter):
-                    found.add(id(w))
     return found
 
 

@@ -647,13 +647,7 @@ def _weight_source(module: nn.Module, attr: str, how: str):
                 return m.expand(getattr(module, attr).shape)
 
             return mask_fn, lambda: getattr(module, attr)
-        if how == "parametrize":
-            return None
-    if how == "prune":
-        return None
-    if how in ("auto", "nonzero", "parametrize"):
-        if how == "parametrize":
-            return None
+    if how in ("auto", "nonzero"):
         return (lambda: getattr(module, attr) != 0), (lambda: getattr(module, attr))
     return None
 
@@ -661,7 +655,7 @@ def _weight_source(module: nn.Module, attr: str, how: str):
 def _recorded_layers(model: nn.Module, how: str, layers, exclude) -> dict[str, tuple]:
     import fnmatch
 
-    from .maskable import _ATTENTION_WEIGHTS, MASKABLE_TYPES, _is_hf_conv1d
+    from .maskable import type_rule_attrs
 
     include = [layers] if isinstance(layers, str) else list(layers or [])
     leave = [exclude] if isinstance(exclude, str) else list(exclude or [])
@@ -674,12 +668,8 @@ def _recorded_layers(model: nn.Module, how: str, layers, exclude) -> dict[str, t
                                        if n.endswith("_orig"))}  # fmt: skip
             if hasattr(m, "parametrizations"):
                 attrs |= set(m.parametrizations.keys())
-        elif isinstance(m, MASKABLE_TYPES) or _is_hf_conv1d(m):
-            attrs = {"weight"}
-        elif isinstance(m, nn.MultiheadAttention):
-            attrs = {a for a in _ATTENTION_WEIGHTS if getattr(m, a, None) is not None}
         else:
-            continue
+            attrs = set(type_rule_attrs(m))
         for attr in sorted(attrs):
             name = f"{mod_name}.{attr}" if mod_name else attr
             if include and not any(fnmatch.fnmatchcase(name, p) for p in include):

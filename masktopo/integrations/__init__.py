@@ -91,10 +91,3 @@ def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
         if math.isfinite(float(v)):
             out[str(key)] = float(v)
     return out
-
-
-def _abandon(sp) -> None:
-    """Stop a :class:`~masktopo.userloop.SparseTraining` after a crash without its final event
-    (:meth:`~masktopo.userloop.SparseTraining.close`): the run stays resumable."""
-    if sp is not None:
-        sp.close()

@@ -51,7 +51,7 @@ except ImportError as e:  # the optional extra
 from ..errors import MaskValidationError
 from ..maskable import unwrap_model
 from ..userloop import SparseTraining, sparsify
-from . import _abandon, _scalars, _sparsify_options
+from . import _scalars, _sparsify_options
 
 __all__ = ["MaskTopoCallback"]
 
@@ -209,7 +209,7 @@ class MaskTopoCallback(pl.Callback):
         self._unhook()  # Lightning calls no teardown hook after an exception
         if self._running:
             self._running = False
-            _abandon(self.sparsifier)
+            self.sparsifier.close()  # no final event: the run stays resumable
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
