@@ -35,6 +35,9 @@ has) and the full-spectrum plane (Δr vs λ). Several run directories: one compa
 metric (the network of each run) and the plane with one trajectory per run. Runs are analyzed
 through the cache in RUN/analysis/ (only new events are computed).
 
+A sweep folder (masktopo sweep --out): the final test accuracy (or each --metric) against R_s
+(or --against NAME), mean ± std over the seeds of each cell, a colour per method.
+
 A mask file (.safetensors, .npz, a checkpoint), or one run directory with --layer (its last
 event, or --event K): per layer, the fan-in/fan-out degree histograms, the singular-value spectrum
 with the Ramanujan bound, the weighted spectrum when the file has weights, and a drawing as a
@@ -257,6 +260,56 @@ def _layer_figures(args, ms, name: str, emit) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Result folders that are not runs
+# ------------------------------------------------------------------------------------------------
+def _is_sweep(path: Path) -> bool:
+    from masktopo.sweep.runner import SWEEP_FILE
+
+    return (path / SWEEP_FILE).is_file()
+
+
+def _plot_sweep(args, path: Path, metrics, formats) -> list[Path]:
+    from masktopo.sweep.plots import plot_sweep
+
+    staging = Staging(Path(args.out), "figures")
+    with staging:
+        files: list[Path] = []
+        for y in metrics or ["test_acc"]:
+            files += plot_sweep(path, staging.path, y=y, x=args.against, formats=formats,
+                                title=args.title)  # fmt: skip
+        return staging.commit(files)
+
+
+#: Result folders other than run directories that ``plot`` draws: ``(name, is_it(path),
+#: draw(args, path, metrics, formats) -> files)``; the first whose ``is_it`` holds draws it.
+FOLDER_PLOTTERS: list[tuple[str, object, object]] = [("sweep", _is_sweep, _plot_sweep)]
+
+
+def _is_search(path: Path) -> bool:  # masktopo search / prune-bench output folders
+    from masktopo.search.plots import is_result_folder
+
+    return is_result_folder(path)
+
+
+def _plot_search(args, path: Path, metrics, formats) -> list[Path]:
+    from masktopo.search.plots import plot_folder
+
+    with Staging(Path(args.out), "figures") as staging:
+        return staging.commit(plot_folder(path, staging.path, formats=formats, title=args.title))
+
+
+FOLDER_PLOTTERS.append(("search", _is_search, _plot_search))
+
+
+def _folder_plotter(paths: list[Path]):
+    if len(paths) == 1 and paths[0].is_dir():
+        for _, is_it, draw in FOLDER_PLOTTERS:
+            if is_it(paths[0]):
+                return draw
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
 def run(args) -> int:
     apply_options(args, FigureOptions, RunOptions, Options)
     args.labels = None if args.labels is None else list(args.labels)
@@ -267,7 +320,10 @@ def run(args) -> int:
     formats = list(dict.fromkeys(args.formats or ["png"]))
     metrics = split_names(args.metrics)
     layer_mode = args.layers is not None or any(not p.is_dir() for p in paths)
-    if layer_mode:
+    folder = None if layer_mode else _folder_plotter(paths)
+    if folder is not None:
+        written = folder(args, paths[0], metrics, formats)
+    elif layer_mode:
         if len(paths) != 1:
             raise MaskTopoError(
                 f"layer figures (--layer, or a mask file) take exactly one PATH; got {len(paths)}"

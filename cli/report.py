@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="how figures are embedded (default svg: sharp at any zoom)",
     )
     p.add_argument("--title", default=None, help="page title (default: 'masktopo report: RUNs')")
-    add_arguments(p, FigureOptions)
+    add_arguments(p, FigureOptions, exclude=("against",))
     add_arguments(p, RunOptions)
     add_arguments(p, Options, only=("conv",))
     add_progress(p)

@@ -775,6 +775,10 @@ class FigureOptions:
                                             comma_list=False)  # fmt: skip
     x: str = option("step", "horizontal axis of the figures over training", choices=X_AXES,
                     what="x axis", usage_choices=True)  # fmt: skip
+    against: str | None = option(None, "sweep folders: the horizontal axis, a metric of the "
+                                 "runs or an axis of the sweep", metavar="NAME",
+                                 default_text="R_s when the runs have it, else the first "
+                                 "numeric axis")  # fmt: skip
 
     def __post_init__(self):
         for f in fields(FigureOptions):
@@ -815,15 +819,27 @@ class SetupOptions:
     ``masktopo pags``; each command's config takes these declarations with :func:`same_as`)."""
 
     model: str | None = option(None, "zoo network: resnet18 resnet34 resnet20 resnet50 vgg16 "
-                               "vgg19 lenet5 lenet300 mlpnet spiral-mlp, or module.path:callable "
+                               "vgg19 lenet5 lenet300 mlpnet spiral-mlp mlp smallcnn, or "
+                               "module.path:callable "
                                "(your own, docs/zoo.md)", choices=_zoo_models, what="model",
                                accepts=is_import_path, accepts_text="module.path:callable",
                                metavar="NAME")  # fmt: skip
     dataset: str | None = option(None, "dataset: cifar10 cifar100 tiny-imagenet imagenet mnist "
-                                 "fashion-mnist cubist-spiral", choices=_zoo_datasets,
+                                 "fashion-mnist cubist-spiral mnist1d", choices=_zoo_datasets,
                                  what="dataset", metavar="NAME")  # fmt: skip
     data_dir: str | None = option(None, "folder with the dataset's files", metavar="DIR",
                                   default_text="the dataset's standard place")  # fmt: skip
+    width: int | None = option(None, "hidden width of the models that take one (spiral-mlp: "
+                               "16, mlp: 100)", ge=1, metavar="W",
+                               default_text="the model's own")  # fmt: skip
     density: float = option(0.05, "fraction of the maskable weights kept", gt=0.0, le=1.0,
                             metavar="D")  # fmt: skip
     seed: int = option(0, "seed of every random draw (masktopo.seeding)", ge=0, metavar="S")
+    score_batches: int | None = option(None, "minibatches (of the batch size) a data-driven PaI "
+                                       "method (snip, grasp, iter-snip, force) scores on",
+                                       ge=1, metavar="N",
+                                       default_text="all of the training data")  # fmt: skip
+    pai_rounds: int | None = option(None, "pruning rounds of an iterative PaI method (synflow, "
+                                    "iter-snip, force)", ge=1, metavar="R",
+                                    default_text="the method's own: synflow 100, iter-snip and "
+                                    "force 10")  # fmt: skip

@@ -48,6 +48,7 @@ class PagsConfig:
 
     model: str | None = same_as(SetupOptions, "model", default_text="required")
     dataset: str | None = same_as(SetupOptions, "dataset", default_text="required")
+    width: int | None = same_as(SetupOptions, "width")
     method: str = option("erk", "PaI method the candidates come from; see --list-methods",
                          metavar="NAME")  # fmt: skip
     density: float = same_as(SetupOptions, "density", default_text="required")

@@ -66,7 +66,9 @@ class _OnDevice:
 def prepare(config: PagsConfig):
     """Model, θ, base mask and candidate source for ``config`` (nothing is written).
 
-    Returns ``(base, theta, source, info)``: ``info`` describes the run for run.json.
+    Returns ``(base, theta, source, info, state)``: ``info`` describes the run for run.json;
+    ``state`` is the model's whole state (every parameter and buffer, on the CPU) that was
+    scored.
     """
     from .. import pai, zoo
 
@@ -76,12 +78,15 @@ def prepare(config: PagsConfig):
     if config.device == "cuda" and not torch.cuda.is_available():
         raise MaskFileError("--device", "cuda: no CUDA device is available on this machine")
     init = generator(config.seed, "model")  # the trainer's model stream: the same θ
-    model = zoo.get_model(config.model, dataset=spec, generator=init)
+    model = zoo.get_model(config.model, dataset=spec, generator=init,
+                          **({} if config.width is None else {"width": config.width}))  # fmt: skip
     dataset = None
     if not data_free:
         dataset = zoo.load_dataset(config.dataset, data_dir=config.data_dir, split="train")
     if config.warm_start is not None:
         load_warm_start(model, config.warm_start, config.model)
+    # the whole scored network (biases, BatchNorm, a warm start): run.json's init.safetensors
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     model = model.to(config.device)
     params = zoo.maskable_parameters(model)
     theta = {n: p.detach().clone().cpu() for n, p in params.items()}
@@ -111,7 +116,7 @@ def prepare(config: PagsConfig):
             inner.prune = prune_on_device
     info = {"model": config.model, "dataset": config.dataset, "method": config.method,
             "data_free": data_free, "n_params_masked": sum(p.numel() for p in params.values())}  # fmt: skip
-    return base, theta, source, info
+    return base, theta, source, info, state
 
 
 def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: bool = False,
@@ -120,6 +125,22 @@ def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: 
     out = Path(out)
     require_parquet()
     check_out_dir(out, "pags", resume=resume)
-    base, theta, source, info = prepare(config)
-    return run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
-                    stop=stop, run_info=info)  # fmt: skip
+    base, theta, source, info, state = prepare(config)
+    result = run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
+                      stop=stop, run_info=info)  # fmt: skip
+    write_initial_state(out, state)
+    return result
+
+
+def write_initial_state(out: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write the scored network's whole state to ``out/init.safetensors`` (rank 0; atomically),
+    so that ``masktopo train --init-masks OUT`` starts from exactly that network."""
+    import torch.distributed as dist
+    from safetensors.torch import save
+
+    from ..files import atomic_write_bytes
+    from ..runs.layout import INIT_FILE
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    atomic_write_bytes(out / INIT_FILE, save(state, metadata={"format": "masktopo.init"}))

@@ -15,8 +15,8 @@ events::
     tensorboard/                      --tensorboard's event files           (train)
     wandb/                            --wandb's files (wandb.init(dir=RUN)) (train)
     analysis/<key>.npz                the run-analysis cache                (any kind with events)
-    base.safetensors, best.safetensors, snapshots/, candidates.parquet,
-    state.json, .pags-state/          PAGS's outputs and resume point       (pags)
+    base.safetensors, best.safetensors, init.safetensors (the scored network), snapshots/,
+    candidates.parquet, state.json, .pags-state/   PAGS's outputs and resume point   (pags)
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ WANDB_DIR = "wandb"
 # -- PAGS runs ------------------------------------------------------------------------------------
 BASE_FILE = "base.safetensors"
 BEST_FILE = "best.safetensors"
+#: The whole state (parameters and buffers) of the network PAGS scored: training from it and
+#: ``best.safetensors`` starts from exactly that network (``train --init-masks PAGS_RUN``).
+INIT_FILE = "init.safetensors"
 SNAPSHOT_DIR = "snapshots"
 CANDIDATES_FILE = "candidates.parquet"
 STATE_FILE = "state.json"
@@ -65,7 +68,8 @@ KINDS: dict[str, tuple[str, ...]] = {
         TENSORBOARD_DIR,
         WANDB_DIR,
     ),
-    "pags": (BASE_FILE, BEST_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE, STATE_DIR),
+    "pags": (BASE_FILE, BEST_FILE, INIT_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE,
+             STATE_DIR),
     # recorded from a user's own loop (masktopo.sparsify / masktopo.record): the user's own
     # checkpoint holds the resume point (the sparsifier's state_dict)
     "loop": (EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, ANALYSIS_DIR),

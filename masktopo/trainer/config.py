@@ -131,6 +131,7 @@ class TrainConfig:
                          metavar="NAME")  # fmt: skip
     model: str = same_as(SetupOptions, "model", default="lenet300")
     dataset: str = same_as(SetupOptions, "dataset", default="fashion-mnist")
+    width: int | None = same_as(SetupOptions, "width")
     data_dir: str | None = same_as(SetupOptions, "data_dir")
     density: float = same_as(SetupOptions, "density")
     epochs: int | None = option(None, "training epochs (schedules span them)", ge=1,
@@ -164,7 +165,23 @@ class TrainConfig:
                                      choices=_pai_methods, what="PaI method",
                                      default_text=_BY_METHOD, metavar="NAME")  # fmt: skip
     init_masks: str | None = option(None, "static: a mask file to train (e.g. "
-                                    "pags/best.safetensors)", metavar="FILE")  # fmt: skip
+                                    "pags/best.safetensors), or a PAGS run directory (its best "
+                                    "masks and the exact network it scored)",
+                                    metavar="FILE")  # fmt: skip
+    init_weights: str | None = option(None, "start from these weights: a safetensors file of the "
+                                      "model's whole state (parameters and buffers), e.g. a PAGS "
+                                      "run's init.safetensors", metavar="FILE",
+                                      default_text="the model's initialisation from seed")  # fmt: skip
+    score_batches: int | None = same_as(SetupOptions, "score_batches",
+                                        help="static: minibatches (of batch_size) a data-driven "
+                                        "PaI method scores on",
+                                        default_text="the whole training split")  # fmt: skip
+    pai_rounds: int | None = same_as(SetupOptions, "pai_rounds",
+                                     help="static: pruning rounds of an iterative PaI method "
+                                     "(synflow, iter-snip, force)")  # fmt: skip
+    shuffle_masks: bool = option(False, "static: permute each layer's PaI mask at random, "
+                                 "keeping its count (Frankle et al. 2021's control: the layer "
+                                 "densities without the chosen weights)", flag=False)  # fmt: skip
     distribution: str | None = option(None, "layer densities of the sparse start",
                                       choices=_distributions, what="distribution",
                                       default_text=_BY_METHOD, flag=False)  # fmt: skip
@@ -354,6 +371,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                 )
         elif value is None:
             changes[key] = defaults[key]
+    for key in ("score_batches", "pai_rounds", "shuffle_masks"):
+        if getattr(cfg, key) not in (None, False) and cfg.method != "static":
+            raise MaskValidationError(f"{key} is only used by method 'static' (its PaI mask), not "
+                                      f"{cfg.method!r}")  # fmt: skip
     if cfg.init_masks is not None and cfg.method not in ("static", "gap"):
         raise MaskValidationError(f"init_masks is only used by methods 'static' and 'gap', not "
                                   f"{cfg.method!r}")  # fmt: skip

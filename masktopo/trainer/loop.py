@@ -55,6 +55,7 @@ from ..seeding import generator, seed_for
 from .config import FIELDS, RESUMABLE_CHANGES, TrainConfig, from_dict, resolve
 from .logs import RunLog, check_packages
 from .session import DivergedError, SparseSession, masks_agree
+from .start import initial_state_file, load_initial_state
 
 CHECKPOINT_FORMAT = "masktopo.checkpoint"
 #: Version 2 added mid-epoch checkpoints (the epoch's running sums) and the events digest.
@@ -315,12 +316,17 @@ class _Data:
                 raw = crop_flip(raw, aug)
             yield self.train.normalize(raw), y
 
-    def pai_batches(self, n: int = 1):
-        """``n`` training batches for data-driven PaI scoring (its own generator)."""
+    def pai_batches(self, n: int | None = None):
+        """Training batches of ``batch_size`` for data-driven PaI scoring, in an order of their
+        own (the ``pai-batches`` stream): ``n`` of them, or (None) all of the training split,
+        the last one smaller. Made as they are read (a method that reads them twice keeps
+        them)."""
         g = generator(self.seed, "pai-batches")
         perm = torch.randperm(len(self.train), generator=g).to(self.device)
         b = self.batch_size
-        return [self.train.batch(perm[i * b : (i + 1) * b]) for i in range(n)]
+        count = -(-len(self.train) // b)
+        count = count if n is None else min(n, count)
+        return (self.train.batch(perm[i * b : (i + 1) * b]) for i in range(count))
 
 
 def _loss(spec, logits, y, smoothing: float):
@@ -469,7 +475,11 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     from ..pai.densities import keeps_some
     from ..zoo import get_model, maskable_parameters
 
-    model = get_model(cfg.model, dataset=data.spec, generator=generator(cfg.seed, "model"))
+    model = get_model(cfg.model, dataset=data.spec, generator=generator(cfg.seed, "model"),
+                      **({} if cfg.width is None else {"width": cfg.width}))  # fmt: skip
+    start_state = initial_state_file(cfg) if ckpt is None else None
+    if start_state is not None:
+        load_initial_state(model, start_state)
     model.to(device)
     image = len(data.spec.in_shape) == 3
     channels_last = cfg.channels_last if cfg.channels_last is not None else (
@@ -486,7 +496,8 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
 
     if ckpt is None:
         session.start(generator(cfg.seed, "masks", device=device),
-                      batches=data.pai_batches() if cfg.method == "static" else None)  # fmt: skip
+                      batches=data.pai_batches(cfg.score_batches) if cfg.method == "static"
+                      else None)  # fmt: skip
     elif any(k.endswith("_mask") for k in ckpt["model"]):  # the masks come with the model
         session.attach({n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()})
     masking = session.masking

@@ -43,6 +43,8 @@ MODEL_NAMES = (
     "lenet300",
     "mlpnet",
     "spiral-mlp",
+    "mlp",
+    "smallcnn",
 )
 
 #: Dataset names, in the CLI's spelling (the keys of ``datasets.DATASETS``).
@@ -54,6 +56,7 @@ DATASET_NAMES = (
     "mnist",
     "fashion-mnist",
     "cubist-spiral",
+    "mnist1d",
 )
 
 _LAZY = {

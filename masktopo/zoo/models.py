@@ -17,6 +17,8 @@ lenet5         conv 6-16, fc 120-84                       LeCun et al. 1998 (ReL
 lenet300       MLP 300-100                                LeCun et al. 1998; Han et al. 2015
 mlpnet         MLP 784-40-20-10, no bias                  CHITA / WoodFisher ``MlpNet``
 spiral-mlp     MLP 2-w-w-w-1 with biases (w = 16)         stephenqz/sparsest ``FourLayerModel``
+mlp            MLP in-w-w-out with biases (w = 100)      GraNet/ITOP small checks; MNIST-1D
+smallcnn       conv 32-64, fc 128, with biases           methods-spec §8 E2 ("conv 32-64 + FC")
 =============  ========================================  =================================
 
 Initialisation never touches PyTorch's global random state: a model is built on the ``meta``
@@ -52,6 +54,7 @@ from ..options import is_import_path
 
 __all__ = [
     "MASKABLE_TYPES",
+    "MLP",
     "MODELS",
     "VGG",
     "BasicBlock",
@@ -61,6 +64,7 @@ __all__ = [
     "LeNet5",
     "LeNet300",
     "MLPNet",
+    "SmallCNN",
     "SpiralMLP",
     "get_model",
     "maskable_parameters",
@@ -328,13 +332,49 @@ class SpiralMLP(_MLP):
     """
 
     def __init__(self, num_classes: int = 1, in_features: int = 2, width: int = 16):
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise MaskValidationError(
-                f"spiral-mlp: width must be a positive integer, got {width!r}"
-            )
+        _check_width(width, "spiral-mlp")
         sizes = (in_features, width, width, width, num_classes)
         names = ("first_layer", "second_layer", "third_layer", "clf")
         super().__init__(sizes, names, bias=True)
+
+
+class MLP(_MLP):
+    """An MLP with two hidden layers of ``width`` units (default 100): ``fc1`` (in -> w) -
+    ``fc2`` (w -> w) - ``fc3``, ReLU, with biases. 784-100-100-10 on (Fashion-)MNIST, the model
+    of GraNet's and ITOP's small-scale checks (methods-spec §8, E2); 40-100-100-10 on MNIST-1D,
+    the MLP of Greydanus & Kobak (2024)."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 784, width: int = 100):
+        _check_width(width, "mlp")
+        super().__init__((in_features, width, width, num_classes), ("fc1", "fc2", "fc3"),
+                         bias=True)  # fmt: skip
+
+
+class SmallCNN(nn.Module):
+    """A small CNN: ``conv1`` 3x3 (32, padding 1) - pool - ``conv2`` 3x3 (64, padding 1) - pool
+    - ``fc1`` 128 - ``fc2``; ReLU and 2x2 max-pool, with biases. On 1x28x28 input ``fc1`` reads
+    64x7x7 = 3,136 (methods-spec §8, E2's "conv 32-64 + FC")."""
+
+    def __init__(self, num_classes: int = 10, in_shape=(1, 28, 28)):
+        super().__init__()
+        c, h, w = in_shape
+        fh, fw = h // 4, w // 4
+        if fh < 1 or fw < 1:
+            raise MaskValidationError(f"smallcnn needs inputs of at least 4x4 pixels, got {h}x{w}")
+        self.conv1 = nn.Conv2d(c, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = nn.Linear(64 * fh * fw, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def _check_width(width, model: str) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise MaskValidationError(f"{model}: width must be a positive integer, got {width!r}")
 
 
 # -- initialisation ---------------------------------------------------------------------------------
@@ -453,6 +493,16 @@ def spiral_mlp(*, num_classes: int = 1, in_shape=(2,), width: int = 16) -> Spira
     return SpiralMLP(num_classes, d, width)
 
 
+def mlp(*, num_classes: int = 10, in_shape=(1, 28, 28), width: int = 100) -> MLP:
+    """An MLP in-w-w-out with biases on the flattened input; ``width`` w, default 100."""
+    return MLP(num_classes, math.prod(_check_shape(in_shape, image=False, model="mlp")), width)
+
+
+def smallcnn(*, num_classes: int = 10, in_shape=(1, 28, 28)) -> SmallCNN:
+    """A small CNN (conv 32/64, fc 128)."""
+    return SmallCNN(num_classes, _check_shape(in_shape, image=True, model="smallcnn"))
+
+
 #: Model name -> builder ``f(*, num_classes, in_shape, **options)``, in the CLI's spelling.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
@@ -465,6 +515,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": lenet300,
     "mlpnet": mlpnet,
     "spiral-mlp": spiral_mlp,
+    "mlp": mlp,
+    "smallcnn": smallcnn,
 }
 
 #: Model name -> initialisation scheme (each reference's own).
@@ -479,6 +531,8 @@ _INIT: dict[str, Callable] = {
     "lenet300": _init_torch_default,
     "mlpnet": _init_torch_default,
     "spiral-mlp": _init_torch_default,
+    "mlp": _init_torch_default,
+    "smallcnn": _init_torch_default,
 }
 
 
@@ -498,7 +552,7 @@ def get_model(
     ----------
     name : str
         One of :data:`MODELS`: ``resnet18 resnet34 resnet20 resnet50 vgg16 vgg19 lenet5 lenet300
-        mlpnet spiral-mlp``; or an import path ``module.path:callable`` (exactly one colon, dotted
+        mlpnet spiral-mlp mlp smallcnn``; or an import path ``module.path:callable`` (exactly one colon, dotted
         identifiers on both sides; see Notes).
     num_classes : int, optional
         Output units. Defaults to the dataset's ``num_outputs`` when ``dataset`` is given, else to
@@ -513,7 +567,7 @@ def get_model(
         Source of every random initial value. ``None`` uses a generator seeded with 0, so the
         result is deterministic either way; PyTorch's global RNG is never used.
     **options
-        Model-specific options (``width`` for spiral-mlp), passed on to an import path's callable.
+        Model-specific options (``width`` for spiral-mlp and mlp), passed on to an import path's callable.
 
     Returns
     -------

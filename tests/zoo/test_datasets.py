@@ -40,6 +40,7 @@ def test_specs():
         "mnist": ((1, 28, 28), 10),
         "fashion-mnist": ((1, 28, 28), 10),
         "cubist-spiral": ((2,), 2),
+        "mnist1d": ((40,), 10),
     }
     for name, (shape, classes) in expected.items():
         spec = get_spec(name)
@@ -540,3 +541,26 @@ def test_dataset_to_device_and_subset():
     assert torch.equal(sub.data, x[[1, 3]]) and len(ds.to("cpu")) == 10
     with pytest.raises(MaskValidationError, match="10 samples but 3 labels"):
         ArrayDataset(x[:10], y[:3], get_spec("cubist-spiral"), "train")
+
+
+# -- MNIST-1D ---------------------------------------------------------------------------------------
+def test_mnist1d_is_the_packages_default_dataset_offline_and_leaves_numpy_alone():
+    """MNIST-1D comes from the mnist1d package's generator with its default arguments (4,000
+    train and 1,000 test sequences of 40 values, 10 classes); nothing is downloaded and NumPy's
+    global random state is left as it was."""
+    pytest.importorskip("mnist1d")
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    train = load_dataset("mnist1d")
+    assert np.array_equal(np.random.get_state()[1], before)
+    test = load_dataset("mnist1d", split="test", data_dir="/nonexistent")  # ignored: generated
+    assert (len(train), len(test)) == (4000, 1000)
+    assert train.data.shape == (4000, 40) and train.data.dtype == torch.float32
+    ref = make_dataset(get_dataset_args())  # an independent call of the package
+    assert np.array_equal(train.data.numpy(), ref["x"].astype(np.float32))
+    assert np.array_equal(test.targets.numpy(), ref["y_test"])
+    assert sorted(set(train.targets.tolist())) == list(range(10))
+    x, y = train[0]
+    assert x.shape == (40,) and y.dtype == torch.int64

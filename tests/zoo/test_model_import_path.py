@@ -19,8 +19,8 @@ from masktopo.zoo import get_model
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN = (
-    "known: lenet300, lenet5, mlpnet, resnet18, resnet20, resnet34, resnet50, spiral-mlp, vgg16, "
-    "vgg19, or module.path:callable"
+    "known: lenet300, lenet5, mlp, mlpnet, resnet18, resnet20, resnet34, resnet50, smallcnn, "
+    "spiral-mlp, vgg16, vgg19, or module.path:callable"
 )
 
 _NETS = """

@@ -37,6 +37,8 @@ _FORWARD = {
     "lenet300": (1, 28, 28),
     "mlpnet": (1, 28, 28),
     "spiral-mlp": (2,),
+    "mlp": (40,),
+    "smallcnn": (1, 28, 28),
 }
 
 
@@ -220,7 +222,7 @@ def test_maskable_parameters_skip_bias_and_batchnorm():
 
 
 def test_bad_arguments():
-    with pytest.raises(UnknownNameError, match="known: lenet300, lenet5, mlpnet, resnet18"):
+    with pytest.raises(UnknownNameError, match="known: lenet300, lenet5, mlp, mlpnet, resnet18"):
         get_model("resnet19")
     with pytest.raises(UnknownNameError, match="unknown dataset"):
         get_model("resnet18", dataset="cifar11")
@@ -237,11 +239,28 @@ def test_bad_arguments():
         get_model("resnet18", width=3)
     with pytest.raises(MaskValidationError, match="width must be a positive integer"):
         get_model("spiral-mlp", width=0)
+    with pytest.raises(MaskValidationError, match="mlp: width must be a positive integer"):
+        get_model("mlp", width=True)
+
+
+def test_e2_models_have_the_stated_sizes():
+    """MLP 784-100-100-10 and the small CNN (conv 32-64, fc 128) of methods-spec §8 E2."""
+    mlp = get_model("mlp", dataset="fashion-mnist")
+    assert [tuple(p.shape) for p in maskable_parameters(mlp).values()] == [
+        (100, 784), (100, 100), (10, 100)]  # fmt: skip
+    assert _count(mlp) == 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
+    assert [
+        tuple(p.shape)
+        for p in maskable_parameters(get_model("mlp", dataset="mnist1d", width=7)).values()
+    ] == [(7, 40), (7, 7), (10, 7)]
+    cnn = get_model("smallcnn", dataset="fashion-mnist")
+    assert [tuple(p.shape) for p in maskable_parameters(cnn).values()] == [
+        (32, 1, 3, 3), (64, 32, 3, 3), (128, 64 * 7 * 7), (10, 128)]  # fmt: skip
 
 
 def test_names_are_available_without_torch():
     code = (
-        "import sys, masktopo.zoo as z; assert len(z.MODEL_NAMES) == 10; "
+        "import sys, masktopo.zoo as z; assert len(z.MODEL_NAMES) == 12; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -18,7 +18,7 @@ from ...errors import MaskFileError, MaskValidationError
 from ...zoo.models import maskable_parameters
 from .base import Sparsifier
 
-__all__ = ["Static", "masks_from_file"]
+__all__ = ["Static", "masks_from_file", "shuffle_within_layers"]
 
 
 class Static(Sparsifier):
@@ -56,8 +56,13 @@ class Static(Sparsifier):
             generator=generator,
             first_dense=first_dense,
             last_dense=last_dense,
+            iterations=self.cfg.pai_rounds,
+            **_loss_option(self.cfg.dataset, self.cfg.init_method),
         )
-        return {n: ms[n].to(p.device) for n, p in maskable.items()}, None
+        masks = {n: ms[n].to(p.device) for n, p in maskable.items()}
+        if self.cfg.shuffle_masks:
+            masks = shuffle_within_layers(masks, generator)
+        return masks, None
 
     def _on_subset(self, maskable, generator):
         """Random masks with exact counts on a maskable set that is not the model's type-rule set
@@ -76,6 +81,32 @@ class Static(Sparsifier):
         return start_masks(maskable, self.cfg.density, dist, generator)
 
 
+def shuffle_within_layers(masks: dict[str, torch.Tensor], generator: torch.Generator):
+    """Each layer's mask with its entries permuted uniformly at random (same count, same
+    shape): the "shuffle" control of Frankle et al. (2021), *Pruning Neural Networks at
+    Initialization: Why Are We Missing the Mark?*, ICLR, which keeps a PaI method's layer
+    densities and discards which weights it chose. One permutation per layer, drawn from
+    ``generator`` (on its device) in layer order."""
+    out = {}
+    for name, m in masks.items():
+        perm = torch.randperm(m.numel(), generator=generator, device=generator.device)
+        out[name] = m.reshape(-1)[perm.to(m.device)].reshape(m.shape)
+    return out
+
+
+def _loss_option(dataset, method: str) -> dict:
+    """``loss=`` for a data-driven PaI method: the dataset's own training loss (one-logit BCE for
+    a binary task such as cubist-spiral; cross-entropy otherwise, the scorers' default)."""
+    from ... import pai
+    from ...zoo import DATASETS
+
+    cls = pai.METHODS.get(method)
+    spec = DATASETS.get(dataset) if isinstance(dataset, str) else None
+    if cls is None or cls.data_free or spec is None:
+        return {}
+    return {"loss": spec.loss_fn}
+
+
 def masks_from_file(path, model, maskable):
     """A mask file's masks for exactly the ``maskable`` layers (bool, on the parameters'
     devices), and its weights (None when it has none).
@@ -86,7 +117,9 @@ def masks_from_file(path, model, maskable):
         The file cannot be read, or its layers or shapes do not match ``maskable``.
     """
     from ...inputs import load
+    from ..start import mask_file
 
+    path = mask_file(path)
     ms = load(path)
     names, want = list(ms), set(maskable)
     missing = [n for n in maskable if n not in ms]

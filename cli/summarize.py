@@ -1,0 +1,70 @@
+"""``masktopo summarize``: mean ± std of a sweep's runs per cell (docs/sweeps.md).
+
+Every flag is derived from :class:`masktopo.sweep.config.SummarizeConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_DESCRIPTION = """\
+Group the finished runs of a sweep folder by its axes (default: every axis but seed) and print,
+per group, the number of runs and mean ± std (sample std over the runs) of each metric: a final
+metric of the run (test_acc, the final model's test accuracy, by default), a field of its last
+mask event (R_s, density), or a network topology metric of its last mask event (ramanujan_gap,
+imdb_ramanujan_gap, ...; read from the run's analysis cache, computed once when missing).
+--format csv or json gives the numbers as <metric>_mean, <metric>_std and <metric>_n columns."""
+
+_SUFFIX_FORMATS = {".md": "markdown", ".csv": "csv", ".json": "json", ".txt": "table"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from masktopo.options import add_arguments
+    from masktopo.sweep.config import SummarizeConfig
+
+    p = subparsers.add_parser(
+        "summarize",
+        help="mean ± std per cell of a sweep",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="SWEEP_DIR", help="a sweep folder (masktopo sweep --out)")
+    p.add_argument("--out", "-o", metavar="FILE", default=None,
+                   help="write the table to FILE (atomically) instead of stdout")  # fmt: skip
+    add_arguments(p, SummarizeConfig)
+    return p
+
+
+def run(args) -> int:
+    import json
+
+    from masktopo.files import atomic_write_bytes
+    from masktopo.options import flag_values, gather
+    from masktopo.sweep import summarize
+    from masktopo.sweep.config import SummarizeConfig
+    from masktopo.sweep.summary import format_summary
+
+    from ._output import render_markdown, render_rows, write_stdout
+
+    cfg = gather(SummarizeConfig, flags=flag_values(args, SummarizeConfig))
+    fmt = cfg.format or (_SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "table")
+                         if args.out else "table")  # fmt: skip
+    metrics = list(cfg.metrics)
+    df = summarize(args.path, by=cfg.by, metrics=metrics)
+    if fmt == "csv":
+        text = df.to_csv(index=False)
+    elif fmt == "json":
+        records = json.loads(df.to_json(orient="records"))
+        text = json.dumps(records, indent=1) + "\n"
+    else:
+        header, rows = format_summary(df, metrics, percent=cfg.percent)
+        render = render_markdown if fmt == "markdown" else render_rows
+        text = render(header, rows).rstrip("\n") + "\n"
+        if df.empty:
+            text = "no finished run yet\n"
+    if args.out:
+        atomic_write_bytes(Path(args.out), text.encode("utf-8"))
+    else:
+        write_stdout(text)
+    return 0
