@@ -170,3 +170,18 @@ def test_a_pags_run_directory_trains_from_exactly_the_scored_network(tmp_path):
     (tmp_path / "p" / "init.safetensors").unlink()
     with pytest.raises(MaskFileError, match=r"this PAGS run has no init\.safetensors"):
         train(cfg, tmp_path / "run2")
+
+
+def test_static_reports_its_density_as_R_s(tmp_path):
+    """A fixed mask's ever-active fraction is its density: static runs have R_s (E1's axis),
+    also after a resume from a checkpoint."""
+    from masktopo.trainer import resume_config
+
+    cfg = TrainConfig(method="static", density=0.3, max_steps=30, checkpoint_every=10,
+                      **{**SPIRAL, "epochs": 2})  # fmt: skip
+    res = train(cfg, tmp_path / "run")
+    assert res.final["R_s"] == pytest.approx(res.density) and res.density == pytest.approx(
+        0.3, abs=0.01
+    )
+    again = train(resume_config(tmp_path / "run", max_steps=60), tmp_path / "run", resume=True)
+    assert again.final["R_s"] == pytest.approx(res.density)

@@ -28,6 +28,10 @@ class Static(Sparsifier):
     summary: ClassVar[str] = "a fixed mask from a PaI method or a mask file"
     defaults: ClassVar[dict] = {"init_method": "erk"}
 
+    #: The fraction of maskable weights ever active (ITOP's :math:`R_s`): a fixed mask's
+    #: density, set when the mask is drawn (None until then; kept in checkpoints).
+    R_s: float | None = None
+
     def init_masks(self, model, maskable, generator, *, batches=None):
         """The PaI or file mask; the file's weights (on the parameters' devices) when it has them.
 
@@ -39,6 +43,25 @@ class Static(Sparsifier):
             A data-driven PaI method without ``batches``, or ``maskable`` that is not the model's
             maskable parameters (minus the first and/or last layer).
         """
+        masks, weights = self._draw(model, maskable, generator, batches)
+        kept = sum(int(m.sum()) for m in masks.values())
+        self.R_s = kept / max(1, sum(m.numel() for m in masks.values()))
+        return masks, weights
+
+    def scalars(self) -> dict:
+        """``R_s``: for a fixed mask, the fraction of weights ever active is its density
+        (Liu et al. 2021, ITOP, the static baseline of Fig. 2), so static runs sit on the same
+        R_s axis as the dynamic ones."""
+        return {} if self.R_s is None else {"R_s": self.R_s}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "R_s": self.R_s}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.R_s = state.get("R_s")
+
+    def _draw(self, model, maskable, generator, batches):
         self._check_maskable(maskable)
         if self.cfg.init_masks is not None:
             return masks_from_file(self.cfg.init_masks, model, maskable)
