@@ -70,7 +70,10 @@ class SweepCommand:
         if missing:
             raise MaskValidationError(f"{prefix}{self.name} needs {', '.join(missing)} in [base] "
                                       "or the grid")  # fmt: skip
-        cfg = from_values(self.config, settings, where or None)
+        from .spec import TAG
+
+        cfg = from_values(self.config, {k: v for k, v in settings.items() if k != TAG},
+                          where or None)  # fmt: skip
         if self.check is not None:
             try:
                 self.check(cfg)

@@ -19,6 +19,9 @@ A sweep file is TOML::
     method = "static"
     seed = [0, 1, 2]            # a list here is a product too
 
+A ``tag`` (a string, in any table) labels cells: it is an axis like the others and part of the
+key, but it is not passed to the command.
+
 In ``[grid]`` every value is a list of settings (a list of lists for an option that takes a list,
 such as ``lr_milestones``). In an ``[[include]]`` table a value is one setting, or a list of
 settings whose product is taken (for a list option: a list of lists); a flat list for a list
@@ -57,6 +60,9 @@ __all__ = ["Cell", "Sweep", "cell_key", "expand", "load_sweep", "parse_sweep"]
 
 #: Keys a sweep never takes from the file: the sweep sets them for each run.
 RESERVED = ("out",)
+#: A free label of a cell (a string): an axis for ``summarize`` and part of the key, never
+#: passed to the command (``tag = "best"`` next to settings that say the same in paths).
+TAG = "tag"
 _TABLES = ("base", "grid", "include")
 _LIST_KINDS = ("floats", "strs")
 _SLUG_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]+")
@@ -162,7 +168,9 @@ def _values_of(cls: type, key: str, value: Any, where: str, *, product: bool) ->
     or in ``[[include]]`` (``product=False``: a list only when it is one for a scalar option,
     or a list of lists for a list option)."""
     kinds = {f.name: f.kind for f in fields(cls)}
-    if key not in kinds:
+    if key == TAG:
+        kinds = {TAG: "str"}
+    elif key not in kinds:
         check_value(cls, key, value, where)  # the unknown-key error, listing the known keys
     is_list_option = kinds[key] in _LIST_KINDS
     if product:
@@ -178,7 +186,13 @@ def _values_of(cls: type, key: str, value: Any, where: str, *, product: bool) ->
         items = value
     else:
         items = [value]
-    out = [_check(cls, key, v, where) for v in items]
+    if key == TAG:
+        bad = [v for v in items if not isinstance(v, str) or not v]
+        if bad:
+            raise MaskValidationError(f"{where}: a tag is a non-empty string, got {bad[0]!r}")
+        out = list(items)
+    else:
+        out = [_check(cls, key, v, where) for v in items]
     for a, b in itertools.combinations(range(len(out)), 2):
         if out[a] == out[b]:
             raise MaskValidationError(f"{where}: the value {items[a]!r} is listed twice")
@@ -214,7 +228,8 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep file") -> Sweep:
         raise MaskValidationError(f"{source}: one sweep runs one command: set 'command' in "
                                   "[base] only")  # fmt: skip
     cls = get_command(command).config
-    base = {k: _check(cls, k, v, _where(source, "base", k)) for k, v in base.items()}
+    base = {k: (v if k == TAG else _check(cls, k, v, _where(source, "base", k)))
+            for k, v in base.items()}  # fmt: skip
     both = sorted(set(base) & set(grid))
     if both:
         raise MaskValidationError(f"{source}: {', '.join(both)} in both [base] and [grid]; keep "

@@ -149,3 +149,16 @@ def test_shipped_sweep_files_load_and_resolve_by_name():
         assert Path(sweep_file(p.stem)).read_bytes() == p.read_bytes()
         assert Path(sweep_file(f"sweeps/{p.stem}.toml")).read_bytes() == p.read_bytes()
     assert sweep_file("no-such-sweep") == "no-such-sweep"
+
+
+def test_tags_label_cells_without_reaching_the_command():
+    sweep = parse_sweep({"base": {**BASE, "method": "static"},
+                         "include": [{"tag": "a", "seed": [0, 1]}, {"tag": "b", "seed": 0}]})  # fmt: skip
+    assert sweep.axes == ("tag", "seed")
+    assert [c.axes for c in sweep.cells] == [{"tag": "a", "seed": 0}, {"tag": "a", "seed": 1},
+                                             {"tag": "b", "seed": 0}]  # fmt: skip
+    assert sweep.cells[0].key != sweep.cells[2].key  # the tag is part of the key
+    cfg = sweep.spec.build(sweep.cells[0].settings)
+    assert cfg.seed == 0 and not hasattr(cfg, "tag")
+    with pytest.raises(MaskValidationError, match="a tag is a non-empty string"):
+        parse_sweep({"base": BASE, "grid": {"tag": [3]}})
