@@ -3,7 +3,8 @@
 :func:`plot_sweep` draws, for every group of runs (the sweep's axes but ``seed``), one point at
 the mean of ``x`` and ``y`` with error bars of one sample standard deviation over its runs; the
 points of one value of the *series* axis (default: ``method`` when the sweep has it, else the
-first axis with several values) share a colour and marker and are joined in the order of ``x``;
+first axis with several values) share a colour and marker and are joined in the order of the
+remaining axes' values (ΔT for E1; else of ``x``);
 each point is labelled with the values of the remaining axes (``update_interval=100``). The
 default ``x`` is ``R_s`` (ITOP's in-time over-parameterization rate, E1's axis) when every run
 has it, else the first numeric axis.
@@ -125,7 +126,8 @@ def plot_sweep(
         xs, ys = xs[ok], ys[ok]
         points.append({
             "series": where.get(series) if series else None,
-            "label": ", ".join(f"{a}={where[a]}" for a in rest if a in where),
+            "label": ", ".join(f"{a}={_show(where[a])}" for a in rest if a in where),
+            "order": tuple(_order(where.get(a)) for a in rest),
             "x": xs.mean(), "xerr": xs.std(ddof=1) if xs.size > 1 else 0.0,
             "y": ys.mean(), "yerr": ys.std(ddof=1) if ys.size > 1 else 0.0, "n": int(ok.sum()),
         })  # fmt: skip
@@ -141,7 +143,9 @@ def plot_sweep(
         fig = Figure(figsize=(7.0, 4.5), layout="constrained")
         ax = fig.add_subplot()
         for i, name in enumerate(names):
-            pts = sorted((p for p in points if p["series"] == name), key=lambda p: p["x"])
+            # joined along the other axes' values (ΔT for E1), else along x
+            pts = sorted((p for p in points if p["series"] == name),
+                         key=lambda p: (p["order"], p["x"]))  # fmt: skip
             colour, marker = OKABE_ITO[i % len(OKABE_ITO)], _MARKERS[i % len(_MARKERS)]
             ax.errorbar([p["x"] for p in pts], [p["y"] for p in pts],
                         xerr=[p["xerr"] for p in pts], yerr=[p["yerr"] for p in pts],
@@ -173,6 +177,21 @@ def plot_sweep(
             raise MaskValidationError(f"unknown figure format {fmt!r}; known: {', '.join(FORMATS)}")
         files.append(save_figure(fig, out / f"sweep-{_stem(y)}-vs-{_stem(x)}.{fmt}"))
     return files
+
+
+def _show(v) -> str:
+    """An axis value as a label: 100 rather than 100.0 (pandas makes a column with a missing
+    value float)."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _order(v):
+    """A sort key for axis values of mixed kinds: numbers by value, then text."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
 
 
 def _stem(name: str) -> str:
