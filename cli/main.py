@@ -22,11 +22,24 @@ from collections.abc import Sequence
 from masktopo import __version__
 from masktopo.errors import MaskTopoError
 
-from . import analyze, demo, info, pags, plot, report, summarize, sweep, train
+from . import (
+    analyze,
+    demo,
+    info,
+    pags,
+    plot,
+    prune_bench,
+    report,
+    search,
+    summarize,
+    sweep,
+    train,
+)
 from ._output import compile_notice, show_progress, warning_printer
 
 #: The subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = (analyze, info, pags, train, sweep, summarize, plot, report, demo)
+SUBCOMMANDS = (analyze, info, pags, train, sweep, summarize, search, prune_bench, plot, report,
+               demo)  # fmt: skip
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

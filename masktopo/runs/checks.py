@@ -16,7 +16,8 @@ from .reader import read_run_json
 __all__ = ["check_out_dir", "check_output", "check_same_config", "run_kind"]
 
 #: How messages name the kinds of run.
-_NAMES = {"train": "training", "pags": "PAGS", "loop": "own-loop", "?": "(unreadable)"}
+_NAMES = {"train": "training", "pags": "PAGS", "loop": "own-loop", "prune": "pruning",
+          "search": "search", "prune-bench": "pruning-benchmark", "?": "(unreadable)"}  # fmt: skip
 
 
 def run_kind(path: Path) -> str | None:
@@ -56,13 +57,15 @@ def check_out_dir(
         if not out.is_dir():
             raise MaskFileError(out, "cannot write a run there: it is a file, not a folder")
     found = run_kind(out) if out.is_dir() else None
-    this = _NAMES[kind]
+    this = _NAMES.get(kind, kind)
     again, dest = flags
     if resume:
         if found is None:
             raise MaskFileError(out, f"{again}: not a run directory (no {RUN_FILE})")
         if found != kind:
-            raise MaskFileError(out, f"{again}: holds a {_NAMES[found]} run, not a {this} run")
+            raise MaskFileError(
+                out, f"{again}: holds a {_NAMES.get(found, found)} run, not a {this} run"
+            )
         return out
     if found == kind:
         raise MaskFileError(
@@ -72,7 +75,7 @@ def check_out_dir(
     if found is not None:
         raise MaskFileError(
             out,
-            f"holds a {_NAMES[found]} run; a {this} run needs a new or empty folder: choose "
+            f"holds a {_NAMES.get(found, found)} run; a {this} run needs a new or empty folder: choose "
             f"another {dest}",
         )
     if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):

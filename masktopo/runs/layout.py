@@ -56,6 +56,14 @@ CANDIDATES_FILE = "candidates.parquet"
 STATE_FILE = "state.json"
 STATE_DIR = ".pags-state"
 
+# -- prune, search and prune-bench folders ---------------------------------------------------------
+#: ``masktopo prune``'s table: one row per method x sparsity (objective, |w - w0|, accuracy, ...).
+PRUNE_TABLE_FILE = "results.csv"
+#: ``masktopo search`` / ``prune-bench``: one parquet part per finished batch (the commit point),
+#: and every row in run order once the search is complete.
+RESULTS_DIR = "results"
+RESULTS_FILE = "results.parquet"
+
 #: The kinds of run and the files and folders that make them up (besides run.json and .lock).
 KINDS: dict[str, tuple[str, ...]] = {
     "train": (
@@ -68,11 +76,15 @@ KINDS: dict[str, tuple[str, ...]] = {
         TENSORBOARD_DIR,
         WANDB_DIR,
     ),
-    "pags": (BASE_FILE, BEST_FILE, INIT_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE,
-             STATE_DIR),
+    "pags": (BASE_FILE, BEST_FILE, INIT_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE, STATE_DIR),
     # recorded from a user's own loop (masktopo.sparsify / masktopo.record): the user's own
     # checkpoint holds the resume point (the sparsifier's state_dict)
     "loop": (EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, ANALYSIS_DIR),
+    # masktopo prune: one event per solve (CHITA++: per stage) and the table results.csv
+    "prune": (EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, ANALYSIS_DIR, PRUNE_TABLE_FILE),
+    # masktopo search / prune-bench: results parts, the masks of runs above target (search)
+    "search": (RESULTS_DIR, MASKS_DIR, CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE),
+    "prune-bench": (RESULTS_DIR, CHECKPOINT_FILE, RESULTS_FILE, SUMMARY_FILE),
 }
 
 
