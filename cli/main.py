@@ -28,6 +28,7 @@ from . import (
     info,
     pags,
     plot,
+    prune,
     prune_bench,
     report,
     search,
@@ -38,8 +39,8 @@ from . import (
 from ._output import compile_notice, show_progress, warning_printer
 
 #: The subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = (analyze, info, pags, train, sweep, summarize, search, prune_bench, plot, report,
-               demo)  # fmt: skip
+SUBCOMMANDS = (analyze, info, pags, train, prune, sweep, summarize, search, prune_bench, plot,
+               report, demo)  # fmt: skip
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -237,6 +237,15 @@ class TrainConfig:
         None, "gap parallel: the parameters outside the partitions from the replicas' average "
         "or from replica 0 (first)", what="gap combine rule", default_text=_BY_METHOD,
         flag=False)  # fmt: skip
+    chita_samples: int | None = option(None, "chita: gradient rows n of each prune event",
+                                       ge=1, default_text=_BY_METHOD, metavar="N")  # fmt: skip
+    chita_batch: int | None = option(None, "chita: training samples per gradient row (m)", ge=1,
+                                     default_text=_BY_METHOD, flag=False)  # fmt: skip
+    chita_stages: int | None = option(None, "chita: CHITA++ stages of each prune event", ge=1,
+                                      default_text=_BY_METHOD, flag=False)  # fmt: skip
+    chita_solver: Literal["mp", "bso", "bso-block", "iht", "chita"] | None = option(
+        None, "chita: the solver of each stage (masktopo prune's methods)", what="chita solver",
+        default_text=_BY_METHOD, flag=False)  # fmt: skip
     first_dense: bool = option(False, "keep the first (stem) maskable layer dense", flag=False)
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
@@ -302,6 +311,10 @@ METHOD_FIELDS = (
     "finetune_epochs",
     "gap_restart",
     "gap_combine",
+    "chita_samples",
+    "chita_batch",
+    "chita_stages",
+    "chita_solver",
 )
 
 

@@ -275,7 +275,9 @@ def test_static_pai_mask_is_fixed_and_exact():
     shapes = _shapes(run)
     want = layer_counts(shapes, layer_densities(shapes, 0.1, "erk"))
     assert run.masking.nnz() == want
-    assert run.sparsifier.skip_step(0) is False and run.sparsifier.scalars() == {}
+    assert run.sparsifier.skip_step(0) is False
+    R_s = sum(want.values()) / sum(math.prod(s) for s in shapes.values())
+    assert run.sparsifier.scalars() == {"R_s": pytest.approx(R_s)}  # a fixed mask: its density
 
 
 def test_static_data_driven_pai_and_dense_ends():

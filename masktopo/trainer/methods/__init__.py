@@ -11,6 +11,7 @@ rigl        :class:`.dst.RigL`       gradient growth, floor counts, stop at 75%,
 gmp         :class:`.gmp.GMP`        cubic gradual magnitude pruning, global or per layer
 granet      :class:`.granet.GraNet`  GMP plus neuroregeneration at every update
 gap         :class:`.gap.GaP`        scheduled grow-and-prune over partitions (C-GaP, P-GaP)
+chita       :class:`.chita.Chita`    cubic prune events, each a multi-stage CHITA solve
 ==========  =======================  =========================================================
 
 Adding a method: one file with a :class:`Sparsifier` subclass (its ``name``, ``summary`` and the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from ...errors import MaskValidationError, UnknownNameError
 from .base import Record, Sparsifier
+from .chita import Chita
 from .dense import Dense
 from .dst import DST, ITOP, SET, Regrowth, RigL
 from .gap import GaP
@@ -35,6 +37,7 @@ __all__ = [
     "ITOP",
     "METHODS",
     "SET",
+    "Chita",
     "Dense",
     "GaP",
     "GraNet",
@@ -67,7 +70,7 @@ def register_method(cls: type[Sparsifier]) -> type[Sparsifier]:
     return cls
 
 
-for _cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet, GaP):
+for _cls in (Dense, Static, ITOP, SET, RigL, GMP, GraNet, GaP, Chita):
     register_method(_cls)
 
 

@@ -29,10 +29,60 @@ from ..masking import Masking
 from ..schedules import cubic_density, prune_events
 from .base import Record, Sparsifier
 
-__all__ = ["GMP"]
+__all__ = ["GMP", "CubicEvents"]
 
 
-class GMP(Sparsifier):
+class CubicEvents(Sparsifier):
+    """The pruning events of the cubic schedule, shared by the methods that prune on it (GMP,
+    GraNet, gradual CHITA): ``self.events`` (the update steps in ``(prune_start, prune_end]``),
+    :meth:`density_at_event` (:math:`d_u`), ``target_density`` in the scalars and checkpoints,
+    and :meth:`update` calling the subclass's :meth:`prune`. The start density is
+    ``init_density`` when the method uses it, else 1 (a dense start)."""
+
+    def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
+        super().__init__(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                         device=device)  # fmt: skip
+        self.interval = int(cfg.update_interval)
+        init = getattr(cfg, "init_density", None) if "init_density" in self.defaults else None
+        self.d_init = 1.0 if init is None else float(init)
+        self.d_final = float(cfg.density)
+        self.events = prune_events(total_steps, self.interval, cfg.prune_start, cfg.prune_end)
+        if not self.events:
+            raise MaskValidationError(
+                f"{self.name}: no pruning event between prune_start {cfg.prune_start} and "
+                f"prune_end {cfg.prune_end} of {total_steps} steps with update_interval "
+                f"{self.interval}: lower update_interval or train longer"
+            )
+        self._event = {step: u for u, step in enumerate(self.events, start=1)}
+        self.target_density = self.d_init
+
+    def density_at_event(self, u: int) -> float:
+        """Target network density of pruning event ``u`` (1-based): :math:`d_u`."""
+        return cubic_density(u / len(self.events), self.d_init, self.d_final)
+
+    def event_at(self, step: int) -> int | None:
+        """The pruning event ``u`` (1-based) of iteration ``step``, or None."""
+        return self._event.get(step)
+
+    def prune(self, step: int, masking: Masking, optimizer, record: Record) -> bool:
+        """Run the pruning event of ``step``, if there is one; True when it ran."""
+        raise NotImplementedError
+
+    def update(self, step: int, masking: Masking, optimizer, record: Record) -> None:
+        self.prune(step, masking, optimizer, record)
+
+    def scalars(self) -> dict[str, Any]:
+        return {"target_density": self.target_density}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "target_density": self.target_density}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.target_density = float(state["target_density"])
+
+
+class GMP(CubicEvents):
     """Gradual magnitude pruning (module docstring)."""
 
     name: ClassVar[str] = "gmp"
@@ -46,30 +96,10 @@ class GMP(Sparsifier):
         "prune_scope": "global",
     }
 
-    def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
-        super().__init__(cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                         device=device)  # fmt: skip
-        self.interval = int(cfg.update_interval)
-        self.d_init = float(cfg.init_density)
-        self.d_final = float(cfg.density)
-        self.events = prune_events(total_steps, self.interval, cfg.prune_start, cfg.prune_end)
-        if not self.events:
-            raise MaskValidationError(
-                f"{self.name}: no pruning event between prune_start {cfg.prune_start} and "
-                f"prune_end {cfg.prune_end} of {total_steps} steps with update_interval "
-                f"{self.interval}: lower update_interval or train longer"
-            )
-        self._event = {step: u for u, step in enumerate(self.events, start=1)}
-        self.target_density = self.d_init
-
     def init_masks(self, model, maskable, generator, *, batches=None):
         """All-True masks (dense start) or exact random masks at ``init_density``."""
         self._check_maskable(maskable)
         return start_masks(maskable, self.d_init, self.cfg.distribution, generator), None
-
-    def density_at_event(self, u: int) -> float:
-        """Target network density of pruning event ``u`` (1-based): :math:`d_u`."""
-        return cubic_density(u / len(self.events), self.d_init, self.d_final)
 
     def _start_densities(self, masking: Masking) -> dict[str, float] | None:
         if self.d_init >= 1.0:
@@ -79,7 +109,7 @@ class GMP(Sparsifier):
 
     def prune(self, step: int, masking: Masking, optimizer, record: Record) -> bool:
         """Run the pruning event of ``step``, if there is one; True when it ran."""
-        u = self._event.get(step)
+        u = self.event_at(step)
         if u is None:
             return False
         d = self.density_at_event(u)
@@ -98,16 +128,3 @@ class GMP(Sparsifier):
         self.target_density = d
         record("prune", target_density=d, drop={n: active[n] - after[n] for n in active})
         return True
-
-    def update(self, step: int, masking: Masking, optimizer, record: Record) -> None:
-        self.prune(step, masking, optimizer, record)
-
-    def scalars(self) -> dict[str, Any]:
-        return {"target_density": self.target_density}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "target_density": self.target_density}
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.target_density = float(state["target_density"])

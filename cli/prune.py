@@ -1,0 +1,76 @@
+"""``masktopo prune``: one-shot and multi-stage pruning of a trained network (docs/prune.md).
+
+Every option is declared in :class:`masktopo.prune.config.PruneConfig`. The input is read, the
+model built, the gradient matrix's memory checked and every solve done before anything is
+written: the run directory appears whole at the end, or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from masktopo import __version__
+
+from ._output import add_config_arguments, add_progress, print_config, show_progress
+
+_DESCRIPTION = """\
+Prune a trained network in one shot (or in CHITA++ stages) with CHITA (Benbaki et al., ICML 2023)
+and its baselines, from n per-sample gradients (never a p x p Hessian): mp (magnitude), bso
+(magnitude support + ridge re-fit), bso-block, iht, chita (active set), chita++ (multi-stage, G
+recomputed per stage). INPUT is a run directory (its last event's weights), a mask file with
+weights, or a PyTorch checkpoint of a zoo model (then --model and --dataset). Every method at
+every sparsity goes into one run directory (run.json, events.jsonl, masks/, results.csv,
+summary.json; analyze it with 'masktopo analyze OUT') and the table is printed."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from masktopo.options import add_arguments, settable_help
+    from masktopo.prune.config import PruneConfig
+
+    p = subparsers.add_parser(
+        "prune",
+        help="prune a trained network (CHITA, CHITA++, MP, BSO, IHT)",
+        description=_DESCRIPTION,
+        epilog=settable_help(PruneConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", nargs="?", metavar="INPUT",
+                   help="run directory, mask file with weights, or checkpoint")  # fmt: skip
+    add_arguments(p, PruneConfig)
+    add_config_arguments(p, "prune", "the run directory to create (new or empty; required)")
+    add_progress(p)
+    return p
+
+
+def table(rows: list[dict], dense_acc: float) -> str:
+    """The printed table: one line per method x sparsity."""
+    from ._output import render_rows
+
+    header = ("method", "sparsity", "kept", "objective", "|w-w̄|", "new nz", "solver s",
+              "test acc", "acc (BN)")  # fmt: skip
+    body = [(r["method"], r["sparsity"], r["kept"], r["objective"], r["dist"],
+             r["new_non_zeros"], r["solver_s"], r["test_acc"], r["test_acc_bn"])
+            for r in rows]  # fmt: skip
+    return f"dense test accuracy {dense_acc:.4f}\n" + render_rows(header, body)
+
+
+def run(args) -> int:
+    from masktopo.options import flag_values, gather, parse_sets
+    from masktopo.prune.config import PruneConfig
+
+    flags = flag_values(args, PruneConfig)
+    config = gather(PruneConfig, config=args.config, table="prune", flags=flags,
+                    sets=parse_sets(args.sets))  # fmt: skip
+    if args.print_config:
+        print_config(config, "prune", f"masktopo prune --config FILE (masktopo {__version__})")
+        return 0
+    missing = [name for name, ok in (("INPUT", args.input is not None),
+                                     ("--out", args.out is not None)) if not ok]  # fmt: skip
+    if missing:
+        args.parser.error(f"the following arguments are required: {', '.join(missing)}")
+    from masktopo.prune import prune
+
+    result = prune(config, args.input, args.out, progress=show_progress(args))
+    print(table(result.rows, result.dense_acc))
+    print(f"{len(result.rows)} results in {result.seconds:.1f} s -> {result.out}")
+    return 0

@@ -1,0 +1,586 @@
+r"""CHITA's sparse least-squares problem and its solvers, in torch (on the device of ``G``).
+
+Benbaki, Chen, Meng, Hazimeh, Ponomareva, Zhao, Mazumder, *Fast as CHITA: Neural Network Pruning
+with Combinatorial Optimization*, ICML 2023 (methods-spec §5.1-5.2). With the gradient matrix
+:math:`G \in \mathbb R^{n \times p}` (:mod:`masktopo.prune.gradients`), the pretrained weights
+:math:`\bar w` and :math:`y = G \bar w`, every solver returns a :math:`w` with exactly
+:math:`\|w\|_0 \le k` (its support has exactly ``k`` entries) for
+
+.. math::
+
+    \min_w\; f(w) = \tfrac12 \|y - G w\|^2 + \lambda_2 \|w - \bar w\|^2 + \alpha^\top w
+    \quad \text{s.t.}\quad \|w\|_0 \le k,
+
+the local quadratic model of the loss under the empirical Fisher :math:`G^\top G / n`, times
+:math:`n`; :math:`\lambda_2 = \texttt{l2}\, n / 2` and :math:`\alpha` = 0, or the mean gradient
+:math:`\frac1m \sum_i g_i` (``first_order``; :math:`\sum_i g_i` with ``alpha_one``).
+
+:math:`\nabla f(w) = -G^\top (y - G w) + \alpha + 2 \lambda_2 (w - \bar w)`. The solvers (one
+interface: ``solve(problem, k, options, generator) -> Solution``, registered in
+:data:`SOLVERS`):
+
+``mp``
+    Magnitude pruning: the top-:math:`k` :math:`|\bar w|`, weights unchanged (the trainer's global
+    magnitude pruning, :func:`masktopo.pai.select.select_global`, ties drawn at random).
+``bso``
+    Backsolve (Alg. 5): the support of ``mp`` (after one exact line-search step along
+    :math:`-\alpha` when :math:`\alpha \ne 0`), then the ridge re-fit on it,
+    :math:`w_S = (G_S^\top G_S + 2\lambda_2 I)^{-1} (G_S^\top y + 2 \lambda_2 \bar w_S - \alpha_S)`,
+    through the Woodbury identity (an :math:`n \times n` solve) when :math:`n < |S|`.
+``bso-block``
+    Block backsolve (Alg. 6): one global magnitude top-:math:`k`, then the re-fit per contiguous
+    block of ``block_size`` weights of a layer with :math:`y_b = G_b \bar w_b` (the Fisher taken
+    block-diagonal); blocks solved together, batched.
+``iht``
+    IHT with the exact line search (Alg. 2/3), from :math:`H_k(\bar w - \nabla f(\bar w)/L)`,
+    :math:`L = 1.05 (\sigma_{\max}(G)^2 + 2\lambda_2)`. Each iteration takes the closed-form step
+    :math:`\eta^* = g_S^\top g / (\|G g_S\|^2 + 2 \lambda_2 \|g_S\|^2)` along the gradient restricted
+    to the support when it keeps the support (below :math:`\eta_{\rm change}`), else tries
+    :math:`H_k(w - \eta g)` from :math:`\eta_{\rm change}/(1 + 10^{-4})`, doubling up to
+    ``sea1_max_itr`` times while :math:`f` decreases, and keeps the best of those and of the
+    support-preserving step; so :math:`f` never increases. Stops when the relative decrease is
+    below ``ftol`` or after ``max_iter`` iterations.
+``chita``
+    The active-set method (CHITA, Alg. 4; the reference's default): drop zero columns; start from
+    the support of :math:`H_{\lceil 1.5 k \rceil}(\bar w - \nabla f(\bar w)/L)`; run ``iht`` on the
+    active columns; look outside for improving coordinates with full steps
+    :math:`H_k(w - \nabla f(w)/L')`, :math:`L' = 2 L_A` doubled up to ``sea2_max_itr`` times
+    until :math:`f` decreases; add the new coordinates and repeat (at most ``outer_iter`` rounds;
+    stop when no step improves or no new coordinate appears).
+
+Coordinate descent on the support (the reference's ``cd_itr``, off in its shipped one-shot
+path) is replaced by its limit: with ``refit`` (default on) ``iht`` and ``chita`` end with the
+ridge re-fit of ``bso`` on their final support, the minimum of :math:`f` on that support. :math:`\eta_{\rm change}` is the conservative bound
+:math:`\min_{i \in S} |w_i| / (|g_i| + \max_{j \notin S} |g_j|)` (a step below it keeps the support).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MaskValidationError, UnknownNameError
+from ..pai.select import top_k_mask
+
+__all__ = [
+    "SOLVERS",
+    "Problem",
+    "Solution",
+    "SolverOptions",
+    "blocks",
+    "get_solver",
+    "hard_threshold",
+    "lipschitz",
+    "ridge_refit",
+    "solve",
+]
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Knobs of the solvers (the reference's names in brackets; its defaults).
+
+    Attributes
+    ----------
+    max_iter : int
+        IHT iterations per call [``num_iterations``].
+    ftol : float
+        Stop IHT when the relative decrease of f is below this [``ftol``, 1e-7 in CHITA.py].
+    kimp : float
+        The active set starts with ``ceil(kimp * k)`` coordinates [``kimp``].
+    sea1_max_itr, sea2_max_itr : int
+        Step doublings of IHT's search, step halvings of the active set's search.
+    outer_iter : int
+        Active-set rounds.
+    block_size : int
+        ``bso-block``: weights per block (a layer smaller than this is one block).
+    layer_sizes : tuple of int
+        ``bso-block``: the sizes of the layers, in the order of ``G``'s columns.
+    power_iter : int
+        Power iterations for :math:`\\sigma_{\\max}(G)` (a randomized SVD in the reference).
+    refit : bool
+        ``iht``, ``chita``: end with the ridge re-fit on the final support (the limit of the
+        reference's coordinate descent on the support, in closed form); inside IHT, the same
+        re-fit after ``patience`` consecutive support-keeping steps.
+    patience : int
+        See ``refit``.
+    """
+
+    max_iter: int = 500
+    ftol: float = 1e-7
+    kimp: float = 1.5
+    sea1_max_itr: int = 5
+    sea2_max_itr: int = 10
+    outer_iter: int = 20
+    block_size: int = 500
+    layer_sizes: tuple[int, ...] = ()
+    power_iter: int = 30
+    refit: bool = True
+    patience: int = 3
+
+
+@dataclass
+class Problem:
+    r"""One instance of CHITA's problem (module docstring): ``G``, :math:`\bar w`,
+    :math:`\lambda_2` (already scaled) and :math:`\alpha` (None: 0), all on one device/dtype.
+
+    Use :meth:`build` to scale ``l2`` and form :math:`\alpha` as the reference does.
+    """
+
+    G: torch.Tensor
+    w_bar: torch.Tensor
+    lam: float
+    alpha: torch.Tensor | None = None
+    y: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        if self.G.dim() != 2 or self.w_bar.shape != (self.G.shape[1],):
+            raise MaskValidationError(
+                f"G must be [n, p] and w_bar [p]; got {tuple(self.G.shape)} and "
+                f"{tuple(self.w_bar.shape)}"
+            )
+        self.w_bar = self.w_bar.to(self.G)
+        if self.alpha is not None:
+            self.alpha = self.alpha.to(self.G)
+        self.y = self.G @ self.w_bar
+
+    @classmethod
+    def build(
+        cls,
+        G: torch.Tensor,
+        w_bar: torch.Tensor,
+        *,
+        l2: float,
+        first_order: bool = False,
+        alpha_one: bool = False,
+        minibatch: int = 1,
+    ) -> Problem:
+        r""":math:`\lambda_2 = \texttt{l2}\, n/2`; :math:`\alpha = \frac1m \sum_i g_i` with
+        ``first_order`` (:math:`\sum_i g_i` with ``alpha_one``), else 0 (methods-spec §5.1)."""
+        n = G.shape[0]
+        alpha = None
+        if first_order:
+            alpha = G.sum(0)
+            if not alpha_one:
+                alpha = alpha / minibatch
+        return cls(G, w_bar, float(l2) * n / 2.0, alpha)
+
+    @property
+    def p(self) -> int:
+        return self.G.shape[1]
+
+    def objective(self, w: torch.Tensor, r: torch.Tensor | None = None) -> float:
+        """:math:`f(w)` (``r`` = :math:`y - G w` when known)."""
+        if r is None:
+            r = self.y - self.G @ w
+        f = 0.5 * (r @ r) + self.lam * (w - self.w_bar).square().sum()
+        if self.alpha is not None:
+            f = f + self.alpha @ w
+        return float(f)
+
+    def gradient(self, w: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+        r""":math:`\nabla f(w)`."""
+        if r is None:
+            r = self.y - self.G @ w
+        g = -(self.G.T @ r) + 2.0 * self.lam * (w - self.w_bar)
+        if self.alpha is not None:
+            g = g + self.alpha
+        return g
+
+    def columns(self, idx: torch.Tensor) -> Problem:
+        """The problem restricted to the columns ``idx`` (the others fixed at 0); ``y`` stays the
+        full :math:`G \\bar w`, so objectives differ from the full one by a constant."""
+        sub = Problem.__new__(Problem)
+        sub.G = self.G[:, idx]
+        sub.w_bar = self.w_bar[idx]
+        sub.lam = self.lam
+        sub.alpha = None if self.alpha is None else self.alpha[idx]
+        sub.y = self.y
+        return sub
+
+
+@dataclass
+class Solution:
+    """What a solver returns.
+
+    Attributes
+    ----------
+    w : torch.Tensor
+        The new weights, ``[p]``, zero off ``support``.
+    support : torch.Tensor
+        ``[p]`` bool with exactly ``k`` True entries.
+    objective : float
+        :math:`f(w)`.
+    iterations : int
+        Iterations (IHT) or rounds (active set); 0 for the closed-form solvers.
+    seconds : float
+        Wall time of the solve (device synchronised).
+    """
+
+    w: torch.Tensor
+    support: torch.Tensor
+    objective: float
+    iterations: int = 0
+    seconds: float = 0.0
+
+
+def hard_threshold(v: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`H_k(v)`: keep the ``k`` largest :math:`|v_i|` (``torch.topk``); ``(w, support)``."""
+    support = torch.zeros(v.shape, dtype=torch.bool, device=v.device)
+    if k > 0:
+        support[torch.topk(v.abs(), k, sorted=False).indices] = True
+    return v * support, support
+
+
+def lipschitz(G: torch.Tensor, lam: float, iters: int = 30, seed: int = 0,
+              tol: float = 1e-4) -> float:  # fmt: skip
+    r""":math:`L = 1.05\,(\sigma_{\max}(G)^2 + 2 \lambda_2)`, :math:`\sigma_{\max}^2` by power
+    iteration on :math:`G^\top G` (at most ``iters`` steps, stopped when the Rayleigh quotient
+    changes by less than ``tol`` relatively; the reference uses a randomized SVD). The factor
+    1.05 covers the power method's underestimate."""
+    if G.numel() == 0:
+        return 1.05 * 2.0 * lam or 1.0
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(G.shape[1], generator=g, dtype=torch.float64).to(G)
+    v = v / v.norm()
+    s2 = 0.0
+    for _ in range(iters):
+        u = G.T @ (G @ v)
+        nrm = float(u.norm())
+        if nrm == 0.0:
+            break
+        new = float(v @ u)
+        v = u / nrm
+        done = abs(new - s2) <= tol * abs(new)
+        s2 = new
+        if done:
+            break
+    return 1.05 * (s2 + 2.0 * lam) or 1.0
+
+
+def ridge_refit(
+    G: torch.Tensor,
+    y: torch.Tensor,
+    w_bar: torch.Tensor,
+    lam: float,
+    alpha: torch.Tensor | None,
+    idx: torch.Tensor,
+) -> torch.Tensor:
+    r"""The backsolve on the support ``idx`` (methods-spec §5.2, Alg. 5).
+
+    :math:`w_S = (G_S^\top G_S + c I)^{-1} b` with :math:`c = 2\lambda_2`,
+    :math:`b = G_S^\top y + c \bar w_S - \alpha_S`; when :math:`n < |S|` and :math:`c > 0` by
+    Woodbury, :math:`w_S = (b - G_S^\top (c I_n + G_S G_S^\top)^{-1} G_S b) / c` (cost
+    :math:`O(n^2 |S| + n^3)`); with :math:`c = 0` the least-squares solution of minimum norm.
+    Returns :math:`w_S` (``[|S|]``).
+    """
+    GS = G[:, idx]
+    c = 2.0 * lam
+    b = GS.T @ y + c * w_bar[idx]
+    if alpha is not None:
+        b = b - alpha[idx]
+    n, s = GS.shape
+    if c <= 0.0:
+        if alpha is None:
+            return torch.linalg.lstsq(GS, y.unsqueeze(1), driver="gelsd" if GS.device.type ==
+                                      "cpu" else None).solution.squeeze(1)  # fmt: skip
+        return torch.linalg.pinv(GS.T @ GS) @ b
+    if n < s:
+        K = GS @ GS.T
+        K.diagonal().add_(c)
+        return (b - GS.T @ torch.linalg.solve(K, GS @ b)) / c
+    A = GS.T @ GS
+    A.diagonal().add_(c)
+    return torch.linalg.solve(A, b)
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
+
+
+def _magnitude_support(pb: Problem, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Top-k of |w̄| (α = 0), or of one exact line-search step along -α (the reference's
+    ``prune_ls``): f(w̄ - ηα) is minimised at η = ‖α‖² / (‖Gα‖² + 2λ₂‖α‖²)."""
+    v = pb.w_bar
+    if pb.alpha is not None:
+        a = pb.alpha
+        aa = float(a @ a)
+        Ga = pb.G @ a
+        denom = float(Ga @ Ga) + 2.0 * pb.lam * aa
+        if denom > 0:
+            v = pb.w_bar - (aa / denom) * a
+    return top_k_mask(v.abs(), k, generator)
+
+
+def _mp(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    support = top_k_mask(pb.w_bar.abs(), k, generator)
+    w = pb.w_bar * support
+    return Solution(w, support, pb.objective(w))
+
+
+def _bso(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    support = _magnitude_support(pb, k, generator)
+    idx = support.nonzero().squeeze(1)
+    w = torch.zeros_like(pb.w_bar)
+    w[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
+    return Solution(w, support, pb.objective(w))
+
+
+def blocks(layer_sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` column ranges of the blocks (methods-spec §5.2, Alg. 6): each layer's
+    flattened weights cut into ``max(1, size // block_size)`` contiguous blocks, the last one
+    taking the remainder (a layer smaller than ``block_size`` is one block)."""
+    if block_size < 1:
+        raise MaskValidationError(f"block_size must be >= 1, got {block_size}")
+    out, start = [], 0
+    for size in layer_sizes:
+        nb = max(1, size // block_size)
+        for b in range(nb):
+            stop = start + size if b == nb - 1 else start + (b + 1) * block_size
+            out.append((start + b * block_size, stop))
+        start += size
+    return out
+
+
+def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    sizes = opts.layer_sizes or (pb.p,)
+    if sum(sizes) != pb.p:
+        raise MaskValidationError(f"layer sizes add up to {sum(sizes)}, G has {pb.p} columns")
+    support = _magnitude_support(pb, k, generator)
+    w = torch.zeros_like(pb.w_bar)
+    c = 2.0 * pb.lam
+    if c <= 0.0:
+        raise MaskValidationError("bso-block needs l2 > 0 (each block's re-fit is a ridge solve)")
+    n = pb.G.shape[0]
+    # every block's kept columns, padded to the largest count: padded columns are zero, so
+    # their weights come out 0 in either form of the solve
+    items = []
+    for start, stop in blocks(sizes, opts.block_size):
+        idx = start + support[start:stop].nonzero().squeeze(1)
+        if len(idx):
+            yb = pb.G[:, start:stop] @ pb.w_bar[start:stop]  # y_b = G_b w̄_b, the whole block
+            items.append((idx, yb))
+    items.sort(key=lambda item: len(item[0]))
+    budget = 1 << 25  # entries of one batched gather [blocks, n, K]
+    i = 0
+    while i < len(items):  # groups of similar counts: padding at most doubles the work
+        cap = max(2 * len(items[i][0]), len(items[i][0]) + 16)
+        j = i + 1
+        while (j < len(items) and len(items[j][0]) <= cap
+               and (j + 1 - i) * n * len(items[j][0]) <= budget):  # fmt: skip
+            j += 1
+        group = items[i:j]
+        kmax = len(group[-1][0])
+        lens = torch.tensor([len(x) for x, _ in group], device=pb.G.device)
+        idx = torch.stack([torch.nn.functional.pad(x, (0, kmax - len(x))) for x, _ in group])
+        valid = torch.arange(kmax, device=pb.G.device)[None, :] < lens[:, None]
+        GS = pb.G[:, idx].permute(1, 0, 2) * valid[:, None, :]  # [B, n, K]
+        yb = torch.stack([y for _, y in group])
+        b = (GS.transpose(1, 2) @ yb.unsqueeze(2)).squeeze(2) + c * pb.w_bar[idx] * valid
+        if pb.alpha is not None:
+            b = b - pb.alpha[idx] * valid
+        if n < kmax:
+            K = GS @ GS.transpose(1, 2)
+            K.diagonal(dim1=1, dim2=2).add_(c)
+            t = torch.linalg.solve(K, GS @ b.unsqueeze(2))
+            ws = (b - (GS.transpose(1, 2) @ t).squeeze(2)) / c
+        else:
+            A = GS.transpose(1, 2) @ GS
+            A.diagonal(dim1=1, dim2=2).add_(c)
+            ws = torch.linalg.solve(A, b)
+        for row, (x, _) in enumerate(group):
+            w[x] = ws[row, : len(x)]
+        i = j
+    return Solution(w, support, pb.objective(w))
+
+
+def _iht(
+    pb: Problem,
+    k: int,
+    w: torch.Tensor,
+    support: torch.Tensor,
+    L: float,
+    opts: SolverOptions,
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """IHT with the exact line search from ``(w, support)``; ``(w, support, f, iterations)``.
+
+    With ``opts.refit``, after ``opts.patience`` consecutive steps that keep the support the
+    iterate jumps to the ridge re-fit on it (the point those steps converge to), and the next
+    iteration searches support-changing steps only; no step lowering f ends the loop.
+    """
+    r = pb.y - pb.G @ w
+    f = pb.objective(w, r)
+    it = 0
+    kept = 0  # consecutive iterations that kept the support
+    search_only = False
+    for it in range(1, opts.max_iter + 1):  # noqa: B007 - the count is returned
+        g = pb.gradient(w, r)
+        gS = g * support
+        gg = float(gS @ gS)
+        off = g.abs().masked_fill(support, 0.0)
+        big = float(off.max()) if off.numel() else 0.0
+        on = support.nonzero().squeeze(1)
+        if big > 0.0 and len(on):
+            eta_change = float((w[on].abs() / (g[on].abs() + big)).min())
+        else:
+            eta_change = math.inf
+        best_w, best_r, best_f, best_s = w, r, f, support
+        eta = 0.0
+        if not search_only and gg > 0.0:
+            # the support-preserving step: f decreases by eta*gg/2 (exact line search)
+            GgS = pb.G @ gS
+            denom = float(GgS @ GgS) + 2.0 * pb.lam * gg
+            if denom > 0.0:
+                eta = gg / denom
+                best_w, best_r, best_f = w - eta * gS, r + eta * GgS, f - 0.5 * eta * gg
+        if (search_only or eta >= eta_change) and math.isfinite(eta_change) and eta_change > 0:
+            step = eta_change / (1.0 + 1e-4)
+            prev = math.inf
+            for _ in range(opts.sea1_max_itr):
+                cand, cs = hard_threshold(w - step * g, k)
+                cr = pb.y - pb.G @ cand
+                cf = pb.objective(cand, cr)
+                if cf < best_f:
+                    best_w, best_r, best_f, best_s = cand, cr, cf, cs
+                if cf >= prev:
+                    break
+                prev = cf
+                step *= 2.0
+        rel = (f - best_f) / max(abs(f), 1e-300)
+        if best_f >= f:
+            break
+        same = bool(torch.equal(best_s, support))
+        w, r, support = best_w, best_r, best_s
+        f = pb.objective(w, r)
+        kept = kept + 1 if same else 0
+        search_only = False
+        if opts.refit and kept >= opts.patience:
+            idx = support.nonzero().squeeze(1)
+            cand = torch.zeros_like(w)
+            cand[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
+            cr = pb.y - pb.G @ cand
+            cf = pb.objective(cand, cr)
+            if cf <= f:
+                w, r, f = cand, cr, cf
+            kept, search_only = 0, True
+            continue
+        if rel < opts.ftol:
+            break
+    return w, support, f, it
+
+
+def _iht_solver(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    L = lipschitz(pb.G, pb.lam, opts.power_iter)
+    w0, s0 = hard_threshold(pb.w_bar - pb.gradient(pb.w_bar) / L, k)
+    w, s, f, it = _iht(pb, k, w0, s0, L, opts)
+    w, f = _polish(pb, w, s, f, opts)
+    return Solution(w, s, f, it)
+
+
+def _polish(pb: Problem, w: torch.Tensor, support: torch.Tensor, f: float,
+            opts: SolverOptions) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """The ridge re-fit on ``support`` when ``opts.refit`` and it lowers f (it is the minimum
+    of f on that support, so it does unless rounding says otherwise)."""
+    if not opts.refit:
+        return w, f
+    idx = support.nonzero().squeeze(1)
+    cand = torch.zeros_like(w)
+    cand[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
+    cf = pb.objective(cand)
+    return (cand, cf) if cf < f else (w, f)
+
+
+def _chita(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    col = pb.G.square().sum(0)
+    eligible = col > 0
+    if int(eligible.sum()) < k:
+        eligible = torch.ones_like(eligible)
+    L = lipschitz(pb.G, pb.lam, opts.power_iter)
+    start = (pb.w_bar - pb.gradient(pb.w_bar) / L).masked_fill(~eligible, 0.0)
+    k_act = min(int(eligible.sum()), math.ceil(opts.kimp * k))
+    _, active = hard_threshold(start.masked_fill(~eligible, 0.0), k_act)
+    active &= eligible
+    w, support = hard_threshold(start * active, k)
+    f = pb.objective(w)
+    rounds = 0
+    for rounds in range(1, opts.outer_iter + 1):  # noqa: B007 - the count is returned
+        idx = active.nonzero().squeeze(1)
+        sub = pb.columns(idx)
+        LA = lipschitz(sub.G, sub.lam, opts.power_iter)
+        wa, sa, _, _ = _iht(sub, k, w[idx], support[idx], LA, opts)
+        w = torch.zeros_like(w)
+        w[idx] = wa
+        support = torch.zeros_like(support)
+        support[idx] = sa
+        r = pb.y - pb.G @ w
+        f = pb.objective(w, r)
+        g = pb.gradient(w, r)
+        Lp = 2.0 * LA
+        accepted = None
+        for _ in range(opts.sea2_max_itr):
+            cand, cs = hard_threshold((w - g / Lp).masked_fill(~eligible, 0.0), k)
+            cf = pb.objective(cand)
+            if cf < f:
+                accepted = (cand, cs, cf)
+                break
+            Lp *= 2.0
+        if accepted is None:
+            break
+        w, support, f = accepted
+        new = support & ~active
+        if not bool(new.any()):
+            break
+        active |= new
+    w, f = _polish(pb, w, support, f, opts)
+    return Solution(w, support, f, rounds)
+
+
+#: Solver name -> ``solve(problem, k, options, generator) -> Solution``.
+SOLVERS: dict[str, Callable[..., Solution]] = {
+    "mp": _mp,
+    "bso": _bso,
+    "bso-block": _bso_block,
+    "iht": _iht_solver,
+    "chita": _chita,
+}
+
+
+def get_solver(name: str) -> Callable[..., Solution]:
+    """The solver ``name`` (UnknownNameError listing the known ones)."""
+    if name not in SOLVERS:
+        raise UnknownNameError("solver", name, SOLVERS)
+    return SOLVERS[name]
+
+
+def solve(
+    problem: Problem,
+    k: int,
+    method: str = "chita",
+    options: SolverOptions | None = None,
+    generator: torch.Generator | None = None,
+) -> Solution:
+    """Solve ``problem`` at exactly ``k`` kept weights with solver ``method`` (timed).
+
+    Raises
+    ------
+    UnknownNameError
+        An unknown solver.
+    MaskValidationError
+        ``k`` outside ``1 .. p``.
+    """
+    fn = get_solver(method)
+    if not 1 <= int(k) <= problem.p:
+        raise MaskValidationError(f"cannot keep {k} of {problem.p} weights")
+    if generator is None:
+        generator = torch.Generator(device=problem.G.device).manual_seed(0)
+    _sync(problem.G)
+    t0 = time.perf_counter()
+    sol = fn(problem, int(k), options or SolverOptions(), generator)
+    _sync(problem.G)
+    sol.seconds = time.perf_counter() - t0
+    return sol

@@ -1,0 +1,45 @@
+"""Gradual CHITA as a trainer method (``masktopo train --method chita``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masktopo.errors import MaskValidationError
+from masktopo.pai.densities import keep_count
+from masktopo.runs import read_run
+from masktopo.trainer.config import TrainConfig, resolve
+from masktopo.trainer.loop import train
+from masktopo.trainer.methods import METHODS, Chita
+
+
+def test_chita_is_registered_with_its_defaults():
+    assert METHODS["chita"] is Chita
+    cfg = resolve(TrainConfig(method="chita", density=0.1))
+    assert cfg.chita_solver == "chita" and cfg.chita_samples == 500 and cfg.chita_stages == 4
+    with pytest.raises(MaskValidationError, match="chita_samples is not used by method 'gmp'"):
+        resolve(TrainConfig(method="gmp", density=0.1, chita_samples=10))
+
+
+def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(method="chita", model="mlpnet", dataset="fashion-mnist", density=0.1,
+                      epochs=1, max_steps=50, update_interval=20, prune_end=0.1,
+                      chita_samples=24, chita_batch=2, chita_stages=2, device="cpu")  # fmt: skip
+    res = train(cfg, out)
+    run = read_run(out)
+    kinds = [e["kind"] for e in run.events]
+    assert kinds == ["init", "prune", "prune", "final"]
+    p = 32360
+    first, second = run.events[1], run.events[2]
+    assert first["step"] == 20 and second["step"] == 40  # 1-based counts of steps 19 and 39
+    assert first["target_density"] == pytest.approx(0.1 + 0.9 * 0.5**3)
+    assert second["target_density"] == pytest.approx(0.1)
+    for e in (first, second):
+        assert sum(e["nnz"].values()) == keep_count(e["target_density"], p)
+        assert e["stages"] == 2 and e["objective"] >= 0
+    final = run.load(None)
+    assert final.nnz() == keep_count(0.1, p) and res.density == pytest.approx(final.density())
+    for name, w in final.weights.items():  # fine-tuned under the mask: zero where it is
+        assert not bool((w[~final[name]] != 0).any())
+    assert torch.isfinite(torch.tensor(res.final["test_acc"]))

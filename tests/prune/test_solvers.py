@@ -1,0 +1,165 @@
+"""CHITA's solvers against independent math: least squares, monotone IHT, exact counts."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from masktopo.pai.select import select_global
+from masktopo.prune.solvers import (
+    Problem,
+    SolverOptions,
+    blocks,
+    hard_threshold,
+    lipschitz,
+    ridge_refit,
+    solve,
+)
+
+
+def _problem(n=40, p=60, lam=0.0, seed=0, alpha=False):
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(n, p, generator=g, dtype=torch.float64)
+    w = torch.randn(p, generator=g, dtype=torch.float64)
+    a = torch.randn(p, generator=g, dtype=torch.float64) * 0.1 if alpha else None
+    return Problem(G, w, lam, a)
+
+
+def test_bso_equals_lstsq_on_the_support_without_ridge():
+    pb = _problem(n=80, p=50, lam=0.0)
+    k = 20
+    sol = solve(pb, k, "bso")
+    assert int(sol.support.sum()) == k
+    idx = torch.topk(pb.w_bar.abs(), k).indices
+    assert set(sol.support.nonzero().squeeze(1).tolist()) == set(idx.tolist())
+    ref = torch.linalg.lstsq(pb.G[:, idx], pb.y.unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(sol.w[idx], ref, rtol=1e-8, atol=1e-8)
+    assert torch.count_nonzero(sol.w) <= k
+
+
+@pytest.mark.parametrize("n", [10, 200])  # Woodbury (n < |S|) and the primal solve
+def test_bso_with_ridge_equals_the_augmented_least_squares(n):
+    pb = _problem(n=n, p=60, lam=0.7, alpha=True)
+    k = 30
+    sol = solve(pb, k, "bso")
+    idx = sol.support.nonzero().squeeze(1)
+    c = 2 * pb.lam
+    # min ½‖y - G_S w‖² + λ‖w - w̄_S‖² + α_Sᵀw  <=>  normal equations of the stacked system
+    A = torch.cat([pb.G[:, idx], (c**0.5) * torch.eye(len(idx), dtype=torch.float64)])
+    rhs = torch.cat([pb.y, (c**0.5) * pb.w_bar[idx] - pb.alpha[idx] / c**0.5])
+    ref = torch.linalg.lstsq(A, rhs.unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(sol.w[idx], ref, rtol=1e-7, atol=1e-8)
+    # the re-fit never does worse than magnitude pruning on the same support
+    mp = solve(pb, k, "mp")
+    assert sol.objective <= pb.objective(pb.w_bar * sol.support) + 1e-9
+    assert sol.objective <= mp.objective + 1e-9 or not torch.equal(mp.support, sol.support)
+
+
+def test_ridge_refit_forms_agree():
+    pb = _problem(n=15, p=40, lam=0.3)
+    idx = torch.arange(0, 40, 2)
+    w1 = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, None, idx)  # n < |S|: Woodbury
+    G2 = torch.cat([pb.G, torch.zeros(10, 40, dtype=torch.float64)])  # n >= |S|: primal
+    w2 = ridge_refit(G2, G2 @ pb.w_bar, pb.w_bar, pb.lam, None, idx)
+    torch.testing.assert_close(w1, w2)
+
+
+def test_iht_objective_never_increases():
+    import masktopo.prune.solvers as S
+
+    pb = _problem(n=30, p=80, lam=0.05, seed=3)
+    k = 15
+    seen = []
+    L = lipschitz(pb.G, pb.lam)
+    w, s = hard_threshold(pb.w_bar - pb.gradient(pb.w_bar) / L, k)
+    opts = SolverOptions(max_iter=1, ftol=0.0)
+    f = pb.objective(w)
+    seen.append(f)
+    for _ in range(60):
+        w, s, f, _ = S._iht(pb, k, w, s, L, opts)
+        assert int(s.sum()) == k
+        assert torch.count_nonzero(w) <= k
+        seen.append(f)
+    assert all(b <= a + 1e-9 * abs(a) for a, b in itertools.pairwise(seen))
+    assert seen[-1] < seen[0]  # it moved
+
+
+def test_lipschitz_bounds_the_largest_eigenvalue():
+    pb = _problem(n=30, p=50, lam=0.2)
+    exact = float(torch.linalg.matrix_norm(pb.G, 2)) ** 2 + 2 * pb.lam
+    L = lipschitz(pb.G, pb.lam, iters=200)
+    assert exact <= L <= 1.06 * exact
+
+
+@pytest.mark.parametrize("method", ["mp", "bso", "iht", "chita", "bso-block"])
+def test_every_solver_keeps_exactly_k(method):
+    pb = _problem(n=25, p=90, lam=0.1, seed=1)
+    opts = SolverOptions(block_size=20, layer_sizes=(50, 40))
+    for k in (1, 9, 45, 90):
+        sol = solve(pb, k, method, opts)
+        assert int(sol.support.sum()) == k
+        assert not bool((sol.w[~sol.support] != 0).any())
+        assert sol.objective == pytest.approx(pb.objective(sol.w), rel=1e-9)
+
+
+def test_chita_and_iht_beat_magnitude_pruning():
+    pb = _problem(n=50, p=120, lam=0.01, seed=2)
+    for k in (20, 60):
+        mp = solve(pb, k, "mp").objective
+        bso = solve(pb, k, "bso").objective
+        iht = solve(pb, k, "iht").objective
+        chita = solve(pb, k, "chita").objective
+        assert bso <= mp
+        assert iht <= bso + 1e-9  # IHT starts at MP's support and never goes up
+        assert chita < mp
+
+
+def test_exact_selection_on_a_tiny_problem():
+    """With p small enough to enumerate every support, BSO's re-fit on the best support is the
+    optimum; IHT/CHITA must reach an objective close to it."""
+    import itertools
+
+    pb = _problem(n=12, p=10, lam=0.05, seed=4)
+    k = 3
+    best = min(pb.objective(_scatter(pb, idx)) for idx in itertools.combinations(range(10), k))
+    for method in ("iht", "chita"):
+        f = solve(pb, k, method).objective
+        assert best <= f + 1e-9
+        assert f <= best * 1.5 + 1e-9
+
+
+def _scatter(pb, idx):
+    idx = torch.tensor(idx)
+    w = torch.zeros(pb.p, dtype=torch.float64)
+    w[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, None, idx)
+    return w
+
+
+def test_mp_is_the_trainers_global_magnitude_pruning():
+    pb = _problem(p=70)
+    w = {"a": pb.w_bar[:30].reshape(5, 6), "b": pb.w_bar[30:].reshape(4, 10)}
+    g1 = torch.Generator().manual_seed(5)
+    g2 = torch.Generator().manual_seed(5)
+    ref = select_global({n: t.abs().float() for n, t in w.items()}, 25, g1)
+    sol = solve(pb, 25, "mp", generator=g2)
+    torch.testing.assert_close(sol.support, torch.cat([ref["a"].reshape(-1), ref["b"].reshape(-1)]))
+
+
+def test_blocks_cut_layers():
+    assert blocks([1000, 300, 1250], 500) == [(0, 500), (500, 1000), (1000, 1300),
+                                              (1300, 1800), (1800, 2550)]  # fmt: skip
+
+
+def test_block_bso_with_one_block_is_bso_and_blocks_are_independent():
+    pb = _problem(n=30, p=60, lam=0.2, seed=6)
+    one = solve(pb, 25, "bso-block", SolverOptions(block_size=1000, layer_sizes=(60,)))
+    full = solve(pb, 25, "bso")
+    torch.testing.assert_close(one.w, full.w)
+    two = solve(pb, 25, "bso-block", SolverOptions(block_size=30, layer_sizes=(60,)))
+    for lo, hi in ((0, 30), (30, 60)):
+        idx = lo + two.support[lo:hi].nonzero().squeeze(1)
+        Gb = pb.G[:, lo:hi]
+        ref = ridge_refit(pb.G, Gb @ pb.w_bar[lo:hi], pb.w_bar, pb.lam, None, idx)
+        torch.testing.assert_close(two.w[idx], ref)
