@@ -30,6 +30,9 @@ def test_api_reference_builds_without_warnings(tmp_path):
         "analysis.html": ["masktopo.analysis.metrics.analyze",
                           "masktopo.analysis.spectral.solve_many"],
         "masks.html": ["masktopo.masks.MaskSet", "masktopo.maskable.find_maskable"],
+        "experiments.html": ["masktopo.sweep.runner.run_sweep", "masktopo.sweep.summary.summarize",
+                             "masktopo.prune.solvers.solve",
+                             "masktopo.search.enumerate.count_supports"],
     }.items():  # fmt: skip
         for name in names:
             assert f'id="{name}"' in pages[page], (page, name)
