@@ -51,7 +51,8 @@ def run(args) -> int:
     fmt = cfg.format or (_SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "table")
                          if args.out else "table")  # fmt: skip
     metrics = list(cfg.metrics)
-    df = summarize(args.path, by=cfg.by, metrics=metrics)
+    by = [] if cfg.by == ("none",) else cfg.by
+    df = summarize(args.path, by=by, metrics=metrics)
     if fmt == "csv":
         text = df.to_csv(index=False)
     elif fmt == "json":

@@ -47,7 +47,8 @@ class SweepConfig:
 class SummarizeConfig:
     """What ``masktopo summarize`` groups by and shows."""
 
-    by: tuple[str, ...] | None = option(None, "the axes to group by, comma-separated",
+    by: tuple[str, ...] | None = option(None, "the axes to group by, comma-separated (none: "
+                                        "every run in one group)",
                                         metavar="AXES",
                                         default_text="every axis of the sweep but seed")  # fmt: skip
     metrics: tuple[str, ...] = option(

@@ -154,6 +154,8 @@ def test_summarize_and_plot_commands(finished, tmp_path, capsys):
     written = capsys.readouterr()
     assert (tmp_path / "figs" / "sweep-test_acc-vs-R_s.svg").stat().st_size > 5000
     assert "method=static are not drawn" in written.err or "method=static" in written.err
+    assert main(["summarize", str(out), "--by", "none", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("5,")  # runs: every run, one row
     assert main(["summarize", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
 
