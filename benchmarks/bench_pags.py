@@ -24,6 +24,14 @@ sparsity), in one run:
    ERK re-drawn), scoring, selection and every file write. For ``n < 1000`` the time for
    ``n = 1000`` is extrapolated from the steady-state rate and labelled so.
 
+4. **The command** (issue 20), with ``--cli``: ``masktopo pags --model resnet18 --dataset
+   cifar10 --method erk --density 0.01 --candidates N --seed 1 --device cpu --out TMP`` as a
+   fresh process (start-up and imports included), ``--repeats`` times, median reported with the
+   load average before and after every run; ``--cli-exact`` also times ``--exact`` (the
+   all-exact path) and ``--before TREE`` the same command from another source tree (e.g.
+   ``git archive HEAD | tar -x -C /tmp/before``: the code before a change). Goal: n = 1000 in
+   ≤ 10 s on 2 cores.
+
 Targets (issue 3 part 7) are printed next to the numbers: ≥ 30 candidates/s on a 2-core CPU,
 ≥ 1000/s on one H100, so that ``n = 1000`` takes under a minute on either.
 
@@ -550,6 +558,77 @@ def targets_section(rows: list[Throughput], e2e: list[EndToEnd], devices: list[s
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- the command
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def cli_runs(n: int, repeats: int, extra: list[str], tree: Path | None) -> tuple[list, list, list]:
+    """Wall times of ``masktopo pags ... --candidates n`` as fresh processes (a warm-up run of
+    2 candidates first: numba's cache), their CPU times (user + system, all threads), and the
+    load average before and after each."""
+    import resource
+    import subprocess
+
+    env = dict(os.environ)
+    cwd = None
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+        cwd = str(tree)
+    cmd = [sys.executable, "-m", "masktopo", "pags", "--model", "resnet18", "--dataset",
+           "cifar10", "--method", "erk", "--density", "0.01", "--seed", "1", "--device", "cpu",
+           *extra]  # fmt: skip
+    times, loads, cpus = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats + 1):
+            count = 2 if i == 0 else n
+            out = Path(tmp) / f"o{i}"
+            before = _load()
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run([*cmd, "--candidates", str(count), "--out", str(out)], env=env,
+                           cwd=cwd, check=True, capture_output=True)  # fmt: skip
+            dt = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            if i:
+                times.append(dt)
+                cpus.append(cpu)
+                loads.append((before, _load()))
+                log(f"  {' '.join(extra) or 'default'}{' (before)' if tree else ''}: run {i}: "
+                    f"{dt:.1f} s (CPU {cpu:.1f} s), load {before} → {loads[-1][1]}")  # fmt: skip
+    return times, loads, cpus
+
+
+def cli_section(args) -> list[str]:
+    variants = []
+    if args.before is not None:
+        variants.append((f"before ({args.before})", [], args.before))
+    variants.append(("this tree, default (ranking then exact)", [], None))
+    if args.cli_exact:
+        variants.append(("this tree, --exact (all exact)", ["--exact"], None))
+    lines = ["", f"#### 4. The command, n = {args.n} (fresh process each run)", "",
+             "`masktopo pags --model resnet18 --dataset cifar10 --method erk --density 0.01 "
+             f"--candidates {args.n} --seed 1 --device cpu --out TMP`, start-up included; "
+             f"median of {args.repeats} after a 2-candidate warm-up run.", "",
+             "| code | median s | candidates/s | runs (s) | CPU s (user + sys) | load average "
+             "before → after each run |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, extra, tree in variants:
+        times, loads, cpus = cli_runs(args.n, args.repeats, extra, tree)
+        med = statistics.median(times)
+        runs = ", ".join(f"{t:.1f}" for t in times)
+        cpu = ", ".join(f"{t:.1f}" for t in cpus)
+        ld = "; ".join(f"{a} → {b}" for a, b in loads)
+        lines.append(f"| {label} | **{med:.1f}** | {args.n / med:.1f} | {runs} | {cpu} | {ld} |")
+    lines.append("")
+    return lines
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--density", type=float, default=0.01, help="global density (default: 0.01)")
@@ -599,6 +678,14 @@ def parse_args(argv=None):
         action="store_true",
         help="smoke run: chunk 16, n = 32 (end-to-end chunk 16), --nx-max-nodes 1500",
     )
+    p.add_argument(
+        "--cli",
+        action="store_true",
+        help="time the masktopo pags command end to end (part 4) instead of parts 1-3",
+    )
+    p.add_argument("--cli-exact", action="store_true", help="with --cli: also time --exact")
+    p.add_argument("--before", type=Path, default=None, metavar="TREE",
+                   help="with --cli: also time the command from this source tree")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = p.parse_args(argv)
     if args.quick:
@@ -624,6 +711,17 @@ def main(argv=None) -> int:
         log("no device left to time on; nothing to do.")
         return 1
     t_start = time.perf_counter()
+    if args.cli:
+        log(f"4. the command, n = {args.n}")
+        report = ["### `python benchmarks/bench_pags.py --cli`", "", "Machine:", "",
+                  *machine_facts(["cpu"]), *cli_section(args)]  # fmt: skip
+        report.append(f"Benchmark wall time: {time.perf_counter() - t_start:.0f} s.")
+        text = "\n".join(report) + "\n"
+        sys.stdout.write(text)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+        return 0
     shapes = examples.resnet18_cifar_shapes()
     theta = make_theta(shapes, args.seed)
     log(f"generating {max(args.chunks)} ERK candidates at density {args.density} ...")

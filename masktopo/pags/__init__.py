@@ -4,7 +4,8 @@ Sample candidate masks around a PaI method (re-scoring it on fresh minibatches, 
 per-layer counts), score every candidate's layer graphs with N23's full-spectrum criteria in
 batches, and keep the best, layer by layer or as a whole.
 
-- :func:`score_candidates` — the batched scorer (:mod:`~masktopo.pags.scoring`);
+- :func:`score_candidates` — the batched scorer, and :func:`rank_candidates`, its ranking pass
+  (rigorous bounds from a few Lanczos steps; :mod:`~masktopo.pags.scoring`);
 - :func:`run_pags` — the loop from a base mask, a weight set θ and a candidate source
   (:mod:`~masktopo.pags.engine`), resumable and split across ``torchrun`` processes;
 - :func:`run` — everything from names (model, dataset, method), as ``masktopo pags`` runs it
@@ -20,8 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import INVALID, REFERENCES, SAMPLERS, SELECTIONS, PagsConfig  # noqa: F401
     from .engine import PagsResult, accept, run_pags  # noqa: F401
     from .runner import prepare, run  # noqa: F401
-    from .sampling import RescoreSource, RewireSource, generators, repair, rewire  # noqa: F401
-    from .scoring import Scores, score_candidates  # noqa: F401
+    from .sampling import Drawn, RescoreSource, RewireSource, generators, repair, rewire  # noqa: F401
+    from .scoring import Ranking, Scores, rank_candidates, score_candidates  # noqa: F401
 
 #: Public name -> submodule, imported on first use (``masktopo pags --help`` reads the config
 #: without torch).
@@ -36,12 +37,15 @@ _LAZY = {
     "run_pags": "engine",
     "prepare": "runner",
     "run": "runner",
+    "Drawn": "sampling",
     "RescoreSource": "sampling",
     "RewireSource": "sampling",
     "generators": "sampling",
     "repair": "sampling",
     "rewire": "sampling",
+    "Ranking": "scoring",
     "Scores": "scoring",
+    "rank_candidates": "scoring",
     "score_candidates": "scoring",
 }
 

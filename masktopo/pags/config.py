@@ -33,7 +33,7 @@ SELECTIONS = ("layerwise", "global")
 #: Where the full-spectrum distance is measured from (pags-spec A5).
 REFERENCES = ("origin", "base")
 #: Configuration fields that may change between a run and its ``--resume``.
-RESUMABLE_CHANGES = ("n", "chunk", "device", "route", "data_dir")
+RESUMABLE_CHANGES = ("n", "chunk", "exact", "device", "route", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class PagsConfig:
     seed: int = same_as(SetupOptions, "seed")
     chunk: int = option(32, "candidates generated and scored per batch (speed only)", ge=1,
                         metavar="C")  # fmt: skip
+    exact: bool = option(False, "score every candidate layer exactly (the all-exact path); by "
+                         "default every candidate is ranked with a few Lanczos steps and only "
+                         "the layers whose rigorous upper bounds can still beat the best are "
+                         "computed exactly: the same selection, faster")  # fmt: skip
     invalid: str = option("zero", "layers failing the Ramanujan gate count as 0 (N23) or are "
                           "skipped (I23)", choices=INVALID, what="invalid-value rule")  # fmt: skip
     reference: str = option("origin", "full-spectrum distance from the origin (author code) or "

@@ -13,6 +13,15 @@ Candidates are generated and scored in chunks; selection then runs over them in 
     The whole candidate replaces the best when its network score ``mean_ℓ fs_ℓ`` is strictly
     larger.
 
+Scoring (default) is *ranking then exact*: a ranking pass bounds every candidate layer's two
+criteria from a few Lanczos steps per matrix (:func:`~masktopo.pags.scoring.rank_candidates`:
+rigorous upper bounds), and only the layers whose upper bounds can still be accepted against the
+best before the chunk are computed exactly; the best only improves in ``t`` order, so no other
+layer could be accepted, and the selection, the best's scores and the snapshots equal the
+all-exact path's (``exact=True``, ``--exact``). Rows of ``candidates.parquet`` hold the exact
+criteria of the layers accepted from the candidate and the ranking estimates of the others (so
+the rows, too, do not depend on the chunk size or the number of processes).
+
 So every layer of the result scores at least its base layer under both criteria (layerwise), or
 the result's network score is at least the base's (global): PAGS never returns a mask scoring below
 its base under its own criterion.
@@ -61,7 +70,7 @@ from ..store import load as load_file
 from ..store import save
 from .config import RESUMABLE_CHANGES, PagsConfig
 from .sampling import Source, repair
-from .scoring import Scores, score_candidates
+from .scoring import Ranking, Scores, rank_candidates, score_candidates
 
 #: The ``format`` of state.json, the resume point (its version: 1).
 STATE_FORMAT = "masktopo.pags-state"
@@ -88,6 +97,9 @@ class PagsResult:
         The ``t`` of every snapshot written (0 first).
     out : pathlib.Path or None
         The output directory.
+    exact_layers : int
+        Candidate layers scored exactly in this run, over all processes (every layer with
+        ``exact=True``; with ranking, those whose bounds could still be accepted). Speed only.
     """
 
     best: MaskSet
@@ -98,6 +110,7 @@ class PagsResult:
     candidates: Any
     snapshots: list[int]
     out: Path | None
+    exact_layers: int = 0
 
 
 class _Comm:
@@ -314,6 +327,10 @@ def run_pags(
         return score_candidates(cands, weights=theta, device=device, route=config.route,
                                 options=opts, reference=ref)  # fmt: skip
 
+    def rank(cands: list[MaskSet]) -> Ranking:
+        return rank_candidates(cands, weights=theta, options=opts, reference=ref, device=device,
+                               route=config.route)  # fmt: skip
+
     base_ms = MaskSet(base_masks, kinds)
     ref = None
     base_scores = score([base_ms])
@@ -330,17 +347,19 @@ def run_pags(
         if resume:
             lock.acquire()  # before reading the state: no other process writes it meanwhile
     try:
-        return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, source,
-                    config, comm, writer, lock, out=out, resume=resume, progress=progress,
-                    stop=stop, run_info=run_info)  # fmt: skip
+        return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank,
+                    source, config, comm, writer, lock, out=out, resume=resume,
+                    progress=progress, stop=stop, run_info=run_info)  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, source, config,
-         comm, writer, lock, *, out, resume, progress, stop, run_info) -> PagsResult:  # fmt: skip
+def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank, source,
+         config, comm, writer, lock, *, out, resume, progress, stop, run_info) -> PagsResult:  # fmt: skip
     names = list(base_masks)
+    # Ranking then exact (the default), on the compiled CPU engine or the batched route.
+    ranked = not config.exact
     state = _read_state(out, config) if resume else None
     if resume and state is None and comm.rank == 0:
         warnings.warn(f"{out}: the PAGS run stopped before its first resume point; starting it "
@@ -359,6 +378,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
         changed = bool(state["changed"])
         snapshots = list(state["snapshots"])
         next_t = int(state["next_t"])
+        best_t = int(state.get("best_t", next_t - 1))
+        best_dirty = True  # best.safetensors may predate the resume point
         import pandas as pd
 
         rows = pd.read_parquet(out / CANDIDATES_FILE).to_dict("records")
@@ -370,6 +391,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
         best_sc = base_scores.copy()
         best_fp = dict(base_fp)
         changed, snapshots, next_t = False, [0], 1
+        best_t, best_dirty = 0, False
         rows = [_row(0, base_scores, 0, config, numel, 0, best_sc)]
         if writer.active:
             if not resume:
@@ -401,6 +423,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
         bar.set_postfix(best=f"{best_sc.network(config.invalid)[0]:.5g}")
 
     t = next_t
+    n_exact = 0
     while t <= config.n:
         chunk = list(range(t, min(config.n, t + config.chunk - 1) + 1))
         mine = [u for u in chunk if u % comm.world == comm.rank]
@@ -412,7 +435,24 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
             if config.repair:
                 c = repair(c, counts, theta)
             cands[u] = c
-        local_sc = score(list(cands.values())) if cands else None
+        L = len(names)
+        exact_mask: dict[int, np.ndarray] = {}
+        if ranked:
+            # Ranking pass: rigorous upper bounds of every candidate's criteria; the exact
+            # criteria only for the layers whose bounds can still be accepted against the best
+            # before this chunk (the best only improves in t order, so nothing else can be).
+            rk = rank(list(cands.values())) if cands else None
+            bounds: dict[int, tuple[Scores, Scores]] = {}
+            mine_b = {u: (rk.upper.take(i), rk.estimate.take(i)) for i, u in enumerate(mine)}
+            for part in comm.gather(mine_b):
+                bounds.update(part)
+            exact_mask = {u: accept(config, best_sc, bounds[u][0], 0) for u in chunk}
+            n_exact += sum(int(m.sum()) for m in exact_mask.values())
+            which = np.array([exact_mask[u] for u in mine], dtype=bool).reshape(len(mine), L)
+            local_sc = rk.exact(which) if cands else None
+        else:
+            local_sc = score(list(cands.values())) if cands else None
+            n_exact += len(chunk) * L
         # Fingerprints: only of the layers that would be accepted (a single process has the
         # masks at hand); with several processes the owner computes them all before the gather.
         local = {u: (local_sc.take(i), _LazyFingerprints(cands[u]) if comm.world == 1
@@ -427,6 +467,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
         for u in chunk:
             sc, fps = gathered[u]
             ok = accept(config, best_sc, sc, 0)
+            if ranked:  # a layer not computed exactly was shown not to be accepted
+                ok &= exact_mask[u]
             for j in np.flatnonzero(ok):  # a layer equal to the best one is not a change
                 ok[j] = fps[names[j]] != best_fp[names[j]]
             if ok.any():
@@ -435,7 +477,11 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
                     src[names[j]] = u
                     best_fp[names[j]] = fps[names[j]]
                 changed = True
-            rows.append(_row(u, sc, 0, config, numel, int(ok.sum()), best_sc))
+            shown = sc
+            if ranked:  # the row: exact values of the accepted layers, estimates elsewhere
+                shown = bounds[u][1].copy()
+                shown.set_layers(0, sc, 0, ok)
+            rows.append(_row(u, shown, 0, config, numel, int(ok.sum()), best_sc))
             if u % config.snapshot_every == 0 and changed:
                 snaps_here.append((u, dict(src)))
                 changed = False
@@ -459,15 +505,19 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
             snapshots.append(u)
         new_best = state_of(src)
         if any(s is not None for s in src.values()):
-            writer.save(BEST_FILE, new_best, {"pags": {"t": chunk[-1], "role": "best"}})
+            # best.safetensors (masks and θ: 45 MB for ResNet-18) is written when the run ends;
+            # the resume point below holds the best masks of every chunk.
+            best_t, best_dirty = chunk[-1], True
         best = new_best
         t = chunk[-1] + 1
-        _write_state(writer, config, t, best, best_sc, best_fp, changed, snapshots, rows)
+        _write_state(writer, config, t, best, best_sc, best_fp, changed, snapshots, rows, best_t)
         if bar is not None:
             bar.update(len(chunk))
             bar.set_postfix(best=f"{best_sc.network(config.invalid)[0]:.5g}")
         if stop is not None and stop(t - 1):
             break
+    if best_dirty:
+        writer.save(BEST_FILE, best, {"pags": {"t": best_t, "role": "best"}})
     if bar is not None:
         bar.close()
     import pandas as pd
@@ -476,12 +526,12 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, s
         best=writer.maskset(best, {"pags": {"t": t - 1, "role": "best"}}),
         base=writer.maskset(base_masks, {"pags": {"t": 0, "role": "base"}}),
         best_scores=best_sc, base_scores=base_scores, n_done=t - 1,
-        candidates=pd.DataFrame(rows), snapshots=snapshots, out=out,
+        candidates=pd.DataFrame(rows), snapshots=snapshots, out=out, exact_layers=n_exact,
     )  # fmt: skip
 
 
 def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, changed, snapshots,
-                 rows) -> None:  # fmt: skip
+                 rows, best_t: int = 0) -> None:  # fmt: skip
     """Rows, then the best masks, then state.json (the commit point), then stale state files."""
     if not writer.active:
         return
@@ -491,7 +541,7 @@ def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, change
     writer.json(STATE_FILE, {
         "format": STATE_FORMAT, "version": STATE_VERSION, "config": config.to_dict(),
         "next_t": next_t, "best_file": best_file, "best_scores": best_sc.to_dict(),
-        "best_fp": best_fp, "changed": changed, "snapshots": snapshots,
+        "best_fp": best_fp, "changed": changed, "snapshots": snapshots, "best_t": best_t,
     })  # fmt: skip
     keep = (writer.out / best_file).name
     for old in (writer.out / STATE_DIR).glob("best-*.safetensors"):

@@ -104,7 +104,7 @@ def prepare(config: PagsConfig):
         inner = RescoreSource(model, config.method, config.density, config.seed,
                               dataset=dataset, iters=config.iters, batch_size=config.batch_size,
                               data_free=data_free, noise=bool(method.rescore_noise),
-                              prune_kwargs=kw)  # fmt: skip
+                              prune_kwargs=kw, base=base)  # fmt: skip
         source = inner
         if config.device != "cpu" and dataset is not None:
             orig = inner.prune

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import MaskValidationError
-from ..masks import MaskSet
+from ..masks import MaskSet, attach_positions
 from ..seeding import seed_for
 from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
 
@@ -131,6 +131,114 @@ def _gather(dataset, idx: torch.Tensor):
     return tuple(batch[:2])
 
 
+class Drawn(Mapping[str, torch.Tensor]):
+    """A candidate given by the kept positions of every layer: the dense bool mask of a layer is
+    built only when it is read (``drawn[name]``, for the files written and the fingerprints of
+    accepted layers), never for scoring (:func:`masktopo.pags.scoring.rank_candidates` reads
+    :meth:`positions`).
+
+    Parameters
+    ----------
+    shapes : mapping of str to tuple of int
+        Layer shapes, in order.
+    positions : mapping of str to numpy.ndarray
+        Ascending int64 flat (C-order) positions of the kept entries of every layer.
+    kinds : mapping of str to str
+        Layer kinds (:meth:`masktopo.masks.MaskSet.kind`).
+    """
+
+    def __init__(self, shapes, positions, kinds):
+        self._shapes = {n: tuple(int(x) for x in s) for n, s in shapes.items()}
+        self._pos = dict(positions)
+        self._kinds = dict(kinds)
+        self._dense: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._dense:
+            shape = self._shapes[name]
+            flat = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
+            flat[torch.from_numpy(self._pos[name])] = True
+            self._dense[name] = attach_positions(flat.reshape(shape), self._pos[name])
+        return self._dense[name]
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def positions(self, name: str) -> np.ndarray:
+        """Ascending int64 flat positions of the kept entries of layer ``name``."""
+        return self._pos[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def kind(self, name: str) -> str:
+        return self._kinds[name]
+
+    def without_weights(self) -> Drawn:
+        return self
+
+    def maskset(self) -> MaskSet:
+        """The dense :class:`~masktopo.masks.MaskSet`."""
+        return MaskSet({n: self[n] for n in self}, dict(self._kinds))
+
+
+class _RandomDraw:
+    """Candidates of a random PaI method (ERK, ER, uniform, random) drawn as positions.
+
+    :func:`masktopo.pai.prune` draws a random method's mask as a uniform k-subset per layer
+    (layer-wise methods, counts fixed by the method) or of all pruned entries (global scope),
+    by index sampling from a numpy generator seeded from the candidate's torch generator. This
+    draws the same positions (tested against ``pai.prune``) without the dense masks; the
+    per-layer counts, the global total and the dense layers are read off the base mask.
+    """
+
+    def __init__(self, base: MaskSet):
+        meta = base.meta or {}
+        dense = set(meta.get("dense_layers", []))
+        self.names = list(base)
+        self.shapes = {n: base.shape(n) for n in self.names}
+        self.kinds = {n: base.kind(n) for n in self.names}
+        self.pruned = [n for n in self.names if n not in dense]
+        self.dense = [n for n in self.names if n in dense]
+        self.sizes = np.array([base.numel(n) for n in self.pruned], dtype=np.int64)
+        self.counts = [base.nnz(n) for n in self.pruned]
+        self.local = meta.get("scope") != "global"
+        self.all = {n: np.arange(base.numel(n), dtype=np.int64) for n in self.dense}
+
+    def __call__(self, g: torch.Generator) -> Drawn:
+        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+        rng = np.random.default_rng(seed)
+        if self.local:
+            picks = [rng.choice(int(sz), size=int(k), replace=False)
+                     for sz, k in zip(self.sizes, self.counts, strict=True)]  # fmt: skip
+        else:
+            offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+            flat = np.sort(rng.choice(int(offsets[-1]), size=sum(self.counts), replace=False))
+            cut = np.searchsorted(flat, offsets)
+            picks = [flat[cut[i] : cut[i + 1]] - offsets[i] for i in range(len(self.pruned))]
+        pos = dict(self.all)
+        for n, idx in zip(self.pruned, picks, strict=True):
+            pos[n] = np.sort(np.asarray(idx, dtype=np.int64))
+        return Drawn(self.shapes, {n: pos[n] for n in self.names}, self.kinds)
+
+
+def random_draw(base: MaskSet, method: str) -> _RandomDraw | None:
+    """The position sampler of ``method`` when it is a random one drawn in one step by
+    :func:`masktopo.pai.prune` (its base mask says how), else None."""
+    from .. import pai
+
+    known = pai.METHODS.get(method)
+    meta = base.meta or {}
+    if known is None or not known.randomized or meta.get("method") != known.name:
+        return None
+    if meta.get("iterations", 0) not in (0, 1):
+        return None
+    return _RandomDraw(base)
+
+
 class RescoreSource:
     """``rescore`` sampler: re-run the PaI method for each candidate.
 
@@ -157,12 +265,17 @@ class RescoreSource:
         method outside the registry, ``data_free``).
     prune_kwargs : dict, optional
         Extra keyword arguments for ``prune``.
+    base : MaskSet, optional
+        The base mask ``prune`` gave for this method and density: for a random method (ERK, ER,
+        uniform, random) candidates are then drawn as positions (:class:`Drawn`, the same masks
+        as ``prune`` draws, without building them densely).
     """
 
     def __init__(self, model, method: str, density: float, seed: int, *, dataset=None,
                  iters: int = 20, batch_size: int = 128, prune=None, perturb=None,
                  data_free: bool | None = None, noise: bool | None = None,
-                 prune_kwargs: dict | None = None):  # fmt: skip
+                 prune_kwargs: dict | None = None, base: MaskSet | None = None):  # fmt: skip
+        injected = prune is not None
         if prune is None or perturb is None or data_free is None or noise is None:
             from .. import pai
 
@@ -181,9 +294,14 @@ class RescoreSource:
         self.kwargs = dict(prune_kwargs or {})
         if not self.data_free and dataset is None:
             raise MaskValidationError(f"PaI method {method!r} needs a dataset")
+        self.draw = None
+        if base is not None and not injected and self.data_free and not self.noise:
+            self.draw = random_draw(base, method)
 
-    def __call__(self, t: int) -> MaskSet:
+    def __call__(self, t: int) -> MaskSet | Drawn:
         g, _ = generators(self.seed, t)
+        if self.draw is not None:  # a random method: positions, no dense masks
+            return self.draw(g)
         # Methods whose score does not change between draws (SynFlow, magnitude, iterative SNIP
         # as in the author code) score a perturbed copy; self.model is untouched. Random methods
         # (ERK, ...) need no noise: their masks are random by construction.

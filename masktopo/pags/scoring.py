@@ -22,7 +22,10 @@ gate with ``invalid="skip"``; pags-spec §3.6, A9).
 
 Every layer of every candidate is planned first and all spectra are solved by one
 :func:`~masktopo.analysis.spectral.solve_many` call (:func:`~masktopo.analysis.metrics.
-layer_metric_rows`), on the CPU or batched on CUDA.
+layer_metric_rows`), on the CPU or batched on CUDA. :func:`rank_candidates` is the ranking pass
+PAGS runs first: rigorous upper bounds of both criteria from a few Lanczos steps per matrix
+(:mod:`masktopo.analysis._ranking`), and the exact criteria of chosen layers on demand, equal to
+:func:`score_candidates`'s.
 
 Scores are rounded to 27 significant bits (about 8 decimal digits) before they are compared: the
 batched solvers are exact to about 1e-12 relative, but their last bits depend on which other
@@ -43,18 +46,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..analysis._ranking import COORDINATES, KeptPositions, rank_layers
 from ..analysis.metrics import Options, layer_metric_rows
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet
 from .config import INVALID
 
 #: Metric columns computed for every candidate layer.
-COORD_METRICS = (
-    "ramanujan_gap",
-    "weighted_spectral_gap",
-    "imdb_ramanujan_gap",
-    "imdb_weighted_gap",
-)
+COORD_METRICS = COORDINATES
 _BITS = 27
 
 
@@ -222,10 +221,112 @@ def score_candidates(
     c, L = len(masksets), len(names)
     raw = np.array([[r[k] for k in COORD_METRICS] for r in rows], dtype=np.float64).reshape(c, L, 4)
     nnz = np.array([r["n_edges"] for r in rows], dtype=np.int64).reshape(c, L)
+    return _scores(names, raw, nnz, reference)
+
+
+def _scores(names, raw: np.ndarray, nnz: np.ndarray, reference) -> Scores:
+    """Scores from raw ``(c, L, 4)`` coordinates (NaN where undefined)."""
     valid = ~np.isnan(raw[..., 0])
     imdb_defined = ~np.isnan(raw[..., 2])
     coords = np.nan_to_num(raw, nan=0.0)
     coords[..., 1] = np.where(valid, coords[..., 1], 0.0)  # λ counts only behind the gate
     diff = coords if reference is None else coords - np.asarray(reference)[None]
     fs = quantize(np.sqrt((diff * diff).sum(axis=-1)))
-    return Scores(names, coords, valid, imdb_defined, fs, nnz)
+    return Scores(tuple(names), coords, valid, imdb_defined, fs, nnz)
+
+
+class Ranking:
+    """The ranking pass over ``c`` candidates (:func:`rank_candidates`).
+
+    Attributes
+    ----------
+    estimate : Scores
+        Criteria from the ranking pass's Ritz values (within about 1e-2 of the exact ones; the
+        validity flags and edge counts are exact).
+    upper : Scores
+        Rigorous upper bounds: ``upper.imdb()`` ≥ the exact IMDB criterion, ``upper.fs`` ≥ the
+        exact full-spectrum distance (so ``upper.network()`` ≥ the exact network score), each
+        after quantization. Only these two criteria are meaningful in it.
+    """
+
+    def __init__(self, bounds, names, c: int, reference):
+        L = len(names)
+        self._bounds, self._c, self._names, self._ref = bounds, c, tuple(names), reference
+        nnz = bounds.n_edges.reshape(c, L)
+        self._nnz = nnz
+        self.estimate = _scores(names, bounds.estimate.reshape(c, L, 4), nnz, reference)
+        lo = np.nan_to_num(bounds.lower.reshape(c, L, 4), nan=0.0)
+        hi = np.nan_to_num(bounds.upper.reshape(c, L, 4), nan=0.0)
+        valid = self.estimate.valid
+        lo[..., 1] = np.where(valid, lo[..., 1], 0.0)
+        hi[..., 1] = np.where(valid, hi[..., 1], 0.0)
+        ref = 0.0 if reference is None else np.asarray(reference)[None]
+        far = np.maximum(np.abs(lo - ref), np.abs(hi - ref))  # ≥ |exact − ref| per entry
+        fs_hi = quantize(np.sqrt((far * far).sum(axis=-1)))
+        self.upper = Scores(self._names, hi, valid, self.estimate.imdb_defined, fs_hi, nnz)
+
+    def exact(self, which: np.ndarray) -> Scores:
+        """Scores with the layers ``which`` (bool ``(c, L)``) computed exactly (equal to
+        :func:`score_candidates`'s) and the estimates elsewhere."""
+        which = np.asarray(which, dtype=bool)
+        flat = np.flatnonzero(which.reshape(-1))
+        raw = self._bounds.estimate.copy()
+        raw[flat] = self._bounds.exact(flat)
+        c, L = self._c, len(self._names)
+        return _scores(self._names, raw.reshape(c, L, 4), self._nnz, self._ref)
+
+
+def rank_candidates(
+    masksets: Sequence[MaskSet],
+    *,
+    weights: Mapping[str, torch.Tensor],
+    options: Options | None = None,
+    reference: np.ndarray | None = None,
+    steps: int | None = None,
+    device: str | torch.device | None = None,
+    route: str = "auto",
+) -> Ranking:
+    """The ranking pass: rigorous bounds and estimates of every candidate's criteria from a few
+    Lanczos steps per matrix (:mod:`masktopo.analysis._ranking`), and the exact criteria of
+    chosen layers on demand (:meth:`Ranking.exact`).
+
+    Parameters
+    ----------
+    masksets : sequence of MaskSet or Drawn
+        Candidates, all with the same layers in the same order (a
+        :class:`~masktopo.pags.sampling.Drawn` candidate is read by its positions).
+    weights : mapping of str to torch.Tensor
+        The weights ``θ`` every candidate is scored on.
+    options : masktopo.analysis.metrics.Options, optional
+        As :func:`score_candidates`.
+    reference : numpy.ndarray, optional
+        ``(L, 4)`` coordinate the distance is measured from (default: the origin).
+    steps : int, optional
+        Lanczos steps per matrix (default :data:`masktopo.analysis._ranking.RANK_STEPS`).
+    device : str or torch.device, optional
+        ``"cuda"``: both passes on the batched route on the GPU.
+    route : {"auto", "batched"}
+        ``"batched"``: the batched (CUDA) route on the CPU too.
+
+    Returns
+    -------
+    Ranking
+    """
+    masksets = list(masksets)
+    if not masksets:
+        raise MaskValidationError("rank_candidates needs at least one candidate")
+    names = tuple(masksets[0])
+    layers = []
+    for i, ms in enumerate(masksets):
+        if tuple(ms) != names:
+            raise MaskValidationError(f"candidate {i} has other layers than candidate 0")
+        positions = getattr(ms, "positions", None)  # a Drawn candidate: no dense mask needed
+        for n in names:
+            if n not in weights:
+                raise MaskValidationError(f"no weight for layer {n!r}")
+            mask = ms[n] if positions is None else KeptPositions(ms.shape(n), positions(n))
+            layers.append((n, mask, weights[n]))
+    kw = {} if steps is None else {"steps": int(steps)}
+    dev = None if device is None or torch.device(device).type == "cpu" else device
+    bounds = rank_layers(layers, options=options, device=dev, route=route, **kw)
+    return Ranking(bounds, names, len(masksets), reference)

@@ -1,0 +1,469 @@
+r"""Rigorous bounds on the full-spectrum coordinate from a few Lanczos steps (PAGS ranking).
+
+PAGS (:mod:`masktopo.pags`) scores every layer of every candidate with the coordinate
+``c = (Δr, λ, IMDB_Δr, IMDB_λ)`` ([N23]_; :mod:`masktopo.analysis.metrics`) and keeps a layer
+only when it beats the best so far. Most candidate layers lose clearly, so they do not need the
+exact singular values: :func:`rank_layers` plans every layer as the exact analysis does
+(the same stripped pattern, the same IMDB degree groups, the same matrices) and hands every
+matrix to :func:`masktopo.analysis._kernels.top2_bounds_batch`, which returns, after at most
+:data:`RANK_STEPS` Lanczos steps,
+
+* lower bounds ``σ_i ≥ σ_i(BᵀW)`` for the two top Ritz vectors ``W`` (Cauchy interlacing:
+  [GV13]_ Thm 8.1.7; any orthonormal ``W`` gives lower bounds),
+* an upper bound ``σ₁² ≤ max_i (Gw)_i / w_i`` for the non-negative Gram operator ``G`` and a
+  positive vector ``w`` (Collatz–Wielandt, [HJ13]_ §8.1), and ``σ₂ ≤ σ₁``,
+
+exact values for matrices whose smaller side is at most 24 (the dense route, the same code as
+the exact engine). Every coordinate entry is non-decreasing in each σ₁ and non-increasing in
+each σ₂ it reads::
+
+    Δr      = √(d̄_in − 1) + √(d̄_out − 1) − σ₂(B)                  (gated)
+    λ       = σ₁(|W⊙M|) − σ₂(|W⊙M|)
+    IMDB_Δr = mean_d c_d·(√(d − 1) + √(d̄_out(G_d) − 1) − σ₂(G_d))
+    IMDB_λ  = mean_d c_d·(σ₁(|G_d|) − σ₂(|G_d|))
+
+so evaluating the formulas at ``(σ₁ upper, σ₂ lower)`` gives an upper bound of each entry and
+at ``(σ₁ lower, σ₂ upper)`` a lower bound. The degrees, gates, groups and Cheeger weights
+``c_d`` are structural and exact. The bounds are widened by :data:`MARGIN` (relative to σ₁ of
+the matrix) so that they hold for the exact engine's values too (exact to about 1e-12).
+
+:meth:`LayerBounds.exact` then computes chosen layers exactly from the same plans: the exact
+engine and the metric registry, so those rows equal :func:`~masktopo.analysis.metrics.
+layer_metric_rows`'s bit for bit (results do not depend on which matrices share a call).
+
+References
+----------
+.. [N23] D. N. Hoang, S. Kundu, S. Liu, Z. Wang, "Don't just prune by magnitude! Your mask topology
+   is a secret weapon", NeurIPS 2023.
+.. [GV13] G. H. Golub, C. F. Van Loan, *Matrix Computations*, 4th ed., Johns Hopkins, 2013.
+.. [HJ13] R. A. Horn, C. R. Johnson, *Matrix Analysis*, 2nd ed., Cambridge, 2013.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from ..masks import attach_positions
+from ..options import Options
+from ._engine import DENSE_MAX_SIDE, solve_top2
+from ._kernels import Block, pack, top2_bounds_batch
+from ._registry import select
+from .metrics import _expand, _extract, _finish, _kept, _plan_layer, _Raw, resolve_metrics
+from .spectral import _round_up, solve_many, split_two, submit, use_workers
+
+#: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
+COORDINATES = (
+    "ramanujan_gap",
+    "weighted_spectral_gap",
+    "imdb_ramanujan_gap",
+    "imdb_weighted_gap",
+)
+#: Lanczos steps per matrix in the ranking pass (at most; fewer when the residual falls below
+#: :data:`RANK_TOL` first).
+RANK_STEPS = 16
+#: Lanczos steps for the matrices other than the IMDB groups' binary ones.
+OTHER_STEPS = 8
+#: Residual tolerance of the ranking pass, relative to σ₁² (early stop only).
+RANK_TOL = 1e-6
+#: Widening of every bound, relative to σ₁ of its matrix: covers rounding and the exact
+#: engine's own error (about 1e-12), and is far below the ranking accuracy (about 1e-3).
+MARGIN = 1e-8
+#: Singular values below this share of σ₁ are reported as 0 by the analysis
+#: (:data:`masktopo.analysis.metrics.SV_FLOOR`); a lower bound below 10× it is set to 0.
+_FLOOR = 1e-12
+_REMOTE_SHARE = 0.52
+
+
+class KeptPositions(NamedTuple):
+    """A layer's mask given by its shape and the ascending int64 flat (C-order) positions of its
+    kept entries: what :func:`rank_layers` takes instead of a dense mask (PAGS candidates are
+    drawn this way, :class:`masktopo.pags.sampling.Drawn`)."""
+
+    shape: tuple[int, ...]
+    positions: np.ndarray
+
+    def dense(self) -> torch.Tensor:
+        flat = torch.zeros(int(np.prod(self.shape)), dtype=torch.bool)
+        flat[torch.from_numpy(self.positions)] = True
+        return attach_positions(flat.reshape(self.shape), self.positions)
+
+
+def _extract_any(name: str, mask, weight: torch.Tensor, opts: Options) -> _Raw:
+    """:func:`~masktopo.analysis.metrics._extract` for a dense mask or :class:`KeptPositions`
+    (the same result, without building the mask where the conv reading allows)."""
+    if not isinstance(mask, KeptPositions):
+        return _extract(name, mask, weight, opts)
+    shape = tuple(mask.shape)
+    wt = weight.detach()
+    simple = len(shape) == 2 or opts.conv == "unrolled"
+    if not simple or wt.device.type != "cpu" or wt.dtype not in (torch.float32, torch.float64):
+        return _extract(name, mask.dense(), weight, opts)
+    flat = mask.positions
+    numel = int(np.prod(shape))
+    w = np.abs(wt.numpy().reshape(-1)[flat])  # as _extract: float32 stays float32
+    pos = flat.astype(np.int32) if numel < 2**31 else flat
+    return _Raw(name, shape[0], numel // shape[0], numel, pos, None, w)
+
+
+def _size(mask) -> int:
+    return int(mask.positions.size) if isinstance(mask, KeptPositions) else _kept(mask)
+
+
+def _gate_ok(gate: str, d_left: float, d_right: float) -> bool:
+    """The Ramanujan gate of :mod:`masktopo.analysis.metric_defs` (pags-spec §3.7)."""
+    if gate == "n23":
+        return d_left >= 3 and d_right > 1
+    return d_left >= 3 and d_right >= 3
+
+
+def _names() -> list[str]:
+    return resolve_metrics([*COORDINATES, "n_edges"], weighted=True)
+
+
+@dataclass
+class _Part:
+    """One thread's share: its layers' plans and the bounds of their matrices."""
+
+    index: list[int]
+    plans: list = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    steps: np.ndarray | None = None
+
+
+def _sv_bounds(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float, float, float]:
+    """Widened ``(σ₁ lower, σ₁ upper, σ₂ lower, σ₂ upper)`` of one matrix."""
+    top = float(hi[0])
+    s1_lo = max(0.0, float(lo[0]) * (1 - MARGIN) - MARGIN * top)
+    s1_hi = top * (1 + MARGIN) + 1e-300
+    s2_lo = max(0.0, float(lo[1]) * (1 - MARGIN) - MARGIN * top)
+    if s2_lo < 10 * _FLOOR * top:  # the analysis may report it as 0
+        s2_lo = 0.0
+    s2_hi = float(hi[1]) * (1 + MARGIN) + MARGIN * top
+    return s1_lo, s1_hi, s2_lo, s2_hi
+
+
+def _estimate(lo: np.ndarray) -> tuple[float, float]:
+    s1, s2 = float(lo[0]), float(lo[1])
+    return s1, (0.0 if s2 < _FLOOR * s1 else s2)
+
+
+def _layer_coords(plan, opts: Options, lo: np.ndarray, hi: np.ndarray, off: int) -> np.ndarray:
+    """``(3, 4)``: lower bounds, upper bounds and estimates of the coordinate (NaN where
+    undefined) of one planned layer; ``lo``/``hi`` the bounds of all matrices, this layer's
+    from ``off``."""
+    out = np.full((3, 4), np.nan)
+    L = plan.layer
+    if not L.n_edges or min(L.n_out_active, L.n_in_active) < 2:
+        return out
+    slots = plan.slots
+
+    def sv(key):
+        j = off + slots[key]
+        return _sv_bounds(lo[j], hi[j]), _estimate(lo[j])
+
+    d_out = L.n_edges / L.n_out_active
+    d_in = L.n_edges / L.n_in_active
+    if _gate_ok(opts.gate, d_out, d_in) and "sv_binary" in slots:
+        bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
+        (_, _, s2_lo, s2_hi), (_, e2) = sv("sv_binary")
+        out[:, 0] = (bound - s2_hi, bound - s2_lo, bound - e2)
+    if "sv_weighted" in slots:
+        (s1_lo, s1_hi, s2_lo, s2_hi), (e1, e2) = sv("sv_weighted")
+        out[:, 1] = (s1_lo - s2_hi, s1_hi - s2_lo, e1 - e2)
+    if plan.imdb_groups:
+        n23 = opts.imdb == "n23"
+        dr = np.empty((len(plan.imdb_groups), 3))
+        lam = np.empty_like(dr)
+        has_w = ("imdb_weighted", plan.imdb_groups[0][0]) in slots
+        for g, (d, n_s, n_r) in enumerate(plan.imdb_groups):
+            c = max(n_s, n_r) / (n_s + n_r - 1) if n23 else 1.0
+            bound = math.sqrt(d - 1) + math.sqrt(d * n_s / n_r - 1)
+            (_, _, s2_lo, s2_hi), (_, e2) = sv(("imdb_groups", d))
+            dr[g] = (c * (bound - s2_hi), c * (bound - s2_lo), c * (bound - e2))
+            if has_w:
+                (s1_lo, s1_hi, s2_lo, s2_hi), (e1, e2) = sv(("imdb_weighted", d))
+                lam[g] = (c * (s1_lo - s2_hi), c * (s1_hi - s2_lo), c * (e1 - e2))
+        out[:, 2] = dr.mean(axis=0)
+        if has_w:
+            out[:, 3] = lam.mean(axis=0)
+    return out
+
+
+def _rank_part(part: _Part, raws, opts: Options, selection, steps: int) -> _Part:
+    """Plan the layers, then bound their matrices: the IMDB groups' binary matrices (whose σ₂
+    lower bounds decide the IMDB criterion's upper bound) with ``steps`` Lanczos steps, the
+    others with :data:`OTHER_STEPS` (their bounds feed the full-spectrum distance, whose upper
+    bound is loose anyway: σ₂ ≤ σ₁)."""
+    groups: list = []  # (matrix offset, job) of IMDB binary blocks
+    others: list = []
+    n_mat = 0
+    for raw in raws:
+        plan = _plan_layer(raw, opts, selection)
+        part.offsets.append(n_mat)
+        first = {v for k, v in plan.slots.items() if isinstance(k, tuple) and k[0] == "imdb_groups"}
+        k = 0
+        for job in plan.jobs:
+            count = job.count if isinstance(job, Block) else 1
+            (groups if k in first else others).append((n_mat + k, count, job))
+            k += count
+        n_mat += plan.n_mat
+        part.plans.append(plan)
+    part.lo, part.hi = np.zeros((n_mat, 2)), np.zeros((n_mat, 2))
+    part.steps = np.zeros(n_mat, dtype=np.int64)
+    for items, budget in ((groups, steps), (others, min(steps, OTHER_STEPS))):
+        if not items:
+            continue
+        lo, hi, st = top2_bounds_batch(*pack([job for _, _, job in items]), RANK_TOL, budget,
+                                       DENSE_MAX_SIDE)  # fmt: skip
+        at = np.concatenate([np.arange(o, o + c) for o, c, _ in items])
+        part.lo[at], part.hi[at], part.steps[at] = lo, hi, st
+    return part
+
+
+def _bounds_batched(mats, steps: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~masktopo.analysis._kernels.top2_bounds_batch` on the batched (CUDA) route: the
+    matrices densified on ``device`` and bucketed by padded shape as
+    :func:`~masktopo.analysis.spectral.solve_many` does (zero padding changes no singular
+    value), then per bucket a batched Lanczos of ``min(steps, side)`` steps on ``BBᵀ`` with full
+    reorthogonalization, the top two Ritz vectors ``W`` orthonormalized (QR), ``lo = σ(BᵀW)``
+    (Cauchy interlacing) and ``hi₁`` the Collatz–Wielandt bound ``max_i (Gw)_i/w_i`` for
+    ``w = G(|y₁| + δ)`` (``hi₂ = hi₁``). The same bounds as the compiled kernel's (not the same
+    bits), in float64."""
+    lo = np.zeros((len(mats), 2))
+    hi = np.zeros((len(mats), 2))
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, P in enumerate(mats):
+        if P.nnz:
+            m, n = sorted(P.shape)
+            buckets.setdefault((_round_up(m), _round_up(n)), []).append(i)
+    for (m, n), idx in buckets.items():
+        per = max(1, int((1 << 26) // max(1, m * n)))
+        for start in range(0, len(idx), per):
+            chunk = idx[start : start + per]
+            bs, rs, cs, vs = [], [], [], []
+            for j, i in enumerate(chunk):
+                P = mats[i]
+                r, c = P.rows(), P.indices
+                if P.shape[0] > P.shape[1]:
+                    r, c = c, r
+                bs.append(np.full(len(r), j, dtype=np.int64))
+                rs.append(np.asarray(r, dtype=np.int64))
+                cs.append(np.asarray(c, dtype=np.int64))
+                vs.append(np.asarray(P.data, dtype=np.float64))
+            index = torch.from_numpy(np.stack([np.concatenate(x) for x in (bs, rs, cs)]))
+            B = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
+            B[tuple(index.to(device))] = torch.from_numpy(np.concatenate(vs)).to(device)
+            side = max(min(mats[i].shape) for i in chunk)
+            k = max(2, min(steps, side))
+            l_, h_ = _lanczos_bounds(B, k)
+            lo[chunk], hi[chunk] = l_.cpu().numpy(), h_.cpu().numpy()
+    return lo, hi
+
+
+def _lanczos_bounds(B: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds on σ₁, σ₂ of every matrix of the batch ``B`` (b, m, n), ``m ≤ n``."""
+    b, m, _ = B.shape
+    Bt = B.transpose(1, 2)
+
+    def gram(x):  # (b, m) -> (b, m): B Bᵀ x
+        return (B @ (Bt @ x.unsqueeze(-1))).squeeze(-1)
+
+    g = torch.Generator(device="cpu").manual_seed(0x5EED)
+    q = torch.randn(m, generator=g, dtype=torch.float64).to(B.device).expand(b, m)
+    q = q * (B.abs().sum(-1) > 0)  # start on the rows that exist
+    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    Q = torch.zeros((b, k, m), dtype=torch.float64, device=B.device)
+    T = torch.zeros((b, k, k), dtype=torch.float64, device=B.device)
+    for j in range(k):
+        Q[:, j] = q
+        z = gram(q)
+        T[:, j, j] = (q * z).sum(1)
+        for _ in range(2):  # full reorthogonalization, twice
+            z = z - (Q[:, : j + 1].transpose(1, 2) @ (Q[:, : j + 1] @ z.unsqueeze(-1))).squeeze(-1)
+        beta = z.norm(dim=1)
+        if j + 1 < k:
+            T[:, j, j + 1] = T[:, j + 1, j] = beta
+            scale = T[:, : j + 1, : j + 1].abs().amax(dim=(1, 2)).clamp_min(1e-300)
+            ok = beta > 1e-10 * scale  # Krylov space exhausted: continue with zeros
+            q = torch.where(ok[:, None], z / beta.clamp_min(1e-300)[:, None], torch.zeros_like(z))
+    _, S = torch.linalg.eigh(T)
+    Y = (Q.transpose(1, 2) @ S[..., -2:].flip(-1)).contiguous()  # (b, m, 2): top two Ritz vectors
+    W, _ = torch.linalg.qr(Y)
+    lo = torch.linalg.svdvals(Bt @ W)  # (b, 2), descending: lower bounds (interlacing)
+    y = Y[..., 0].abs()
+    x = y + 1e-6 * y.amax(dim=1, keepdim=True).clamp_min(1e-300)
+    w = gram(x)
+    v = gram(w)
+    ratio = torch.where(w > 0, v / w.clamp_min(1e-300), torch.zeros_like(v))
+    top = torch.maximum(ratio.amax(dim=1).sqrt(), lo[:, 0])
+    return lo, torch.stack([top, top], dim=1)
+
+
+def _exact_rows(plans, opts: Options, names: list[str], device=None, route="auto") -> list[dict]:
+    """The exact rows of planned layers (the exact engine or the batched route, then the metric
+    registry), as :func:`~masktopo.analysis.metrics.layer_metric_rows` computes them."""
+    jobs, offsets = [], []
+    n_mat = 0
+    for plan in plans:
+        offsets.append(n_mat)
+        n_mat += plan.n_mat
+        jobs.extend(plan.jobs)
+    if device is not None:
+        svals = solve_many(_expand(jobs), 2, device=device, route=route)
+    else:
+        svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
+    rows = []
+    for plan, off in zip(plans, offsets, strict=True):
+        sv = {key: svals[off + i] for key, i in plan.slots.items()}
+        values = _finish(plan, sv, opts)
+        rows.append({n: values[n] for n in names})
+    return rows
+
+
+class LayerBounds:
+    """What :func:`rank_layers` returns for ``N`` layers.
+
+    Attributes
+    ----------
+    lower, upper, estimate : numpy.ndarray
+        ``(N, 4)`` bounds and Ritz estimates of :data:`COORDINATES` (NaN where undefined; the
+        definedness is structural, so it is the exact value's).
+    n_edges : numpy.ndarray
+        ``(N,)`` int64 edge counts (exact).
+    steps : int
+        Lanczos steps taken over all matrices.
+    """
+
+    def __init__(self, n: int, opts: Options, names: list[str], device=None, route="auto"):
+        self._device, self._route = device, route
+        self.lower = np.full((n, 4), np.nan)
+        self.upper = np.full((n, 4), np.nan)
+        self.estimate = np.full((n, 4), np.nan)
+        self.n_edges = np.zeros(n, dtype=np.int64)
+        self.steps = 0
+        self._plans: list = [None] * n
+        self._opts = opts
+        self._names = names
+
+    def exact(self, index: Sequence[int]) -> np.ndarray:
+        """``(len(index), 4)`` exact coordinates of the layers ``index`` (NaN where undefined),
+        equal to :func:`~masktopo.analysis.metrics.layer_metric_rows`'s values."""
+        index = [int(i) for i in index]
+        out = np.full((len(index), 4), np.nan)
+        if not index:
+            return out
+        plans = [self._plans[i] for i in index]
+        if self._device is not None:  # the batched route: one call, as the analysis's
+            rows = dict(enumerate(_exact_rows(plans, self._opts, self._names, self._device,
+                                              self._route)))  # fmt: skip
+            for k in range(len(index)):
+                out[k] = [rows[k][n] for n in COORDINATES]
+            return out
+        with threadpool_limits(1):
+            total = sum(int(self.n_edges[i]) for i in index)
+            if use_workers(total) and len(index) > 1:
+                a, b = split_two([max(1, int(self.n_edges[i])) for i in index], 0.5)
+                far = submit(_exact_rows, [plans[k] for k in b], self._opts, self._names)
+                rows = dict(zip(a, _exact_rows([plans[k] for k in a], self._opts, self._names),
+                                strict=True))  # fmt: skip
+                rows.update(zip(b, far.result(), strict=True))
+            else:
+                rows = dict(enumerate(_exact_rows(plans, self._opts, self._names)))
+        for k in range(len(index)):
+            out[k] = [rows[k][n] for n in COORDINATES]
+        return out
+
+
+def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, device) -> _Part:
+    """:func:`_rank_part` on the batched route (every matrix with ``steps`` steps)."""
+    jobs: list = []
+    n_mat = 0
+    for raw in raws:
+        plan = _plan_layer(raw, opts, selection)
+        part.offsets.append(n_mat)
+        n_mat += plan.n_mat
+        jobs.extend(plan.jobs)
+        part.plans.append(plan)
+    part.lo, part.hi = _bounds_batched(_expand(jobs), steps, device)
+    part.steps = np.full(n_mat, steps, dtype=np.int64)
+    return part
+
+
+def rank_layers(
+    layers,
+    *,
+    options: Options | None = None,
+    steps: int | None = None,
+    device: str | torch.device | None = None,
+    route: str = "auto",
+) -> LayerBounds:
+    """Bounds on the full-spectrum coordinate of many weighted layers (module docstring).
+
+    Parameters
+    ----------
+    layers : sequence of (name, mask, weight)
+        Bool masks (or :class:`KeptPositions`) with their weights (every layer needs one); a
+        mask may carry its positions (:func:`masktopo.masks.attach_positions`).
+    options : Options, optional
+        Conv reading, gate and IMDB variant (default :class:`Options()`; empty layers allowed).
+    steps : int, optional
+        Lanczos steps per matrix (default :data:`RANK_STEPS`).
+    device : str or torch.device, optional
+        ``"cuda"``: the batched route (:func:`_bounds_batched`) on the GPU; default the CPU.
+    route : {"auto", "batched"}
+        ``"batched"``: the batched route on the CPU too (the CUDA code path, for tests). The
+        exact pass (:meth:`LayerBounds.exact`) then takes the same route.
+
+    Returns
+    -------
+    LayerBounds
+        Bounds and estimates of every layer, and the plans for :meth:`LayerBounds.exact`.
+    """
+    base = Options() if options is None else options
+    opts = Options(base.conv, base.gate, base.imdb, base.narc, allow_empty=True)
+    steps = RANK_STEPS if steps is None else int(steps)
+    layers = list(layers)
+    names = _names()
+    selection = select(names)
+    dev = None if device is None else torch.device(device)
+    batched = route == "batched" or (dev is not None and dev.type != "cpu")
+    res = LayerBounds(len(layers), opts, names, *((dev or torch.device("cpu"), route)
+                                                  if batched else ()))  # fmt: skip
+    if not layers:
+        return res
+
+    def extract(idx):
+        return [_extract_any(*layers[i], opts) for i in idx]
+
+    sizes = np.array([_size(m) for _, m, _ in layers], dtype=np.int64)
+    with threadpool_limits(1):
+        if batched:
+            idx = list(range(len(layers)))
+            parts = [_rank_batched(_Part(idx), extract(idx), opts, selection, steps,
+                                   res._device)]  # fmt: skip
+        elif use_workers(int(sizes.sum())):
+            a, b = split_two(sizes, _REMOTE_SHARE)
+            far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps)
+            parts = [_rank_part(_Part(list(a)), extract(a), opts, selection, steps),
+                     far.result()]  # fmt: skip
+        else:
+            idx = list(range(len(layers)))
+            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps)]
+    for part in parts:
+        res.steps += int(part.steps.sum())
+        for i, plan, off in zip(part.index, part.plans, part.offsets, strict=True):
+            res._plans[i] = plan
+            res.n_edges[i] = plan.layer.n_edges
+            res.lower[i], res.upper[i], res.estimate[i] = _layer_coords(
+                plan, opts, part.lo, part.hi, off
+            )
+    return res

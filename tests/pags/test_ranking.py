@@ -1,0 +1,198 @@
+"""Ranking then exact (the default) selects exactly what the all-exact path (--exact) selects.
+
+The ranking pass bounds every candidate layer's criteria from a few Lanczos steps; only the
+layers whose upper bounds can still beat the best are computed exactly. These tests check the
+bounds against the exact values, and whole PAGS runs in both modes against each other.
+"""
+
+import numpy as np
+import pytest
+import torch
+from _stubs import NoisyMagnitude, base_mask, global_topk
+
+from masktopo.analysis._ranking import COORDINATES, rank_layers
+from masktopo.analysis.metrics import Options, layer_metric_rows
+from masktopo.masks import MaskSet
+from masktopo.pags import PagsConfig, RewireSource, run, run_pags
+
+# Sides above 24 (the dense route's limit): these go through the bounded Lanczos pass.
+SHAPES = {"conv.weight": (40, 8, 3, 3), "fc1.weight": (64, 288), "fc2.weight": (30, 64)}
+DENSITY = 0.08
+
+
+def _theta(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(s, generator=g) * 0.2 for n, s in SHAPES.items()}
+
+
+def _random_layers(seed: int, count: int) -> list:
+    """Layers of assorted shapes and densities, some disconnected or nearly empty."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(count):
+        m = int(torch.randint(20, 90, (1,), generator=g))
+        n = int(torch.randint(20, 200, (1,), generator=g))
+        shape = (m, n // 9 + 1, 3, 3) if i % 3 == 0 else (m, n)
+        d = float(torch.empty(1).uniform_(0.01, 0.3, generator=g))
+        mask = torch.rand(shape, generator=g) < d
+        if i % 5 == 0:  # two blocks: a disconnected layer
+            flat = mask.reshape(shape[0], -1)
+            flat[: shape[0] // 2, flat.shape[1] // 2 :] = False
+            flat[shape[0] // 2 :, : flat.shape[1] // 2] = False
+        out.append((f"l{i}", mask, torch.randn(shape, generator=g)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [Options(allow_empty=True), Options("rolled", "i23", "i23", allow_empty=True)],
+    ids=["unrolled-n23", "rolled-i23"],
+)
+@pytest.mark.parametrize("steps", [4, 16])
+def test_bounds_contain_the_exact_values(options, steps):
+    layers = _random_layers(3, 30)
+    rb = rank_layers(layers, options=options, steps=steps)
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    assert np.array_equal(np.isnan(exact), np.isnan(rb.upper))  # definedness is structural
+    assert np.array_equal(np.isnan(exact), np.isnan(rb.lower))
+    assert np.all(np.nan_to_num(rb.lower, nan=0) <= np.nan_to_num(exact, nan=0))
+    assert np.all(np.nan_to_num(exact, nan=0) <= np.nan_to_num(rb.upper, nan=0))
+    assert rb.n_edges.tolist() == [r["n_edges"] for r in rows]
+    # The exact pass from the same plans is the analysis's value, bit for bit.
+    assert np.array_equal(rb.exact(range(len(layers))), exact, equal_nan=True)
+    # The bounds are tight enough to decide something: the IMDB upper bound is close.
+    defined = ~np.isnan(exact[:, 2])
+    assert defined.sum() >= 5
+    assert np.median((rb.upper - exact)[defined, 2]) < 0.05 * np.median(np.abs(exact[defined, 2]))
+    assert rb.steps > 0
+
+
+@pytest.mark.parametrize("steps", [3, 12])
+def test_batched_route_bounds_contain_the_exact_values(steps):
+    """The batched (CUDA) route's ranking pass, run on the CPU."""
+    layers = _random_layers(4, 24)
+    opts = Options(allow_empty=True)
+    rb = rank_layers(layers, options=opts, steps=steps, route="batched")
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=opts,
+                             route="batched")  # fmt: skip
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    assert np.array_equal(np.isnan(exact), np.isnan(rb.upper))
+    assert np.all(np.nan_to_num(rb.lower, nan=0) <= np.nan_to_num(exact, nan=0))
+    assert np.all(np.nan_to_num(exact, nan=0) <= np.nan_to_num(rb.upper, nan=0))
+    np.testing.assert_allclose(rb.exact(range(len(layers))), exact, rtol=0, atol=1e-12)
+    if steps >= 12:  # tight enough to decide something
+        defined = ~np.isnan(exact[:, 2])
+        gap = np.median((rb.upper - exact)[defined, 2]) / np.median(np.abs(exact[defined, 2]))
+        assert gap < 0.05
+
+
+def _pair(w, base, source, **kw):
+    out = {}
+    for exact in (False, True):
+        cfg = PagsConfig(**{"n": 48, "chunk": 12, "snapshot_every": 8, **kw, "exact": exact})
+        out[exact] = run_pags(base, w, source, cfg)
+    return out[False], out[True]
+
+
+def _same_selection(a, b):
+    assert list(a.best) == list(b.best)
+    for name in a.best:  # same best mask
+        assert torch.equal(a.best[name], b.best[name]), name
+    ra, rb = a.candidates, b.candidates
+    assert ra["accepted_layers"].tolist() == rb["accepted_layers"].tolist()
+    assert ra["best_network_score"].tolist() == rb["best_network_score"].tolist()
+    assert a.snapshots == b.snapshots
+    np.testing.assert_allclose(a.best_scores.coords, b.best_scores.coords, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.best_scores.fs, b.best_scores.fs, rtol=0, atol=1e-12)
+    assert b.exact_layers == len(rb) * len(a.best) - len(a.best)  # --exact: every layer
+    # The rows: exact values for the accepted layers (estimates elsewhere).
+    for (_, x), (_, y) in zip(ra.iterrows(), rb.iterrows(), strict=True):
+        if x["accepted_layers"]:
+            acc = [i for i, (p, q) in enumerate(zip(x["fs"], y["fs"], strict=True)) if p == q]
+            assert len(acc) >= x["accepted_layers"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("selection", ["layerwise", "global"])
+def test_ranking_then_exact_selects_what_exact_selects(seed, selection):
+    w = _theta(seed)
+    base = base_mask(w, DENSITY)
+    a, b = _pair(w, base, NoisyMagnitude(w, DENSITY, seed, noise=0.15), seed=seed,
+                 selection=selection)  # fmt: skip
+    _same_selection(a, b)
+    if selection == "layerwise":  # something was selected, and the ranking spared exact work
+        assert a.candidates["accepted_layers"].sum() > 0
+        assert a.exact_layers < 48 * len(SHAPES)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_same_selection_on_the_batched_route(seed):
+    w = _theta(seed)
+    base = base_mask(w, DENSITY)
+    a, b = _pair(w, base, NoisyMagnitude(w, DENSITY, seed, noise=0.15), seed=seed,
+                 route="batched")  # fmt: skip
+    _same_selection(a, b)
+    assert a.candidates["accepted_layers"].sum() > 0
+    assert a.exact_layers < 48 * len(SHAPES)
+
+
+@pytest.mark.parametrize("reference", ["origin", "base"])
+@pytest.mark.parametrize("invalid", ["zero", "skip"])
+def test_same_selection_for_reference_and_invalid_rules(reference, invalid):
+    w = _theta(5)
+    base = base_mask(w, DENSITY)
+    a, b = _pair(w, base, RewireSource(base, 5), seed=5, sampler="rewire", reference=reference,
+                 invalid=invalid)  # fmt: skip
+    _same_selection(a, b)
+
+
+def test_sparse_gated_layers():
+    """At a low density most layers fail the gate (their criteria count as 0 or are skipped)."""
+    w = _theta(7)
+    base = global_topk({n: v.abs() for n, v in w.items()}, 0.03)
+    a, b = _pair(w, base, RewireSource(base, 7), seed=7, sampler="rewire", invalid="skip")
+    _same_selection(a, b)
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_erk_on_a_zoo_model(tmp_path, seed):
+    """What ``masktopo pags --method erk`` runs, on LeNet-300-100 (no data is read)."""
+    res = {}
+    for exact in (False, True):
+        cfg = PagsConfig(model="lenet300", dataset="mnist", method="erk", density=0.05, n=40,
+                         chunk=16, seed=seed, exact=exact)  # fmt: skip
+        res[exact] = run(cfg, tmp_path / f"o{exact}")
+    _same_selection(res[False], res[True])
+    assert res[False].exact_layers < 40 * 3
+
+
+def test_exact_is_an_option():
+    assert PagsConfig().exact is False
+    assert PagsConfig(exact=True).to_dict()["exact"] is True
+    ms = MaskSet({"a": torch.ones(3, 3, dtype=torch.bool)})
+    assert list(ms) == ["a"]
+
+
+@pytest.mark.parametrize("method", ["random", "erk", "er", "uniform"])
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_drawn_positions_are_the_masks_pai_prune_draws(method, model):
+    """Candidates of a random method drawn as positions (issue 20, part 1) are exactly the masks
+    masktopo.pai.prune draws from the same generator state (layer-wise and global scopes)."""
+    from masktopo import pai
+    from masktopo.pags.sampling import random_draw
+    from masktopo.zoo import get_model
+
+    net = get_model(model, dataset="fashion-mnist")
+    kw = {"in_shape": (1, 28, 28)}
+    base = pai.prune(net, method, 0.05, generator=torch.Generator().manual_seed(0), **kw)
+    draw = random_draw(base, method)
+    assert draw is not None
+    for seed in (1, 2, 3):
+        got = draw(torch.Generator().manual_seed(seed))
+        want = pai.prune(net, method, 0.05, generator=torch.Generator().manual_seed(seed), **kw)
+        assert list(got) == list(want.names)
+        for name in want.names:
+            assert torch.equal(got[name], want[name]), (method, seed, name)
+            assert np.array_equal(got.positions(name),
+                                  np.flatnonzero(want[name].reshape(-1).numpy()))  # fmt: skip
