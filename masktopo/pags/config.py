@@ -58,6 +58,16 @@ class PagsConfig:
     iters: int = option(20, "minibatches per candidate's PaI scoring, rescore sampler", ge=1,
                         metavar="I")  # fmt: skip
     batch_size: int = option(128, "minibatch size for the PaI scoring", ge=1, metavar="B")
+    score_batches: int | None = same_as(SetupOptions, "score_batches",
+                                        help="minibatches (of batch_size) the base mask is "
+                                        "scored on (data-driven methods; candidates use iters)",
+                                        default_text="the whole training set, as the author "
+                                        "code's vanilla ticket")  # fmt: skip
+    pai_rounds: int | None = same_as(SetupOptions, "pai_rounds",
+                                     help="pruning rounds of an iterative PaI method (synflow, "
+                                     "iter-snip, force) for the base and every candidate",
+                                     default_text="10, the PAGS author loop's (pags-spec "
+                                     "§4.2); masktopo.pai's own: synflow 100")  # fmt: skip
     snapshot_every: int = option(20, "save snapshots/snapshot-T.safetensors every K candidates "
                                  "when the best changed (snapshot 0 is the base)", ge=1,
                                  metavar="K")  # fmt: skip

@@ -17,6 +17,7 @@ from ..seeding import generator
 from .config import PagsConfig
 from .engine import PagsResult, require_parquet, run_pags
 from .sampling import RescoreSource, RewireSource, full_batches, generators
+from .sampling import _gather as gather
 
 
 def check_method(name: str):
@@ -63,6 +64,23 @@ class _OnDevice:
             yield tuple(x.to(self.device) for x in batch)
 
 
+#: Pruning rounds of the iterative PaI methods in the PAGS author loop (pags-spec §4.2):
+#: ``sparsity_r = 1 - d^{r/10}``, for the base and every candidate.
+AUTHOR_ROUNDS = 10
+
+
+def base_batches(dataset, config: PagsConfig) -> list:
+    """The minibatches the base mask is scored on: the whole training set in order (the author
+    code's vanilla ticket), or ``score_batches`` batches in an order of their own (the
+    ``pai-batches`` stream of the seed, as ``masktopo train --method static`` draws them)."""
+    if config.score_batches is None:
+        return list(full_batches(dataset, config.batch_size))
+    n, b = len(dataset), config.batch_size
+    perm = torch.randperm(n, generator=generator(config.seed, "pai-batches"))
+    count = min(config.score_batches, -(-n // b))
+    return [gather(dataset, perm[i * b : (i + 1) * b]) for i in range(count)]
+
+
 def prepare(config: PagsConfig):
     """Model, θ, base mask and candidate source for ``config`` (nothing is written).
 
@@ -93,10 +111,12 @@ def prepare(config: PagsConfig):
     g0, _ = generators(config.seed, 0)
     batches = None
     if dataset is not None:
-        batches = _OnDevice(list(full_batches(dataset, config.batch_size)), config.device)
+        batches = _OnDevice(base_batches(dataset, config), config.device)
     # The dataset's own loss (cross-entropy, or BCE for a one-logit binary task) for the scorers.
     # SynFlow needs the input shape (the other methods ignore it).
     kw = {"in_shape": spec.in_shape} if data_free else {"loss": spec.loss_fn}
+    if method.default_iterations > 1:  # an iterative method: the author loop's rounds
+        kw["iterations"] = AUTHOR_ROUNDS if config.pai_rounds is None else config.pai_rounds
     base = pai.prune(model, config.method, config.density, batches=batches, generator=g0, **kw)
     if config.sampler == "rewire":
         source = RewireSource(base, config.seed)
