@@ -115,6 +115,21 @@ class AnalyzeConfig:
                         choices=("auto", "batched"), usage_choices=True)  # fmt: skip
     zeros_as_mask: bool = option(False, "for checkpoints without masks: each weight's nonzeros "
                                  "define its mask")  # fmt: skip
+    mask: str = option("auto", "where masks come from: auto (stored masks; a model folder's "
+                       "nonzero weights), nonzero (every weight's nonzeros; a .safetensors "
+                       "checkpoint is then read tensor by tensor like a model folder)",
+                       choices=("auto", "nonzero"), usage_choices=True)  # fmt: skip
+    layers: tuple[str, ...] | None = option(None, "only the layers whose names match one of these "
+                                            "glob patterns ('model.layers.*.mlp.*'; * matches "
+                                            "dots too)", metavar="GLOB",
+                                            default_text="every layer")  # fmt: skip
+    include: tuple[str, ...] = option((), "tensors of a model folder analyzed besides its linear "
+                                      "layers: embeddings, head (the LM head)",
+                                      choices=("embeddings", "head"), what="tensor class",
+                                      usage_choices=True)  # fmt: skip
+    structure: str = option("auto", "N:M pattern and degree-spread columns (nm, deg_out_min, "
+                            "...): on, off, or auto (on for model folders and --mask nonzero)",
+                            choices=("auto", "on", "off"), usage_choices=True)  # fmt: skip
     event: int | None = option(None, "for run directories: analyze only event K (negative counts "
                                "from the end)", metavar="K", default_text="every event")  # fmt: skip
     every: int = same_as(RunOptions, "every")
@@ -222,18 +237,40 @@ def _read_input(path, cfg):
     events (None is returned: its events are read when analyzed), or a mask file's MaskSet."""
     from masktopo.inputs import load
     from masktopo.runs import read_run
+    from masktopo.store.hf_folder import is_hf_folder, open_source
 
-    if cfg.event is None and Path(path).is_dir():
+    p = Path(path)
+    lazy_file = cfg.mask == "nonzero" and p.suffix.lower() == ".safetensors" and not p.is_dir()
+    if cfg.event is None and (is_hf_folder(p) or lazy_file):
+        return open_source(path, layers=cfg.layers, include=cfg.include)
+    if cfg.event is None and p.is_dir():
+        if cfg.layers:
+            raise MaskFileError(path, "--layers selects layers of mask files and model folders; "
+                                "for a run directory give --event K too")  # fmt: skip
         read_run(path)
         return None
-    return load(path, event=cfg.event, zeros_as_mask=cfg.zeros_as_mask,
-                weights=cfg.weights)  # fmt: skip
+    return load(path, event=cfg.event, weights=cfg.weights, layers=cfg.layers,
+                zeros_as_mask=cfg.zeros_as_mask or cfg.mask == "nonzero")  # fmt: skip
 
 
-def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress: bool):
-    """Analyze one loaded mask set (one row per layer)."""
+def _analyze_one(path, ms, cfg, metrics: list[str] | None, show: bool, progress: bool,
+                 world=None):  # fmt: skip
+    """Analyze one loaded mask set or model source (one row per layer); None on a torchrun rank
+    other than 0."""
     from masktopo import analysis
+    from masktopo.analysis.lazy import analyze_layers, refs_of_maskset, refs_of_source
+    from masktopo.options import Options
+    from masktopo.store.hf_folder import HFSource
 
+    lazy = isinstance(ms, HFSource)
+    structure = cfg.structure == "on" or (cfg.structure == "auto" and lazy)
+    if lazy or structure or (world is not None and world.distributed):
+        refs = refs_of_source(ms) if lazy else refs_of_maskset(ms)
+        big = (ms.nbytes if lazy else ms.numel()) >= LARGE_MASKSET
+        return analyze_layers(refs, weights=cfg.weights, metrics=metrics, device=cfg.device,
+                              route=cfg.route, structure=structure, world=world,
+                              progress=show and (progress or big),
+                              options=Options(allow_empty=cfg.allow_empty, **_graph(cfg)))  # fmt: skip
     empty = _empty_layers(ms)
     if empty and not cfg.allow_empty:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
@@ -306,12 +343,16 @@ def _in_context(path, fn, *args):
         raise MaskFileError(path, str(exc)) from exc
 
 
-def analyze_paths(args, cfg, metrics: list[str] | None):
-    """Load and analyze every path; the DataFrame of all rows (nothing is written here)."""
+def analyze_paths(args, cfg, metrics: list[str] | None, world=None):
+    """Load and analyze every path; the DataFrame of all rows (nothing is written here). Under
+    torchrun (``world``), the layers are split across the ranks and rank 0 alone gets the
+    table: None on the others."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from masktopo import analysis
+    from masktopo.analysis.distributed import World
+
+    world = world or World()
 
     paths = list(args.paths)
     several = len(paths) > 1
@@ -325,17 +366,37 @@ def analyze_paths(args, cfg, metrics: list[str] | None):
     for path, ms in zip(bar, loaded, strict=True):
         whole_run = ms is None
         if whole_run:
+            if not world.main:  # a run's analysis writes its cache: rank 0 alone
+                continue
             df = _in_context(path, _analyze_run, path, cfg, metrics, show)
         else:
-            df = _in_context(path, _analyze_one, path, ms, cfg, metrics, show, args.progress)
+            df = _in_context(path, _analyze_one, path, ms, cfg, metrics, show, args.progress,
+                             world)  # fmt: skip
+            if df is None:  # another rank gathers the rows
+                continue
         if not whole_run:
-            df = _with_network_row(df, analysis.aggregate(df, invalid=cfg.invalid)
-                                   if cfg.network else None)  # fmt: skip
+            df = _with_network_row(df, _network_row(df, cfg.invalid) if cfg.network else None)
         if several:
             df.insert(0, "file", str(path))
         frames.append(df)
     bar.close()
+    if not world.main:
+        return None
     return pd.concat(frames, ignore_index=True) if several else frames[0]
+
+
+def _network_row(df, invalid: str) -> dict:
+    """:func:`masktopo.analysis.aggregate` of a layer table, with the network values of its
+    structure columns (:func:`masktopo.analysis.structure.network_structure`) when it has them."""
+    from masktopo import analysis
+    from masktopo.analysis.structure import STRUCTURE_COLUMNS, network_structure
+
+    cols = [c for c in STRUCTURE_COLUMNS if c in df]
+    row = analysis.aggregate(df.drop(columns=cols), invalid=invalid)
+    if cols:
+        reason = row.pop("reason")
+        row.update(network_structure(df[cols].to_dict("records")), reason=reason)
+    return row
 
 
 def select_columns(df, fmt: str, columns: tuple[str, ...] | None, metrics: list[str] | None):
@@ -422,7 +483,12 @@ def run(args) -> int:
     if cfg.event is not None and cfg.every != 1:
         raise MaskTopoError("--every selects events of a whole run; it cannot be used with --event")
 
-    df = analyze_paths(args, cfg, metrics)
+    from masktopo.analysis.distributed import init_world
+
+    world = init_world(cfg.device)
+    df = analyze_paths(args, cfg, metrics, world)
+    if not world.main:
+        return 0
 
     from masktopo.files import atomic_write, atomic_write_bytes
 

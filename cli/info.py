@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 from ._output import format_cell, render_rows
 
@@ -18,6 +19,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="mask files or run directories")
     p.add_argument("--json", action="store_true", help="print a JSON list with one object per PATH")
+    p.add_argument(
+        "--layers",
+        action="append",
+        metavar="GLOB",
+        help="only the layers whose names match one of these glob patterns (comma separated; "
+        "repeat the flag to add more)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="CLASS",
+        help="tensors of a model folder described besides its linear layers: embeddings, head",
+    )
     p.add_argument(
         "--zeros-as-mask",
         action="store_true",
@@ -42,27 +56,49 @@ def describe(info: dict) -> str:
         event = info.get("event")
         described = f" (describing event {event})" if event is not None else ""
         lines.append(f"  run events: {info['n_events']}{described}")
-    rows = [
-        (
-            layer["name"],
-            layer["kind"],
-            "x".join(str(s) for s in layer["shape"]),
-            layer["nnz"],
-            layer["density"],
+    if "skipped" in info:
+        counts = Counter(t["class"] for t in info["skipped"])
+        what = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+        lines.append(
+            f"  files: {info['n_files']}   not analyzed: {len(info['skipped'])} tensors"
+            + (f" ({what}; --include embeddings,head adds those)" if what else "")
         )
-        for layer in info["layers"]
-    ]
-    table = render_rows(("name", "kind", "shape", "nnz", "density"), rows)
+    header = ["name", "kind", "shape", "nnz", "density"]
+    structure = bool(info["layers"]) and "nm" in info["layers"][0]
+    if structure:
+        header += ["dtype", "N:M", "deg_out min-max", "deg_in min-max"]
+    rows = []
+    for layer in info["layers"]:
+        row = [layer["name"], layer["kind"], "x".join(str(s) for s in layer["shape"]),
+               layer["nnz"], layer["density"]]  # fmt: skip
+        if structure:
+            row += [layer["dtype"], layer["nm"] or "-",
+                    f"{layer['deg_out_min']}-{layer['deg_out_max']}",
+                    f"{layer['deg_in_min']}-{layer['deg_in_max']}"]  # fmt: skip
+        rows.append(tuple(row))
+    table = render_rows(tuple(header), rows)
     lines.extend("  " + line for line in table.splitlines())
     return "\n".join(lines)
 
 
 def run(args) -> int:
+    from masktopo.errors import UnknownNameError
     from masktopo.inputs import info
 
-    infos = [info(path, zeros_as_mask=args.zeros_as_mask) for path in args.paths]
+    layers = _split(args.layers)
+    include = _split(args.include)
+    for item in include:
+        if item not in ("embeddings", "head"):
+            raise UnknownNameError("tensor class", item, ("embeddings", "head"))
+    infos = [info(path, zeros_as_mask=args.zeros_as_mask, layers=layers, include=include)
+             for path in args.paths]  # fmt: skip
     if args.json:
         sys.stdout.write(json.dumps(infos, indent=2, default=str) + "\n")
     else:
         sys.stdout.write("\n\n".join(describe(i) for i in infos) + "\n")
     return 0
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """The items of a repeated, comma-separated flag."""
+    return [v.strip() for item in values or () for v in item.split(",") if v.strip()]

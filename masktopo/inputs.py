@@ -1,10 +1,14 @@
-"""Any masktopo input: a mask file (:mod:`masktopo.store`) or a run directory
-(:mod:`masktopo.runs`). :func:`load` and :func:`info` are ``masktopo.load`` and ``masktopo.info``.
+"""Any masktopo input: a mask file (:mod:`masktopo.store`), a run directory
+(:mod:`masktopo.runs`) or a Hugging Face model folder (:mod:`masktopo.store.hf_folder`: masks
+from the nonzero weights). :func:`load` and :func:`info` are ``masktopo.load`` and
+``masktopo.info``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import MaskFileError
@@ -13,8 +17,9 @@ from .masks import MaskSet
 from .runs import read_run
 from .runs.reader import check_event_arg
 from .store import describe, read_file
+from .store.hf_folder import is_hf_folder, open_source
 
-__all__ = ["info", "load"]
+__all__ = ["info", "load", "select_layers"]
 
 
 def load(
@@ -23,6 +28,8 @@ def load(
     event: int | None = None,
     zeros_as_mask: bool = False,
     weights: bool = True,
+    layers: Sequence[str] | None = None,
+    include: Sequence[str] = (),
 ) -> MaskSet:
     """Read a mask file or a run directory into a :class:`MaskSet`.
 
@@ -30,7 +37,9 @@ def load(
     ----------
     path : str or os.PathLike
         A ``.safetensors`` or ``.npz`` mask file, a PyTorch checkpoint (``.pt``, ``.pth``,
-        ``.ckpt``, ``.bin``; read with ``weights_only=True``) or a run directory.
+        ``.ckpt``, ``.bin``; read with ``weights_only=True``), a run directory, or a Hugging Face
+        model folder (``config.json`` with ``model.safetensors`` or shards and their index: its
+        linear layers, masks from their nonzero weights; docs/llm.md).
     event : int, optional
         For a run directory: the event to load (its number, or counting from the end when
         negative). The last event when None.
@@ -40,6 +49,12 @@ def load(
     weights : bool
         Attach the file's weights, when it has them. False does not attach them (nor, where the
         format allows, read them); their shapes are checked all the same.
+    layers : sequence of str, optional
+        Glob patterns on layer names (:mod:`fnmatch`; ``*`` matches dots too): only matching
+        layers are kept. A model folder's other tensors are never read.
+    include : sequence of str
+        For a model folder: tensor classes kept besides the linear layers, ``"embeddings"``
+        and ``"head"`` (:func:`masktopo.store.hf_folder.classify`).
 
     Returns
     -------
@@ -62,17 +77,46 @@ def load(
     """
     p = input_path(path)
     check_event_arg(event)
+    if is_hf_folder(p):
+        if event is not None:
+            raise MaskFileError(p, "event= (command line: --event) selects an event of a run "
+                                "directory, but this is a model folder")  # fmt: skip
+        src = open_source(p, layers=layers, include=include)
+        masks, wts = {}, {}
+        for name, mask, w in src.iter_layers():
+            masks[name] = mask
+            wts[name] = w
+        meta = {"source": {"path": str(p), "format": "hf_folder", "layout": "zeros_as_mask"}}
+        return MaskSet(masks, None, wts if weights else None, meta=meta)
     if p.is_dir():
-        return read_run(p).load(event=event, weights=weights)
+        return select_layers(read_run(p).load(event=event, weights=weights), layers, p)
     if event is not None:
         raise MaskFileError(
             p,
             "event= (command line: --event) selects an event of a run directory, but this is a file",
         )
-    return read_file(p, zeros_as_mask=zeros_as_mask, weights=weights)[0]
+    ms = read_file(p, zeros_as_mask=zeros_as_mask, weights=weights)[0]
+    return select_layers(ms, layers, p)
 
 
-def info(path: str | os.PathLike, *, zeros_as_mask: bool = False) -> dict[str, Any]:
+def select_layers(ms: MaskSet, patterns: Sequence[str] | None, path=None) -> MaskSet:
+    """The layers of ``ms`` whose names match one of the glob ``patterns`` (all when None).
+
+    Raises
+    ------
+    MaskFileError
+        When no layer matches (naming ``path``).
+    """
+    if not patterns:
+        return ms
+    names = [n for n in ms if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not names:
+        raise MaskFileError(path or "<masks>", f"no layer matches --layers {', '.join(patterns)}")
+    return ms.select(names)
+
+
+def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
+         layers: Sequence[str] | None = None, include: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Describe a mask file or run directory without attaching weights.
 
     Masks and the file's structure are fully checked; weight values are not (:func:`load` does).
@@ -81,7 +125,7 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False) -> dict[str, A
     ----------
     path : str or os.PathLike
         A mask file, a PyTorch checkpoint or a run directory, as for :func:`load`.
-    zeros_as_mask : bool
+    zeros_as_mask, layers, include
         As for :func:`load`.
 
     Returns
@@ -91,13 +135,43 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False) -> dict[str, A
         ``n_layers``, ``layers`` (one dict per layer: ``name``, ``kind``, ``shape`` as a list,
         ``nnz``, ``numel``, ``density``), ``nnz``, ``numel``, ``density`` (global),
         ``has_weights``, ``meta``; for a run directory also ``n_events`` and ``event`` (the
-        number of the event described: the last).
+        number of the event described: the last). For a model folder (read tensor by tensor)
+        each layer also has ``dtype``, ``class``, ``nm`` and the degree statistics of
+        :func:`masktopo.analysis.structure.structure_columns`, and ``skipped`` lists the tensors
+        not analyzed (``name``, ``class``, ``shape``, ``dtype``).
     """
     p = input_path(path)
+    if is_hf_folder(p):
+        return _folder_info(p, layers, include)
     if p.is_dir():
         run = read_run(p)
         ms, has_weights = run.read(None, weights=False)
         extra = {"n_events": run.n_events, "event": run.events[-1]["event"]}
-        return {**describe(ms, p, "run", has_weights), **extra}
+        return {**describe(select_layers(ms, layers, p), p, "run", has_weights), **extra}
     ms, fmt, has_weights = read_file(p, zeros_as_mask=zeros_as_mask, weights=False)
-    return describe(ms, p, fmt, has_weights)
+    return describe(select_layers(ms, layers, p), p, fmt, has_weights)
+
+
+def _folder_info(p, layers, include) -> dict[str, Any]:
+    """:func:`info` of a model folder: one tensor in memory at a time."""
+    from .analysis.structure import structure_columns
+
+    src = open_source(p, layers=layers, include=include)
+    rows = []
+    for e in src.layers:
+        _, mask, _ = src.layer(e)
+        nnz = int(mask.count_nonzero())
+        rows.append({"name": e.name, "kind": "conv" if len(e.shape) == 4 else "linear",
+                     "shape": list(e.shape), "nnz": nnz, "numel": e.numel,
+                     "density": nnz / e.numel, "dtype": e.dtype, "class": e.cls,
+                     **structure_columns(mask)})  # fmt: skip
+        del mask
+    nnz = sum(r["nnz"] for r in rows)
+    numel = sum(r["numel"] for r in rows)
+    skipped = [{"name": e.name, "class": e.cls, "shape": list(e.shape), "dtype": e.dtype}
+               for e in src.skipped]  # fmt: skip
+    return {"path": str(p), "format": "hf_folder", "n_layers": len(rows), "layers": rows,
+            "nnz": nnz, "numel": numel, "density": nnz / numel, "has_weights": True,
+            "meta": {"config": {k: src.config[k] for k in ("model_type", "architectures")
+                                if k in src.config}},
+            "n_files": len(src.files), "skipped": skipped}  # fmt: skip

@@ -15,6 +15,7 @@ more time (docs/performance.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -90,7 +91,59 @@ def solve_top2(mats: Sequence) -> np.ndarray:
     parts = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
     if not parts:
         return np.zeros((0, 2))
-    return solve_packed(pack(parts))
+    dense = [i for i, P in enumerate(parts) if not isinstance(P, Block) and dense_route(P)]
+    if not dense:
+        return solve_packed(pack(parts))
+    counts = np.array([P.count if isinstance(P, Block) else 1 for P in parts])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.zeros((int(counts.sum()), 2))
+    on_dense = set(dense)
+    rest = [i for i in range(len(parts)) if i not in on_dense]
+    if rest:
+        sv = solve_packed(pack([parts[i] for i in rest]))
+        rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in rest])
+        out[rows] = sv
+    for i in dense:
+        out[starts[i]] = solve_dense(parts[i])
+    return out
+
+
+#: With ``MASKTOPO_DENSE_ROUTE=auto`` (the default), the dense route (:mod:`masktopo.analysis._dense`) takes
+#: matrices whose smaller side is at least this and whose density is at least
+#: :data:`DENSE_ROUTE_MIN_DENSITY` (docs/performance.md, "LLM layers").
+DENSE_ROUTE_MIN_SIDE = 1024
+DENSE_ROUTE_MIN_DENSITY = 0.3
+#: ... and at most this many entries (float64: 8 bytes each while it is solved).
+DENSE_ROUTE_MAX_ENTRIES = 1 << 26
+
+
+def dense_route(P: Parts) -> bool:
+    """Whether ``P`` is solved by the dense route, by ``$MASKTOPO_DENSE_ROUTE``: ``auto`` (the
+    default: large and at 30 % density or more), ``off`` (never) or ``on`` (every matrix of at
+    least 64 a side). Measured in docs/performance.md ("LLM layers")."""
+    mode = os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
+    m, n = P.shape
+    if mode == "off" or min(m, n) < 64:
+        return False
+    if mode == "on":
+        return m * n <= DENSE_ROUTE_MAX_ENTRIES
+    return (min(m, n) >= DENSE_ROUTE_MIN_SIDE and m * n <= DENSE_ROUTE_MAX_ENTRIES
+            and P.nnz >= DENSE_ROUTE_MIN_DENSITY * m * n)  # fmt: skip
+
+
+def solve_dense(P: Parts) -> np.ndarray:
+    """σ₁, σ₂ of ``P`` by the dense route (:func:`masktopo.analysis._dense.top2_dense`); by the
+    compiled engine when that does not converge within its steps."""
+    from ._dense import top2_dense
+    from ._kernels import pack
+
+    D = np.zeros(P.shape)
+    D[P.rows(), P.indices] = P.data
+    sv, ok, _ = top2_dense(D, TOL)
+    if ok:
+        return sv
+    del D
+    return solve_packed(pack([P]))[0]  # pragma: no cover - not seen on real masks
 
 
 def solve_packed(packed: tuple) -> np.ndarray:

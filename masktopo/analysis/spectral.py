@@ -44,8 +44,7 @@ import threadpoolctl
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError
-from ._engine import Parts, arpack_top, cost, pad_desc, solve_packed, solve_top2
-from ._kernels import pack
+from ._engine import Parts, arpack_top, cost, pad_desc, solve_top2
 
 METHODS = ("auto", "dense", "gram", "sparse")
 
@@ -361,7 +360,7 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
             return solve_top2(parts)
         halves = split_two([cost(P) for P in parts])
         out = np.zeros((len(parts), 2))
-        future = submit(solve_packed, pack([parts[i] for i in halves[1]]))
+        future = submit(solve_top2, [parts[i] for i in halves[1]])
         out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
         out[halves[1]] = future.result()
     return out
