@@ -56,7 +56,7 @@ from ._engine import DENSE_MAX_SIDE, solve_top2
 from ._kernels import Block, pack, top2_bounds_batch
 from ._registry import select
 from .metrics import _expand, _extract, _finish, _kept, _plan_layer, _Raw, resolve_metrics
-from .spectral import _round_up, solve_many, split_two, submit, use_workers
+from .spectral import dense_batches, solve_many, split_two, submit, use_workers
 
 #: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
 COORDINATES = (
@@ -240,32 +240,11 @@ def _bounds_batched(mats, steps: int, device) -> tuple[np.ndarray, np.ndarray]:
     bits), in float64."""
     lo = np.zeros((len(mats), 2))
     hi = np.zeros((len(mats), 2))
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for i, P in enumerate(mats):
-        if P.nnz:
-            m, n = sorted(P.shape)
-            buckets.setdefault((_round_up(m), _round_up(n)), []).append(i)
-    for (m, n), idx in buckets.items():
-        per = max(1, int((1 << 26) // max(1, m * n)))
-        for start in range(0, len(idx), per):
-            chunk = idx[start : start + per]
-            bs, rs, cs, vs = [], [], [], []
-            for j, i in enumerate(chunk):
-                P = mats[i]
-                r, c = P.rows(), P.indices
-                if P.shape[0] > P.shape[1]:
-                    r, c = c, r
-                bs.append(np.full(len(r), j, dtype=np.int64))
-                rs.append(np.asarray(r, dtype=np.int64))
-                cs.append(np.asarray(c, dtype=np.int64))
-                vs.append(np.asarray(P.data, dtype=np.float64))
-            index = torch.from_numpy(np.stack([np.concatenate(x) for x in (bs, rs, cs)]))
-            B = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
-            B[tuple(index.to(device))] = torch.from_numpy(np.concatenate(vs)).to(device)
-            side = max(min(mats[i].shape) for i in chunk)
-            k = max(2, min(steps, side))
-            l_, h_ = _lanczos_bounds(B, k)
-            lo[chunk], hi[chunk] = l_.cpu().numpy(), h_.cpu().numpy()
+    for chunk, B in dense_batches(mats, device, 1 << 26):
+        side = max(min(mats[i].shape) for i in chunk)
+        k = max(2, min(steps, side))
+        l_, h_ = _lanczos_bounds(B, k)
+        lo[chunk], hi[chunk] = l_.cpu().numpy(), h_.cpu().numpy()
     return lo, hi
 
 

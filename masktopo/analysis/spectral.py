@@ -250,15 +250,27 @@ def solve_many(
         return np.stack([top_singular_values_np(Parts.of(M).scipy(), k) for M in mats])
     out = np.zeros((len(mats), k))
     parts = [Parts.of(M) for M in mats]
+    for chunk, batch in dense_batches(parts, device, 1 << 27):  # within ~1 GiB of float64
+        out[chunk] = _sv_gram_torch(batch, k).cpu().numpy()
+    return out
+
+
+def dense_batches(parts: Sequence[Parts], device, max_entries: int):
+    """The matrices ``parts`` densified on ``device``, bucketed by padded shape: yields
+    ``(indices, batch)`` with ``batch`` a float64 ``(len(indices), m, n)`` tensor, smaller side
+    first (orientation and zero padding change no singular value), at most ``max_entries``
+    entries per batch; every matrix of a batch in one host-to-device copy and one scatter.
+    Matrices without nonzeros are left out. Shared by :func:`solve_many`'s batched route and the
+    PAGS ranking pass on the same route."""
     buckets: dict[tuple[int, int], list[int]] = {}
     for i, P in enumerate(parts):
-        m, n = sorted(P.shape)  # orientation does not change σ: smaller side first
-        buckets.setdefault((_round_up(m), _round_up(n)), []).append(i)
+        if P.nnz:
+            m, n = sorted(P.shape)
+            buckets.setdefault((_round_up(m), _round_up(n)), []).append(i)
     for (m, n), idx in buckets.items():
-        per = max(1, int((1 << 27) // max(1, m * n)))  # keep a batch within ~1 GiB of float64
+        per = max(1, int(max_entries // max(1, m * n)))
         for start in range(0, len(idx), per):
             chunk = idx[start : start + per]
-            # every matrix of the chunk in one host-to-device copy and one scatter
             bs, rs, cs, vs = [], [], [], []
             for j, i in enumerate(chunk):
                 P = parts[i]
@@ -274,8 +286,7 @@ def solve_many(
             index = index.to(device)
             batch = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
             batch[index[0], index[1], index[2]] = values
-            out[chunk] = _sv_gram_torch(batch, k).cpu().numpy()
-    return out
+            yield chunk, batch
 
 
 # Below this many nonzeros in a whole call, a second thread costs more than it saves.
