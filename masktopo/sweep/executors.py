@@ -177,19 +177,24 @@ class LocalExecutor:
 
 
 def _stop(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
-    """Interrupt ``procs`` (SIGINT: a run writes its checkpoint state and exits 130), then kill
-    the ones still running after ``grace`` seconds."""
-    for p in procs:
-        if p.poll() is None:
+    """Interrupt ``procs`` (SIGINT: a run stops and exits 130; it continues from its last
+    checkpoint next time), then SIGTERM the ones still running after a quarter of ``grace``
+    (a run that ignores SIGINT), then SIGKILL after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGINT, grace / 4), (signal.SIGTERM, grace * 3 / 4)):
+        live = [p for p in procs if p.poll() is None]
+        for p in live:
             try:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(sig)
             except OSError:  # pragma: no cover - already gone
                 pass
-    end = time.monotonic() + grace
+        end = time.monotonic() + wait
+        for p in live:
+            try:
+                p.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for p in procs:
-        try:
-            p.wait(max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if p.poll() is None:
             p.kill()
             p.wait()
 

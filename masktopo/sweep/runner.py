@@ -199,10 +199,18 @@ def _sigterm_interrupts():
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)
+    # A sweep started in the background (``&``) inherits SIGINT ignored, and so would every run
+    # it starts: catch it here, so that the runs (a caught signal is reset at exec) stop on
+    # SIGINT as they do in a terminal.
+    old_int = signal.getsignal(signal.SIGINT)
+    if old_int == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        if old_int == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, old_int)
 
 
 def run_sweep(

@@ -278,3 +278,48 @@ def test_submitit_local_executor(tmp_path):
     assert (tmp_path / "o" / "submitit").is_dir()
     df = run_table(tmp_path / "o", ["test_acc"])
     assert df["test_acc"].notna().all()
+
+
+def test_a_background_sweep_stops_its_runs_on_sigint(tmp_path):
+    """A sweep started in the background inherits SIGINT ignored: it still stops on SIGINT,
+    interrupts its running run (which exits, nothing recorded as failed), and the next sweep
+    continues that run from its checkpoint."""
+    f = tmp_path / "s.toml"
+    f.write_text(HEAD.replace("epochs = 1\n", "") + 'method = "set"\nupdate_interval = 10\n'
+                 "checkpoint_every = 10\nmax_steps = 40\n")  # fmt: skip
+    marker = tmp_path / "held"
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "masktopo", "sweep", str(f), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(**{HOLD_ENV: f"checkpoint:2:{marker}"}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        proc.send_signal(signal.SIGINT)  # to the sweep only, as `kill -INT PID` does
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the run stopped with the sweep
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the held run is still running after the sweep stopped")
+    (cell,) = read_sweep(out).cells
+    assert read_sweep(out).state(cell) == "started"  # not failed: it continues next time
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    state = read_sweep(out)
+    assert state.state(cell) == "done" and state.status[cell.key]["attempts"] == 2
+    assert "--resume" in (out / "logs" / f"{cell.folder}.log").read_text()
