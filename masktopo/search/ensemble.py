@@ -383,9 +383,13 @@ class EnsembleTrainer:
                 h = torch.baddbmm(self.b[i][lo:hi].unsqueeze(2), self.w[i][lo:hi], h)
                 h = torch.relu(h) if i < len(self.w) - 1 else h
             s = h.squeeze(1)
-            acc.append(((s > 0).float() == self.y).float().mean(1))
+            # Means accumulated in float64, then rounded to float32: a multi-threaded reduction
+            # splits a (models, points) tensor differently for different batch sizes, and the
+            # float64 sum's order error (~n·2⁻⁵³) vanishes in the float32 rounding, so a model's
+            # numbers do not depend on the models evaluated beside it.
+            acc.append(((s > 0).float() == self.y).double().mean(1).float())
             loss.append(torch.nn.functional.binary_cross_entropy_with_logits(
-                s, self.y.expand_as(s), reduction="none").mean(1))  # fmt: skip
+                s, self.y.expand_as(s), reduction="none").double().mean(1).float())  # fmt: skip
         return _Stats(torch.cat(acc).cpu(), torch.cat(loss).cpu())
 
 

@@ -284,7 +284,7 @@ def test_every_zoo_model_traces(name):
     blocks = {"resnet18": 8, "resnet34": 16, "resnet20": 9, "resnet50": 16}.get(name, 0)
     assert n_adds == blocks
     assert sum(s["kind"] == "flatten" for s in g["sites"]) == (
-        1 if name in ("lenet5", "lenet300", "mlpnet") else 0
+        1 if name in ("lenet5", "lenet300", "mlpnet", "mlp", "smallcnn") else 0
     )
 
 
