@@ -380,9 +380,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 # -- TOML ------------------------------------------------------------------------------------------
-def read_toml(path: str | Path, table: str | None = None) -> dict[str, Any]:
+def read_toml(path: str | Path, table: str | None = None, *,
+              what: str = "config file") -> dict[str, Any]:  # fmt: skip
     """The keys of a TOML config file: its top level, or the ``[table]`` when it has one (then
-    nothing may stand outside it).
+    nothing may stand outside it). ``what`` names the file in the not-found error (a sweep
+    file reads through here too).
 
     Raises
     ------
@@ -393,7 +395,7 @@ def read_toml(path: str | Path, table: str | None = None) -> dict[str, Any]:
     try:
         data = tomllib.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise MaskFileError(p, "config file not found") from None
+        raise MaskFileError(p, f"{what} not found") from None
     except OSError as e:
         raise MaskFileError(p, f"cannot read ({e.strerror or e})") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

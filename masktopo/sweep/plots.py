@@ -87,23 +87,23 @@ def plot_sweep(
 
     state = read_sweep(path)
     axes = [a for a in state.axes if a != SEED_AXIS]
-    if x is None:
-        probe = run_table(path, [y])
-        if probe.empty:
-            raise MaskValidationError(f"{state.path}: no finished run to draw")
+    if x is None:  # one read of the runs: R_s when they have it, else the first numeric axis
         try:
-            has_rs = np.isfinite(run_table(path, [y, "R_s"])["R_s"].to_numpy(float)).any()
-        except MaskValidationError:
-            has_rs = False
-        numeric = [a for a in axes if _numeric(probe[a].tolist())]
+            runs = run_table(path, [y, "R_s"])
+            has_rs = bool(np.isfinite(runs["R_s"].to_numpy(float)).any())
+        except MaskValidationError:  # no run has R_s
+            runs, has_rs = run_table(path, [y]), False
+        if runs.empty:
+            raise MaskValidationError(f"{state.path}: no finished run to draw")
+        numeric = [a for a in axes if _numeric(runs[a].tolist())]
         x = "R_s" if has_rs else (numeric[0] if numeric else None)
         if x is None:
             raise MaskValidationError(f"{state.path}: no numeric axis nor R_s to draw against; "
                                       "name one (--against NAME, or x=)")  # fmt: skip
-    metrics = [y] + ([x] if x not in state.axes else [])
-    runs = run_table(path, metrics)
-    if runs.empty:
-        raise MaskValidationError(f"{state.path}: no finished run to draw")
+    else:
+        runs = run_table(path, [y] + ([x] if x not in state.axes else []))
+        if runs.empty:
+            raise MaskValidationError(f"{state.path}: no finished run to draw")
     group_axes = [a for a in axes if a != x]
     if series is None:
         several = [a for a in group_axes if runs[a].nunique() > 1]

@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,11 +365,3 @@ def _make_executor(config: SweepConfig, out: Path):
                             time_min=config.time_min, gpus_per_job=config.gpus_per_job,
                             cpus_per_job=config.cpus_per_job, mem_gb=config.mem_gb,
                             cluster=cluster)  # fmt: skip
-
-
-def cells_by_state(state: SweepState) -> Mapping[str, list[Cell]]:
-    """The cells of a sweep folder grouped by :meth:`SweepState.state`."""
-    out: dict[str, list[Cell]] = {"done": [], "failed": [], "started": [], "new": []}
-    for c in state.cells:
-        out[state.state(c)].append(c)
-    return out

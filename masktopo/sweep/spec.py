@@ -41,20 +41,14 @@ import hashlib
 import itertools
 import json
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import MaskFileError, MaskValidationError
-from ..options import check_value, fields
+from ..errors import MaskValidationError
+from ..options import check_value, fields, read_toml
 from .commands import COMMANDS, SweepCommand, get_command
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = ["Cell", "Sweep", "cell_key", "expand", "load_sweep", "parse_sweep"]
 
@@ -279,15 +273,7 @@ def load_sweep(path: str | Path) -> Sweep:
         As :func:`parse_sweep`, or a cell the command rejects (naming the cell).
     """
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise MaskFileError(p, "sweep file not found") from None
-    except OSError as e:
-        raise MaskFileError(p, f"cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise MaskFileError(p, f"not valid TOML ({e})") from None
-    sweep = parse_sweep(data, str(p))
+    sweep = parse_sweep(read_toml(p, what="sweep file"), str(p))
     for cell in sweep.cells:
         sweep.spec.build(cell.settings, where=f"{p}: cell {cell.folder}")
     return sweep

@@ -56,6 +56,16 @@ def _env(**extra) -> dict:
     return env
 
 
+def _wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until a run held by the test hook has written ``marker`` (the sweep ``proc`` must
+    still be running: else its stderr is the failure)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished sweep of SMALL (2 jobs at once)."""
@@ -232,11 +242,7 @@ def test_killed_sweep_run_again_does_every_run_once(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _wait_for(marker, proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -294,11 +300,7 @@ def test_a_background_sweep_stops_its_runs_on_sigint(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _wait_for(marker, proc)
         child = int(marker.read_text())
         proc.send_signal(signal.SIGINT)  # to the sweep only, as `kill -INT PID` does
         assert proc.wait(timeout=120) == 130
