@@ -1064,7 +1064,8 @@ def _collatz_wielandt(data, indices, indptr, e0, m, n, rows_side, dim, y, x, w, 
 
 
 @_jit
-def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo, hi, table):
+def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo, hi, table,
+                upper):  # fmt: skip
     """Bounds ``lo ≤ σ ≤ hi`` on σ₁, σ₂ of one matrix; returns the Lanczos steps taken.
 
     Small matrices (smaller side ``≤ small_side``, or rank one) are solved exactly by the same
@@ -1073,7 +1074,9 @@ def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo,
     ``W``; ``lo`` are the singular values of ``BᵀW`` (``BW``), which are lower bounds for any
     orthonormal ``W`` (Cauchy interlacing [GV13]_ Thm 8.1.7); ``hi[0]`` is the Collatz–Wielandt
     bound :func:`_collatz_wielandt` and ``hi[1] = hi[0]`` (σ₂ ≤ σ₁: no cheaper rigorous upper
-    bound on σ₂ is known).
+    bound on σ₂ is known). With ``upper`` False the Collatz–Wielandt pass (two products) is
+    replaced by the cheaper and looser ``σ₁ ≤ √(‖B‖₁‖B‖∞)`` (one pass over the entries), for
+    callers that need the lower bounds and the Ritz estimates above all.
     """
     rows_side = m <= n
     dim = m if rows_side else n
@@ -1096,6 +1099,20 @@ def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo,
             break
     _, K = _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, steps, Q, tmp, z,
                     table[:dim], y1, y2, unit)  # fmt: skip
+    if not upper:
+        _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo)
+        # σ₁² ≤ ‖B‖₁‖B‖∞ (the largest column sum times the largest row sum; [HJ13]_ §5.6)
+        row_max = 0.0
+        col = np.zeros(n)
+        for r in range(m):
+            acc = 0.0
+            for p in range(indptr[r], indptr[r + 1]):
+                acc += data[e0 + p]
+                col[indices[e0 + p]] += data[e0 + p]
+            row_max = max(row_max, acc)
+        hi[0] = max(np.sqrt(row_max * np.max(col)), lo[0])
+        hi[1] = hi[0]
+        return K
     x = np.empty(dim)
     v = np.empty(dim)
     lam = _collatz_wielandt(data, indices, indptr, e0, m, n, rows_side, dim, y1, x, z, v, tmp,
@@ -1108,11 +1125,13 @@ def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo,
 
 @_jit
 def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps,
-                      small_side):  # fmt: skip
+                      small_side, upper=True):  # fmt: skip
     """Rigorous bounds on σ₁, σ₂ of every matrix (arguments as :func:`top2_batch`; values must
     be non-negative): ``(lo, hi, steps)``, ``lo`` and ``hi`` ``(nb, 2)`` with
     ``lo ≤ σ ≤ hi`` up to rounding (the caller widens them by a margin). ``max_steps`` is the
     ranking budget (a few dozen steps rather than convergence); see :func:`_bounds_one`.
+    ``upper=False``: the looser upper bound ``σ₂ ≤ σ₁ ≤ √(‖B‖₁‖B‖∞)`` instead of the
+    Collatz–Wielandt one (small matrices are still exact), two matrix products fewer.
 
     References
     ----------
@@ -1131,5 +1150,63 @@ def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_
         if m == 0 or n == 0 or ip[m] == 0:
             continue
         steps[i] = _bounds_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps, small_side,
-                               lo[i], hi[i], table)  # fmt: skip
+                               lo[i], hi[i], table, upper)  # fmt: skip
     return lo, hi, steps
+
+
+@_jit
+def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, tol, small_side,
+               upper, table):  # fmt: skip
+    """The ranking pass of one unit-valued layer in one call: :func:`strip_pattern`,
+    :func:`imdb_groups` and :func:`_bounds_one` on its matrices, with nothing concatenated
+    (what :func:`pack` and :func:`top2_bounds_batch` do for many layers at once, from the same
+    arrays: the bounds are the same bits).
+
+    ``pos``: ascending flat positions of the kept entries of the ``n_out × n_in`` biadjacency
+    (every value 1); ``w``: ``|W|`` at them (float64), or an empty array for none. The
+    matrices, in order: the binary pattern, the weighted one (when ``w`` is given), the IMDB
+    groups' binary matrices, then their weighted ones (when ``w`` is given). The groups'
+    binary matrices get ``steps`` Lanczos steps, the others ``other_steps``; ``table`` holds the
+    start vector (:func:`_gaussians` of at least the larger side).
+
+    Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps)``: the stripped shape, the kept
+    groups (degree, column count, row count) and per matrix the bounds and Lanczos steps.
+    """
+    _rows, indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
+    E = pos.size
+    ones = np.ones(E)
+    has_w = w.size == E and E > 0
+    d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off = imdb_groups(
+        indptr, indices, ones, n_o, n_i, min_group, both_three
+    )
+    ng = d.size
+    first = 2 if has_w else 1
+    n_mat = first + (2 * ng if has_w else ng)
+    lo = np.zeros((n_mat, 2))
+    hi = np.zeros((n_mat, 2))
+    nsteps = np.zeros(n_mat, dtype=np.int64)
+    if E == 0:
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps
+    # The IMDB groups' binary matrices first (as the batched pass orders its calls).
+    g_ones = np.ones(g_indices.size)
+    for g in range(ng):
+        m = size[g]
+        ip = g_indptr[ptr_off[g] : ptr_off[g] + m + 1]
+        nsteps[first + g] = _bounds_one(g_ones, g_indices, ip, nnz_off[g], m, n_r[g], tol, steps,
+                                        small_side, lo[first + g], hi[first + g], table, upper)  # fmt: skip
+    ostep = min(steps, other_steps)
+    nsteps[0] = _bounds_one(ones, indices, indptr, 0, n_o, n_i, tol, ostep, small_side, lo[0],
+                            hi[0], table, upper)  # fmt: skip
+    if has_w:
+        nsteps[1] = _bounds_one(w, indices, indptr, 0, n_o, n_i, tol, ostep, small_side, lo[1],
+                                hi[1], table, upper)  # fmt: skip
+        gw = np.empty(g_eid.size)
+        for k in range(g_eid.size):
+            gw[k] = w[g_eid[k]]
+        for g in range(ng):
+            m = size[g]
+            ip = g_indptr[ptr_off[g] : ptr_off[g] + m + 1]
+            j = first + ng + g
+            nsteps[j] = _bounds_one(gw, g_indices, ip, nnz_off[g], m, n_r[g], tol, ostep,
+                                    small_side, lo[j], hi[j], table, upper)  # fmt: skip
+    return n_o, n_i, d, size, n_r, lo, hi, nsteps

@@ -328,9 +328,12 @@ def run_pags(
                                 options=opts, reference=ref)  # fmt: skip
 
     def rank(cands: list[MaskSet]) -> Ranking:
+        # The layerwise rule is decided by the IMDB bound (the fs bound, σ₂ ≤ σ₁, practically
+        # never rejects): only that one is made tight. The global rule needs every fs bound.
         return rank_candidates(cands, weights=theta, options=opts, reference=ref, device=device,
-                               route=config.route)  # fmt: skip
+                               route=config.route, bounds=tight)  # fmt: skip
 
+    tight = "imdb" if config.selection == "layerwise" else "all"
     base_ms = MaskSet(base_masks, kinds)
     ref = None
     base_scores = score([base_ms])

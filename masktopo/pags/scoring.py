@@ -285,6 +285,7 @@ def rank_candidates(
     steps: int | None = None,
     device: str | torch.device | None = None,
     route: str = "auto",
+    bounds: str = "all",
 ) -> Ranking:
     """The ranking pass: rigorous bounds and estimates of every candidate's criteria from a few
     Lanczos steps per matrix (:mod:`masktopo.analysis._ranking`), and the exact criteria of
@@ -307,6 +308,9 @@ def rank_candidates(
         ``"cuda"``: both passes on the batched route on the GPU.
     route : {"auto", "batched"}
         ``"batched"``: the batched (CUDA) route on the CPU too.
+    bounds : {"all", "imdb"}
+        ``"imdb"``: tight upper bounds of the IMDB criterion only (all the layerwise rule needs
+        in practice), a cheaper pass (:func:`~masktopo.analysis._ranking.rank_layers`).
 
     Returns
     -------
@@ -328,5 +332,5 @@ def rank_candidates(
             layers.append((n, mask, weights[n]))
     kw = {} if steps is None else {"steps": int(steps)}
     dev = None if device is None or torch.device(device).type == "cpu" else device
-    bounds = rank_layers(layers, options=options, device=dev, route=route, **kw)
+    bounds = rank_layers(layers, options=options, device=dev, route=route, bounds=bounds, **kw)
     return Ranking(bounds, names, len(masksets), reference)

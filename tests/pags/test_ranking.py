@@ -68,6 +68,55 @@ def test_bounds_contain_the_exact_values(options, steps):
     assert rb.steps > 0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [Options(allow_empty=True), Options("rolled", "i23", "i23", allow_empty=True)],
+    ids=["unrolled-n23", "rolled-i23"],
+)
+def test_imdb_bounds_keep_the_imdb_bound_and_the_estimates(options):
+    """``bounds="imdb"`` (what the layerwise rule ranks with) swaps the Collatz–Wielandt pass
+    for the looser ``σ₁ ≤ √(‖B‖₁‖B‖∞)``: the estimates are the same bits, the IMDB upper bound
+    the same up to its safety margin, every bound still contains the exact value, and the other
+    upper bounds are looser."""
+    layers = _random_layers(8, 30)
+    full = rank_layers(layers, options=options, bounds="all")
+    cheap = rank_layers(layers, options=options, bounds="imdb")
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    assert np.array_equal(cheap.estimate, full.estimate, equal_nan=True)
+    # The IMDB upper bound: the same Ritz values, widened by a margin relative to σ₁'s bound.
+    assert np.array_equal(np.isnan(cheap.upper[:, 2]), np.isnan(full.upper[:, 2]))
+    assert np.all(np.nan_to_num(cheap.upper[:, 2] - full.upper[:, 2], nan=0) >= 0)
+    np.testing.assert_allclose(cheap.upper[:, 2], full.upper[:, 2], rtol=1e-6, atol=1e-6)
+    assert np.all(np.nan_to_num(cheap.lower, nan=0) <= np.nan_to_num(exact, nan=0))
+    assert np.all(np.nan_to_num(exact, nan=0) <= np.nan_to_num(cheap.upper, nan=0))
+    looser = np.nan_to_num(cheap.upper[:, 1] - full.upper[:, 1], nan=0)
+    assert np.all(looser >= 0) and np.any(looser > 0)
+    assert np.array_equal(cheap.exact(range(len(layers))), exact, equal_nan=True)
+    with pytest.raises(ValueError, match="bounds must be one of"):
+        rank_layers(layers, bounds="tight")
+
+
+@pytest.mark.parametrize("bounds", ["all", "imdb"])
+def test_fused_layer_kernel_equals_the_packed_batch(monkeypatch, bounds):
+    """Unit-valued layers go through ``_kernels.rank_layer`` (planning and bounds in one call,
+    nothing concatenated): the same bits as planning them and packing every matrix into
+    ``top2_bounds_batch``, and the same exact values from the plans made later."""
+    from masktopo.analysis import _ranking
+
+    layers = _random_layers(9, 30)
+    fused = rank_layers(layers, bounds=bounds)
+    assert any(isinstance(p, _ranking._FusedPlan) for p in fused._plans)
+    monkeypatch.setattr(_ranking, "_fusable", lambda raw, selection: False)
+    packed = rank_layers(layers, bounds=bounds)
+    assert not any(isinstance(p, _ranking._FusedPlan) for p in packed._plans)
+    for field in ("lower", "upper", "estimate", "n_edges"):
+        assert np.array_equal(getattr(fused, field), getattr(packed, field), equal_nan=True)
+    assert fused.steps == packed.steps
+    index = list(range(0, len(layers), 3))
+    assert np.array_equal(fused.exact(index), packed.exact(index), equal_nan=True)
+
+
 @pytest.mark.parametrize("steps", [3, 12])
 def test_batched_route_bounds_contain_the_exact_values(steps):
     """The batched (CUDA) route's ranking pass, run on the CPU."""
