@@ -9,15 +9,21 @@ on the same models (supports ``0, 1, ...`` of 2-3-3-3-1, lr 0.1, cosine, per-mod
    masks re-applied after each step), one model after the other; ``--loop-models`` models,
    ``--loop-steps`` steps each, after a warm-up run.
 2. **ensemble**: :class:`masktopo.search.EnsembleTrainer` with B models at once for each B of
-   ``--batch`` (default 256, 1024, 4096), ``--steps`` steps after one warm-up step.
+   ``--batch`` (default 256, 1024, 4096), ``--steps`` steps after one warm-up step, on each route
+   of ``--routes`` (default both on the CPU: ``compiled``, the numba kernel that ``route="auto"``
+   takes there, and ``torch``, the batched-tensor route that CUDA takes).
 
 The unit is the *model-step* (one SGD step of one model on one minibatch); the report gives
 model-steps/s, the speed-up over the one-model loop, and the time of the full phase 2
-(155,952 × 19,500 model-steps) extrapolated from the best rate. The goal (issue 15): ≥ 100× the
-one-model loop on CPU; the full phase 2 in ≤ 10 min on one H100. ``--threads`` sets torch's
-threads (default 1: tiny matrices gain nothing from threads on a shared machine).
+(155,952 × 19,500 model-steps) extrapolated from each rate. The one-model loop is timed before
+and after the ensembles and the faster of the two is the reference of the ratios (on a shared
+machine, load changes during the run; this errs against the ensemble). The goal (issue 15):
+≥ 100× the one-model loop on CPU; the full phase 2 in ≤ 10 min on one H100. ``--threads`` sets
+torch's threads and so the compiled route's (default 1: on a shared machine the one-model loop
+and the ensemble are compared thread for thread).
 
     python benchmarks/bench_search.py                       # CPU
+    python benchmarks/bench_search.py --quick               # a smoke run (seconds)
     python benchmarks/bench_search.py --device cpu cuda     # and CUDA when present
 
 The report (Markdown) goes to stdout, progress to stderr; the load average is printed with it
@@ -62,10 +68,10 @@ def bench_loop(x, y, n_models: int, steps: int) -> float:
     return n_models * steps / (time.perf_counter() - t0)
 
 
-def bench_ensemble(x, y, B: int, steps: int, device: str) -> float:
+def bench_ensemble(x, y, B: int, steps: int, device: str, route: str = "auto") -> float:
     masks, w, b = _models(B)
     t = EnsembleTrainer(x, y, w, b, masks, lr=0.1, schedule="cosine", epochs=50,
-                        order_seeds=list(range(B)), device=device)  # fmt: skip
+                        order_seeds=list(range(B)), device=device, route=route)  # fmt: skip
     t.run(1)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -84,7 +90,19 @@ def main() -> None:
     p.add_argument("--loop-models", type=int, default=4)
     p.add_argument("--loop-steps", type=int, default=300, help="steps per one-model run")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--routes",
+        nargs="+",
+        default=["compiled", "torch"],
+        choices=["compiled", "torch"],
+        help="the CPU routes of the ensemble",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="B=256 only, 20 steps, 2 one-model runs of 100 steps"
+    )
     args = p.parse_args()
+    if args.quick:
+        args.batch, args.steps, args.loop_models, args.loop_steps = [256], 20, 2, 100
     torch.set_num_threads(args.threads)
     devices = available_devices(args.device)
     x, y = cubist_spiral()
@@ -93,13 +111,21 @@ def main() -> None:
         print(line)
     print(f"- torch threads: {args.threads}; load average before: {os.getloadavg()}\n")
     log("one-model loop ...")
-    loop = bench_loop(x, y, args.loop_models, args.loop_steps)
-    rows = [("one-model loop (cpu)", 1, loop)]
+    loop_before = bench_loop(x, y, args.loop_models, args.loop_steps)
+    rows = []
     for dev in devices:
         batches = args.batch if dev == "cpu" else sorted({*args.batch, 16384, 65536})
         for B in batches:
-            log(f"ensemble {dev} B={B} ...")
-            rows.append((f"ensemble ({dev})", B, bench_ensemble(x, y, B, args.steps, dev)))
+            for route in args.routes if dev == "cpu" else ["torch"]:
+                log(f"ensemble {dev} {route} B={B} ...")
+                rate = bench_ensemble(x, y, B, args.steps, dev, route)
+                rows.append((f"ensemble ({dev}, {route})", B, rate))
+    log("one-model loop again ...")
+    loop_after = bench_loop(x, y, args.loop_models, args.loop_steps)
+    loop = max(loop_before, loop_after)
+    rows.insert(0, ("one-model loop (cpu)", 1, loop))
+    print(f"one-model loop: {loop_before:,.0f} model-steps/s before the ensembles, "
+          f"{loop_after:,.0f} after; the faster is the reference.\n")  # fmt: skip
     print("| trainer | models at once | model-steps/s | × one-model loop | full phase 2 |")
     print("|---|---:|---:|---:|---:|")
     for name, B, rate in rows:

@@ -29,8 +29,30 @@ no single model's training can see. ``shared_order=True`` gives all models ``P_e
 
 Independence of B. Model ``i``'s numbers depend only on its own seeds, masks and settings and on
 the run seed: it is the same, bit for bit on the CPU, whether trained alone or among thousands
-(tests/search/test_ensemble.py). The batched products compute each model's matrix product
+(tests/search/test_search_ensemble.py). The batched products compute each model's matrix product
 separately and the per-model sums run over that model's entries only.
+
+Routes. The same step is computed one of two ways, chosen by ``route=``
+(:attr:`EnsembleTrainer.route`):
+
+* ``"torch"``: the formulas above as batched tensor operations over all B models
+  (``baddbmm``/``bmm`` on ``[B, d_l, 128]`` activations, a few dozen kernel launches per step).
+  Any device; the only route on CUDA.
+* ``"compiled"``: the numba kernel ``masktopo.search._ensemble_kernel.sgd_steps``, model after
+  model with each model's tensors and activations in the L1 cache, many steps per call (a whole
+  epoch in :meth:`EnsembleTrainer.run` without a callback, one step per call otherwise), the
+  models split into chunks run in threads. CPU only; several times faster there.
+
+``route="auto"`` (the default) takes ``"compiled"`` on the CPU and ``"torch"`` elsewhere. Both
+routes support every option (schedules, per-model or shared order, weight and bias masks,
+``record_grads``, callbacks that change masks, state dicts), and a CPU trainer may change
+route between steps (set :attr:`EnsembleTrainer.route`). The routes differ only in the rounding
+order of the sums over points and units (the compiled route sums a minibatch's gradient in
+vectorized partial sums) and in ``exp``'s last bit: a few float32 ulps per step, which training
+amplifies slowly. Stated tolerance (tests/search/test_search_routes.py): weights, biases and
+momentum buffers within ``1e-5`` absolute plus ``1e-5`` relative after 450 steps, and the same
+train accuracy to one point of the spiral's 49,982 after two epochs (measured: identical). Each
+route is independent of B, bit for bit, on the CPU.
 
 Initialisation (:func:`init_params`): PyTorch's default for ``nn.Linear`` (Kaiming-uniform
 weights and uniform biases, bound :math:`1/\sqrt{\text{fan-in}}`) of the width-``W`` spiral MLP,
@@ -43,8 +65,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 
+import numpy as np
 import torch
 from torch.nn import init as nn_init
 
@@ -53,6 +78,7 @@ from ..seeding import generator as seeded_generator
 from ..trainer.schedules import cosine_rate
 
 __all__ = [
+    "ROUTES",
     "SCHEDULES",
     "EnsembleTrainer",
     "bias_masks_from_units",
@@ -65,6 +91,9 @@ __all__ = [
 
 #: Learning-rate schedules (per epoch), in the order of their codes.
 SCHEDULES = ("cosine", "step", "constant")
+
+#: The routes of :class:`EnsembleTrainer` (``route=``).
+ROUTES = ("auto", "compiled", "torch")
 
 
 def lr_table(schedule: str, epochs: int) -> list[float]:
@@ -164,6 +193,20 @@ def _coprime_step(n: int, g: torch.Generator) -> tuple[int, int]:
             return a, int(torch.randint(0, n, (1,), generator=g))
 
 
+#: The compiled route gives each thread at least this many models.
+_MIN_MODELS_PER_THREAD = 64
+_POOL: list = [None, 0]  # the executor and its number of threads
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """At least ``threads`` threads for the compiled route (shared, created on first use)."""
+    if _POOL[1] < threads:
+        if _POOL[0] is not None:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(threads, thread_name_prefix="masktopo-ensemble"), threads]
+    return _POOL[0]
+
+
 @dataclass
 class _Stats:
     accuracy: torch.Tensor
@@ -196,6 +239,13 @@ class EnsembleTrainer:
         128, 0.9 and 5e-4 in the reference.
     device : str
         ``"cpu"`` or ``"cuda"``.
+    route : {"auto", "compiled", "torch"}
+        How the steps are computed (module docstring, "Routes"): ``"auto"`` (default) is
+        ``"compiled"`` on the CPU and ``"torch"`` on any other device; either can be forced
+        (``"compiled"`` only on the CPU).
+    threads : int, optional
+        Threads of the compiled route, each training a contiguous chunk of at least 64 models
+        (default ``torch.get_num_threads()``); no number depends on it.
     """
 
     def __init__(
@@ -216,9 +266,19 @@ class EnsembleTrainer:
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         device: str | torch.device = "cpu",
+        route: str = "auto",
+        threads: int | None = None,
     ):
         dev = torch.device(device)
         self.device = dev
+        if route not in ROUTES:
+            raise UnknownNameError("route", route, ROUTES)
+        if route == "compiled" and dev.type != "cpu":
+            raise MaskValidationError(f"the compiled route runs on the CPU, not on {dev}")
+        #: ``"compiled"`` or ``"torch"``: the route the steps take (``route="auto"`` resolved).
+        self.route = route if route != "auto" else ("compiled" if dev.type == "cpu" else "torch")
+        #: Threads of the compiled route (each with at least 64 models).
+        self.threads = max(1, int(torch.get_num_threads() if threads is None else threads))
         self.x = x.to(dev, torch.float32)
         self._xt = self.x.T.contiguous()  # [d_0, N]
         self.y = y.to(dev, torch.float32).reshape(-1)
@@ -269,6 +329,8 @@ class EnsembleTrainer:
         self.dense_grads: list[torch.Tensor | None] = [None] * len(self.w)
         self._perm: torch.Tensor | None = None
         self._perm_epoch = -1
+        self._ordered: tuple[np.ndarray, np.ndarray] | None = None
+        self._ordered_epoch = -1
 
     # -- state ---------------------------------------------------------------------------------------
     def apply_masks(self) -> None:
@@ -310,14 +372,18 @@ class EnsembleTrainer:
         self.step_count = int(state["step"])
 
     # -- one step --------------------------------------------------------------------------------------
-    def _batch_index(self, step: int) -> torch.Tensor:
-        epoch, k = divmod(step, self.steps_per_epoch)
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        """:math:`P_e`, the run's permutation of the points in epoch ``epoch`` (cached)."""
         if epoch != self._perm_epoch:
             g = seeded_generator(self.seed, "data-order", epoch)
             self._perm = torch.randperm(self.n, generator=g).to(self.device)
             self._perm_epoch = epoch
+        return self._perm
+
+    def _batch_index(self, step: int) -> torch.Tensor:
+        epoch, k = divmod(step, self.steps_per_epoch)
         pos = (self._a * (self._j + k * self.batch_size) + self._c) % self.n
-        return self._perm[pos]
+        return self._epoch_perm(epoch)[pos]
 
     def forward(self, xb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits ``[B, n]`` of inputs ``[B, d_0, n]`` (feature-major: one column per point),
@@ -331,7 +397,13 @@ class EnsembleTrainer:
         return h.squeeze(1), hs
 
     def step(self) -> None:
-        """One SGD step of every model on its next minibatch."""
+        """One SGD step of every model on its next minibatch (by :attr:`route`)."""
+        if self.route == "compiled":
+            self._compiled_steps(1)
+        else:
+            self._torch_step()
+
+    def _torch_step(self) -> None:
         idx = self._batch_index(self.step_count)
         xb = self._xt[:, idx].transpose(0, 1).contiguous()  # [B, d_0, n]
         s, hs = self.forward(xb)
@@ -354,6 +426,53 @@ class EnsembleTrainer:
         v.mul_(self.momentum).add_(grad)
         p.sub_(lr * v)
 
+    def _compiled_steps(self, steps: int) -> None:
+        """``steps`` steps by the numba kernel: one call per epoch touched, the models split
+        into :attr:`threads` contiguous chunks run in threads (the kernel releases the GIL;
+        models are independent, so the split changes no number)."""
+        from ._ensemble_kernel import sgd_steps
+
+        def arrays(tensors: list[torch.Tensor]) -> list:
+            for i, t in enumerate(tensors):  # the kernel updates them in place
+                if not t.is_contiguous() or t.dtype != torch.float32:
+                    tensors[i] = t.to(torch.float32).contiguous()
+            return [t.numpy() for t in tensors]
+
+        per_model = [arrays(self.w), arrays(self.b), arrays(self.vw), arrays(self.vb),
+                     arrays(self._wmf), arrays(self._bmf)]  # fmt: skip
+        if self.record_grads:
+            self.dense_grads = [torch.empty_like(w) for w in self.w]
+            per_model.append([g.numpy() for g in self.dense_grads])
+        else:
+            per_model.append(per_model[0])  # not written
+        per_model += [[self._a[:, 0].numpy()], [self._c[:, 0].numpy()]]
+        mu, wd = np.float32(self.momentum), np.float32(self.weight_decay)
+        n_chunks = max(1, min(self.threads, self.B // _MIN_MODELS_PER_THREAD))
+        bounds = [self.B * t // n_chunks for t in range(n_chunks + 1)]
+        chunks = [[tuple(v[lo:hi] for v in arrs) for arrs in per_model]
+                  for lo, hi in pairwise(bounds)]  # fmt: skip
+        while steps > 0:
+            epoch, k = divmod(self.step_count, self.steps_per_epoch)
+            n = min(steps, self.steps_per_epoch - k)
+            if self._ordered_epoch != epoch:  # the data in the epoch's order P_e
+                perm = self._epoch_perm(epoch)
+                self._ordered = (self._xt[:, perm].contiguous().numpy(), self.y[perm].numpy())
+                self._ordered_epoch = epoch
+            lr = self._lr[min(epoch, self.epochs - 1)].numpy()
+
+            def call(t: int, k=k, n=n, lr=lr) -> None:
+                ws, bs, vws, vbs, wms, bms, gws, (a,), (c,) = chunks[t]
+                sgd_steps(*self._ordered, a, c, lr[bounds[t] : bounds[t + 1]], k, n,
+                          self.batch_size, ws, bs, vws, vbs, wms, bms, mu, wd, self.record_grads,
+                          gws)  # fmt: skip
+
+            if n_chunks == 1:
+                call(0)
+            else:
+                list(_pool(n_chunks).map(call, range(n_chunks)))
+            self.step_count += n
+            steps -= n
+
     def run(
         self,
         steps: int | None = None,
@@ -362,6 +481,9 @@ class EnsembleTrainer:
         """Take ``steps`` steps (default: to the end of the schedule); ``callback(self)`` after
         each (it may change the masks and call :meth:`apply_masks`)."""
         end = self.total_steps if steps is None else min(self.total_steps, self.step_count + steps)
+        if self.route == "compiled" and callback is None:  # many steps per kernel call
+            self._compiled_steps(max(0, end - self.step_count))
+            return self
         while self.step_count < end:
             self.step()
             if callback is not None:

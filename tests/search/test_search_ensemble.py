@@ -39,12 +39,12 @@ def batch():
     return masks, seeds, w, b, lrs, scheds
 
 
-def _trainer(spiral, batch, sel, shared=False, epochs=2):
+def _trainer(spiral, batch, sel, shared=False, epochs=2, route="auto"):
     masks, seeds, w, b, lrs, scheds = batch
     return EnsembleTrainer(
         *spiral, [v[sel] for v in w], [v[sel] for v in b], [m[sel] for m in masks],
         lr=[lrs[i] for i in sel], schedule=[scheds[i] for i in sel], epochs=epochs,
-        order_seeds=None if shared else [seeds[i] for i in sel], seed=3,
+        order_seeds=None if shared else [seeds[i] for i in sel], seed=3, route=route,
     )  # fmt: skip
 
 
@@ -58,13 +58,16 @@ def test_init_is_the_zoo_models_top_left_block(batch):
         assert torch.equal(lin.bias[:out], bl[5])
 
 
+@pytest.mark.parametrize("route", ["compiled", "torch"])
 @pytest.mark.parametrize("shared", [False, True])
-def test_results_do_not_depend_on_the_batch_bit_for_bit(spiral, batch, shared):
-    """Model i trained among 48, among 5, or alone: identical weights and buffers (CPU)."""
+def test_results_do_not_depend_on_the_batch_bit_for_bit(spiral, batch, shared, route):
+    """Model i trained among 48, among 5, or alone: identical weights and buffers (CPU), on
+    either route."""
     steps = 450  # crosses an epoch boundary (390 steps per epoch)
-    big = _trainer(spiral, batch, list(range(48)), shared).run(steps)
-    small = _trainer(spiral, batch, [3, 17, 30, 31, 47], shared).run(steps)
-    alone = _trainer(spiral, batch, [17], shared).run(steps)
+    big = _trainer(spiral, batch, list(range(48)), shared, route=route).run(steps)
+    small = _trainer(spiral, batch, [3, 17, 30, 31, 47], shared, route=route).run(steps)
+    alone = _trainer(spiral, batch, [17], shared, route=route).run(steps)
+    assert big.route == small.route == alone.route == route
     for tensors in ("w", "b", "vw", "vb"):
         for lb, ls, la in zip(getattr(big, tensors), getattr(small, tensors),
                               getattr(alone, tensors), strict=True):  # fmt: skip
@@ -76,10 +79,11 @@ def test_results_do_not_depend_on_the_batch_bit_for_bit(spiral, batch, shared):
     assert not torch.equal(big.w[0][17], big.w[0][3])
 
 
-def test_matches_the_one_model_pytorch_loop(spiral, batch):
+@pytest.mark.parametrize("route", ["compiled", "torch"])
+def test_matches_the_one_model_pytorch_loop(spiral, batch, route):
     masks, seeds, w, b, lrs, scheds = batch
     i = 7
-    t = _trainer(spiral, batch, [i]).run(300)
+    t = _trainer(spiral, batch, [i], route=route).run(300)
     model = train_one(*spiral, [v[[i]] for v in w], [v[[i]] for v in b],
                       [m[[i]] for m in masks], t.bmask, lr=lrs[i], schedule=scheds[i], epochs=2,
                       order_seed=seeds[i], seed=3, steps=300)  # fmt: skip
