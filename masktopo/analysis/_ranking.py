@@ -264,9 +264,10 @@ def _fusable(raw: _Raw, selection) -> bool:
 def _start_table(n: int) -> np.ndarray:
     """The Lanczos start vectors' table (:func:`_kernels._gaussians`, a pure function of the
     position), grown as needed and shared."""
-    if _TABLE[0].size < n:
-        _TABLE[0] = _gaussians(max(n, 2 * _TABLE[0].size))
-    return _TABLE[0]
+    table = _TABLE[0]
+    if table.size < n:  # grown locally: another thread may replace the shared one meanwhile
+        table = _TABLE[0] = _gaussians(max(n, 2 * table.size))
+    return table
 
 
 class _FusedPlan(NamedTuple):

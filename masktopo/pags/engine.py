@@ -18,7 +18,10 @@ criteria from a few Lanczos steps per matrix (:func:`~masktopo.pags.scoring.rank
 rigorous upper bounds), and only the layers whose upper bounds can still be accepted against the
 best before the chunk are computed exactly; the best only improves in ``t`` order, so no other
 layer could be accepted, and the selection, the best's scores and the snapshots equal the
-all-exact path's (``exact=True``, ``--exact``). Rows of ``candidates.parquet`` hold the exact
+all-exact path's (``exact=True``, ``--exact``). Under the layerwise rule only the IMDB bound is
+made tight (``bounds="imdb"``): the full-spectrum distance's upper bound rests on ``σ₂ ≤ σ₁``
+and did not reject a single layer in the runs measured (docs/performance.md), so the cheaper
+``σ₁ ≤ √(‖B‖₁‖B‖∞)`` replaces the Collatz–Wielandt pass there; the global rule keeps both. Rows of ``candidates.parquet`` hold the exact
 criteria of the layers accepted from the candidate and the ranking estimates of the others (so
 the rows, too, do not depend on the chunk size or the number of processes).
 
