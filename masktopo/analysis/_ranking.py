@@ -142,61 +142,53 @@ class _Part:
     steps: np.ndarray | None = None
 
 
-def _sv_bounds(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float, float, float]:
-    """Widened ``(σ₁ lower, σ₁ upper, σ₂ lower, σ₂ upper)`` of one matrix."""
-    top = float(hi[0])
-    s1_lo = max(0.0, float(lo[0]) * (1 - MARGIN) - MARGIN * top)
-    s1_hi = top * (1 + MARGIN) + 1e-300
-    s2_lo = max(0.0, float(lo[1]) * (1 - MARGIN) - MARGIN * top)
-    if s2_lo < 10 * _FLOOR * top:  # the analysis may report it as 0
-        s2_lo = 0.0
-    s2_hi = float(hi[1]) * (1 + MARGIN) + MARGIN * top
-    return s1_lo, s1_hi, s2_lo, s2_hi
+def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(n, 6)``: per matrix the widened ``σ₁ lower, σ₁ upper, σ₂ lower, σ₂ upper`` and the
+    estimates ``σ₁, σ₂`` (a σ₂ below the analysis's floor reads 0)."""
+    top = hi[:, 0]
+    out = np.empty((lo.shape[0], 6))
+    out[:, 0] = np.maximum(0.0, lo[:, 0] * (1 - MARGIN) - MARGIN * top)
+    out[:, 1] = top * (1 + MARGIN) + 1e-300
+    s2_lo = np.maximum(0.0, lo[:, 1] * (1 - MARGIN) - MARGIN * top)
+    out[:, 2] = np.where(s2_lo < 10 * _FLOOR * top, 0.0, s2_lo)  # the analysis may report 0
+    out[:, 3] = hi[:, 1] * (1 + MARGIN) + MARGIN * top
+    out[:, 4] = lo[:, 0]
+    out[:, 5] = np.where(lo[:, 1] < _FLOOR * lo[:, 0], 0.0, lo[:, 1])
+    return out
 
 
-def _estimate(lo: np.ndarray) -> tuple[float, float]:
-    s1, s2 = float(lo[0]), float(lo[1])
-    return s1, (0.0 if s2 < _FLOOR * s1 else s2)
-
-
-def _layer_coords(plan, opts: Options, lo: np.ndarray, hi: np.ndarray, off: int) -> np.ndarray:
+def _layer_coords(plan, opts: Options, table: np.ndarray, off: int) -> np.ndarray:
     """``(3, 4)``: lower bounds, upper bounds and estimates of the coordinate (NaN where
-    undefined) of one planned layer; ``lo``/``hi`` the bounds of all matrices, this layer's
-    from ``off``."""
+    undefined) of one planned layer; ``table`` the :func:`_sv_table` of all matrices, this
+    layer's from ``off``."""
     out = np.full((3, 4), np.nan)
     L = plan.layer
     if not L.n_edges or min(L.n_out_active, L.n_in_active) < 2:
         return out
     slots = plan.slots
-
-    def sv(key):
-        j = off + slots[key]
-        return _sv_bounds(lo[j], hi[j]), _estimate(lo[j])
-
     d_out = L.n_edges / L.n_out_active
     d_in = L.n_edges / L.n_in_active
     if _gate_ok(opts.gate, d_out, d_in) and "sv_binary" in slots:
         bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
-        (_, _, s2_lo, s2_hi), (_, e2) = sv("sv_binary")
+        _, _, s2_lo, s2_hi, _, e2 = table[off + slots["sv_binary"]]
         out[:, 0] = (bound - s2_hi, bound - s2_lo, bound - e2)
     if "sv_weighted" in slots:
-        (s1_lo, s1_hi, s2_lo, s2_hi), (e1, e2) = sv("sv_weighted")
+        s1_lo, s1_hi, s2_lo, s2_hi, e1, e2 = table[off + slots["sv_weighted"]]
         out[:, 1] = (s1_lo - s2_hi, s1_hi - s2_lo, e1 - e2)
     if plan.imdb_groups:
-        n23 = opts.imdb == "n23"
-        dr = np.empty((len(plan.imdb_groups), 3))
-        lam = np.empty_like(dr)
-        has_w = ("imdb_weighted", plan.imdb_groups[0][0]) in slots
-        for g, (d, n_s, n_r) in enumerate(plan.imdb_groups):
-            c = max(n_s, n_r) / (n_s + n_r - 1) if n23 else 1.0
-            bound = math.sqrt(d - 1) + math.sqrt(d * n_s / n_r - 1)
-            (_, _, s2_lo, s2_hi), (_, e2) = sv(("imdb_groups", d))
-            dr[g] = (c * (bound - s2_hi), c * (bound - s2_lo), c * (bound - e2))
-            if has_w:
-                (s1_lo, s1_hi, s2_lo, s2_hi), (e1, e2) = sv(("imdb_weighted", d))
-                lam[g] = (c * (s1_lo - s2_hi), c * (s1_hi - s2_lo), c * (e1 - e2))
+        # a layer's groups occupy consecutive slots (one block per kind), in group order
+        d, n_s, n_r = (np.array(v, dtype=np.float64) for v in zip(*plan.imdb_groups, strict=True))
+        c = np.maximum(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else np.ones_like(d)
+        bound = np.sqrt(d - 1) + np.sqrt(d * n_s / n_r - 1)
+        first = off + slots[("imdb_groups", plan.imdb_groups[0][0])]
+        t = table[first : first + d.size]
+        dr = np.stack([c * (bound - t[:, 3]), c * (bound - t[:, 2]), c * (bound - t[:, 5])], 1)
         out[:, 2] = dr.mean(axis=0)
-        if has_w:
+        key = ("imdb_weighted", plan.imdb_groups[0][0])
+        if key in slots:
+            t = table[off + slots[key] : off + slots[key] + d.size]
+            lam = np.stack([c * (t[:, 0] - t[:, 3]), c * (t[:, 1] - t[:, 2]),
+                            c * (t[:, 4] - t[:, 5])], 1)  # fmt: skip
             out[:, 3] = lam.mean(axis=0)
     return out
 
@@ -532,10 +524,9 @@ def rank_layers(
             parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds)]
     for part in parts:
         res.steps += int(part.steps.sum())
+        table = _sv_table(part.lo, part.hi)
         for i, plan, off in zip(part.index, part.plans, part.offsets, strict=True):
             res._plans[i] = plan
             res.n_edges[i] = plan.layer.n_edges
-            res.lower[i], res.upper[i], res.estimate[i] = _layer_coords(
-                plan, opts, part.lo, part.hi, off
-            )
+            res.lower[i], res.upper[i], res.estimate[i] = _layer_coords(plan, opts, table, off)
     return res
