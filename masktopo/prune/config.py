@@ -28,6 +28,8 @@ __all__ = ["METHODS", "SCHEDULES", "STAGE_SOLVERS", "PruneConfig"]
 
 #: Pruning methods: the solvers of :mod:`masktopo.prune.solvers` and the multi-stage CHITA++.
 METHODS = ("mp", "bso", "bso-block", "iht", "chita", "chita++")
+#: Weights per block of bso-block when ``block_size`` is unset (the reference's ResNet-20 runs).
+DEFAULT_BLOCK_SIZE = 500
 #: Solvers a CHITA++ stage may run.
 STAGE_SOLVERS = ("mp", "bso", "bso-block", "iht", "chita")
 #: CHITA++ sparsity schedules from ``base_level`` to the target (methods-spec §5.2, item 6).
@@ -73,7 +75,9 @@ class PruneConfig:
     outer_iter: int = option(20, "chita: active-set rounds", ge=1, flag=False)
     kimp: float = option(1.5, "chita: the active set starts with ceil(kimp * k) coordinates",
                          ge=1.0, lt=math.inf, flag=False)  # fmt: skip
-    block_size: int = option(500, "bso-block: weights per block of a layer", ge=1, metavar="B")
+    block_size: int | None = option(None, "bso-block: weights per block of a layer (500 when "
+                                    "unset; the other methods do not use it and say so)", ge=1,
+                                    metavar="B")  # fmt: skip
     stages: int = option(16, "chita++: pruning stages, G recomputed at each", ge=1, metavar="T")
     schedule: Literal["poly", "exp", "linear", "const", "mfac"] = option(
         "poly", "chita++: sparsity schedule from base_level to the target (poly: cubic; exp: "
@@ -108,6 +112,14 @@ class PruneConfig:
         for s in self.sparsity:
             check_bounds("sparsity", s, gt=0.0, lt=1.0)
         object.__setattr__(self, "sparsity", tuple(sorted(dict.fromkeys(self.sparsity))))
+
+    @property
+    def uses_blocks(self) -> bool:
+        """Whether a method of this config cuts the weights into blocks (bso-block, or chita++
+        with bso-block stages)."""
+        return "bso-block" in self.method or (
+            "chita++" in self.method and self.stage_solver == "bso-block"
+        )
 
     def to_dict(self) -> dict:
         return to_dict(self)

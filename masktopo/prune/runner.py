@@ -46,7 +46,7 @@ from ..runs.layout import EVENTS_FILE, MASKS_DIR, PRUNE_TABLE_FILE, RUN_FILE, SU
 from ..seeding import generator
 from ..store import READ_SUFFIXES, read_file, read_state_dict
 from .bn import has_batchnorm, reestimate_bn
-from .config import PruneConfig
+from .config import DEFAULT_BLOCK_SIZE, PruneConfig
 from .gradients import check_memory, flatten, gradient_matrix, unflatten
 from .solvers import Problem, SolverOptions, solve
 
@@ -306,7 +306,8 @@ class _Pruner:
                          if k not in params}  # fmt: skip
         self.options = SolverOptions(max_iter=config.max_iter, ftol=config.ftol,
                                      kimp=config.kimp, outer_iter=config.outer_iter,
-                                     block_size=config.block_size, refit=config.refit,
+                                     block_size=config.block_size or DEFAULT_BLOCK_SIZE,
+                                     refit=config.refit,
                                      layer_sizes=tuple(math.prod(s) for s in
                                                        self.shapes.values()))  # fmt: skip
         self._G0: Problem | None = None
@@ -453,6 +454,14 @@ def prune(
         A gradient matrix that does not fit in memory, more samples than the training set, ...
     """
     t_start = time.perf_counter()
+    if config.block_size is not None and not config.uses_blocks:
+        # The reference's --block_size silently replaced the algorithm by block backsolve;
+        # here a method is what it says, and a block size it does not use is reported.
+        warnings.warn(f"--block-size {config.block_size} is used by bso-block only (the "
+                      "reference's block approximation); "
+                      f"{', '.join(config.method)} solve{'s' if len(config.method) == 1 else ''}"
+                      " the whole problem (add --method bso-block for the block approximation)",
+                      stacklevel=2)  # fmt: skip
     out_path = None if out is None else Path(os.fspath(out))
     if out_path is not None:
         _check_out(out_path)

@@ -76,6 +76,24 @@ def test_prune_writes_a_run_with_one_event_per_solve(dense_run, tmp_path, capsys
     assert len(summary["rows"]) == 8 and summary["dense"]["test_acc"] > 0.5
 
 
+def test_block_size_is_bso_blocks_and_said_so_elsewhere(dense_run, tmp_path, capsys):
+    """The reference's --block_size silently replaced CHITA by block backsolve; here
+    ``--method chita --block-size B`` runs CHITA and says that B is unused."""
+    assert PruneConfig().block_size is None and not PruneConfig().uses_blocks
+    assert PruneConfig(method=("chita++",), stage_solver="bso-block").uses_blocks
+    out = tmp_path / "chita"
+    rc = main(["prune", str(dense_run), "--method", "mp,chita", "--sparsity", "0.9",
+               "--block-size", "200", "--out", str(out), *FAST])  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "--block-size 200 is used by bso-block only" in err and "mp, chita solve " in err
+    rc = main(["prune", str(dense_run), "--method", "bso-block", "--sparsity", "0.9",
+               "--block-size", "200", "--out", str(tmp_path / "block"), *FAST])  # fmt: skip
+    assert rc == 0
+    assert "--block-size" not in capsys.readouterr().err
+    assert read_run(tmp_path / "block").config["config"]["block_size"] == 200
+
+
 def test_mp_equals_the_trainers_magnitude_pruning(dense_run):
     cfg = PruneConfig(method=("mp",), sparsity=(0.8,), fisher_samples=16, device="cpu")
     res = prune(cfg, dense_run, None)
