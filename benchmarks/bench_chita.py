@@ -12,7 +12,12 @@ steps one for one, written here from the spec, not copied:
 Ours: :func:`masktopo.prune.solve` on the same ``G`` (float64, same ``k``, same λ₂), with
 ``refit=False`` for ``chita`` so that both run the same algorithm (masktopo's default also
 re-fits on the support, see docs/prune.md); the report gives the relative difference of the
-objectives and the Jaccard index of the supports. Shapes:
+objectives and the Jaccard index of the supports. Our time includes building the
+:class:`~masktopo.prune.Problem` (it forms y = G w̄, which the port does inside its solvers).
+Each side runs once to warm up, then ``--repeat`` times, the two sides interleaved; the table
+gives the median. ``--threads N`` sets torch's threads and every BLAS thread pool (numpy's and
+scipy's, through threadpoolctl) to N for both sides; without it both run at their defaults.
+Shapes:
 
 * MLPNet (p = 32,360), n = ``--n-mlp`` (1000) rows of real per-sample gradients (Fashion-MNIST
   when its files are there, else random inputs), solvers ``bso`` and ``chita``;
@@ -27,6 +32,7 @@ backward pass per row (:func:`~masktopo.prune.gradient_matrix_loop`, the referen
     python benchmarks/bench_chita.py                      # CPU
     python benchmarks/bench_chita.py --device cpu cuda    # ours also on the GPU
     python benchmarks/bench_chita.py --quick              # small n, seconds
+    python benchmarks/bench_chita.py --threads 1          # one thread on both sides
 
 The report (Markdown) goes to stdout, progress to stderr, with the machine load.
 """
@@ -43,7 +49,9 @@ import time
 from functools import partial
 
 import numpy as np
+import scipy.linalg.blas  # noqa: F401 - loaded now, so that --threads limits its BLAS too
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from masktopo.pai.densities import keep_count
 from masktopo.prune import Problem, SolverOptions, gradient_matrix, gradient_matrix_loop, solve
@@ -208,13 +216,24 @@ def np_chita(G, w_bar, lam, k, kimp=1.5, outer=20, sea2=10, **iht):
 
 
 # -- measuring ---------------------------------------------------------------------------------------
+def _ours(G, w_bar, lam, k, method, opts):
+    """Our solver, building the problem (y = G w̄) as the port does inside its solvers."""
+    return solve(Problem(G, w_bar, lam), k, method, opts)
+
+
 def _rss() -> int:
     with open("/proc/self/statm", encoding="ascii") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(fn, device="cpu"):
-    """``(seconds, peak bytes above the start, result)``."""
+    """``(seconds, peak bytes above the start, result)``.
+
+    Starts with a 0.25 s pause: the BLAS thread pools (OpenBLAS's for numpy, OpenMP's for
+    torch) keep spinning for a while after their last call, and on a small machine those
+    threads would take the cores from the other side's first calls.
+    """
+    time.sleep(0.25)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -289,15 +308,24 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-resnet", action="store_true")
     ap.add_argument("--skip-mlp", action="store_true")
     ap.add_argument("--quick", action="store_true", help="n = 200 / 100, one sparsity")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per side (median)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and BLAS threads for both sides (default: as they are)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.quick:
         args.n_mlp, args.n_resnet, args.sparsity, args.loop_rows = 200, 100, [0.9], 50
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads, user_api="blas")
     devices = [d for d in args.device if d == "cpu" or torch.cuda.is_available()]
     load0 = os.getloadavg()
     t_start = time.perf_counter()
     print("# bench_chita: torch solvers vs a numpy port of the CHITA reference\n")
+    blas = ", ".join(f"{x['internal_api']} {x['num_threads']}" for x in threadpool_info()
+                     if x["user_api"] == "blas")  # fmt: skip
     print(f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}")  # fmt: skip
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}"
+          f" (BLAS threads: {blas}); {args.repeat} timed runs per side, median")  # fmt: skip
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"- GPU: {gpu}; devices timed for ours: {', '.join(devices)}")
     print(f"- load average at start: {', '.join(f'{x:.2f}' for x in load0)}\n")
@@ -330,19 +358,33 @@ def main(argv=None) -> int:
                     ref = partial(np_bso_block, Gn, wn, lam, k, sizes, 500)
                 else:
                     ref = partial(np_chita, Gn, wn, lam, k)
-                t_np, m_np, (w_ref, s_ref) = measure(ref)
-                f_ref = np_objective(Gn, Gn @ wn, wn, lam, w_ref)
                 opts = SolverOptions(refit=False, block_size=500, layer_sizes=tuple(sizes))
+                ours = {}
                 for dev in devices:
-                    log(f"{model} {method} s={s}: ours on {dev}")
-                    pb = Problem(G.to(dev), w_bar.to(dev), lam)
-                    solve(pb, k, method, opts)  # warm-up
-                    t, mem, sol = measure(partial(solve, pb, k, method, opts), dev)
+                    Gd, wd = G.to(dev), w_bar.to(dev)
+                    ours[dev] = partial(_ours, Gd, wd, lam, k, method, opts)
+                ref()  # warm-up
+                for dev in devices:
+                    ours[dev]()
+                t_np, t_ours = [], {dev: [] for dev in devices}
+                m_np, mem, sols = None, {}, {}
+                for _ in range(max(1, args.repeat)):  # the two sides interleaved
+                    dt, m, (w_ref, s_ref) = measure(ref)
+                    t_np.append(dt)
+                    m_np = m if m_np is None else m_np  # peak memory of the first timed run
+                    for dev in devices:
+                        dt, m, sols[dev] = measure(ours[dev], dev)
+                        t_ours[dev].append(dt)
+                        mem.setdefault(dev, m)
+                f_ref = np_objective(Gn, Gn @ wn, wn, lam, w_ref)
+                for dev in devices:
+                    sol = sols[dev]
                     sup = sol.support.cpu().numpy()
-                    rows.append((model, n, p, method, s, dev, t_np, t, m_np, mem,
+                    rows.append((model, n, p, method, s, dev, float(np.median(t_np)),
+                                 float(np.median(t_ours[dev])), m_np, mem[dev],
                                  abs(sol.objective - f_ref) / max(abs(f_ref), 1e-300),
                                  jaccard(sup, s_ref)))  # fmt: skip
-                    pb = None
+                ours = None
         G = Gn = None
     print("## Solvers (same G, same k, float64)\n")
     print(

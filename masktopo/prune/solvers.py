@@ -52,15 +52,26 @@ Coordinate descent on the support (the reference's ``cd_itr``, off in its shippe
 path) is replaced by its limit: with ``refit`` (default on) ``iht`` and ``chita`` end with the
 ridge re-fit of ``bso`` on their final support, the minimum of :math:`f` on that support. :math:`\eta_{\rm change}` is the conservative bound
 :math:`\min_{i \in S} |w_i| / (|g_i| + \max_{j \notin S} |g_j|)` (a step below it keeps the support).
+
+Costs (the same iterates as the reference's algorithm, up to rounding): the start point needs no
+power iteration over all of ``G`` when :math:`\alpha = 0` (:math:`\nabla f(\bar w) = \alpha`);
+the active set's and the support's columns are gathered once per round (numpy's ``take``, row
+major); on one CPU thread each support-keeping IHT iteration and each power iteration reads the
+active columns once (:func:`_gram_step`: :math:`G g_S` and :math:`G^\top G g_S` from blocks of
+rows in cache, the gradient updated from them); the re-fits form their Gram matrix from one
+triangle (:func:`_gram`) and solve it by Cholesky; objectives use residuals from the gathered
+columns.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError
@@ -129,13 +140,14 @@ class Problem:
     :math:`\lambda_2` (already scaled) and :math:`\alpha` (None: 0), all on one device/dtype.
 
     Use :meth:`build` to scale ``l2`` and form :math:`\alpha` as the reference does.
+    :attr:`y` (:math:`G \bar w`) is formed on first use (``bso-block`` never needs it).
     """
 
     G: torch.Tensor
     w_bar: torch.Tensor
     lam: float
     alpha: torch.Tensor | None = None
-    y: torch.Tensor = field(init=False)
+    _y: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.G.dim() != 2 or self.w_bar.shape != (self.G.shape[1],):
@@ -146,7 +158,13 @@ class Problem:
         self.w_bar = self.w_bar.to(self.G)
         if self.alpha is not None:
             self.alpha = self.alpha.to(self.G)
-        self.y = self.G @ self.w_bar
+
+    @property
+    def y(self) -> torch.Tensor:
+        r""":math:`y = G \bar w` (formed once, on first use)."""
+        if self._y is None:
+            self._y = self.G @ self.w_bar
+        return self._y
 
     @classmethod
     def build(
@@ -195,11 +213,11 @@ class Problem:
         """The problem restricted to the columns ``idx`` (the others fixed at 0); ``y`` stays the
         full :math:`G \\bar w`, so objectives differ from the full one by a constant."""
         sub = Problem.__new__(Problem)
-        sub.G = self.G[:, idx]
+        sub.G = _take_columns(self.G, idx)
         sub.w_bar = self.w_bar[idx]
         sub.lam = self.lam
         sub.alpha = None if self.alpha is None else self.alpha[idx]
-        sub.y = self.y
+        sub._y = self.y
         return sub
 
 
@@ -236,12 +254,21 @@ def hard_threshold(v: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return v * support, support
 
 
+def _top_k_within(v: torch.Tensor, allowed: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` largest :math:`|v_i|` with ``allowed[i]`` (``k <= allowed.sum()``)."""
+    mask = torch.zeros_like(allowed)
+    if k > 0:
+        mask[torch.topk(v.abs().masked_fill(~allowed, -1.0), k, sorted=False).indices] = True
+    return mask
+
+
 def lipschitz(G: torch.Tensor, lam: float, iters: int = 30, seed: int = 0,
               tol: float = 1e-4) -> float:  # fmt: skip
     r""":math:`L = 1.05\,(\sigma_{\max}(G)^2 + 2 \lambda_2)`, :math:`\sigma_{\max}^2` by power
     iteration on :math:`G^\top G` (at most ``iters`` steps, stopped when the Rayleigh quotient
-    changes by less than ``tol`` relatively; the reference uses a randomized SVD). The factor
-    1.05 covers the power method's underestimate."""
+    changes by less than ``tol`` relatively; the reference uses a randomized SVD; one pass over
+    ``G`` per step, :func:`_gram_step`). The factor 1.05 covers the power method's
+    underestimate."""
     if G.numel() == 0:
         return 1.05 * 2.0 * lam or 1.0
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -249,7 +276,7 @@ def lipschitz(G: torch.Tensor, lam: float, iters: int = 30, seed: int = 0,
     v = v / v.norm()
     s2 = 0.0
     for _ in range(iters):
-        u = G.T @ (G @ v)
+        u = _gram_step(G, v)[1]
         nrm = float(u.norm())
         if nrm == 0.0:
             break
@@ -276,9 +303,23 @@ def ridge_refit(
     :math:`b = G_S^\top y + c \bar w_S - \alpha_S`; when :math:`n < |S|` and :math:`c > 0` by
     Woodbury, :math:`w_S = (b - G_S^\top (c I_n + G_S G_S^\top)^{-1} G_S b) / c` (cost
     :math:`O(n^2 |S| + n^3)`); with :math:`c = 0` the least-squares solution of minimum norm.
-    Returns :math:`w_S` (``[|S|]``).
+    The Gram matrix is one symmetric rank-k update (``syrk`` on the CPU), the solve a Cholesky
+    factorization. Returns :math:`w_S` (``[|S|]``).
     """
-    GS = G[:, idx]
+    return _refit(G, y, w_bar, lam, alpha, idx)[0]
+
+
+def _refit(
+    G: torch.Tensor,
+    y: torch.Tensor,
+    w_bar: torch.Tensor,
+    lam: float,
+    alpha: torch.Tensor | None,
+    idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ridge_refit` and its residual :math:`y - G_S w_S` (from the gathered columns,
+    not all of ``G``)."""
+    GS = _take_columns(G, idx)
     c = 2.0 * lam
     b = GS.T @ y + c * w_bar[idx]
     if alpha is not None:
@@ -286,21 +327,145 @@ def ridge_refit(
     n, s = GS.shape
     if c <= 0.0:
         if alpha is None:
-            return torch.linalg.lstsq(GS, y.unsqueeze(1), driver="gelsd" if GS.device.type ==
-                                      "cpu" else None).solution.squeeze(1)  # fmt: skip
-        return torch.linalg.pinv(GS.T @ GS) @ b
+            wS = torch.linalg.lstsq(GS, y.unsqueeze(1), driver="gelsd" if GS.device.type ==
+                                    "cpu" else None).solution.squeeze(1)  # fmt: skip
+        else:
+            wS = torch.linalg.pinv(GS.T @ GS) @ b
+        return wS, y - GS @ wS
     if n < s:
-        K = GS @ GS.T
+        K = _gram(GS)
         K.diagonal().add_(c)
-        return (b - GS.T @ torch.linalg.solve(K, GS @ b)) / c
-    A = GS.T @ GS
-    A.diagonal().add_(c)
-    return torch.linalg.solve(A, b)
+        wS = (b - GS.T @ _spd_solve(K, GS @ b)) / c
+    else:
+        A = _gram(GS.T)
+        A.diagonal().add_(c)
+        wS = _spd_solve(A, b)
+    return wS, y - GS @ wS
+
+
+def _refit_point(pb: Problem, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ridge re-fit on ``support`` as a full vector, with its residual :math:`y - G w`."""
+    idx = support.nonzero().squeeze(1)
+    wS, r = _refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
+    w = torch.zeros_like(pb.w_bar)
+    w[idx] = wS
+    return w, r
 
 
 def _sync(t: torch.Tensor) -> None:
     if t.device.type == "cuda":
         torch.cuda.synchronize(t.device)
+
+
+def _numpy_view(t: torch.Tensor):
+    """``t`` as a numpy array sharing its memory (CPU float32/float64 only), else None."""
+    if t.device.type != "cpu" or t.requires_grad or t.dtype not in (torch.float32, torch.float64):
+        return None
+    return t.numpy()
+
+
+def _take_columns(G: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``G[:, idx]`` as a new row-major tensor.
+
+    On the CPU numpy's fancy indexing gathers the columns of a row-major matrix about twice as
+    fast as torch's indexing kernel (one thread), so it does the copy there.
+    """
+    a = _numpy_view(G)
+    if a is None or G.dim() != 2:
+        return G[:, idx]
+    return torch.from_numpy(np.take(a, idx.cpu().numpy(), axis=1))  # row-major
+
+
+@functools.cache
+def _scipy_blas():
+    """scipy's BLAS wrappers and a thread-pool controller that sees their library."""
+    import scipy.linalg.blas as blas
+    from threadpoolctl import ThreadpoolController
+
+    return blas, ThreadpoolController()
+
+
+def _gram(A: torch.Tensor) -> torch.Tensor:
+    r""":math:`A A^\top`, symmetric, computing one triangle (half the flops of ``A @ A.T``).
+
+    On one CPU thread (float32/float64) one BLAS ``syrk`` (scipy's); on several threads the
+    upper blocks of a 4 x 4 partition by torch products, mirrored (10 of 16 blocks: scipy's
+    BLAS would bring a second thread pool, which contends with torch's for the cores);
+    elsewhere ``A @ A.T``.
+    """
+    a = _numpy_view(A)
+    if a is None or A.dim() != 2:
+        return A @ A.T
+    if torch.get_num_threads() > 1:
+        n = A.shape[0]
+        if n < 512:
+            return A @ A.T
+        cut = [round(i * n / 4) for i in range(5)]
+        K = A.new_empty(n, n)
+        for i in range(4):
+            Ai = A[cut[i] : cut[i + 1]]
+            for j in range(i, 4):
+                blk = Ai @ A[cut[j] : cut[j + 1]].T
+                K[cut[i] : cut[i + 1], cut[j] : cut[j + 1]] = blk
+                if j > i:
+                    K[cut[j] : cut[j + 1], cut[i] : cut[i + 1]] = blk.T
+        return K
+    blas, pools = _scipy_blas()
+    syrk = blas.dsyrk if a.dtype == np.float64 else blas.ssyrk
+    with pools.limit(limits=1, user_api="blas"):  # one thread, as torch
+        if a.flags.c_contiguous:  # a.T is Fortran-ordered: syrk(a.T, trans=1) = a a^T, no copy
+            upper = syrk(1.0, a.T, trans=1)
+        else:
+            upper = syrk(1.0, a, trans=0)  # copies a to Fortran order when it is not
+    K = torch.from_numpy(upper)  # upper triangle and diagonal filled, the rest 0
+    K = K + K.T
+    K.diagonal().mul_(0.5)  # exact: the diagonal was doubled
+    return K
+
+
+def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``A^{-1} b`` for a symmetric positive definite ``A`` (Cholesky; LU when it fails)."""
+    Lc, info = torch.linalg.cholesky_ex(A)
+    if int(info.max()) != 0:
+        return torch.linalg.solve(A, b)
+    return torch.cholesky_solve(b.unsqueeze(-1), Lc).squeeze(-1)
+
+
+def _block_rows(G: torch.Tensor) -> int:
+    """Rows per block of :func:`_gram_step`: about 1 MiB of ``G`` (L2-resident) on one thread;
+    all rows (no blocks) when torch runs several threads: each block's product would then be a
+    parallel region ending in a barrier, which costs more than the bytes saved, and far more
+    when other processes keep the cores busy (a barrier waits for a descheduled thread)."""
+    if torch.get_num_threads() > 1:
+        return G.shape[0]
+    return max(4, (1 << 20) // max(1, G.shape[1] * G.element_size()))
+
+
+def _gram_step(
+    G: torch.Tensor, v: torch.Tensor, rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`(G v,\; G^\top G v)`.
+
+    On the CPU in one pass over blocks of rows of ``G``, each block read from memory once and
+    used for both products while it is in cache (half the bytes of two separate products);
+    elsewhere, and on several threads, two products. ``rows``: rows per block (default
+    :func:`_block_rows`).
+    """
+    n = G.shape[0]
+    if G.device.type != "cpu" or n == 0 or G.stride(1) != 1:
+        t = G @ v
+        return t, G.T @ t
+    rows = rows or _block_rows(G)
+    if rows >= n:
+        t = G @ v
+        return t, G.T @ t
+    t = torch.empty(n, dtype=G.dtype)
+    u = torch.zeros(G.shape[1], dtype=G.dtype)
+    for s in range(0, n, rows):
+        Gb = G[s : s + rows]
+        tb = torch.mv(Gb, v, out=t[s : s + rows])
+        u.addmv_(Gb.T, tb)
+    return t, u
 
 
 def _magnitude_support(pb: Problem, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -325,10 +490,8 @@ def _mp(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) ->
 
 def _bso(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
     support = _magnitude_support(pb, k, generator)
-    idx = support.nonzero().squeeze(1)
-    w = torch.zeros_like(pb.w_bar)
-    w[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
-    return Solution(w, support, pb.objective(w))
+    w, r = _refit_point(pb, support)
+    return Solution(w, support, pb.objective(w, r))
 
 
 def blocks(layer_sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]:
@@ -360,43 +523,49 @@ def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Genera
     # every block's kept columns, padded to the largest count: padded columns are zero, so
     # their weights come out 0 in either form of the solve
     items = []
+    r = torch.zeros(n, dtype=pb.G.dtype, device=pb.G.device)  # y - G w, from the blocks
     for start, stop in blocks(sizes, opts.block_size):
-        idx = start + support[start:stop].nonzero().squeeze(1)
-        if len(idx):
-            yb = pb.G[:, start:stop] @ pb.w_bar[start:stop]  # y_b = G_b w̄_b, the whole block
-            items.append((idx, yb))
+        Gb = pb.G[:, start:stop]
+        yb = Gb @ pb.w_bar[start:stop]  # y_b = G_b w̄_b, the whole block
+        r += yb
+        kept = support[start:stop].nonzero().squeeze(1)
+        if len(kept):  # gathered now, while the block's columns are in cache
+            items.append((start + kept, yb, Gb[:, kept]))
     items.sort(key=lambda item: len(item[0]))
     budget = 1 << 25  # entries of one batched gather [blocks, n, K]
     i = 0
     while i < len(items):  # groups of similar counts: padding at most doubles the work
-        cap = max(2 * len(items[i][0]), len(items[i][0]) + 16)
+        cap = len(items[i][0]) + max(8, len(items[i][0]) // 4)
         j = i + 1
         while (j < len(items) and len(items[j][0]) <= cap
                and (j + 1 - i) * n * len(items[j][0]) <= budget):  # fmt: skip
             j += 1
         group = items[i:j]
         kmax = len(group[-1][0])
-        lens = torch.tensor([len(x) for x, _ in group], device=pb.G.device)
-        idx = torch.stack([torch.nn.functional.pad(x, (0, kmax - len(x))) for x, _ in group])
+        lens = torch.tensor([len(x) for x, _, _ in group], device=pb.G.device)
+        idx = torch.stack([torch.nn.functional.pad(x, (0, kmax - len(x))) for x, _, _ in group])
         valid = torch.arange(kmax, device=pb.G.device)[None, :] < lens[:, None]
-        GS = pb.G[:, idx].permute(1, 0, 2) * valid[:, None, :]  # [B, n, K]
-        yb = torch.stack([y for _, y in group])
+        GS = pb.G.new_zeros(len(group), n, kmax)  # [B, n, K]
+        for row, (x, _, Gx) in enumerate(group):
+            GS[row, :, : len(x)] = Gx
+        yb = torch.stack([y for _, y, _ in group])
         b = (GS.transpose(1, 2) @ yb.unsqueeze(2)).squeeze(2) + c * pb.w_bar[idx] * valid
         if pb.alpha is not None:
             b = b - pb.alpha[idx] * valid
         if n < kmax:
             K = GS @ GS.transpose(1, 2)
             K.diagonal(dim1=1, dim2=2).add_(c)
-            t = torch.linalg.solve(K, GS @ b.unsqueeze(2))
-            ws = (b - (GS.transpose(1, 2) @ t).squeeze(2)) / c
+            t = _spd_solve(K, (GS @ b.unsqueeze(2)).squeeze(2))
+            ws = (b - (GS.transpose(1, 2) @ t.unsqueeze(2)).squeeze(2)) / c
         else:
             A = GS.transpose(1, 2) @ GS
             A.diagonal(dim1=1, dim2=2).add_(c)
-            ws = torch.linalg.solve(A, b)
-        for row, (x, _) in enumerate(group):
+            ws = _spd_solve(A, b)
+        r -= (GS @ ws.unsqueeze(2)).sum((0, 2))
+        for row, (x, _, _) in enumerate(group):
             w[x] = ws[row, : len(x)]
         i = j
-    return Solution(w, support, pb.objective(w))
+    return Solution(w, support, pb.objective(w, r))
 
 
 def _iht(
@@ -404,49 +573,57 @@ def _iht(
     k: int,
     w: torch.Tensor,
     support: torch.Tensor,
-    L: float,
     opts: SolverOptions,
-) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    """IHT with the exact line search from ``(w, support)``; ``(w, support, f, iterations)``.
+) -> tuple[torch.Tensor, torch.Tensor, float, int, torch.Tensor]:
+    r"""IHT with the exact line search from ``(w, support)``; ``(w, support, f, iterations, r)``
+    with ``r`` = :math:`y - G w`.
 
     With ``opts.refit``, after ``opts.patience`` consecutive steps that keep the support the
     iterate jumps to the ridge re-fit on it (the point those steps converge to), and the next
     iteration searches support-changing steps only; no step lowering f ends the loop.
+
+    One pass over ``G`` per support-keeping iteration: :func:`_gram_step` gives
+    :math:`G g_S` (for the step) and :math:`G^\top G g_S` together, and the next gradient is
+    updated from it, :math:`\nabla f(w - \eta g_S) = \nabla f(w) - \eta (G^\top G g_S +
+    2 \lambda_2 g_S)`, instead of recomputed from the residual; after a support-changing step
+    or a re-fit it is recomputed.
     """
-    r = pb.y - pb.G @ w
+    G, y, c = pb.G, pb.y, 2.0 * pb.lam
+    r = y - G @ w
     f = pb.objective(w, r)
+    g = None  # the gradient at w, when known
+    on = support.nonzero().squeeze(1)
     it = 0
     kept = 0  # consecutive iterations that kept the support
     search_only = False
     for it in range(1, opts.max_iter + 1):  # noqa: B007 - the count is returned
-        g = pb.gradient(w, r)
+        if g is None:
+            g = pb.gradient(w, r)
         gS = g * support
         gg = float(gS @ gS)
-        off = g.abs().masked_fill(support, 0.0)
-        big = float(off.max()) if off.numel() else 0.0
-        on = support.nonzero().squeeze(1)
+        big = float(g.abs().masked_fill_(support, 0.0).max()) if g.numel() else 0.0
         if big > 0.0 and len(on):
             eta_change = float((w[on].abs() / (g[on].abs() + big)).min())
         else:
             eta_change = math.inf
         best_w, best_r, best_f, best_s = w, r, f, support
-        eta = 0.0
+        eta, stepped, GtGgS = 0.0, False, None
         if not search_only and gg > 0.0:
             # the support-preserving step: f decreases by eta*gg/2 (exact line search)
-            GgS = pb.G @ gS
-            denom = float(GgS @ GgS) + 2.0 * pb.lam * gg
+            GgS, GtGgS = _gram_step(G, gS)
+            denom = float(GgS @ GgS) + c * gg
             if denom > 0.0:
-                eta = gg / denom
+                eta, stepped = gg / denom, True
                 best_w, best_r, best_f = w - eta * gS, r + eta * GgS, f - 0.5 * eta * gg
         if (search_only or eta >= eta_change) and math.isfinite(eta_change) and eta_change > 0:
             step = eta_change / (1.0 + 1e-4)
             prev = math.inf
             for _ in range(opts.sea1_max_itr):
                 cand, cs = hard_threshold(w - step * g, k)
-                cr = pb.y - pb.G @ cand
+                cr = y - G @ cand
                 cf = pb.objective(cand, cr)
                 if cf < best_f:
-                    best_w, best_r, best_f, best_s = cand, cr, cf, cs
+                    best_w, best_r, best_f, best_s, stepped = cand, cr, cf, cs, False
                 if cf >= prev:
                     break
                 prev = cf
@@ -456,28 +633,38 @@ def _iht(
             break
         same = bool(torch.equal(best_s, support))
         w, r, support = best_w, best_r, best_s
+        if stepped:
+            g = g - eta * (GtGgS + c * gS)
+        else:
+            g = None
+            on = support.nonzero().squeeze(1)
         f = pb.objective(w, r)
         kept = kept + 1 if same else 0
         search_only = False
         if opts.refit and kept >= opts.patience:
-            idx = support.nonzero().squeeze(1)
-            cand = torch.zeros_like(w)
-            cand[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
-            cr = pb.y - pb.G @ cand
+            cand, cr = _refit_point(pb, support)
             cf = pb.objective(cand, cr)
             if cf <= f:
-                w, r, f = cand, cr, cf
+                w, r, f, g = cand, cr, cf, None
             kept, search_only = 0, True
             continue
         if rel < opts.ftol:
             break
-    return w, support, f, it
+    return w, support, f, it, r
+
+
+def _start(pb: Problem) -> torch.Tensor:
+    r""":math:`\bar w - \nabla f(\bar w) / L`, the reference's first point. As :math:`y = G
+    \bar w` (``Problem`` forms it so), :math:`\nabla f(\bar w) = \alpha`: no product with ``G``,
+    and no :math:`L` (a power iteration over all of ``G``) when :math:`\alpha = 0`."""
+    if pb.alpha is None:
+        return pb.w_bar
+    return pb.w_bar - pb.alpha / lipschitz(pb.G, pb.lam)
 
 
 def _iht_solver(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
-    L = lipschitz(pb.G, pb.lam, opts.power_iter)
-    w0, s0 = hard_threshold(pb.w_bar - pb.gradient(pb.w_bar) / L, k)
-    w, s, f, it = _iht(pb, k, w0, s0, L, opts)
+    w0, s0 = hard_threshold(_start(pb), k)
+    w, s, f, it, _ = _iht(pb, k, w0, s0, opts)
     w, f = _polish(pb, w, s, f, opts)
     return Solution(w, s, f, it)
 
@@ -488,42 +675,44 @@ def _polish(pb: Problem, w: torch.Tensor, support: torch.Tensor, f: float,
     of f on that support, so it does unless rounding says otherwise)."""
     if not opts.refit:
         return w, f
-    idx = support.nonzero().squeeze(1)
-    cand = torch.zeros_like(w)
-    cand[idx] = ridge_refit(pb.G, pb.y, pb.w_bar, pb.lam, pb.alpha, idx)
-    cf = pb.objective(cand)
+    cand, cr = _refit_point(pb, support)
+    cf = pb.objective(cand, cr)
     return (cand, cf) if cf < f else (w, f)
 
 
 def _chita(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
-    col = pb.G.square().sum(0)
-    eligible = col > 0
+    eligible = torch.linalg.vector_norm(pb.G, dim=0) > 0  # no squared copy of G
     if int(eligible.sum()) < k:
         eligible = torch.ones_like(eligible)
-    L = lipschitz(pb.G, pb.lam, opts.power_iter)
-    start = (pb.w_bar - pb.gradient(pb.w_bar) / L).masked_fill(~eligible, 0.0)
+    start = _start(pb).masked_fill(~eligible, 0.0)
     k_act = min(int(eligible.sum()), math.ceil(opts.kimp * k))
-    _, active = hard_threshold(start.masked_fill(~eligible, 0.0), k_act)
-    active &= eligible
-    w, support = hard_threshold(start * active, k)
+    # the k_act largest |start| among the eligible columns, then the k largest among those:
+    # never a column outside (ties at 0 could pick one when fewer than k starts are nonzero,
+    # e.g. w̄ already pruned, and the support would lose it on the active columns)
+    active = _top_k_within(start, eligible, k_act)
+    support = _top_k_within(start, active, k)
+    w = start * support
     f = pb.objective(w)
     rounds = 0
     for rounds in range(1, opts.outer_iter + 1):  # noqa: B007 - the count is returned
         idx = active.nonzero().squeeze(1)
         sub = pb.columns(idx)
         LA = lipschitz(sub.G, sub.lam, opts.power_iter)
-        wa, sa, _, _ = _iht(sub, k, w[idx], support[idx], LA, opts)
+        wa, sa, _, _, _ = _iht(sub, k, w[idx], support[idx], opts)
         w = torch.zeros_like(w)
         w[idx] = wa
         support = torch.zeros_like(support)
         support[idx] = sa
-        r = pb.y - pb.G @ w
+        r = pb.y - sub.G @ wa  # = y - G w, from the active columns only
+        sub = None
         f = pb.objective(w, r)
         g = pb.gradient(w, r)
         Lp = 2.0 * LA
         accepted = None
         for _ in range(opts.sea2_max_itr):
-            cand, cs = hard_threshold((w - g / Lp).masked_fill(~eligible, 0.0), k)
+            v = w - g / Lp
+            cs = _top_k_within(v, eligible, k)
+            cand = v * cs
             cf = pb.objective(cand)
             if cf < f:
                 accepted = (cand, cs, cf)

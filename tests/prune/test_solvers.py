@@ -78,7 +78,7 @@ def test_iht_objective_never_increases():
     f = pb.objective(w)
     seen.append(f)
     for _ in range(60):
-        w, s, f, _ = S._iht(pb, k, w, s, L, opts)
+        w, s, f, _, _ = S._iht(pb, k, w, s, opts)
         assert int(s.sum()) == k
         assert torch.count_nonzero(w) <= k
         seen.append(f)
