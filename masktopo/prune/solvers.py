@@ -119,6 +119,10 @@ class SolverOptions:
         re-fit after ``patience`` consecutive support-keeping steps.
     patience : int
         See ``refit``.
+    batched_blocks : bool
+        ``bso-block``: solve the blocks batched in torch (groups of similar kept counts, padded)
+        also on the CPU; that route is always taken on a GPU, and on the CPU the blocks are
+        solved one after the other in numpy (faster there). For tests.
     """
 
     max_iter: int = 500
@@ -132,6 +136,7 @@ class SolverOptions:
     power_iter: int = 30
     refit: bool = True
     patience: int = 3
+    batched_blocks: bool = False
 
 
 @dataclass
@@ -510,6 +515,54 @@ def blocks(layer_sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]
     return out
 
 
+def _np_spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A^{-1} b`` for a symmetric positive definite ``A`` (LAPACK Cholesky; LU when it
+    fails)."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    try:
+        return cho_solve(cho_factor(A, check_finite=False), b, check_finite=False)
+    except LinAlgError:
+        return np.linalg.solve(A, b)
+
+
+def _bso_blocks_numpy(pb: Problem, Gn: np.ndarray, wn: np.ndarray, support: torch.Tensor,
+                      sizes, block_size: int, c: float, w: torch.Tensor,
+                      r: torch.Tensor) -> None:  # fmt: skip
+    """Block backsolve on the CPU, block after block in numpy (as the reference, with the Gram
+    matrix from one triangle, ``A.T @ A`` being a ``syrk`` in numpy, and Cholesky): each
+    block's columns are read once for :math:`y_b = G_b \bar w_b`, and its kept ones gathered
+    while in cache. Writes the weights into ``w`` and :math:`y - G w` into ``r``. Measured on
+    ResNet-20's shapes: about the numpy port's time, where the batched route (the GPU's)
+    took 1.7× it."""
+    s_np = support.cpu().numpy()
+    a_np = None if pb.alpha is None else pb.alpha.cpu().numpy()
+    w_np, r_np = w.numpy(), r.numpy()
+    n = Gn.shape[0]
+    for start, stop in blocks(sizes, block_size):
+        Gb = Gn[:, start:stop]
+        yb = Gb @ wn[start:stop]
+        r_np += yb
+        kept = np.flatnonzero(s_np[start:stop])
+        if not kept.size:
+            continue
+        X = Gb[:, kept]  # C-ordered copy: n × k_b
+        idx = start + kept
+        b = X.T @ yb + c * wn[idx]
+        if a_np is not None:
+            b -= a_np[idx]
+        if n < kept.size:  # Woodbury: an n × n solve
+            K = X @ X.T
+            K[np.diag_indices(n)] += c
+            ws = (b - X.T @ _np_spd_solve(K, X @ b)) / c
+        else:
+            A = X.T @ X
+            A[np.diag_indices(kept.size)] += c
+            ws = _np_spd_solve(A, b)
+        w_np[idx] = ws
+        r_np -= X @ ws
+
+
 def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
     sizes = opts.layer_sizes or (pb.p,)
     if sum(sizes) != pb.p:
@@ -520,10 +573,14 @@ def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Genera
     if c <= 0.0:
         raise MaskValidationError("bso-block needs l2 > 0 (each block's re-fit is a ridge solve)")
     n = pb.G.shape[0]
+    r = torch.zeros(n, dtype=pb.G.dtype, device=pb.G.device)  # y - G w, from the blocks
+    Gn, wn = _numpy_view(pb.G), _numpy_view(pb.w_bar)
+    if Gn is not None and wn is not None and not opts.batched_blocks:  # the CPU, in numpy
+        _bso_blocks_numpy(pb, Gn, wn, support, sizes, opts.block_size, c, w, r)
+        return Solution(w, support, pb.objective(w, r))
     # every block's kept columns, padded to the largest count: padded columns are zero, so
     # their weights come out 0 in either form of the solve
     items = []
-    r = torch.zeros(n, dtype=pb.G.dtype, device=pb.G.device)  # y - G w, from the blocks
     for start, stop in blocks(sizes, opts.block_size):
         Gb = pb.G[:, start:stop]
         yb = Gb @ pb.w_bar[start:stop]  # y_b = G_b w̄_b, the whole block

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -150,6 +151,23 @@ def test_mp_is_the_trainers_global_magnitude_pruning():
 def test_blocks_cut_layers():
     assert blocks([1000, 300, 1250], 500) == [(0, 500), (500, 1000), (1000, 1300),
                                               (1300, 1800), (1800, 2550)]  # fmt: skip
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+@pytest.mark.parametrize("n", [30, 8])  # 8 < the kept count of some blocks: Woodbury
+def test_block_bso_numpy_route_equals_the_batched_route(alpha, n):
+    """On the CPU the blocks are solved one by one in numpy; the batched torch route (the GPU's)
+    gives the same weights, support and objective."""
+    pb = _problem(n=n, p=140, lam=0.2, seed=11)
+    if alpha:
+        pb.alpha = torch.randn(140, generator=torch.Generator().manual_seed(3), dtype=pb.G.dtype)
+    opts = SolverOptions(block_size=20, layer_sizes=(60, 80))
+    cpu = solve(pb, 70, "bso-block", opts)
+    batched = solve(pb, 70, "bso-block", dataclasses.replace(opts, batched_blocks=True))
+    assert torch.equal(cpu.support, batched.support) and int(cpu.support.sum()) == 70
+    torch.testing.assert_close(cpu.w, batched.w, rtol=1e-9, atol=1e-11)
+    assert cpu.objective == pytest.approx(batched.objective, rel=1e-10)
+    assert cpu.objective == pytest.approx(pb.objective(cpu.w), rel=1e-10)
 
 
 def test_block_bso_with_one_block_is_bso_and_blocks_are_independent():
