@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from masktopo.prune import Problem, SolverOptions, solve
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_chita.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_chita", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_chita"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _case(n=30, p=200, seed=0):

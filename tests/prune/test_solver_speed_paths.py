@@ -4,18 +4,12 @@ IHT's updated gradient and the start point without a power iteration."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import masktopo.prune.solvers as S
 from masktopo.prune.solvers import Problem, SolverOptions, lipschitz, solve
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_chita.py"
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):
@@ -100,15 +94,6 @@ def test_start_point_needs_no_power_iteration_without_alpha(monkeypatch):
     L = lipschitz(pa.G, pa.lam)
     torch.testing.assert_close(S._start(pa), pa.w_bar - pa.gradient(pa.w_bar) / L)
     assert calls
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_chita_paths", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_chita_paths"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _case(n, p, seed):
