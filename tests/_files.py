@@ -1,10 +1,15 @@
-"""Test helpers shared by the store and run tests: a small mask set, a hand-written run."""
+"""Test helpers shared by several test folders: a small mask set, a hand-written run, CIFAR
+files in the distributed formats."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import masktopo
@@ -76,3 +81,50 @@ def write_run(
         with open(root / "events.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
     return root
+
+
+# -- CIFAR files as distributed (the Python pickles of cifar-10-batches-py) ----------------------
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING), like cPickle did."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_py2_str(self, obj):
+        if isinstance(obj, str):
+            obj = obj.encode("latin1")
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+    dispatch[str] = _save_py2_str
+
+
+def cifar_bytes(batch: dict, style: str) -> bytes:
+    if style == "py2":  # the byte layout of the files as distributed
+        buf = io.BytesIO()
+        Py2Pickler(buf, 2).dump({k: v for k, v in batch.items()})
+        return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    protocol = {"py3-p2": 2, "py3-p5": 5}[style]
+    return pickle.dumps({k.encode(): v for k, v in batch.items()}, protocol=protocol)
+
+
+def cifar_batch(n, seed, label_key="labels", classes=10):
+    rng = np.random.default_rng(seed)
+    return {
+        "batch_label": f"batch {seed}",
+        label_key: [int(v) for v in rng.integers(0, classes, size=n)],
+        "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
+    }
+
+
+def cifar10_dir(root: Path, style="py2", n=3):
+    root.mkdir(parents=True, exist_ok=True)
+    batches = {}
+    for i, name in enumerate([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
+        batches[name] = cifar_batch(n, i)
+        (root / name).write_bytes(cifar_bytes(batches[name], style))
+    return batches

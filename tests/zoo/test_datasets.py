@@ -4,7 +4,6 @@ Cubist Spiral, the validation split, and bad files."""
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import os
 import pickle
@@ -15,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _files import cifar10_dir as _cifar10_dir
+from _files import cifar_batch as _cifar_batch
+from _files import cifar_bytes as _cifar_bytes
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from masktopo.errors import MaskFileError, MaskValidationError, UnknownNameError
@@ -206,53 +208,7 @@ def test_real_fashion_mnist():
     assert abs(x.mean().item()) < 0.02 and abs(x.std().item() - 1) < 0.02
 
 
-# -- CIFAR ------------------------------------------------------------------------------------------
-class _Py2Pickler(pickle._Pickler):
-    """Writes str and bytes as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING), like cPickle did."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj):
-        if isinstance(obj, str):
-            obj = obj.encode("latin1")
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-    dispatch[str] = _save_py2_str
-
-
-def _cifar_bytes(batch: dict, style: str) -> bytes:
-    if style == "py2":  # the byte layout of the files as distributed
-        buf = io.BytesIO()
-        _Py2Pickler(buf, 2).dump({k: v for k, v in batch.items()})
-        return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
-    protocol = {"py3-p2": 2, "py3-p5": 5}[style]
-    return pickle.dumps({k.encode(): v for k, v in batch.items()}, protocol=protocol)
-
-
-def _cifar_batch(n, seed, label_key="labels", classes=10):
-    rng = np.random.default_rng(seed)
-    return {
-        "batch_label": f"batch {seed}",
-        label_key: [int(v) for v in rng.integers(0, classes, size=n)],
-        "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-        "filenames": [f"img_{seed}_{i}.png" for i in range(n)],
-    }
-
-
-def _cifar10_dir(root: Path, style="py2", n=3):
-    root.mkdir(parents=True, exist_ok=True)
-    batches = {}
-    for i, name in enumerate([*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
-        batches[name] = _cifar_batch(n, i)
-        (root / name).write_bytes(_cifar_bytes(batches[name], style))
-    return batches
-
-
+# -- CIFAR (files in the distributed formats: tests/_files.py) ------------------------------------
 @pytest.mark.parametrize("style", ["py2", "py3-p2", "py3-p5"])
 def test_load_cifar10_batches(tmp_path, style):
     batches = _cifar10_dir(tmp_path / "cifar-10-batches-py", style)
