@@ -246,6 +246,9 @@ class TrainConfig:
     chita_solver: Literal["mp", "bso", "bso-block", "iht", "chita"] | None = option(
         None, "chita: the solver of each stage (masktopo prune's methods)", what="chita solver",
         default_text=_BY_METHOD, flag=False)  # fmt: skip
+    chita_restart: bool | None = option(None, "chita: restart the LR schedule after every prune "
+                                        "event (the reference's cosine restarts)",
+                                        default_text=_BY_METHOD, flag=False)  # fmt: skip
     first_dense: bool = option(False, "keep the first (stem) maskable layer dense", flag=False)
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
@@ -315,6 +318,7 @@ METHOD_FIELDS = (
     "chita_batch",
     "chita_stages",
     "chita_solver",
+    "chita_restart",
 )
 
 

@@ -43,3 +43,23 @@ def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
     for name, w in final.weights.items():  # fine-tuned under the mask: zero where it is
         assert not bool((w[~final[name]] != 0).any())
     assert torch.isfinite(torch.tensor(res.final["test_acc"]))
+
+
+def test_gradual_chita_restarts_the_lr_after_every_prune_event():
+    """The reference re-starts a cosine LR for every fine-tuning interval (chita_restart, on by
+    default); off, one schedule spans the run."""
+    from masktopo.trainer.loop import lr_at
+
+    cfg = resolve(TrainConfig(method="chita", density=0.1, update_interval=20, prune_end=0.5,
+                              lr_schedule="cosine", lr=0.1))  # fmt: skip
+    assert cfg.chita_restart is True
+    method = Chita(cfg, steps_per_epoch=10, total_steps=100, device="cpu")
+    assert method.events == [19, 39]
+    pos = [method.lr_position(t) for t in (0, 19, 20, 39, 40, 99)]
+    assert pos == [(0, 20), (19, 20), (0, 20), (19, 20), (0, 60), (59, 60)]
+    rates = [lr_at(cfg, *method.lr_position(t), 10) for t in range(100)]
+    assert rates[0] == rates[20] == rates[40] == pytest.approx(0.1)  # a restart after each event
+    assert rates[19] < 0.002 and rates[39] < 0.002 and rates[99] < 1e-4
+    off = Chita(resolve(cfg.replace(chita_restart=False)), steps_per_epoch=10, total_steps=100,
+                device="cpu")  # fmt: skip
+    assert [off.lr_position(t) for t in (0, 20, 99)] == [(0, 100), (20, 100), (99, 100)]

@@ -15,12 +15,17 @@ the cubic density :math:`d_u = d_f + (1 - d_f)(1 - u/U)^3`. An event:
    optimizer: momentum reset);
 4. calls ``record("prune", target_density=d_u, objective=..., stages=...)``.
 
-The reference's cosine LR restarting at every event is not reproduced: the run's LR schedule
-applies.
+With ``chita_restart`` (default on, as the reference) the LR schedule restarts after every
+prune event: iteration :math:`t` reads it at :math:`t - (e + 1)` of a span
+:math:`e' - e` for the events :math:`e < t \le e'` (the first span starts at 0, the last ends
+with the run), so with ``lr_schedule=cosine`` every fine-tuning interval is one cosine from
+``lr`` down, the reference's schedule (0.1 → 1e-5 there; here down to 0). Off: one schedule
+over the whole run.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import ClassVar
 
 import torch
@@ -46,6 +51,7 @@ class Chita(CubicEvents):
         "chita_batch": 16,
         "chita_stages": 4,
         "chita_solver": "chita",
+        "chita_restart": True,
     }
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
@@ -56,6 +62,16 @@ class Chita(CubicEvents):
 
     def bind(self, model, maskable) -> None:
         self.model = model
+
+    def lr_position(self, step: int) -> tuple[int, int]:
+        """With ``chita_restart``: ``(iteration within, length)`` of the fine-tuning span that
+        iteration ``step`` belongs to (module docstring); else the whole run."""
+        if not self.cfg.chita_restart or not self.events:
+            return step, self.total_steps
+        i = bisect.bisect_left(self.events, step)  # events before step: events[:i]
+        start = self.events[i - 1] + 1 if i else 0
+        end = self.events[i] + 1 if i < len(self.events) else self.total_steps
+        return step - start, max(end - start, 1)
 
     def init_masks(self, model, maskable, generator, *, batches=None):
         """All-True masks: a dense start."""
