@@ -162,7 +162,7 @@ def _folder_info(p, layers, include) -> dict[str, Any]:
         _, mask, _ = src.layer(e)
         nnz = int(mask.count_nonzero())
         rows.append({"name": e.name, "kind": "conv" if len(e.shape) == 4 else "linear",
-                     "shape": list(e.shape), "nnz": nnz, "numel": e.numel,
+                     "shape": list(e.layer_shape), "nnz": nnz, "numel": e.numel,
                      "density": nnz / e.numel, "dtype": e.dtype, "class": e.cls,
                      **structure_columns(mask)})  # fmt: skip
         del mask

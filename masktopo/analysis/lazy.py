@@ -81,7 +81,7 @@ def refs_of_source(source) -> list[LayerRef]:
 
         return read
 
-    return [LayerRef(e.name, "conv" if len(e.shape) == 4 else "linear", e.shape,
+    return [LayerRef(e.name, "conv" if len(e.shape) == 4 else "linear", e.layer_shape,
                      float(e.numel), reader(e)) for e in source.layers]  # fmt: skip
 
 

@@ -36,6 +36,8 @@ from ..errors import MaskFileError, UnknownNameError
 from ..files import os_problem
 
 __all__ = [
+    "CONV1D_MODELS",
+    "CONV1D_MODULES",
     "INCLUDE",
     "INDEX_FILE",
     "SINGLE_FILE",
@@ -71,6 +73,13 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
         _DTYPES[_name] = (np.uint8, getattr(torch, _attr))
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8,
              "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # fmt: skip
+#: ``model_type`` s of ``config.json`` whose models use transformers' ``Conv1D`` (a linear layer
+#: whose weight is stored ``in × out``, the transpose of ``nn.Linear``'s), and the modules that
+#: are ``Conv1D`` in them: those weights are read transposed, so that rows are outputs as for
+#: every other layer (the graph is the same; the sides, the IMDB groups, N:M along the input and
+#: the degree columns depend on it).
+CONV1D_MODELS = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
+CONV1D_MODULES = frozenset({"c_attn", "q_attn", "c_proj", "c_fc"})
 #: A safetensors header larger than this is not believed (the format's own limit is 100 MB).
 _MAX_HEADER = 100_000_000
 
@@ -137,6 +146,12 @@ class TensorEntry:
     start: int  # absolute byte offset in ``file``
     nbytes: int
     cls: str  # classify()
+    transposed: bool = False  # stored ``in × out`` (transformers' Conv1D): read transposed
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        """The shape as analyzed, ``out × in`` (:attr:`shape` reversed for a Conv1D weight)."""
+        return self.shape[::-1] if self.transposed else self.shape
 
     @property
     def numel(self) -> int:
@@ -304,6 +319,7 @@ class HFSource:
         else:
             files, by_tensor = [path], None
         self.files = files
+        conv1d = self.config.get("model_type") in CONV1D_MODELS
         self.entries: list[TensorEntry] = []
         seen: dict[str, Path] = {}
         for file in files:
@@ -317,8 +333,12 @@ class HFSource:
                 seen[name] = file
                 shape = tuple(d["shape"])
                 begin, end = d["data_offsets"]
+                cls = classify(name, shape, d["dtype"])
+                parts = name.split(".")
+                flip = (conv1d and cls == "linear" and len(parts) >= 2
+                        and parts[-2] in CONV1D_MODULES)  # fmt: skip
                 self.entries.append(TensorEntry(name, file, d["dtype"], shape, base + begin,
-                                                end - begin, classify(name, shape, d["dtype"])))  # fmt: skip
+                                                end - begin, cls, flip))  # fmt: skip
         if by_tensor is not None:
             missing = [t for t in by_tensor if t not in seen]
             if missing:
@@ -372,8 +392,11 @@ class HFSource:
         return t
 
     def layer(self, entry: TensorEntry) -> tuple[str, torch.Tensor, torch.Tensor]:
-        """``(name, mask, weight)`` of one analyzed tensor: the mask is its nonzero entries."""
+        """``(name, mask, weight)`` of one analyzed tensor, ``out × in``: the mask is its nonzero
+        entries (a Conv1D weight transposed, :data:`CONV1D_MODELS`)."""
         w = self.read(entry)
+        if entry.transposed:
+            w = w.T.contiguous()
         return entry.name, w != 0, w
 
     def iter_layers(self, entries: Sequence[TensorEntry] | None = None

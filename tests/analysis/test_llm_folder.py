@@ -318,3 +318,33 @@ def test_bounded_memory(tmp_path):
     assert r["peak"] - r["base"] < budget, r
     if r["peak"] < r["base"]:  # pragma: no cover - clear_refs not honoured
         pytest.skip("the kernel did not reset VmHWM")
+
+
+def test_gpt2_conv1d_weights_are_read_out_by_in(tmp_path):
+    """transformers' Conv1D (GPT-2 and kin) stores a linear weight ``in × out``: it is read
+    transposed, so rows are outputs as for every layer — N:M along the input, the degree columns
+    and every metric then match the same weights stored the nn.Linear way."""
+    g = torch.Generator().manual_seed(3)
+    linear = {  # out × in, 2:4 along the input
+        "transformer.h.0.attn.c_attn.weight": prune_nm(torch.randn(96, 32, generator=g), 2, 4),
+        "transformer.h.0.mlp.c_fc.weight": prune_per_row(torch.randn(64, 32, generator=g), 0.5),
+        "transformer.h.0.mlp.c_proj.weight": prune_nm(torch.randn(32, 64, generator=g), 2, 4),
+    }
+    gpt2 = write_folder(tmp_path / "gpt2", {k: v.T.contiguous() for k, v in linear.items()},
+                        config={"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})  # fmt: skip
+    plain = write_folder(tmp_path / "plain", linear)
+    src = open_source(gpt2)
+    assert all(e.transposed and e.layer_shape == e.shape[::-1] for e in src.layers)
+    for name, mask, w in src.iter_layers():
+        assert torch.equal(w, linear[name]) and torch.equal(mask, linear[name] != 0)
+    rows = {r["name"]: r for r in info(gpt2)["layers"]}
+    assert rows["transformer.h.0.attn.c_attn.weight"]["shape"] == [96, 32]
+    assert rows["transformer.h.0.attn.c_attn.weight"]["nm"] == "2:4"
+    assert rows["transformer.h.0.mlp.c_fc.weight"]["deg_out_std"] == 0  # per output row
+    a = analyze_layers(refs_of_source(open_source(gpt2)), structure=True)
+    b = analyze_layers(refs_of_source(open_source(plain)), structure=True)
+    pd.testing.assert_frame_equal(a, b)
+    # the same file under another model type is taken as stored (nothing transposed)
+    other = write_folder(tmp_path / "llama", {k: v.T.contiguous() for k, v in linear.items()})
+    assert not any(e.transposed for e in open_source(other).layers)
+    assert info(other)["layers"][0]["shape"] == [32, 96]
