@@ -25,6 +25,36 @@ HIDDEN_NOTE = (
 COMPILE_NOTE = "compiling the spectral kernel, once per install (about 30 s)"
 
 
+#: The output format a ``--out`` file's suffix asks for (``analyze``, ``summarize``).
+SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+                  ".md": "markdown", ".txt": "table"}  # fmt: skip
+
+
+def output_format(fmt: str | None, out: str | None) -> str:
+    """The output format: ``--format`` when given, else from the ``--out`` suffix, else table."""
+    if fmt is not None:
+        return fmt
+    if out is not None:
+        return SUFFIX_FORMATS.get(Path(out).suffix.lower(), "table")
+    return "table"
+
+
+def check_parquet(fmt: str, out: str | None) -> None:
+    """Parquet goes to a file and needs pyarrow: say so before any work."""
+    import importlib.util
+
+    from masktopo.errors import MaskTopoError
+
+    if fmt != "parquet":
+        return
+    if out is None:
+        raise MaskTopoError("--format parquet needs --out FILE (parquet is not written to stdout)")
+    if importlib.util.find_spec("pyarrow") is None:
+        raise MaskTopoError(
+            "--format parquet needs pyarrow: pip install 'masktopo[parquet]' (or pyarrow)"
+        )
+
+
 def format_cell(value) -> str:
     """Text of one table cell: floats with 6 significant digits, NaN as ``nan``, None as empty,
     a shape (a list of ints) as ``64x3x3x3``."""

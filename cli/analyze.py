@@ -18,7 +18,6 @@ which it left out; ``--columns`` picks columns for every format (``all``: every 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +38,13 @@ from masktopo.options import (
 from ._output import (
     add_config_arguments,
     add_progress,
+    check_parquet,
     compile_notice,
     fit_table,
     frame_rows,
     json_records,
     note,
+    output_format,
     print_config,
     render_markdown,
     render_rows,
@@ -55,8 +56,6 @@ from ._output import (
 )
 
 FORMATS = ("table", "csv", "json", "parquet", "markdown")
-_SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
-                   ".md": "markdown"}  # fmt: skip
 #: Formats that hold every column unless ``--columns`` says otherwise.
 MACHINE_FORMATS = ("csv", "json", "parquet")
 
@@ -167,15 +166,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def output_format(fmt: str | None, out: str | None) -> str:
-    """The output format: ``--format`` when given, else from the ``--out`` suffix, else table."""
-    if fmt is not None:
-        return fmt
-    if out is not None:
-        return _SUFFIX_FORMATS.get(Path(out).suffix.lower(), "table")
-    return "table"
-
-
 def list_metrics() -> str:
     from masktopo.analysis import METRICS
 
@@ -186,15 +176,7 @@ def list_metrics() -> str:
 
 
 def _check_output(fmt: str, out: str | None, inputs: list[str]) -> None:
-    if fmt == "parquet":
-        if out is None:
-            raise MaskTopoError(
-                "--format parquet needs --out FILE (parquet is not written to stdout)"
-            )
-        if importlib.util.find_spec("pyarrow") is None:
-            raise MaskTopoError(
-                "--format parquet needs pyarrow: pip install 'masktopo[parquet]' (or pyarrow)"
-            )
+    check_parquet(fmt, out)
     if out is not None:
         from masktopo.runs import check_output
 

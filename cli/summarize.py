@@ -14,9 +14,8 @@ per group, the number of runs and mean ± std (sample std over the runs) of each
 metric of the run (test_acc, the final model's test accuracy, by default), a field of its last
 mask event (R_s, density), or a network topology metric of its last mask event (ramanujan_gap,
 imdb_ramanujan_gap, ...; read from the run's analysis cache, computed once when missing).
---format csv or json gives the numbers as <metric>_mean, <metric>_std and <metric>_n columns."""
-
-_SUFFIX_FORMATS = {".md": "markdown", ".csv": "csv", ".json": "json", ".txt": "table"}
+--format csv, json or parquet (or an --out file with that suffix) gives the numbers as
+<metric>_mean, <metric>_std and <metric>_n columns."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -45,14 +44,19 @@ def run(args) -> int:
     from masktopo.sweep.config import SummarizeConfig
     from masktopo.sweep.summary import format_summary
 
-    from ._output import render_markdown, render_rows, write_stdout
+    from ._output import check_parquet, output_format, render_markdown, render_rows, write_stdout
 
     cfg = gather(SummarizeConfig, flags=flag_values(args, SummarizeConfig))
-    fmt = cfg.format or (_SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "table")
-                         if args.out else "table")  # fmt: skip
+    fmt = output_format(cfg.format, args.out)
+    check_parquet(fmt, args.out)
     metrics = list(cfg.metrics)
     by = [] if cfg.by == ("none",) else cfg.by
     df = summarize(args.path, by=by, metrics=metrics)
+    if fmt == "parquet":
+        from masktopo.files import atomic_write
+
+        atomic_write(Path(args.out), lambda f: df.to_parquet(f, index=False))
+        return 0
     if fmt == "csv":
         text = df.to_csv(index=False)
     elif fmt == "json":

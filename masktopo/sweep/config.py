@@ -57,8 +57,9 @@ class SummarizeConfig:
         "R_s, rate, ...), or network topology metrics of its last mask event (ramanujan_gap, "
         "imdb, ... from the analysis cache; computed and cached when missing)",
         metavar="NAMES")  # fmt: skip
-    format: Literal["table", "markdown", "csv", "json"] | None = option(
-        None, "output format: table, markdown (mean ± std), csv or json (mean, std, n columns)",
+    format: Literal["table", "markdown", "csv", "json", "parquet"] | None = option(
+        None, "output format: table, markdown (mean ± std), csv, json or parquet (mean, std, n "
+        "columns)",
         what="format", default_text="from the --out suffix, else table")  # fmt: skip
     percent: bool = option(True, "show accuracies (*_acc) in percent in table and markdown",
                            negative="--no-percent",

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from masktopo.cli.main import main
@@ -167,6 +168,14 @@ def test_summarize_and_plot_commands(finished, tmp_path, capsys):
     assert "not drawn" not in written.err  # static sits at R_s = its density
     assert main(["summarize", str(out), "--by", "none", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("5,")  # runs: every run, one row
+    # the suffix chooses the format, as for analyze: .parquet is parquet, not text
+    assert main(["summarize", str(out), "--metrics", "test_acc,R_s", "--out",
+                 str(tmp_path / "t.parquet")]) == 0  # fmt: skip
+    pq = pd.read_parquet(tmp_path / "t.parquet")
+    assert list(pq.columns)[:4] == ["method", "update_interval", "runs", "test_acc_mean"]
+    assert pq["runs"].tolist()[0] == 2
+    assert main(["summarize", str(out), "--format", "parquet"]) == 2
+    assert "--format parquet needs --out FILE" in capsys.readouterr().err
     assert main(["summarize", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
 
