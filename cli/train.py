@@ -122,6 +122,18 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+def _density_given(config, flags, sets) -> bool:
+    """Whether a density was asked for (flag, --set or the config file): ``--method dense``
+    otherwise trains at density 1 instead of the default target."""
+    if "density" in flags or "density" in sets:
+        return True
+    if config is None:
+        return False
+    from masktopo.options import read_toml
+
+    return "density" in read_toml(config, "train")
+
+
 def run(args) -> int:
     if args.list_methods:
         print(list_methods())
@@ -147,6 +159,10 @@ def run(args) -> int:
     else:
         cfg = gather(tc.TrainConfig, config=args.config, table="train", flags=flags, sets=sets)
         out = args.out
+        if cfg.method == "dense" and not _density_given(args.config, flags, sets):
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, density=1.0)  # dense keeps every weight
     cfg = tc.resolve(cfg)
     if args.print_config:
         print_config(cfg, "train", f"masktopo train --config FILE (masktopo {__version__})")

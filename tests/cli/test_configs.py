@@ -49,6 +49,22 @@ def test_train_print_config_then_config_is_the_same_run(tmp_path, capsys):
     assert again == toml_text
 
 
+def test_train_dense_trains_at_density_one_unless_told_otherwise(tmp_path, capsys):
+    """``--method dense`` needs no ``--density 1``; a density that was asked for (flag, --set or
+    config file) is still checked."""
+    rc, text, err = _run(capsys, "train", "--method", "dense", *SPIRAL, "--print-config")
+    assert rc == 0 and "density = 1.0" in text
+    rc, _, err = _run(capsys, "train", "--method", "dense", *SPIRAL, "--density", "0.5",
+                      "--print-config")  # fmt: skip
+    assert rc == 2 and "method 'dense' trains every weight: density must be 1, got 0.5" in err
+    (tmp_path / "d.toml").write_text('method = "dense"\ndensity = 0.2\n')
+    rc, _, err = _run(capsys, "train", "--config", tmp_path / "d.toml", *SPIRAL, "--print-config")
+    assert rc == 2 and "got 0.2" in err
+    rc, _, err = _run(capsys, "train", "--method", "dense", *SPIRAL, "--set", "density=0.3",
+                      "--print-config")  # fmt: skip
+    assert rc == 2 and "got 0.3" in err
+
+
 def test_pags_print_config_then_config_is_the_same_run(tmp_path, capsys):
     args = ["pags", *SPIRAL, "--method", "erk", "--density", "0.3", "--n", "4", "--chunk", "2",
             "--sampler", "rewire", "--seed", "3", "--set", "invalid=skip"]  # fmt: skip

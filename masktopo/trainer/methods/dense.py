@@ -17,7 +17,7 @@ class Dense(Sparsifier):
     """
 
     name: ClassVar[str] = "dense"
-    summary: ClassVar[str] = "every weight trained (baseline)"
+    summary: ClassVar[str] = "every weight trained (baseline; density 1 unless given)"
 
     def init_masks(self, model, maskable, generator, *, batches=None):
         """No masks and no weights: ``({}, None)``."""
