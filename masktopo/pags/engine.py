@@ -37,8 +37,10 @@ depend on the number of processes, nor on the chunk size. Rank 0 writes the file
 Output directory (all writes atomic): ``base.safetensors``, ``best.safetensors`` (masks + θ),
 ``snapshots/snapshot-NNNNNN.safetensors`` (snapshot 0 is the base; then every ``snapshot_every``
 candidates when the best changed), ``candidates.parquet`` (one row per candidate, ``t = 0`` the
-base), ``run.json`` (resolved config, seed, versions) and ``state.json`` plus ``.pags-state/``
-(the resume point, rewritten after every chunk).
+base), ``run.json`` (resolved config, seed, versions), ``state.json`` plus ``.pags-state/``
+(the resume point, rewritten after every chunk) and, once the run is complete, ``summary.json``
+(``final``: the best's and the base's network scores and densities, candidates, acceptances;
+what ``masktopo summarize`` reads).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from ..runs.layout import (
     SNAPSHOT_DIR,
     STATE_DIR,
     STATE_FILE,
+    SUMMARY_FILE,
     snapshot_file,
     state_best_file,
 )
@@ -524,6 +527,9 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             break
     if best_dirty:
         writer.save(BEST_FILE, best, {"pags": {"t": best_t, "role": "best"}})
+    if t - 1 >= config.n:  # finished: summary.json, what masktopo summarize reads of a run
+        writer.json(SUMMARY_FILE, {"final": _final(config, best_sc, base_scores, numel, rows,
+                                                   n_exact, comm.world)})  # fmt: skip
     if bar is not None:
         bar.close()
     import pandas as pd
@@ -534,6 +540,24 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         best_scores=best_sc, base_scores=base_scores, n_done=t - 1,
         candidates=pd.DataFrame(rows), snapshots=snapshots, out=out, exact_layers=n_exact,
     )  # fmt: skip
+
+
+def _final(config, best_sc: Scores, base_sc: Scores, numel: int, rows: list[dict], n_exact: int,
+           world: int) -> dict:  # fmt: skip
+    """The final numbers of a finished run (``summary.json``'s ``final``): the best's and the
+    base's network scores and densities, the best's mean criteria, how many candidates and
+    layer acceptances there were, and the layers scored exactly."""
+    best = _row(0, best_sc, 0, config, numel, 0, best_sc)
+    base = _row(0, base_sc, 0, config, numel, 0, base_sc)
+    return {
+        "network_score": best["network_score"], "base_network_score": base["network_score"],
+        "density": best["density"], "base_density": base["density"],
+        "fs_mean": best["fs_mean"], "imdb_mean": best["imdb_mean"],
+        "gated_layers": best["gated_layers"], "candidates": len(rows) - 1,
+        "accepted_layers": sum(int(r["accepted_layers"]) for r in rows),
+        "improved_candidates": sum(1 for r in rows if r["accepted_layers"]),
+        "exact_layers": n_exact, "world_size": world,
+    }  # fmt: skip
 
 
 def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, changed, snapshots,

@@ -10,7 +10,7 @@ events::
     events.jsonl                      one JSON line per mask event          (train, loop)
     masks/event-NNNNNN.safetensors    the event's masks (and kept weights)  (train, loop)
     checkpoint.pt                     the resume point                      (train)
-    summary.json                      history and final metrics             (train, loop)
+    summary.json                      history and final metrics             (train, loop, pags, ...)
     metrics.jsonl                     the live log: per epoch, and the end  (train)
     tensorboard/                      --tensorboard's event files           (train)
     wandb/                            --wandb's files (wandb.init(dir=RUN)) (train)
@@ -76,7 +76,16 @@ KINDS: dict[str, tuple[str, ...]] = {
         TENSORBOARD_DIR,
         WANDB_DIR,
     ),
-    "pags": (BASE_FILE, BEST_FILE, INIT_FILE, SNAPSHOT_DIR, CANDIDATES_FILE, STATE_FILE, STATE_DIR),
+    "pags": (
+        BASE_FILE,
+        BEST_FILE,
+        INIT_FILE,
+        SNAPSHOT_DIR,
+        CANDIDATES_FILE,
+        STATE_FILE,
+        STATE_DIR,
+        SUMMARY_FILE,
+    ),
     # recorded from a user's own loop (masktopo.sparsify / masktopo.record): the user's own
     # checkpoint holds the resume point (the sparsifier's state_dict)
     "loop": (EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, ANALYSIS_DIR),

@@ -334,3 +334,24 @@ def test_a_background_sweep_stops_its_runs_on_sigint(tmp_path):
     state = read_sweep(out)
     assert state.state(cell) == "done" and state.status[cell.key]["attempts"] == 2
     assert "--resume" in (out / "logs" / f"{cell.folder}.log").read_text()
+
+
+def test_a_pags_sweep_is_summarized(tmp_path):
+    """A PAGS run writes summary.json once complete (its final numbers), so ``masktopo
+    summarize`` works on a sweep of PAGS runs as on a sweep of trainings."""
+    f = tmp_path / "pags.toml"
+    f.write_text('[base]\ncommand = "pags"\nmodel = "spiral-mlp"\ndataset = "cubist-spiral"\n'
+                 'method = "erk"\ndensity = 0.3\nn = 6\nchunk = 3\ndevice = "cpu"\n\n'
+                 '[grid]\nseed = [0, 1]\nselection = ["layerwise", "global"]\n')  # fmt: skip
+    result = run_sweep(f, tmp_path / "out", SweepConfig(jobs=2))
+    assert (result.done, result.failed) == (4, {})
+    state = read_sweep(tmp_path / "out")
+    for cell in state.cells:
+        final = json.loads((state.run_dir(cell) / "summary.json").read_text())["final"]
+        assert final["candidates"] == 6 and final["network_score"] >= final["base_network_score"]
+        assert final["density"] == pytest.approx(0.3, abs=0.01)
+    df = summarize(tmp_path / "out", metrics=["network_score", "accepted_layers"])
+    assert sorted(df["selection"]) == ["global", "layerwise"]
+    assert (df["runs"] == 2).all() and (df["network_score_n"] == 2).all()
+    table = run_table(tmp_path / "out", ["network_score"])
+    assert len(table) == 4 and table["network_score"].notna().all()
