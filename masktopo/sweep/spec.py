@@ -133,14 +133,17 @@ def _text(value: Any) -> str:
         return "+".join(_text(v) for v in value)
     if isinstance(value, Mapping):
         return "+".join(f"{k}{_text(v)}" for k, v in value.items())
-    if isinstance(value, str) and ("/" in value or ":" in value):
+    if isinstance(value, str) and "/" in value.rstrip("/"):  # a path: its last part (the key
+        value = value.rstrip("/").rsplit("/", 1)[1]  # keeps folders of equal names apart)
+    if isinstance(value, str):
         value = value.replace("/", "_").replace(":", "_")
     return str(value)
 
 
 def folder_name(axes: Mapping[str, Any], key: str) -> str:
-    """``axis=value,...-<key[:8]>`` with characters unsafe in file names replaced, the readable
-    part cut at :data:`SLUG_MAX` characters (the key keeps it unique)."""
+    """``axis=value,...-<key[:8]>`` with characters unsafe in file names replaced, a path value
+    shown by its last part, the readable part cut at :data:`SLUG_MAX` characters (the key keeps
+    it unique)."""
     slug = ",".join(f"{k}={_text(v)}" for k, v in axes.items())
     slug = _SLUG_CHARS.sub("_", slug)[:SLUG_MAX].strip("_,")
     return f"{slug}-{key[:8]}" if slug else key[:8]

@@ -77,6 +77,18 @@ def test_list_options_in_grid_and_include():
     assert "lr_milestones=0.5+0.75" in sweep.cells[0].folder
 
 
+def test_a_path_value_is_named_by_its_last_part_in_folder_names():
+    sweep = parse_sweep({
+        "base": {**BASE, "method": "static"},
+        "grid": {"init_masks": ["/data/studies/pags/seed0/", "/other/place/pags/seed0",
+                                "runs/seed1"]},
+    })  # fmt: skip
+    folders = [c.folder for c in sweep.cells]
+    assert [f.split("-")[0] for f in folders] == ["init_masks=seed0", "init_masks=seed0",
+                                                  "init_masks=seed1"]  # fmt: skip
+    assert len(set(folders)) == 3  # the key keeps equal names apart
+
+
 def test_base_alone_is_one_run_and_folder_characters_are_safe():
     sweep = parse_sweep({"base": {**BASE, "method": "dense"}})
     assert len(sweep.cells) == 1 and sweep.cells[0].axes == {}
