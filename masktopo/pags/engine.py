@@ -21,9 +21,10 @@ layer could be accepted, and the selection, the best's scores and the snapshots 
 all-exact path's (``exact=True``, ``--exact``). Under the layerwise rule only the IMDB bound is
 made tight (``bounds="imdb"``): the full-spectrum distance's upper bound rests on ``σ₂ ≤ σ₁``
 and did not reject a single layer in the runs measured (docs/performance.md), so the cheaper
-``σ₁ ≤ √(‖B‖₁‖B‖∞)`` replaces the Collatz–Wielandt pass there; the global rule keeps both. Rows of ``candidates.parquet`` hold the exact
-criteria of the layers accepted from the candidate and the ranking estimates of the others (so
-the rows, too, do not depend on the chunk size or the number of processes).
+``σ₁ ≤ √(‖B‖₁‖B‖∞)`` replaces the Collatz–Wielandt pass there; the global rule keeps both.
+Rows of ``candidates.parquet`` hold the exact criteria of the layers accepted from the candidate
+and the ranking estimates of the others (so the rows, too, do not depend on the chunk size or
+the number of processes).
 
 So every layer of the result scores at least its base layer under both criteria (layerwise), or
 the result's network score is at least the base's (global): PAGS never returns a mask scoring below
@@ -333,13 +334,14 @@ def run_pags(
         return score_candidates(cands, weights=theta, device=device, route=config.route,
                                 options=opts, reference=ref)  # fmt: skip
 
+    # The layerwise rule is decided by the IMDB bound (the fs bound, σ₂ ≤ σ₁, practically never
+    # rejects): only that one is made tight. The global rule needs every fs bound.
+    tight = "imdb" if config.selection == "layerwise" else "all"
+
     def rank(cands: list[MaskSet]) -> Ranking:
-        # The layerwise rule is decided by the IMDB bound (the fs bound, σ₂ ≤ σ₁, practically
-        # never rejects): only that one is made tight. The global rule needs every fs bound.
         return rank_candidates(cands, weights=theta, options=opts, reference=ref, device=device,
                                route=config.route, bounds=tight)  # fmt: skip
 
-    tight = "imdb" if config.selection == "layerwise" else "all"
     base_ms = MaskSet(base_masks, kinds)
     ref = None
     base_scores = score([base_ms])
@@ -529,7 +531,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         writer.save(BEST_FILE, best, {"pags": {"t": best_t, "role": "best"}})
     if t - 1 >= config.n:  # finished: summary.json, what masktopo summarize reads of a run
         writer.json(SUMMARY_FILE, {"final": _final(config, best_sc, base_scores, numel, rows,
-                                                   n_exact, comm.world)})  # fmt: skip
+                                                   comm.world)})  # fmt: skip
     if bar is not None:
         bar.close()
     import pandas as pd
@@ -542,11 +544,11 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
     )  # fmt: skip
 
 
-def _final(config, best_sc: Scores, base_sc: Scores, numel: int, rows: list[dict], n_exact: int,
+def _final(config, best_sc: Scores, base_sc: Scores, numel: int, rows: list[dict],
            world: int) -> dict:  # fmt: skip
     """The final numbers of a finished run (``summary.json``'s ``final``): the best's and the
-    base's network scores and densities, the best's mean criteria, how many candidates and
-    layer acceptances there were, and the layers scored exactly."""
+    base's network scores and densities, the best's mean criteria, and how many candidates and
+    layer acceptances there were (over the whole run, resumes included)."""
     best = _row(0, best_sc, 0, config, numel, 0, best_sc)
     base = _row(0, base_sc, 0, config, numel, 0, base_sc)
     return {
@@ -556,7 +558,7 @@ def _final(config, best_sc: Scores, base_sc: Scores, numel: int, rows: list[dict
         "gated_layers": best["gated_layers"], "candidates": len(rows) - 1,
         "accepted_layers": sum(int(r["accepted_layers"]) for r in rows),
         "improved_candidates": sum(1 for r in rows if r["accepted_layers"]),
-        "exact_layers": n_exact, "world_size": world,
+        "world_size": world,
     }  # fmt: skip
 
 
