@@ -286,6 +286,13 @@ class SparseTraining:
             if method != "dense":
                 raise MaskValidationError(f"sparsify: method {method!r} needs density=")
             options["density"] = 1.0
+        if method == "gap" and steps_per_epoch is None:
+            # its steps and fine-tuning are counted in epochs; the default epoch (the whole run)
+            # would make one GaP step span all of training
+            raise MaskValidationError(
+                "sparsify: method 'gap' counts step_epochs and finetune_epochs in epochs: pass "
+                "steps_per_epoch= (optimizer steps per epoch of your loop)"
+            )
         cfg = resolve(TrainConfig(method=method, **options))
         base = unwrap_model(model)
         if not isinstance(base, nn.Module):
@@ -585,7 +592,7 @@ def sparsify(model: nn.Module, optimizer, *, method: str, total_steps: int,
         Optimizer iterations the schedules span.
     steps_per_epoch : int, optional
         For the events' ``epoch`` column (default ``total_steps``: the epoch is the fraction of
-        training done).
+        training done); required by ``method="gap"``, whose steps are counted in epochs.
     out : path, optional
         The run directory (new or empty; with ``resume``, the run to continue). None records
         nothing.

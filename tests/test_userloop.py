@@ -624,6 +624,14 @@ def test_lr_schedulers_made_before_or_after_sparsify_work_without_warnings(sched
         assert not hasattr(opt.step, "_masktopo_sparsify")
 
 
+def test_gap_in_your_own_loop_needs_steps_per_epoch():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(MaskValidationError, match="pass steps_per_epoch="):
+        masktopo.sparsify(model, opt, method="gap", density=0.2, partitions=2, step_epochs=1.0,
+                          total_steps=25)  # fmt: skip
+
+
 @pytest.mark.parametrize("mode", ["cyclic", "parallel"])
 def test_gap_runs_in_your_own_loop(tmp_path, mode):
     model = _model()
