@@ -240,10 +240,42 @@ def _cache_key(job: _Job) -> str:
         "masktopo_version": __version__,
         **_options(job.opts),
         "metrics": list(job.names),
+        "definitions": definitions_fingerprint(job.names),
     }
     if job.invalid != "skip":  # keeps the keys of caches written before the option existed
         spec["invalid"] = job.invalid
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_digest(h, code) -> None:
+    """Feed a code object into ``h``: its bytecode, names and constants, nested code objects
+    recursively (their ``repr`` holds a memory address)."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _code_digest(h, const)
+        else:
+            h.update(repr(const).encode())
+
+
+def definitions_fingerprint(names) -> str:
+    """A digest of how the metrics ``names`` and everything they depend on are computed (each
+    formula's and network rule's code, dependencies, description): part of the run-analysis
+    cache key, so that a metric redefined in place (a user's registration replacing another,
+    an edited formula) is computed again instead of read stale from the cache."""
+    from ._registry import METRICS, select
+
+    h = hashlib.sha256()
+    for m in select([n for n in names if n in METRICS]).metrics:
+        h.update(f"{m.name}|{m.description}|{m.depends}|{m.integer}|{m.weighted}".encode())
+        for fn in (m.compute, m.reduce):
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                _code_digest(h, code)
+            elif fn is not None:
+                h.update(repr(type(fn)).encode())
+    return h.hexdigest()[:16]
 
 
 def _cache_header(job: _Job) -> dict:

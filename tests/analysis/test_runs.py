@@ -266,6 +266,28 @@ def test_options_get_their_own_cache(run5, count_events):
     assert len(list((run5 / "analysis").glob("*.npz"))) == 2
 
 
+def test_a_redefined_metric_is_computed_again_not_read_stale(run5, count_events):
+    """The cache key holds a digest of the metrics' definitions: a metric registered again
+    under the same name with another formula gets its own cache file."""
+    from masktopo.analysis.metrics import register_metric, unregister_metric
+
+    register_metric("mu_scaled", lambda c: 2.0 * c["mu0"], depends=("mu0",),
+                    description="2 mu0")  # fmt: skip
+    try:
+        a = analyze_run(run5, workers=1, metrics="mu0,mu_scaled")
+        again = analyze_run(run5, workers=1, metrics="mu0,mu_scaled")
+        assert again.attrs["computed"] == [] and again.attrs["cache"] == a.attrs["cache"]
+        unregister_metric("mu_scaled")
+        register_metric("mu_scaled", lambda c: 3.0 * c["mu0"], depends=("mu0",),
+                        description="2 mu0")  # same name and text, another formula  # fmt: skip
+        b = analyze_run(run5, workers=1, metrics="mu0,mu_scaled")
+    finally:
+        unregister_metric("mu_scaled")
+    assert b.attrs["cache"] != a.attrs["cache"] and sorted(b.attrs["computed"]) == [*range(5)]
+    np.testing.assert_allclose(b["mu_scaled"], 1.5 * a["mu_scaled"])
+    assert count_events == [*range(5), *range(5)]
+
+
 def test_every(tmp_path, count_events):
     root = write_run(tmp_path / "run", masksets(7))
     df3 = analyze_run(root, every=3, workers=1)
