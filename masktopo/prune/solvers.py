@@ -710,17 +710,18 @@ def _iht(
     return w, support, f, it, r
 
 
-def _start(pb: Problem) -> torch.Tensor:
+def _start(pb: Problem, power_iter: int) -> torch.Tensor:
     r""":math:`\bar w - \nabla f(\bar w) / L`, the reference's first point. As :math:`y = G
     \bar w` (``Problem`` forms it so), :math:`\nabla f(\bar w) = \alpha`: no product with ``G``,
-    and no :math:`L` (a power iteration over all of ``G``) when :math:`\alpha = 0`."""
+    and no :math:`L` (``power_iter`` power iterations over all of ``G``) when
+    :math:`\alpha = 0`."""
     if pb.alpha is None:
         return pb.w_bar
-    return pb.w_bar - pb.alpha / lipschitz(pb.G, pb.lam)
+    return pb.w_bar - pb.alpha / lipschitz(pb.G, pb.lam, power_iter)
 
 
 def _iht_solver(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
-    w0, s0 = hard_threshold(_start(pb), k)
+    w0, s0 = hard_threshold(_start(pb, opts.power_iter), k)
     w, s, f, it, _ = _iht(pb, k, w0, s0, opts)
     w, f = _polish(pb, w, s, f, opts)
     return Solution(w, s, f, it)
@@ -741,7 +742,7 @@ def _chita(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator)
     eligible = torch.linalg.vector_norm(pb.G, dim=0) > 0  # no squared copy of G
     if int(eligible.sum()) < k:
         eligible = torch.ones_like(eligible)
-    start = _start(pb).masked_fill(~eligible, 0.0)
+    start = _start(pb, opts.power_iter).masked_fill(~eligible, 0.0)
     k_act = min(int(eligible.sum()), math.ceil(opts.kimp * k))
     # the k_act largest |start| among the eligible columns, then the k largest among those:
     # never a column outside (ties at 0 could pick one when fewer than k starts are nonzero,

@@ -87,12 +87,12 @@ def test_start_point_needs_no_power_iteration_without_alpha(monkeypatch):
     pb = Problem(G, w, 0.3)
     calls = []
     monkeypatch.setattr(S, "lipschitz", lambda *a, **k: calls.append(1) or lipschitz(*a, **k))
-    torch.testing.assert_close(S._start(pb), pb.w_bar - pb.gradient(pb.w_bar) / 7.0, rtol=0,
+    torch.testing.assert_close(S._start(pb, 30), pb.w_bar - pb.gradient(pb.w_bar) / 7.0, rtol=0,
                                atol=1e-12)  # fmt: skip
     assert not calls
     pa = Problem(G, w, 0.3, 0.1 * _rand(50, seed=2))
     L = lipschitz(pa.G, pa.lam)
-    torch.testing.assert_close(S._start(pa), pa.w_bar - pa.gradient(pa.w_bar) / L)
+    torch.testing.assert_close(S._start(pa, 30), pa.w_bar - pa.gradient(pa.w_bar) / L)
     assert calls
 
 
