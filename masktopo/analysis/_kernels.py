@@ -1163,50 +1163,38 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     arrays: the bounds are the same bits).
 
     ``pos``: ascending flat positions of the kept entries of the ``n_out × n_in`` biadjacency
-    (every value 1); ``w``: ``|W|`` at them (float64), or an empty array for none. The
-    matrices, in order: the binary pattern, the weighted one (when ``w`` is given), the IMDB
-    groups' binary matrices, then their weighted ones (when ``w`` is given). The groups'
-    binary matrices get ``steps`` Lanczos steps, the others ``other_steps``; ``table`` holds the
-    start vector (:func:`_gaussians` of at least the larger side).
+    (every value 1); ``w``: ``|W|`` at them (float64). The matrices, in order: the binary
+    pattern, the weighted one, the IMDB groups' binary matrices, then their weighted ones. The
+    groups' binary matrices get ``steps`` Lanczos steps, the others ``other_steps``; ``table``
+    holds the start vector (:func:`_gaussians` of at least the larger side).
 
     Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps)``: the stripped shape, the kept
     groups (degree, column count, row count) and per matrix the bounds and Lanczos steps.
     """
     _rows, indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
     E = pos.size
-    ones = np.ones(E)
-    has_w = w.size == E and E > 0
+    ones = np.ones(E)  # the binary values, of the pattern and of every group (E entries at most)
     d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off = imdb_groups(
         indptr, indices, ones, n_o, n_i, min_group, both_three
     )
     ng = d.size
-    first = 2 if has_w else 1
-    n_mat = first + (2 * ng if has_w else ng)
-    lo = np.zeros((n_mat, 2))
-    hi = np.zeros((n_mat, 2))
-    nsteps = np.zeros(n_mat, dtype=np.int64)
+    lo = np.zeros((2 + 2 * ng, 2))
+    hi = np.zeros((2 + 2 * ng, 2))
+    nsteps = np.zeros(2 + 2 * ng, dtype=np.int64)
     if E == 0:
         return n_o, n_i, d, size, n_r, lo, hi, nsteps
-    # The IMDB groups' binary matrices first (as the batched pass orders its calls).
-    g_ones = np.ones(g_indices.size)
-    for g in range(ng):
-        m = size[g]
-        ip = g_indptr[ptr_off[g] : ptr_off[g] + m + 1]
-        nsteps[first + g] = _bounds_one(g_ones, g_indices, ip, nnz_off[g], m, n_r[g], tol, steps,
-                                        small_side, lo[first + g], hi[first + g], table, upper)  # fmt: skip
     ostep = min(steps, other_steps)
-    nsteps[0] = _bounds_one(ones, indices, indptr, 0, n_o, n_i, tol, ostep, small_side, lo[0],
-                            hi[0], table, upper)  # fmt: skip
-    if has_w:
-        nsteps[1] = _bounds_one(w, indices, indptr, 0, n_o, n_i, tol, ostep, small_side, lo[1],
-                                hi[1], table, upper)  # fmt: skip
-        gw = np.empty(g_eid.size)
-        for k in range(g_eid.size):
-            gw[k] = w[g_eid[k]]
+    gw = np.empty(g_eid.size)
+    for k in range(g_eid.size):
+        gw[k] = w[g_eid[k]]
+    # Each matrix is bounded on its own: the order of the calls changes no bit.
+    for values, first, budget in ((ones, 2, steps), (gw, 2 + ng, ostep)):  # the groups
         for g in range(ng):
-            m = size[g]
-            ip = g_indptr[ptr_off[g] : ptr_off[g] + m + 1]
-            j = first + ng + g
-            nsteps[j] = _bounds_one(gw, g_indices, ip, nnz_off[g], m, n_r[g], tol, ostep,
-                                    small_side, lo[j], hi[j], table, upper)  # fmt: skip
+            ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
+            j = first + g
+            nsteps[j] = _bounds_one(values, g_indices, ip, nnz_off[g], size[g], n_r[g], tol,
+                                    budget, small_side, lo[j], hi[j], table, upper)  # fmt: skip
+    for j, values in ((0, ones), (1, w)):  # the whole pattern, binary and weighted
+        nsteps[j] = _bounds_one(values, indices, indptr, 0, n_o, n_i, tol, ostep, small_side,
+                                lo[j], hi[j], table, upper)  # fmt: skip
     return n_o, n_i, d, size, n_r, lo, hi, nsteps

@@ -55,7 +55,16 @@ from ..options import Options
 from ._engine import DENSE_MAX_SIDE, solve_top2
 from ._kernels import Block, _gaussians, pack, rank_layer, top2_bounds_batch
 from ._registry import LayerCounts, select
-from .metrics import _expand, _extract, _finish, _kept, _plan_layer, _Raw, resolve_metrics
+from .metrics import (
+    _expand,
+    _extract,
+    _finish,
+    _imdb_rule,
+    _kept,
+    _plan_layer,
+    _Raw,
+    resolve_metrics,
+)
 from .spectral import dense_batches, solve_many, split_two, submit, use_workers
 
 #: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
@@ -280,8 +289,8 @@ def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool):
     w = raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
     n_o, n_i, d, size, n_r, lo, hi, st = rank_layer(
-        raw.pos, raw.n_out, raw.n_in, w, 2 if opts.imdb == "n23" else 3, opts.imdb == "i23",
-        steps, OTHER_STEPS, RANK_TOL, DENSE_MAX_SIDE, upper, table,
+        raw.pos, raw.n_out, raw.n_in, w, *_imdb_rule(opts), steps, OTHER_STEPS, RANK_TOL,
+        DENSE_MAX_SIDE, upper, table,
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
     if not raw.nnz:
@@ -399,13 +408,14 @@ class LayerBounds:
         self._plans: list = [None] * n
         self._opts = opts
         self._names = names
+        self._selection = select(names)
 
     def _plan(self, i: int):
         """Layer ``i``'s full plan (a layer ranked by the fused kernel is planned now, as the
         analysis plans it)."""
         plan = self._plans[i]
         if isinstance(plan, _FusedPlan):
-            plan = self._plans[i] = _plan_layer(plan.raw, self._opts, select(self._names))
+            plan = self._plans[i] = _plan_layer(plan.raw, self._opts, self._selection)
         return plan
 
     def exact(self, index: Sequence[int]) -> np.ndarray:

@@ -299,12 +299,18 @@ def _plan_layer(raw: _Raw, opts: Options, selection: Selection) -> _Plan:
     return plan
 
 
+def _imdb_rule(opts: Options) -> tuple[int, bool]:
+    """:func:`~masktopo.analysis._kernels.imdb_groups`'s ``(min_group, both_three)`` for the
+    IMDB variant of ``opts``: N23 keeps groups of 2 or more inputs, I23 of 3 or more and gates
+    both sides at degree 3."""
+    return (2 if opts.imdb == "n23" else 3), opts.imdb == "i23"
+
+
 def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, binary: bool, weighted: bool) -> None:
     n_rows, n_cols = pat.shape
-    min_group = 2 if opts.imdb == "n23" else 3
     # Inputs are "left" for IMDB subgraphs: d_in = d, d_out = d·size/n_r.
     d, size, n_r, indptr, indices, eid, ptr_off, nnz_off = imdb_groups(
-        pat.indptr, pat.indices, pat.data, n_rows, n_cols, min_group, opts.imdb == "i23"
+        pat.indptr, pat.indices, pat.data, n_rows, n_cols, *_imdb_rule(opts)
     )
     if d.size == 0:
         return
