@@ -112,24 +112,17 @@ def sgd_steps(
                 if pos >= n_data:
                     pos -= n_data
             # forward: z = W h + b, relu but at the last layer; one pass over the points per
-            # weight, the first one storing, the last one adding the bias and applying relu
+            # weight (the first one storing), then one adding the bias
             for layer in range(n_layers):
                 w, b = ws[layer], bs[layer]
                 din = w.shape[2]
                 for o in range(w.shape[1]):
                     out = acts[layer + 1, o]
                     wv, h = w[m, o, 0], acts[layer, 0]
-                    if din == 1:
-                        for p in range(nb):
-                            out[p] = wv * h[p]
-                    else:
-                        for p in range(nb):
-                            out[p] = wv * h[p]
-                        for i in range(1, din - 1):
-                            wv, h = w[m, o, i], acts[layer, i]
-                            for p in range(nb):
-                                out[p] += wv * h[p]
-                        wv, h = w[m, o, din - 1], acts[layer, din - 1]
+                    for p in range(nb):
+                        out[p] = wv * h[p]
+                    for i in range(1, din):
+                        wv, h = w[m, o, i], acts[layer, i]
                         for p in range(nb):
                             out[p] += wv * h[p]
                     bo = b[m, o]
