@@ -333,14 +333,76 @@ def _dot(a, b, n):
 
 
 @_jit
-def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q, tmp, z,
-             start, y1, y2, unit):  # fmt: skip
+def _apply_pair(d1, indices, indptr, e0, m, n, rows_side, x0, x1, t0, t1, o0, o1):
+    """:func:`_apply` of two matrices with one pattern in one traversal: ``o0 = G₀ x0`` for the
+    binary matrix (values 1, not read) and ``o1 = G₁ x1`` for the values ``d1``. Each result is
+    the same bits as its own :func:`_apply` (the same operations in the same order per matrix);
+    the indices are read once instead of twice (about a quarter less time than two calls)."""
+    if rows_side:
+        for c in range(n):
+            t0[c] = 0.0
+            t1[c] = 0.0
+        for r in range(m):
+            a = x0[r]
+            b = x1[r]
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[e0 + p]
+                t0[j] += a
+                t1[j] += d1[e0 + p] * b
+        for r in range(m):
+            acc0 = 0.0
+            acc1 = 0.0
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[e0 + p]
+                acc0 += t0[j]
+                acc1 += d1[e0 + p] * t1[j]
+            o0[r] = acc0
+            o1[r] = acc1
+    else:
+        for c in range(n):
+            o0[c] = 0.0
+            o1[c] = 0.0
+        for r in range(m):
+            acc0 = 0.0
+            acc1 = 0.0
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[e0 + p]
+                acc0 += x0[j]
+                acc1 += d1[e0 + p] * x1[j]
+            t0[r] = acc0
+            t1[r] = acc1
+        for r in range(m):
+            a = t0[r]
+            b = t1[r]
+            for p in range(indptr[r], indptr[r + 1]):
+                j = indices[e0 + p]
+                o0[j] += a
+                o1[j] += d1[e0 + p] * b
+
+
+@_jit
+def _is_unit(data, e0, nnz):
+    """Whether every stored value is 1 (a binary matrix: its value stream is not read)."""
+    for p in range(nnz):
+        if data[e0 + p] != 1.0:
+            return False
+    return True
+
+
+@_jit
+def _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, start,
+             Y1, Y2):  # fmt: skip
     """Top two eigenpairs of the Gram operator ``G`` of a connected matrix by Lanczos with
     partial reorthogonalization [S84]_ (full Gram–Schmidt against every Lanczos vector whenever
     the estimated loss of orthogonality exceeds √ε, and for the vector after); Ritz vectors into
-    ``y1``, ``y2``. Returns ``(converged, steps)``.
+    ``Y1[l]``, ``Y2[l]``. Returns ``(converged, steps)``, one entry per lane.
 
-    Stops when the residual bounds ``β_k |s_{k,i}|`` of both top Ritz pairs are at most
+    ``nl`` lanes (1 or 2) run side by side on one pattern with the values ``data`` (lane 0) and
+    ``data1`` (lane 1; ignored with one lane), each for at most ``max_steps[l]`` steps: while
+    both run and lane 0 is binary, one traversal of the pattern applies both operators
+    (:func:`_apply_pair`). Each lane's numbers are the same bits as when it runs alone.
+
+    A lane stops when the residual bounds ``β_k |s_{k,i}|`` of both top Ritz pairs are at most
     ``tol·θ₁``, or when the Krylov space is exhausted (``β_k ≈ 0`` or ``k = dim``: the Ritz
     values are then exact). The second pair is only examined once the first has converged, and
     the next check is placed where the geometrically falling residual should reach the limit.
@@ -348,141 +410,189 @@ def _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, max_steps, Q,
     vector cannot miss a second copy of it. (Without any reorthogonalization, Lanczos on small
     or low-rank Gram matrices returned spurious second values: the reference tests caught it.)
     """
-    alpha = np.zeros(max_steps + 1)
-    beta = np.zeros(max_steps + 1)
-    cbuf = np.zeros(max_steps + 1)
-    w_prev = np.zeros(max_steps + 2)  # ω estimates of the previous, current and next vector
-    w_cur = np.zeros(max_steps + 2)
-    w_next = np.zeros(max_steps + 2)
-    w_cur[0] = 1.0
-    force = False
-    s1 = np.zeros(max_steps + 1)
-    s2 = np.zeros(max_steps + 1)
+    nnz = indptr[m]
+    unit0 = _is_unit(data, e0, nnz)
+    unit1 = nl > 1 and _is_unit(data1, e0, nnz)
+    S = 0
+    for lane in range(nl):
+        S = max(S, max_steps[lane])
+    other = n if rows_side else m
+    Q = np.empty((nl, min(S + 1, 64), dim))
+    tmp = np.empty((nl, other))
+    z = np.empty((nl, dim))
+    alpha = np.zeros((nl, S + 1))
+    beta = np.zeros((nl, S + 1))
+    cbuf = np.zeros(S + 1)
+    # ω estimates of the previous, current and next vector: W[l, (rot + i) % 3], i = 0, 1, 2
+    W = np.zeros((nl, 3, S + 2))
+    rot = np.zeros(nl, dtype=np.int64)
+    force = np.zeros(nl, dtype=np.bool_)
+    s1 = np.zeros((nl, S + 1))
+    s2 = np.zeros((nl, S + 1))
     empty = np.zeros(0)
-    q = Q[0]
+    th1 = np.zeros(nl)
+    th2 = np.zeros(nl)
+    tnorm = np.zeros(nl)
+    second = np.zeros(nl, dtype=np.bool_)  # the first pair has converged; the second is tracked
+    ok = np.zeros(nl, dtype=np.bool_)
+    K = np.zeros(nl, dtype=np.int64)
+    next_check = np.full(nl, 4, dtype=np.int64)
+    last_res = np.full(nl, np.inf)
+    last_k = np.zeros(nl, dtype=np.int64)
+    res1 = np.full(nl, np.inf)  # residual bounds of the last check
+    res2 = np.full(nl, np.inf)
+    k_s2 = np.zeros(nl, dtype=np.int64)  # length of the second Ritz vector of the last check
+    active = np.zeros(nl, dtype=np.bool_)
     nrm = np.sqrt(_dot(start, start, dim))
-    for i in range(dim):
-        q[i] = start[i] / nrm
-    th1 = 0.0
-    th2 = 0.0
-    tnorm = 0.0
-    second = False  # the first pair has converged; the second is tracked
-    ok = False
-    K = 0
-    next_check = 4
-    last_res = np.inf
-    last_k = 0
-    res1 = np.inf  # residual bounds of the last check
-    res2 = np.inf
-    k_s2 = 0  # length of the second Ritz vector of the last check (0: none yet)
-    for k in range(max_steps):
-        q = Q[k]
-        _apply(data, indices, indptr, e0, m, n, rows_side, q, tmp, z, unit)
-        a = _dot(q, z, dim)
-        if k > 0:
-            qp = Q[k - 1]
-            b = beta[k - 1]
-            for i in range(dim):
-                z[i] -= a * q[i] + b * qp[i]
+    for lane in range(nl):
+        W[lane, 1, 0] = 1.0
+        active[lane] = max_steps[lane] > 0
+        q = Q[lane, 0]
+        for i in range(dim):
+            q[i] = start[i] / nrm
+    for k in range(S):
+        if nl == 2 and active[0] and active[1] and unit0:
+            _apply_pair(data1, indices, indptr, e0, m, n, rows_side, Q[0, k], Q[1, k], tmp[0],
+                        tmp[1], z[0], z[1])  # fmt: skip
         else:
-            for i in range(dim):
-                z[i] -= a * q[i]
-        c = _dot(q, z, dim)  # local reorthogonalization against q_k: keeps α accurate
-        for i in range(dim):
-            z[i] -= c * q[i]
-        a += c
-        n1 = _dot(z, z, dim)
-        b = np.sqrt(n1)
-        # Partial reorthogonalization (Simon): estimate ω_i = |q_{k+1}·q_i| by its recurrence
-        # and reorthogonalize against every Lanczos vector only when it exceeds √ε, and then
-        # the next vector too; this keeps the basis semi-orthogonal, which makes the
-        # tridiagonal matrix as good as under full reorthogonalization.
-        worst = 0.0
-        if k > 0 and b > 0.0:
-            for i in range(k):
-                t = beta[i] * w_cur[i + 1] + (alpha[i] - a) * w_cur[i] - beta[k - 1] * w_prev[i]
-                if i > 0:
-                    t += beta[i - 1] * w_cur[i - 1]
-                noise = _EPS * (abs(alpha[i]) + abs(a) + beta[i] + b + beta[k - 1])
-                t = (t + (noise if t >= 0.0 else -noise)) / b
-                w_next[i] = t
-                worst = max(worst, abs(t))
-        if force or worst > _SQRT_EPS or not np.isfinite(worst):
-            n0 = n1
-            for _ in range(2):  # classical Gram–Schmidt, repeated by the DGKS criterion
-                a += _reorth(Q, k + 1, z, dim, cbuf)
-                n1 = _dot(z, z, dim)
-                if n1 >= 0.5 * n0:
-                    break
-                n0 = n1
-            b = np.sqrt(n1)
-            for i in range(k):
-                w_next[i] = _EPS
-            force = not force  # a reorthogonalization triggered by ω also does the next vector
-        w_next[k] = _EPS
-        w_next[k + 1] = 1.0
-        w_prev, w_cur, w_next = w_cur, w_next, w_prev
-        alpha[k] = a
-        beta[k] = b
-        K = k + 1
-        tnorm = max(tnorm, abs(a), b)
-        broke = b <= 64.0 * _EPS * max(tnorm, 1e-300) or K >= dim  # Krylov space exhausted
-        if broke or K >= next_check or K == max_steps:
-            # θ₁ grows with K and stays below θ₁_prev + res₁_prev (the residual bound): Newton
-            # from just above that, when a Sturm count confirms it is above; else bisection.
-            up = th1 + 1.5 * res1 + 8.0 * _EPS * th1
-            if res1 < np.inf and _sturm_below(alpha, beta, K, up) == K:
-                th1 = _top_newton(alpha, beta, K, up)
+            for lane in range(nl):
+                if active[lane]:
+                    values = data if lane == 0 else data1
+                    unit = unit0 if lane == 0 else unit1
+                    _apply(values, indices, indptr, e0, m, n, rows_side, Q[lane, k], tmp[lane],
+                           z[lane], unit)  # fmt: skip
+        for lane in range(nl):
+            if not active[lane]:
+                continue
+            Ql = Q[lane]
+            q = Ql[k]
+            zl = z[lane]
+            al = alpha[lane]
+            be = beta[lane]
+            r = rot[lane]
+            w_prev = W[lane, r % 3]
+            w_cur = W[lane, (r + 1) % 3]
+            w_next = W[lane, (r + 2) % 3]
+            a = _dot(q, zl, dim)
+            if k > 0:
+                qp = Ql[k - 1]
+                b = be[k - 1]
+                for i in range(dim):
+                    zl[i] -= a * q[i] + b * qp[i]
             else:
-                th1 = _kth_eig(alpha, beta, K, K - 1, th1, np.inf)
-            _eigvec(alpha, beta, K, th1, empty, s1)
-            lim = tol * max(th1, 1e-300)
-            res1 = b * abs(s1[K - 1])
-            res = res1
-            if res <= lim or broke or K == max_steps:  # the second pair only once the first is
-                if K >= 2:
-                    t2 = -1.0
-                    if k_s2 > 0:  # Rayleigh quotient iteration from the last second vector
-                        for j in range(k_s2, K):
-                            s2[j] = 0.0
-                        t2 = _rqi_second(alpha, beta, K, s1, th1, s2)
-                    if t2 >= 0.0:
-                        th2 = t2
-                    else:  # bisection (first time, or the quotient iteration went elsewhere)
-                        up = th2 + 1.5 * res2 + 8.0 * _EPS * th1 if res2 < np.inf else th1
-                        th2 = _kth_eig(alpha, beta, K, K - 2, th2, min(up, th1))
-                        _eigvec(alpha, beta, K, th2, s1[:K], s2)
-                    k_s2 = K
-                    res2 = b * abs(s2[K - 1])
-                    res = max(res, res2)
+                for i in range(dim):
+                    zl[i] -= a * q[i]
+            c = _dot(q, zl, dim)  # local reorthogonalization against q_k: keeps α accurate
+            for i in range(dim):
+                zl[i] -= c * q[i]
+            a += c
+            n1 = _dot(zl, zl, dim)
+            b = np.sqrt(n1)
+            # Partial reorthogonalization (Simon): estimate ω_i = |q_{k+1}·q_i| by its
+            # recurrence and reorthogonalize against every Lanczos vector only when it exceeds
+            # √ε, and then the next vector too; this keeps the basis semi-orthogonal, which
+            # makes the tridiagonal matrix as good as under full reorthogonalization.
+            worst = 0.0
+            if k > 0 and b > 0.0:
+                for i in range(k):
+                    t = be[i] * w_cur[i + 1] + (al[i] - a) * w_cur[i] - be[k - 1] * w_prev[i]
+                    if i > 0:
+                        t += be[i - 1] * w_cur[i - 1]
+                    noise = _EPS * (abs(al[i]) + abs(a) + be[i] + b + be[k - 1])
+                    t = (t + (noise if t >= 0.0 else -noise)) / b
+                    w_next[i] = t
+                    worst = max(worst, abs(t))
+            if force[lane] or worst > _SQRT_EPS or not np.isfinite(worst):
+                n0 = n1
+                for _ in range(2):  # classical Gram–Schmidt, repeated by the DGKS criterion
+                    a += _reorth(Ql, k + 1, zl, dim, cbuf)
+                    n1 = _dot(zl, zl, dim)
+                    if n1 >= 0.5 * n0:
+                        break
+                    n0 = n1
+                b = np.sqrt(n1)
+                for i in range(k):
+                    w_next[i] = _EPS
+                force[lane] = not force[lane]  # triggered by ω: also does the next vector
+            w_next[k] = _EPS
+            w_next[k + 1] = 1.0
+            rot[lane] = r + 1  # the current estimates become the previous ones, and so on
+            al[k] = a
+            be[k] = b
+            KL = k + 1
+            K[lane] = KL
+            tnorm[lane] = max(tnorm[lane], abs(a), b)
+            broke = b <= 64.0 * _EPS * max(tnorm[lane], 1e-300) or KL >= dim  # space exhausted
+            if broke or KL >= next_check[lane] or KL == max_steps[lane]:
+                # θ₁ grows with K and stays below θ₁_prev + res₁_prev (the residual bound):
+                # Newton from just above that, when a Sturm count confirms it is above; else
+                # bisection.
+                up = th1[lane] + 1.5 * res1[lane] + 8.0 * _EPS * th1[lane]
+                if res1[lane] < np.inf and _sturm_below(al, be, KL, up) == KL:
+                    th1[lane] = _top_newton(al, be, KL, up)
                 else:
-                    s2[0] = 0.0
-            if broke or res <= lim:
-                ok = True
-                break
-            if K == max_steps:
-                break
-            if res1 <= lim and not second:
-                second = True
-                last_res = np.inf  # the residual now tracked is the second pair's
-            # Next check where the residual, falling geometrically, should reach the limit:
-            # a check costs about as much as one or two steps.
-            gap = 4
-            if last_res < np.inf and res < last_res:
-                rate = np.log(res / last_res) / (K - last_k)  # < 0
-                gap = int(min(8.0, max(1.0, 0.9 * np.log(lim / res) / rate)))
-            last_res = res
-            last_k = K
-            next_check = K + gap
-        if K >= Q.shape[0]:  # grow the basis (most runs need 30–60 vectors, not dim)
-            Q2 = np.empty((min(2 * Q.shape[0], max_steps + 1), dim))
-            Q2[:K] = Q[:K]
-            Q = Q2
-        qn = Q[K]
-        for i in range(dim):
-            qn[i] = z[i] / b
-    _combine(Q, s1, K, dim, y1)
-    _combine(Q, s2, K, dim, y2)
+                    th1[lane] = _kth_eig(al, be, KL, KL - 1, th1[lane], np.inf)
+                sl1 = s1[lane]
+                sl2 = s2[lane]
+                _eigvec(al, be, KL, th1[lane], empty, sl1)
+                lim = tol * max(th1[lane], 1e-300)
+                res1[lane] = b * abs(sl1[KL - 1])
+                res = res1[lane]
+                if res <= lim or broke or KL == max_steps[lane]:  # the second pair only then
+                    if KL >= 2:
+                        t2 = -1.0
+                        if k_s2[lane] > 0:  # Rayleigh quotient iteration from the last vector
+                            for j in range(k_s2[lane], KL):
+                                sl2[j] = 0.0
+                            t2 = _rqi_second(al, be, KL, sl1, th1[lane], sl2)
+                        if t2 >= 0.0:
+                            th2[lane] = t2
+                        else:  # bisection (first time, or the iteration went elsewhere)
+                            up = th1[lane]
+                            if res2[lane] < np.inf:
+                                up = th2[lane] + 1.5 * res2[lane] + 8.0 * _EPS * th1[lane]
+                            th2[lane] = _kth_eig(al, be, KL, KL - 2, th2[lane], min(up, th1[lane]))
+                            _eigvec(al, be, KL, th2[lane], sl1[:KL], sl2)
+                        k_s2[lane] = KL
+                        res2[lane] = b * abs(sl2[KL - 1])
+                        res = max(res, res2[lane])
+                    else:
+                        sl2[0] = 0.0
+                if broke or res <= lim:
+                    ok[lane] = True
+                    active[lane] = False
+                    continue
+                if KL == max_steps[lane]:
+                    active[lane] = False
+                    continue
+                if res1[lane] <= lim and not second[lane]:
+                    second[lane] = True
+                    last_res[lane] = np.inf  # the residual now tracked is the second pair's
+                # Next check where the residual, falling geometrically, should reach the
+                # limit: a check costs about as much as one or two steps.
+                gap = 4
+                if last_res[lane] < np.inf and res < last_res[lane]:
+                    rate = np.log(res / last_res[lane]) / (KL - last_k[lane])  # < 0
+                    gap = int(min(8.0, max(1.0, 0.9 * np.log(lim / res) / rate)))
+                last_res[lane] = res
+                last_k[lane] = KL
+                next_check[lane] = KL + gap
+            if KL >= Q.shape[1]:  # grow the basis (most runs need 30–60 vectors, not dim)
+                Q2 = np.empty((nl, min(2 * Q.shape[1], S + 1), dim))
+                Q2[:, :KL] = Q[:, :KL]
+                Q = Q2
+            qn = Q[lane, KL]
+            for i in range(dim):
+                qn[i] = zl[i] / b
+        done = True
+        for lane in range(nl):
+            if active[lane]:
+                done = False
+        if done:
+            break
+    for lane in range(nl):
+        _combine(Q[lane], s1[lane], K[lane], dim, Y1[lane])
+        _combine(Q[lane], s2[lane], K[lane], dim, Y2[lane])
     return ok, K
 
 
@@ -627,23 +737,11 @@ def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side
     if dim <= small_side:
         _dense_small(data, indices, indptr, e0, m, n, rows_side, dim, out)
         return True, 0
-    steps = min(max_steps, dim)
-    other = n if rows_side else m
-    Q = np.empty((min(steps + 1, 64), dim))
-    tmp = np.empty(other)
-    z = np.empty(dim)
-    y1 = np.empty(dim)
-    y2 = np.empty(dim)
-    start = table[:dim]  # Gaussian, a pure function of the position
-    unit = True
-    for p in range(indptr[m]):
-        if data[e0 + p] != 1.0:
-            unit = False
-            break
-    ok, K = _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, steps, Q, tmp, z,
-                     start, y1, y2, unit)  # fmt: skip
-    _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, y1, y2, out)
-    return ok, K
+    Y = np.empty((2, 1, dim))
+    ok, K = _lanczos(data, data, 1, indices, indptr, e0, m, n, rows_side, dim, tol,
+                     np.array([min(max_steps, dim)]), table[:dim], Y[0], Y[1])  # fmt: skip
+    _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, Y[0, 0], Y[1, 0], out)
+    return ok[0], K[0]
 
 
 @_jit
@@ -1078,48 +1176,63 @@ def _bounds_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo,
     replaced by the cheaper and looser ``σ₁ ≤ √(‖B‖₁‖B‖∞)`` (one pass over the entries), for
     callers that need the lower bounds and the Ritz estimates above all.
     """
+    L = np.empty((2, 1, 2))
+    K = _bounds_lanes(data, data, 1, indices, indptr, e0, m, n, tol, np.array([max_steps]),
+                      small_side, L[0], L[1], table, upper)  # fmt: skip
+    lo[0], lo[1], hi[0], hi[1] = L[0, 0, 0], L[0, 0, 1], L[1, 0, 0], L[1, 0, 1]
+    return K[0]
+
+
+@_jit
+def _bounds_lanes(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small_side, lo, hi,
+                  table, upper):  # fmt: skip
+    """:func:`_bounds_one` of ``nl`` (1 or 2) matrices with one pattern and the values ``data``,
+    ``data1`` (lane ``l``: at most ``max_steps[l]`` steps, bounds into ``lo[l]``, ``hi[l]``): their
+    Lanczos runs side by side (:func:`_lanczos`: one traversal for both products while both
+    run), each lane the same bits as alone. Returns the Lanczos steps per lane."""
+    K = np.zeros(nl, dtype=np.int64)
     rows_side = m <= n
     dim = m if rows_side else n
     if dim == 1 or dim <= small_side:
-        _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, lo, table)
-        hi[0] = lo[0]
-        hi[1] = lo[1]
-        return 0
-    steps = min(max_steps, dim)
-    other = n if rows_side else m
-    Q = np.empty((min(steps + 1, 64), dim))
-    tmp = np.empty(other)
-    z = np.empty(dim)
-    y1 = np.empty(dim)
-    y2 = np.empty(dim)
-    unit = True
-    for p in range(indptr[m]):
-        if data[e0 + p] != 1.0:
-            unit = False
-            break
-    _, K = _lanczos(data, indices, indptr, e0, m, n, rows_side, dim, tol, steps, Q, tmp, z,
-                    table[:dim], y1, y2, unit)  # fmt: skip
-    if not upper:
-        _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo)
-        # σ₁² ≤ ‖B‖₁‖B‖∞ (the largest column sum times the largest row sum; [HJ13]_ §5.6)
-        row_max = 0.0
-        col = np.zeros(n)
-        for r in range(m):
-            acc = 0.0
-            for p in range(indptr[r], indptr[r + 1]):
-                acc += data[e0 + p]
-                col[indices[e0 + p]] += data[e0 + p]
-            row_max = max(row_max, acc)
-        hi[0] = max(np.sqrt(row_max * np.max(col)), lo[0])
-        hi[1] = hi[0]
+        for lane in range(nl):
+            values = data if lane == 0 else data1
+            _solve_connected(values, indices, indptr, e0, m, n, tol, max_steps[lane], small_side,
+                             lo[lane], table)  # fmt: skip
+            hi[lane, 0] = lo[lane, 0]
+            hi[lane, 1] = lo[lane, 1]
         return K
-    x = np.empty(dim)
-    v = np.empty(dim)
-    lam = _collatz_wielandt(data, indices, indptr, e0, m, n, rows_side, dim, y1, x, z, v, tmp,
-                            unit)  # fmt: skip
-    _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo)
-    hi[0] = max(np.sqrt(lam), lo[0])
-    hi[1] = hi[0]
+    steps = np.minimum(max_steps, dim)
+    Y = np.empty((2, nl, dim))
+    _, K = _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, steps,
+                    table[:dim], Y[0], Y[1])  # fmt: skip
+    other = n if rows_side else m
+    for lane in range(nl):
+        values = data if lane == 0 else data1
+        y1 = Y[0, lane]
+        y2 = Y[1, lane]
+        if not upper:
+            _ritz2(values, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo[lane])
+            # σ₁² ≤ ‖B‖₁‖B‖∞ (the largest column sum times the largest row sum; [HJ13]_ §5.6)
+            row_max = 0.0
+            col = np.zeros(n)
+            for r in range(m):
+                acc = 0.0
+                for p in range(indptr[r], indptr[r + 1]):
+                    acc += values[e0 + p]
+                    col[indices[e0 + p]] += values[e0 + p]
+                row_max = max(row_max, acc)
+            hi[lane, 0] = max(np.sqrt(row_max * np.max(col)), lo[lane, 0])
+        else:
+            x = np.empty(dim)
+            v = np.empty(dim)
+            z = np.empty(dim)
+            tmp = np.empty(other)
+            unit = _is_unit(values, e0, indptr[m])
+            lam = _collatz_wielandt(values, indices, indptr, e0, m, n, rows_side, dim, y1, x, z,
+                                    v, tmp, unit)  # fmt: skip
+            _ritz2(values, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo[lane])
+            hi[lane, 0] = max(np.sqrt(lam), lo[lane, 0])
+        hi[lane, 1] = hi[lane, 0]
     return K
 
 
@@ -1187,14 +1300,23 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     gw = np.empty(g_eid.size)
     for k in range(g_eid.size):
         gw[k] = w[g_eid[k]]
-    # Each matrix is bounded on its own: the order of the calls changes no bit.
-    for values, first, budget in ((ones, 2, steps), (gw, 2 + ng, ostep)):  # the groups
-        for g in range(ng):
-            ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
-            j = first + g
-            nsteps[j] = _bounds_one(values, g_indices, ip, nnz_off[g], size[g], n_r[g], tol,
-                                    budget, small_side, lo[j], hi[j], table, upper)  # fmt: skip
-    for j, values in ((0, ones), (1, w)):  # the whole pattern, binary and weighted
-        nsteps[j] = _bounds_one(values, indices, indptr, 0, n_o, n_i, tol, ostep, small_side,
-                                lo[j], hi[j], table, upper)  # fmt: skip
+    # Each pattern's binary and weighted matrix side by side (one traversal for both products
+    # while both run): each matrix's bounds are the same bits as on its own.
+    L = np.empty((2, 2, 2))
+    budget = np.array([steps, ostep])
+    for g in range(ng):  # the groups
+        ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
+        K = _bounds_lanes(ones, gw, 2, g_indices, ip, nnz_off[g], size[g], n_r[g], tol, budget,
+                          small_side, L[0], L[1], table, upper)  # fmt: skip
+        for lane, j in ((0, 2 + g), (1, 2 + ng + g)):
+            lo[j] = L[0, lane]
+            hi[j] = L[1, lane]
+            nsteps[j] = K[lane]
+    budget[0] = ostep  # the whole pattern, binary and weighted
+    K = _bounds_lanes(ones, w, 2, indices, indptr, 0, n_o, n_i, tol, budget, small_side, L[0],
+                      L[1], table, upper)  # fmt: skip
+    for lane in range(2):
+        lo[lane] = L[0, lane]
+        hi[lane] = L[1, lane]
+        nsteps[lane] = K[lane]
     return n_o, n_i, d, size, n_r, lo, hi, nsteps

@@ -147,3 +147,58 @@ def test_device_path_expands_blocks_like_the_in_process_path(monkeypatch):
     for a, b in zip(here, device, strict=True):
         for k in ("mu_hat", "weighted_mu_hat", "imdb_ramanujan_gap", "imdb_weighted_gap"):
             assert a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])), k
+
+
+def _csr(rng, m, n, density):
+    M = rng.random((m, n)) < density
+    M[np.arange(m), rng.integers(0, n, m)] = True  # no empty row
+    A = sp.csr_matrix(M.astype(np.float64))
+    return A.indices.astype(np.int32), A.indptr.astype(np.int64), A.nnz
+
+
+@pytest.mark.parametrize("rows_side", [True, False])
+def test_apply_pair_equals_two_applies_bit_for_bit(rows_side):
+    rng = np.random.default_rng(3)
+    m, n = (40, 90) if rows_side else (90, 40)
+    indices, indptr, nnz = _csr(rng, m, n, 0.1)
+    w = rng.random(nnz)
+    dim, other = (m, n) if rows_side else (n, m)
+    x0, x1 = rng.standard_normal(dim), rng.standard_normal(dim)
+    a0, a1, b0, b1 = (np.empty(dim) for _ in range(4))
+    t = np.empty((2, other))
+    _kernels._apply(np.ones(nnz), indices, indptr, 0, m, n, rows_side, x0, t[0], a0, True)
+    _kernels._apply(w, indices, indptr, 0, m, n, rows_side, x1, t[1], a1, False)
+    _kernels._apply_pair(w, indices, indptr, 0, m, n, rows_side, x0, x1, t[0], t[1], b0, b1)
+    assert np.array_equal(a0, b0) and np.array_equal(a1, b1)
+    assert not np.array_equal(a0, a1)  # the lanes are not the same operator
+
+
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize(
+    ("m", "n", "steps"),
+    [(120, 300, (16, 8)), (300, 120, (8, 16)), (200, 200, (40, 40)), (10, 50, (16, 8))],
+)
+def test_paired_lanczos_lanes_equal_single_runs(m, n, steps, upper):
+    """The binary and weighted matrix of one pattern bounded side by side (one traversal per
+    product while both run) give each the same bits as alone, whatever their step budgets."""
+    rng = np.random.default_rng(m + n)
+    indices, indptr, nnz = _csr(rng, m, n, 0.05)
+    ones, w = np.ones(nnz), rng.random(nnz)
+    table = _kernels._gaussians(max(m, n))
+    lo, hi = np.zeros((2, 2, 2)), np.zeros((2, 2, 2))
+    K = _kernels._bounds_lanes(ones, w, 2, indices, indptr, 0, m, n, 1e-6, np.array(steps), 16,
+                               lo[0], hi[0], table, upper)  # fmt: skip
+    for lane, values in enumerate((ones, w)):
+        k = _kernels._bounds_one(values, indices, indptr, 0, m, n, 1e-6, steps[lane], 16,
+                                 lo[1, lane], hi[1, lane], table, upper)  # fmt: skip
+        assert k == K[lane]
+    assert np.array_equal(lo[0], lo[1]) and np.array_equal(hi[0], hi[1])
+    assert np.all(lo[0] <= hi[0]) and lo[0, 0, 0] != lo[0, 1, 0]
+    # a weighted lane that is binary too, and a valued lane 0 (no shared traversal): same bits
+    for a, b in ((ones, ones), (w, ones)):
+        _kernels._bounds_lanes(a, b, 2, indices, indptr, 0, m, n, 1e-6, np.array(steps), 16,
+                               lo[0], hi[0], table, upper)  # fmt: skip
+        for lane, values in enumerate((a, b)):
+            _kernels._bounds_one(values, indices, indptr, 0, m, n, 1e-6, steps[lane], 16,
+                                 lo[1, lane], hi[1, lane], table, upper)  # fmt: skip
+        assert np.array_equal(lo[0], lo[1]) and np.array_equal(hi[0], hi[1])
