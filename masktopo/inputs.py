@@ -38,8 +38,9 @@ def load(
     path : str or os.PathLike
         A ``.safetensors`` or ``.npz`` mask file, a PyTorch checkpoint (``.pt``, ``.pth``,
         ``.ckpt``, ``.bin``; read with ``weights_only=True``), a run directory, or a Hugging Face
-        model folder (``config.json`` with ``model.safetensors`` or shards and their index: its
-        linear layers, masks from their nonzero weights; docs/llm.md).
+        model folder (``config.json`` with ``model.safetensors`` or shards and their index, or
+        else ``pytorch_model.bin`` or its shards, memory-mapped: its linear layers, masks from
+        their nonzero weights; docs/llm.md).
     event : int, optional
         For a run directory: the event to load (its number, or counting from the end when
         negative). The last event when None.

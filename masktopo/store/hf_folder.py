@@ -1,9 +1,11 @@
 """Hugging Face model folders, read lazily tensor by tensor (docs/llm.md, docs/formats.md).
 
 A folder holds ``config.json`` and its weights as one ``model.safetensors`` or as shards listed by
-``model.safetensors.index.json`` (``{"weight_map": {tensor: shard file}}``). Pruned LLMs
-(SparseGPT, Wanda, 2:4 semi-structured) are published this way with their pruned weights stored as
-zeros, so a layer's mask is its nonzero weights.
+``model.safetensors.index.json`` (``{"weight_map": {tensor: shard file}}``); without safetensors,
+as PyTorch pickles: one ``pytorch_model.bin`` or shards listed by ``pytorch_model.bin.index.json``
+(safetensors are preferred when a folder has both, as transformers does). Pruned LLMs (SparseGPT,
+Wanda, 2:4 semi-structured) are published this way with their pruned weights stored as zeros, so a
+layer's mask is its nonzero weights.
 
 Only the safetensors *headers* are read up front (8 bytes of length, then JSON: dtype, shape and
 byte range of every tensor), and every range is checked against its file's size. A tensor's bytes
@@ -11,9 +13,19 @@ are read with one positioned read when it is asked for, into memory that is free
 drops the tensor: nothing is memory-mapped, so the resident memory of a pass over a model is that
 of the few tensors in use, not that of the model (file-backed pages of a map count as resident).
 
+A ``.bin`` file is opened with ``torch.load(weights_only=True, mmap=True)``
+(:func:`~masktopo.store.torch_file.torch_load`: torch's restricted unpickler, which builds tensors
+and plain containers and never runs code from the file), which reads the pickle but no tensor
+data. A tensor is read by mapping its file again, copying the tensor out and dropping the map, so
+the touched pages of the map leave the resident memory with it; its bytes are checked against the
+CRC-32 checksums of the file's zip records. Legacy (non-zip) ``torch.save`` files cannot be mapped
+and are refused.
+
 Every problem raises :class:`~masktopo.errors.MaskFileError` naming the file: a folder without
 weights, a shard named in the index but missing, an index entry that points outside the folder, a
-truncated shard, a tensor the index names but its shard does not hold.
+truncated shard, a tensor the index names but its shard does not hold; for ``.bin`` files also a
+corrupt or legacy file, a pickle that refers to anything but tensors and plain containers, and a
+file that holds something other than a dict of tensors.
 """
 
 from __future__ import annotations
@@ -34,8 +46,11 @@ import torch
 
 from ..errors import MaskFileError, UnknownNameError
 from ..files import os_problem
+from .torch_file import check_storage, record_checksums, torch_load
 
 __all__ = [
+    "BIN_FILE",
+    "BIN_INDEX_FILE",
     "CONV1D_MODELS",
     "CONV1D_MODULES",
     "INCLUDE",
@@ -55,6 +70,10 @@ __all__ = [
 #: The index of a sharded checkpoint and the single-file checkpoint (transformers' names).
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+#: The same for PyTorch pickles (shards ``pytorch_model-00001-of-00002.bin``, ...): read when a
+#: folder has no safetensors.
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_FILE = "pytorch_model.bin"
 #: Classes of a checkpoint's tensors (:func:`classify`); only ``linear`` and ``conv`` are
 #: analyzed unless ``include`` names ``embeddings`` or ``head``.
 TENSOR_CLASSES = ("linear", "conv", "embedding", "head", "norm", "other")
@@ -71,6 +90,13 @@ _DTYPES: dict[str, tuple[Any, torch.dtype]] = {
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
     if hasattr(torch, _attr):
         _DTYPES[_name] = (np.uint8, getattr(torch, _attr))
+# torch dtype -> safetensors dtype name (the names of a .bin file's tensors)
+_TORCH_NAMES: dict[torch.dtype, str] = {t: name for name, (_, t) in _DTYPES.items()}
+for _name, _attr in (("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"), ("I16", "int16"),
+                     ("I32", "int32"), ("I64", "int64"), ("U16", "uint16"), ("U32", "uint32"),
+                     ("U64", "uint64")):  # fmt: skip
+    if hasattr(torch, _attr):
+        _TORCH_NAMES[getattr(torch, _attr)] = _name
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8,
              "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # fmt: skip
 #: ``model_type`` s of ``config.json`` whose models use transformers' ``Conv1D`` (a linear layer
@@ -143,10 +169,11 @@ class TensorEntry:
     file: Path
     dtype: str  # safetensors dtype name ("BF16", "F32", ...)
     shape: tuple[int, ...]
-    start: int  # absolute byte offset in ``file``
+    start: int  # absolute byte offset in ``file`` (-1 in a .bin file: torch.load locates it)
     nbytes: int
     cls: str  # classify()
     transposed: bool = False  # stored ``in × out`` (transformers' Conv1D): read transposed
+    fmt: str = "safetensors"  # the file's format: "safetensors" or "torch" (a .bin pickle)
 
     @property
     def layer_shape(self) -> tuple[int, ...]:
@@ -224,64 +251,128 @@ def _read_json(path: Path) -> Any:
 
 def is_hf_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder read as a Hugging Face model folder: it has a
-    ``config.json``, a ``model.safetensors`` or an index, and no ``run.json`` (a run directory)."""
+    ``config.json``, a ``model.safetensors``, a ``pytorch_model.bin`` or the index of either, and
+    no ``run.json`` (a run directory)."""
     p = Path(path)
     if not p.is_dir() or (p / "run.json").exists():
         return False
-    return any((p / f).exists() for f in ("config.json", SINGLE_FILE, INDEX_FILE))
+    names = ("config.json", SINGLE_FILE, INDEX_FILE, BIN_FILE, BIN_INDEX_FILE)
+    return any((p / f).exists() for f in names)
 
 
-def _shards(folder: Path) -> tuple[list[Path], dict[str, Path] | None, Path | None]:
+def _shards(folder: Path) -> tuple[list[Path], dict[str, Path] | None, Path | None, str]:
     """The weight files of a folder, the index's tensor -> file map and the index path (both
-    None without an index)."""
-    index = folder / INDEX_FILE
-    if index.exists():
-        data = _read_json(index)
-        wmap = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(wmap, dict) or not wmap:
-            raise MaskFileError(index, "has no 'weight_map' object naming the shard of each tensor")
-        root = folder.resolve()
-        files: dict[str, Path] = {}
-        by_tensor: dict[str, Path] = {}
-        for tensor, rel in wmap.items():
-            if not isinstance(rel, str) or not rel:
-                raise MaskFileError(index, f"tensor {tensor!r}: shard {rel!r} is not a file name")
-            if rel not in files:
-                shard = folder / rel
-                if Path(rel).is_absolute() or not shard.resolve().is_relative_to(root):
-                    raise MaskFileError(
-                        index,
-                        f"shard {rel!r} (of tensor {tensor!r}) points outside the model folder",
-                    )
-                if not shard.is_file():
-                    raise MaskFileError(
-                        shard, f"is named in {INDEX_FILE} (tensor {tensor!r}) but is missing"
-                    )
-                files[rel] = shard
-            by_tensor[tensor] = files[rel]
-        return list(files.values()), by_tensor, index
-    single = folder / SINGLE_FILE
-    if single.is_file():
-        return [single], None, None
-    found = sorted(folder.glob("*.safetensors"))
-    if found:
-        return found, None, None
+    None without an index), and the files' format (``"safetensors"`` or ``"torch"``).
+
+    Safetensors first (the index, ``model.safetensors``, any ``*.safetensors``), then PyTorch
+    pickles (the index, ``pytorch_model.bin``): transformers' order of preference."""
+    for index_name, single_name, fmt in ((INDEX_FILE, SINGLE_FILE, "safetensors"),
+                                         (BIN_INDEX_FILE, BIN_FILE, "torch")):  # fmt: skip
+        index = folder / index_name
+        if index.exists():
+            files, by_tensor = _indexed(folder, index)
+            return files, by_tensor, index, fmt
+        single = folder / single_name
+        if single.is_file():
+            return [single], None, None, fmt
+        found = sorted(folder.glob("*.safetensors")) if fmt == "safetensors" else []
+        if found:
+            return found, None, None, fmt
     others = sorted(
-        p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf")
+        p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf")
     )
     hint = f" (it has {', '.join(others[:3])}: convert to safetensors)" if others else ""
     raise MaskFileError(
-        folder, f"holds no model weights: no {SINGLE_FILE}, {INDEX_FILE} or *.safetensors{hint}"
+        folder,
+        f"holds no model weights: no {SINGLE_FILE}, {INDEX_FILE}, *.safetensors, {BIN_FILE} or "
+        f"{BIN_INDEX_FILE}{hint}",
     )
 
 
+def _indexed(folder: Path, index: Path) -> tuple[list[Path], dict[str, Path]]:
+    """The shards an index names (each once, in the index's order) and its tensor -> shard map;
+    every shard must be a file inside ``folder``."""
+    data = _read_json(index)
+    wmap = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(wmap, dict) or not wmap:
+        raise MaskFileError(index, "has no 'weight_map' object naming the shard of each tensor")
+    root = folder.resolve()
+    files: dict[str, Path] = {}
+    by_tensor: dict[str, Path] = {}
+    for tensor, rel in wmap.items():
+        if not isinstance(rel, str) or not rel:
+            raise MaskFileError(index, f"tensor {tensor!r}: shard {rel!r} is not a file name")
+        if rel not in files:
+            shard = folder / rel
+            if Path(rel).is_absolute() or not shard.resolve().is_relative_to(root):
+                raise MaskFileError(
+                    index, f"shard {rel!r} (of tensor {tensor!r}) points outside the model folder"
+                )
+            if not shard.is_file():
+                raise MaskFileError(
+                    shard, f"is named in {index.name} (tensor {tensor!r}) but is missing"
+                )
+            files[rel] = shard
+        by_tensor[tensor] = files[rel]
+    return list(files.values()), by_tensor
+
+
+def _torch_dtype(t: torch.Tensor) -> str:
+    """The safetensors name of a tensor's dtype (``"BF16"``); torch's name for another dtype or
+    layout (never analyzed: :func:`classify` calls it ``other``)."""
+    if t.layout == torch.strided and not t.is_quantized and t.dtype in _TORCH_NAMES:
+        return _TORCH_NAMES[t.dtype]
+    name = str(t.dtype).removeprefix("torch.")
+    return name if t.layout == torch.strided else f"{name} ({str(t.layout).removeprefix('torch.')})"
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a ``.bin`` file, memory-mapped (:func:`torch_load` with ``mmap``: no
+    tensor's bytes are read); anything but a dict of names to tensors is an error."""
+    state = torch_load(path, mmap=True)
+    what = "a dict of tensor names to tensors, as model.state_dict() gives"
+    if not isinstance(state, dict):
+        raise MaskFileError(path, f"holds a {type(state).__name__}, not a state dict ({what})")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise MaskFileError(
+                path, f"holds the key {key!r} ({type(key).__name__}): not a state dict ({what})"
+            )
+        if not isinstance(value, torch.Tensor):
+            raise MaskFileError(
+                path,
+                f"holds a {type(value).__name__} under {key!r}: not a state dict ({what})",
+            )
+    return state
+
+
+def _torch_items(path: Path) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """``(name, dtype, shape, bytes)`` of every tensor of a ``.bin`` file, in its order."""
+    state = _state_dict(path)
+    return [(k, _torch_dtype(t), tuple(t.shape), t.numel() * t.element_size())
+            for k, t in state.items()]  # fmt: skip
+
+
+def _safetensors_items(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """``(name, dtype, shape, start, bytes)`` of every tensor of a safetensors file, by offset."""
+    header, base = _header(path)
+    items = [(k, d) for k, d in header.items() if k != "__metadata__"]
+    out = []
+    for name, d in sorted(items, key=lambda kv: kv[1]["data_offsets"][0]):
+        begin, end = d["data_offsets"]
+        out.append((name, d["dtype"], tuple(d["shape"]), base + begin, end - begin))
+    return out
+
+
 class HFSource:
-    """A model's weights, listed from the safetensors headers and read one tensor at a time.
+    """A model's weights, listed from the safetensors headers (or the pickles of ``.bin`` files)
+    and read one tensor at a time.
 
     Parameters
     ----------
     path : pathlib.Path
-        A Hugging Face model folder or one ``.safetensors`` file.
+        A Hugging Face model folder (safetensors or ``.bin`` weights) or one ``.safetensors``
+        file.
     layers : sequence of str, optional
         Glob patterns (:mod:`fnmatch`: ``*`` also matches dots) on tensor names: only matching
         tensors are analyzed. Default: every tensor of an analyzed class.
@@ -291,12 +382,17 @@ class HFSource:
     Attributes
     ----------
     entries : list of TensorEntry
-        Every tensor of the checkpoint, in file order (shard order, then offset).
+        Every tensor of the checkpoint, in file order (shard order, then offset; a ``.bin``
+        file's in the order of its dict).
     layers : list of TensorEntry
         The analyzed ones, in the natural order of their names (:func:`natural_key`: block 2
         before block 10), whatever the sharding.
     config : dict
         ``config.json`` (empty without one).
+    files : list of pathlib.Path
+        The weight files read.
+    format : str
+        Their format: ``"safetensors"``, or ``"torch"`` for ``.bin`` pickles.
     """
 
     def __init__(self, path: Path, layers: Sequence[str] | None = None,
@@ -315,37 +411,41 @@ class HFSource:
                 if not isinstance(data, dict):
                     raise MaskFileError(cfg, "is not a JSON object")
                 self.config = data
-            files, by_tensor, _ = _shards(path)
+            files, by_tensor, index, fmt = _shards(path)
         else:
-            files, by_tensor = [path], None
+            files, by_tensor, index, fmt = [path], None, None, "safetensors"
         self.files = files
+        self.format = fmt
+        self._checksums: dict[Path, dict[int, frozenset[int]]] = {}
         conv1d = self.config.get("model_type") in CONV1D_MODELS
         self.entries: list[TensorEntry] = []
         seen: dict[str, Path] = {}
         for file in files:
-            header, base = _header(file)
-            items = [(k, d) for k, d in header.items() if k != "__metadata__"]
-            for name, d in sorted(items, key=lambda kv: kv[1]["data_offsets"][0]):
+            if fmt == "torch":  # the zip's directory and pickle are checked before unpickling
+                self._checksums[file] = record_checksums(file)
+                items = [(n, dt, sh, -1, nb) for n, dt, sh, nb in _torch_items(file)]
+            else:
+                items = _safetensors_items(file)
+            for name, dtype, shape, start, nbytes in items:
                 if by_tensor is not None and by_tensor.get(name) != file:
                     continue  # the index says another shard holds it (or nothing does)
                 if name in seen:
                     raise MaskFileError(file, f"tensor {name!r} is also in {seen[name].name}")
                 seen[name] = file
-                shape = tuple(d["shape"])
-                begin, end = d["data_offsets"]
-                cls = classify(name, shape, d["dtype"])
+                cls = classify(name, shape, dtype)
                 parts = name.split(".")
                 flip = (conv1d and cls == "linear" and len(parts) >= 2
                         and parts[-2] in CONV1D_MODULES)  # fmt: skip
-                self.entries.append(TensorEntry(name, file, d["dtype"], shape, base + begin,
-                                                end - begin, cls, flip))  # fmt: skip
+                self.entries.append(TensorEntry(name, file, dtype, shape, start, nbytes, cls,
+                                                flip, fmt))  # fmt: skip
         if by_tensor is not None:
             missing = [t for t in by_tensor if t not in seen]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise MaskFileError(
                     by_tensor[missing[0]],
-                    f"does not hold tensor {missing[0]!r}{more}, which {INDEX_FILE} places there",
+                    f"does not hold tensor {missing[0]!r}{more}, which "
+                    f"{index.name if index else INDEX_FILE} places there",
                 )
         wanted = {"linear", "conv", *(INCLUDE[i] for i in include)}
         self.patterns = tuple(layers or ())
@@ -365,14 +465,34 @@ class HFSource:
         return [e for e in self.entries if e.name not in chosen]
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
-        """The tensor's values (a new CPU tensor; one positioned read, no memory map).
+        """The tensor's values (a new CPU tensor: of a safetensors file, one positioned read, no
+        memory map; of a ``.bin`` file, copied out of a map of the file that is dropped before
+        this returns).
 
         Raises
         ------
         MaskFileError
-            When the file cannot be read, was cut short since it was opened, or the weights are
-            not finite.
+            When the file cannot be read, was cut short or changed since it was opened, its bytes
+            do not match their checksum (``.bin``), or the weights are not finite.
         """
+        t = self._read_torch(entry) if entry.fmt == "torch" else self._read_safetensors(entry)
+        if not bool(torch.isfinite(t).all()):
+            raise MaskFileError(entry.file, f"tensor {entry.name!r} has NaN or infinite weights")
+        return t
+
+    def _read_torch(self, entry: TensorEntry) -> torch.Tensor:
+        """A tensor of a ``.bin`` file: the file is mapped again (torch's restricted unpickler
+        reads its pickle), the tensor's storage checked against the zip's CRC-32s and copied, and
+        the map dropped with the state dict when this returns, so that the pages it touched do
+        not stay resident (a map kept over a pass would hold the whole file's pages)."""
+        state = _state_dict(entry.file)
+        t = state.get(entry.name)
+        if t is None or tuple(t.shape) != entry.shape or _torch_dtype(t) != entry.dtype:
+            raise MaskFileError(entry.file, f"tensor {entry.name!r} changed since it was opened")
+        check_storage(entry.file, entry.name, t, self._checksums[entry.file])
+        return torch.empty(entry.shape, dtype=t.dtype).copy_(t)
+
+    def _read_safetensors(self, entry: TensorEntry) -> torch.Tensor:
         np_dtype, t_dtype = _DTYPES[entry.dtype]
         count = entry.numel
         try:
@@ -385,11 +505,7 @@ class HFSource:
                 entry.file, f"truncated safetensors file: tensor {entry.name!r} is cut short"
             )
         t = torch.from_numpy(arr.reshape(entry.shape))
-        if t.dtype != t_dtype:
-            t = t.view(t_dtype)
-        if not bool(torch.isfinite(t).all()):
-            raise MaskFileError(entry.file, f"tensor {entry.name!r} has NaN or infinite weights")
-        return t
+        return t.view(t_dtype) if t.dtype != t_dtype else t
 
     def layer(self, entry: TensorEntry) -> tuple[str, torch.Tensor, torch.Tensor]:
         """``(name, mask, weight)`` of one analyzed tensor, ``out × in``: the mask is its nonzero
@@ -413,13 +529,16 @@ class HFSource:
 
 def open_source(path: str | os.PathLike, *, layers: Sequence[str] | None = None,
                 include: Iterable[str] = ()) -> HFSource:  # fmt: skip
-    """A :class:`HFSource` for a Hugging Face model folder or one ``.safetensors`` file.
+    """A :class:`HFSource` for a Hugging Face model folder (safetensors, or ``.bin`` pickles
+    read with ``weights_only=True``) or one ``.safetensors`` file.
 
     Raises
     ------
     MaskFileError
         For a folder without weights, an index naming a missing shard or a path outside the
-        folder, a truncated shard, a corrupt header, or no tensor to analyze (each names the file).
+        folder, a truncated shard, a corrupt header, or no tensor to analyze; for ``.bin`` files
+        also a corrupt or legacy (non-zip) file, a pickle that refers to other objects than
+        tensors, or one that holds other than a dict of tensors (each names the file).
     """
     from ..files import input_path
 
@@ -452,16 +571,29 @@ def llama_shapes(hidden: int = 4096, intermediate: int = 11008, blocks: int = 32
 
 
 def write_folder(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *,
-                 shards: int = 1, config: dict | None = None) -> Path:  # fmt: skip
+                 shards: int = 1, config: dict | None = None, fmt: str = "safetensors") -> Path:  # fmt: skip
     """Write ``tensors`` as a Hugging Face model folder: ``config.json`` and one
     ``model.safetensors``, or ``shards`` files ``model-0000i-of-0000n.safetensors`` (about
     equal bytes, in order) with ``model.safetensors.index.json``. Every file atomically.
+
+    With ``fmt="bin"`` the weights are PyTorch pickles instead (``torch.save`` of a dict, zip
+    format): ``pytorch_model.bin``, or ``pytorch_model-0000i-of-0000n.bin`` with
+    ``pytorch_model.bin.index.json``, transformers' names.
 
     For tests, benchmarks and examples; the folder is created if missing.
     """
     from safetensors.torch import save as st_save
 
     from ..files import atomic_write_bytes
+    from .torch_file import save_bytes
+
+    if fmt not in ("safetensors", "bin"):
+        raise UnknownNameError("model folder format", fmt, ("safetensors", "bin"))
+
+    def encode(part: dict[str, torch.Tensor]) -> bytes:
+        if fmt == "bin":
+            return save_bytes(part)
+        return st_save(part, metadata={"format": "pt"})
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -469,17 +601,20 @@ def write_folder(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *,
     atomic_write_bytes(folder / "config.json", json.dumps(cfg, indent=2).encode())
     names = list(tensors)
     if shards <= 1:
-        data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
-        atomic_write_bytes(folder / SINGLE_FILE, data)
+        single = BIN_FILE if fmt == "bin" else SINGLE_FILE
+        atomic_write_bytes(folder / single, encode({k: v.contiguous() for k, v in tensors.items()}))
         return folder
     sizes = np.cumsum([tensors[k].numel() * tensors[k].element_size() for k in names])
     cut = np.minimum((sizes * shards - 1) // max(int(sizes[-1]), 1), shards - 1)
     weight_map = {}
     for s in range(shards):
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        stem = "pytorch_model" if fmt == "bin" else "model"
+        suffix = "bin" if fmt == "bin" else "safetensors"
+        fname = f"{stem}-{s + 1:05d}-of-{shards:05d}.{suffix}"
         part = {k: tensors[k].contiguous() for k, c in zip(names, cut, strict=True) if c == s}
-        atomic_write_bytes(folder / fname, st_save(part, metadata={"format": "pt"}))
+        atomic_write_bytes(folder / fname, encode(part))
         weight_map.update(dict.fromkeys(part, fname))
     index = {"metadata": {"total_size": int(sizes[-1])}, "weight_map": weight_map}
-    atomic_write_bytes(folder / INDEX_FILE, json.dumps(index, indent=2).encode())
+    index_file = BIN_INDEX_FILE if fmt == "bin" else INDEX_FILE
+    atomic_write_bytes(folder / index_file, json.dumps(index, indent=2).encode())
     return folder

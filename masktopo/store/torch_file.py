@@ -31,6 +31,10 @@ _OBJECT_ERRORS = (
 #: torch's message for a global from a module it never allows (os, posix, nt, sys); it has no
 #: "WeightsUnpickler error:" part, so _OBJECT_ERRORS does not see it.
 _BLOCKED_GLOBAL = re.compile(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked")
+#: A legacy (non-zip) torch.save file starts with torch's magic number pickled (protocol 2).
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+#: A zip archive's first local file header (a zip-format torch.save file starts with one).
+_ZIP_MAGIC = b"PK\x03\x04"
 _REFUSE = (
     "refusing to unpickle: the checkpoint contains Python objects other than tensors ({}); save "
     "only the state dict (torch.save(model.state_dict(), path))"
@@ -58,14 +62,29 @@ def save_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def torch_load(path: Path) -> Any:
+def torch_load(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
-    never code; every failure is a one-line :class:`MaskFileError`."""
-    _check_zip_crc(path)
+    never code; every failure is a one-line :class:`MaskFileError`.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The checkpoint.
+    mmap : bool
+        Map the file instead of reading it (``torch.load(mmap=True)``): a tensor's bytes are read
+        from the file when it is touched, and the map lives as long as a tensor of it does. Only
+        zip-format files (``torch.save``'s default since PyTorch 1.6) can be mapped: a legacy one
+        is an error saying so. The CRC-32 checksums are then not verified up front (that would
+        read the whole file): :func:`check_storage` verifies a tensor's bytes when it is read.
+    """
+    if mmap:
+        _require_zip(path)
+    else:
+        _check_zip_crc(path)
     try:
         with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError as e:
         from ..files import os_problem
 
@@ -74,6 +93,82 @@ def torch_load(path: Path) -> Any:
         raise MaskFileError(path, _unpickling_problem(path, e)) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
         raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+
+
+def _require_zip(path: Path) -> None:
+    """Refuse, before torch opens it, a file that cannot be memory-mapped: a legacy
+    (non-zip) ``torch.save`` file, or one that is not a checkpoint at all."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except OSError as e:
+        from ..files import os_problem
+
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    if head == _LEGACY_MAGIC:
+        raise MaskFileError(
+            path,
+            "is a legacy (non-zip, PyTorch < 1.6) torch.save file, which cannot be memory-mapped "
+            "and so is not read tensor by tensor: re-save it with torch.save (zip format) or "
+            "convert it to safetensors",
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        raise MaskFileError(
+            path, "truncated or corrupt checkpoint (not a zip archive, the format of torch.save)"
+        )
+
+
+def record_checksums(path: Path) -> dict[int, frozenset[int]]:
+    """The CRC-32 checksums of the tensor records (``<archive>/data/<key>``) of a zip-format
+    checkpoint, by record size in bytes: what :func:`check_storage` compares a tensor's bytes
+    with. The zip's directory and its small records (the pickle, the version) are read and the
+    latter verified against their checksums; the tensor records are not read.
+
+    Raises
+    ------
+    MaskFileError
+        For a legacy (non-zip) file, or a truncated or corrupt one (naming ``path``).
+    """
+    _require_zip(path)
+    sums: dict[int, set[int]] = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                parts = info.filename.split("/")
+                if len(parts) >= 2 and parts[-2] == "data":
+                    sums.setdefault(info.file_size, set()).add(info.CRC)
+                else:
+                    z.read(info)  # raises BadZipFile on a CRC-32 mismatch
+    except OSError as e:
+        from ..files import os_problem
+
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as e:  # fmt: skip
+        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+    return {size: frozenset(crcs) for size, crcs in sums.items()}
+
+
+def check_storage(path: Path, name: str, tensor: torch.Tensor,
+                  checksums: dict[int, frozenset[int]]) -> None:  # fmt: skip
+    """Verify the bytes of the storage under ``tensor`` (memory-mapped from ``path`` by
+    :func:`torch_load`): their CRC-32 must be that of a tensor record of their size
+    (:func:`record_checksums`). A flipped byte passes only if it makes the record's checksum equal
+    to that of another record of the same size (a chance of about one in 2³² per record).
+
+    Raises
+    ------
+    MaskFileError
+        Naming ``path`` and the tensor ``name``.
+    """
+    storage = tensor.untyped_storage()
+    data = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+    if zlib.crc32(data) not in checksums.get(storage.nbytes(), ()):
+        raise MaskFileError(
+            path,
+            f"truncated or corrupt checkpoint (the bytes of tensor {name!r} do not match the "
+            "CRC-32 checksum of a record of their size)",
+        )
 
 
 def _check_zip_crc(path: Path) -> None:

@@ -189,11 +189,11 @@ def test_folder_without_weights(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     (d / "config.json").write_text('{"model_type": "llama"}')
-    (d / "pytorch_model.bin").write_bytes(b"x")
+    (d / "consolidated.00.pth").write_bytes(b"x")  # Meta's own format: not read
     with pytest.raises(MaskFileError) as e:
         open_source(d)
     assert "holds no model weights" in _one_line(e, d)
-    assert "pytorch_model.bin" in str(e.value)
+    assert "consolidated.00.pth" in str(e.value)
 
 
 def test_missing_shard(folders, tmp_path):
