@@ -722,35 +722,50 @@ def _find(parent, x):
 
 
 @_jit
-def _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out, table):
-    """σ₁, σ₂ of one matrix whose graph is connected (or small: the dense route is exact
-    whatever the connectivity). Returns ``(converged, Lanczos steps)``."""
+def _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
+                     table):  # fmt: skip
+    """σ₁, σ₂ of ``nl`` (1 or 2) matrices with one pattern whose graph is connected (or small:
+    the dense route is exact whatever the connectivity), the values ``data`` and ``data1`` (lane
+    1; ignored with one lane) into ``out[l]``; their Lanczos runs side by side
+    (:func:`_lanczos`), each lane the same bits as alone. Returns ``(converged, Lanczos steps)``
+    per lane."""
     rows_side = m <= n
     dim = m if rows_side else n
+    ok = np.ones(nl, dtype=np.bool_)
+    K = np.zeros(nl, dtype=np.int64)
     if dim == 1:  # rank one: σ₁ = ‖data‖
-        acc = 0.0
-        for p in range(indptr[m]):
-            acc += data[e0 + p] * data[e0 + p]
-        out[0] = np.sqrt(acc)
-        out[1] = 0.0
-        return True, 0
+        for lane in range(nl):
+            values = data if lane == 0 else data1
+            acc = 0.0
+            for p in range(indptr[m]):
+                acc += values[e0 + p] * values[e0 + p]
+            out[lane, 0] = np.sqrt(acc)
+            out[lane, 1] = 0.0
+        return ok, K
     if dim <= small_side:
-        _dense_small(data, indices, indptr, e0, m, n, rows_side, dim, out)
-        return True, 0
-    Y = np.empty((2, 1, dim))
-    ok, K = _lanczos(data, data, 1, indices, indptr, e0, m, n, rows_side, dim, tol,
-                     np.array([min(max_steps, dim)]), table[:dim], Y[0], Y[1])  # fmt: skip
-    _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, Y[0, 0], Y[1, 0], out)
-    return ok[0], K[0]
+        for lane in range(nl):
+            values = data if lane == 0 else data1
+            _dense_small(values, indices, indptr, e0, m, n, rows_side, dim, out[lane])
+        return ok, K
+    Y = np.empty((2, nl, dim))
+    ok, K = _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol,
+                     np.full(nl, min(max_steps, dim)), table[:dim], Y[0], Y[1])  # fmt: skip
+    for lane in range(nl):
+        values = data if lane == 0 else data1
+        _ritz2(values, indices, indptr, e0, m, n, rows_side, dim, Y[0, lane], Y[1, lane],
+               out[lane])  # fmt: skip
+    return ok, K
 
 
 @_jit
-def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out, table):
-    """σ₁, σ₂ of one matrix: split into connected components unless it is small, solve each
-    and keep the two largest values. Returns ``(converged, Lanczos steps)``."""
+def _solve_one(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
+               table):  # fmt: skip
+    """σ₁, σ₂ of ``nl`` (1 or 2) matrices with one pattern (as :func:`_solve_connected`): split
+    into connected components unless small, solve each and keep the two largest values.
+    Returns ``(converged, Lanczos steps)`` per lane (steps summed over the components)."""
     if min(m, n) <= small_side:
-        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
-                                table)  # fmt: skip
+        return _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps,
+                                small_side, out, table)  # fmt: skip
     parent = np.arange(m + n)
     for r in range(m):
         for p in range(indptr[r], indptr[r + 1]):
@@ -766,9 +781,6 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
             label[root] = n_comp
             n_comp += 1
         label[x] = label[root]
-    row_has = np.zeros(m, dtype=np.bool_)
-    for r in range(m):
-        row_has[r] = indptr[r + 1] > indptr[r]
     comp_rows = np.zeros(n_comp, dtype=np.int64)
     comp_cols = np.zeros(n_comp, dtype=np.int64)
     comp_nnz = np.zeros(n_comp, dtype=np.int64)
@@ -782,8 +794,8 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
         if comp_nnz[g] > 0:
             n_real += 1
     if n_real <= 1:  # connected (apart from empty rows and columns)
-        return _solve_connected(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
-                                table)  # fmt: skip
+        return _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps,
+                                small_side, out, table)  # fmt: skip
     # Local numbering of rows and columns inside their component, in order.
     local = np.zeros(m + n, dtype=np.int64)
     seen_r = np.zeros(n_comp, dtype=np.int64)
@@ -802,19 +814,21 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
         nnz_start[g + 1] = nnz_start[g] + comp_nnz[g]
     sub_ptr = np.zeros(row_start[n_comp], dtype=np.int64)
     sub_ind = np.empty(nnz_start[n_comp], dtype=np.int32)
-    sub_dat = np.empty(nnz_start[n_comp])
+    sub_dat = np.empty((nl, nnz_start[n_comp]))
     fill = nnz_start[:-1].copy()
     for r in range(m):
         g = label[r]
         for p in range(indptr[r], indptr[r + 1]):
             sub_ind[fill[g]] = local[m + indices[e0 + p]]
-            sub_dat[fill[g]] = data[e0 + p]
+            sub_dat[0, fill[g]] = data[e0 + p]
+            if nl > 1:
+                sub_dat[1, fill[g]] = data1[e0 + p]
             fill[g] += 1
         sub_ptr[row_start[g] + local[r] + 1] = fill[g] - nnz_start[g]
-    best = np.zeros(2)
-    part = np.zeros(2)
-    ok = True
-    steps = 0
+    best = np.zeros((nl, 2))
+    part = np.zeros((nl, 2))
+    ok = np.ones(nl, dtype=np.bool_)
+    steps = np.zeros(nl, dtype=np.int64)
     for g in range(n_comp):
         if comp_nnz[g] == 0:
             continue
@@ -822,26 +836,32 @@ def _solve_one(data, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
         for i in range(1, comp_rows[g] + 1):  # rows without entries keep the previous end
             if ip[i] < ip[i - 1]:
                 ip[i] = ip[i - 1]
-        ok_g, k_g = _solve_connected(sub_dat, sub_ind, ip, nnz_start[g], comp_rows[g],
-                                     comp_cols[g], tol, max_steps, small_side, part,
-                                     table)  # fmt: skip
-        ok = ok and ok_g
-        steps += k_g
-        for v in part:
-            if v > best[0]:
-                best[1] = best[0]
-                best[0] = v
-            elif v > best[1]:
-                best[1] = v
-    out[0] = best[0]
-    out[1] = best[1]
+        ok_g, k_g = _solve_connected(sub_dat[0], sub_dat[nl - 1], nl, sub_ind, ip, nnz_start[g],
+                                     comp_rows[g], comp_cols[g], tol, max_steps, small_side,
+                                     part, table)  # fmt: skip
+        for lane in range(nl):
+            ok[lane] = ok[lane] and ok_g[lane]
+            steps[lane] += k_g[lane]
+            for v in part[lane]:
+                if v > best[lane, 0]:
+                    best[lane, 1] = best[lane, 0]
+                    best[lane, 0] = v
+                elif v > best[lane, 1]:
+                    best[lane, 1] = v
+    for lane in range(nl):
+        out[lane, 0] = best[lane, 0]
+        out[lane, 1] = best[lane, 1]
     return ok, steps
 
 
 @_jit
-def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps, small_side):
+def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, tol, max_steps,
+               small_side):  # fmt: skip
     """σ₁, σ₂ of every matrix ``i``: CSR ``indptr[ptr_off[i] : ptr_off[i] + m + 1]`` (local, from
-    0), ``indices``/``data`` from ``nnz_off[i]``, shape ``shapes[i] = (m, n)``.
+    0), ``indices``/``data`` from ``nnz_off[i]``, shape ``shapes[i] = (m, n)``. ``partner[i] = j
+    > i`` says that matrix ``j`` has the pattern of ``i`` (other values): the two are solved side
+    by side (:func:`_lanczos`: one traversal for both products while both run, each the same bits
+    as alone); ``-1`` (or an empty ``partner``) otherwise.
 
     Returns ``(out, ok, steps)``: ``(nb, 2)`` float64 descending; ``ok[i] = False`` where a
     Lanczos run did not converge within ``max_steps``; Lanczos steps per matrix (summed over its
@@ -852,14 +872,34 @@ def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps, 
     ok = np.ones(nb, dtype=np.bool_)
     steps = np.zeros(nb, dtype=np.int64)
     table = _gaussians(max(1, np.max(np.minimum(shapes[:, 0], shapes[:, 1])) if nb else 1))
+    done = np.zeros(nb, dtype=np.bool_)
+    res = np.zeros((2, 2))
     for i in range(nb):
+        if done[i]:
+            continue
         m = shapes[i, 0]
         n = shapes[i, 1]
         ip = indptr[ptr_off[i] : ptr_off[i] + m + 1]
         if m == 0 or n == 0 or ip[m] == 0:
             continue
-        ok[i], steps[i] = _solve_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps,
-                                     small_side, out[i], table)  # fmt: skip
+        j = partner[i] if partner.size else -1
+        if j < 0:
+            ok_i, k_i = _solve_one(data, data, 1, indices, ip, nnz_off[i], m, n, tol, max_steps,
+                                   small_side, res, table)  # fmt: skip
+            out[i] = res[0]
+            ok[i] = ok_i[0]
+            steps[i] = k_i[0]
+            continue
+        # lane 0 the binary one where there is one (its products share the traversal)
+        a, b = (j, i) if _is_unit(data, nnz_off[j], ip[m]) else (i, j)
+        e0 = nnz_off[i]
+        ok_p, k_p = _solve_one(data[nnz_off[a] - e0 :], data[nnz_off[b] - e0 :], 2, indices, ip,
+                               e0, m, n, tol, max_steps, small_side, res, table)  # fmt: skip
+        for lane, idx in ((0, a), (1, b)):
+            out[idx] = res[lane]
+            ok[idx] = ok_p[lane]
+            steps[idx] = k_p[lane]
+        done[j] = True
     return out, ok, steps
 
 
@@ -880,11 +920,41 @@ class Block(NamedTuple):
         return int(self.shapes.shape[0])
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+
+
+def _same_pattern(a, b) -> bool:
+    """Whether two consecutive :func:`pack` items are the same pattern(s) with other values
+    (a layer's binary and weighted matrix, or its binary and weighted IMDB groups)."""
+    if isinstance(a, Block) != isinstance(b, Block):
+        return False
+    if isinstance(a, Block):
+        return a.count == b.count and all(
+            _same(x, y) for x, y in zip(a[1:], b[1:], strict=True)
+        )  # fmt: skip
+    k = a.nnz
+    return (tuple(a.shape) == tuple(b.shape) and k == b.nnz and _same(a.indptr, b.indptr)
+            and _same(a.indices[:k], b.indices[:k]))  # fmt: skip
+
+
 def pack(mats):
     """Concatenate :class:`~masktopo.analysis._engine.Parts` and :class:`Block` items into
-    :func:`top2_batch`'s arrays (a block contributes its matrices in order)."""
+    :func:`top2_batch`'s arrays (a block contributes its matrices in order), with ``partner``:
+    an item that has the pattern(s) of the item before it (other values) is solved side by side
+    with it (``partner[i] = j``: matrix ``j`` is matrix ``i``'s pattern; ``-1`` otherwise)."""
     shapes_l, nnz_l, data_l, ind_l, ptr_l = [], [], [], [], []
+    partner_l: list[np.ndarray] = []
+    start, prev = 0, None
     for P in mats:
+        count = P.count if isinstance(P, Block) else 1
+        partner_l.append(np.full(count, -1, dtype=np.int64))
+        if prev is not None and _same_pattern(prev, P):
+            partner_l[-2][:] = np.arange(start, start + count)
+            prev = None  # a pair: the next item pairs with neither
+        else:
+            prev = P
+        start += count
         if isinstance(P, Block):
             m = P.shapes[:, 0]
             shapes_l.append(P.shapes)
@@ -900,7 +970,7 @@ def pack(mats):
             ptr_l.append(P.indptr)
     if not shapes_l:
         z = np.zeros(0, dtype=np.int64)
-        return np.zeros(0), np.zeros(0, np.int32), z, z, z, np.zeros((0, 2), dtype=np.int64)
+        return np.zeros(0), np.zeros(0, np.int32), z, z, z, np.zeros((0, 2), dtype=np.int64), z
     shapes = np.concatenate(shapes_l).astype(np.int64, copy=False).reshape(-1, 2)
     nnz = np.concatenate(nnz_l)
     nb = shapes.shape[0]
@@ -911,7 +981,7 @@ def pack(mats):
     data = np.concatenate(data_l).astype(np.float64, copy=False)
     indices = np.concatenate(ind_l).astype(np.int32, copy=False)
     indptr = np.concatenate(ptr_l).astype(np.int64, copy=False)
-    return data, indices, indptr, ptr_off, nnz_off, shapes
+    return data, indices, indptr, ptr_off, nnz_off, shapes, np.concatenate(partner_l)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1103,7 +1173,7 @@ def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
 
 def unpack(packed, i):
     """Matrix ``i`` of :func:`pack`'s arrays as ``(data, indices, indptr, shape)``."""
-    data, indices, indptr, ptr_off, nnz_off, shapes = packed
+    data, indices, indptr, ptr_off, nnz_off, shapes = packed[:6]
     m, n = (int(x) for x in shapes[i])
     ip = indptr[ptr_off[i] : ptr_off[i] + m + 1]
     e0 = int(nnz_off[i])
@@ -1194,10 +1264,9 @@ def _bounds_lanes(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, sm
     rows_side = m <= n
     dim = m if rows_side else n
     if dim == 1 or dim <= small_side:
+        _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, 0, small_side, lo,
+                         table)  # fmt: skip
         for lane in range(nl):
-            values = data if lane == 0 else data1
-            _solve_connected(values, indices, indptr, e0, m, n, tol, max_steps[lane], small_side,
-                             lo[lane], table)  # fmt: skip
             hi[lane, 0] = lo[lane, 0]
             hi[lane, 1] = lo[lane, 1]
         return K
@@ -1237,10 +1306,11 @@ def _bounds_lanes(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, sm
 
 
 @_jit
-def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_steps,
+def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, tol, max_steps,
                       small_side, upper=True):  # fmt: skip
-    """Rigorous bounds on σ₁, σ₂ of every matrix (arguments as :func:`top2_batch`; values must
-    be non-negative): ``(lo, hi, steps)``, ``lo`` and ``hi`` ``(nb, 2)`` with
+    """Rigorous bounds on σ₁, σ₂ of every matrix (arguments as :func:`top2_batch`, partners
+    bounded side by side; values must be non-negative): ``(lo, hi, steps)``, ``lo`` and ``hi``
+    ``(nb, 2)`` with
     ``lo ≤ σ ≤ hi`` up to rounding (the caller widens them by a margin). ``max_steps`` is the
     ranking budget (a few dozen steps rather than convergence); see :func:`_bounds_one`.
     ``upper=False``: the looser upper bound ``σ₂ ≤ σ₁ ≤ √(‖B‖₁‖B‖∞)`` instead of the
@@ -1256,14 +1326,31 @@ def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, tol, max_
     hi = np.zeros((nb, 2))
     steps = np.zeros(nb, dtype=np.int64)
     table = _gaussians(max(1, np.max(np.minimum(shapes[:, 0], shapes[:, 1])) if nb else 1))
+    done = np.zeros(nb, dtype=np.bool_)
+    L = np.zeros((2, 2, 2))
+    budget = np.array([max_steps, max_steps])
     for i in range(nb):
+        if done[i]:
+            continue
         m = shapes[i, 0]
         n = shapes[i, 1]
         ip = indptr[ptr_off[i] : ptr_off[i] + m + 1]
         if m == 0 or n == 0 or ip[m] == 0:
             continue
-        steps[i] = _bounds_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps, small_side,
-                               lo[i], hi[i], table, upper)  # fmt: skip
+        j = partner[i] if partner.size else -1
+        if j < 0:
+            steps[i] = _bounds_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps,
+                                   small_side, lo[i], hi[i], table, upper)  # fmt: skip
+            continue
+        a, b = (j, i) if _is_unit(data, nnz_off[j], ip[m]) else (i, j)
+        e0 = nnz_off[i]
+        K = _bounds_lanes(data[nnz_off[a] - e0 :], data[nnz_off[b] - e0 :], 2, indices, ip, e0,
+                          m, n, tol, budget, small_side, L[0], L[1], table, upper)  # fmt: skip
+        for lane, idx in ((0, a), (1, b)):
+            lo[idx] = L[0, lane]
+            hi[idx] = L[1, lane]
+            steps[idx] = K[lane]
+        done[j] = True
     return lo, hi, steps
 
 

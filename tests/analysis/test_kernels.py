@@ -121,7 +121,7 @@ def test_pack_mixes_parts_and_blocks():
                       random_state=rng, format="csr") for _ in range(5)]  # fmt: skip
     parts = [Parts.of(M) for M in mats]
     inner = _kernels.pack(parts[1:4])  # three matrices as one block
-    items = [parts[0], _kernels.Block(*inner), parts[4]]
+    items = [parts[0], _kernels.Block(*inner[:6]), parts[4]]
     packed = _kernels.pack(items)
     assert packed[5].shape == (5, 2)
     for i, P in enumerate(parts):
@@ -202,3 +202,33 @@ def test_paired_lanczos_lanes_equal_single_runs(m, n, steps, upper):
             _kernels._bounds_one(values, indices, indptr, 0, m, n, 1e-6, steps[lane], 16,
                                  lo[1, lane], hi[1, lane], table, upper)  # fmt: skip
         assert np.array_equal(lo[0], lo[1]) and np.array_equal(hi[0], hi[1])
+
+
+def test_pack_pairs_a_layers_binary_and_weighted_matrices_and_keeps_the_bits():
+    """Planning queues a layer's binary and weighted matrix (and IMDB blocks) one after the
+    other; pack marks them as partners, and solving them side by side (one traversal for both
+    products) gives the same bits as solving each alone."""
+    layers = _resnet_layers(3)
+    opts = metrics.Options()
+    selection = metrics.select(metrics.metric_names())
+    jobs = []
+    for name, mask, weight in layers:
+        raw = metrics._extract(name, mask, weight, opts)
+        jobs.extend(metrics._plan_layer(raw, opts, selection).jobs)
+    packed = _kernels.pack(jobs)
+    partner = packed[6]
+    paired = np.flatnonzero(partner >= 0)
+    assert paired.size > len(layers)  # the whole matrices and the IMDB groups
+    for i in paired:  # a partner has the same pattern and other values
+        a, b = _kernels.unpack(packed, i), _kernels.unpack(packed, partner[i])
+        assert a[3] == b[3] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2])
+        assert not np.array_equal(a[0], b[0])
+    args = (_engine.TOL, _engine.MAX_STEPS, _engine.DENSE_MAX_SIDE)
+    together = _kernels.top2_batch(*packed, *args)
+    alone = _kernels.top2_batch(*packed[:6], np.zeros(0, np.int64), *args)
+    for x, y in zip(together, alone, strict=True):
+        assert np.array_equal(x, y)
+    bounds = [_kernels.top2_bounds_batch(*packed[:6], p, 1e-6, 12, _engine.DENSE_MAX_SIDE, False)
+              for p in (partner, np.zeros(0, np.int64))]  # fmt: skip
+    for x, y in zip(*bounds, strict=True):
+        assert np.array_equal(x, y)
