@@ -33,8 +33,11 @@ backward pass per row (:func:`~masktopo.prune.gradient_matrix_loop`, the referen
     python benchmarks/bench_chita.py --device cpu cuda    # ours also on the GPU
     python benchmarks/bench_chita.py --quick              # small n, seconds
     python benchmarks/bench_chita.py --threads 1          # one thread on both sides
+    python benchmarks/bench_chita.py --device cuda --repeat 2 --loop-rows 50  # ours: GPU only
 
-The report (Markdown) goes to stdout, progress to stderr, with the machine load.
+The report (Markdown) goes to stdout, progress to stderr, with the machine load. ``--device cuda``
+alone on a machine without CUDA prints that on stderr and exits 1 (with ``cpu`` beside it, the
+CUDA timings are skipped).
 """
 
 from __future__ import annotations
@@ -297,9 +300,11 @@ def model_grads(name, dataset, n, device, real: bool, loop_rows: int):
     return G, w.double(), sizes, source, (n / dt_v, m / dt_l)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (see the module docstring); ``--quick`` already applied."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", nargs="+", default=["cpu"])
+    ap.add_argument("--device", nargs="+", default=["cpu"], choices=["cpu", "cuda"],
+                    help="where ours runs (the numpy port always runs on the CPU)")  # fmt: skip
     ap.add_argument("--n-mlp", type=int, default=1000)
     ap.add_argument("--n-resnet", type=int, default=500)
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.9, 0.98])
@@ -314,10 +319,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.n_mlp, args.n_resnet, args.sparsity, args.loop_rows = 200, 100, [0.9], 50
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; the report goes to stdout. Returns the exit status."""
+    args = parse_args(argv)
+    devices = [d for d in dict.fromkeys(args.device) if d == "cpu" or torch.cuda.is_available()]
+    if len(devices) < len(set(args.device)):
+        log(f"--device cuda: no CUDA device (torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda or 'none'})" + ("; nothing to time" if not devices else
+                                                   "; skipping the CUDA timings"))  # fmt: skip
+    if not devices:
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads, user_api="blas")
-    devices = [d for d in args.device if d == "cpu" or torch.cuda.is_available()]
     load0 = os.getloadavg()
     t_start = time.perf_counter()
     print("# bench_chita: torch solvers vs a numpy port of the CHITA reference\n")

@@ -22,10 +22,16 @@ process, reset before each pattern), the machine and its load. ``--blocks 2`` is
 ``--dense-route off`` keeps every matrix on the compiled sparse engine (``$MASKTOPO_DENSE_ROUTE``;
 ``auto`` by default).
 
+``--device cuda`` runs ``analyze_layers`` on the GPU (the layers are still generated on the CPU,
+untimed, and moved by the analysis); without CUDA it prints that on stderr and exits 1. Each
+pattern's result is also logged to stderr as one JSON line as soon as it is measured, so a run
+stopped during a later pattern still leaves the earlier ones.
+
 Usage::
 
     python benchmarks/bench_llm.py --blocks 2            # quick mode
     python benchmarks/bench_llm.py                       # the whole 7B mask set
+    python benchmarks/bench_llm.py --device cuda --blocks 1 --svds-blocks 0   # GPU, quick
 """
 
 from __future__ import annotations
@@ -161,7 +167,8 @@ def run_pattern(args, pattern: str, shapes) -> dict:
     total = time.perf_counter() - t0 - gen_s
     cpu = time.process_time() - c0 - (gen.cpu_seconds if gen is not None else 0.0)
     peak = _rss("VmHWM:")
-    out = {"pattern": pattern, "matrices": len(refs), "blocks": args.blocks, "seconds": total,
+    out = {"pattern": pattern, "device": args.device, "matrices": len(refs),
+           "blocks": args.blocks, "seconds": total,
            "per_block": total / args.blocks, "cpu_seconds": cpu, "peak_rss": peak, "base_rss": base,
            "generation_s": gen.seconds if gen is not None else 0.0,
            "load": [load0, os.getloadavg()[0]],
@@ -196,7 +203,7 @@ def report(args, results) -> str:
     )
     lines = [f"# bench_llm: {size}, {args.blocks} of 32 blocks, bf16, 50 % sparse", ""]
     lines += machine_facts([args.device])
-    lines += [f"- chunk: {args.chunk_entries:,} entries; "
+    lines += [f"- device: {args.device}; chunk: {args.chunk_entries:,} entries; "
               f"dense route: {os.environ.get('MASKTOPO_DENSE_ROUTE', 'auto')}; "
               f"input: {'HF folder on disk' if args.folder else 'generated in memory'}", ""]  # fmt: skip
     lines += [
@@ -224,7 +231,8 @@ def report(args, results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, default=32, help="blocks of the model (2: quick mode)")
     p.add_argument("--patterns", default="row,2:4", help="row, 2:4 (comma separated)")
@@ -250,12 +258,25 @@ def main(argv=None) -> int:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    if args.dense_route:
-        os.environ["MASKTOPO_DENSE_ROUTE"] = args.dense_route
-    patterns = [x.strip() for x in args.patterns.split(",") if x.strip()]
-    for x in patterns:
+    args.pattern_list = [x.strip() for x in args.patterns.split(",") if x.strip()]
+    for x in args.pattern_list:
         if x not in PATTERNS:
             p.error(f"unknown pattern {x!r}; known: {', '.join(PATTERNS)}")
+    if args.blocks < 1:
+        p.error("--blocks must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; the report goes to stdout. Returns the exit status."""
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        log(f"bench_llm: --device cuda: no CUDA device (torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda or 'none'}); nothing to time")  # fmt: skip
+        return 1
+    if args.dense_route:
+        os.environ["MASKTOPO_DENSE_ROUTE"] = args.dense_route
+    patterns = args.pattern_list
     shapes = model_shapes(args.blocks, args.hidden, args.intermediate)
     results = [run_pattern(args, pat, shapes) for pat in patterns]
     text = report(args, results)

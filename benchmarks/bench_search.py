@@ -11,7 +11,10 @@ on the same models (supports ``0, 1, ...`` of 2-3-3-3-1, lr 0.1, cosine, per-mod
 2. **ensemble**: :class:`masktopo.search.EnsembleTrainer` with B models at once for each B of
    ``--batch`` (default 256, 1024, 4096), ``--steps`` steps after one warm-up step, on each route
    of ``--routes`` (default both on the CPU: ``compiled``, the numba kernel that ``route="auto"``
-   takes there, and ``torch``, the batched-tensor route that CUDA takes).
+   takes there, and ``torch``, the batched-tensor route that CUDA takes). On CUDA (torch route
+   only) B runs over ``--cuda-batch`` (default ``--batch`` and 16,384, 65,536). 2-3-3-3-1 has
+   25,992 supports: above that, model ``i`` trains support ``i mod 25,992`` (from its own
+   initial weights, seed ``i``).
 
 The unit is the *model-step* (one SGD step of one model on one minibatch); the report gives
 model-steps/s, the speed-up over the one-model loop, and the time of the full phase 2
@@ -25,6 +28,9 @@ and the ensemble are compared thread for thread).
     python benchmarks/bench_search.py                       # CPU
     python benchmarks/bench_search.py --quick               # a smoke run (seconds)
     python benchmarks/bench_search.py --device cpu cuda     # and CUDA when present
+    python benchmarks/bench_search.py --device cuda --cuda-batch 65536 155952   # CUDA only
+
+``--device cuda`` alone on a machine without CUDA prints that on stderr and exits 1.
 
 The report (Markdown) goes to stdout, progress to stderr; the load average is printed with it
 because the machine may be shared.
@@ -39,7 +45,13 @@ import time
 import torch
 from _common import available_devices, log, machine_facts
 
-from masktopo.search import EnsembleTrainer, init_params, support_masks, train_one
+from masktopo.search import (
+    EnsembleTrainer,
+    count_supports,
+    init_params,
+    support_masks,
+    train_one,
+)
 from masktopo.search.ensemble import bias_masks_from_units
 from masktopo.zoo import cubist_spiral
 
@@ -49,7 +61,10 @@ STEPS_PER_RUN = 50 * 390
 
 
 def _models(n: int):
-    masks = [torch.from_numpy(m) for m in support_masks(ARCH, list(range(n)))]
+    """Masks and initial weights of models ``0 .. n - 1``: model ``i`` has support
+    ``i mod count_supports(ARCH)`` and initial weights from seed ``i``."""
+    keys = [i % count_supports(ARCH) for i in range(n)]
+    masks = [torch.from_numpy(m) for m in support_masks(ARCH, keys)]
     w, b = init_params(list(range(n)), ARCH, init_width=16)
     return masks, w, b
 
@@ -82,10 +97,18 @@ def bench_ensemble(x, y, B: int, steps: int, device: str, route: str = "auto") -
     return B * steps / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", nargs="+", default=["cpu"])
+    p.add_argument("--device", nargs="+", default=["cpu"], choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument(
+        "--cuda-batch",
+        type=int,
+        nargs="+",
+        default=None,
+        help="models at once on CUDA (default: --batch and 16384, 65536)",
+    )
     p.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
     p.add_argument("--loop-models", type=int, default=4)
     p.add_argument("--loop-steps", type=int, default=300, help="steps per one-model run")
@@ -100,11 +123,24 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="B=256 only, 20 steps, 2 one-model runs of 100 steps"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.loop_models, args.loop_steps = [256], 20, 2, 100
+    if min(args.batch + (args.cuda_batch or [])) < 1:
+        p.error("--batch and --cuda-batch need positive sizes")
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; the report goes to stdout. Returns the exit status."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = available_devices(args.device)
+    if not devices:
+        log(f"bench_search: no CUDA device (torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda or 'none'}) and no other device asked for; "
+            "nothing to time")  # fmt: skip
+        return 1
     x, y = cubist_spiral()
     print("# Ensemble trainer vs the one-model loop (2-3-3-3-1 supports, batch 128)\n")
     for line in machine_facts(devices):
@@ -114,7 +150,10 @@ def main() -> None:
     loop_before = bench_loop(x, y, args.loop_models, args.loop_steps)
     rows = []
     for dev in devices:
-        batches = args.batch if dev == "cpu" else sorted({*args.batch, 16384, 65536})
+        if dev == "cpu":
+            batches = args.batch
+        else:
+            batches = sorted(set(args.cuda_batch or [*args.batch, 16384, 65536]))
         for B in batches:
             for route in args.routes if dev == "cpu" else ["torch"]:
                 log(f"ensemble {dev} {route} B={B} ...")
@@ -133,6 +172,11 @@ def main() -> None:
         print(f"| {name} | {B:,} | {rate:,.0f} | {rate / loop:,.1f} | {_human(total)} |")
     print(f"\nload average after: {os.getloadavg()}; full phase 2 = {PHASE2_RUNS:,} runs × "
           f"{STEPS_PER_RUN:,} steps, extrapolated from each row's rate.")  # fmt: skip
+    n_sup = count_supports(ARCH)
+    if max(B for _, B, _ in rows) > n_sup:
+        print(f"\nRows with more than {n_sup:,} models at once repeat supports: model i trains "
+              f"support i mod {n_sup:,} from its own initial weights (seed i).")  # fmt: skip
+    return 0
 
 
 def _human(seconds: float) -> str:
@@ -146,4 +190,4 @@ def _human(seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,9 +3,12 @@
     python benchmarks/gpu_suite.py [--out REPORT.md] [--quick | --full] [--parts tests,analysis,...]
 
 Made for a GPU lent for one call of a few minutes. Each step runs in a subprocess of its own with
-its own timeout, inside a total budget (``--budget``, default 450 s in quick mode), so that one
-hang cannot eat the rest; progress lines with the elapsed time go to stderr. The steps, in order
-(``--parts`` selects by part; ``--list`` prints the exact command lines without running them):
+its own timeout, inside a total budget (``--budget``, default 480 s in quick mode). Every step also
+has a reserve: while a step runs, the reserves of the steps after it are kept back from the
+budget, so a step that hangs is stopped in time for all the others to get at least their reserve
+(the quick reserves add up to 400 s). Progress lines with the elapsed time go to stderr. The
+steps, in order (``--parts`` selects by part; ``--list`` prints the exact command lines, timeouts
+and reserves without running them):
 
 ========  ==========================================================================================
 part      what runs
@@ -17,18 +20,32 @@ analysis  ``bench_analysis.py``: ``analyze()`` of ResNet-50 mask sets at 90 / 98
 pags      ``bench_pags.py``: ``score_candidates`` of ResNet-18 ERK 99 % candidates on CUDA (goal
           ≥ 1,000 candidates/s) and PAGS end to end; chunks of 64 and 256 in a second run only
           when chunks of 16 already reach 100 candidates/s
+search    ``bench_search.py --device cuda``: model-steps/s of the ensemble trainer of
+          ``masktopo search`` at 16,384 and 65,536 models at once and the full phase 2 of
+          2-3-3-3-1 (155,952 runs) extrapolated from the best rate (goal ≤ 10 min, issue 15)
+chita     ``bench_chita.py --device cuda``: our CHITA solvers on the GPU against the numpy port of
+          the reference on the CPU, same G: MLPNet n = 1000 (bso, chita), ResNet-20 n = 500
+          (bso-block, B = 500), 90 and 98 % (goal ≥ 10× the numpy path, issue 14)
 train     ``bench_train.py --device cuda``: masked vs dense training step of ResNet-18 at CIFAR
           shapes, bf16 autocast and channels-last (goal: masked ≤ 3 % over dense) and the event
           dump's share of run time (goal ≤ 1 %), eager and again with ``--compile``
           (``torch.compile``; run last, it compiles for a minute or more)
 sparsify  ``bench_train.py --sparsify --device cuda``: ``masktopo.sparsify`` in a user's loop on a
           transformer block (goal: ≤ 3 % over the dense step)
+llm       ``bench_llm.py --device cuda``: every metric of generated Llama-2-7B layers at 50 %
+          (per-row and 2:4); quick mode measures 1 block of 32 and extrapolates ×32, ``--full``
+          measures all 32 (goal: the whole 7B mask set ≤ 10 s on one H100, issue 18)
 ========  ==========================================================================================
+
+The compiled training step (part ``train``) runs last; the large-chunk PAGS run right after the
+first one, as its condition is known then.
 
 The report (default ``docs/gpu-suite-report.md``, or ``--out``) holds the machine (GPU, memory,
 driver, CUDA, torch, masktopo version and commit, date), each step's status and wall time, a table
 "figure | measured | goal | met?" with the headline figures taken from the benchmarks' Markdown by
-small regular expressions ("not parsed" where that fails), and every step's full output in a
+small regular expressions (and, for ``llm``, from the JSON line it logs after each pattern, so a
+run stopped in its second pattern still gives the first; "not parsed" where that fails; quick-mode
+extrapolations are said so in the cell), and every step's full output in a
 ``<details>`` section. It is rewritten after every step, so a suite killed from outside still
 leaves what had finished. Exit status 0 when every step ran (goals missed are reported, not
 errors), 1 when a step failed, timed out or was not started for lack of budget.
@@ -40,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -56,8 +74,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("docs") / "gpu-suite-report.md"  # relative to the repository root
-PARTS = ("tests", "analysis", "pags", "train", "sparsify")
-BUDGET_S = {"quick": 450.0, "full": 1800.0}  # quick: fits a GPU lent for one call of ~8 minutes
+PARTS = ("tests", "analysis", "pags", "search", "chita", "train", "sparsify", "llm")
+BUDGET_S = {"quick": 480.0, "full": 1800.0}  # quick: fits a GPU lent for one call of 10 minutes
 MIN_START_S = 20.0  # a step is not started with less budget left than this
 PAGS_FAST = 100.0  # chunk-16 candidates/s above which the large-chunk PAGS run is worth it
 OUTPUT_CAP = 200_000  # characters of a step's stdout kept in the report
@@ -69,7 +87,15 @@ GOAL_PAGS_RATE = 1000.0  # candidates/s on one H100
 GOAL_PAGS_E2E_S = 60.0  # n = 1000 end to end
 GOAL_STEP_PCT = 3.0  # masked (or sparsify) step over dense, %
 GOAL_DUMP_PCT = 1.0  # event dump, % of run time
+GOAL_CHITA_SPEEDUP = 10.0  # ours on the GPU over the numpy port of the reference (issue 14)
+GOAL_SEARCH_S = 600.0  # the full phase 2 of 2-3-3-3-1 on one H100 (issue 15)
+GOAL_LLM_S = 10.0  # the whole Llama-2-7B mask set, all metrics, on one H100 (issue 18)
 ANALYSIS_DENSITIES = (0.10, 0.02, 0.01)
+CHITA_CASES = (("mlpnet", "bso", 1000), ("mlpnet", "chita", 1000), ("resnet20", "bso-block", 500))
+CHITA_MODELS = {"mlpnet": "MLPNet", "resnet20": "ResNet-20"}
+SEARCH_RUNS, SEARCH_STEPS = 155_952, 50 * 390  # phase 2 of 2-3-3-3-1: runs × steps per run
+LLM_BLOCKS = 32  # blocks of Llama-2-7B
+LLM_PATTERNS = {"row": "per-row (Wanda-style)", "2:4": "2:4"}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -90,10 +116,12 @@ class Step:
     args : tuple of str
         The command line after the Python interpreter.
     timeout_s : float
-        Its own time limit (the remaining budget may cut it shorter).
+        Its own time limit (the remaining budget may cut it shorter, see :func:`allot`).
     when : callable, optional
         ``when(results)`` with the results so far by key: ``None`` to run the step, or the reason
         to skip it.
+    reserve_s : float
+        The time kept back for it while the steps before it run (0: none).
     """
 
     key: str
@@ -102,6 +130,7 @@ class Step:
     args: tuple[str, ...]
     timeout_s: float
     when: Callable[[dict[str, Result]], str | None] | None = None
+    reserve_s: float = 0.0
 
     @property
     def script(self) -> str | None:
@@ -121,6 +150,14 @@ class Step:
         """The command line as one would type it."""
         return shlex.join(self.command())
 
+    def value(self, flag: str) -> list[str] | None:
+        """The values given after ``flag`` (up to the next ``--flag``), or None without it."""
+        if flag not in self.args:
+            return None
+        rest = self.args[self.args.index(flag) + 1 :]
+        end = next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))
+        return list(rest[:end])
+
 
 def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
     """The steps of a run, in the order they run.
@@ -137,48 +174,92 @@ def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
     Returns
     -------
     list of Step
-        Tests, analysis, PAGS (and the large-chunk PAGS run, conditional), the eager training
-        step, sparsify, and the compiled training step last (its compilation is the longest and
-        least certain part).
+        Tests, analysis, PAGS (and the large-chunk PAGS run, conditional), the ensemble trainer,
+        CHITA's solvers, the eager training step, sparsify, the LLM layers, and the compiled
+        training step last (its compilation is the longest and least certain part). Quick
+        reserves add up to 400 s (under the 480 s budget), full ones to 1,550 s.
     """
     if full:
         analysis = "--networks resnet18 resnet50 --device cpu cuda --repeats 5"
         pags = "--chunks 16 64 --n 1000 --e2e-chunk 64"
         train, sparsify = "--steps 100 --rounds 7", "--rounds 9"
+        search = "--cuda-batch 4096 16384 65536 155952 --steps 200 --loop-models 4 --loop-steps 300"
+        chita = "--device cpu cuda --repeat 5 --loop-rows 200"
+        llm = "--blocks 32 --svds-blocks 1"
     else:
         analysis = "--networks resnet50 --device cuda --repeats 3"
         pags = "--chunks 16 --n 32 --e2e-chunk 16"
         train, sparsify = "--steps 50 --rounds 5", "--rounds 5"
+        search = "--cuda-batch 16384 65536 --steps 50 --loop-models 2 --loop-steps 100"
+        chita = "--device cuda --repeat 2 --loop-rows 50"
+        llm = "--blocks 1 --svds-blocks 0"
     densities = " ".join(f"{d:g}" for d in ANALYSIS_DENSITIES)
     pags_cuda = "benchmarks/bench_pags.py --device cuda --skip-nx --repeats 3"
     train_cuda = f"benchmarks/bench_train.py --device cuda {train}"
-    # key, part, title, command line after `python`, timeout in s (quick, full), condition
+    # key, part, title, command line after `python`, timeout and reserve in s (quick, full),
+    # condition. The quick reserves are estimates, a little under what each quick run is expected
+    # to take (no GPU has measured them yet: set them from a report's wall times); the 80 s left
+    # of the budget go to whichever steps run over.
     spec = [
         ("tests", "tests", "the CUDA tests (`@pytest.mark.cuda`)",
-         "-m pytest -q -m cuda -p no:cacheprovider -ra", (120, 150), None),
+         "-m pytest -q -m cuda -p no:cacheprovider -ra", (120, 150), (40, 60), None),
         ("analysis", "analysis", "analyze() on CUDA: ResNet-50 mask sets, 90/98/99 % sparse",
          f"benchmarks/bench_analysis.py {analysis} --densities {densities} --skip-nx",
-         (120, 400), None),
+         (120, 400), (45, 150), None),
         ("pags", "pags", "PAGS scoring and end to end on CUDA: ResNet-18, ERK 99 %",
-         f"{pags_cuda} {pags}", (100, 600), None),
+         f"{pags_cuda} {pags}", (100, 600), (40, 200), None),
         ("pags-large", "pags", "PAGS scoring on CUDA, chunks of 64 and 256",
-         f"{pags_cuda} --skip-e2e --chunks 64 256", (60, 120), _pags_fast),
+         f"{pags_cuda} --skip-e2e --chunks 64 256", (60, 120), (20, 60), _pags_fast),
+        ("search", "search", "ensemble trainer on CUDA: model-steps/s, full phase 2 of 2-3-3-3-1",
+         f"benchmarks/bench_search.py --device cuda {search}", (60, 180), (30, 90), None),
+        ("chita", "chita", "CHITA solvers on CUDA vs the numpy port: MLPNet, ResNet-20",
+         f"benchmarks/bench_chita.py {chita}", (90, 300), (40, 150), None),
         ("train", "train", "masked vs dense training step, ResNet-18 CIFAR, eager",
-         train_cuda, (90, 240), None),
+         train_cuda, (90, 240), (35, 120), None),
         ("sparsify", "sparsify", "masktopo.sparsify overhead on a transformer block",
-         f"benchmarks/bench_train.py --sparsify --device cuda {sparsify}", (90, 240), None),
+         f"benchmarks/bench_train.py --sparsify --device cuda {sparsify}", (90, 240), (35, 120),
+         None),
+        ("llm", "llm", "every metric of Llama-2-7B layers at 50 % (per-row, 2:4) on CUDA",
+         f"benchmarks/bench_llm.py --device cuda --patterns row,2:4 {llm}", (90, 900), (40, 400),
+         None),
         ("train-compile", "train", "masked vs dense training step, ResNet-18 CIFAR, torch.compile",
-         f"{train_cuda} --compile", (200, 360), None),
+         f"{train_cuda} --compile", (200, 360), (75, 200), None),
     ]  # fmt: skip
     steps = []
-    for key, part, title, line, timeouts, when in spec:
+    for key, part, title, line, timeouts, reserves, when in spec:
         if part not in parts:
             continue
         args = tuple(line.split())
         if key == "tests":
             args += (f"--junitxml={tmp / 'cuda-tests.xml'}",)
-        steps.append(Step(key, part, title, args, float(timeouts[full]), when))
+        steps.append(
+            Step(key, part, title, args, float(timeouts[full]), when, float(reserves[full]))
+        )
     return steps
+
+
+def allot(step: Step, left: float, later: Sequence[Step], scale: float = 1.0) -> float:
+    """The time limit of ``step`` when ``left`` seconds of the budget remain.
+
+    Parameters
+    ----------
+    step : Step
+        The step about to start.
+    left : float
+        Seconds of the budget left.
+    later : sequence of Step
+        The steps planned after it: their reserves are kept back.
+    scale : float
+        Factor on the reserves (below 1 when a small ``--budget`` cannot hold them all).
+
+    Returns
+    -------
+    float
+        ``min(step.timeout_s, left - scale * sum of the later reserves)``, at least 0. Since each
+        step is cut so, the steps after a hung one still get their reserves.
+    """
+    keep = scale * sum(s.reserve_s for s in later)
+    return max(0.0, min(step.timeout_s, left - keep))
 
 
 def _pags_fast(results: dict[str, Result]) -> str | None:
@@ -625,6 +706,249 @@ def sparsify_figures(text: str) -> list[Figure]:
     ]
 
 
+def _cols(t: MdTable, patterns: dict[str, str]) -> dict[str, int] | None:
+    """Column indices of ``t`` by name (``patterns``: name → header regex), or None if any is
+    missing."""
+    cols = {k: t.col(pat) for k, pat in patterns.items()}
+    return None if None in cols.values() else cols
+
+
+def _pct(sparsity: str) -> str:
+    """``"0.9"`` → ``"90 %"``."""
+    v = number(sparsity)
+    return sparsity if v is None else f"{100 * v:g} %"
+
+
+def chita_figures(text: str, device: str = "cuda") -> list[Figure]:
+    """CHITA's solvers on ``device`` against the numpy port, from ``bench_chita.py``'s tables.
+
+    Parameters
+    ----------
+    text : str
+        The benchmark's stdout (Markdown).
+    device : str
+        The "ours on" device whose rows count.
+
+    Returns
+    -------
+    list of Figure
+        One row per case of :data:`CHITA_CASES` (the numpy port's time over ours at every
+        sparsity run; met when the smallest speed-up is at least :data:`GOAL_CHITA_SPEEDUP`),
+        one with the largest objective difference and smallest support Jaccard index over all
+        rows (no goal: the CPU runs agree to 8e-12 with identical supports), and one with the
+        gradient rows per second (no goal).
+    """
+    goal = f"≥ {GOAL_CHITA_SPEEDUP:g}× the numpy port"
+    found: dict[tuple[str, str], list[tuple]] = {}
+    diffs, jaccards, grads = [], [], []
+    solver_cols = {"model": r"^model$", "n": r"^n$", "solver": r"^solver$", "s": r"^sparsity$",
+                   "on": r"^ours on$", "tn": r"^numpy s$", "to": r"^ours s$", "x": r"^speed-up$",
+                   "diff": r"^rel\. objective diff$", "jac": r"^support Jaccard$"}  # fmt: skip
+    grad_cols = {"model": r"^model$", "dev": r"^device$", "n": r"^n$", "vmap": r"^vmap\(grad\)",
+                 "loop": r"^one backward per row", "x": r"^speed-up$"}  # fmt: skip
+    for t in md_tables(text):
+        c = _cols(t, solver_cols)
+        if c is not None:
+            for r in t.rows:
+                if len(r) <= max(c.values()) or r[c["on"]] != device:
+                    continue
+                x = number(r[c["x"]])
+                if x is None:
+                    continue
+                key = (r[c["model"]], r[c["solver"]])
+                found.setdefault(key, []).append((r[c["s"]], r[c["n"]], x, r[c["tn"]], r[c["to"]]))
+                diff, jac = number(r[c["diff"]]), number(r[c["jac"]])
+                if diff is not None and jac is not None:
+                    diffs.append(diff)
+                    jaccards.append(jac)
+        c = _cols(t, grad_cols)
+        if c is not None:
+            for r in t.rows:
+                if len(r) > max(c.values()) and r[c["dev"]] == device:
+                    name = CHITA_MODELS.get(r[c["model"]], r[c["model"]])
+                    grads.append(f"{name} n = {r[c['n']]}: {r[c['vmap']]} vs {r[c['loop']]} "
+                                 f"rows/s ({r[c['x']]})")  # fmt: skip
+    figs = []
+    for model, solver, n_goal in CHITA_CASES:
+        block = ", block 500" if solver == "bso-block" else ""
+        name = (
+            f"CHITA `{solver}`, {CHITA_MODELS[model]} n = {n_goal}{block}: numpy port / ours "
+            f"({device})"
+        )
+        rows = found.get((model, solver))
+        if not rows:
+            figs.append(_missing(name, goal))
+            continue
+        speed = ", ".join(f"{x:g}× at {_pct(s)}" for s, _, x, _, _ in rows)
+        times = f"numpy {' / '.join(r[3] for r in rows)} s, ours {' / '.join(r[4] for r in rows)} s"
+        ns = sorted({r[1] for r in rows})
+        at = "" if ns == [str(n_goal)] else f"; at n = {', '.join(ns)}, not {n_goal}"
+        worst = min(r[2] for r in rows)
+        figs.append(
+            Figure(name, f"{speed} ({times}{at})", goal, _judge(worst >= GOAL_CHITA_SPEEDUP))
+        )
+    name = f"CHITA ours ({device}) against the numpy port: same result"
+    agree_goal = "— (CPU runs: Jaccard 1.0000, objectives within 8e-12)"
+    if diffs:
+        measured = (
+            f"objectives within {max(diffs):.1e} relative, support Jaccard ≥ "
+            f"{min(jaccards):.4f} ({len(diffs)} solves)"
+        )
+        figs.append(Figure(name, measured, agree_goal, "—"))
+    else:
+        figs.append(_missing(name, agree_goal))
+    name = f"CHITA gradient rows/s ({device}): vmap(grad) vs one backward per row"
+    figs.append(Figure(name, "; ".join(grads), "—", "—") if grads else _missing(name, "—"))
+    return figs
+
+
+def search_figures(text: str, device: str = "cuda") -> list[Figure]:
+    """The full phase 2 of 2-3-3-3-1 extrapolated from ``bench_search.py``'s best ``device`` rate.
+
+    Parameters
+    ----------
+    text : str
+        The benchmark's stdout (Markdown).
+    device : str
+        The device of the ensemble rows that count.
+
+    Returns
+    -------
+    list of Figure
+        One row: runs × steps (read from the report's last line, else :data:`SEARCH_RUNS` ×
+        :data:`SEARCH_STEPS`) over the best ensemble rate, against :data:`GOAL_SEARCH_S`; the
+        measured cell names the rate, its number of models at once, the other sizes' rates and
+        the ratio to the one-model loop (on the CPU).
+    """
+    runs, steps = SEARCH_RUNS, SEARCH_STEPS
+    m = re.search(r"full phase 2 = ([\d,]+) runs × ([\d,]+) steps", text)
+    if m:
+        runs, steps = int(number(m.group(1))), int(number(m.group(2)))
+    name = (
+        f"full phase 2 of 2-3-3-3-1 ({runs:,} runs × {steps:,} steps), extrapolated from the best "
+        f"ensemble rate ({device})"
+    )
+    goal = f"≤ {GOAL_SEARCH_S / 60:g} min (one H100)"
+    rates: dict[int, float] = {}
+    loop = None
+    for t in md_tables(text):
+        c = _cols(t, {"who": r"^trainer$", "B": r"^models at once$", "rate": r"^model-steps/s$"})
+        if c is None:
+            continue
+        for r in t.rows:
+            if len(r) <= max(c.values()):
+                continue
+            B, rate = number(r[c["B"]]), number(r[c["rate"]])
+            if B is None or rate is None or rate <= 0:
+                continue
+            if r[c["who"]].startswith(f"ensemble ({device}"):
+                rates[int(B)] = max(rate, rates.get(int(B), 0.0))
+            elif r[c["who"]].startswith("one-model loop"):
+                loop = rate
+    if not rates:
+        return [_missing(name, goal)]
+    best = max(rates, key=rates.get)
+    secs = runs * steps / rates[best]
+    others = ", ".join(f"B = {b:,}: {rates[b] / 1e6:.2f} M/s" for b in sorted(rates) if b != best)
+    ratio = f", {rates[best] / loop:,.0f}× the one-model loop on the CPU" if loop else ""
+    measured = (
+        f"{secs:,.0f} s = {secs / 60:.1f} min ({rates[best] / 1e6:.2f} M model-steps/s at "
+        f"B = {best:,}{ratio}" + (f"; {others}" if others else "") + ")"
+    )
+    return [Figure(name, measured, goal, _judge(secs <= GOAL_SEARCH_S))]
+
+
+def _llm_runs(stdout: str, stderr: str, device: str) -> tuple[dict[str, dict], bool]:
+    """Per pattern ``{"whole", "per_block", "blocks", "peak_gib"}`` of ``bench_llm.py`` on
+    ``device`` (``whole``: 32 × the seconds per block, the table's own column): from
+    its stdout table, else from the JSON line it logs to stderr after each pattern. Also whether
+    the shapes were Llama-2-7B's."""
+    runs: dict[str, dict] = {}
+    llama = "NOT Llama-2-7B" not in stdout
+    dev = re.search(r"^- device: (\w+);", stdout, flags=re.M)
+    blocks = re.search(r"^# bench_llm: .*?, (\d+) of 32 blocks", stdout, flags=re.M)
+    if dev is not None and dev.group(1) == device and blocks is not None:
+        for t in md_tables(stdout):
+            c = _cols(t, {"pat": r"^pattern$", "per": r"^per block \(wall\)$",
+                          "whole": r"^whole model, wall", "rss": r"^peak RSS$"})  # fmt: skip
+            if c is None:
+                continue
+            for r in t.rows:
+                ok = len(r) > max(c.values())
+                per, whole = (number(r[c["per"]]), number(r[c["whole"]])) if ok else (None, None)
+                if per is not None and whole is not None:
+                    runs[r[c["pat"]].split(" (")[0]] = {
+                        "whole": whole,
+                        "per_block": per,
+                        "blocks": int(blocks.group(1)),
+                        "peak_gib": number(r[c["rss"]]),
+                    }
+    for line in stderr.splitlines():
+        if not line.startswith("{") or '"pattern"' not in line:
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("device") != device or d.get("pattern") in runs or "per_block" not in d:
+            continue
+        runs[d["pattern"]] = {
+            "whole": float(d["per_block"]) * LLM_BLOCKS,
+            "per_block": float(d["per_block"]),
+            "blocks": int(d["blocks"]),
+            "peak_gib": d["peak_rss"] / 2**30 if "peak_rss" in d else None,
+        }
+    return runs, llama
+
+
+def llm_figures(
+    stdout: str, stderr: str = "", patterns: Sequence[str] = tuple(LLM_PATTERNS), device="cuda"
+) -> list[Figure]:
+    """The whole Llama-2-7B mask set's time per pattern from ``bench_llm.py``.
+
+    Parameters
+    ----------
+    stdout, stderr : str
+        The benchmark's outputs: the table, and the per-pattern JSON lines (what a run stopped
+        in a later pattern leaves).
+    patterns : sequence of str
+        The patterns the run was asked for (one row each).
+    device : str
+        The device the run must have used.
+
+    Returns
+    -------
+    list of Figure
+        Per pattern: 32 × the seconds per block (measured when all 32 blocks ran, else
+        extrapolated, and said so) against :data:`GOAL_LLM_S`; "—" instead of yes/no when the
+        layers were not Llama-2-7B's.
+    """
+    runs, llama = _llm_runs(stdout, stderr, device)
+    goal = f"≤ {GOAL_LLM_S:g} s (one H100)"
+    figs = []
+    for pat in patterns:
+        name = (
+            f"whole Llama-2-7B mask set ({LLM_BLOCKS} blocks), 50 % "
+            f"{LLM_PATTERNS.get(pat, pat)}, all metrics ({device})"
+        )
+        run = runs.get(pat)
+        if run is None:
+            figs.append(_missing(name, goal))
+            continue
+        total, b = run["whole"], run["blocks"]
+        how = (
+            "measured on all 32 blocks"
+            if b == LLM_BLOCKS
+            else f"extrapolated ×{LLM_BLOCKS / b:g} from {b} block{'s' * (b > 1)}"
+        )
+        rss = f"; peak RSS {run['peak_gib']:.2f} GiB" if run["peak_gib"] is not None else ""
+        shapes = "" if llama else "; NOT Llama-2-7B shapes"
+        measured = f"{total:.3g} s ({how}, {run['per_block']:.3g} s per block{rss}{shapes})"
+        met = _judge(total <= GOAL_LLM_S) if llama else "—"
+        figs.append(Figure(name, measured, goal, met))
+    return figs
+
+
 def figures(results: dict[str, Result], steps: Sequence[Step]) -> list[Figure]:
     """The goal table's rows for the steps planned, from their results so far.
 
@@ -646,6 +970,9 @@ def figures(results: dict[str, Result], steps: Sequence[Step]) -> list[Figure]:
 
     def text(key: str) -> str:
         return results[key].stdout if key in results else ""
+
+    def err(key: str) -> str:
+        return results[key].stderr if key in results else ""
 
     def fix(figs: list[Figure], key: str) -> list[Figure]:
         res = results.get(key)
@@ -671,10 +998,19 @@ def figures(results: dict[str, Result], steps: Sequence[Step]) -> list[Figure]:
     if "pags" in keys:
         figs = try_(lambda: pags_figures([text("pags"), text("pags-large")]), "pags")
         out += fix(figs, "pags")
+    if "search" in keys:
+        out += fix(try_(lambda: search_figures(text("search")), "search"), "search")
+    if "chita" in keys:
+        out += fix(try_(lambda: chita_figures(text("chita")), "chita"), "chita")
     if "train" in keys:
         out += fix(try_(lambda: train_figures(text("train"), "eager"), "train"), "train")
     if "sparsify" in keys:
         out += fix(try_(lambda: sparsify_figures(text("sparsify")), "sparsify"), "sparsify")
+    if "llm" in keys:
+        step = next(s for s in steps if s.key == "llm")
+        pats = (step.value("--patterns") or [",".join(LLM_PATTERNS)])[0].split(",")
+        figs = try_(lambda: llm_figures(text("llm"), err("llm"), pats), "llm")
+        out += fix(figs, "llm")
     if "train-compile" in keys:
         figs = try_(lambda: train_figures(text("train-compile"), "torch.compile"), "train")
         out += fix(figs, "train-compile")
@@ -904,14 +1240,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick",
         dest="full",
         action="store_false",
-        help="quick sizes, fits about 8 minutes (the default)",
+        help="quick sizes, budget 480 s: fits one 10-minute call (the default)",
     )
     size.add_argument(
         "--full",
         dest="full",
         action="store_true",
         help="bigger sizes (ResNet-18 too and CPU comparisons in the analysis, "
-        "n = 1000 PAGS end to end, more steps); needs a larger --budget",
+        "n = 1000 PAGS end to end, more steps, B up to 155,952 in the search, all 32 LLM "
+        "blocks); needs a larger --budget",
     )
     p.set_defaults(full=False)
     p.add_argument(
@@ -958,7 +1295,8 @@ def main(argv=None) -> int:
     if args.list:
         for s in plan(args.parts, args.full, Path(tempfile.gettempdir()) / "gpu_suite"):
             cond = " (only if chunk-16 CUDA scoring reaches 100/s)" if s.when else ""
-            print(f"{s.key} [timeout {s.timeout_s:.0f} s]{cond}: {s.shell()}")
+            print(f"{s.key} [timeout {s.timeout_s:.0f} s, reserve {s.reserve_s:.0f} s]{cond}: "
+                  f"{s.shell()}")  # fmt: skip
         return 0
     import torch
 
@@ -995,20 +1333,28 @@ def main(argv=None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text, encoding="utf-8")
 
+        reserved = sum(s.reserve_s for s in steps)
+        avail = args.budget - (time.perf_counter() - t_start)
+        scale = min(1.0, avail / reserved) if reserved > 0 else 1.0
+        if scale < 1.0:
+            log(f"the budget left, {avail:.0f} s, is under the steps' reserves, {reserved:.0f} s: "
+                f"reserves ×{scale:.2f}")  # fmt: skip
         try:
-            for step in steps:
+            for i, step in enumerate(steps):
                 left = args.budget - (time.perf_counter() - t_start)
                 why = step.when(results) if step.when else None
+                timeout = allot(step, left, steps[i + 1 :], scale)
                 if why is not None:
                     results[step.key] = Result(step, "skipped", note=why)
                     log(f"{step.key}: skipped ({why})")
-                elif left < MIN_START_S:
-                    results[step.key] = Result(
-                        step, "not run", note=f"budget spent ({left:.0f} s left)"
+                elif timeout < MIN_START_S:
+                    keep = scale * sum(s.reserve_s for s in steps[i + 1 :])
+                    note = (
+                        f"budget spent ({left:.0f} s left, {keep:.0f} s of it kept for later steps)"
                     )
-                    log(f"{step.key}: not run, {left:.0f} s of the budget left")
+                    results[step.key] = Result(step, "not run", note=note)
+                    log(f"{step.key}: not run, {note}")
                 else:
-                    timeout = min(step.timeout_s, left)
                     log(f"{step.key}: start, timeout {timeout:.0f} s: {step.shell()}")
                     r = run_step(step, timeout, tmp)
                     results[step.key] = r
