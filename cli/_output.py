@@ -314,11 +314,35 @@ def require_events(df, path):
 
         bad = df.attrs["bad_events"]
         if not bad:
-            raise MaskFileError(path, "the run has no mask events yet (events.jsonl is empty)")
+            raise MaskFileError(path, _why_no_events(path))
         raise MaskFileError(
             path, f"no event could be analyzed: all {len(bad)} selected event files are bad"
         )
     return df
+
+
+def _why_no_events(path) -> str:
+    """Why a run without mask events has none: a search keeps the masks of its runs at or
+    above the target only; any other run has not recorded one yet."""
+    import json
+    from pathlib import Path
+
+    from masktopo.runs import run_kind
+    from masktopo.runs.layout import SUMMARY_FILE
+
+    plain = "the run has no mask events yet (events.jsonl is empty)"
+    try:
+        if run_kind(Path(path)) != "search":
+            return plain
+        s = json.loads((Path(path) / SUMMARY_FILE).read_text())
+        done, total, best = s["n_done"], s["n_runs"], s["best_accuracy"]
+        target = s["target"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return plain
+    best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
+    runs = f"{total:,} runs" if done == total else f"{done:,} runs trained so far (of {total:,})"
+    return (f"no masks to analyze: none of the {runs} reached the target {target:g}{best_txt}; "
+            "a search keeps the masks of runs at or above its target only")  # fmt: skip
 
 
 def warning_printer():

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -295,6 +296,12 @@ def run_prune_bench(
                 KIND, {"config": config.to_dict(), "layers": run_layers(_sizes(widest))}
             )
         (out / RESULTS_DIR).mkdir(exist_ok=True)
+        for width in config.width_list():
+            over = [k for k in config.nnz_grid() if k >= n_weights(width)]
+            if over:
+                warnings.warn(f"width {width}: budget(s) K = {', '.join(map(str, over))} skipped: "
+                              f"the 2-{width}-{width}-{width}-1 network has only "
+                              f"{n_weights(width)} weights", stacklevel=2)  # fmt: skip
         x, y = cubist_spiral()
         groups = [(w, m, si) for w in config.width_list() for m in config.methods
                   for si in range(len(config.settings()))]  # fmt: skip

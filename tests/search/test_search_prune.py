@@ -60,15 +60,17 @@ def test_grid_parsing():
 def test_prune_bench_writes_rows_and_resumes(tmp_path):
     cfg = PruneBenchConfig(methods=("gmp", "snip"), nnz="15,20,30", widths="3", seeds=2, epochs=1)
     out = tmp_path / "bench"
-    rows = run_prune_bench(cfg, out)
-    assert len(rows) == 2 * 2 * 2  # K = 30 >= N = 27 is skipped
+    with pytest.warns(UserWarning, match="width 3: budget.s. K = 30 skipped: .* only 27 weights"):
+        rows = run_prune_bench(cfg, out)
+    assert len(rows) == 2 * 2 * 2  # K = 30 >= N = 27 is skipped, with a warning
     assert set(rows["k"]) == {15, 20} and (rows["weight_nnz"] == rows["k"]).all()
     assert (rows["effective_nnz"] <= rows["weight_nnz"]).all()
     assert (rows["model_nnz"] > rows["weight_nnz"]).all()
     parts = sorted(p.name for p in (out / "results").iterdir())
     assert parts == ["w3-gmp-s0.parquet", "w3-snip-s0.parquet"]
     (out / "results" / "w3-snip-s0.parquet").unlink()
-    again = run_prune_bench(cfg, out, resume=True)
+    with pytest.warns(UserWarning, match="K = 30 skipped"):
+        again = run_prune_bench(cfg, out, resume=True)
     key = ["method", "k", "seed"]
     pd.testing.assert_frame_equal(
         again.sort_values(key).reset_index(drop=True), rows.sort_values(key).reset_index(drop=True)

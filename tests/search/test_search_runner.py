@@ -114,6 +114,15 @@ def test_cli_count_and_search(tmp_path, capsys):
     assert list(df["arch"]) == ["2-1-1-1-1", "2-1-1-2-1", "2-1-2-1-1"]
     assert list(df["weight_nnz"]) == [2 + 1 + 1 + 1, 2 + 1 + 2 + 2, 2 + 2 + 2 + 1]
     assert list(df["model_nnz"]) == [9, 12, 12]
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2  # no run reached the target: no masks were kept
+    err = capsys.readouterr().err
+    assert "no masks to analyze: none of the 3 runs reached the target 0.95 (the best: " in err
+    assert "keeps the masks of runs at or above its target only" in err
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "n_runs": 8}))  # as if killed
+    assert main(["analyze", str(out)]) == 2
+    assert "none of the 3 runs trained so far (of 8) reached" in capsys.readouterr().err
     assert main(["search", "--arch", "2-3-3-3-1", "--out", str(out)]) == 2
     assert "already holds a search run" in capsys.readouterr().err
 
