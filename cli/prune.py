@@ -43,13 +43,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def table(rows: list[dict], dense_acc: float) -> str:
-    """The printed table: one line per method x sparsity."""
+    """The printed table: one line per method x sparsity; the accuracy after BatchNorm
+    re-estimation only for a model that has BatchNorm layers (NaN in every row otherwise)."""
+    import math
+
     from ._output import render_rows
 
+    bn = any(not math.isnan(r["test_acc_bn"]) for r in rows)
     header = ("method", "sparsity", "kept", "objective", "|w-w̄|", "new nz", "solver s",
-              "test acc", "acc (BN)")  # fmt: skip
+              "test acc", *(("acc (BN)",) if bn else ()))  # fmt: skip
     body = [(r["method"], r["sparsity"], r["kept"], r["objective"], r["dist"],
-             r["new_non_zeros"], r["solver_s"], r["test_acc"], r["test_acc_bn"])
+             r["new_non_zeros"], r["solver_s"], r["test_acc"],
+             *((r["test_acc_bn"],) if bn else ()))
             for r in rows]  # fmt: skip
     return f"dense test accuracy {dense_acc:.4f}\n" + render_rows(header, body)
 

@@ -40,6 +40,7 @@ def test_prune_writes_a_run_with_one_event_per_solve(dense_run, tmp_path, capsys
     assert rc == 0
     printed = capsys.readouterr().out
     assert "dense test accuracy" in printed and "chita++" in printed
+    assert "acc (BN)" not in printed  # MLPNet has no BatchNorm to re-estimate
     run = read_run(out)
     assert run.kind == "prune"
     assert RESULTS_FILE in KINDS["prune"]
@@ -197,3 +198,22 @@ def test_shipped_study_configs_read(name):
     root = Path(__file__).resolve().parents[2]
     cfg = gather(PruneConfig, config=root / "configs" / "repro" / f"{name}.toml", table="prune")
     assert cfg.fisher_samples == 1000 and cfg.sparsity[-1] == 0.98
+
+
+def test_printed_table_shows_the_bn_column_for_bn_models_only():
+    from cli.prune import table
+
+    row = {
+        "method": "mp",
+        "sparsity": 0.9,
+        "kept": 10,
+        "objective": 1.0,
+        "dist": 2.0,
+        "new_non_zeros": 0,
+        "solver_s": 0.1,
+        "test_acc": 0.5,
+        "test_acc_bn": float("nan"),
+    }
+    assert "acc (BN)" not in table([row], 0.9)
+    shown = table([row, {**row, "test_acc_bn": 0.75}], 0.9)
+    assert "acc (BN)" in shown and "0.75" in shown
