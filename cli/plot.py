@@ -38,6 +38,10 @@ through the cache in RUN/analysis/ (only new events are computed).
 A sweep folder (masktopo sweep --out): the final test accuracy (or each --metric) against R_s
 (or --against NAME), mean ± std over the seeds of each cell, a colour per method.
 
+A PAGS folder (masktopo pags --out): the network score (or each --metric, a numeric column of
+candidates.parquet) of every candidate, the best mask's so far and the base's, and the layers
+accepted from each candidate.
+
 A mask file (.safetensors, .npz, a checkpoint), or one run directory with --layer (its last
 event, or --event K): per layer, the fan-in/fan-out degree histograms, the singular-value spectrum
 with the Ramanujan bound, the weighted spectrum when the file has weights, and a drawing as a
@@ -299,6 +303,23 @@ def _plot_search(args, path: Path, metrics, formats) -> list[Path]:
 
 
 FOLDER_PLOTTERS.append(("search", _is_search, _plot_search))
+
+
+def _is_pags(path: Path) -> bool:  # masktopo pags output folders
+    from masktopo.pags.plots import is_pags_folder
+
+    return is_pags_folder(path)
+
+
+def _plot_pags(args, path: Path, metrics, formats) -> list[Path]:
+    from masktopo.pags.plots import plot_pags
+
+    with Staging(Path(args.out), "figures") as staging:
+        return staging.commit(plot_pags(path, staging.path, metrics=metrics, formats=formats,
+                                        title=args.title))  # fmt: skip
+
+
+FOLDER_PLOTTERS.append(("pags", _is_pags, _plot_pags))
 
 
 def _folder_plotter(paths: list[Path]):

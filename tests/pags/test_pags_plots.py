@@ -1,0 +1,55 @@
+"""``masktopo plot`` of a PAGS output folder: the network score per candidate, the best's
+trajectory and the accepted layers; a chosen column; clear errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cli.main import main
+from masktopo.errors import MaskFileError, MaskValidationError
+from masktopo.pags.plots import is_pags_folder, plot_pags
+
+BASE = ["pags", "--model", "lenet300", "--dataset", "mnist", "--method", "erk", "--density",
+        "0.05", "--n", "6", "--chunk", "3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pags_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pags") / "p"
+    assert main([*BASE, "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_draws_the_score_figure_of_a_pags_folder(pags_out, tmp_path, capsys):
+    assert is_pags_folder(pags_out) and not is_pags_folder(tmp_path)
+    capsys.readouterr()
+    assert main(["plot", str(pags_out), "--out", str(tmp_path / "figs")]) == 0
+    written = capsys.readouterr().out.split()
+    png = tmp_path / "figs" / "pags-network_score.png"
+    assert written == [str(png)] and png.stat().st_size > 5000
+
+
+def test_chosen_columns_and_formats(pags_out, tmp_path):
+    files = plot_pags(pags_out, tmp_path, metrics=["imdb_mean", "density"], formats=("svg",),
+                      title="{} (ERK)")  # fmt: skip
+    assert [f.name for f in files] == ["pags-imdb_mean.svg", "pags-density.svg"]
+    text = files[0].read_text()
+    assert "(ERK)" in text and "layers" in text
+
+
+def test_bad_column_and_missing_table(pags_out, tmp_path, capsys):
+    with pytest.raises(MaskValidationError, match=r"'nope' is not a numeric column.*network_score"):
+        plot_pags(pags_out, tmp_path / "a", metrics=["nope"])
+    assert not (tmp_path / "a").exists()  # nothing written
+    rc = main(["plot", str(pags_out), "--out", str(tmp_path / "b"), "--metric", "nope"])
+    assert rc == 2 and "'nope' is not a numeric column" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json").write_bytes((pags_out / "run.json").read_bytes())
+    with pytest.raises(MaskFileError, match=r"holds no candidates\.parquet yet"):
+        plot_pags(empty, tmp_path / "c")
+    pd.DataFrame({"t": []}).to_parquet(empty / "candidates.parquet")
+    with pytest.raises(MaskFileError, match="holds no candidate rows"):
+        plot_pags(empty, tmp_path / "c")
