@@ -332,7 +332,12 @@ def _why_no_events(path) -> str:
 
     plain = "the run has no mask events yet (events.jsonl is empty)"
     try:
-        if run_kind(Path(path)) != "search":
+        kind = run_kind(Path(path))
+        if kind == "pags":
+            return (f"is a PAGS output folder, not a training run: analyze its masks, e.g. "
+                    f"masktopo analyze {Path(path) / 'best.safetensors'} (or base.safetensors); "
+                    f"masktopo plot {path} draws its scores")  # fmt: skip
+        if kind != "search":
             return plain
         s = json.loads((Path(path) / SUMMARY_FILE).read_text())
         done, total, best = s["n_done"], s["n_runs"], s["best_accuracy"]

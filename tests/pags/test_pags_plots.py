@@ -53,3 +53,12 @@ def test_bad_column_and_missing_table(pags_out, tmp_path, capsys):
     pd.DataFrame({"t": []}).to_parquet(empty / "candidates.parquet")
     with pytest.raises(MaskFileError, match="holds no candidate rows"):
         plot_pags(empty, tmp_path / "c")
+
+
+def test_analyze_of_a_pags_folder_points_to_its_masks(pags_out, capsys):
+    capsys.readouterr()
+    assert main(["analyze", str(pags_out)]) == 2
+    err = capsys.readouterr().err
+    assert "is a PAGS output folder, not a training run" in err
+    assert str(pags_out / "best.safetensors") in err
+    assert main(["analyze", str(pags_out / "best.safetensors")]) == 0
