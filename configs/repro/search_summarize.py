@@ -28,7 +28,7 @@ def main() -> None:
     for name in ("p2", "p2-init3", "p2-6settings", "p2-fixed"):
         if (out / name).is_dir():
             _search(out / name, target)
-    for name in ("prune", "prune-fixed"):
+    for name in ("prune", "prune-no-xavier", "prune-fixed"):
         if (out / name).is_dir():
             _bench(out / name, target)
 

@@ -179,6 +179,11 @@ class PruneBenchConfig:
         "shared width-16 initialisation per seed (the reference's "
         "fixed-init benchmark), not its own width-w one",
     )
+    xavier_reinit: bool = option(
+        True,
+        "snip and grasp re-initialise the weights Xavier-normal before scoring and train from "
+        "them, as the reference's random-init benchmark (not with --fixed-init)",
+    )
     epochs: int = option(50, "epochs of training (LTH: per round, 5 rounds)", ge=1,
                          metavar="E")  # fmt: skip
     target: float = option(0.95, "train accuracy that counts as solved", ge=0, le=1,

@@ -17,10 +17,15 @@ top-k (ties broken by position, :func:`topk_masks`).
     :math:`\mathrm{round}(N (K/N)^{r/4})` by global magnitude, rewind the kept weights to their
     initial values and restart the optimizer and the schedule.
 ``snip``, ``grasp``, ``synflow``, ``iter-snip``, ``force``, ``random``
-    At initialisation with :func:`masktopo.pai.prune` (global top-K, density K/N; one batch of
-    128 points, BCE-with-logits loss for the data-driven scores), then trained with the mask
-    fixed. Unlike the reference, SNIP and GraSP score the model's own initialisation (no
-    Xavier re-init) and GraSP uses one batch.
+    At initialisation with :func:`masktopo.pai.prune` (global top-K, density K/N;
+    BCE-with-logits loss for the data-driven scores), then trained with the mask fixed. SNIP,
+    Iter-SNIP and FORCE score one batch of 128 points; GraSP, as the reference's
+    ``GraSP_fetch_data`` with ``max(2, out_dim) = 2`` classes, 25 points of each class (the first
+    of a seeded permutation) as two batches, class 0 then class 1. As in the reference's
+    random-initialisation benchmark, SNIP and GraSP first re-initialise every weight matrix
+    Xavier-normal (:math:`\mathcal N(0, 2/(n_{in}+n_{out}))`, biases kept) and the model trains
+    from those weights (``xavier_reinit``; never with ``fixed_init``, where the reference does
+    not either).
 ``rigl``
     RigL (Evci et al. 2020): ERK layer densities at K/N (:func:`masktopo.pai.prune` ``"erk"``),
     every :math:`\Delta T = 100` steps until :math:`0.75 T`, per layer drop the
@@ -109,6 +114,28 @@ def _module(sizes, ws, bs, i: int):
     return model
 
 
+#: Methods the reference's random-initialisation benchmark re-initialises Xavier-normal.
+XAVIER_METHODS = ("snip", "grasp")
+#: GraSP's points per class (the reference's ``samples_per_class``).
+GRASP_PER_CLASS = 25
+
+
+def _xavier(seeds: Sequence[int], w: list[torch.Tensor]) -> list[torch.Tensor]:
+    r"""Weight matrices ``[B, out, in]`` with model ``i``'s drawn Xavier-normal from ``seeds[i]``:
+    :math:`\mathcal N(0, \sigma^2)`, :math:`\sigma = \sqrt{2/(n_{in} + n_{out})}`
+    (``torch.nn.init.xavier_normal_``, gain 1; Glorot & Bengio 2010)."""
+    out = []
+    for v in w:
+        n_out, n_in = v.shape[1:]
+        std = math.sqrt(2.0 / (n_in + n_out))
+        draws = []
+        for s in seeds:
+            g = torch.Generator().manual_seed(s)
+            draws.append(torch.randn(n_out, n_in, generator=g, dtype=v.dtype) * std)
+        out.append(torch.stack(draws))
+    return out
+
+
 def _bce(out, target):
     return torch.nn.functional.binary_cross_entropy_with_logits(out.reshape(-1), target.float())
 
@@ -127,11 +154,14 @@ def prune_to_k(
     x: torch.Tensor | None = None,
     y: torch.Tensor | None = None,
     fixed_init: bool = False,
+    xavier_reinit: bool = True,
 ) -> EnsembleTrainer:
     """Prune and train ``len(ks)`` 2-w-w-w-1 models with ``method``, model ``i`` to exactly
     ``ks[i]`` weights from the initialisation of ``seeds[i]`` (module docstring): its own
     width-w PyTorch default, or (``fixed_init``) the top-left block of a width-16 one shared by
-    every width and method with that seed (the reference's fixed-init benchmark).
+    every width and method with that seed (the reference's fixed-init benchmark). With
+    ``xavier_reinit`` (and not ``fixed_init``), SNIP and GraSP replace the weight matrices by
+    Xavier-normal draws before scoring, as the reference does.
 
     Returns
     -------
@@ -154,6 +184,8 @@ def prune_to_k(
                            init_width=max(16, width))  # fmt: skip
     else:
         w, b = init_params([seed_for(s, "init", width) for s in seeds], sizes)
+        if xavier_reinit and method in XAVIER_METHODS:
+            w = _xavier([seed_for(s, "xavier", width) for s in seeds], w)
     order = [seed_for(s, "order", width, method, k) for s, k in zip(seeds, ks, strict=True)]
     k_t = torch.tensor(ks)
     dense = [torch.ones_like(v, dtype=torch.bool) for v in w]
@@ -195,9 +227,14 @@ def prune_to_k(
         lnames = [f"{n}.weight" for n in layer_names(len(sizes) - 1)]
         for i in range(B):
             g = torch.Generator().manual_seed(seed_for(seeds[i], "prune", width, method, ks[i]))
-            pick = torch.randperm(len(x), generator=g)[:128]
+            perm = torch.randperm(len(x), generator=g)
+            if method == "grasp":  # GraSP_fetch_data: 25 points per class, class by class
+                per = [perm[y[perm] == c][:GRASP_PER_CLASS] for c in (0, 1)]
+                batches = [(x[p], y[p]) for p in per]
+            else:
+                batches = [(x[perm[:128]], y[perm[:128]])]
             opts = {"loss": _bce} if pai.get_method(name).needs_batches else {}
-            ms = pai.prune(_module(sizes, w, b, i), name, ks[i] / N, batches=[(x[pick], y[pick])],
+            ms = pai.prune(_module(sizes, w, b, i), name, ks[i] / N, batches=batches,
                            generator=g, weights=False, **opts)  # fmt: skip
             for j, n in enumerate(lnames):
                 wm[j][i] = ms[n]
@@ -320,7 +357,8 @@ def run_prune_bench(
                 seeds = [config.seed + j for _ in grid for j in range(config.seeds)]
                 tr = prune_to_k(method, width, ks, seeds, lr=lr, schedule=sched,
                                 epochs=config.epochs, run_seed=config.seed, device=config.device,
-                                x=x, y=y, fixed_init=config.fixed_init)  # fmt: skip
+                                x=x, y=y, fixed_init=config.fixed_init,
+                                xavier_reinit=config.xavier_reinit)  # fmt: skip
                 df = pd.DataFrame(_rows(method, width, ks, seeds, lr, sched, config.epochs, tr))
                 atomic_write(part, lambda f, df=df: df.to_parquet(f, index=False))
             if bar is not None:

@@ -102,3 +102,55 @@ def test_fixed_init_prunes_from_the_shared_width16_block(spiral):
     w16, _ = init_params([seed_for(4, "fixed-init")], (2, 16, 16, 16, 1))
     w3, _ = init_params([seed_for(4, "fixed-init")], (2, 3, 3, 3, 1), init_width=16)
     assert torch.equal(w16[1][0][:3, :3], w3[1][0])
+
+
+def _capture_prune(monkeypatch):
+    """Record the first-layer weights and the batches each ``pai.prune`` call scores."""
+    from masktopo import pai
+
+    seen = []
+    real = pai.prune
+
+    def spy(model, method, density, *, batches=None, **kw):
+        w0 = next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).weight.detach()
+        seen.append((method, w0.clone(), batches))
+        return real(model, method, density, batches=batches, **kw)
+
+    monkeypatch.setattr(pai, "prune", spy)
+    return seen
+
+
+def test_snip_and_grasp_score_and_train_from_a_xavier_reinit(spiral, monkeypatch):
+    """The reference's random-init benchmark re-initialises SNIP's and GraSP's weights
+    Xavier-normal before scoring, and trains from them; the other methods and fixed-init runs
+    keep their initialisation."""
+    from masktopo.search.ensemble import init_params
+    from masktopo.search.prune import _sizes, _xavier
+    from masktopo.seeding import seed_for
+
+    seen = _capture_prune(monkeypatch)
+    x, y = spiral
+    sizes = _sizes(16)
+    own = init_params([seed_for(0, "init", 16)], sizes)[0][0][0]
+    xav = _xavier([seed_for(0, "xavier", 16)], init_params([0], sizes)[0])[0][0]
+    for method in ("snip", "grasp", "synflow"):
+        prune_to_k(method, 16, [100], [0], epochs=1, x=x, y=y)
+    prune_to_k("snip", 16, [100], [0], epochs=1, x=x, y=y, xavier_reinit=False)
+    prune_to_k("snip", 16, [100], [0], epochs=1, x=x, y=y, fixed_init=True)
+    scored = [w for _, w, _ in seen]
+    assert torch.equal(scored[0], xav) and torch.equal(scored[1], xav)  # snip, grasp
+    assert torch.equal(scored[2], own) and torch.equal(scored[3], own)  # synflow; reinit off
+    assert not torch.equal(scored[4], xav) and not torch.equal(scored[4], own)  # fixed init
+    # Xavier-normal: N(0, 2 / (n_in + n_out)) for every layer (560 draws at width 16 here)
+    big = _xavier([1], [torch.zeros(1, 300, 500)])[0]
+    assert abs(float(big.std()) / (2 / 800) ** 0.5 - 1) < 0.01 and abs(float(big.mean())) < 0.003
+
+
+def test_grasp_scores_25_points_of_each_class_as_two_batches(spiral, monkeypatch):
+    seen = _capture_prune(monkeypatch)
+    prune_to_k("grasp", 3, [15], [0], epochs=1, x=spiral[0], y=spiral[1])
+    prune_to_k("snip", 3, [15], [0], epochs=1, x=spiral[0], y=spiral[1])
+    (_, _, grasp), (_, _, snip) = seen
+    assert [b[0].shape[0] for b in grasp] == [25, 25]
+    assert (grasp[0][1] == 0).all() and (grasp[1][1] == 1).all()  # class 0, then class 1
+    assert len(snip) == 1 and snip[0][0].shape[0] == 128
