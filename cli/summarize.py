@@ -52,6 +52,15 @@ def run(args) -> int:
     metrics = list(cfg.metrics)
     by = [] if cfg.by == ("none",) else cfg.by
     df = summarize(args.path, by=by, metrics=metrics)
+    left = df.attrs.get("unfinished") or {}
+    if left:
+        from ._output import note
+
+        total = sum(left.values())
+        parts = ", ".join(f"{n} {st}" for st, n in left.items())
+        again = " --retry-failed" if "failed" in left else ""
+        note(f"{total} run(s) of the sweep are not in the table ({parts}; 'masktopo sweep FILE "
+             f"--out {args.path}{again}' runs them and names each failure)")  # fmt: skip
     if fmt == "parquet":
         from masktopo.files import atomic_write
 

@@ -151,6 +151,8 @@ def summarize(
         One row per group (in the order of first appearance in the grid), the ``by`` columns,
         ``runs`` (finished runs in the group), then ``<metric>_mean``, ``<metric>_std`` (sample
         std, ``ddof=1``; NaN below two values) and ``<metric>_n`` per metric.
+        ``df.attrs["unfinished"]``: the number of the sweep's runs in the table's absence by
+        state (``failed``, ``started``, ``new``; only the states that occur).
     """
     state = read_sweep(path)
     metrics = list(metrics)
@@ -162,11 +164,18 @@ def summarize(
         raise MaskValidationError(f"{state.path}: unknown axis {', '.join(map(repr, unknown))}; "
                                   f"the sweep's axes: {', '.join(state.axes)}")  # fmt: skip
     runs = _rows(state, metrics)
+    unfinished: dict[str, int] = {}
+    for cell in state.cells:
+        st = state.state(cell)
+        if st != "done":
+            unfinished[st] = unfinished.get(st, 0) + 1
     out_cols = [*by, "runs"]
     for m in metrics:
         out_cols += [f"{m}_mean", f"{m}_std", f"{m}_n"]
     if runs.empty:
-        return pd.DataFrame(columns=out_cols)
+        df = pd.DataFrame(columns=out_cols)
+        df.attrs["unfinished"] = unfinished
+        return df
     groups: dict[tuple, list[int]] = {}
     for i, row in runs.iterrows():
         groups.setdefault(tuple(_key(row[a]) for a in by), []).append(i)
@@ -185,6 +194,7 @@ def summarize(
     df = pd.DataFrame(records, columns=out_cols)
     for a in by:
         df[a] = pd.Series([r[a] for r in records], index=df.index, dtype=object)
+    df.attrs["unfinished"] = unfinished
     return df
 
 

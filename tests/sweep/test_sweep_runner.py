@@ -210,7 +210,7 @@ def test_gpu_slots_and_threads():
     assert one.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def test_failed_runs_are_listed_and_retried_only_when_asked(tmp_path):
+def test_failed_runs_are_listed_and_retried_only_when_asked(tmp_path, capsys):
     f = tmp_path / "s.toml"
     # an import path passes the config check but fails when the run builds the model
     f.write_text(HEAD + 'method = "static"\n[grid]\nmodel = ["spiral-mlp", "nosuchpkg.mod:net"]\n'
@@ -234,6 +234,15 @@ def test_failed_runs_are_listed_and_retried_only_when_asked(tmp_path):
         r3 = run_sweep(f, tmp_path / "o", SweepConfig(retry_failed=True), log=fh)
     assert (r3.ran, list(r3.failed)) == (1, [key])
     assert read_sweep(tmp_path / "o").status[key]["attempts"] == 2
+    # summarize says which runs its table leaves out
+    df = summarize(tmp_path / "o")
+    assert df.attrs["unfinished"] == {"failed": 1} and int(df["runs"].sum()) == 1
+    from cli.main import main
+
+    assert main(["summarize", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "1 run(s) of the sweep are not in the table (1 failed;" in err
+    assert "--retry-failed" in err
 
 
 def test_killed_sweep_run_again_does_every_run_once(tmp_path):
