@@ -22,6 +22,11 @@ For each run the page shows:
   dead units and ineffective weights [ZP24]_;
 * the resolved training configuration, the other run metadata and the layers.
 
+A PAGS output folder (``masktopo pags --out``) has no mask events: its page shows the final
+metrics of its ``summary.json``, the network score of every candidate
+(:func:`masktopo.pags.plots.plot_pags`) and the base and best masks' Δr, λ, IMDB and
+full-spectrum norm per layer and for the network, analyzed with the run's graph options.
+
 Several runs add a comparison section first: the final metrics side by side, the configuration
 keys whose values differ, and the comparison figures (one line per run).
 
@@ -231,6 +236,7 @@ class _RunReport:
     final_event: int | None = None
     paths: Any = None  # PathAnalysis of the final event
     figures: list[str] = field(default_factory=list)
+    pags: str = ""  # HTML of a PAGS folder's section
 
 
 def _read_summary(r: _RunReport) -> None:
@@ -246,8 +252,61 @@ def _read_summary(r: _RunReport) -> None:
         )
 
 
+#: Metrics of a PAGS folder's base and best masks shown side by side.
+PAGS_COLUMNS = ("ramanujan_gap", "weighted_spectral_gap", "imdb_ramanujan_gap",
+                "full_spectrum_norm")  # fmt: skip
+
+
+def _pags(r: _RunReport, folder: Path, fmt: str) -> None:
+    """A PAGS output folder: its score figure (:func:`masktopo.pags.plots.plot_pags`) and the
+    base and best masks' metrics per layer, analyzed with the run's graph options."""
+    import pandas as pd
+
+    from .analysis.metrics import aggregate, analyze
+    from .inputs import load
+    from .pags.plots import plot_pags
+
+    parts = ["<h3>PAGS: candidates</h3>"]
+    try:
+        for f in plot_pags(r.path, folder, formats=(fmt,), title=""):
+            parts.append(_figure(f.read_bytes(), fmt, "network score of every candidate, of the "
+                                 "best mask so far and of the base mask; layers accepted from "
+                                 "each candidate"))  # fmt: skip
+    except MaskTopoError as exc:
+        r.problems.append(f"PAGS figure: {' '.join(str(exc).split())}")
+    cfg = r.run.config.get("config") or {}
+    opts = {k: cfg[k] for k in ("conv", "gate", "imdb") if isinstance(cfg.get(k), str)}
+    tables = {}
+    for name in ("base", "best"):
+        f = r.path / f"{name}.safetensors"
+        if not f.is_file():
+            r.notes.append(
+                f"no {f.name} (written when the PAGS run ends): its metrics are not shown"
+            )
+            continue
+        try:
+            df = analyze(load(f), **opts)
+        except MaskTopoError as exc:
+            r.problems.append(f"{f.name}: {' '.join(str(exc).split())}")
+            continue
+        net = {"layer": NETWORK, **aggregate(df)}
+        tables[name] = pd.concat([df, pd.DataFrame([net])], ignore_index=True)
+    if len(tables) == 2:
+        cols = [c for c in PAGS_COLUMNS if c in tables["base"] and c in tables["best"]]
+        head = ["layer", *(f"{c} ({n})" for c in cols for n in ("base", "best"))]
+        rows = [[b["layer"], *(v for c in cols for v in (b[c], e[c]))]
+                for (_, b), (_, e) in zip(tables["base"].iterrows(), tables["best"].iterrows(),
+                                          strict=True)]  # fmt: skip
+        parts.append("<h3>PAGS: base and best masks, per layer</h3>")
+        parts.append(_table(head, rows))
+    r.pags = "".join(parts)
+
+
 def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
     from .analysis.runs import analyze_run
+
+    if r.run.kind == "pags":  # no mask events: its masks are base.safetensors, best.safetensors
+        return
 
     df = analyze_run(r.path, every=every, conv=conv, cache=cache, progress=progress)
     r.table = df
@@ -273,6 +332,8 @@ def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
 def _analyze_paths(r: _RunReport) -> None:
     from .analysis.paths import analyze_paths
 
+    if r.run.kind == "pags":
+        return
     graph = r.run.config.get("graph")
     if graph is None:
         why = r.run.config.get("graph_error")
@@ -448,6 +509,7 @@ def _run_section(r: _RunReport, index: int) -> str:
     ]
     if r.figures:
         parts.append("<h3>Topology over training</h3>" + "".join(r.figures))
+    parts.append(r.pags)
     parts += [_layer_section(r), _network_section(r), _paths_section(r), _config_section(r)]
     parts.append("</section>")
     return "".join(parts)
@@ -555,6 +617,8 @@ def build_report(
         for i, r in enumerate(reports):
             if r.final_event is not None:
                 r.figures = _draw([r.table], [r.label], Path(tmp) / f"run-{i}", figures, x)
+            if r.run.kind == "pags":
+                _pags(r, Path(tmp) / f"pags-{i}", figures)
         ok = [r for r in reports if r.final_event is not None]
         if len(reports) > 1 and len(ok) > 1:
             compare_figs = _draw(

@@ -62,3 +62,21 @@ def test_analyze_of_a_pags_folder_points_to_its_masks(pags_out, capsys):
     assert "is a PAGS output folder, not a training run" in err
     assert str(pags_out / "best.safetensors") in err
     assert main(["analyze", str(pags_out / "best.safetensors")]) == 0
+
+
+def test_report_of_a_pags_folder_shows_its_scores_and_masks(pags_out, tmp_path):
+    from masktopo.report import build_report
+
+    page = build_report(pags_out)
+    assert "PAGS: candidates" in page and page.count("<img") == 1
+    assert "PAGS: base and best masks, per layer" in page
+    assert "ramanujan_gap (base)" in page and "full_spectrum_norm (best)" in page
+    assert "no mask events" not in page and "Problems" not in page
+    assert "network_score" in page  # summary.json's final metrics
+    (pags_out / "best.safetensors").rename(tmp_path / "best.safetensors")
+    try:  # an unfinished run: no best mask yet
+        page = build_report(pags_out)
+        assert "no best.safetensors (written when the PAGS run ends)" in page
+        assert "PAGS: base and best masks" not in page and "PAGS: candidates" in page
+    finally:
+        (tmp_path / "best.safetensors").rename(pags_out / "best.safetensors")
