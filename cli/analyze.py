@@ -116,7 +116,8 @@ class AnalyzeConfig:
                                  "define its mask")  # fmt: skip
     mask: str = option("auto", "where masks come from: auto (stored masks; a model folder's "
                        "nonzero weights), nonzero (every weight's nonzeros; a .safetensors "
-                       "checkpoint is then read tensor by tensor like a model folder)",
+                       "checkpoint, or a .bin state dict, is then read tensor by tensor like a "
+                       "model folder)",
                        choices=("auto", "nonzero"), usage_choices=True)  # fmt: skip
     layers: tuple[str, ...] | None = option(None, "only the layers whose names match one of these "
                                             "glob patterns ('model.layers.*.mlp.*'; * matches "
@@ -222,9 +223,16 @@ def _read_input(path, cfg):
     from masktopo.store.hf_folder import is_hf_folder, open_source
 
     p = Path(path)
-    lazy_file = cfg.mask == "nonzero" and p.suffix.lower() == ".safetensors" and not p.is_dir()
+    suffix = p.suffix.lower()
+    lazy_file = cfg.mask == "nonzero" and suffix in (".safetensors", ".bin") and not p.is_dir()
     if cfg.event is None and (is_hf_folder(p) or lazy_file):
-        return open_source(path, layers=cfg.layers, include=cfg.include)
+        try:
+            return open_source(path, layers=cfg.layers, include=cfg.include)
+        except MaskFileError:
+            # a .bin that is not a flat zip-format state dict (nested, legacy): read it whole,
+            # as any PyTorch checkpoint (its own errors, if it is broken)
+            if not (lazy_file and suffix == ".bin"):
+                raise
     if cfg.event is None and p.is_dir():
         if cfg.layers:
             raise MaskFileError(path, "--layers selects layers of mask files and model folders; "

@@ -413,7 +413,8 @@ class HFSource:
                 self.config = data
             files, by_tensor, index, fmt = _shards(path)
         else:
-            files, by_tensor, index, fmt = [path], None, None, "safetensors"
+            fmt = "torch" if path.suffix.lower() == ".bin" else "safetensors"
+            files, by_tensor, index = [path], None, None
         self.files = files
         self.format = fmt
         self._checksums: dict[Path, dict[int, frozenset[int]]] = {}
@@ -530,7 +531,7 @@ class HFSource:
 def open_source(path: str | os.PathLike, *, layers: Sequence[str] | None = None,
                 include: Iterable[str] = ()) -> HFSource:  # fmt: skip
     """A :class:`HFSource` for a Hugging Face model folder (safetensors, or ``.bin`` pickles
-    read with ``weights_only=True``) or one ``.safetensors`` file.
+    read with ``weights_only=True``), one ``.safetensors`` file or one ``.bin`` state dict.
 
     Raises
     ------
@@ -543,8 +544,8 @@ def open_source(path: str | os.PathLike, *, layers: Sequence[str] | None = None,
     from ..files import input_path
 
     p = input_path(path)
-    if not p.is_dir() and p.suffix.lower() != ".safetensors":
-        raise MaskFileError(p, "is neither a model folder nor a .safetensors file")
+    if not p.is_dir() and p.suffix.lower() not in (".safetensors", ".bin"):
+        raise MaskFileError(p, "is neither a model folder nor a .safetensors or .bin file")
     return HFSource(p, layers, include)
 
 

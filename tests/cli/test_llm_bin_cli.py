@@ -179,3 +179,33 @@ def test_bad_bin_folder_subprocess(tmp_path, model):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"masktopo: error: {named}: ") and words in lines[0]
     assert not (tmp_path / "o.csv").exists() and not marker.exists()
+
+
+def test_a_single_bin_state_dict_is_read_lazily_with_mask_nonzero(model, tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    """``analyze FILE.bin --mask nonzero`` reads a flat state dict tensor by tensor like a
+    model folder (the same rows as the .safetensors file); a nested checkpoint, which the lazy
+    reader refuses, is read whole as before."""
+    from safetensors.torch import save_file
+
+    import masktopo.inputs
+
+    t = _tensors()
+    torch.save(t, tmp_path / "one.bin")
+    save_file(t, str(tmp_path / "one.safetensors"))
+    args = ["--mask", "nonzero", "--format", "csv"]
+
+    def whole(*a, **k):
+        raise AssertionError("the whole file was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(masktopo.inputs, "load", whole)
+        capsys.readouterr()
+        assert main(["analyze", str(tmp_path / "one.bin"), *args]) == 0
+        a = capsys.readouterr().out
+        assert main(["analyze", str(tmp_path / "one.safetensors"), *args]) == 0
+        b = capsys.readouterr().out
+    assert a == b and a.count("\n") == 16  # header, 14 layers, the network row
+    torch.save({"model": {"fc.weight": torch.eye(4)}}, tmp_path / "nested.bin")
+    assert main(["analyze", str(tmp_path / "nested.bin"), *args]) == 0
+    assert "fc.weight" in capsys.readouterr().out
