@@ -10,14 +10,13 @@ import os
 import struct
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from test_llm_folder import llama_tensors
+from test_llm_folder import MEMORY_SCRIPT, llama_tensors
 
 from masktopo import analysis, load
 from masktopo.analysis.lazy import analyze_layers, refs_of_source
@@ -399,30 +398,6 @@ def test_nan_weights(tmp_path):
 
 # -- bounded memory ----------------------------------------------------------------------------
 
-_MEMORY_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from masktopo.analysis.lazy import analyze_layers, refs_of_source
-    from masktopo.store.hf_folder import open_source
-
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-
-    src = open_source(sys.argv[1])
-    refs = refs_of_source(src)
-    analyze_layers(refs[:2], metrics=["density", "n_components"])  # warm up: imports, kernels
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    base = status("VmRSS:")
-    df = analyze_layers(refs, metrics=["density", "n_components"])
-    print(json.dumps({"base": base, "peak": status("VmHWM:"), "bytes": src.nbytes,
-                      "format": src.format, "rows": len(df),
-                      "density": float(df["density"].mean())}))
-    """
-)
-
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_bounded_memory(tmp_path):
@@ -437,7 +412,7 @@ def test_bounded_memory(tmp_path):
     write_folder(tmp_path / "big", tensors, shards=2, fmt="bin")
     del tensors
     env = dict(os.environ, PYTHONPATH=str(ROOT), MASKTOPO_WORKERS="2")
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path / "big")],
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "big")],
                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])

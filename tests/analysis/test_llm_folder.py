@@ -272,7 +272,8 @@ def test_nan_weights(tmp_path):
 
 # -- bounded memory ----------------------------------------------------------------------------
 
-_MEMORY_SCRIPT = textwrap.dedent(
+#: Analyzes a model folder lazily and prints its peak RSS growth (also test_llm_bin.py's).
+MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from masktopo.analysis.lazy import analyze_layers, refs_of_source
@@ -291,7 +292,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     base = status("VmRSS:")
     df = analyze_layers(refs, metrics=["density", "n_components"])
     print(json.dumps({"base": base, "peak": status("VmHWM:"), "bytes": src.nbytes,
-                      "rows": len(df), "density": float(df["density"].mean())}))
+                      "format": src.format, "rows": len(df),
+                      "density": float(df["density"].mean())}))
     """
 )
 
@@ -308,7 +310,7 @@ def test_bounded_memory(tmp_path):
     write_folder(tmp_path / "big", tensors, shards=4)
     del tensors
     env = dict(os.environ, PYTHONPATH=str(ROOT), MASKTOPO_WORKERS="2")
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path / "big")],
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "big")],
                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -17,30 +17,19 @@ import pandas as pd
 import pytest
 import torch
 from cli_helpers import run_masktopo
+from test_llm_cli import llama_tensors
 
-from masktopo.analysis.structure import prune_nm, prune_per_row
 from masktopo.cli.main import main
-from masktopo.store.hf_folder import BIN_FILE, BIN_INDEX_FILE, llama_shapes, write_folder
+from masktopo.store.hf_folder import BIN_FILE, BIN_INDEX_FILE, write_folder
 
 SHARD_1 = "pytorch_model-00001-of-00002.bin"
 SHARD_2 = "pytorch_model-00002-of-00002.bin"
 
 
-def _tensors(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in llama_shapes(32, 96, 2, 40).items():
-        w = torch.randn(shape, generator=g)
-        if len(shape) == 2 and "embed" not in name and "lm_head" not in name:
-            w = prune_nm(w, 2, 4) if "up_proj" in name else prune_per_row(w, 0.5)
-        out[name] = w.to(torch.bfloat16)
-    return out
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf_bin")
-    t = _tensors()
+    t = llama_tensors()
     write_folder(base / "bin", t, shards=2, fmt="bin")
     write_folder(base / "st", t, shards=2)
     return base
@@ -126,7 +115,7 @@ def _bad(d: Path, case: str, marker: Path) -> tuple[Path, str]:
     assert case == "legacy"
     for p in d.glob("pytorch_model*"):
         p.unlink()
-    torch.save(_tensors(1), d / BIN_FILE, _use_new_zipfile_serialization=False)
+    torch.save(llama_tensors(1), d / BIN_FILE, _use_new_zipfile_serialization=False)
     return d / BIN_FILE, "cannot be memory-mapped"
 
 
@@ -190,7 +179,7 @@ def test_a_single_bin_state_dict_is_read_lazily_with_mask_nonzero(model, tmp_pat
 
     import masktopo.inputs
 
-    t = _tensors()
+    t = llama_tensors()
     torch.save(t, tmp_path / "one.bin")
     save_file(t, str(tmp_path / "one.safetensors"))
     args = ["--mask", "nonzero", "--format", "csv"]

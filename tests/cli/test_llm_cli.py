@@ -18,7 +18,9 @@ from masktopo.analysis.structure import prune_nm, prune_per_row
 from masktopo.store.hf_folder import INDEX_FILE, llama_shapes, write_folder
 
 
-def _tensors(seed=0, blocks=2):
+def llama_tensors(seed=0, blocks=2):
+    """A small Llama-shaped state dict, bf16: the MLP up projections 2:4, the other matrices
+    50 % per row (also test_llm_bin_cli.py's)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, shape in llama_shapes(32, 96, blocks, 40).items():
@@ -32,7 +34,7 @@ def _tensors(seed=0, blocks=2):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf")
-    t = _tensors()
+    t = llama_tensors()
     write_folder(base / "model", t, shards=2)
     write_folder(base / "one", t)
     return base
