@@ -36,6 +36,7 @@ def test_chosen_columns_and_formats(pags_out, tmp_path):
     assert [f.name for f in files] == ["pags-imdb_mean.svg", "pags-density.svg"]
     text = files[0].read_text()
     assert "(ERK)" in text and "layers" in text
+    assert "ranking estimates" in text  # the dots of a default (ranking-then-exact) run
 
 
 def test_bad_column_and_missing_table(pags_out, tmp_path, capsys):
