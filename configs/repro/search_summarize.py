@@ -25,7 +25,9 @@ def main() -> None:
     args = p.parse_args()
     out, target = Path(args.out), args.target
     print(f"load average: {os.getloadavg()}\n")
-    for name in ("p2", "p2-init3", "p2-6settings", "p2-fixed"):
+    names = ["p2", "p2-init3", "p2-6settings", "p2-fixed"]
+    names += sorted(p.name for p in out.glob("p2-lr*") if p.is_dir())  # search_full.sh OUT LR
+    for name in names:
         if (out / name).is_dir():
             _search(out / name, target)
     for name in ("prune", "prune-no-xavier", "prune-fixed"):
