@@ -324,25 +324,24 @@ def require_events(df, path):
 def _why_no_events(path) -> str:
     """Why a run without mask events has none: a search keeps the masks of its runs at or
     above the target only; any other run has not recorded one yet."""
-    import json
     from pathlib import Path
 
-    from masktopo.runs import run_kind
-    from masktopo.runs.layout import SUMMARY_FILE
+    from masktopo.errors import MaskTopoError
+    from masktopo.runs import read_run
 
     plain = "the run has no mask events yet (events.jsonl is empty)"
     try:
-        kind = run_kind(Path(path))
-        if kind == "pags":
+        run = read_run(path)
+        if run.kind == "pags":
             return (f"is a PAGS output folder, not a training run: analyze its masks, e.g. "
                     f"masktopo analyze {Path(path) / 'best.safetensors'} (or base.safetensors); "
                     f"masktopo plot {path} draws its scores")  # fmt: skip
-        if kind != "search":
+        if run.kind != "search":
             return plain
-        s = json.loads((Path(path) / SUMMARY_FILE).read_text())
+        s = run.summary() or {}
         done, total, best = s["n_done"], s["n_runs"], s["best_accuracy"]
         target = s["target"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (MaskTopoError, KeyError, TypeError):
         return plain
     best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
     runs = f"{total:,} runs" if done == total else f"{done:,} runs trained so far (of {total:,})"
