@@ -855,6 +855,17 @@ def _solve_one(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small
 
 
 @_jit
+def _pair_lanes(data, nnz_off, i, j, nnz):
+    """Matrix ``i`` and its partner ``j`` (one pattern, :func:`pack`) as lanes: ``(a, b, d0,
+    d1)``, ``a``/``b`` the matrices of lane 0/1 (lane 0 the binary one when there is one: its
+    products then share the traversal) and ``d0``/``d1`` their values, offset so that
+    ``d[nnz_off[i] + p]`` is entry ``p`` of the lane's matrix while the indices stay ``i``'s."""
+    a, b = (j, i) if _is_unit(data, nnz_off[j], nnz) else (i, j)
+    e0 = nnz_off[i]
+    return a, b, data[nnz_off[a] - e0 :], data[nnz_off[b] - e0 :]
+
+
+@_jit
 def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, tol, max_steps,
                small_side):  # fmt: skip
     """σ₁, σ₂ of every matrix ``i``: CSR ``indptr[ptr_off[i] : ptr_off[i] + m + 1]`` (local, from
@@ -890,11 +901,9 @@ def top2_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, tol, ma
             ok[i] = ok_i[0]
             steps[i] = k_i[0]
             continue
-        # lane 0 the binary one where there is one (its products share the traversal)
-        a, b = (j, i) if _is_unit(data, nnz_off[j], ip[m]) else (i, j)
-        e0 = nnz_off[i]
-        ok_p, k_p = _solve_one(data[nnz_off[a] - e0 :], data[nnz_off[b] - e0 :], 2, indices, ip,
-                               e0, m, n, tol, max_steps, small_side, res, table)  # fmt: skip
+        a, b, d0, d1 = _pair_lanes(data, nnz_off, i, j, ip[m])
+        ok_p, k_p = _solve_one(d0, d1, 2, indices, ip, nnz_off[i], m, n, tol, max_steps,
+                               small_side, res, table)  # fmt: skip
         for lane, idx in ((0, a), (1, b)):
             out[idx] = res[lane]
             ok[idx] = ok_p[lane]
@@ -1342,10 +1351,9 @@ def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, 
             steps[i] = _bounds_one(data, indices, ip, nnz_off[i], m, n, tol, max_steps,
                                    small_side, lo[i], hi[i], table, upper)  # fmt: skip
             continue
-        a, b = (j, i) if _is_unit(data, nnz_off[j], ip[m]) else (i, j)
-        e0 = nnz_off[i]
-        K = _bounds_lanes(data[nnz_off[a] - e0 :], data[nnz_off[b] - e0 :], 2, indices, ip, e0,
-                          m, n, tol, budget, small_side, L[0], L[1], table, upper)  # fmt: skip
+        a, b, d0, d1 = _pair_lanes(data, nnz_off, i, j, ip[m])
+        K = _bounds_lanes(d0, d1, 2, indices, ip, nnz_off[i], m, n, tol, budget, small_side,
+                          L[0], L[1], table, upper)  # fmt: skip
         for lane, idx in ((0, a), (1, b)):
             lo[idx] = L[0, lane]
             hi[idx] = L[1, lane]
