@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_llm_folder import MEMORY_SCRIPT, llama_tensors
+from test_llm_folder import lazy_memory, llama_tensors
 
 from masktopo import analysis, load
 from masktopo.analysis.lazy import analyze_layers, refs_of_source
@@ -404,18 +403,7 @@ def test_bounded_memory(tmp_path):
     """Two .bin shards of 96 MiB each (192 MiB of float32 weights) are analyzed with a peak RSS
     growth far below the size of one shard: every tensor is copied out of a fresh map of its
     file, which is dropped (a map kept over a shard would hold up to 96 MiB of its pages)."""
-    g = torch.Generator().manual_seed(3)
-    tensors = {}
-    for i in range(48):  # 48 layers of 1024 x 1024 float32: 4 MiB each
-        w = torch.randn(1024, 1024, generator=g)
-        tensors[f"model.layers.{i}.mlp.up_proj.weight"] = prune_per_row(w, 0.3)
-    write_folder(tmp_path / "big", tensors, shards=2, fmt="bin")
-    del tensors
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MASKTOPO_WORKERS="2")
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "big")],
-                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = lazy_memory(tmp_path / "big", shards=2, fmt="bin")
     assert r["format"] == "torch"
     assert r["rows"] == 48 and r["density"] == pytest.approx(0.3, abs=1e-3)
     assert r["bytes"] == 48 * 4 * 2**20

@@ -298,22 +298,29 @@ MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+def lazy_memory(folder: Path, **write) -> dict:
+    """Write 48 layers of 1024 × 1024 float32 (4 MiB each, 30 % per row) as a model folder
+    (``write``: :func:`write_folder`'s options), analyze it lazily in a fresh process and return
+    :data:`MEMORY_SCRIPT`'s measurements (also test_llm_bin.py's)."""
+    g = torch.Generator().manual_seed(3)
+    tensors = {}
+    for i in range(48):
+        w = torch.randn(1024, 1024, generator=g)
+        tensors[f"model.layers.{i}.mlp.up_proj.weight"] = prune_per_row(w, 0.3)
+    write_folder(folder, tensors, **write)
+    del tensors
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MASKTOPO_WORKERS="2")
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder)],
+                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_bounded_memory(tmp_path):
     """A folder of 192 MiB of float32 weights is analyzed with a peak RSS growth far below its
     size: layers are read one chunk at a time, nothing is memory-mapped."""
-    g = torch.Generator().manual_seed(3)
-    tensors = {}
-    for i in range(48):  # 48 layers of 1024 x 1024 float32: 4 MiB each
-        w = torch.randn(1024, 1024, generator=g)
-        tensors[f"model.layers.{i}.mlp.up_proj.weight"] = prune_per_row(w, 0.3)
-    write_folder(tmp_path / "big", tensors, shards=4)
-    del tensors
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MASKTOPO_WORKERS="2")
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "big")],
-                         capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = lazy_memory(tmp_path / "big", shards=4)
     assert r["rows"] == 48 and r["density"] == pytest.approx(0.3, abs=1e-3)
     assert r["bytes"] == 48 * 4 * 2**20
     budget = 64 * 2**20  # a third of the folder

@@ -17,13 +17,11 @@ import pandas as pd
 import pytest
 import torch
 from cli_helpers import run_masktopo
+from test_llm_bin import SHARD_2
 from test_llm_cli import llama_tensors
 
 from masktopo.cli.main import main
 from masktopo.store.hf_folder import BIN_FILE, BIN_INDEX_FILE, write_folder
-
-SHARD_1 = "pytorch_model-00001-of-00002.bin"
-SHARD_2 = "pytorch_model-00002-of-00002.bin"
 
 
 @pytest.fixture(scope="module")
