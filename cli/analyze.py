@@ -340,7 +340,7 @@ def analyze_paths(args, cfg, metrics: list[str] | None, world=None):
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from masktopo.analysis.distributed import World
+    from masktopo.distributed import World
 
     world = world or World()
 
@@ -473,7 +473,7 @@ def run(args) -> int:
     if cfg.event is not None and cfg.every != 1:
         raise MaskTopoError("--every selects events of a whole run; it cannot be used with --event")
 
-    from masktopo.analysis.distributed import init_world
+    from masktopo.distributed import init_world
 
     world = init_world(cfg.device)
     df = analyze_paths(args, cfg, metrics, world)

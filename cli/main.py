@@ -116,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MaskTopoError, OSError) as exc:
         print(f"masktopo: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy the torchrun process group a command started (nothing when none did)."""
+    launched = sys.modules.get("masktopo.distributed")  # imported only by the commands that use it
+    if launched is not None:
+        launched.close_world()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ are split across the processes (gloo process group) and rank 0 writes the files.
 from __future__ import annotations
 
 import argparse
-import os
 
 from masktopo import __version__
 
@@ -59,19 +58,6 @@ def list_methods() -> str:
     return render_rows(("name", "data-free", "description"), rows)
 
 
-def _init_distributed(device: str) -> None:
-    """Join the torchrun process group (gloo: only small objects travel)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def run(args) -> int:
     if args.list_methods:
         print(list_methods())
@@ -96,13 +82,13 @@ def run(args) -> int:
     from masktopo.pags.runner import check_method
 
     check_method(config.method)
-    _init_distributed(config.device)
-    result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
-    import torch.distributed as dist
+    from masktopo.distributed import current_world, init_world
 
+    init_world(config.device, backend="gloo")  # only small objects travel
+    result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
     from masktopo.runs.layout import BEST_FILE
 
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if current_world().main:
         sc = result.best_scores.network(config.invalid)[0]
         base = result.base_scores.network(config.invalid)[0]
         print(f"best: network score {sc:.6g} (base {base:.6g}), density "

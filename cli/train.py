@@ -172,8 +172,8 @@ def run(args) -> int:
     from masktopo.trainer.loop import train
 
     result = train(cfg, out, resume=bool(args.resume), progress=show_progress(args))
-    import torch.distributed as dist
+    from masktopo.distributed import current_world
 
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if current_world().main:
         print(_summary(result), file=sys.stdout)
     return 0

@@ -178,16 +178,17 @@ def test_a_traceable_model_gets_its_layer_graph_from_the_first_forward(tmp_path)
 @pytest.mark.parametrize("method,extra", [("rigl", {"update_interval": 4}),
                                           ("granet", {"update_interval": 4, "prune_end": 0.6})])  # fmt: skip
 def test_sparsify_equals_masktopo_train_on_a_zoo_model(tmp_path, method, extra):
+    from masktopo.distributed import World
     from masktopo.seeding import generator
     from masktopo.trainer import TrainConfig, resolve, train
-    from masktopo.trainer.loop import _Data, _Dist, lr_at
+    from masktopo.trainer.loop import _Data, lr_at
     from masktopo.zoo import get_model
 
     cfg = resolve(TrainConfig(method=method, model="spiral-mlp", dataset="cubist-spiral",
                               density=0.3, epochs=1, max_steps=24, batch_size=2000,
                               device="cpu", seed=5, **extra))  # fmt: skip
     train(cfg, tmp_path / "train")
-    data = _Data(cfg, torch.device("cpu"), _Dist())
+    data = _Data(cfg, torch.device("cpu"), World())
     spe = data.steps_per_epoch
     model = get_model(cfg.model, dataset=data.spec, generator=generator(cfg.seed, "model"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,

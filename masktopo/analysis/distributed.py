@@ -11,54 +11,14 @@ The launch is read from the environment torchrun sets (``WORLD_SIZE``, ``RANK``,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["World", "gather_rows", "init_world", "split_by_cost"]
+from ..distributed import World
 
-
-class World:
-    """The processes of this launch: ``rank`` of ``size`` (``0`` of ``1`` without torchrun)."""
-
-    __slots__ = ("rank", "size")
-
-    def __init__(self, rank: int = 0, size: int = 1):
-        self.rank = rank
-        self.size = size
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes the output (rank 0)."""
-        return self.rank == 0
-
-
-def init_world(device: str | None = None) -> World:
-    """The launch's :class:`World`, with the default process group started when torchrun
-    launched several processes and none is started yet.
-
-    Parameters
-    ----------
-    device : {"cpu", "cuda"}, optional
-        ``"cuda"``: the ``nccl`` backend, each rank on GPU ``LOCAL_RANK``; else ``gloo``.
-    """
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if size <= 1:
-        return World()
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return World(dist.get_rank(), dist.get_world_size())
+__all__ = ["gather_rows", "split_by_cost"]
 
 
 def split_by_cost(costs: Sequence[float], parts: int) -> list[list[int]]:

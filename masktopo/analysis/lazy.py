@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
+from ..distributed import World
 from ..errors import MaskValidationError
 from ..options import Options
-from .distributed import World, gather_rows, split_by_cost
+from .distributed import gather_rows, split_by_cost
 from .metrics import INT_METRICS, layer_metric_rows, resolve_metrics
 from .spectral import cpu_workers
 from .structure import INT_COLUMNS, STRUCTURE_COLUMNS, structure_columns
@@ -129,7 +130,7 @@ def analyze_layers(
     progress : bool
         A progress bar on stderr (rank 0 only).
     world : World, optional
-        The processes of a torchrun launch (:func:`~masktopo.analysis.distributed.init_world`);
+        The processes of a torchrun launch (:func:`~masktopo.distributed.init_world`);
         each analyzes its share of the layers, rank 0 returns the whole table.
     per_chunk : int, optional
         Layers read at once: default the CPU engine's threads

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .._version import git_commit, versions
+from ..distributed import World, init_world
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..runs import (
     RunLock,
@@ -169,29 +170,8 @@ def _use_augment(cfg: TrainConfig, in_shape: tuple[int, ...]) -> bool:
 # ---------------------------------------------------------------------------------------------
 # distributed
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size())
-
-
-def _reduce_sum(dist_info: _Dist, values: torch.Tensor) -> torch.Tensor:
-    if dist_info.world == 1:
+def _reduce_sum(dist_info: World, values: torch.Tensor) -> torch.Tensor:
+    if dist_info.size == 1:
         return values
     import torch.distributed as dist
 
@@ -271,7 +251,7 @@ def _pick_device(name: str) -> torch.device:
 class _Data:
     """In-memory splits and the per-epoch batch order."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: _Dist):
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: World):
         from ..zoo import get_spec, load_dataset, split_train_val
 
         self.spec = get_spec(cfg.dataset)
@@ -289,9 +269,9 @@ class _Data:
         self.device = device
         self.dist = dist_info
         self.batch_size = cfg.batch_size
-        if cfg.batch_size % dist_info.world:
+        if cfg.batch_size % dist_info.size:
             raise MaskValidationError(f"batch_size {cfg.batch_size} is not divisible by the "
-                                      f"{dist_info.world} processes")  # fmt: skip
+                                      f"{dist_info.size} processes")  # fmt: skip
         self.steps_per_epoch = len(self.train) // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise MaskValidationError(f"batch_size {cfg.batch_size} is larger than the training "
@@ -306,7 +286,7 @@ class _Data:
         aug = generator(self.seed, "augment", epoch, self.dist.rank, device=self.device)
         b = self.batch_size
         for i in range(self.steps_per_epoch):
-            idx = perm[i * b : (i + 1) * b][self.dist.rank :: self.dist.world]
+            idx = perm[i * b : (i + 1) * b][self.dist.rank :: self.dist.size]
             if i < start:
                 if self.augment:  # keep the augmentation stream aligned with an unbroken epoch
                     crop_flip(self.train.data[idx[:1]].expand(len(idx), -1, -1, -1), aug)
@@ -336,13 +316,14 @@ def _loss(spec, logits, y, smoothing: float):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, spec, *, dist_info: _Dist = _Dist(), amp: bool = False,
+def evaluate(model, dataset, spec, *, dist_info: World | None = None, amp: bool = False,
              batch: int = 1024) -> tuple[float, float]:  # fmt: skip
     """Mean loss and accuracy of ``model`` on ``dataset`` (this rank's share, summed over ranks)."""
+    dist_info = World() if dist_info is None else dist_info
     was = model.training
     model.eval()
     n = len(dataset)
-    idx = torch.arange(dist_info.rank, n, dist_info.world, device=dataset.data.device)
+    idx = torch.arange(dist_info.rank, n, dist_info.size, device=dataset.data.device)
     sums = torch.zeros(3, dtype=torch.float64, device=dataset.data.device)
     for i in range(0, len(idx), batch):
         x, y = dataset.batch(idx[i : i + batch])
@@ -358,10 +339,10 @@ def evaluate(model, dataset, spec, *, dist_info: _Dist = _Dist(), amp: bool = Fa
     return float(sums[0]) / total, float(sums[1]) / total
 
 
-def _evaluate_at(model, data, dist_info: _Dist, amp: bool, owner: int | None):
+def _evaluate_at(model, data, dist_info: World, amp: bool, owner: int | None):
     """Validation loss and accuracy; ``owner``: only that rank's model is the run's model now
     (P-GaP's replicas), so it evaluates the whole split and broadcasts the two numbers."""
-    if owner is None or dist_info.world == 1:
+    if owner is None or dist_info.size == 1:
         return evaluate(model, data.val, data.spec, dist_info=dist_info, amp=amp)
     import torch.distributed as dist
 
@@ -461,13 +442,13 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     device = _pick_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist_info = _init_distributed(device)
+    dist_info = init_world(device.type)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     from .methods import METHODS
 
     # P-GaP: each process trains its own replica on whole batches (no DDP, no batch split)
     independent = METHODS[cfg.method].independent_ranks(cfg)
-    data = _Data(cfg, device, _Dist() if independent else dist_info)
+    data = _Data(cfg, device, World() if independent else dist_info)
     spe = data.steps_per_epoch
     total_steps = spe * cfg.epochs
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
@@ -550,7 +531,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 "metrics_epoch": h["epoch"]}  # fmt: skip
 
     def check_ranks(kind: str, m: dict) -> None:
-        if dist_info.world > 1 and not masks_agree(m):
+        if dist_info.size > 1 and not masks_agree(m):
             raise TrainingError(f"the masks differ across ranks after the {kind} event at step "
                                 f"{session.steps_done}; this is a bug, please report it")  # fmt: skip
 
@@ -575,7 +556,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
                 "seed": cfg.seed,
                 "seeds": {p: seed_for(cfg.seed, p) for p in
                           ("model", "masks", "val-split", "data-order", "pai-batches")},
-                "world_size": dist_info.world,
+                "world_size": dist_info.size,
                 "steps_per_epoch": spe,
                 "total_steps": total_steps,
                 "data": {"train": len(data.train), "val": len(data.val) if data.val else 0,
@@ -601,9 +582,9 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     if ckpt is None:
         record("init", **sparsifier.init_event())
 
-    if device.type == "cpu" and dist_info.world == 1:
+    if device.type == "cpu" and dist_info.size == 1:
         train_model = model
-    elif dist_info.world > 1 and not independent:
+    elif dist_info.size > 1 and not independent:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -12,9 +12,10 @@ import torch
 from masktopo.analysis import _engine
 from masktopo.analysis._dense import top2_dense
 from masktopo.analysis._engine import TOL, Parts, dense_route, solve_top2
-from masktopo.analysis.distributed import World, gather_rows, split_by_cost
+from masktopo.analysis.distributed import gather_rows, split_by_cost
 from masktopo.analysis.metrics import layer_metric_rows
 from masktopo.analysis.structure import prune_nm, prune_per_row
+from masktopo.distributed import World
 
 
 def _layer(rows, cols, density, seed, kind="row"):

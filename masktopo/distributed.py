@@ -1,0 +1,94 @@
+"""The processes of a ``torchrun`` launch: joining, describing and leaving the process group.
+
+One place for what training (``masktopo train``), analysis (``masktopo analyze``) and PAGS
+(``masktopo pags``) do under ``torchrun``. The launch is read from the environment torchrun sets
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``). A process group this module starts is also destroyed
+by it (:func:`close_world`, called by the ``masktopo`` command when a command ends, and at
+interpreter exit as a backstop); a group the caller started is left alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+__all__ = ["World", "close_world", "current_world", "init_world"]
+
+_STARTED = False  # whether init_world started the default process group of this process
+
+
+class World:
+    """The processes of this launch: ``rank`` of ``size`` (``0`` of ``1`` without torchrun)."""
+
+    __slots__ = ("rank", "size")
+
+    def __init__(self, rank: int = 0, size: int = 1):
+        self.rank = rank
+        self.size = size
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the output (rank 0)."""
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"World(rank={self.rank}, size={self.size})"
+
+
+def init_world(device: str | None = None, *, backend: str | None = None) -> World:
+    """The launch's :class:`World`, with the default process group started when torchrun
+    launched several processes and none is started yet.
+
+    Parameters
+    ----------
+    device : {"cpu", "cuda"}, optional
+        ``"cuda"``: each rank on GPU ``LOCAL_RANK`` (when this call starts the group) and, unless ``backend`` says otherwise, the
+        ``nccl`` backend; else ``gloo``.
+    backend : str, optional
+        The backend to start the group with (``"gloo"`` where only small Python objects travel,
+        even between GPU processes).
+    """
+    global _STARTED
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size <= 1:
+        return World()
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend or ("nccl" if device == "cuda" else "gloo"))
+        if not _STARTED:
+            atexit.register(close_world)
+        _STARTED = True
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def current_world() -> World:
+    """The :class:`World` of the process group running now (``World()`` when none runs)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def close_world() -> None:
+    """Destroy the default process group if :func:`init_world` started it; else nothing.
+
+    A process that exits with its gloo or nccl group alive can abort in the group's threads at
+    exit ("terminate called without an active exception"); destroying it first avoids that.
+    """
+    global _STARTED
+    if not _STARTED:
+        return
+    _STARTED = False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,60 @@
+"""masktopo.distributed: join, describe and leave a torchrun launch's process group."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+
+from masktopo.distributed import World, close_world, current_world, init_world
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed gloo")  # fmt: skip
+
+SCRIPT = """
+import torch.distributed as dist
+from masktopo.distributed import close_world, current_world, init_world
+w = init_world("cpu")
+assert w.size == 2 and w.distributed and dist.is_initialized()
+assert current_world().rank == w.rank
+assert init_world("cpu").rank == w.rank  # joining again keeps the group
+close_world()
+assert not dist.is_initialized() and current_world().size == 1
+print("ok", w.rank)
+"""
+
+
+def test_one_process_has_no_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    w = init_world("cpu")
+    assert (w.rank, w.size, w.distributed, w.main) == (0, 1, False, True)
+    assert not dist.is_initialized()
+    close_world()  # nothing started: nothing to do
+    assert repr(current_world()) == "World(rank=0, size=1)"
+    assert not World(1, 2).main and World(1, 2).distributed
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_a_started_group_is_destroyed(tmp_path):
+    script = tmp_path / "world.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(script)],
+                       capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(p.stdout.split()) == ["0", "1", "ok", "ok"]
+
+
+def test_a_callers_group_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the caller's group has one rank
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        w = init_world("cpu")
+        assert (w.rank, w.size) == (0, 1)
+        close_world()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
