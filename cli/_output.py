@@ -460,11 +460,25 @@ class _ListConfigs(argparse.Action):
         parser.exit(0)
 
 
-def print_config(cfg, table: str, header: str) -> None:
-    """Write ``cfg`` to stdout as TOML that ``--config`` reads back into the same config."""
+def command_config(args, cls: type, command: str):
+    """A typed-config command's config from its arguments (:func:`add_config_arguments`):
+    the defaults of ``cls``, then the ``--config`` file (top-level keys or its ``[command]``
+    table), then the flags, then ``--set``; with the names given explicitly
+    (:func:`masktopo.options.gather_given`)."""
+    from masktopo.options import flag_values, gather_given, parse_sets
+
+    return gather_given(cls, config=args.config, table=command, flags=flag_values(args, cls),
+                        sets=parse_sets(args.sets))  # fmt: skip
+
+
+def print_config(cfg, command: str, usage: str = "--config FILE") -> None:
+    """Write ``cfg`` to stdout as TOML that ``--config`` reads back into the same config, under
+    a header line that says how (``masktopo COMMAND USAGE``) and which masktopo wrote it."""
+    from masktopo import __version__
     from masktopo.options import to_toml
 
-    write_stdout(to_toml(cfg, table=table, header=header))
+    header = f"masktopo {command} {usage} (masktopo {__version__})"
+    write_stdout(to_toml(cfg, table=command, header=header))
 
 
 def apply_options(args, *classes) -> None:

@@ -22,16 +22,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from masktopo import __version__
 from masktopo.errors import MaskFileError, MaskTopoError
 from masktopo.options import (
     Options,
     RunOptions,
     add_arguments,
-    flag_values,
-    gather,
     option,
-    parse_sets,
     same_as,
 )
 
@@ -39,6 +35,7 @@ from ._output import (
     add_config_arguments,
     add_progress,
     check_parquet,
+    command_config,
     compile_notice,
     fit_table,
     frame_rows,
@@ -452,11 +449,9 @@ def run(args) -> int:
     if args.list_metrics:
         print(list_metrics())
         return 0
-    cfg = gather(AnalyzeConfig, config=args.config, table="analyze",
-                 flags=flag_values(args, AnalyzeConfig), sets=parse_sets(args.sets))  # fmt: skip
+    cfg = command_config(args, AnalyzeConfig, "analyze")[0]
     if args.print_config:
-        print_config(cfg, "analyze", f"masktopo analyze --config FILE PATH... (masktopo "
-                     f"{__version__})")  # fmt: skip
+        print_config(cfg, "analyze", "--config FILE PATH...")
         return 0
     if not args.paths:
         args.parser.error("the following arguments are required: PATH (or --list-metrics)")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from masktopo import __version__
-
-from ._output import add_config_arguments, add_progress, print_config, show_progress
+from ._output import add_config_arguments, add_progress, command_config, print_config, show_progress
 
 _DESCRIPTION = """\
 Pruning at Initialization as Graph Sampling. Start from the mask of a PaI method (the base, scored
@@ -62,16 +60,12 @@ def run(args) -> int:
     if args.list_methods:
         print(list_methods())
         return 0
-    from masktopo.options import flag_values, gather, parse_sets, read_toml
     from masktopo.pags.config import PagsConfig
 
-    flags = flag_values(args, PagsConfig)
-    sets = parse_sets(args.sets)
-    config = gather(PagsConfig, config=args.config, table="pags", flags=flags, sets=sets)
+    config, given = command_config(args, PagsConfig, "pags")
     if args.print_config:
-        print_config(config, "pags", f"masktopo pags --config FILE (masktopo {__version__})")
+        print_config(config, "pags")
         return 0
-    given = {*flags, *sets, *(read_toml(args.config, "pags") if args.config else ())}
     missing = [flag for flag, ok in (("--model", config.model is not None),
                                      ("--dataset", config.dataset is not None),
                                      ("--density", "density" in given),

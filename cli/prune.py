@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from masktopo import __version__
-
-from ._output import add_config_arguments, add_progress, print_config, show_progress
+from ._output import add_config_arguments, add_progress, command_config, print_config, show_progress
 
 _DESCRIPTION = """\
 Prune a trained network in one shot (or in CHITA++ stages) with CHITA (Benbaki et al., ICML 2023)
@@ -60,14 +58,11 @@ def table(rows: list[dict], dense_acc: float) -> str:
 
 
 def run(args) -> int:
-    from masktopo.options import flag_values, gather, parse_sets
     from masktopo.prune.config import PruneConfig
 
-    flags = flag_values(args, PruneConfig)
-    config = gather(PruneConfig, config=args.config, table="prune", flags=flags,
-                    sets=parse_sets(args.sets))  # fmt: skip
+    config = command_config(args, PruneConfig, "prune")[0]
     if args.print_config:
-        print_config(config, "prune", f"masktopo prune --config FILE (masktopo {__version__})")
+        print_config(config, "prune")
         return 0
     missing = [name for name, ok in (("INPUT", args.input is not None),
                                      ("--out", args.out is not None)) if not ok]  # fmt: skip

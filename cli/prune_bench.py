@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from masktopo import __version__
-
-from ._output import add_config_arguments, add_progress, print_config, show_progress
+from ._output import add_config_arguments, add_progress, command_config, print_config, show_progress
 
 _DESCRIPTION = """\
 The pruning benchmark of Zhang & Papyan (ICML 2024) on the Cubist Spiral: every method prunes
@@ -37,15 +35,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from masktopo.options import flag_values, gather, parse_sets
     from masktopo.search.config import PruneBenchConfig
 
-    flags = flag_values(args, PruneBenchConfig)
-    config = gather(PruneBenchConfig, config=args.config, table="prune-bench", flags=flags,
-                    sets=parse_sets(args.sets))  # fmt: skip
+    config = command_config(args, PruneBenchConfig, "prune-bench")[0]
     if args.print_config:
-        print_config(config, "prune-bench",
-                     f"masktopo prune-bench --config FILE (masktopo {__version__})")  # fmt: skip
+        print_config(config, "prune-bench")
         return 0
     if args.out is None:
         args.parser.error("the following arguments are required: --out")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from masktopo import __version__
-
-from ._output import add_config_arguments, add_progress, print_config, show_progress
+from ._output import add_config_arguments, add_progress, command_config, print_config, show_progress
 
 _DESCRIPTION = """\
 Combinatorial search for the sparsest networks on the Cubist Spiral (Zhang & Papyan, ICML 2024,
@@ -53,14 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from masktopo.options import flag_values, gather, parse_sets
     from masktopo.search.config import SearchConfig
 
-    flags = flag_values(args, SearchConfig)
-    config = gather(SearchConfig, config=args.config, table="search", flags=flags,
-                    sets=parse_sets(args.sets))  # fmt: skip
+    config = command_config(args, SearchConfig, "search")[0]
     if args.print_config:
-        print_config(config, "search", f"masktopo search --config FILE (masktopo {__version__})")
+        print_config(config, "search")
         return 0
     if args.count:
         from masktopo.search.runner import search_plan

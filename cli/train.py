@@ -15,10 +15,16 @@ import argparse
 import math
 import sys
 
-from masktopo import __version__
 from masktopo.options import gather
 
-from ._output import add_config_arguments, add_progress, plain_text, print_config, show_progress
+from ._output import (
+    add_config_arguments,
+    add_progress,
+    command_config,
+    plain_text,
+    print_config,
+    show_progress,
+)
 
 _DESCRIPTION = """\
 Train a sparse network with a sparsification method and record every mask change into a run
@@ -122,18 +128,6 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
-def _density_given(config, flags, sets) -> bool:
-    """Whether a density was asked for (flag, --set or the config file): ``--method dense``
-    otherwise trains at density 1 instead of the default target."""
-    if "density" in flags or "density" in sets:
-        return True
-    if config is None:
-        return False
-    from masktopo.options import read_toml
-
-    return "density" in read_toml(config, "train")
-
-
 def run(args) -> int:
     if args.list_methods:
         print(list_methods())
@@ -157,15 +151,15 @@ def run(args) -> int:
         cfg = resume_config(Path(args.resume), **{k: getattr(given, k) for k in (*flags, *sets)})
         out = args.resume
     else:
-        cfg = gather(tc.TrainConfig, config=args.config, table="train", flags=flags, sets=sets)
+        cfg, given = command_config(args, tc.TrainConfig, "train")
         out = args.out
-        if cfg.method == "dense" and not _density_given(args.config, flags, sets):
+        if cfg.method == "dense" and "density" not in given:  # dense keeps every weight
             import dataclasses
 
-            cfg = dataclasses.replace(cfg, density=1.0)  # dense keeps every weight
+            cfg = dataclasses.replace(cfg, density=1.0)
     cfg = tc.resolve(cfg)
     if args.print_config:
-        print_config(cfg, "train", f"masktopo train --config FILE (masktopo {__version__})")
+        print_config(cfg, "train")
         return 0
     if out is None:
         args.parser.error("the following arguments are required: --out")

@@ -666,6 +666,21 @@ def gather(
     """The config from ``base`` (default: the class defaults), then a TOML file, then flags, then
     ``--set`` values: each value is checked where it came from (the file's path, ``--flag``,
     ``--set``), so that a bad value is one line naming both."""
+    return gather_given(cls, config=config, table=table, flags=flags, sets=sets, base=base)[0]
+
+
+def gather_given(
+    cls: type,
+    *,
+    config: str | Path | None = None,
+    table: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Mapping[str, Any] | None = None,
+    base: Any = None,
+) -> tuple[Any, frozenset[str]]:
+    """:func:`gather`'s config and the names of the fields given explicitly (a key of the TOML
+    file, a flag or a ``--set``), the file read once: what a command needs to tell "left at
+    the default" from "set to the default value"."""
     values: dict[str, Any] = {} if base is None else to_dict(base)
     where: dict[str, str] = {}
     if config is not None:
@@ -682,7 +697,7 @@ def gather(
         _field(cls, key, "--set field", None)
         values[key] = value
         where[key] = "--set"
-    return from_values(cls, values, where)
+    return from_values(cls, values, where), frozenset(where)
 
 
 def grouped(values: Mapping[str, Any], *classes: type, where: str | None = None) -> list[Any]:

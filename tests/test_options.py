@@ -18,6 +18,7 @@ from masktopo.options import (
     check_value,
     flag_values,
     gather,
+    gather_given,
     option,
     parse_sets,
     read_toml,
@@ -141,6 +142,16 @@ def test_sources_are_merged_in_order(tmp_path):
     assert (cfg.size, cfg.rate, cfg.hidden, cfg.label, cfg.points) == (6, 0.25, "y", "hello",
                                                                         (0.1,))  # fmt: skip
     assert isinstance(gather(Toy, sets={"rate": 1}).rate, float)  # an int for a float
+
+
+def test_given_names_come_from_the_file_the_flags_and_set_even_at_the_default(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text("[toy]\nsize = 3\n")  # the default value, but given
+    cfg, given = gather_given(Toy, config=f, table="toy", flags=_parse("--rate", "0.25"),
+                              sets=parse_sets(["label=x"]))  # fmt: skip
+    assert given == {"size", "rate", "label"} and (cfg.size, cfg.rate, cfg.label) == (3, 0.25, "x")
+    assert gather_given(Toy) == (Toy(), frozenset())
+    assert gather_given(Toy, base=Toy(size=7))[1] == frozenset()  # a base is not "given"
 
 
 def test_print_config_round_trips(tmp_path):
