@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_llm_folder import lazy_memory, llama_tensors
+from _llm_files import SHARD_1, SHARD_2, lazy_memory, llama_tensors
 
 from masktopo import analysis, load
 from masktopo.analysis.lazy import analyze_layers, refs_of_source
@@ -32,8 +32,6 @@ from masktopo.store.hf_folder import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARD_1 = "pytorch_model-00001-of-00002.bin"
-SHARD_2 = "pytorch_model-00002-of-00002.bin"
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from _llm_files import SHARD_2, tiny_llama_tensors
 from cli_helpers import run_masktopo
-from test_llm_bin import SHARD_2
-from test_llm_cli import llama_tensors
 
 from masktopo.cli.main import main
 from masktopo.store.hf_folder import BIN_FILE, BIN_INDEX_FILE, write_folder
@@ -27,7 +26,7 @@ from masktopo.store.hf_folder import BIN_FILE, BIN_INDEX_FILE, write_folder
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf_bin")
-    t = llama_tensors()
+    t = tiny_llama_tensors()
     write_folder(base / "bin", t, shards=2, fmt="bin")
     write_folder(base / "st", t, shards=2)
     return base
@@ -113,7 +112,7 @@ def _bad(d: Path, case: str, marker: Path) -> tuple[Path, str]:
     assert case == "legacy"
     for p in d.glob("pytorch_model*"):
         p.unlink()
-    torch.save(llama_tensors(1), d / BIN_FILE, _use_new_zipfile_serialization=False)
+    torch.save(tiny_llama_tensors(1), d / BIN_FILE, _use_new_zipfile_serialization=False)
     return d / BIN_FILE, "cannot be memory-mapped"
 
 
@@ -177,7 +176,7 @@ def test_a_single_bin_state_dict_is_read_lazily_with_mask_nonzero(model, tmp_pat
 
     import masktopo.inputs
 
-    t = llama_tensors()
+    t = tiny_llama_tensors()
     torch.save(t, tmp_path / "one.bin")
     save_file(t, str(tmp_path / "one.safetensors"))
     args = ["--mask", "nonzero", "--format", "csv"]

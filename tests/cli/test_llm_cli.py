@@ -11,30 +11,16 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
+from _llm_files import tiny_llama_tensors
 from cli_helpers import ROOT, run_masktopo
 
-from masktopo.analysis.structure import prune_nm, prune_per_row
-from masktopo.store.hf_folder import INDEX_FILE, llama_shapes, write_folder
-
-
-def llama_tensors(seed=0, blocks=2):
-    """A small Llama-shaped state dict, bf16: the MLP up projections 2:4, the other matrices
-    50 % per row (also test_llm_bin_cli.py's)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in llama_shapes(32, 96, blocks, 40).items():
-        w = torch.randn(shape, generator=g)
-        if len(shape) == 2 and "embed" not in name and "lm_head" not in name:
-            w = prune_nm(w, 2, 4) if "up_proj" in name else prune_per_row(w, 0.5)
-        out[name] = w.to(torch.bfloat16)
-    return out
+from masktopo.store.hf_folder import INDEX_FILE, write_folder
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf")
-    t = llama_tensors()
+    t = tiny_llama_tensors()
     write_folder(base / "model", t, shards=2)
     write_folder(base / "one", t)
     return base
