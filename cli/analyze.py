@@ -218,10 +218,15 @@ def _read_input(path, cfg):
     from masktopo.inputs import load
     from masktopo.runs import read_run
     from masktopo.store.hf_folder import is_hf_folder, open_source
+    from masktopo.store.safetensors_file import is_masktopo_file
 
     p = Path(path)
     suffix = p.suffix.lower()
     lazy_file = cfg.mask == "nonzero" and suffix in (".safetensors", ".bin") and not p.is_dir()
+    if lazy_file and suffix == ".safetensors" and is_masktopo_file(p):
+        note(f"{path}: a masktopo mask file; its stored masks are analyzed (--mask nonzero "
+             "reads plain checkpoints)")  # fmt: skip
+        lazy_file = False
     if cfg.event is None and (is_hf_folder(p) or lazy_file):
         try:
             return open_source(path, layers=cfg.layers, include=cfg.include)

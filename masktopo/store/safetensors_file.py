@@ -10,6 +10,7 @@ silent garbage.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def to_bytes(
     if kept and has_weights:
         metadata["weight_layout"] = "kept"
     return st_save(tensors, metadata=metadata)
+
+
+def is_masktopo_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file in masktopo's own format (its metadata says so);
+    False for any other file, also an unreadable one (its reader then says what is wrong)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bool]:

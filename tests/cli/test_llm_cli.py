@@ -125,3 +125,25 @@ def test_torchrun_two_processes_equal_one(model, tmp_path):
     a, b = (tmp_path / "one.csv").read_text(), (tmp_path / "two.csv").read_text()
     assert a == b
     assert len(pd.read_csv(tmp_path / "two.csv")) == 15
+
+
+def test_mask_nonzero_on_a_masktopo_file_reads_its_stored_masks(tmp_path):
+    """``--mask nonzero`` is for plain checkpoints: a masktopo mask file whose weights are dense
+    (as PAGS's best.safetensors stores θ) is read by its masks, with a note saying so."""
+    import torch
+
+    import masktopo
+    from masktopo import MaskSet
+
+    g = torch.Generator().manual_seed(0)
+    masks = {"fc1.weight": torch.rand(12, 20, generator=g) < 0.3,
+             "fc2.weight": torch.rand(4, 12, generator=g) < 0.5}  # fmt: skip
+    weights = {n: torch.randn(m.shape, generator=g) for n, m in masks.items()}  # dense θ
+    path = tmp_path / "best.safetensors"
+    masktopo.save(path, MaskSet(masks, weights=weights))
+    p = run_masktopo("analyze", path, "--mask", "nonzero", "--metrics", "density", "--format",
+                     "csv", cwd=tmp_path)  # fmt: skip
+    df = _csv(p)
+    layers = df[df["level"] == "layer"].set_index("layer")["density"]
+    assert layers.to_dict() == pytest.approx({n: m.float().mean().item() for n, m in masks.items()})
+    assert "a masktopo mask file; its stored masks are analyzed" in p.stderr
