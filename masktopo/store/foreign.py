@@ -139,7 +139,7 @@ def interpret(
             path,
             "no masks found (no '*_mask' tensors and no tensors holding only 0 and 1); if zeros "
             "in the weights mark the pruned entries, pass zeros_as_mask=True "
-            "(command line: --zeros-as-mask)",
+            "(masktopo analyze: --mask nonzero; masktopo info: --zeros-as-mask)",
         )
     try:
         bool_masks = {name: _as_bool_mask(name, m) for name, m in masks.items()}
