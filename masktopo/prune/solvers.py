@@ -68,6 +68,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -123,6 +124,14 @@ class SolverOptions:
         ``bso-block``: solve the blocks batched in torch (groups of similar kept counts, padded)
         also on the CPU; that route is always taken on a GPU, and on the CPU the blocks are
         solved one after the other in numpy (faster there). For tests.
+    keep_zero_columns : bool
+        ``chita``: also keep weights whose column of ``G`` is zero (weights the sampled loss
+        does not see), where the start weight is nonzero. The reference drops every zero
+        column (methods-spec §5.2, Alg. 4 step 1: those weights are pruned whatever their
+        magnitude), which suits inputs that are always zero but, with few samples, drops
+        weights that merely happened to get no gradient, and can end with an objective above
+        magnitude pruning's. Default False (the reference); :func:`solve` warns when such a
+        column holds one of the ``k`` largest start weights.
     """
 
     max_iter: int = 500
@@ -137,6 +146,7 @@ class SolverOptions:
     refit: bool = True
     patience: int = 3
     batched_blocks: bool = False
+    keep_zero_columns: bool = False
 
 
 @dataclass
@@ -739,10 +749,15 @@ def _polish(pb: Problem, w: torch.Tensor, support: torch.Tensor, f: float,
 
 
 def _chita(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
+    start = _start(pb, opts.power_iter)
     eligible = torch.linalg.vector_norm(pb.G, dim=0) > 0  # no squared copy of G
+    if opts.keep_zero_columns:
+        eligible |= start != 0
+    else:
+        _warn_zero_columns(start, eligible, k)
     if int(eligible.sum()) < k:
         eligible = torch.ones_like(eligible)
-    start = _start(pb, opts.power_iter).masked_fill(~eligible, 0.0)
+    start = start.masked_fill(~eligible, 0.0)
     k_act = min(int(eligible.sum()), math.ceil(opts.kimp * k))
     # the k_act largest |start| among the eligible columns, then the k largest among those:
     # never a column outside (ties at 0 could pick one when fewer than k starts are nonzero,
@@ -785,6 +800,19 @@ def _chita(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator)
         active |= new
     w, f = _polish(pb, w, support, f, opts)
     return Solution(w, support, f, rounds)
+
+
+def _warn_zero_columns(start: torch.Tensor, eligible: torch.Tensor, k: int) -> None:
+    """Warn when CHITA's dropped zero columns hold some of the ``k`` largest start weights."""
+    if k <= 0 or bool(eligible.all()):
+        return
+    top = torch.topk(start.abs(), min(k, start.numel()), sorted=False).indices
+    lost = int((~eligible[top] & (start[top] != 0)).sum())
+    if lost:
+        warnings.warn(f"chita: {lost} of the k = {k} largest weights have an all-zero column in "
+                      "G (no gradient on any sample: an input that is always zero, or too few "
+                      "samples) and are pruned, as in the reference; keep_zero_columns "
+                      "(--keep-zero-columns) keeps them", stacklevel=4)  # fmt: skip
 
 
 #: Solver name -> ``solve(problem, k, options, generator) -> Solution``.

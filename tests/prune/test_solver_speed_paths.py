@@ -125,6 +125,7 @@ def test_iht_with_the_updated_gradient_follows_the_recomputed_one(bench, monkeyp
     torch.testing.assert_close(r, pb.y - G @ wi, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:chita.*all-zero column:UserWarning")  # the reference rule
 def test_chita_with_zero_columns_agrees_with_the_port(bench, monkeypatch):
     monkeypatch.setattr(S, "_block_rows", lambda G: 4)
     G, w = _case(30, 120, 5)
@@ -153,6 +154,7 @@ def test_refit_residual_is_the_full_residual(n):
     assert sol.objective == pytest.approx(pb.objective(sol.w), rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:chita.*all-zero column:UserWarning")  # the reference rule
 @pytest.mark.parametrize("seed", range(3))
 def test_chita_keeps_k_when_fewer_than_k_eligible_weights_are_nonzero(seed):
     """w̄ already pruned and some of its kept weights in zero columns (dead units): the start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -115,6 +116,47 @@ def test_chita_and_iht_beat_magnitude_pruning():
         assert bso <= mp
         assert iht <= bso + 1e-9  # IHT starts at MP's support and never goes up
         assert chita < mp
+
+
+def _zero_column_problem(seed=0):
+    """Half of the columns of G are zero and hold the largest weights (as when a few samples
+    give no gradient to some weights)."""
+    g = torch.Generator().manual_seed(seed)
+    G = 1e-3 * torch.randn(10, 200, generator=g, dtype=torch.float64)
+    G[:, :100] = 0.0
+    w = torch.randn(200, generator=g, dtype=torch.float64)
+    w[:100] *= 5
+    return Problem.build(G, w, l2=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chita_prunes_zero_columns_as_the_reference_and_says_so(seed):
+    pb = _zero_column_problem(seed)
+    with pytest.warns(UserWarning, match=r"chita: \d+ of the k = 50 largest weights have an "
+                      "all-zero column"):  # fmt: skip
+        sol = solve(pb, 50, "chita")
+    assert int(sol.support.sum()) == 50 and not bool(sol.support[:100].any())
+    assert sol.objective > solve(pb, 50, "mp").objective  # the price of the reference's rule
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("refit", [True, False])
+def test_chita_keeping_zero_columns_is_no_worse_than_magnitude_pruning(seed, refit):
+    pb = _zero_column_problem(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when the columns are kept
+        sol = solve(pb, 50, "chita", SolverOptions(keep_zero_columns=True, refit=refit))
+    assert int(sol.support.sum()) == 50
+    assert sol.objective <= solve(pb, 50, "bso").objective * (1 + 1e-12)
+    assert sol.objective == pytest.approx(pb.objective(sol.w), rel=1e-12)
+
+
+def test_chita_without_zero_columns_among_the_largest_does_not_warn():
+    pb = _problem(n=40, p=60, lam=0.1)
+    pb.G[:, torch.topk(pb.w_bar.abs(), 40, largest=False).indices[:5]] = 0.0  # small weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve(Problem(pb.G, pb.w_bar, pb.lam), 10, "chita")
 
 
 def test_exact_selection_on_a_tiny_problem():
