@@ -122,8 +122,9 @@ def _train_config() -> type:
 
 def _train_check(cfg) -> None:
     from ..trainer.config import resolve
+    from ..trainer.loop import check_schedule
 
-    resolve(cfg)
+    check_schedule(resolve(cfg))
 
 
 def _train_finished(run: Path) -> bool:

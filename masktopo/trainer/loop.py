@@ -28,6 +28,7 @@ checksum across ranks. Only rank 0 writes the run directory.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -246,6 +247,46 @@ def _pick_device(name: str) -> torch.device:
             raise MaskValidationError("device cuda: no CUDA device is available on this machine")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=8)
+def _train_split_size(dataset: str, data_dir: str | None, val_fraction: float) -> int | None:
+    """Samples in the training split of ``dataset`` (after the validation split, as
+    :class:`_Data` carves it); None when the files cannot be read here."""
+    from ..zoo import load_dataset, split_train_val
+
+    try:
+        n = len(load_dataset(dataset, data_dir=data_dir, split="train"))
+    except MaskTopoError:
+        return None
+    if val_fraction > 0:
+        return len(split_train_val(range(n), val_fraction, torch.Generator())[0])
+    return n
+
+
+def check_schedule(cfg: TrainConfig) -> None:
+    """Raise the error ``masktopo train`` would raise when it starts ``cfg`` (a resolved config)
+    for its step counts: the method's schedule is built for the steps per epoch of the
+    dataset's training split (no model is built). How ``masktopo sweep`` checks each cell before
+    any runs. Nothing is checked when the dataset's files cannot be read here (a sweep that is
+    submitted where the data is not).
+
+    Raises
+    ------
+    MaskValidationError
+        A batch larger than the training split; a schedule with no update or pruning event
+        (``set``/``rigl``/``itop``/``granet``/``gmp``), a GaP layout longer than the run.
+    """
+    n = _train_split_size(cfg.dataset, cfg.data_dir, float(cfg.val_fraction))
+    if n is None:
+        return
+    spe = n // cfg.batch_size
+    if spe < 1:
+        raise MaskValidationError(f"batch_size {cfg.batch_size} is larger than the training "
+                                  f"split ({n} samples)")  # fmt: skip
+    from .methods import METHODS
+
+    METHODS[cfg.method](cfg, steps_per_epoch=spe, total_steps=spe * cfg.epochs, device="cpu")
 
 
 class _Data:

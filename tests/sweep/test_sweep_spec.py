@@ -174,3 +174,27 @@ def test_tags_label_cells_without_reaching_the_command():
     assert cfg.seed == 0 and not hasattr(cfg, "tag")
     with pytest.raises(MaskValidationError, match="a tag is a non-empty string"):
         parse_sweep({"base": BASE, "grid": {"tag": [3]}})
+
+
+def test_cells_are_checked_against_their_step_counts_before_anything_runs(tmp_path):
+    """A schedule ``masktopo train`` would refuse at start (no update in the run's steps) is
+    refused when the sweep is read, naming the cell; the steps come from the dataset's
+    training split (spiral: 44,984 samples after the validation split, 351 steps of 128)."""
+    from masktopo.trainer.config import TrainConfig, resolve
+    from masktopo.trainer.loop import check_schedule
+
+    bad = _write(tmp_path, '[base]\nmodel = "spiral-mlp"\ndataset = "cubist-spiral"\n'
+                 'density = 0.3\nepochs = 1\nmethod = "set"\n[grid]\n'
+                 "update_interval = [100, 400]\nseed = [0]\n")  # fmt: skip
+    with pytest.raises(MaskValidationError, match=r"cell update_interval=400,seed=0"
+                       r"\S*: set: no mask update in 351 steps with update_interval 400"):  # fmt: skip
+        load_sweep(bad)
+    cfg = resolve(TrainConfig(**BASE, method="gmp", update_interval=100))
+    check_schedule(cfg)  # pruning events in 351 steps
+    with pytest.raises(MaskValidationError, match="gmp: no pruning event"):
+        check_schedule(resolve(TrainConfig(**BASE, method="gmp", update_interval=400)))
+    with pytest.raises(MaskValidationError, match="larger than the training split"):
+        check_schedule(resolve(TrainConfig(**BASE, method="set", batch_size=50_000)))
+    missing = resolve(TrainConfig(model="resnet20", dataset="cifar10", density=0.1, epochs=1,
+                                  method="set", data_dir=str(tmp_path / "none")))  # fmt: skip
+    check_schedule(missing)  # the data is not here: nothing to check against
