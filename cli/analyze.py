@@ -368,6 +368,11 @@ def analyze_paths(args, cfg, metrics: list[str] | None, world=None):
                 continue
         if not whole_run:
             df = _with_network_row(df, _network_row(df, cfg.invalid) if cfg.network else None)
+            event = (getattr(ms, "meta", None) or {}).get("event")
+            if cfg.event is not None and isinstance(event, dict):  # which event --event K was
+                for i, (col, key) in enumerate((("event", "event"), ("step", "step"),
+                                                ("epoch", "epoch"), ("event_kind", "kind"))):  # fmt: skip
+                    df.insert(i, col, event.get(key))
         if several:
             df.insert(0, "file", str(path))
         frames.append(df)

@@ -387,7 +387,12 @@ def test_run_directory_events(tmp_path, capsys):
         extra = [] if event is None else ["--event", event]
         rc, out, err = _run(capsys, "analyze", run, "--format", "csv", "--no-network", *extra)
         assert rc == 0, err
-        edges[event] = list(pd.read_csv(io.StringIO(out))["n_edges"])
+        df = pd.read_csv(io.StringIO(out))
+        edges[event] = list(df["n_edges"])
+        if event is not None:  # which event it was, as in the whole run's table
+            want = {"0": 0, "-1": 1}[event]
+            assert df[["event", "step", "epoch"]].eq(want).all().all()
+            assert set(df["event_kind"]) == {"prune"}
     assert edges["0"] == list(masksets[0].nnz_per_layer().values())
     assert edges["-1"] == list(masksets[1].nnz_per_layer().values())
     assert edges["0"] != edges["-1"]
