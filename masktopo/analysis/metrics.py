@@ -209,7 +209,9 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
         little = m.dtype == np.bool_ and sys.byteorder == "little"
         flat = flat_kept(m) if little else np.flatnonzero(m)
     if flat.size == 0 and not opts.allow_empty:
-        raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges)")
+        raise MaskValidationError(f"layer {name!r} has an all-zero mask (no edges); "
+                                  "allow_empty=True (masktopo analyze: --allow-empty-layers) "
+                                  "analyzes it anyway")  # fmt: skip
     w = None
     if weight is not None:  # |w| at the kept entries only, gathered where the weight lives
         wt = weight.detach()

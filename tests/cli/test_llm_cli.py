@@ -147,3 +147,18 @@ def test_mask_nonzero_on_a_masktopo_file_reads_its_stored_masks(tmp_path):
     layers = df[df["level"] == "layer"].set_index("layer")["density"]
     assert layers.to_dict() == pytest.approx({n: m.float().mean().item() for n, m in masks.items()})
     assert "a masktopo mask file; its stored masks are analyzed" in p.stderr
+
+
+def test_an_all_zero_layer_in_a_folder_names_the_option(tmp_path):
+    t = tiny_llama_tensors()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    t[name] = t[name] * 0
+    write_folder(tmp_path / "m", t)
+    p = run_masktopo("analyze", tmp_path / "m", "--metrics", "density", cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"layer {name!r} has an all-zero mask" in p.stderr
+    assert "--allow-empty-layers" in p.stderr
+    p = run_masktopo("analyze", tmp_path / "m", "--metrics", "density", "--allow-empty-layers",
+                     "--format", "csv", cwd=tmp_path)  # fmt: skip
+    df = _csv(p)
+    assert df.set_index("layer").loc[name, "density"] == 0
