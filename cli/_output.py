@@ -322,31 +322,14 @@ def require_events(df, path):
 
 
 def _why_no_events(path) -> str:
-    """Why a run without mask events has none: a search keeps the masks of its runs at or
-    above the target only; any other run has not recorded one yet."""
-    from pathlib import Path
-
+    """Why a run without mask events has none (:meth:`masktopo.runs.Run.no_events_reason`)."""
     from masktopo.errors import MaskTopoError
     from masktopo.runs import read_run
 
-    plain = "the run has no mask events yet (events.jsonl is empty)"
     try:
-        run = read_run(path)
-        if run.kind == "pags":
-            return (f"is a PAGS output folder, not a training run: analyze its masks, e.g. "
-                    f"masktopo analyze {Path(path) / 'best.safetensors'} (or base.safetensors); "
-                    f"masktopo plot {path} draws its scores")  # fmt: skip
-        if run.kind != "search":
-            return plain
-        s = run.summary() or {}
-        done, total, best = s["n_done"], s["n_runs"], s["best_accuracy"]
-        target = s["target"]
-    except (MaskTopoError, KeyError, TypeError):
-        return plain
-    best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
-    runs = f"{total:,} runs" if done == total else f"{done:,} runs trained so far (of {total:,})"
-    return (f"no masks to analyze: none of the {runs} reached the target {target:g}{best_txt}; "
-            "a search keeps the masks of runs at or above its target only")  # fmt: skip
+        return read_run(path).no_events_reason()
+    except MaskTopoError:
+        return "the run has no mask events yet (events.jsonl is empty)"
 
 
 def warning_printer():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import MaskFileError, MaskValidationError
+from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..files import input_path, os_problem
 from ..masks import LayerInfo, MaskSet
 from ..store import describe_layers, parse_layers, read_file
@@ -76,6 +76,32 @@ class Run:
         """What wrote the run: ``"train"``, ``"pags"``, ... (run.json's ``kind``)."""
         return self.config.get("kind", "train")
 
+    def no_events_reason(self) -> str:
+        """Why the run has no mask event, in words for an error: a PAGS folder keeps its masks
+        in files of its own, a search keeps the masks of its runs at or above the target only,
+        a pruning benchmark keeps a table; any other run has not recorded one yet."""
+        plain = f"the run has no mask events yet ({EVENTS_FILE} is missing or empty)"
+        if self.kind == "pags":
+            return (f"is a PAGS output folder, not a training run: analyze its masks, e.g. "
+                    f"masktopo analyze {self.path / 'best.safetensors'} (or base.safetensors); "
+                    f"masktopo plot {self.path} draws its scores")  # fmt: skip
+        if self.kind == "prune-bench":
+            return (f"is a pruning benchmark folder (no mask events): its runs are in "
+                    f"results.parquet; masktopo plot {self.path} draws them")  # fmt: skip
+        if self.kind != "search":
+            return plain
+        try:
+            s = self.summary() or {}
+            done, total, best, target = s["n_done"], s["n_runs"], s["best_accuracy"], s["target"]
+        except (MaskTopoError, KeyError, TypeError):
+            return plain
+        best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
+        runs = (
+            f"{total:,} runs" if done == total else f"{done:,} runs trained so far (of {total:,})"
+        )
+        return (f"no masks to analyze: none of the {runs} reached the target {target:g}{best_txt}; "
+                "a search keeps the masks of runs at or above its target only")  # fmt: skip
+
     @property
     def layers(self) -> list[LayerInfo]:
         """The masked layers listed in ``run.json``, in order."""
@@ -100,9 +126,7 @@ class Run:
         check_event_arg(event)
         n = len(self.events)
         if n == 0:
-            raise MaskFileError(
-                self.path, f"the run has no mask events yet ({EVENTS_FILE} is missing or empty)"
-            )
+            raise MaskFileError(self.path, self.no_events_reason())
         if event is None:
             return n - 1
         if event < 0:

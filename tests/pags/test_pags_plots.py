@@ -62,6 +62,8 @@ def test_analyze_of_a_pags_folder_points_to_its_masks(pags_out, capsys):
     err = capsys.readouterr().err
     assert "is a PAGS output folder, not a training run" in err
     assert str(pags_out / "best.safetensors") in err
+    assert main(["info", str(pags_out)]) == 2  # the same words from info
+    assert "is a PAGS output folder, not a training run" in capsys.readouterr().err
     assert main(["analyze", str(pags_out / "best.safetensors")]) == 0
 
 

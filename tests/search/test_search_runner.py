@@ -119,6 +119,8 @@ def test_cli_count_and_search(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no masks to analyze: none of the 3 runs reached the target 0.95 (the best: " in err
     assert "keeps the masks of runs at or above its target only" in err
+    assert main(["info", str(out)]) == 2  # the same words from info
+    assert "no masks to analyze: none of the 3 runs" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     (out / "summary.json").write_text(json.dumps({**summary, "n_runs": 8}))  # as if killed
     assert main(["analyze", str(out)]) == 2
