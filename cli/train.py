@@ -115,8 +115,13 @@ def _summary(result) -> str:
     lines = [
         f"{cfg.method} {cfg.model} on {cfg.dataset}: {result.steps} steps "
         f"({result.epochs:.2f} epochs) in {result.seconds:.1f} s",
-        f"  final density {result.density:.6g} (target {cfg.density:g}), "
-        f"{result.n_events} mask events",
+        f"  final density {result.density:.6g} ("
+        + (
+            "the masks of --init-masks"
+            if cfg.init_masks is not None and cfg.method == "static"
+            else f"target {cfg.density:g}"
+        )
+        + f"), {result.n_events} mask events",
         f"  train loss {f.get('train_loss', float('nan')):.4f}, train acc "
         f"{pct(f.get('train_acc'))}, val acc {pct(f.get('val_acc'))}, test acc "
         f"{pct(f.get('test_acc'))} (final model; the test set selected nothing)",
@@ -157,6 +162,9 @@ def run(args) -> int:
             import dataclasses
 
             cfg = dataclasses.replace(cfg, density=1.0)
+        if cfg.method == "static" and cfg.init_masks is not None and "density" in given:
+            raise MaskValidationError("static with init_masks trains the masks of that file at "
+                                      "their density; drop density (--density)")  # fmt: skip
     cfg = tc.resolve(cfg)
     if args.print_config:
         print_config(cfg, "train")

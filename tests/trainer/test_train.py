@@ -169,6 +169,15 @@ def test_static_trains_a_mask_file_with_its_weights(tmp_path):
     for n in masks:
         assert torch.equal(init[n], masks[n])
         assert torch.equal(init.weights[n], weights[n])
+    # the command line: the file's density, not a --density that would be ignored
+    args = ["train", "--method", "static", "--init-masks", tmp_path / "m.safetensors",
+            "--model", "spiral-mlp", "--dataset", "cubist-spiral", "--epochs", "1",
+            "--max-steps", "1", "--batch-size", "1000"]  # fmt: skip
+    p = _masktopo(*args, "--density", "0.2", "--out", tmp_path / "c1", check=False)
+    assert p.returncode == 2 and "drop density (--density)" in p.stderr
+    assert not (tmp_path / "c1").exists()
+    p = _masktopo(*args, "--out", tmp_path / "c2")
+    assert "(the masks of --init-masks)" in p.stdout
 
 
 def test_mask_file_for_another_model_is_refused(tmp_path):
