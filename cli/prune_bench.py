@@ -50,5 +50,5 @@ def run(args) -> int:
         found = item["weight_nnz"] if item["weight_nnz"] is not None else "none"
         print(f"{item['method']:>10} width {item['width']:>3}: smallest weight nnz at "
               f">= {config.target:g}: {found}")  # fmt: skip
-    print(f"{len(rows)} runs -> {args.out}")
+    print(f"{len(rows)} run{'' if len(rows) == 1 else 's'} -> {args.out}")
     return 0

@@ -30,10 +30,11 @@ _DESCRIPTION = """\
 Train a sparse network with a sparsification method and record every mask change into a run
 directory (run.json, events.jsonl, masks/event-NNNNNN.safetensors, checkpoint.pt, summary.json);
 analyze it with 'masktopo analyze RUN'. Methods: dense, static (a PaI mask or --init-masks FILE),
-itop, set, rigl (dynamic sparse training), gmp, granet (gradual pruning), gap (scheduled
-grow-and-prune). The published setups ship as configs: --list-configs, then --config NAME. Under
-'torchrun --nproc_per_node=K -m masktopo train ...' the
-batch is split across K processes and the masks stay identical on every rank."""
+itop, set, rigl (dynamic sparse training), gmp, granet (gradual pruning), chita (gradual CHITA
+pruning), gap (scheduled grow-and-prune); --list-methods describes them. The published setups
+ship as configs: --list-configs, then --config NAME. Under 'torchrun --nproc_per_node=K -m
+masktopo train ...' the batch is split across K processes and the masks stay identical on every
+rank."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -320,6 +320,10 @@ def run_prune_bench(
         raise MaskFileError(out, "--resume: not a prune-bench output folder")
     if not resume and (kind is not None or (out.is_dir() and any(out.iterdir()))):
         raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
+    if not any(k < n_weights(w) for w in config.width_list() for k in config.nnz_grid()):
+        sizes = ", ".join(f"width {w}: {n_weights(w)}" for w in config.width_list())
+        raise MaskValidationError(f"nothing to run: every budget K in --nnz is at least the "
+                                  f"weights of the network ({sizes})")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)
     lock.acquire()

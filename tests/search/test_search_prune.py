@@ -89,6 +89,10 @@ def test_cli_prune_bench_and_plot(tmp_path, capsys):
     assert "random width   3" in text and "4 runs" in text
     assert main(["prune-bench", "--methods", "magnitude", "--out", str(tmp_path / "x")]) == 2
     assert "unknown pruning method" in capsys.readouterr().err
+    none = tmp_path / "none"  # every budget at least the network's 27 weights: nothing to run
+    assert main(["prune-bench", "--methods", "gmp", "--nnz", "27,40", "--widths", "3",
+                 "--out", str(none)]) == 2  # fmt: skip
+    assert "nothing to run" in capsys.readouterr().err and not none.exists()
     assert main(["plot", str(out), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "prune-width3.png").is_file()
 
