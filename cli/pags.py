@@ -47,12 +47,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def list_methods() -> str:
     from masktopo import pai
 
-    from ._output import render_rows
+    from ._output import plain_text, render_rows
 
     rows = []
     for name, cls in pai.METHODS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
-        rows.append((name, "yes" if cls.data_free else "", doc[0] if doc else ""))
+        rows.append((name, "yes" if cls.data_free else "", plain_text(doc[0]) if doc else ""))
     return render_rows(("name", "data-free", "description"), rows)
 
 
