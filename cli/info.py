@@ -59,9 +59,12 @@ def describe(info: dict) -> str:
     if "skipped" in info:
         counts = Counter(t["class"] for t in info["skipped"])
         what = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+        hint = ""
+        if {"embedding", "head"} & counts.keys():  # the classes --include can add
+            hint = "; --include embeddings,head adds the embeddings and the head"
         lines.append(
             f"  files: {info['n_files']}   not analyzed: {len(info['skipped'])} tensors"
-            + (f" ({what}; --include embeddings,head adds those)" if what else "")
+            + (f" ({what}{hint})" if what else "")
         )
     header = ["name", "kind", "shape", "nnz", "density"]
     structure = bool(info["layers"]) and "nm" in info["layers"][0]

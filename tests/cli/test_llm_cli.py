@@ -162,3 +162,13 @@ def test_an_all_zero_layer_in_a_folder_names_the_option(tmp_path):
                      "--format", "csv", cwd=tmp_path)  # fmt: skip
     df = _csv(p)
     assert df.set_index("layer").loc[name, "density"] == 0
+
+
+def test_info_suggests_include_only_for_what_it_adds(model):
+    p = run_masktopo("info", model / "model", cwd=model)
+    assert p.returncode == 0, p.stderr
+    assert "--include embeddings,head adds the embeddings and the head" in p.stdout
+    p = run_masktopo("info", model / "model", "--include", "embeddings,head", "--layers",
+                     "model.embed*,lm_head*", cwd=model)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "not analyzed:" in p.stdout and "--include" not in p.stdout  # left out by --layers
