@@ -388,7 +388,9 @@ class HFSource:
         The analyzed ones, in the natural order of their names (:func:`natural_key`: block 2
         before block 10), whatever the sharding.
     config : dict
-        ``config.json`` (empty without one).
+        ``config.json`` (empty without one); for a single weights file, the ``config.json``
+        beside it when there is a readable one (a file taken out of its model folder is read
+        as the folder would be: a GPT-2 ``Conv1D`` weight transposed).
     files : list of pathlib.Path
         The weight files read.
     format : str
@@ -415,6 +417,7 @@ class HFSource:
         else:
             fmt = "torch" if path.suffix.lower() == ".bin" else "safetensors"
             files, by_tensor, index = [path], None, None
+            self.config = _neighbour_config(path)
         self.files = files
         self.format = fmt
         self._checksums: dict[Path, dict[int, frozenset[int]]] = {}
@@ -526,6 +529,17 @@ class HFSource:
     def nbytes(self) -> int:
         """Bytes of the analyzed tensors."""
         return sum(e.nbytes for e in self.layers)
+
+
+def _neighbour_config(path: Path) -> dict[str, Any]:
+    """The ``config.json`` beside the weights file ``path``: a JSON object, else ``{}`` (none,
+    unreadable, or not an object: it may belong to something else)."""
+    cfg = path.parent / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def open_source(path: str | os.PathLike, *, layers: Sequence[str] | None = None,

@@ -296,3 +296,8 @@ def test_gpt2_conv1d_weights_are_read_out_by_in(tmp_path):
     other = write_folder(tmp_path / "llama", {k: v.T.contiguous() for k, v in linear.items()})
     assert not any(e.transposed for e in open_source(other).layers)
     assert info(other)["layers"][0]["shape"] == [32, 96]
+    # the weights file alone is read by the config.json beside it; a stray one is ignored
+    one = open_source(gpt2 / "model.safetensors")
+    assert one.config["model_type"] == "gpt2" and all(e.transposed for e in one.layers)
+    (other / "config.json").write_text("[1, 2]")  # not an object: not a model's config
+    assert not any(e.transposed for e in open_source(other / "model.safetensors").layers)
