@@ -15,10 +15,13 @@ _DESCRIPTION = """\
 Prune a trained network in one shot (or in CHITA++ stages) with CHITA (Benbaki et al., ICML 2023)
 and its baselines, from n per-sample gradients (never a p x p Hessian): mp (magnitude), bso
 (magnitude support + ridge re-fit), bso-block, iht, chita (active set), chita++ (multi-stage, G
-recomputed per stage). INPUT is a run directory (its last event's weights), a mask file with
-weights, or a PyTorch checkpoint of a zoo model (then --model and --dataset). Every method at
-every sparsity goes into one run directory (run.json, events.jsonl, masks/, results.csv,
-summary.json; analyze it with 'masktopo analyze OUT') and the table is printed."""
+recomputed per stage). INPUT is a run directory (its last event's weights), a PAGS run
+directory (its best masks over the network it scored), a mask file with weights, or a PyTorch
+checkpoint of a zoo model (then --model and --dataset); the weights of an input with masks are
+its weights times its masks. A sparse input may be pruned further, to a sparsity that keeps at
+most its nonzero weights. Every method at every sparsity goes into one run directory (run.json,
+events.jsonl, masks/, results.csv, summary.json; analyze it with 'masktopo analyze OUT') and the
+table is printed."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,17 +36,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", nargs="?", metavar="INPUT",
-                   help="run directory, mask file with weights, or checkpoint")  # fmt: skip
+                   help="run directory, PAGS run directory, mask file with weights, or "
+                        "checkpoint")  # fmt: skip
     add_arguments(p, PruneConfig)
     add_config_arguments(p, "prune", "the run directory to create (new or empty; required)")
     add_progress(p)
     return p
 
 
-def table(rows: list[dict], dense_acc: float) -> str:
-    """The printed table: one line per method x sparsity; the accuracy after BatchNorm
-    re-estimation only for a model that has BatchNorm layers (NaN in every row otherwise)."""
+def table(rows: list[dict], input_acc: float, density: float = 1.0) -> str:
+    """The printed table.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per method x sparsity (:data:`masktopo.prune.runner.TABLE_COLUMNS`).
+    input_acc : float
+        Test accuracy of the input's weights.
+    density : float
+        Density of the input's masks: its accuracy is labelled ``dense`` at 1, ``input``
+        (with the density) below.
+
+    Returns
+    -------
+    str
+        The input's accuracy line, then one line per row; the accuracy after BatchNorm
+        re-estimation only for a model that has BatchNorm layers (NaN in every row otherwise).
+    """
     import math
+
+    from masktopo.prune.runner import input_accuracy_line
 
     from ._output import render_rows
 
@@ -54,7 +76,7 @@ def table(rows: list[dict], dense_acc: float) -> str:
              r["new_non_zeros"], r["solver_s"], r["test_acc"],
              *((r["test_acc_bn"],) if bn else ()))
             for r in rows]  # fmt: skip
-    return f"dense test accuracy {dense_acc:.4f}\n" + render_rows(header, body)
+    return input_accuracy_line(input_acc, density) + "\n" + render_rows(header, body)
 
 
 def run(args) -> int:
@@ -71,6 +93,6 @@ def run(args) -> int:
     from masktopo.prune import prune
 
     result = prune(config, args.input, args.out, progress=show_progress(args))
-    print(table(result.rows, result.dense_acc))
+    print(table(result.rows, result.input_acc, result.input_density))
     print(f"{len(result.rows)} results in {result.seconds:.1f} s -> {result.out}")
     return 0

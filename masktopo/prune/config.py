@@ -72,6 +72,9 @@ class PruneConfig:
                          lt=1.0, flag=False)  # fmt: skip
     refit: bool = option(True, "iht, chita: end with the ridge re-fit on the final support (the "
                          "limit of coordinate descent on it)")  # fmt: skip
+    keep_zero_columns: bool = option(False, "chita: weights whose column of G is zero (no "
+                                     "gradient on any sample) may be kept; the reference prunes "
+                                     "them all")  # fmt: skip
     outer_iter: int = option(20, "chita: active-set rounds", ge=1, flag=False)
     kimp: float = option(1.5, "chita: the active set starts with ceil(kimp * k) coordinates",
                          ge=1.0, lt=math.inf, flag=False)  # fmt: skip

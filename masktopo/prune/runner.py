@@ -1,20 +1,28 @@
 r"""``masktopo prune``: one-shot and multi-stage pruning of a trained network into a run directory.
 
-:func:`load_source` reads the trained weights (a run directory, a mask file with weights, or a
-plain PyTorch checkpoint of a zoo model); :func:`prune` prunes them with every method at every
-sparsity and writes the run (kind ``"prune"``):
+:func:`load_source` reads the trained weights (a run directory, a PAGS run directory, a mask file
+with weights, or a plain PyTorch checkpoint of a zoo model); the weights of an input with masks
+are its weights times its masks. :func:`prune` prunes them with every method at every sparsity
+and writes the run (kind ``"prune"``):
 
-* event 0 (``init``): the dense weights, with the dense test accuracy;
+* event 0 (``init``): the input's masks and weights :math:`\bar w` (dense or not), with their
+  test accuracy;
 * one ``prune`` event per solve (CHITA++: one per stage), masks and weights, with ``method``,
   ``sparsity``, ``stage``, ``stage_sparsity``, ``objective`` (the stage's own quadratic model),
   ``dist`` (:math:`\|w - \bar w\|` of the stage), ``new_non_zeros``, ``seconds`` (solver),
   ``grad_seconds``, ``test_acc`` and ``test_acc_bn``;
 * ``results.csv`` and ``summary.json``: one row per method x sparsity, with the objective of the
-  final weights under the model built at the dense weights (comparable across methods).
+  final weights under the model built at the input's weights (comparable across methods).
 
 CHITA++ (methods-spec §5.2, item 6): stage :math:`t = 1 \dots T` prunes to :math:`s_t`
 (:func:`stage_sparsities`) after recomputing :math:`G` at the current weights, with :math:`\bar w`
 the current weights (earlier-pruned weights may revive: ``new_non_zeros``).
+
+A sparse input: every method solves the problem over all :math:`p` maskable weights (weights the
+input pruned may revive), but a sparsity must keep at most the input's nonzero weights
+(otherwise the extra kept weights are zeros drawn as random ties): a one-line error names the
+smallest sparsity allowed; CHITA++'s schedule starts at the larger of ``base_level`` and the
+input's sparsity.
 
 Nothing is written before every solve is done: the run is built in a staging folder beside
 ``out`` and moved into place at the end.
@@ -42,7 +50,15 @@ from ..errors import MaskFileError, MaskValidationError
 from ..files import Staging, atomic_write_bytes, input_path
 from ..pai.densities import keep_count
 from ..runs import RunWriter, read_checkpoint, read_run, run_kind
-from ..runs.layout import EVENTS_FILE, MASKS_DIR, PRUNE_TABLE_FILE, RUN_FILE, SUMMARY_FILE
+from ..runs.layout import (
+    BEST_FILE,
+    EVENTS_FILE,
+    INIT_FILE,
+    MASKS_DIR,
+    PRUNE_TABLE_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+)
 from ..seeding import generator
 from ..store import READ_SUFFIXES, read_file, read_state_dict
 from .bn import has_batchnorm, reestimate_bn
@@ -55,6 +71,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "PruneResult",
     "Source",
+    "input_accuracy_line",
     "load_source",
     "prune",
     "stage_sparsities",
@@ -75,14 +92,21 @@ class Source:
     ----------
     path : pathlib.Path
     kind : str
-        ``"run"``, ``"mask-file"`` or ``"checkpoint"``.
+        ``"run"``, ``"pags"``, ``"mask-file"`` or ``"checkpoint"``.
     model, dataset : str
         Zoo names (from the run, or the config).
     data_dir : str or None
     state : dict
-        Tensors to load into the model (parameters and buffers by name).
+        Tensors to load into the model (parameters and buffers by name); a masked layer's
+        weights are already multiplied by its mask.
     options : dict
         Model options of the run (``width``), passed to :func:`masktopo.zoo.get_model`.
+    masks : dict or None
+        The input's bool masks of the layers it masks (None: a checkpoint, no masks); a maskable
+        layer without a mask counts its nonzero weights as kept.
+    maskable_only : bool
+        ``state`` holds only the maskable weights (a mask file; a PAGS run without
+        ``init.safetensors``): the model's other tensors keep their initial values.
     """
 
     path: Path
@@ -92,16 +116,39 @@ class Source:
     data_dir: str | None
     state: dict[str, torch.Tensor]
     options: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] | None = None
+    maskable_only: bool = False
 
 
 @dataclass
 class PruneResult:
-    """What :func:`prune` returns: the table rows, the dense accuracy, the run directory."""
+    """What :func:`prune` returns: the run directory, the table rows, the input's accuracy.
+
+    Attributes
+    ----------
+    out : pathlib.Path or None
+    rows : list of dict
+        One per method x sparsity (:data:`TABLE_COLUMNS`).
+    input_acc : float
+        Test accuracy of the input's weights (dense or not).
+    seconds : float
+    input_density : float
+        Density of the input's masks (1.0: a dense input).
+    input_nonzeros : int or None
+        Nonzero maskable weights of the input.
+    """
 
     out: Path | None
     rows: list[dict[str, Any]] = field(default_factory=list)
-    dense_acc: float = math.nan
+    input_acc: float = math.nan
     seconds: float = 0.0
+    input_density: float = 1.0
+    input_nonzeros: int | None = None
+
+    @property
+    def dense_acc(self) -> float:
+        """The former name of :attr:`input_acc` (the input's accuracy, dense or not)."""
+        return self.input_acc
 
 
 def stage_sparsities(target: float, stages: int, schedule: str, base: float) -> list[float]:
@@ -138,10 +185,81 @@ def stage_sparsities(target: float, stages: int, schedule: str, base: float) -> 
 
 
 # -- reading the trained weights --------------------------------------------------------------
+def _masked(ms) -> dict[str, torch.Tensor]:
+    """The weights of the mask set ``ms`` times its masks (zero where a mask prunes)."""
+    return {n: w.masked_fill(~ms[n].to(w.device), 0) for n, w in ms.weights.items()}
+
+
+def _run_names(p: Path, cfg: dict, config: PruneConfig) -> tuple[str, str]:
+    """Model and dataset of the run at ``p`` (its config ``cfg``), checked against ``config``."""
+    model, dataset = cfg.get("model"), cfg.get("dataset")
+    for key, mine, theirs in (("model", config.model, model),
+                              ("dataset", config.dataset, dataset)):  # fmt: skip
+        if mine is not None and theirs is not None and mine != theirs:
+            raise MaskFileError(p, f"the run used {key} {theirs!r}, not --{key} {mine!r}")
+    model = config.model or model
+    dataset = config.dataset or dataset
+    if model is None or dataset is None:
+        raise MaskFileError(p, "run.json names no model or dataset; pass --model and --dataset")
+    return model, dataset
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors state file ``path`` (PAGS's ``init.safetensors``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise MaskFileError(path, f"not a readable safetensors file "
+                                  f"({' '.join(str(e).split())[:200]})") from None  # fmt: skip
+
+
+def _load_pags(p: Path, config: PruneConfig) -> Source:
+    """A PAGS run: its best masks over the network it scored (``best.safetensors``'s weights
+    times its masks, over ``init.safetensors``'s biases and buffers when the run has it)."""
+    info = read_run(p).config
+    cfg = {**info, **info.get("config", {})}
+    model, dataset = _run_names(p, cfg, config)
+    best = p / BEST_FILE
+    if not best.is_file():
+        raise MaskFileError(p, f"this PAGS run has no {BEST_FILE} yet (its best masks)")
+    ms, _, has_weights = read_file(best, weights=True)
+    if not has_weights:
+        raise MaskFileError(best, "has no weights (the network PAGS scored); pruning needs them")
+    init = p / INIT_FILE
+    state = _read_state(init) if init.is_file() else {}
+    state.update(_masked(ms))
+    data_dir = config.data_dir or cfg.get("data_dir")
+    options = {"width": cfg["width"]} if cfg.get("width") is not None else {}
+    return Source(p, "pags", model, dataset, data_dir, state, options, masks=dict(ms),
+                  maskable_only=not init.is_file())  # fmt: skip
+
+
 def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
-    """The trained weights at ``path``: a run directory (the last event's weights, over the
-    model of its checkpoint when it has one), a mask file with weights, or a PyTorch checkpoint
-    (``.pt``, ``.pth``, ``.ckpt``, ``.bin``; ``weights_only=True``) of ``config.model``.
+    """The trained weights at ``path``.
+
+    * a run directory: the last event's weights, over the model of its checkpoint when it has
+      one;
+    * a PAGS run directory: the network it scored (``init.safetensors``) with the weights of its
+      best masks (``best.safetensors``), model and dataset from its run.json;
+    * a mask file with weights (``config.model``, ``config.dataset``);
+    * a PyTorch checkpoint (``.pt``, ``.pth``, ``.ckpt``, ``.bin``; ``weights_only=True``) of
+      ``config.model``.
+
+    The weights of an input with masks are its weights times its masks (only the layers its
+    masks hold are masked).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    config : PruneConfig
+        ``model``, ``dataset`` and ``data_dir`` (required for a file; checked against a run's).
+
+    Returns
+    -------
+    Source
 
     Raises
     ------
@@ -153,21 +271,17 @@ def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
     """
     p = input_path(path)
     if p.is_dir():
-        if run_kind(p) is None:
+        kind = run_kind(p)
+        if kind is None:
             raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+        if kind == "pags":
+            return _load_pags(p, config)
         run = read_run(p)
         cfg = run.config.get("config", {})
-        model, dataset = cfg.get("model"), cfg.get("dataset")
-        for key, mine, theirs in (("model", config.model, model),
-                                  ("dataset", config.dataset, dataset)):  # fmt: skip
-            if mine is not None and theirs is not None and mine != theirs:
-                raise MaskFileError(p, f"the run used {key} {theirs!r}, not --{key} {mine!r}")
-        model = config.model or model
-        dataset = config.dataset or dataset
-        if model is None or dataset is None:
-            raise MaskFileError(p, "run.json names no model or dataset; pass --model and --dataset")
+        model, dataset = _run_names(p, cfg, config)
         if not run.events:
-            raise MaskFileError(p, "the run has no event with weights")
+            raise MaskFileError(p, "the run has no event with weights" if kind == "train"
+                                else run.no_events_reason())  # fmt: skip
         ms = run.load(None, weights=True)
         if not ms.has_weights:
             raise MaskFileError(run.event_path(None), "has no weights (the run was trained with "
@@ -176,10 +290,10 @@ def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
         ckpt = read_checkpoint(p)
         if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
             state.update({k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)})
-        state.update(ms.weights)
+        state.update(_masked(ms))
         data_dir = config.data_dir or cfg.get("data_dir")
         options = {"width": cfg["width"]} if cfg.get("width") is not None else {}
-        return Source(p, "run", model, dataset, data_dir, state, options)
+        return Source(p, "run", model, dataset, data_dir, state, options, masks=dict(ms))
     if config.model is None or config.dataset is None:
         raise MaskValidationError(f"{p}: a file names no model or dataset; pass --model and "
                                   "--dataset")  # fmt: skip
@@ -190,7 +304,8 @@ def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
     if not has_weights:
         raise MaskFileError(p, "is a mask file without weights; pruning needs the trained "
                             "weights (save it with its weights)")  # fmt: skip
-    return Source(p, "mask-file", config.model, config.dataset, config.data_dir, dict(ms.weights))
+    return Source(p, "mask-file", config.model, config.dataset, config.data_dir, _masked(ms),
+                  masks=dict(ms), maskable_only=True)  # fmt: skip
 
 
 def _build_model(source: Source, maskable_only: bool) -> tuple[nn.Module, list[str]]:
@@ -273,7 +388,7 @@ class _Pruner:
         self.progress = progress
         self.device = _device(config.device)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
-        model, self.names = _build_model(source, maskable_only=source.kind == "mask-file")
+        model, self.names = _build_model(source, maskable_only=source.maskable_only)
         self.model = model.to(self.device)
         params = dict(self.model.named_parameters())
         self.shapes = {n: tuple(params[n].shape) for n in self.names}
@@ -288,6 +403,14 @@ class _Pruner:
             if keep_count(1 - s, self.p) < 1:
                 raise MaskValidationError(f"sparsity {s} keeps no weight of the {self.p} "
                                           "maskable weights")  # fmt: skip
+        own = {n: source.masks[n] for n in self.names if source.masks and n in source.masks}
+        self.input_masks = {n: own[n].to(self.device) if n in own else params[n].detach() != 0
+                            for n in self.names}  # fmt: skip
+        self.input_kept = sum(int(m.sum()) for m in self.input_masks.values())
+        self.nonzeros = int((self.w_bar != 0).sum())
+        _check_feasible(config.sparsity, self.p, self.nonzeros, self.input_kept)
+        #: the input's sparsity by its nonzero weights: where CHITA++'s schedule may start
+        self.input_sparsity = 1 - self.nonzeros / self.p
         self.spec = get_spec(source.dataset)
         train = load_dataset(source.dataset, data_dir=source.data_dir, split="train")
         try:
@@ -308,6 +431,7 @@ class _Pruner:
                                      kimp=config.kimp, outer_iter=config.outer_iter,
                                      block_size=config.block_size or DEFAULT_BLOCK_SIZE,
                                      refit=config.refit,
+                                     keep_zero_columns=config.keep_zero_columns,
                                      layer_sizes=tuple(math.prod(s) for s in
                                                        self.shapes.values()))  # fmt: skip
         self._G0: Problem | None = None
@@ -397,7 +521,8 @@ class _Pruner:
         solver_s = grad_s = 0.0
         new_total = 0
         ev = -1
-        levels = stage_sparsities(s, cfg.stages, cfg.schedule, cfg.base_level)
+        levels = stage_sparsities(s, cfg.stages, cfg.schedule,
+                                  max(cfg.base_level, self.input_sparsity))  # fmt: skip
         for t, st in enumerate(levels, start=1):
             self.set_weights(w)
             if t == 1:
@@ -425,6 +550,43 @@ class _Pruner:
                 "event": ev}  # fmt: skip
 
 
+def _smallest_sparsity(p: int, nonzeros: int) -> str:
+    """The smallest sparsity whose keep count out of ``p`` is at most ``nonzeros``, written with
+    the digits that tell one weight of ``p`` from the next (``1 - 13533/266200``: ``0.949163``)."""
+    exact = 1 - nonzeros / p
+    for digits in range(max(2, math.ceil(math.log10(p))), 17):
+        s = math.ceil(exact * 10**digits - 1e-6) / 10**digits
+        if s < 1 and keep_count(1 - s, p) <= nonzeros:
+            return f"{s:.{digits}f}".rstrip("0").rstrip(".")
+    return repr(exact)
+
+
+def _check_feasible(sparsities, p: int, nonzeros: int, kept: int) -> None:
+    """Raise when a sparsity keeps more weights than the input has nonzero weights.
+
+    Raises
+    ------
+    MaskValidationError
+        ``sparsity 0.5 keeps 133100 weights, more than the 7525 nonzero weights of the input
+        (density 0.02827; ...): ask for a sparsity of at least 0.971732``.
+    """
+    over = [(s, keep_count(1 - s, p)) for s in sparsities if keep_count(1 - s, p) > nonzeros]
+    if not over:
+        return
+    s, k = over[0]
+    masks = ""
+    if kept != nonzeros:
+        masks = (f"; its masks keep {kept} weights (density {kept / p:.4g}), {kept - nonzeros} "
+                 "of them zero")  # fmt: skip
+    if nonzeros == 0:
+        raise MaskValidationError(f"the input has no nonzero maskable weight{masks}: nothing "
+                                  "to prune")  # fmt: skip
+    raise MaskValidationError(f"sparsity {s:g} keeps {k} weights, more than the {nonzeros} "
+                              f"nonzero weights of the input (density {nonzeros / p:.4g}{masks})"
+                              f": ask for a sparsity of at least "
+                              f"{_smallest_sparsity(p, nonzeros)}")  # fmt: skip
+
+
 def _csv(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS), lineterminator="\n")
@@ -433,6 +595,14 @@ def _csv(rows: list[dict]) -> bytes:
         w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
                     for k, v in r.items()})  # fmt: skip
     return buf.getvalue().encode()
+
+
+def input_accuracy_line(acc: float, density: float) -> str:
+    """The line that reports the input's test accuracy: ``dense test accuracy 0.8123`` for a
+    dense input (density 1), else ``input test accuracy 0.6423 (density 0.05)``."""
+    if density >= 1.0:
+        return f"dense test accuracy {acc:.4f}"
+    return f"input test accuracy {acc:.4f} (density {density:.4g})"
 
 
 def prune(
@@ -484,11 +654,13 @@ def prune(
                        for n, s in pr.shapes.items()],
         })  # fmt: skip
         pr.reset()
-        dense_acc, dense_bn = pr.accuracies()
-        full = {n: torch.ones(s, dtype=torch.bool) for n, s in pr.shapes.items()}
-        writer.record(full, unflatten(pr.w_bar.float(), pr.shapes), kind="init", step=0,
-                      epoch=0.0, scalars={"test_acc": dense_acc, "test_acc_bn": dense_bn})  # fmt: skip
-        pr.note(f"dense test accuracy {dense_acc:.4f} ({pr.p} maskable weights)")
+        input_acc, input_bn = pr.accuracies()
+        density = pr.input_kept / pr.p
+        writer.record(pr.input_masks, unflatten(pr.w_bar.float(), pr.shapes), kind="init",
+                      step=0, epoch=0.0,
+                      scalars={"test_acc": input_acc, "test_acc_bn": input_bn})  # fmt: skip
+        pr.note(f"{input_accuracy_line(input_acc, density)}: {pr.nonzeros} nonzero of {pr.p} "
+                "maskable weights")  # fmt: skip
         rows = []
         for method in config.method:
             for s in config.sparsity:
@@ -500,11 +672,15 @@ def prune(
         writer.close()
         seconds = time.perf_counter() - t_start
         if staging is not None:
-            writer.write_summary({"dense": {"test_acc": dense_acc, "test_acc_bn": dense_bn},
+            inp = {"test_acc": input_acc, "test_acc_bn": input_bn, "density": density,
+                   "nonzeros": pr.nonzeros}  # fmt: skip
+            writer.write_summary({"input": inp,
+                                  **({"dense": inp} if density == 1.0 else {}),
                                   "rows": rows, "seconds": seconds,
                                   "gradient_rows_per_s": (pr.cfg.fisher_samples / pr.grad_seconds
                                                           if pr.grad_seconds else None)})  # fmt: skip
             atomic_write_bytes(staging.path / RESULTS_FILE, _csv(rows))
             names = [RUN_FILE, EVENTS_FILE, MASKS_DIR, SUMMARY_FILE, RESULTS_FILE]
             staging.commit([staging.path / n for n in names])
-    return PruneResult(out_path, rows, dense_acc, time.perf_counter() - t_start)
+    return PruneResult(out_path, rows, input_acc, time.perf_counter() - t_start, density,
+                       pr.nonzeros)  # fmt: skip

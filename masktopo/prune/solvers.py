@@ -811,8 +811,9 @@ def _warn_zero_columns(start: torch.Tensor, eligible: torch.Tensor, k: int) -> N
     if lost:
         warnings.warn(f"chita: {lost} of the k = {k} largest weights have an all-zero column in "
                       "G (no gradient on any sample: an input that is always zero, or too few "
-                      "samples) and are pruned, as in the reference; keep_zero_columns "
-                      "(--keep-zero-columns) keeps them", stacklevel=4)  # fmt: skip
+                      "samples) and are pruned, as in the reference; keep_zero_columns keeps "
+                      "them (masktopo prune --keep-zero-columns; masktopo train --set "
+                      "chita_keep_zero_columns=true)", stacklevel=4)  # fmt: skip
 
 
 #: Solver name -> ``solve(problem, k, options, generator) -> Solution``.

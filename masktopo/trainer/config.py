@@ -249,6 +249,9 @@ class TrainConfig:
     chita_restart: bool | None = option(None, "chita: restart the LR schedule after every prune "
                                         "event (the reference's cosine restarts)",
                                         default_text=_BY_METHOD, flag=False)  # fmt: skip
+    chita_keep_zero_columns: bool | None = option(
+        None, "chita: weights whose column of G is zero (no gradient on any sample) may be "
+        "kept; the reference prunes them all", default_text=_BY_METHOD, flag=False)  # fmt: skip
     first_dense: bool = option(False, "keep the first (stem) maskable layer dense", flag=False)
     last_dense: bool = option(False, "keep the last (classifier) maskable layer dense",
                               flag=False)  # fmt: skip
@@ -319,6 +322,7 @@ METHOD_FIELDS = (
     "chita_stages",
     "chita_solver",
     "chita_restart",
+    "chita_keep_zero_columns",
 )
 
 

@@ -26,7 +26,8 @@ def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
     cfg = TrainConfig(method="chita", model="mlpnet", dataset="fashion-mnist", density=0.1,
                       epochs=1, max_steps=50, update_interval=20, prune_end=0.1,
                       chita_samples=24, chita_batch=2, chita_stages=2, device="cpu")  # fmt: skip
-    res = train(cfg, out)
+    with pytest.warns(UserWarning, match="all-zero column in G"):  # 48 samples: some inputs 0
+        res = train(cfg, out)
     run = read_run(out)
     kinds = [e["kind"] for e in run.events]
     assert kinds == ["init", "prune", "prune", "final"]
@@ -43,6 +44,20 @@ def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
     for name, w in final.weights.items():  # fine-tuned under the mask: zero where it is
         assert not bool((w[~final[name]] != 0).any())
     assert torch.isfinite(torch.tensor(res.final["test_acc"]))
+
+
+def test_gradual_chita_can_keep_zero_columns(tmp_path):
+    import warnings
+
+    cfg = TrainConfig(method="chita", model="mlpnet", dataset="fashion-mnist", density=0.1,
+                      epochs=1, max_steps=25, update_interval=20, prune_end=0.1,
+                      chita_samples=24, chita_batch=2, chita_stages=1, device="cpu",
+                      chita_keep_zero_columns=True)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="chita: .* all-zero column")
+        train(cfg, tmp_path / "run")
+    event = read_run(tmp_path / "run").events[1]
+    assert sum(event["nnz"].values()) == keep_count(event["target_density"], 32360)
 
 
 def test_gradual_chita_restarts_the_lr_after_every_prune_event():

@@ -52,6 +52,7 @@ class Chita(CubicEvents):
         "chita_stages": 4,
         "chita_solver": "chita",
         "chita_restart": True,
+        "chita_keep_zero_columns": False,
     }
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
@@ -111,7 +112,8 @@ class Chita(CubicEvents):
         x, y = data.batch(perm[: n * m].to(self.device))
         start = 1.0 - masking.density()
         levels = stage_sparsities(1.0 - d, int(cfg.chita_stages), "poly", min(start, 1.0 - d))
-        opts = SolverOptions(layer_sizes=tuple(params[n_].numel() for n_ in names))
+        opts = SolverOptions(layer_sizes=tuple(params[n_].numel() for n_ in names),
+                             keep_zero_columns=bool(cfg.chita_keep_zero_columns))  # fmt: skip
         model = self.model
         objective = float("nan")
         for s in levels:
