@@ -322,6 +322,22 @@ def _plot_pags(args, path: Path, metrics, formats) -> list[Path]:
 FOLDER_PLOTTERS.append(("pags", _is_pags, _plot_pags))
 
 
+def _is_prune(path: Path) -> bool:  # masktopo prune run directories: solves, not a trajectory
+    from masktopo.prune.plots import is_prune_folder
+
+    return is_prune_folder(path)
+
+
+def _plot_prune(args, path: Path, metrics, formats) -> list[Path]:
+    from masktopo.prune.plots import plot_prune
+
+    with Staging(Path(args.out), "figures") as staging:
+        return staging.commit(plot_prune(path, staging.path, formats=formats, title=args.title))
+
+
+FOLDER_PLOTTERS.append(("prune", _is_prune, _plot_prune))
+
+
 def _folder_plotter(paths: list[Path]):
     if len(paths) == 1 and paths[0].is_dir():
         for _, is_it, draw in FOLDER_PLOTTERS:
