@@ -1,8 +1,9 @@
 """``masktopo search``: the sparsest-models combinatorial search (docs/search.md).
 
 Every argument is checked and the run plan built before the output folder is created, so a bad
-invocation writes nothing. ``--count`` prints the number of supports (phase 2) or
-architectures (phase 1) and trains nothing.
+invocation (a wrong --arch, a search too large to train) writes nothing. ``--count`` prints the
+number of supports (phase 2) or architectures (phase 1) without listing them, and trains
+nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--count",
         action="store_true",
-        help="print the number of supports (phase 2) or architectures (phase 1) and exit",
+        help="print the number of supports (phase 2: of --arch, after --joint, --max-weight-nnz "
+        "and --per-nnz) or architectures (phase 1: W³) and exit, without listing them (any "
+        "--arch); --limit is not applied: it caps runs, and a search trains count × settings",
     )
     add_progress(p)
     return p
@@ -58,9 +61,9 @@ def run(args) -> int:
         print_config(config, "search")
         return 0
     if args.count:
-        from masktopo.search.runner import search_plan
+        from masktopo.search.runner import count_plan
 
-        print(len(search_plan(config).keys))
+        print(count_plan(config))
         return 0
     if args.out is None:
         args.parser.error("the following arguments are required: --out")

@@ -27,6 +27,9 @@ SCHEDULE_NAMES = ("cosine", "step", "constant")
 PRUNE_METHODS = ("gmp", "lth", "snip", "grasp", "synflow", "iter-snip", "force", "rigl", "random")
 #: Configuration fields that may change between a search and its ``--resume``.
 RESUMABLE_CHANGES = ("device", "models_per_batch", "checkpoint_every", "limit")
+#: Input and output widths of every searched network: the Cubist Spiral's two coordinates and
+#: one logit (BCE-with-logits, methods-spec §7.2).
+SPIRAL_INPUTS, SPIRAL_OUTPUTS = 2, 1
 
 
 def _known(values, known, what: str) -> None:
@@ -76,7 +79,8 @@ class SearchConfig:
                         "every unstructured support inside --arch", ge=1, le=2,
                         metavar="P")  # fmt: skip
     arch: str = option("2-3-3-3-1", "phase 2: the architecture whose supports are searched "
-                       "(widths joined by '-', the classifier dense)", metavar="A")  # fmt: skip
+                       "(widths joined by '-': input width 2, one or more hidden layers, output "
+                       "width 1; the classifier dense)", metavar="A")  # fmt: skip
     max_width: int = option(16, "phase 1: each hidden width from 1 to W (W³ architectures)",
                             ge=1, metavar="W")  # fmt: skip
     init_width: int = option(16, "models are initialised as the top-left block of a "
@@ -117,8 +121,9 @@ class SearchConfig:
         "phase 2: order the supports by weight nnz (then "
         "index), so that --limit trains the sparsest first",
     )
-    limit: int | None = option(None, "train only the first N runs (support-major order); a "
-                               "resume may raise it", ge=1, metavar="N")  # fmt: skip
+    limit: int | None = option(None, "train only the first N runs (support-major order; only "
+                               "their keys are listed), at most 10,000,000, the most one search "
+                               "trains; a resume may raise it", ge=1, metavar="N")  # fmt: skip
     models_per_batch: int = option(4096, "models trained at once (speed and memory only: "
                                    "results do not depend on it)", ge=1,
                                    metavar="B")  # fmt: skip
@@ -134,11 +139,37 @@ class SearchConfig:
         from .enumerate import arch_text, parse_arch
 
         object.__setattr__(self, "arch", arch_text(parse_arch(self.arch)))
+        self._check_widths()
         if not self.lr or any(v <= 0 for v in self.lr):
             raise MaskValidationError("lr: give one or more positive learning rates")
         if not self.schedule:
             raise MaskValidationError("schedule: give one or more schedules")
         _known(self.schedule, SCHEDULE_NAMES, "schedule")
+
+    def _check_widths(self) -> None:
+        """``arch`` is a Cubist-Spiral network (2 inputs, hidden layers, 1 output) and the
+        trained networks fit in the ``init_width`` initialisation."""
+        from .enumerate import parse_arch
+
+        arch = parse_arch(self.arch)
+        if (arch[0], arch[-1]) != (SPIRAL_INPUTS, SPIRAL_OUTPUTS):
+            raise MaskValidationError(
+                f"--arch {self.arch}: the Cubist Spiral search needs input width "
+                f"{SPIRAL_INPUTS} and output width {SPIRAL_OUTPUTS} (two coordinates, one "
+                f"logit), e.g. 2-3-3-3-1; got input width {arch[0]} and output width {arch[-1]}"
+            )
+        if len(arch) < 3:
+            raise MaskValidationError(
+                f"--arch {self.arch}: needs at least one hidden layer (e.g. 2-3-3-3-1)"
+            )
+        if self.phase == 1 and self.init_width < self.max_width:
+            raise MaskValidationError(
+                f"init_width {self.init_width} is smaller than max_width {self.max_width}"
+            )
+        if self.phase == 2 and max(arch[1:-1]) > self.init_width:
+            raise MaskValidationError(
+                f"--arch {self.arch} does not fit in init_width {self.init_width}"
+            )
 
     def settings(self) -> list[tuple[float, str]]:
         """The (lr, schedule) settings, lr-major."""

@@ -60,6 +60,8 @@ from ..errors import MaskValidationError
 
 __all__ = [
     "JOINT_LIMIT",
+    "JOINT_SUPPORT_LIMIT",
+    "JOINT_WORK_LIMIT",
     "SupportKey",
     "arch_text",
     "block_masks",
@@ -68,6 +70,7 @@ __all__ = [
     "joint_indices",
     "matrix_supports",
     "model_nnz",
+    "nnz_ranges",
     "parse_arch",
     "phase1_archs",
     "support_masks",
@@ -78,6 +81,12 @@ __all__ = [
 
 #: Largest number of hidden-unit relabellings ``∏ d_l!`` the joint canonicalisation tries.
 JOINT_LIMIT = 50_000
+#: Largest number of supports the joint canonicalisation compares (it holds each in memory,
+#: about 300 bytes apiece for 2-3-3-3-1) ...
+JOINT_SUPPORT_LIMIT = 5_000_000
+#: ... and largest number of (support, relabelling) pairs it tries: about 0.2 µs each, so
+#: minutes at the limit (2-3-3-3-1: 25,992 × 216).
+JOINT_WORK_LIMIT = 1_000_000_000
 #: Largest number of canonical supports of one matrix that is listed explicitly.
 MATRIX_LIMIT = 2_000_000
 
@@ -318,8 +327,38 @@ def _budget_table(arch: tuple[int, ...]):
         )
     tuples = list(itertools.product(*(sorted(g) for g in groups)))
     sizes = [math.prod(g[n][1] for g, n in zip(groups, t, strict=True)) for t in tuples]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if sum(sizes) >= 2**63:
+        raise MaskValidationError(
+            f"{arch_text(arch)} has {sum(sizes):,} supports: their indices do not fit in int64"
+        )
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
     return tuples, offsets, groups
+
+
+def nnz_ranges(arch: str | Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The support indices of ``arch`` as consecutive ranges of one weight nnz each.
+
+    The index runs over the per-matrix nnz budgets (module docstring), so the supports of one
+    budget tuple are a contiguous index range, all with the same weight nnz: what lets a search
+    select by weight nnz without listing every support.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        ``int64`` starts, sizes and weight nnz (:func:`support_weight_nnz`) of the ranges, in
+        index order; the starts run from 0 and each range ends where the next starts.
+
+    Examples
+    --------
+    >>> starts, sizes, nnz = nnz_ranges((2, 3, 2, 2, 1))
+    >>> int(starts[0]), int(sizes.sum()), int(nnz[0])
+    (0, 416, 10)
+    """
+    arch = parse_arch(arch)
+    tuples, offsets, _ = _budget_table(arch)
+    dense = arch[-1] * arch[-2]
+    nnz = np.array([sum(t) + dense for t in tuples], dtype=np.int64).reshape(len(tuples))
+    return offsets[:-1].copy(), np.diff(offsets), nnz
 
 
 def _positions(arch: tuple[int, ...], index: np.ndarray) -> list[np.ndarray]:
@@ -416,7 +455,8 @@ def joint_indices(arch: str | Sequence[int]) -> np.ndarray:
     Raises
     ------
     MaskValidationError
-        When :math:`\\prod_l d_l!` exceeds ``JOINT_LIMIT``.
+        When :math:`\\prod_l d_l!` exceeds ``JOINT_LIMIT``, the supports ``JOINT_SUPPORT_LIMIT``
+        or their product ``JOINT_WORK_LIMIT`` (checked before anything is listed).
     """
     arch = parse_arch(arch)
     hidden = arch[1:-1]
@@ -427,6 +467,12 @@ def joint_indices(arch: str | Sequence[int]) -> np.ndarray:
             f"(more than {JOINT_LIMIT:,}); use per-matrix canonical supports"
         )
     n = count_supports(arch)
+    if n > JOINT_SUPPORT_LIMIT or n * n_perm > JOINT_WORK_LIMIT:
+        raise MaskValidationError(
+            f"joint canonicalisation of {arch_text(arch)} would compare {n:,} supports under "
+            f"{n_perm:,} relabellings (at most {JOINT_SUPPORT_LIMIT:,} supports and "
+            f"{JOINT_WORK_LIMIT:,} pairs); use per-matrix canonical supports"
+        )
     index = np.arange(n, dtype=np.int64)
     pos = _positions(arch, index)
     mats = [matrix_supports(arch[i + 1], arch[i]) for i in range(len(arch) - 2)]

@@ -22,6 +22,7 @@ bit for bit on the CPU, as an uninterrupted search. Nothing finished is trained 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -46,23 +47,27 @@ from ..runs import (
 )
 from ..runs.layout import CHECKPOINT_FILE, MASKS_DIR, RESULTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from ..seeding import seed_for
-from .config import RESUMABLE_CHANGES, SearchConfig
+from .config import RESUMABLE_CHANGES, SPIRAL_INPUTS, SPIRAL_OUTPUTS, SearchConfig
 from .ensemble import EnsembleTrainer, effective_counts, init_params
 from .enumerate import (
+    MATRIX_LIMIT,
     arch_text,
     block_masks,
+    count_matrix_supports,
     count_supports,
     joint_indices,
+    nnz_ranges,
     parse_arch,
-    phase1_archs,
     support_masks,
     support_weight_nnz,
 )
 
 __all__ = [
     "KIND",
+    "MAX_RUNS",
     "RESULTS_FILE",
     "SearchResult",
+    "count_plan",
     "layer_names",
     "read_results",
     "read_search_masks",
@@ -72,6 +77,10 @@ __all__ = [
 ]
 
 KIND = "search"
+#: Most runs one search trains (its keys × settings, or ``--limit`` of them): 64 times the
+#: reference's phase 2 (155,952 runs), about 4.5 days on one CPU core at the rate measured in
+#: docs/performance.md. A larger search is refused before anything is written.
+MAX_RUNS = 10_000_000
 _SPIRAL_NAMES = ("first_layer", "second_layer", "third_layer", "clf")
 
 
@@ -95,23 +104,32 @@ def _part(directory: str, c: int, suffix: str) -> str:
 
 @dataclass
 class SearchPlan:
-    """The keys and runs of a search (:func:`search_plan`)."""
+    """The keys and runs of a search (:func:`search_plan`).
+
+    ``keys`` lists the keys the runs up to ``n_runs`` train: all ``n_keys`` of them, or the
+    first ``ceil(limit / n_settings)`` under a ``limit`` (never the whole range then).
+    """
 
     config: SearchConfig
     keys: np.ndarray  # phase 2: support indices; phase 1: positions in phase1_archs
-    archs: list[tuple[int, ...]] | None  # phase 1 only
+    archs: list[tuple[int, ...]] | None  # phase 1 only: the architectures of ``keys``
     n_settings: int
+    n_keys: int | None = None  # keys of the whole search (default: len(keys))
+
+    def __post_init__(self):
+        if self.n_keys is None:
+            self.n_keys = len(self.keys)
 
     @property
     def sizes(self) -> tuple[int, ...]:
         """Layer widths of the trained networks (phase 1: the width-W container)."""
         if self.archs is None:
             return parse_arch(self.config.arch)
-        return (2, *([self.config.max_width] * 3), 1)
+        return (SPIRAL_INPUTS, *([self.config.max_width] * 3), SPIRAL_OUTPUTS)
 
     @property
     def n_runs(self) -> int:
-        n = len(self.keys) * self.n_settings
+        n = self.n_keys * self.n_settings
         return n if self.config.limit is None else min(n, self.config.limit)
 
     def key_text(self, k: int) -> str:
@@ -131,8 +149,8 @@ class SearchPlan:
             wm = [torch.from_numpy(m) for m in support_masks(sizes, self.keys[kpos])]
             init_width = cfg.init_width
         else:
+            sizes = self.sizes
             W = cfg.max_width
-            sizes = (2, W, W, W, 1)
             wm_np, _ = block_masks([self.archs[int(self.keys[k])] for k in kpos], W)
             wm = [torch.from_numpy(m) for m in wm_np]
             init_width = max(cfg.init_width, W)
@@ -148,39 +166,173 @@ class SearchPlan:
         return sizes, w, b, wm, [s[0] for s in setting], [s[1] for s in setting], order, texts
 
 
-def search_plan(config: SearchConfig) -> SearchPlan:
-    """The keys and settings a search trains (no training, no files)."""
-    if config.phase == 1:
-        if config.init_width < config.max_width:
-            raise MaskValidationError(
-                f"init_width {config.init_width} is smaller than max_width {config.max_width}"
-            )
-        archs = phase1_archs(config.max_width)
-        keys = np.arange(len(archs), dtype=np.int64)
-        return SearchPlan(config, keys, archs, len(config.settings()))
-    arch = parse_arch(config.arch)
-    if max(arch[1:-1]) > config.init_width:
-        raise MaskValidationError(
-            f"arch {config.arch} does not fit in init_width {config.init_width}"
-        )
+@dataclass
+class _Keys:
+    """The phase-2 keys of a search, counted without being listed: ``head(n)`` lists the first
+    ``n``. ``lazy``: listing ``n`` costs O(n) (else it lists all ``count`` first)."""
+
+    count: int
+    head: Callable[[int], np.ndarray]
+    lazy: bool = True
+
+
+def _ranges_head(starts: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` indices of the consecutive ranges ``[starts[i], starts[i] + sizes[i])``."""
+    n = int(min(n, int(sizes.sum()))) if len(sizes) else 0
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(sizes)
+    j = int(np.searchsorted(ends, n))  # the range holding the n-th index
+    lengths = sizes[: j + 1].copy()
+    lengths[-1] -= int(ends[j]) - n
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(starts[: j + 1] - first, lengths) + np.arange(n, dtype=np.int64)
+
+
+def _filter_listed(config: SearchConfig, arch, keys: np.ndarray) -> np.ndarray:
+    """--max-weight-nnz, --per-nnz and --sparsest-first on listed keys (index order)."""
+    nnz = support_weight_nnz(arch, keys)
+    if config.max_weight_nnz is not None:
+        keys, nnz = keys[nnz <= config.max_weight_nnz], nnz[nnz <= config.max_weight_nnz]
+    if config.per_nnz is not None:
+        pick = np.zeros(len(keys), dtype=bool)
+        for v in np.unique(nnz):
+            where = np.flatnonzero(nnz == v)
+            pick[where[_evenly(len(where), config.per_nnz)]] = True
+        keys, nnz = keys[pick], nnz[pick]
+    if config.sparsest_first:
+        keys = keys[np.argsort(nnz, kind="stable")]
+    return keys
+
+
+def _evenly(m: int, per: int) -> np.ndarray:
+    """Positions of at most ``per`` of ``m`` items, evenly spaced (--per-nnz)."""
+    k = min(m, per)
+    return (np.arange(k) * (m / k)).astype(np.int64)
+
+
+def _phase2_keys(config: SearchConfig, arch: tuple[int, ...]) -> _Keys:
+    """The supports a phase-2 search trains, in its order: all of ``arch`` in index order, or
+    those of --joint, --max-weight-nnz and --per-nnz, by weight nnz under --sparsest-first.
+
+    Without --joint nothing is listed to count them: the supports of one weight nnz are
+    consecutive index ranges (:func:`~masktopo.search.enumerate.nnz_ranges`)."""
+    n = count_supports(arch)
+    K, per = config.max_weight_nnz, config.per_nnz
     if config.joint:
         keys = np.asarray(joint_indices(arch))
-    else:
-        keys = np.arange(count_supports(arch), dtype=np.int64)
-    if config.max_weight_nnz is not None or config.sparsest_first or config.per_nnz:
-        nnz = support_weight_nnz(arch, keys)
-        if config.max_weight_nnz is not None:
-            keys, nnz = keys[nnz <= config.max_weight_nnz], nnz[nnz <= config.max_weight_nnz]
-        if config.per_nnz is not None:
-            pick = np.zeros(len(keys), dtype=bool)
-            for v in np.unique(nnz):
-                where = np.flatnonzero(nnz == v)
-                step = len(where) / min(len(where), config.per_nnz)
-                pick[where[(np.arange(min(len(where), config.per_nnz)) * step).astype(int)]] = True
-            keys, nnz = keys[pick], nnz[pick]
+        if K is not None or per is not None or config.sparsest_first:
+            keys = _filter_listed(config, arch, keys)
+        return _Keys(len(keys), lambda m: keys[:m])
+    if K is None and per is None and not config.sparsest_first:
+        return _Keys(n, lambda m: np.arange(min(m, n), dtype=np.int64))
+    _check_listable(arch, "--max-weight-nnz, --per-nnz and --sparsest-first need")
+    starts, sizes, nnz = nnz_ranges(arch)
+    if K is not None:
+        starts, sizes, nnz = starts[nnz <= K], sizes[nnz <= K], nnz[nnz <= K]
+    if per is None:
         if config.sparsest_first:
-            keys = keys[np.argsort(nnz, kind="stable")]
-    return SearchPlan(config, keys, None, len(config.settings()))
+            order = np.argsort(nnz, kind="stable")
+            starts, sizes = starts[order], sizes[order]
+        return _Keys(int(sizes.sum()), lambda m: _ranges_head(starts, sizes, m))
+    values = np.unique(nnz)
+    count = sum(min(int(sizes[nnz == v].sum()), per) for v in values)
+
+    def listed(m: int) -> np.ndarray:
+        parts = []
+        for v in values:  # ascending weight nnz
+            s, z = starts[nnz == v], sizes[nnz == v]
+            ends = np.cumsum(z)
+            pos = _evenly(int(ends[-1]), per)  # positions in the concatenated ranges
+            r = np.searchsorted(ends, pos, side="right")
+            parts.append(s[r] + pos - (ends[r] - z[r]))
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return (keys if config.sparsest_first else np.sort(keys))[:m]
+
+    return _Keys(count, listed, lazy=False)
+
+
+def _check_listable(arch: tuple[int, ...], what: str) -> None:
+    """Every hidden matrix of ``arch`` has at most ``MATRIX_LIMIT`` canonical supports."""
+    for i in range(len(arch) - 2):
+        s = count_matrix_supports(arch[i + 1], arch[i])
+        if s > MATRIX_LIMIT:
+            raise MaskValidationError(
+                f"--arch {arch_text(arch)}: {what} the canonical supports of each matrix "
+                f"listed, and a [{arch[i + 1]}, {arch[i]}] matrix has {s:,} (more than "
+                f"{MATRIX_LIMIT:,})"
+            )
+
+
+def count_plan(config: SearchConfig) -> int:
+    """The number of keys a search covers, without listing them: phase 2 its supports (after
+    ``joint``, ``max_weight_nnz`` and ``per_nnz``), phase 1 its ``max_width³`` architectures.
+    ``limit`` is not applied (it caps runs, keys × settings). What ``--count`` prints.
+
+    Raises
+    ------
+    MaskValidationError
+        When --joint or a selection needs more supports listed than the enumeration allows.
+    """
+    if config.phase == 1:
+        return config.max_width**3
+    if not config.joint and config.max_weight_nnz is None and config.per_nnz is None:
+        return count_supports(config.arch)  # --sparsest-first only orders them
+    return _phase2_keys(config, parse_arch(config.arch)).count
+
+
+def _first_keys(config: SearchConfig, n_keys: int, n_settings: int, where: str, noun: str,
+                lazy: bool = True) -> int:  # fmt: skip
+    """How many keys the runs of ``config`` need, of its ``n_keys``; refuses a search of more
+    than ``MAX_RUNS`` runs, and one that lists more than ``MAX_RUNS`` keys (``lazy=False``)."""
+    total = n_keys * n_settings
+    runs = total if config.limit is None else min(total, config.limit)
+    settings = f"{n_settings} setting" + ("s" if n_settings > 1 else "")
+    head = f"{where}: {n_keys:,} {noun} × {settings} = {total:,} runs"
+    if not lazy and n_keys > MAX_RUNS:
+        raise MaskValidationError(
+            f"{head}, and all {n_keys:,} {noun} are listed before one is trained (more than "
+            f"{MAX_RUNS:,}); choose a smaller --per-nnz or --max-weight-nnz"
+        )
+    if runs > MAX_RUNS:
+        if config.limit is None:
+            hint = f"pass --limit N (N <= {MAX_RUNS}) to train the first N runs"
+            if config.phase == 2:
+                hint += ", or select supports with --max-weight-nnz or --per-nnz"
+        else:
+            hint = f"pass --limit {MAX_RUNS} or less"
+        raise MaskValidationError(f"{head}, more than the {MAX_RUNS:,} one search trains; {hint}")
+    return n_keys if config.limit is None else min(n_keys, -(-config.limit // n_settings))
+
+
+def search_plan(config: SearchConfig) -> SearchPlan:
+    """The keys and settings a search trains (no training, no files).
+
+    Only the keys its runs need are listed: under ``config.limit`` the first ones, however
+    many the search has.
+
+    Raises
+    ------
+    MaskValidationError
+        When the search has more than ``MAX_RUNS`` runs (``--limit`` fits it), or needs more
+        supports listed than the enumeration allows.
+    """
+    n_settings = len(config.settings())
+    if config.phase == 1:
+        W = config.max_width
+        n_keys = W**3
+        n = _first_keys(config, n_keys, n_settings, f"--phase 1 --max-width {W}", "architectures")
+        r = range(1, W + 1)
+        archs = [(SPIRAL_INPUTS, a, b, c, SPIRAL_OUTPUTS)
+                 for a, b, c in itertools.islice(itertools.product(r, r, r), n)]  # fmt: skip
+        return SearchPlan(config, np.arange(n, dtype=np.int64), archs, n_settings, n_keys)
+    arch = parse_arch(config.arch)
+    _check_listable(arch, "a search needs")
+    keys = _phase2_keys(config, arch)
+    n = _first_keys(config, keys.count, n_settings, f"--arch {config.arch}", "supports",
+                    keys.lazy)  # fmt: skip
+    return SearchPlan(config, np.asarray(keys.head(n), dtype=np.int64), None, n_settings,
+                      keys.count)  # fmt: skip
 
 
 @dataclass
@@ -357,24 +509,26 @@ def run_search(
             RunWriter(out).write_run_json(KIND, {
                 "config": config.to_dict(),
                 "layers": run_layers(plan.sizes),
-                "n_keys": len(plan.keys),
+                "n_keys": plan.n_keys,
                 "n_settings": plan.n_settings,
-                "n_runs": len(plan.keys) * plan.n_settings,
+                "n_runs": plan.n_keys * plan.n_settings,
             })  # fmt: skip
         (out / RESULTS_DIR).mkdir(exist_ok=True)
         done = read_results(out)
         done_runs = set(done["run"].tolist()) if len(done) else set()
         n_parts = len(list((out / RESULTS_DIR).glob("part-*.parquet")))
         ckpt = read_checkpoint(out) if resume else None
-        todo = [r for r in range(plan.n_runs) if r not in done_runs]
-        batches: list[list[int]] = []
+        todo = np.arange(plan.n_runs, dtype=np.int64)  # 8 bytes a run, not a list of ints
+        todo = todo[~np.isin(todo, np.fromiter(done_runs, np.int64, len(done_runs)))]
+        first: list[list[int]] = []
         if ckpt is not None and not set(ckpt["runs"]) & done_runs:
-            batches.append(list(ckpt["runs"]))
-            todo = [r for r in todo if r not in set(ckpt["runs"])]
+            first.append(list(ckpt["runs"]))
+            todo = todo[~np.isin(todo, np.asarray(ckpt["runs"], dtype=np.int64))]
         else:
             ckpt = None
         B = config.models_per_batch
-        batches += [todo[i : i + B] for i in range(0, len(todo), B)]
+        trains = bool(first) or len(todo) > 0
+        batches = itertools.chain(first, (todo[i : i + B].tolist() for i in range(0, len(todo), B)))
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -392,7 +546,7 @@ def run_search(
                 bar.close()
         rows = read_results(out)
         complete = len(rows) >= plan.n_runs
-        if (complete and batches) or (complete and not (out / RESULTS_FILE).exists()):
+        if (complete and trains) or (complete and not (out / RESULTS_FILE).exists()):
             atomic_write(out / RESULTS_FILE, lambda f: rows.to_parquet(f, index=False))
         atomic_write_json(out / SUMMARY_FILE, summarize(rows, config.target, plan.n_runs))
         return SearchResult(out, rows if len(rows) else pd.DataFrame(), complete)
