@@ -62,6 +62,7 @@ def plot_prune(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plots import save_figure
     from ..runs import read_run
 
     path, out = Path(path), Path(out)
@@ -91,9 +92,6 @@ def plot_prune(
         ax.set_title(title if title is not None else f"{path.name}: one-shot pruning")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        for fmt in formats:
-            f = out / f"{stem}.{fmt}"
-            fig.savefig(f, bbox_inches="tight")
-            files.append(f)
+        files.extend(save_figure(fig, out / f"{stem}.{fmt}") for fmt in formats)
         plt.close(fig)
     return files

@@ -26,11 +26,9 @@ def is_result_folder(path: str | os.PathLike) -> bool:
 def _save(fig, out: Path, stem: str, formats) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    files = []
-    for fmt in formats:
-        f = out / f"{stem}.{fmt}"
-        fig.savefig(f, bbox_inches="tight")
-        files.append(f)
+    from ..plots import save_figure
+
+    files = [save_figure(fig, out / f"{stem}.{fmt}") for fmt in formats]
     plt.close(fig)
     return files
 
