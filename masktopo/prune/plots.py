@@ -79,7 +79,7 @@ def plot_prune(
         ("prune-accuracy", "accuracy", "test accuracy (no fine-tuning)", False),
         ("prune-objective", "objective", "objective f (lower is better)", True),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         for method, rows in df.groupby("method", sort=False):
             rows = rows.sort_values("sparsity")
             ax.plot(rows["sparsity"], rows[column], "o-", label=str(method))

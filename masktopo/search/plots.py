@@ -51,7 +51,7 @@ def plot_folder(
         from .runner import read_results
 
         df = read_results(path)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         if len(df):
             best = df.groupby("weight_nnz")["accuracy"].max()
             ax.plot(best.index, best.values, "o-", label="search (best over supports, settings)")
@@ -66,7 +66,7 @@ def plot_folder(
     df = read_bench(path)
     files: list[Path] = []
     for width, g in df.groupby("width", sort=True):
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
         for method, m in g.groupby("method", sort=True):
             best = m.groupby("weight_nnz")["accuracy"].max()
             a1.plot(best.index, best.values, "o-", ms=3, label=method)
