@@ -25,7 +25,11 @@ For each run the page shows:
 A PAGS output folder (``masktopo pags --out``) has no mask events: its page shows the final
 metrics of its ``summary.json``, the network score of every candidate
 (:func:`masktopo.pags.plots.plot_pags`) and the base and best masks' Δr, λ, IMDB and
-full-spectrum norm per layer and for the network, analyzed with the run's graph options.
+full-spectrum norm per layer and for the network, analyzed with the run's graph options. A
+search or pruning-benchmark folder shows its ``summary.json`` and ``masktopo plot``'s figures
+(:mod:`masktopo.search.plots`); a prune run shows its figures against the sparsity
+(:mod:`masktopo.prune.plots`) instead of a trajectory over steps (its events are independent
+solves), and its per-event tables.
 
 Several runs add a comparison section first: the final metrics side by side, the configuration
 keys whose values differ, and the comparison figures (one line per run).
@@ -236,7 +240,7 @@ class _RunReport:
     final_event: int | None = None
     paths: Any = None  # PathAnalysis of the final event
     figures: list[str] = field(default_factory=list)
-    pags: str = ""  # HTML of a PAGS folder's section
+    extra: str = ""  # HTML of a result folder's own section (PAGS, search, prune)
 
 
 def _read_summary(r: _RunReport) -> None:
@@ -299,7 +303,30 @@ def _pags(r: _RunReport, folder: Path, fmt: str) -> None:
                                           strict=True)]  # fmt: skip
         parts.append("<h3>PAGS: base and best masks, per layer</h3>")
         parts.append(_table(head, rows))
-    r.pags = "".join(parts)
+    r.extra = "".join(parts)
+
+
+def _folder_figures(r: _RunReport, folder: Path, fmt: str) -> None:
+    """The figures of a search, pruning-benchmark or prune folder (``masktopo plot``'s), in
+    their own section."""
+    kind = r.run.kind
+    try:
+        if kind in ("search", "prune-bench"):
+            from .search.plots import plot_folder
+
+            files = plot_folder(r.path, folder, formats=(fmt,), title="")
+            what = "search" if kind == "search" else "pruning benchmark"
+        else:
+            from .prune.plots import plot_prune
+
+            files = plot_prune(r.path, folder, formats=(fmt,), title="")
+            what = "one-shot pruning: every method against the sparsity"
+    except MaskTopoError as exc:
+        r.problems.append(f"{kind} figures: {' '.join(str(exc).split())}")
+        return
+    r.extra = f"<h3>{_e(what.capitalize())}</h3>" + "".join(
+        _figure(f.read_bytes(), fmt, f.stem.replace("-", " ")) for f in files
+    )
 
 
 def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
@@ -316,7 +343,7 @@ def _analyze(r: _RunReport, *, every, conv, cache, progress) -> None:
         r.problems.append(f"line {skipped['line']} of the event log skipped: {skipped['problem']}")
     n = r.run.n_events
     if n == 0:
-        r.notes.append("the run has no mask events yet (its event log is missing or empty)")
+        r.notes.append(r.run.no_events_reason())
     elif df.empty:
         r.problems.append("no event could be analyzed: every selected event file is bad")
     else:
@@ -382,9 +409,14 @@ def _label_of(path: Path) -> str:
 # Sections
 # ------------------------------------------------------------------------------------------------
 def _final_metrics(r: _RunReport) -> dict:
-    if r.summary is not None and isinstance(r.summary.get("final"), dict):
+    """The summary's ``final`` entry; for a result folder without one (a search), its scalar
+    entries."""
+    if r.summary is None:
+        return {}
+    if isinstance(r.summary.get("final"), dict):
         return dict(r.summary["final"])
-    return {}
+    return {k: v for k, v in r.summary.items()
+            if v is None or isinstance(v, (bool, int, float, str))}  # fmt: skip
 
 
 def _overview(r: _RunReport) -> str:
@@ -509,7 +541,7 @@ def _run_section(r: _RunReport, index: int) -> str:
     ]
     if r.figures:
         parts.append("<h3>Topology over training</h3>" + "".join(r.figures))
-    parts.append(r.pags)
+    parts.append(r.extra)
     parts += [_layer_section(r), _network_section(r), _paths_section(r), _config_section(r)]
     parts.append("</section>")
     return "".join(parts)
@@ -615,11 +647,13 @@ def build_report(
     compare_figs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="masktopo-report-") as tmp:
         for i, r in enumerate(reports):
-            if r.final_event is not None:
+            if r.final_event is not None and r.run.kind != "prune":  # prune: solves, no trajectory
                 r.figures = _draw([r.table], [r.label], Path(tmp) / f"run-{i}", figures, x)
             if r.run.kind == "pags":
                 _pags(r, Path(tmp) / f"pags-{i}", figures)
-        ok = [r for r in reports if r.final_event is not None]
+            elif r.run.kind in ("search", "prune-bench", "prune"):
+                _folder_figures(r, Path(tmp) / f"folder-{i}", figures)
+        ok = [r for r in reports if r.final_event is not None and r.run.kind != "prune"]
         if len(reports) > 1 and len(ok) > 1:
             compare_figs = _draw(
                 [r.table for r in ok], [r.label for r in ok], Path(tmp) / "compare", figures, x

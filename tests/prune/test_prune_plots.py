@@ -51,3 +51,12 @@ def test_plot_of_a_prune_run_without_its_table_is_one_line(pruned, tmp_path, cap
     assert main(["plot", str(broken), "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "holds no results.csv yet" in err and not (tmp_path / "g").exists()
+
+
+def test_report_of_a_prune_run_shows_its_figures_not_a_trajectory(pruned):
+    from masktopo.report import build_report
+
+    page = build_report(pruned)
+    assert "<h3>One-shot pruning: every method against the sparsity</h3>" in page
+    assert "prune accuracy" in page and "prune objective" in page
+    assert "Topology over training" not in page

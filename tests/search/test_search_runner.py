@@ -121,6 +121,11 @@ def test_cli_count_and_search(tmp_path, capsys):
     assert "keeps the masks of runs at or above its target only" in err
     assert main(["info", str(out)]) == 2  # the same words from info
     assert "no masks to analyze: none of the 3 runs" in capsys.readouterr().err
+    from masktopo.report import build_report
+
+    page = build_report(out)  # the search's own figure and summary, not a training run's
+    assert "<h3>Search</h3>" in page and "best_accuracy" in page
+    assert "no masks to analyze: none of the 3 runs" in page and "none recorded" not in page
     summary = json.loads((out / "summary.json").read_text())
     (out / "summary.json").write_text(json.dumps({**summary, "n_runs": 8}))  # as if killed
     assert main(["analyze", str(out)]) == 2
