@@ -275,7 +275,8 @@ def check_schedule(cfg: TrainConfig) -> None:
     ------
     MaskValidationError
         A batch larger than the training split; a schedule with no update or pruning event
-        (``set``/``rigl``/``itop``/``granet``/``gmp``), a GaP layout longer than the run.
+        (``set``/``rigl``/``itop``/``granet``/``gmp``), a GaP layout longer than the run; more
+        samples per CHITA event than the split holds (the methods' ``check_data``).
     """
     n = _train_split_size(cfg.dataset, cfg.data_dir, float(cfg.val_fraction))
     if n is None:
@@ -286,6 +287,7 @@ def check_schedule(cfg: TrainConfig) -> None:
                                   f"split ({n} samples)")  # fmt: skip
     from .methods import METHODS
 
+    METHODS[cfg.method].check_data(cfg, n)
     METHODS[cfg.method](cfg, steps_per_epoch=spe, total_steps=spe * cfg.epochs, device="cpu")
 
 
@@ -490,6 +492,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     # P-GaP: each process trains its own replica on whole batches (no DDP, no batch split)
     independent = METHODS[cfg.method].independent_ranks(cfg)
     data = _Data(cfg, device, World() if independent else dist_info)
+    METHODS[cfg.method].check_data(cfg, len(data.train))
     spe = data.steps_per_epoch
     total_steps = spe * cfg.epochs
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)

@@ -78,3 +78,34 @@ def test_gradual_chita_restarts_the_lr_after_every_prune_event():
     off = Chita(resolve(cfg.replace(chita_restart=False)), steps_per_epoch=10, total_steps=100,
                 device="cpu")  # fmt: skip
     assert [off.lr_position(t) for t in (0, 20, 99)] == [(0, 100), (20, 100), (99, 100)]
+
+
+def test_gradual_chita_draws_from_the_training_split_and_checks_its_size_at_start(tmp_path):
+    """The gradient samples come from the split the model trains on (not the held-out
+    validation part), and asking for more than it holds fails before anything is written
+    (it failed at the first prune event), also in a sweep's cell check."""
+    from masktopo.distributed import World
+    from masktopo.errors import MaskValidationError
+    from masktopo.trainer.config import resolve
+    from masktopo.trainer.loop import _Data, check_schedule
+    from masktopo.trainer.methods import METHODS
+
+    cfg = resolve(TrainConfig(method="chita", model="spiral-mlp", dataset="cubist-spiral",
+                              density=0.3, epochs=1, update_interval=50, chita_samples=8,
+                              chita_batch=2))  # fmt: skip
+    data = _Data(cfg, torch.device("cpu"), World())
+    method = METHODS["chita"](cfg, steps_per_epoch=data.steps_per_epoch,
+                              total_steps=data.steps_per_epoch, device="cpu")  # fmt: skip
+    mine = method._train_data()
+    assert len(mine) == len(data.train) < 50_000  # the validation part carved out
+    assert torch.equal(mine.data, data.train.data) and torch.equal(mine.targets,
+                                                                  data.train.targets)  # fmt: skip
+    big = resolve(TrainConfig(method="chita", model="spiral-mlp", dataset="cubist-spiral",
+                              density=0.3, epochs=1, update_interval=50, chita_samples=30_000,
+                              chita_batch=2))  # fmt: skip
+    msg = rf"chita_samples x chita_batch = 60000 is more than the {len(data.train)} training"
+    with pytest.raises(MaskValidationError, match=msg):
+        check_schedule(big)
+    with pytest.raises(MaskValidationError, match=msg):
+        train(big, tmp_path / "run")
+    assert not any((tmp_path / "run").glob("events.jsonl"))  # no event was recorded

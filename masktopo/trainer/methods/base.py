@@ -96,6 +96,12 @@ class Sparsifier:
         """
         raise NotImplementedError
 
+    @classmethod
+    def check_data(cls, cfg, train_samples: int) -> None:
+        """Raise :class:`~masktopo.errors.MaskValidationError` when ``cfg`` cannot run on a
+        training split of ``train_samples`` samples (checked before training starts, and by
+        ``masktopo sweep`` for each cell). Default: nothing to check."""
+
     # -- hooks for methods that are more than a mask schedule (GaP); defaults: a plain method --
     @classmethod
     def independent_ranks(cls, cfg) -> bool:

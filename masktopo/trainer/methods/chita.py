@@ -79,12 +79,26 @@ class Chita(CubicEvents):
         self._check_maskable(maskable)
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in maskable.items()}, None
 
-    def _train_data(self):
-        if self._data is None:
-            from ...zoo import load_dataset
+    @classmethod
+    def check_data(cls, cfg, train_samples: int) -> None:
+        """Each prune event draws ``chita_samples x chita_batch`` distinct training samples."""
+        n, m = int(cfg.chita_samples), int(cfg.chita_batch)
+        if n * m > train_samples:
+            raise MaskValidationError(f"chita: chita_samples x chita_batch = {n * m} is more "
+                                      f"than the {train_samples} training samples")  # fmt: skip
 
-            self._data = load_dataset(self.cfg.dataset, data_dir=self.cfg.data_dir,
-                                      split="train").to(self.device)  # fmt: skip
+    def _train_data(self):
+        """The training split the trainer trains on (the validation part carved out the same
+        way, from the same seed), on the device."""
+        if self._data is None:
+            from ...seeding import generator
+            from ...zoo import load_dataset, split_train_val
+
+            train = load_dataset(self.cfg.dataset, data_dir=self.cfg.data_dir, split="train")
+            if self.cfg.val_fraction > 0:
+                train = split_train_val(train, self.cfg.val_fraction,
+                                        generator(self.cfg.seed, "val-split"))[0]  # fmt: skip
+            self._data = train.to(self.device)
         return self._data
 
     def prune(self, step: int, masking: Masking, optimizer, record: Record) -> bool:
@@ -105,9 +119,7 @@ class Chita(CubicEvents):
         p = sum(params[n].numel() for n in names)
         data = self._train_data()
         n, m = int(cfg.chita_samples), int(cfg.chita_batch)
-        if n * m > len(data):
-            raise MaskValidationError(f"chita: chita_samples x chita_batch = {n * m} is more "
-                                      f"than the {len(data)} training samples")  # fmt: skip
+        self.check_data(cfg, len(data))
         perm = torch.randperm(len(data), generator=generator(cfg.seed, "chita-sample", u))
         x, y = data.batch(perm[: n * m].to(self.device))
         start = 1.0 - masking.density()
