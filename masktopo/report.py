@@ -576,6 +576,16 @@ def _compare_section(reports: list[_RunReport], figures: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------
+def _refuse_sweep(path: Path) -> None:
+    """A sweep folder is many runs: say how to report on them instead of "not a run"."""
+    from .sweep.runner import SWEEP_FILE
+
+    if (path / SWEEP_FILE).is_file():
+        raise MaskFileError(path, f"is a sweep folder, not a run: 'masktopo summarize {path}' "
+                            f"gives its table and 'masktopo plot {path}' its figure; a report "
+                            f"takes its runs: masktopo report {path / 'runs'}/*")  # fmt: skip
+
+
 def build_report(
     runs: Sequence[str | os.PathLike] | str | os.PathLike,
     *,
@@ -635,6 +645,8 @@ def build_report(
     if len(labels) != len(paths):
         raise MaskTopoError(f"{len(labels)} label(s) for {len(paths)} run(s)")
 
+    for p in paths:
+        _refuse_sweep(p)
     loaded = [read_run(p) for p in paths]  # every run is readable before any analysis
     reports = [
         _RunReport(p, lab, run, None) for p, lab, run in zip(paths, labels, loaded, strict=True)

@@ -166,6 +166,10 @@ def test_summarize_and_plot_commands(finished, tmp_path, capsys):
     written = capsys.readouterr()
     assert (tmp_path / "figs" / "sweep-test_acc-vs-R_s.svg").stat().st_size > 5000
     assert "not drawn" not in written.err  # static sits at R_s = its density
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 2  # many runs
+    err = capsys.readouterr().err
+    assert "is a sweep folder, not a run" in err and "masktopo report" in err
+    assert not (tmp_path / "r.html").exists()
     assert main(["summarize", str(out), "--by", "none", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("5,")  # runs: every run, one row
     # the suffix chooses the format, as for analyze: .parquet is parquet, not text
