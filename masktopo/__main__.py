@@ -1,6 +1,6 @@
 """``python -m masktopo`` (and ``torchrun -m masktopo``) runs the command line."""
 
-from masktopo.cli.main import main
+from masktopo.cli.main import exit_process, main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

@@ -58,3 +58,17 @@ def test_a_callers_group_is_left_alone(tmp_path, monkeypatch):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_exit_process_flushes_and_keeps_the_code(world, tmp_path):
+    """Under torchrun the process ends without interpreter finalization (where gloo's threads
+    can abort it), after flushing what it printed; elsewhere it is a plain SystemExit."""
+    code = ("import atexit, sys\nfrom masktopo.cli.main import exit_process\n"
+            "atexit.register(lambda: print('finalized'))\n"
+            "print('done', end='')\nsys.stderr.write('err')\nexit_process(3)\n")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WORLD_SIZE": world}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+    assert p.returncode == 3 and p.stderr == "err"
+    assert p.stdout == ("done" if world == "2" else "donefinalized\n")
