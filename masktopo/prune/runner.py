@@ -60,7 +60,7 @@ from ..runs.layout import (
     SUMMARY_FILE,
 )
 from ..seeding import generator
-from ..store import READ_SUFFIXES, read_file, read_state_dict
+from ..store import READ_SUFFIXES, read_file, read_state_dict, read_state_file
 from .bn import has_batchnorm, reestimate_bn
 from .config import DEFAULT_BLOCK_SIZE, PruneConfig
 from .gradients import check_memory, flatten, gradient_matrix, unflatten
@@ -204,18 +204,6 @@ def _run_names(p: Path, cfg: dict, config: PruneConfig) -> tuple[str, str]:
     return model, dataset
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of the safetensors state file ``path`` (PAGS's ``init.safetensors``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise MaskFileError(path, f"not a readable safetensors file "
-                                  f"({' '.join(str(e).split())[:200]})") from None  # fmt: skip
-
-
 def _load_pags(p: Path, config: PruneConfig) -> Source:
     """A PAGS run: its best masks over the network it scored (``best.safetensors``'s weights
     times its masks, over ``init.safetensors``'s biases and buffers when the run has it)."""
@@ -229,7 +217,7 @@ def _load_pags(p: Path, config: PruneConfig) -> Source:
     if not has_weights:
         raise MaskFileError(best, "has no weights (the network PAGS scored); pruning needs them")
     init = p / INIT_FILE
-    state = _read_state(init) if init.is_file() else {}
+    state = read_state_file(init) if init.is_file() else {}
     state.update(_masked(ms))
     data_dir = config.data_dir or cfg.get("data_dir")
     options = {"width": cfg["width"]} if cfg.get("width") is not None else {}

@@ -55,6 +55,7 @@ __all__ = [
     "parse_layers",
     "read_file",
     "read_state_dict",
+    "read_state_file",
     "save",
     "save_kept",
     "strip_prefix",
@@ -243,6 +244,29 @@ def describe(ms: MaskSet, path: Path, fmt: str, has_weights: bool) -> dict[str, 
         "has_weights": has_weights,
         "meta": ms.meta,
     }
+
+
+def read_state_file(path: str | os.PathLike, what: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors state file (a model's whole state, e.g. a PAGS run's
+    ``init.safetensors``); ``what`` prefixes the error (``"initial weights"``).
+
+    Raises
+    ------
+    MaskFileError
+        When the file is missing, truncated or not a safetensors file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(os.fspath(path))
+    prefix = f"{what}: " if what else ""
+    if not p.is_file():
+        raise MaskFileError(p, f"{prefix}no such file")
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise MaskFileError(p, f"{prefix}not a readable safetensors file "
+                               f"({' '.join(str(e).split())[:200]})") from None  # fmt: skip
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:

@@ -71,17 +71,10 @@ def load_initial_state(model: torch.nn.Module, path: str | os.PathLike) -> None:
         Missing, truncated or not a safetensors file; or the state of another network (names or
         shapes that differ, listed).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ..store import read_state_file
 
     p = Path(os.fspath(path))
-    if not p.is_file():
-        raise MaskFileError(p, "initial weights: no such file")
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise MaskFileError(p, f"initial weights: not a readable safetensors file "
-                               f"({' '.join(str(e).split())[:200]})") from None  # fmt: skip
+    state = read_state_file(p, "initial weights")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
