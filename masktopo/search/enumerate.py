@@ -512,8 +512,10 @@ def joint_indices(arch: str | Sequence[int]) -> np.ndarray:
 
 
 # -- phase 1 ----------------------------------------------------------------------------------------
-def phase1_archs(max_width: int = 16, *, d_in: int = 2, d_out: int = 1) -> list[tuple[int, ...]]:
-    """Every ``(d_in, d_1, d_2, d_3, d_out)`` with ``1 <= d_l <= max_width``, ``d_1`` slowest.
+def phase1_archs(max_width: int = 16, *, d_in: int = 2, d_out: int = 1,
+                 count: int | None = None) -> list[tuple[int, ...]]:  # fmt: skip
+    """Every ``(d_in, d_1, d_2, d_3, d_out)`` with ``1 <= d_l <= max_width``, ``d_1`` slowest
+    (the first ``count`` of them when given: never the whole ``max_width³`` list then).
 
     Examples
     --------
@@ -524,7 +526,8 @@ def phase1_archs(max_width: int = 16, *, d_in: int = 2, d_out: int = 1) -> list[
     if max_width < 1:
         raise MaskValidationError(f"max_width must be >= 1, got {max_width}")
     r = range(1, int(max_width) + 1)
-    return [(d_in, a, b, c, d_out) for a, b, c in itertools.product(r, r, r)]
+    return [(d_in, a, b, c, d_out)
+            for a, b, c in itertools.islice(itertools.product(r, r, r), count)]  # fmt: skip
 
 
 def block_masks(

@@ -58,6 +58,7 @@ from .enumerate import (
     joint_indices,
     nnz_ranges,
     parse_arch,
+    phase1_archs,
     support_masks,
     support_weight_nnz,
 )
@@ -322,9 +323,7 @@ def search_plan(config: SearchConfig) -> SearchPlan:
         W = config.max_width
         n_keys = W**3
         n = _first_keys(config, n_keys, n_settings, f"--phase 1 --max-width {W}", "architectures")
-        r = range(1, W + 1)
-        archs = [(SPIRAL_INPUTS, a, b, c, SPIRAL_OUTPUTS)
-                 for a, b, c in itertools.islice(itertools.product(r, r, r), n)]  # fmt: skip
+        archs = phase1_archs(W, d_in=SPIRAL_INPUTS, d_out=SPIRAL_OUTPUTS, count=n)
         return SearchPlan(config, np.arange(n, dtype=np.int64), archs, n_settings, n_keys)
     arch = parse_arch(config.arch)
     _check_listable(arch, "a search needs")
