@@ -249,6 +249,18 @@ def _pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def training_split(cfg: TrainConfig):
+    """``(train, val)``: the dataset's training file split as every run of ``cfg`` splits it
+    (the last ``val_fraction`` of a seeded permutation held out; ``val`` None without one).
+    What the model trains on, and what methods that draw training samples draw from."""
+    from ..zoo import load_dataset, split_train_val
+
+    train = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train")
+    if cfg.val_fraction > 0:
+        return split_train_val(train, cfg.val_fraction, generator(cfg.seed, "val-split"))
+    return train, None
+
+
 @functools.lru_cache(maxsize=8)
 def _train_split_size(dataset: str, data_dir: str | None, val_fraction: float) -> int | None:
     """Samples in the training split of ``dataset`` (after the validation split, as
@@ -295,17 +307,14 @@ class _Data:
     """In-memory splits and the per-epoch batch order."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: World):
-        from ..zoo import get_spec, load_dataset, split_train_val
+        from ..zoo import get_spec, load_dataset
 
         self.spec = get_spec(cfg.dataset)
-        train = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="train")
+        train, val = training_split(cfg)
         try:
             test = load_dataset(cfg.dataset, data_dir=cfg.data_dir, split="test")
         except MaskFileError:
             test = None
-        val = None
-        if cfg.val_fraction > 0:
-            train, val = split_train_val(train, cfg.val_fraction, generator(cfg.seed, "val-split"))
         self.train = train.to(device)
         self.val = val.to(device) if val is not None else None
         self.test = test.to(device) if test is not None else None

@@ -91,14 +91,9 @@ class Chita(CubicEvents):
         """The training split the trainer trains on (the validation part carved out the same
         way, from the same seed), on the device."""
         if self._data is None:
-            from ...seeding import generator
-            from ...zoo import load_dataset, split_train_val
+            from ..loop import training_split
 
-            train = load_dataset(self.cfg.dataset, data_dir=self.cfg.data_dir, split="train")
-            if self.cfg.val_fraction > 0:
-                train = split_train_val(train, self.cfg.val_fraction,
-                                        generator(self.cfg.seed, "val-split"))[0]  # fmt: skip
-            self._data = train.to(self.device)
+            self._data = training_split(self.cfg)[0].to(self.device)
         return self._data
 
     def prune(self, step: int, masking: Masking, optimizer, record: Record) -> bool:
