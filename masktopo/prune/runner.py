@@ -558,7 +558,7 @@ def _check_feasible(sparsities, p: int, nonzeros: int, kept: int) -> None:
         ``sparsity 0.5 keeps 133100 weights, more than the 7525 nonzero weights of the input
         (density 0.02827; ...): ask for a sparsity of at least 0.971732``.
     """
-    over = [(s, keep_count(1 - s, p)) for s in sparsities if keep_count(1 - s, p) > nonzeros]
+    over = [(s, k) for s in sparsities if (k := keep_count(1 - s, p)) > nonzeros]
     if not over:
         return
     s, k = over[0]
