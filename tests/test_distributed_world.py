@@ -14,6 +14,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="needs torch.distributed gloo")  # fmt: skip
 
 SCRIPT = """
+import sys
+from pathlib import Path
 import torch.distributed as dist
 from masktopo.distributed import close_world, current_world, init_world
 w = init_world("cpu")
@@ -22,7 +24,7 @@ assert current_world().rank == w.rank
 assert init_world("cpu").rank == w.rank  # joining again keeps the group
 close_world()
 assert not dist.is_initialized() and current_world().size == 1
-print("ok", w.rank)
+Path(sys.argv[1], f"rank{w.rank}").write_text("ok")  # a file per rank: a shared pipe interleaves
 """
 
 
@@ -41,10 +43,10 @@ def test_a_started_group_is_destroyed(tmp_path):
     script = tmp_path / "world.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    p = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(script)],
-                       capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    p = subprocess.run([shutil.which("torchrun"), "--standalone", "--nproc_per_node=2", str(script),
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
-    assert sorted(p.stdout.split()) == ["0", "1", "ok", "ok"]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
 
 
 def test_a_callers_group_is_left_alone(tmp_path, monkeypatch):
