@@ -264,86 +264,24 @@ def _layer_figures(args, ms, name: str, emit) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Result folders that are not runs
+# Result folders that are not runs (sweeps, searches, PAGS, prune): masktopo.folder_figures
 # ------------------------------------------------------------------------------------------------
-def _is_sweep(path: Path) -> bool:
-    from masktopo.sweep.runner import SWEEP_FILE
-
-    return (path / SWEEP_FILE).is_file()
-
-
-def _plot_sweep(args, path: Path, metrics, formats) -> list[Path]:
-    from masktopo.sweep.plots import plot_sweep
-
-    staging = Staging(Path(args.out), "figures")
-    with staging:
-        files: list[Path] = []
-        for y in metrics or ["test_acc"]:
-            files += plot_sweep(path, staging.path, y=y, x=args.against, formats=formats,
-                                title=args.title)  # fmt: skip
-        return staging.commit(files)
-
-
-#: Result folders other than run directories that ``plot`` draws: ``(name, is_it(path),
-#: draw(args, path, metrics, formats) -> files)``; the first whose ``is_it`` holds draws it.
-FOLDER_PLOTTERS: list[tuple[str, object, object]] = [("sweep", _is_sweep, _plot_sweep)]
-
-
-def _is_search(path: Path) -> bool:  # masktopo search / prune-bench output folders
-    from masktopo.search.plots import is_result_folder
-
-    return is_result_folder(path)
-
-
-def _plot_search(args, path: Path, metrics, formats) -> list[Path]:
-    from masktopo.search.plots import plot_folder
-
-    with Staging(Path(args.out), "figures") as staging:
-        return staging.commit(plot_folder(path, staging.path, formats=formats, title=args.title))
-
-
-FOLDER_PLOTTERS.append(("search", _is_search, _plot_search))
-
-
-def _is_pags(path: Path) -> bool:  # masktopo pags output folders
-    from masktopo.pags.plots import is_pags_folder
-
-    return is_pags_folder(path)
-
-
-def _plot_pags(args, path: Path, metrics, formats) -> list[Path]:
-    from masktopo.pags.plots import plot_pags
-
-    with Staging(Path(args.out), "figures") as staging:
-        return staging.commit(plot_pags(path, staging.path, metrics=metrics, formats=formats,
-                                        title=args.title))  # fmt: skip
-
-
-FOLDER_PLOTTERS.append(("pags", _is_pags, _plot_pags))
-
-
-def _is_prune(path: Path) -> bool:  # masktopo prune run directories: solves, not a trajectory
-    from masktopo.prune.plots import is_prune_folder
-
-    return is_prune_folder(path)
-
-
-def _plot_prune(args, path: Path, metrics, formats) -> list[Path]:
-    from masktopo.prune.plots import plot_prune
-
-    with Staging(Path(args.out), "figures") as staging:
-        return staging.commit(plot_prune(path, staging.path, formats=formats, title=args.title))
-
-
-FOLDER_PLOTTERS.append(("prune", _is_prune, _plot_prune))
-
-
 def _folder_plotter(paths: list[Path]):
-    if len(paths) == 1 and paths[0].is_dir():
-        for _, is_it, draw in FOLDER_PLOTTERS:
-            if is_it(paths[0]):
-                return draw
-    return None
+    from masktopo import folder_figures
+
+    if len(paths) != 1 or not paths[0].is_dir():
+        return None
+    entry = folder_figures.for_folder(paths[0])
+    if entry is None:
+        return None
+
+    def plot(args, path: Path, metrics, formats) -> list[Path]:
+        with Staging(Path(args.out), "figures") as staging:
+            return staging.commit(folder_figures.draw(
+                entry, path, staging.path, formats=formats, title=args.title, metrics=metrics,
+                against=args.against))  # fmt: skip
+
+    return plot
 
 
 # ------------------------------------------------------------------------------------------------

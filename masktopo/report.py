@@ -307,24 +307,19 @@ def _pags(r: _RunReport, folder: Path, fmt: str) -> None:
 
 
 def _folder_figures(r: _RunReport, folder: Path, fmt: str) -> None:
-    """The figures of a search, pruning-benchmark or prune folder (``masktopo plot``'s), in
-    their own section."""
+    """The figures of a result folder with figures of its own (a search, pruning-benchmark or
+    prune folder: ``masktopo plot``'s, :mod:`masktopo.folder_figures`), in their own
+    section."""
+    from . import folder_figures
+
     kind = r.run.kind
+    entry = folder_figures.for_kind(kind)
     try:
-        if kind in ("search", "prune-bench"):
-            from .search.plots import plot_folder
-
-            files = plot_folder(r.path, folder, formats=(fmt,), title="")
-            what = "search" if kind == "search" else "pruning benchmark"
-        else:
-            from .prune.plots import plot_prune
-
-            files = plot_prune(r.path, folder, formats=(fmt,), title="")
-            what = "one-shot pruning: every method against the sparsity"
+        files = folder_figures.draw(entry, r.path, folder, formats=(fmt,), title="")
     except MaskTopoError as exc:
         r.problems.append(f"{kind} figures: {' '.join(str(exc).split())}")
         return
-    r.extra = f"<h3>{_e(what.capitalize())}</h3>" + "".join(
+    r.extra = f"<h3>{_e(entry.headings[kind].capitalize())}</h3>" + "".join(
         _figure(f.read_bytes(), fmt, f.stem.replace("-", " ")) for f in files
     )
 
@@ -628,6 +623,7 @@ def build_report(
     UnknownNameError
         For an unknown figure format or x axis.
     """
+    from . import folder_figures
     from .runs import read_run
 
     paths = [Path(runs)] if isinstance(runs, str | os.PathLike) else [Path(p) for p in runs]
@@ -663,7 +659,7 @@ def build_report(
                 r.figures = _draw([r.table], [r.label], Path(tmp) / f"run-{i}", figures, x)
             if r.run.kind == "pags":
                 _pags(r, Path(tmp) / f"pags-{i}", figures)
-            elif r.run.kind in ("search", "prune-bench", "prune"):
+            elif folder_figures.for_kind(r.run.kind) is not None:
                 _folder_figures(r, Path(tmp) / f"folder-{i}", figures)
         ok = [r for r in reports if r.final_event is not None and r.run.kind != "prune"]
         if len(reports) > 1 and len(ok) > 1:
