@@ -60,7 +60,8 @@ def table(rows: list[dict], input_acc: float, density: float = 1.0) -> str:
     Returns
     -------
     str
-        The input's accuracy line, then one line per row; the accuracy after BatchNorm
+        The input's accuracy line, then one line per row; accuracies in percent (as ``masktopo
+        train`` prints them; the files hold fractions), the accuracy after BatchNorm
         re-estimation only for a model that has BatchNorm layers (NaN in every row otherwise).
     """
     import math
@@ -71,10 +72,10 @@ def table(rows: list[dict], input_acc: float, density: float = 1.0) -> str:
 
     bn = any(not math.isnan(r["test_acc_bn"]) for r in rows)
     header = ("method", "sparsity", "kept", "objective", "|w-w̄|", "new nz", "solver s",
-              "test acc", *(("acc (BN)",) if bn else ()))  # fmt: skip
+              "test acc %", *(("acc (BN) %",) if bn else ()))  # fmt: skip
     body = [(r["method"], r["sparsity"], r["kept"], r["objective"], r["dist"],
-             r["new_non_zeros"], r["solver_s"], r["test_acc"],
-             *((r["test_acc_bn"],) if bn else ()))
+             r["new_non_zeros"], r["solver_s"], round(100 * r["test_acc"], 2),
+             *((round(100 * r["test_acc_bn"], 2),) if bn else ()))
             for r in rows]  # fmt: skip
     return input_accuracy_line(input_acc, density) + "\n" + render_rows(header, body)
 

@@ -531,7 +531,9 @@ class _Pruner:
                              dist=dist, new_non_zeros=new, iterations=sol.iterations,
                              seconds=sol.seconds, grad_seconds=gs, test_acc=acc,
                              test_acc_bn=acc_bn)  # fmt: skip
-            self.note(f"chita++ s={s:g} stage {t}/{len(levels)} at {st:.4f}: test acc {acc:.4f}")
+            self.note(
+                f"chita++ s={s:g} stage {t}/{len(levels)} at {st:.4f}: test acc {percent(acc)}"
+            )
         return {"method": method, "sparsity": s, "kept": k, "objective": pb0.objective(w),
                 "dist": float((w - self.w_bar).norm()), "new_non_zeros": new_total,
                 "solver_s": solver_s, "grad_s": grad_s, "test_acc": acc, "test_acc_bn": acc_bn,
@@ -586,11 +588,17 @@ def _csv(rows: list[dict]) -> bytes:
 
 
 def input_accuracy_line(acc: float, density: float) -> str:
-    """The line that reports the input's test accuracy: ``dense test accuracy 0.8123`` for a
-    dense input (density 1), else ``input test accuracy 0.6423 (density 0.05)``."""
+    """The line that reports the input's test accuracy, in percent as ``masktopo train`` prints
+    it: ``dense test accuracy 81.23%`` for a dense input (density 1), else ``input test
+    accuracy 64.23% (density 0.05)``."""
     if density >= 1.0:
-        return f"dense test accuracy {acc:.4f}"
-    return f"input test accuracy {acc:.4f} (density {density:.4g})"
+        return f"dense test accuracy {percent(acc)}"
+    return f"input test accuracy {percent(acc)} (density {density:.4g})"
+
+
+def percent(acc: float) -> str:
+    """An accuracy (a fraction) as printed: ``81.23%``, ``n/a`` when undefined."""
+    return f"{100 * acc:.2f}%" if math.isfinite(acc) else "n/a"
 
 
 def prune(
@@ -656,7 +664,7 @@ def prune(
                 row = pr.run_one(writer, method, s)
                 rows.append(row)
                 pr.note(f"{method} s={s:g}: objective {row['objective']:.6g}, test acc "
-                        f"{row['test_acc']:.4f}, solver {row['solver_s']:.2f} s")  # fmt: skip
+                        f"{percent(row['test_acc'])}, solver {row['solver_s']:.2f} s")  # fmt: skip
         writer.close()
         seconds = time.perf_counter() - t_start
         if staging is not None:

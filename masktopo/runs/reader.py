@@ -96,10 +96,13 @@ class Run:
         except (MaskTopoError, KeyError, TypeError):
             return plain
         best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
-        runs = (
-            f"{total:,} runs" if done == total else f"{done:,} runs trained so far (of {total:,})"
-        )
-        return (f"no masks to analyze: none of the {runs} reached the target {target:g}{best_txt}; "
+        if done == total:
+            runs = "the only run" if total == 1 else f"none of the {total:,} runs"
+        else:
+            trained = "the only run" if done == 1 else f"none of the {done:,} runs"
+            runs = f"{trained} trained so far (of {total:,})"
+        verb = "did not reach" if runs.startswith("the only") else "reached"
+        return (f"no masks to analyze: {runs} {verb} the target {target:g}{best_txt}; "
                 "a search keeps the masks of runs at or above its target only")  # fmt: skip
 
     @property

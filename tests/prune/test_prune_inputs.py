@@ -96,7 +96,7 @@ def test_a_mask_files_weights_are_masked(runs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "holds only the maskable weights" in captured.err  # biases: the seed's
     printed = captured.out
-    assert f"input test accuracy {read_run(out).events[0]['test_acc']:.4f}" in printed
+    assert f"input test accuracy {100 * read_run(out).events[0]['test_acc']:.2f}%" in printed
     run = read_run(out)
     init = run.load(0)
     assert run.events[0]["density"] == pytest.approx(q / p)  # the input's masks, not all ones
@@ -142,7 +142,7 @@ def test_a_pags_run_is_its_best_masks_over_the_network_it_scored(runs, tmp_path,
     assert run.config["source"]["kind"] == "pags"
     assert run.config["config"]["model"] == "spiral-mlp"
     assert run.load(0).equal(best.with_weights({n: best.weights[n] * best[n] for n in best}))
-    assert f"input test accuracy {run.events[0]['test_acc']:.4f} (density " in captured.out
+    assert f"input test accuracy {100 * run.events[0]['test_acc']:.2f}% (density " in captured.out
     rows = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
     mp = run.load(rows["mp"]["event"])
     assert all(not (mp[n] & ~best[n]).any() for n in best.names)  # MP stays inside the mask
@@ -225,11 +225,13 @@ def test_the_input_accuracy_is_labelled_dense_only_for_a_dense_input(runs, tmp_p
         assert inp["test_acc"] == read_run(out).events[0]["test_acc"]
         if name == "dense":
             assert density == 1.0 and summary["dense"] == inp
-            assert first == f"dense test accuracy {inp['test_acc']:.4f}"
+            assert first == f"dense test accuracy {100 * inp['test_acc']:.2f}%"
         else:
             assert density < 1.0 and "dense" not in summary
             assert "dense" not in printed
-            assert first == f"input test accuracy {inp['test_acc']:.4f} (density {density:.4g})"
+            assert (
+                first == f"input test accuracy {100 * inp['test_acc']:.2f}% (density {density:.4g})"
+            )
 
 
 def test_the_printed_table_labels_the_input():
@@ -237,7 +239,11 @@ def test_the_printed_table_labels_the_input():
 
     row = {"method": "mp", "sparsity": 0.9, "kept": 10, "objective": 1.0, "dist": 2.0,
            "new_non_zeros": 0, "solver_s": 0.1, "test_acc": 0.5, "test_acc_bn": math.nan}  # fmt: skip
-    assert table([row], 0.8125).splitlines()[0] == "dense test accuracy 0.8125"
-    assert table([row], 0.8125, 1.0).splitlines()[0] == "dense test accuracy 0.8125"
+    assert table([row], 0.8125).splitlines()[0] == "dense test accuracy 81.25%"
+    assert table([row], 0.8125, 1.0).splitlines()[0] == "dense test accuracy 81.25%"
     sparse = table([row], 0.8125, 0.05).splitlines()[0]
-    assert sparse == "input test accuracy 0.8125 (density 0.05)"
+    assert sparse == "input test accuracy 81.25% (density 0.05)"
+    # accuracies in percent, as masktopo train prints them (the files hold fractions)
+    header, line = table([row], 0.8125).splitlines()[1:3]
+    assert header.split()[-2:] == ["acc", "%"] and line.split()[-1] == "50"
+    assert "n/a" in table([row], math.nan).splitlines()[0]

@@ -216,4 +216,4 @@ def test_printed_table_shows_the_bn_column_for_bn_models_only():
     }
     assert "acc (BN)" not in table([row], 0.9)
     shown = table([row, {**row, "test_acc_bn": 0.75}], 0.9)
-    assert "acc (BN)" in shown and "0.75" in shown
+    assert "acc (BN) %" in shown and "75" in shown.splitlines()[-1].split()
