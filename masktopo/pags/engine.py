@@ -425,69 +425,6 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
         _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots, rows)
 
-    def draw(chunk: list[int]) -> dict[int, MaskSet]:
-        cands: dict[int, MaskSet] = {}
-        for u in chunk:
-            if u % comm.world != comm.rank:
-                continue
-            c = source(u).without_weights()
-            if list(c) != names:
-                raise MaskValidationError(f"candidate {u} has other layers than the base mask")
-            if config.repair:
-                c = repair(c, counts, theta)
-            cands[u] = c
-        return cands
-
-    with _Prefetch(draw) as drawer:
-        return _loop(drawer, next_t, base_masks, kinds, numel, base_scores, score, rank, config,
-                     comm, writer, out, progress, stop, best, best_sc, best_fp, changed,
-                     snapshots, rows, best_t, best_dirty, ranked)  # fmt: skip
-
-
-def _chunk_at(t: int, config: PagsConfig) -> list[int]:
-    """The candidates of the chunk that starts at ``t``."""
-    return list(range(t, min(config.n, t + config.chunk - 1) + 1))
-
-
-class _Prefetch:
-    """Draws the candidates of the next chunk in a background thread while this chunk is scored.
-
-    Candidate ``t`` depends only on ``(seed, t)``, so drawing ahead changes nothing but the
-    time: the source is called from this one thread, in ``t`` order, and an error raised while
-    drawing a chunk reaches the loop when it takes that chunk, as before. Drawing (numpy's
-    sampling, the repair, or a data-driven method's forward passes) then overlaps the scoring
-    kernels, which run without the GIL.
-    """
-
-    def __init__(self, draw: Callable[[list[int]], dict[int, MaskSet]]):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._draw = draw
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="masktopo-pags-draw")
-        self._next: tuple[tuple[int, ...], Any] | None = None
-
-    def take(self, chunk: list[int], following: list[int]) -> dict[int, MaskSet]:
-        """The candidates of ``chunk``; starts drawing ``following`` (empty: nothing)."""
-        if self._next is None or self._next[0] != tuple(chunk):
-            self._next = (tuple(chunk), self._pool.submit(self._draw, chunk))
-        future = self._next[1]
-        self._next = None
-        if following:
-            self._next = (tuple(following), self._pool.submit(self._draw, following))
-        return future.result()
-
-    def __enter__(self) -> _Prefetch:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _loop(drawer, next_t, base_masks, kinds, numel, base_scores, score, rank, config, comm,
-          writer, out, progress, stop, best, best_sc, best_fp, changed, snapshots, rows, best_t,
-          best_dirty, ranked) -> PagsResult:  # fmt: skip
-    """The chunks from ``next_t`` on: rank, score, select, write (module docstring)."""
-    names = list(base_masks)
     bar = None
     if progress and comm.rank == 0:
         from tqdm.auto import tqdm
@@ -499,10 +436,16 @@ def _loop(drawer, next_t, base_masks, kinds, numel, base_scores, score, rank, co
     t = next_t
     n_exact = 0
     while t <= config.n:
-        chunk = _chunk_at(t, config)
-        following = _chunk_at(chunk[-1] + 1, config) if chunk[-1] < config.n else []
-        cands = drawer.take(chunk, following)
-        mine = list(cands)
+        chunk = list(range(t, min(config.n, t + config.chunk - 1) + 1))
+        mine = [u for u in chunk if u % comm.world == comm.rank]
+        cands: dict[int, MaskSet] = {}
+        for u in mine:
+            c = source(u).without_weights()
+            if list(c) != names:
+                raise MaskValidationError(f"candidate {u} has other layers than the base mask")
+            if config.repair:
+                c = repair(c, counts, theta)
+            cands[u] = c
         L = len(names)
         exact_mask: dict[int, np.ndarray] = {}
         if ranked:

@@ -125,35 +125,3 @@ def test_reference_base_and_invalid_skip_run(w, base):
     r = _run(w, base, reference="base", invalid="skip", n=8)
     assert np.all(r.base_scores.fs == 0)
     assert np.all(r.best_scores.fs >= 0)
-
-
-def test_drawing_ahead_calls_the_source_in_order_from_one_thread(w, base, tmp_path):
-    """The next chunk is drawn in a background thread while this one is scored: the source is
-    still called once per candidate, in t order, from one thread, and a candidate that fails
-    stops the run when its chunk is taken, after the earlier chunks' resume point is written."""
-    import threading
-
-    from masktopo.errors import MaskValidationError
-
-    inner = NoisyMagnitude(w, DENSITY, 11)
-    calls: list[tuple[int, int]] = []
-
-    def source(t):
-        calls.append((t, threading.get_ident()))
-        if t == 13:
-            return base.select(list(base)[:1])  # other layers than the base: an error
-        return inner(t)
-
-    cfg = PagsConfig(n=24, chunk=4, snapshot_every=4, seed=11)
-    with pytest.raises(MaskValidationError, match="candidate 13 has other layers"):
-        run_pags(base, w, source, cfg, out=tmp_path / "o")
-    ts = [t for t, _ in calls]
-    assert ts == list(range(1, len(ts) + 1)) and ts[-1] == 13
-    assert len({ident for _, ident in calls}) == 1 and calls[0][1] != threading.get_ident()
-    state = json.loads((tmp_path / "o" / "state.json").read_text())
-    assert state["next_t"] == 13  # chunks 1-4, 5-8 and 9-12 were scored and written
-    r = _run(w, base, chunk=4)
-    stopped = run_pags(base, w, NoisyMagnitude(w, DENSITY, 11),
-                       PagsConfig(n=24, chunk=4, snapshot_every=4, seed=11), stop=lambda t: t >= 8)  # fmt: skip
-    assert stopped.n_done == 8
-    pd.testing.assert_frame_equal(stopped.candidates, r.candidates.iloc[:9])
