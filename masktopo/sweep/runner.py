@@ -103,6 +103,13 @@ def read_sweep(path: str | os.PathLike) -> SweepState:
     p = Path(os.fspath(path))
     f = p / SWEEP_FILE
     if not f.is_file():
+        from ..runs import run_kind
+
+        kind = run_kind(p) if p.is_dir() else None
+        if kind not in (None, "?"):  # a run of its own: say what reads it
+            raise MaskFileError(p, f"is a {kind} run directory, not a sweep folder (no "
+                                   f"{SWEEP_FILE}): masktopo report {p} or masktopo info {p} "
+                                   "shows one run")  # fmt: skip
         raise MaskFileError(p, f"not a sweep folder (no {SWEEP_FILE}); run 'masktopo sweep "
                                f"FILE --out {p}' first")  # fmt: skip
     try:

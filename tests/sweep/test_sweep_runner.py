@@ -182,6 +182,10 @@ def test_summarize_and_plot_commands(finished, tmp_path, capsys):
     assert "--format parquet needs --out FILE" in capsys.readouterr().err
     assert main(["summarize", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+    one = next(out.rglob("run.json")).parent  # one cell's run: says what it is and what reads it
+    assert main(["summarize", str(one)]) == 2
+    err = capsys.readouterr().err
+    assert "is a train run directory, not a sweep folder" in err and f"masktopo report {one}" in err
 
 
 def test_sweep_errors_write_nothing(tmp_path, capsys):
