@@ -149,7 +149,6 @@ class _Part:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     steps: np.ndarray | None = None
-    coords: list = field(default_factory=list)  # per layer: lower, upper, estimate (3 × 4)
 
 
 def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -519,32 +518,25 @@ def rank_layers(
     def extract(idx):
         return [_extract_any(*layers[i], opts) for i in idx]
 
-    def finish(part: _Part) -> _Part:
-        # every thread turns its own matrices' bounds into its layers' coordinates
-        table = _sv_table(part.lo, part.hi)
-        part.coords = [_layer_coords(plan, opts, table, off)
-                       for plan, off in zip(part.plans, part.offsets, strict=True)]  # fmt: skip
-        return part
-
-    def ranked(idx):  # one thread's share, from the masks to the coordinates
-        return finish(_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds))
-
     sizes = np.array([_size(m) for _, m, _ in layers], dtype=np.int64)
     with threadpool_limits(1):
         if batched:
             idx = list(range(len(layers)))
-            parts = [finish(_rank_batched(_Part(idx), extract(idx), opts, selection, steps,
-                                          res._device))]  # fmt: skip
+            parts = [_rank_batched(_Part(idx), extract(idx), opts, selection, steps,
+                                   res._device)]  # fmt: skip
         elif use_workers(int(sizes.sum())):
             a, b = split_two(sizes, _REMOTE_SHARE)
-            far = submit(ranked, list(b))
-            parts = [ranked(list(a)), far.result()]
+            far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps, bounds)
+            parts = [_rank_part(_Part(list(a)), extract(a), opts, selection, steps, bounds),
+                     far.result()]  # fmt: skip
         else:
-            parts = [ranked(list(range(len(layers))))]
+            idx = list(range(len(layers)))
+            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds)]
     for part in parts:
         res.steps += int(part.steps.sum())
-        for i, plan, coords in zip(part.index, part.plans, part.coords, strict=True):
+        table = _sv_table(part.lo, part.hi)
+        for i, plan, off in zip(part.index, part.plans, part.offsets, strict=True):
             res._plans[i] = plan
             res.n_edges[i] = plan.layer.n_edges
-            res.lower[i], res.upper[i], res.estimate[i] = coords
+            res.lower[i], res.upper[i], res.estimate[i] = _layer_coords(plan, opts, table, off)
     return res
