@@ -689,7 +689,9 @@ def gather_given(
             _field(cls, key, "config key", str(config))
         values.update(data)
         where.update(dict.fromkeys(data, str(config)))
-    by_flag = {f.name: f.flags[0] for f in fields(cls) if f.flags}
+    # a value given by a flag is named by its flags, all of them when it has aliases (the
+    # command line does not say which one was typed): "--n/--candidates: ..."
+    by_flag = {f.name: "/".join(f.flags) for f in fields(cls) if f.flags}
     for key, value in (flags or {}).items():
         values[key] = value
         where[key] = by_flag.get(key, f"--{key}")
