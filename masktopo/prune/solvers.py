@@ -525,9 +525,16 @@ def blocks(layer_sizes: Sequence[int], block_size: int) -> list[tuple[int, int]]
     return out
 
 
+#: Below this size :func:`_np_spd_solve` solves by LU (``numpy.linalg.solve``): scipy's
+#: Cholesky wrappers cost ~25 µs a call more, which outweighs the halved flops of small blocks.
+_NP_LU_MAX = 128
+
+
 def _np_spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``A^{-1} b`` for a symmetric positive definite ``A`` (LAPACK Cholesky; LU when it
-    fails)."""
+    fails, and for matrices smaller than :data:`_NP_LU_MAX`)."""
+    if A.shape[0] < _NP_LU_MAX:
+        return np.linalg.solve(A, b)
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
     try:

@@ -82,6 +82,26 @@ def test_spd_solve_with_and_without_a_cholesky_factor():
     torch.testing.assert_close(S._spd_solve(indefinite, b), torch.linalg.solve(indefinite, b))
 
 
+@pytest.mark.parametrize("size", [5, S._NP_LU_MAX - 1, S._NP_LU_MAX, 200])
+def test_numpy_spd_solve_by_lu_below_the_cutoff_and_cholesky_above(size, monkeypatch):
+    A = _rand(size, size, seed=size).numpy()
+    spd = A @ A.T + 0.5 * np.eye(size)
+    b = _rand(size, seed=1).numpy()
+    expect = np.linalg.solve(spd, b)
+    import scipy.linalg
+
+    called = []
+    real = scipy.linalg.cho_factor
+    monkeypatch.setattr(
+        scipy.linalg, "cho_factor", lambda *a, **k: called.append(1) or real(*a, **k)
+    )
+    np.testing.assert_allclose(S._np_spd_solve(spd, b), expect, rtol=1e-9, atol=1e-12)
+    assert bool(called) == (size >= S._NP_LU_MAX)  # Cholesky only for the larger matrices
+    indefinite = spd - 3.0 * np.linalg.eigvalsh(spd).max() * np.eye(size)
+    np.testing.assert_allclose(S._np_spd_solve(indefinite, b), np.linalg.solve(indefinite, b),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+
+
 def test_start_point_needs_no_power_iteration_without_alpha(monkeypatch):
     G, w = _rand(20, 50), _rand(50, seed=1)
     pb = Problem(G, w, 0.3)
