@@ -96,6 +96,9 @@ class Run:
         except (MaskTopoError, KeyError, TypeError):
             return plain
         best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
+        if done == 0:
+            return (f"no masks to analyze: none of its {total:,} runs has been trained yet; "
+                    "a search keeps the masks of runs at or above its target only")  # fmt: skip
         if done == total:
             runs = "the only run" if total == 1 else f"none of the {total:,} runs"
         else:

@@ -133,6 +133,9 @@ def test_cli_count_and_search(tmp_path, capsys):
     (out / "summary.json").write_text(json.dumps({**summary, "n_done": 1, "n_runs": 1}))
     assert main(["analyze", str(out)]) == 2
     assert "no masks to analyze: the only run did not reach the target" in capsys.readouterr().err
+    (out / "summary.json").write_text(json.dumps({**summary, "n_done": 0, "n_runs": 8}))
+    assert main(["analyze", str(out)]) == 2
+    assert "none of its 8 runs has been trained yet" in capsys.readouterr().err
     assert main(["search", "--arch", "2-3-3-3-1", "--out", str(out)]) == 2
     assert "already holds a search run" in capsys.readouterr().err
 
