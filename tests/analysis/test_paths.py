@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from masktopo import MaskSet
-from masktopo.analysis import paths
 from masktopo.analysis.paths import analyze_paths, check_graph, layer_graph, network_graph
 from masktopo.errors import MaskValidationError, UnknownNameError
 from masktopo.examples import random_maskset
@@ -420,7 +419,9 @@ def test_uninterpretable_models_name_the_op():
 
 
 def test_shape_propagation_falls_back_to_the_cpu(monkeypatch):
-    real = paths._propagate
+    from masktopo.analysis.paths import trace
+
+    real = trace._propagate
     calls = []
 
     def no_meta(gm, in_shape, device):
@@ -429,7 +430,7 @@ def test_shape_propagation_falls_back_to_the_cpu(monkeypatch):
             raise NotImplementedError("no meta kernel")
         return real(gm, in_shape, device)
 
-    monkeypatch.setattr(paths, "_propagate", no_meta)
+    monkeypatch.setattr(trace, "_propagate", no_meta)
     model = get_model("resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     g = layer_graph(model, (3, 8, 8))
