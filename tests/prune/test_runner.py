@@ -217,3 +217,21 @@ def test_printed_table_shows_the_bn_column_for_bn_models_only():
     assert "acc (BN)" not in table([row], 0.9)
     shown = table([row, {**row, "test_acc_bn": 0.75}], 0.9)
     assert "acc (BN) %" in shown and "75" in shown.splitlines()[-1].split()
+
+
+def test_every_solve_starts_with_y_formed(dense_run, tmp_path, monkeypatch):
+    """y = G w̄ is formed with the problem (in its setup time), not by the first solver timed on
+    it: magnitude pruning's solver time was the whole G w̄ product when it ran first."""
+    import masktopo.prune.runner as runner
+
+    seen = []
+    real = runner.solve
+
+    def spy(pb, *args, **kwargs):
+        seen.append(pb._y is not None)
+        return real(pb, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "solve", spy)
+    assert main(["prune", str(dense_run), "--method", "mp,chita++", "--sparsity", "0.9",
+                 "--stages", "2", "--out", str(tmp_path / "o"), *FAST]) == 0  # fmt: skip
+    assert len(seen) == 1 + 2 and all(seen)  # mp, then one solve per chita++ stage
