@@ -190,7 +190,7 @@ def accept(config: PagsConfig, best: Scores, cand: Scores, i: int) -> np.ndarray
 
 
 def _row(t: int, sc: Scores, i: int, config: PagsConfig, numel: int, accepted: int,
-         best: Scores) -> dict:  # fmt: skip
+         best: Scores, exact: int | None = None) -> dict:  # fmt: skip
     inv = config.invalid
     fs, imdb = sc.fs_criterion(inv)[i], sc.imdb(inv)[i]
     nan = float("nan")
@@ -204,6 +204,8 @@ def _row(t: int, sc: Scores, i: int, config: PagsConfig, numel: int, accepted: i
         "imdb_mean": float(np.nanmean(imdb)) if np.isfinite(imdb).any() else nan,
         "gated_layers": int(sc.valid[i].sum()),
         "accepted_layers": accepted,
+        # how many of the layers' values in this row are exact (the rest: ranking estimates)
+        "exact_layers": len(sc.layers) if exact is None else exact,
         "best_network_score": float(best.network(inv)[0]),
         "best_density": float(best.nnz[0].sum() / numel),
         "fs": [float(v) for v in fs],
@@ -492,7 +494,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             if ranked:  # the row: exact values of the accepted layers, estimates elsewhere
                 shown = bounds[u][1].copy()
                 shown.set_layers(0, sc, 0, ok)
-            rows.append(_row(u, shown, 0, config, numel, int(ok.sum()), best_sc))
+            rows.append(_row(u, shown, 0, config, numel, int(ok.sum()), best_sc,
+                             int(ok.sum()) if ranked else L))  # fmt: skip
             if u % config.snapshot_every == 0 and changed:
                 snaps_here.append((u, dict(src)))
                 changed = False

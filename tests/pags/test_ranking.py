@@ -155,7 +155,9 @@ def _same_selection(a, b):
     np.testing.assert_allclose(a.best_scores.coords, b.best_scores.coords, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.best_scores.fs, b.best_scores.fs, rtol=0, atol=1e-12)
     assert b.exact_layers == len(rb) * len(a.best) - len(a.best)  # --exact: every layer
-    # The rows: exact values for the accepted layers (estimates elsewhere).
+    # The rows: exact values for the accepted layers (estimates elsewhere), and they say so.
+    assert rb["exact_layers"].tolist() == [len(a.best)] * len(rb)
+    assert ra["exact_layers"].tolist() == [len(a.best), *ra["accepted_layers"].tolist()[1:]]
     for (_, x), (_, y) in zip(ra.iterrows(), rb.iterrows(), strict=True):
         if x["accepted_layers"]:
             acc = [i for i, (p, q) in enumerate(zip(x["fs"], y["fs"], strict=True)) if p == q]
