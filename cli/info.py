@@ -50,8 +50,18 @@ def describe(info: dict) -> str:
     lines.append(
         f"  nnz: {info['nnz']:,} of {info['numel']:,}   density: {format_cell(info['density'])}"
     )
-    if info.get("meta"):
-        lines.append(f"  meta: {json.dumps(info['meta'], default=str, sort_keys=True)}")
+    meta = dict(info.get("meta") or {})
+    event = meta.pop("event", None) if isinstance(meta.get("event"), dict) else None
+    if meta:
+        lines.append(f"  meta: {json.dumps(meta, default=str, sort_keys=True)}")
+    if event:  # a run's event: its fields as words, wrapped (the per-layer nnz are the table)
+        import textwrap
+
+        fields = [f"{k}={format_cell(v) if not isinstance(v, dict | list) else json.dumps(v)}"
+                  for k, v in sorted(event.items())
+                  if k not in ("nnz", "file") and v is not None]  # fmt: skip
+        lines += textwrap.wrap(", ".join(fields), width=100, initial_indent="  event: ",
+                               subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip
     if "n_events" in info:
         event = info.get("event")
         described = f" (describing event {event})" if event is not None else ""

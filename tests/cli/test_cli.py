@@ -382,6 +382,9 @@ def test_run_directory_events(tmp_path, capsys):
     rc, out, err = _run(capsys, "info", run)
     assert rc == 0, err
     assert "run events: 2 (describing event 1)" in out
+    # the event's fields as key=value words, without its file and per-layer counts (the table)
+    event = next(line for line in out.splitlines() if line.startswith("  event: "))
+    assert "kind=prune" in event and "file=" not in out and "nnz=" not in out
     edges = {}
     for event in ("0", "-1", None):
         extra = [] if event is None else ["--event", event]
