@@ -441,7 +441,7 @@ class _Pruner:
         self.model.load_state_dict(self.bn_state, strict=False)
 
     def problem(self, w_bar: torch.Tensor) -> tuple[Problem, float]:
-        """The problem at the model's current weights ``w_bar`` (G recomputed) and the seconds
+        r"""The problem at the model's current weights ``w_bar`` (G recomputed) and the seconds
         it took: the gradient rows and :math:`y = G \bar w`, which every solver's objective
         needs (formed here, so that the first solver timed on a problem does not pay for it)."""
         x, y = self.train.batch(self.sample)

@@ -546,12 +546,12 @@ def _np_spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _bso_blocks_numpy(pb: Problem, Gn: np.ndarray, wn: np.ndarray, support: torch.Tensor,
                       sizes, block_size: int, c: float, w: torch.Tensor,
                       r: torch.Tensor) -> None:  # fmt: skip
-    """Block backsolve on the CPU, block after block in numpy (as the reference, with the Gram
-    matrix from one triangle, ``A.T @ A`` being a ``syrk`` in numpy, and Cholesky): each
-    block's columns are read once for :math:`y_b = G_b \bar w_b`, and its kept ones gathered
-    while in cache. Writes the weights into ``w`` and :math:`y - G w` into ``r``. Measured on
-    ResNet-20's shapes: about the numpy port's time, where the batched route (the GPU's)
-    took 1.7× it."""
+    r"""Block backsolve on the CPU, block after block in numpy (as the reference, with the Gram
+    matrix from one triangle, ``A.T @ A`` being a ``syrk`` in numpy, and
+    :func:`_np_spd_solve`): each block's columns are read once for
+    :math:`y_b = G_b \bar w_b`, and its kept ones gathered while in cache. Writes the weights
+    into ``w`` and :math:`y - G w` into ``r``. Measured on ResNet-20's shapes: about the numpy
+    port's time, where the batched route (the GPU's) took 1.7× it."""
     s_np = support.cpu().numpy()
     a_np = None if pb.alpha is None else pb.alpha.cpu().numpy()
     w_np, r_np = w.numpy(), r.numpy()
