@@ -51,9 +51,44 @@ COMPILING = ("plot", "report", "pags")
 _NO_WORK = ("list_methods", "list_metrics", "print_config")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a short usage line in its error messages.
+
+    The full usage of ``train``, ``pags`` or ``prune`` runs to 15–20 lines, which push the one
+    line that says what is wrong out of sight; an error shows the positional arguments and
+    ``[options]`` instead (``--help`` still shows everything).
+    """
+
+    def format_usage(self) -> str:
+        full = super().format_usage()
+        if full.count("\n") <= 3:
+            return full
+        positionals = [a for a in self._actions if not a.option_strings]
+        formatter = self._get_formatter()
+        formatter.add_usage(None, positionals, [])
+        short = formatter.format_help().rstrip("\n")
+        return f"{short} [options]  ('{self.prog} --help' lists them)\n"
+
+
+def unrecognized(extra: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """The message for arguments ``parser`` does not know, with the closest known option of
+    each misspelled flag (``--densty``: did you mean ``--density``?)."""
+    import difflib
+
+    known = [s for a in parser._actions for s in a.option_strings]
+    hints = []
+    for arg in extra:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.7)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    text = f"unrecognized arguments: {' '.join(extra)}"
+    return text + (f" ({'; '.join(hints)})" if hints else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``masktopo`` command with all subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="masktopo",
         description="Topology of sparse neural networks: mask files and mask-graph metrics.",
         epilog="Run 'masktopo COMMAND --help' for a command's options; 'masktopo demo' to try it.",
@@ -92,7 +127,11 @@ def _shows_progress(args) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``masktopo`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command they were given to, with suggestions
+            target = getattr(args, "parser", parser)
+            target.error(unrecognized(extra, target))
         with warnings.catch_warnings():
             # Every command shows its warnings (not once per process: tests and notebooks run
             # several), one line each, a repeated one once.

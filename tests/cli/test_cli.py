@@ -719,3 +719,27 @@ def test_compile_notice_before_plot_report_pags(tmp_path, capsys, monkeypatch):
     rc, _, err = _run(capsys, "plot", tmp_path / "nowhere", "--out", tmp_path / "f", "--progress")
     assert rc == 2
     assert err.splitlines()[0] == f"masktopo: note: {_output.COMPILE_NOTE}"
+
+
+def test_a_usage_error_shows_a_short_usage_and_the_error(capsys):
+    """train's full usage runs to ~20 lines; an error shows its positionals and [options]."""
+    rc, _, err = _run(capsys, "train", "--epochs", "x")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2
+    assert lines[0] == "usage: masktopo train [options]  ('masktopo train --help' lists them)"
+    assert lines[1].startswith("masktopo train: error: argument --epochs:")
+    rc, _, err = _run(capsys, "prune")
+    assert err.splitlines()[0].startswith("usage: masktopo prune [INPUT] [options]")
+    rc, _, err = _run(capsys, "info")  # a short usage stays whole
+    assert rc == 2 and "[--zeros-as-mask]" in err
+    rc, out, _ = _run(capsys, "train", "--help")  # --help still lists everything
+    assert "--max-steps N" in out and "--epochs N" in out
+
+
+def test_a_misspelled_flag_gets_the_closest_one(capsys):
+    rc, _, err = _run(capsys, "train", "--densty", "0.1")
+    assert rc == 2 and "masktopo train: error: unrecognized arguments: --densty 0.1" in err
+    assert "(--densty: did you mean --density?)" in err
+    rc, _, err = _run(capsys, "info", "x.pt", "--zeros-as-mak", "--zzz=1")
+    assert "masktopo info: error: unrecognized arguments: --zeros-as-mak --zzz=1" in err
+    assert "did you mean --zeros-as-mask?" in err and "--zzz: did you mean" not in err
