@@ -37,11 +37,17 @@ class MaskFileError(MaskTopoError):
 class UnknownNameError(MaskTopoError, ValueError):
     """A name (metric, method, format, ...) is not one of the known ones.
 
-    The message lists the known names.
+    The message lists the known names, after the closest one when the name looks misspelled
+    (``unknown metric 'rmanujan_gap' (did you mean 'ramanujan_gap'?); known: ...``).
     """
 
     def __init__(self, what: str, name: str, known):
+        import difflib
+
         self.what = what
         self.name = name
         self.known = sorted(known)
-        super().__init__(f"unknown {what} {name!r}; known: {', '.join(self.known)}")
+        close = difflib.get_close_matches(str(name), [str(k) for k in self.known], n=1,
+                                          cutoff=0.75)  # fmt: skip
+        hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
+        super().__init__(f"unknown {what} {name!r}{hint}; known: {', '.join(self.known)}")
