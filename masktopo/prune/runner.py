@@ -49,7 +49,7 @@ from .._version import git_commit, versions
 from ..errors import MaskFileError, MaskValidationError
 from ..files import Staging, atomic_write_bytes, input_path
 from ..pai.densities import keep_count
-from ..runs import RunWriter, read_checkpoint, read_run, run_kind
+from ..runs import RunWriter, not_a_run, read_checkpoint, read_run, run_kind
 from ..runs.layout import (
     BEST_FILE,
     EVENTS_FILE,
@@ -261,7 +261,7 @@ def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
     if p.is_dir():
         kind = run_kind(p)
         if kind is None:
-            raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+            raise not_a_run(p)
         if kind == "pags":
             return _load_pags(p, config)
         run = read_run(p)

@@ -21,7 +21,7 @@ from ..files import Staging, atomic_write, atomic_write_bytes, atomic_write_json
 from . import layout
 from .checks import check_out_dir, check_output, check_same_config, run_kind
 from .lock import RunLock
-from .reader import EVENT_FIELDS, Run, read_metrics, read_run, read_run_json
+from .reader import EVENT_FIELDS, Run, not_a_run, read_metrics, read_run, read_run_json
 from .writer import (
     RunWriter,
     jsonable,
@@ -44,6 +44,7 @@ __all__ = [
     "check_same_config",
     "jsonable",
     "layout",
+    "not_a_run",
     "read_checkpoint",
     "read_metrics",
     "read_run",

@@ -228,13 +228,31 @@ def _json_object(path: Path) -> dict:
     return data
 
 
+def not_a_run(path: Path) -> MaskFileError:
+    """The error for a folder ``path`` without run.json, saying what it holds when that helps: the
+    run directories one level down (a folder of runs), or mask files (analyze them as files)."""
+    text = f"not a run directory (no {RUN_FILE})"
+    try:
+        children = sorted(path.iterdir()) if path.is_dir() else []
+    except OSError:
+        children = []
+    runs = [c for c in children if (c / RUN_FILE).is_file()]
+    files = [c for c in children if c.suffix in (".safetensors", ".pt", ".pth", ".npz")]
+    if runs:
+        shown = ", ".join(str(c) for c in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        text += f"; it holds {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}: {shown}"
+    elif files:
+        text += f"; it holds {len(files)} mask or weight file(s), e.g. {files[0]}: name the files"
+    return MaskFileError(path, text)
+
+
 def read_run_json(path: str | os.PathLike) -> dict:
     """``run.json`` of the run directory ``path``, checked; ``kind`` filled in for the runs of
     format version 1 (training runs, and PAGS runs of the legacy ``masktopo.pags`` format)."""
     p = Path(os.fspath(path))
     run_file = p / RUN_FILE
     if not run_file.exists():
-        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+        raise not_a_run(p)
     config = _json_object(run_file)
     if config.get("format") == LEGACY_PAGS_FORMAT and config.get("version") == 1:
         config = {**config, "format": RUN_FORMAT, "format_version": 1, "kind": "pags"}
@@ -398,7 +416,7 @@ def read_metrics(run: str | os.PathLike | Run, *, kind: str | None = None) -> li
     """
     p = run.path if isinstance(run, Run) else input_path(run)
     if not (p / RUN_FILE).is_file():
-        raise MaskFileError(p, f"not a run directory (no {RUN_FILE})")
+        raise not_a_run(p)
     path = p / METRICS_FILE
     if not path.exists():
         return []

@@ -118,3 +118,23 @@ def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
         except MaskFileError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_folder_without_run_json_says_what_it_holds(tmp_path):
+    """A folder of runs names them; a folder of mask files says to name the files."""
+    parent = tmp_path / "runs"
+    for name in ("a", "b"):
+        (parent / name).mkdir(parents=True)
+        (parent / name / "run.json").write_text("{}")
+    with pytest.raises(MaskFileError, match=r"it holds 2 run directories: .*runs/a, .*runs/b$"):
+        runs.read_run(parent)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "m.safetensors").write_bytes(b"")
+    with pytest.raises(
+        MaskFileError, match=r"1 mask or weight file.*m\.safetensors: name the files"
+    ):
+        runs.read_run_json(files)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MaskFileError, match=r"not a run directory \(no run\.json\)$"):
+        runs.read_run(tmp_path / "empty")
