@@ -422,13 +422,34 @@ def shipped_configs() -> dict[str, str]:
 
 def config_path(value: str) -> str:
     """``--config``'s value: an existing file as given; else a shipped config's file when
-    ``value`` names one (``gap_fmnist_lenet300``, with or without ``.toml``); else ``value``
-    (the reader's error then says that the file does not exist)."""
+    ``value`` names one (``gap_fmnist_lenet300``, with or without ``.toml``).
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Neither: the message names the closest shipped config and ``--list-configs``.
+    """
     if Path(value).exists():
         return value
     name = value[: -len(".toml")] if value.endswith(".toml") else value
     name = name.removeprefix("configs/")
-    return shipped_configs().get(name, value)
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    raise argparse.ArgumentTypeError(
+        not_found(value, "config", list(shipped), "--list-configs lists them")
+    )
+
+
+def not_found(value: str, what: str, shipped: list[str], listing: str) -> str:
+    """``VALUE: no such file, nor a shipped WHAT of that name``, the closest shipped name (when
+    one is close), then ``listing`` (where the shipped ones are, or their names)."""
+    import difflib
+
+    name = Path(value).name.removesuffix(".toml")
+    close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{value}: no such file, nor a shipped {what} of that name{hint}; {listing}"
 
 
 class _ListConfigs(argparse.Action):

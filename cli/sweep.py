@@ -40,17 +40,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def sweep_file(value: str) -> str:
     """An existing file as given, else a shipped sweep file's path (``e1_itop``,
-    ``sweeps/e1_itop``, with or without ``.toml``), else ``value`` (the reader then says that
-    it does not exist)."""
+    ``sweeps/e1_itop``, with or without ``.toml``).
+
+    Raises
+    ------
+    MaskFileError
+        Neither: the message names the closest shipped sweep and lists them all.
+    """
     from importlib.resources import files
     from pathlib import Path
+
+    from masktopo.errors import MaskFileError
+
+    from ._output import not_found
 
     if Path(value).exists():
         return value
     name = value[: -len(".toml")] if value.endswith(".toml") else value
     name = name.removeprefix("configs/").removeprefix("sweeps/")
-    shipped = files("masktopo.configs") / "sweeps" / f"{name}.toml"
-    return str(shipped) if shipped.is_file() else value
+    folder = files("masktopo.configs") / "sweeps"
+    shipped = folder / f"{name}.toml"
+    if shipped.is_file():
+        return str(shipped)
+    names = sorted(f.name[: -len(".toml")] for f in folder.iterdir() if f.name.endswith(".toml"))
+    text = not_found(value, "sweep", names, f"shipped: {', '.join(names)}")
+    raise MaskFileError(text.split(": ", 1)[0], text.split(": ", 1)[1])
 
 
 def run(args) -> int:

@@ -162,3 +162,8 @@ def test_a_shipped_config_by_name_and_the_list(capsys):
         assert main(["train", "--config", name, "--print-config"]) == 0
         out = capsys.readouterr().out
         assert 'method = "gap"' in out and "partitions = 3" in out
+    assert main(["train", "--config", "gap_fmnist_lenet30", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("masktopo train: error: argument --config: gap_fmnist_lenet30: no such file, "
+                   "nor a shipped config of that name (did you mean 'gap_fmnist_lenet300'?); "
+                   "--list-configs lists them")  # fmt: skip

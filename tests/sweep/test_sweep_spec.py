@@ -160,7 +160,11 @@ def test_shipped_sweep_files_load_and_resolve_by_name():
         assert len({c.key for c in sweep.cells}) == len(sweep.cells)
         assert Path(sweep_file(p.stem)).read_bytes() == p.read_bytes()
         assert Path(sweep_file(f"sweeps/{p.stem}.toml")).read_bytes() == p.read_bytes()
-    assert sweep_file("no-such-sweep") == "no-such-sweep"
+    with pytest.raises(MaskFileError, match=r"no-such-sweep: no such file, nor a shipped sweep"
+                       r" of that name; shipped: e1_itop, "):  # fmt: skip
+        sweep_file("no-such-sweep")
+    with pytest.raises(MaskFileError, match=r"\(did you mean 'e2_granet'\?\)"):
+        sweep_file("e2_grant")
 
 
 def test_tags_label_cells_without_reaching_the_command():
