@@ -436,20 +436,19 @@ def config_path(value: str) -> str:
     shipped = shipped_configs()
     if name in shipped:
         return shipped[name]
-    raise argparse.ArgumentTypeError(
-        not_found(value, "config", list(shipped), "--list-configs lists them")
-    )
+    text = not_found(value, "config", list(shipped), "--list-configs lists them")
+    raise argparse.ArgumentTypeError(f"{value}: {text}")
 
 
 def not_found(value: str, what: str, shipped: list[str], listing: str) -> str:
-    """``VALUE: no such file, nor a shipped WHAT of that name``, the closest shipped name (when
-    one is close), then ``listing`` (where the shipped ones are, or their names)."""
+    """``no such file, nor a shipped WHAT of that name`` for ``value``, with the closest shipped
+    name (when one is close), then ``listing`` (where the shipped ones are, or their names)."""
     import difflib
 
     name = Path(value).name.removesuffix(".toml")
     close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{value}: no such file, nor a shipped {what} of that name{hint}; {listing}"
+    return f"no such file, nor a shipped {what} of that name{hint}; {listing}"
 
 
 class _ListConfigs(argparse.Action):

@@ -63,8 +63,7 @@ def sweep_file(value: str) -> str:
     if shipped.is_file():
         return str(shipped)
     names = sorted(f.name[: -len(".toml")] for f in folder.iterdir() if f.name.endswith(".toml"))
-    text = not_found(value, "sweep", names, f"shipped: {', '.join(names)}")
-    raise MaskFileError(text.split(": ", 1)[0], text.split(": ", 1)[1])
+    raise MaskFileError(value, not_found(value, "sweep", names, f"shipped: {', '.join(names)}"))
 
 
 def run(args) -> int:
