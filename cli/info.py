@@ -66,6 +66,13 @@ def describe(info: dict) -> str:
         event = info.get("event")
         described = f" (describing event {event})" if event is not None else ""
         lines.append(f"  run events: {info['n_events']}{described}")
+    if info.get("solves"):  # a prune run: its solves per method (the final stage of each)
+        by: dict[str, list[str]] = {}
+        for sv in info["solves"]:
+            if sv.get("stage") == sv.get("stages"):
+                by.setdefault(str(sv["method"]), []).append(format_cell(sv["sparsity"]))
+        text = "; ".join(f"{m} at {', '.join(v)}" for m, v in by.items())
+        lines.append(f"  solves: {text} (results.csv; masktopo plot {info['path']} draws them)")
     if "skipped" in info:
         counts = Counter(t["class"] for t in info["skipped"])
         what = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))

@@ -135,8 +135,9 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
         ``path``, ``format`` (``"safetensors"``, ``"npz"``, ``"torch"`` or ``"run"``),
         ``n_layers``, ``layers`` (one dict per layer: ``name``, ``kind``, ``shape`` as a list,
         ``nnz``, ``numel``, ``density``), ``nnz``, ``numel``, ``density`` (global),
-        ``has_weights``, ``meta``; for a run directory also ``n_events`` and ``event`` (the
-        number of the event described: the last). For a model folder (read tensor by tensor)
+        ``has_weights``, ``meta``; for a run directory also ``n_events``, ``event`` (the
+        number of the event described: the last) and ``kind``, and for a ``masktopo prune``
+        run ``solves`` (``event``, ``method``, ``sparsity``, ``stage``, ``stages`` of each). For a model folder (read tensor by tensor)
         each layer also has ``dtype``, ``class``, ``nm`` and the degree statistics of
         :func:`masktopo.analysis.structure.structure_columns`, and ``skipped`` lists the tensors
         not analyzed (``name``, ``class``, ``shape``, ``dtype``).
@@ -147,7 +148,11 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
     if p.is_dir():
         run = read_run(p)
         ms, has_weights = run.read(None, weights=False)
-        extra = {"n_events": run.n_events, "event": run.events[-1]["event"]}
+        extra = {"n_events": run.n_events, "event": run.events[-1]["event"], "kind": run.kind}
+        if run.kind == "prune":  # independent solves, not a trajectory: list them
+            extra["solves"] = [{k: e.get(k) for k in ("event", "method", "sparsity", "stage",
+                                                      "stages")}
+                               for e in run.events if e.get("kind") == "prune"]  # fmt: skip
         return {**describe(select_layers(ms, layers, p), p, "run", has_weights), **extra}
     ms, fmt, has_weights = read_file(p, zeros_as_mask=zeros_as_mask, weights=False)
     return describe(select_layers(ms, layers, p), p, fmt, has_weights)

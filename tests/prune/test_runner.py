@@ -235,3 +235,21 @@ def test_every_solve_starts_with_y_formed(dense_run, tmp_path, monkeypatch):
     assert main(["prune", str(dense_run), "--method", "mp,chita++", "--sparsity", "0.9",
                  "--stages", "2", "--out", str(tmp_path / "o"), *FAST]) == 0  # fmt: skip
     assert len(seen) == 1 + 2 and all(seen)  # mp, then one solve per chita++ stage
+
+
+def test_info_lists_the_solves_of_a_prune_run(dense_run, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["prune", str(dense_run), "--method", "mp,chita++", "--sparsity", "0.9,0.5",
+                 "--stages", "2", "--out", str(out), *FAST]) == 0  # fmt: skip
+    capsys.readouterr()
+    import masktopo
+
+    got = masktopo.info(out)
+    assert got["kind"] == "prune"
+    assert [(s["method"], s["sparsity"], s["stage"]) for s in got["solves"]] == [
+        ("mp", 0.5, 1), ("mp", 0.9, 1), ("chita++", 0.5, 1), ("chita++", 0.5, 2),
+        ("chita++", 0.9, 1), ("chita++", 0.9, 2),
+    ]  # fmt: skip
+    assert main(["info", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "solves:" in ln)
+    assert line.strip().startswith("solves: mp at 0.5, 0.9; chita++ at 0.5, 0.9 (results.csv")
