@@ -404,19 +404,23 @@ def add_config_arguments(p, command: str, out_help: str, out_metavar: str = "DIR
     )
 
 
-def shipped_configs() -> dict[str, str]:
-    """The configs installed with masktopo (``masktopo.configs``): name -> file path."""
+def shipped_files(folder: str = "") -> dict[str, str]:
+    """The TOML files installed with masktopo in ``masktopo.configs`` (or its sub-folder
+    ``folder``): name (without ``.toml``) -> file path, sorted."""
     from importlib.resources import files
 
-    root = files("masktopo.configs")
-    found = {}
-    for sub in (root, root / "repro"):
-        if not sub.is_dir():
-            continue
-        for f in sub.iterdir():
-            if f.name.endswith(".toml"):
-                name = f.name[: -len(".toml")]
-                found[name if sub is root else f"repro/{name}"] = str(f)
+    sub = files("masktopo.configs")
+    if folder:
+        sub = sub / folder
+    if not sub.is_dir():
+        return {}
+    return dict(sorted((f.name.removesuffix(".toml"), str(f)) for f in sub.iterdir()
+                       if f.name.endswith(".toml")))  # fmt: skip
+
+
+def shipped_configs() -> dict[str, str]:
+    """The configs installed with masktopo (``masktopo.configs``): name -> file path."""
+    found = shipped_files() | {f"repro/{k}": v for k, v in shipped_files("repro").items()}
     return dict(sorted(found.items()))
 
 
@@ -431,21 +435,20 @@ def config_path(value: str) -> str:
     """
     if Path(value).exists():
         return value
-    name = value[: -len(".toml")] if value.endswith(".toml") else value
-    name = name.removeprefix("configs/")
+    name = value.removesuffix(".toml").removeprefix("configs/")
     shipped = shipped_configs()
     if name in shipped:
         return shipped[name]
-    text = not_found(value, "config", list(shipped), "--list-configs lists them")
+    text = not_found(name, "config", list(shipped), "--list-configs lists them")
     raise argparse.ArgumentTypeError(f"{value}: {text}")
 
 
-def not_found(value: str, what: str, shipped: list[str], listing: str) -> str:
-    """``no such file, nor a shipped WHAT of that name`` for ``value``, with the closest shipped
-    name (when one is close), then ``listing`` (where the shipped ones are, or their names)."""
+def not_found(name: str, what: str, shipped: list[str], listing: str) -> str:
+    """``no such file, nor a shipped WHAT of that name`` for a file that is not there and whose
+    ``name`` is not among the ``shipped`` ones, with the closest of them (when one is close),
+    then ``listing`` (where the shipped ones are, or their names)."""
     import difflib
 
-    name = Path(value).name.removesuffix(".toml")
     close = difflib.get_close_matches(name, shipped, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"no such file, nor a shipped {what} of that name{hint}; {listing}"

@@ -77,11 +77,10 @@ def unrecognized(extra: Sequence[str], parser: argparse.ArgumentParser) -> str:
 
     known = [s for a in parser._actions for s in a.option_strings]
     hints = []
-    for arg in extra:
-        if arg.startswith("--"):
-            close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.7)
-            if close:
-                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    for flag in (arg.split("=", 1)[0] for arg in extra if arg.startswith("--")):
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
     text = f"unrecognized arguments: {' '.join(extra)}"
     return text + (f" ({'; '.join(hints)})" if hints else "")
 

@@ -47,23 +47,20 @@ def sweep_file(value: str) -> str:
     MaskFileError
         Neither: the message names the closest shipped sweep and lists them all.
     """
-    from importlib.resources import files
     from pathlib import Path
 
     from masktopo.errors import MaskFileError
 
-    from ._output import not_found
+    from ._output import not_found, shipped_files
 
     if Path(value).exists():
         return value
-    name = value[: -len(".toml")] if value.endswith(".toml") else value
-    name = name.removeprefix("configs/").removeprefix("sweeps/")
-    folder = files("masktopo.configs") / "sweeps"
-    shipped = folder / f"{name}.toml"
-    if shipped.is_file():
-        return str(shipped)
-    names = sorted(f.name[: -len(".toml")] for f in folder.iterdir() if f.name.endswith(".toml"))
-    raise MaskFileError(value, not_found(value, "sweep", names, f"shipped: {', '.join(names)}"))
+    name = value.removesuffix(".toml").removeprefix("configs/").removeprefix("sweeps/")
+    shipped = shipped_files("sweeps")
+    if name in shipped:
+        return shipped[name]
+    listing = f"shipped: {', '.join(shipped)}"
+    raise MaskFileError(value, not_found(name, "sweep", list(shipped), listing))
 
 
 def run(args) -> int:

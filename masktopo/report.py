@@ -306,14 +306,13 @@ def _pags(r: _RunReport, folder: Path, fmt: str) -> None:
     r.extra = "".join(parts)
 
 
-def _folder_figures(r: _RunReport, folder: Path, fmt: str) -> None:
+def _folder_figures(r: _RunReport, entry, folder: Path, fmt: str) -> None:
     """The figures of a result folder with figures of its own (a search, pruning-benchmark or
-    prune folder: ``masktopo plot``'s, :mod:`masktopo.folder_figures`), in their own
-    section."""
+    prune folder: ``masktopo plot``'s, ``entry`` of :mod:`masktopo.folder_figures`), in their
+    own section."""
     from . import folder_figures
 
     kind = r.run.kind
-    entry = folder_figures.for_kind(kind)
     try:
         files = folder_figures.draw(entry, r.path, folder, formats=(fmt,), title="")
     except MaskTopoError as exc:
@@ -659,8 +658,8 @@ def build_report(
                 r.figures = _draw([r.table], [r.label], Path(tmp) / f"run-{i}", figures, x)
             if r.run.kind == "pags":
                 _pags(r, Path(tmp) / f"pags-{i}", figures)
-            elif folder_figures.for_kind(r.run.kind) is not None:
-                _folder_figures(r, Path(tmp) / f"folder-{i}", figures)
+            elif (entry := folder_figures.for_kind(r.run.kind)) is not None:
+                _folder_figures(r, entry, Path(tmp) / f"folder-{i}", figures)
         ok = [r for r in reports if r.final_event is not None and r.run.kind != "prune"]
         if len(reports) > 1 and len(ok) > 1:
             compare_figs = _draw(

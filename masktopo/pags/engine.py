@@ -494,8 +494,9 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             if ranked:  # the row: exact values of the accepted layers, estimates elsewhere
                 shown = bounds[u][1].copy()
                 shown.set_layers(0, sc, 0, ok)
-            rows.append(_row(u, shown, 0, config, numel, int(ok.sum()), best_sc,
-                             int(ok.sum()) if ranked else L))  # fmt: skip
+            accepted = int(ok.sum())
+            rows.append(_row(u, shown, 0, config, numel, accepted, best_sc,
+                             accepted if ranked else L))  # fmt: skip
             if u % config.snapshot_every == 0 and changed:
                 snaps_here.append((u, dict(src)))
                 changed = False

@@ -105,7 +105,7 @@ def read_sweep(path: str | os.PathLike) -> SweepState:
     if not f.is_file():
         from ..runs import run_kind
 
-        kind = run_kind(p) if p.is_dir() else None
+        kind = run_kind(p)  # None without run.json (a file, a missing or plain folder)
         if kind not in (None, "?"):  # a run of its own: say what reads it
             raise MaskFileError(p, f"is a {kind} run directory, not a sweep folder (no "
                                    f"{SWEEP_FILE}): masktopo report {p} or masktopo info {p} "
