@@ -166,10 +166,10 @@ def test_a_search_killed_with_sigkill_resumes_to_the_same_result(tmp_path, unint
         if (out / "results" / "part-000000.parquet").exists() and (out / "checkpoint.pt").exists():
             break
         time.sleep(0.02)
-    killed = proc.poll() is None
-    if killed:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # killed only when the signal ended it: the search may finish between poll() and the signal
+    killed = proc.wait() == -signal.SIGKILL
     if killed:
         assert len(read_results(out)) < 10
     run_search(CFG, out, resume=True)
