@@ -1,18 +1,24 @@
 """CHITA's solvers in torch against a numpy port of the reference algorithm, and the gradient rows.
 
 The reference (mazumder-lab/CHITA at 89c606d, methods-spec §5) keeps ``G`` as a CPU numpy
-float64 array and runs its solvers in numpy/numba. The port below (``np_*``) follows the spec's
-steps one for one, written here from the spec, not copied:
+array and runs its solvers in numpy/numba: float64 for CHITA (``Active_IHTCDLS``), but float32 for
+backsolve and block backsolve (``Heuristic_LS``, ``Heuristic_LSBlock``: ``pruners/CHITA.py``
+leaves torch's float32 gradients as they are for these two and casts w̄ to their dtype). The port
+below (``np_*``) follows the spec's steps one for one, written here from the spec, not copied.
+``bso`` and ``bso-block`` are timed in both dtypes, both sides in the same one (the float32 rows
+are the reference's own arithmetic; masktopo's ``--dtype`` defaults to float64); ``chita`` in
+float64:
 
 * ``np_bso``: MP support (top-k |w̄|) then the ridge re-fit, Woodbury when n < |S| (Alg. 5);
 * ``np_bso_block``: global magnitude top-k, then one re-fit per block, a Python loop over the
   blocks (Alg. 6; the reference loops with numba ``prange``);
 * ``np_chita``: the active set (Alg. 4) over IHT with the exact line search (Alg. 2/3).
 
-Ours: :func:`masktopo.prune.solve` on the same ``G`` (float64, same ``k``, same λ₂), with
+Ours: :func:`masktopo.prune.solve` on the same ``G`` (same dtype, same ``k``, same λ₂), with
 ``refit=False`` for ``chita`` so that both run the same algorithm (masktopo's default also
 re-fits on the support, see docs/prune.md); the report gives the relative difference of the
-objectives and the Jaccard index of the supports. Our time includes building the
+objectives (both evaluated in float64 on the float64 ``G``) and the Jaccard index of the
+supports. Our time includes building the
 :class:`~masktopo.prune.Problem` (it forms y = G w̄, which the port does inside its solvers).
 Each side runs once to warm up, then ``--repeat`` times, the two sides interleaved; the table
 gives the median. ``--threads N`` sets torch's threads and every BLAS thread pool (numpy's and
@@ -59,6 +65,10 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from masktopo.pai.densities import keep_count
 from masktopo.prune import Problem, SolverOptions, gradient_matrix, gradient_matrix_loop, solve
 from masktopo.zoo import get_model, get_spec, load_dataset, maskable_parameters
+
+#: The dtypes each solver is timed in (both sides): the reference runs backsolve and block
+#: backsolve on float32 G, CHITA on float64 G.
+DTYPES = {"bso": ("float32", "float64"), "bso-block": ("float32", "float64"), "chita": ("float64",)}
 
 
 def log(msg: str) -> None:
@@ -364,11 +374,14 @@ def main(argv=None) -> int:
                 del G2, w2
         p = G.shape[1]
         lam = args.l2 * n / 2
-        Gn, wn = G.numpy(), w_bar.numpy()
-        for method in methods:
+        G64, w64 = G.numpy(), w_bar.numpy()
+        y64 = G64 @ w64
+        for method, dtype in ((m, d) for m in methods for d in DTYPES[m]):
+            Gt, wt = G.to(getattr(torch, dtype)), w_bar.to(getattr(torch, dtype))
+            Gn, wn = Gt.numpy(), wt.numpy()
             for s in args.sparsity:
                 k = keep_count(1 - s, p)
-                log(f"{model} {method} s={s}: numpy port")
+                log(f"{model} {method} {dtype} s={s}: numpy port")
                 if method == "bso":
                     ref = partial(np_bso, Gn, wn, lam, k)
                 elif method == "bso-block":
@@ -378,7 +391,7 @@ def main(argv=None) -> int:
                 opts = SolverOptions(refit=False, block_size=500, layer_sizes=tuple(sizes))
                 ours = {}
                 for dev in devices:
-                    Gd, wd = G.to(dev), w_bar.to(dev)
+                    Gd, wd = Gt.to(dev), wt.to(dev)
                     ours[dev] = partial(_ours, Gd, wd, lam, k, method, opts)
                 ref()  # warm-up
                 for dev in devices:
@@ -393,24 +406,31 @@ def main(argv=None) -> int:
                         dt, m, sols[dev] = measure(ours[dev], dev)
                         t_ours[dev].append(dt)
                         mem.setdefault(dev, m)
-                f_ref = np_objective(Gn, Gn @ wn, wn, lam, w_ref)
+                f_ref = np_objective(G64, y64, w64, lam, w_ref.astype(np.float64))
                 for dev in devices:
                     sol = sols[dev]
                     sup = sol.support.cpu().numpy()
-                    rows.append((model, n, p, method, s, dev, float(np.median(t_np)),
+                    w_ours = sol.w.cpu().double().numpy()
+                    f_ours = np_objective(G64, y64, w64, lam, w_ours)
+                    rows.append((model, n, p, method, dtype, s, dev, float(np.median(t_np)),
                                  float(np.median(t_ours[dev])), m_np, mem[dev],
-                                 abs(sol.objective - f_ref) / max(abs(f_ref), 1e-300),
+                                 abs(f_ours - f_ref) / max(abs(f_ref), 1e-300),
                                  jaccard(sup, s_ref)))  # fmt: skip
                 ours = None
-        G = Gn = None
-    print("## Solvers (same G, same k, float64)\n")
+            Gt = Gn = None
+        G = G64 = None
+    print("## Solvers (same G, same k, same dtype on both sides)\n")
     print(
-        "| model | n | p | solver | sparsity | ours on | numpy s | ours s | speed-up | numpy "
-        "peak GB | ours peak GB | rel. objective diff | support Jaccard |"
+        "float32 rows of bso and bso-block are the reference's own dtype for them; the "
+        "objectives of both results are evaluated in float64.\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for m, n, p, meth, s, dev, tn, t, mn, mo, df, jc in rows:
-        print(f"| {m} | {n} | {p:,} | {meth} | {s:g} | {dev} | {tn:.3f} | {t:.3f} | "
+    print(
+        "| model | n | p | solver | dtype | sparsity | ours on | numpy s | ours s | speed-up | "
+        "numpy peak GB | ours peak GB | rel. objective diff | support Jaccard |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for m, n, p, meth, dt, s, dev, tn, t, mn, mo, df, jc in rows:
+        print(f"| {m} | {n} | {p:,} | {meth} | {dt} | {s:g} | {dev} | {tn:.3f} | {t:.3f} | "
               f"{tn / t:.1f}× | {gb(mn)} | {gb(mo)} | {df:.1e} | {jc:.4f} |")  # fmt: skip
     print("\n## Gradient rows per second\n")
     print(

@@ -275,15 +275,16 @@ CHITA_CUDA = """\
 
 - GPU: NVIDIA H200; devices timed for ours: cpu, cuda
 
-## Solvers (same G, same k, float64)
+## Solvers (same G, same k, same dtype on both sides)
 
-| model | n | p | solver | sparsity | ours on | numpy s | ours s | speed-up | numpy peak GB | ours peak GB | rel. objective diff | support Jaccard |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
-| mlpnet | 1000 | 32,360 | bso | 0.9 | cpu | 0.113 | 0.115 | 1.0× | 0.015 | 0.026 | 1.6e-16 | 1.0000 |
-| mlpnet | 1000 | 32,360 | bso | 0.9 | cuda | 0.113 | 0.010 | 11.3× | 0.015 | 0.026 | 2.0e-16 | 1.0000 |
-| mlpnet | 1000 | 32,360 | bso | 0.98 | cuda | 0.038 | 0.005 | 7.6× | 0.000 | 0.000 | 1.2e-16 | 1.0000 |
-| mlpnet | 1000 | 32,360 | chita | 0.9 | cuda | 2.856 | 0.120 | 23.8× | 0.039 | 0.259 | 3.1e-12 | 1.0000 |
-| mlpnet | 1000 | 32,360 | chita | 0.98 | cuda | 1.478 | 0.090 | 16.4× | 0.039 | 0.259 | 8.0e-12 | 0.9990 |
+| model | n | p | solver | dtype | sparsity | ours on | numpy s | ours s | speed-up | numpy peak GB | ours peak GB | rel. objective diff | support Jaccard |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| mlpnet | 1000 | 32,360 | bso | float32 | 0.9 | cpu | 0.097 | 0.076 | 1.3× | 0.004 | 0.000 | 9.5e-10 | 1.0000 |
+| mlpnet | 1000 | 32,360 | bso | float32 | 0.9 | cuda | 0.097 | 0.010 | 9.7× | 0.004 | 0.013 | 9.5e-10 | 1.0000 |
+| mlpnet | 1000 | 32,360 | bso | float32 | 0.98 | cuda | 0.031 | 0.005 | 6.2× | 0.000 | 0.000 | 1.5e-11 | 1.0000 |
+| mlpnet | 1000 | 32,360 | bso | float64 | 0.9 | cuda | 0.113 | 0.010 | 11.3× | 0.015 | 0.026 | 2.0e-16 | 1.0000 |
+| mlpnet | 1000 | 32,360 | chita | float64 | 0.9 | cuda | 2.856 | 0.120 | 23.8× | 0.039 | 0.259 | 3.1e-12 | 1.0000 |
+| mlpnet | 1000 | 32,360 | chita | float64 | 0.98 | cuda | 1.478 | 0.090 | 16.4× | 0.039 | 0.259 | 8.0e-12 | 0.9990 |
 
 ## Gradient rows per second
 
@@ -400,15 +401,16 @@ def test_train_and_sparsify_figures():
 def test_chita_figures():
     figs = gs.chita_figures(CHITA_CUDA)
     assert [f.name for f in figs[:3]] == [
-        "CHITA `bso`, MLPNet n = 1000: numpy port / ours (cuda)",
-        "CHITA `chita`, MLPNet n = 1000: numpy port / ours (cuda)",
-        "CHITA `bso-block`, ResNet-20 n = 500, block 500: numpy port / ours (cuda)",
+        "CHITA `bso`, MLPNet n = 1000, float32 (the reference's): numpy port / ours (cuda)",
+        "CHITA `chita`, MLPNet n = 1000, float64 (the reference's): numpy port / ours (cuda)",
+        "CHITA `bso-block`, ResNet-20 n = 500, block 500, float32 (the reference's): numpy port "
+        "/ ours (cuda)",
     ]
-    assert _by_met(figs) == [
-        ("11.3× at 90 %, 7.6× at 98 % (numpy 0.113 / 0.038 s, ours 0.010 / 0.005 s)", "no"),
+    assert _by_met(figs) == [  # bso: the float32 rows only (the reference's dtype for it)
+        ("9.7× at 90 %, 6.2× at 98 % (numpy 0.097 / 0.031 s, ours 0.010 / 0.005 s)", "no"),
         ("23.8× at 90 %, 16.4× at 98 % (numpy 2.856 / 1.478 s, ours 0.120 / 0.090 s)", "yes"),
         ("not parsed", "not parsed"),  # no ResNet-20 rows
-        ("objectives within 8.0e-12 relative, support Jaccard ≥ 0.9990 (4 solves)", "—"),
+        ("objectives within 8.0e-12 relative, support Jaccard ≥ 0.9990 (3 float64 solves)", "—"),
         ("MLPNet n = 1000: 52,000 vs 3,100 rows/s (16.8×)", "—"),
     ]
     assert figs[0].goal == "≥ 10× the numpy port"
@@ -418,6 +420,15 @@ def test_chita_figures():
     ] * 5
     small = gs.chita_figures(CHITA_CUDA.replace("| 1000 | 32,360 |", "| 200 | 32,360 |"))
     assert small[1].measured.endswith("; at n = 200, not 1000)")
+    # an older report without the dtype column: every row is float64, so no backsolve figure
+    old = CHITA_CUDA.replace(" dtype |", "").replace(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", "|" + "---|" * 13
+    )
+    old = "\n".join(
+        ln.replace(" float32 |", "").replace(" float64 |", "") for ln in old.split("\n")
+    )
+    assert [f.met for f in gs.chita_figures(old)[:3]] == ["not parsed", "yes", "not parsed"]
+    assert "(5 float64 solves)" in gs.chita_figures(old)[3].measured
     assert [f.met for f in gs.chita_figures("garbage")] == ["not parsed"] * 5
 
 
@@ -665,7 +676,10 @@ def test_parsers_on_real_chita_search_and_llm_output():
     figs = gs.chita_figures(proc.stdout, device="cpu")
     assert all(f.met in ("yes", "no") for f in figs[:3])
     assert all(" at n = " in f.measured for f in figs[:3])  # not the issue's n
-    assert figs[3].measured.startswith("objectives within ") and "(3 solves)" in figs[3].measured
+    assert (
+        figs[3].measured.startswith("objectives within ")
+        and "(3 float64 solves)" in figs[3].measured
+    )
     assert (
         figs[4].measured.startswith("MLPNet n = 64: ") and "; ResNet-20 n = 8: " in figs[4].measured
     )

@@ -89,8 +89,9 @@ class PruneConfig:
                                metavar="S")  # fmt: skip
     stage_solver: Literal["mp", "bso", "bso-block", "iht", "chita"] = option(
         "chita", "chita++: the solver of each stage", what="stage solver")  # fmt: skip
-    dtype: Literal["float32", "float64"] = option("float64", "dtype of G and of the solvers "
-                                                  "(the reference: float64)", what="dtype")  # fmt: skip
+    dtype: Literal["float32", "float64"] = option(
+        "float64", "dtype of G and of the solvers (the reference: float64 for chita and iht, "
+        "float32 for bso and bso-block)", what="dtype")  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where G lives and the solvers run",
                                                     what="device")  # fmt: skip
     chunk: int = option(64, "rows of G per vmapped gradient call (speed/memory only)", ge=1,
