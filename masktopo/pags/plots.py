@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import MaskFileError, MaskValidationError
 from ..plots import BLACK, FORMATS, GREY, OKABE_ITO, STYLE, save_figure
 
-__all__ = ["is_pags_folder", "plot_pags"]
+__all__ = ["plot_pags"]
 
 #: The best mask's trajectory recorded for these candidate columns.
 _BEST = {"network_score": "best_network_score", "density": "best_density"}
@@ -32,14 +32,6 @@ _LABELS = {
     "imdb_mean": "mean IMDB Ramanujan gap",
     "density": "density",
 }
-
-
-def is_pags_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is the output folder of ``masktopo pags``."""
-    from ..runs import run_kind
-
-    path = Path(path)
-    return path.is_dir() and run_kind(path) == "pags"
 
 
 def _table(path: Path):

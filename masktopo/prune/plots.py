@@ -15,15 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["is_prune_folder", "plot_prune"]
-
-
-def is_prune_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is the run directory of ``masktopo prune``."""
-    from ..runs import run_kind
-
-    path = Path(path)
-    return path.is_dir() and run_kind(path) == "prune"
+__all__ = ["plot_prune"]
 
 
 def _table(path: Path):

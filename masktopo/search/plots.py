@@ -12,15 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["is_result_folder", "plot_folder"]
-
-
-def is_result_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is the output folder of ``masktopo search`` or ``prune-bench``."""
-    from ..runs import run_kind
-
-    path = Path(path)
-    return path.is_dir() and run_kind(path) in ("search", "prune-bench")
+__all__ = ["plot_folder"]
 
 
 def _save(fig, out: Path, stem: str, formats) -> list[Path]:

@@ -8,7 +8,8 @@ import pytest
 
 from cli.main import main
 from masktopo.errors import MaskFileError, MaskValidationError
-from masktopo.pags.plots import is_pags_folder, plot_pags
+from masktopo.folder_figures import for_folder
+from masktopo.pags.plots import plot_pags
 
 BASE = ["pags", "--model", "lenet300", "--dataset", "mnist", "--method", "erk", "--density",
         "0.05", "--n", "6", "--chunk", "3"]  # fmt: skip
@@ -22,7 +23,7 @@ def pags_out(tmp_path_factory):
 
 
 def test_cli_draws_the_score_figure_of_a_pags_folder(pags_out, tmp_path, capsys):
-    assert is_pags_folder(pags_out) and not is_pags_folder(tmp_path)
+    assert for_folder(pags_out).name == "pags" and for_folder(tmp_path) is None
     capsys.readouterr()
     assert main(["plot", str(pags_out), "--out", str(tmp_path / "figs")]) == 0
     written = capsys.readouterr().out.split()
