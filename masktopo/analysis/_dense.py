@@ -24,6 +24,17 @@ side's size:
    ``B U``), ``U = V [y₁ y₂]`` orthonormal, which gives small σ to an absolute ``ε·σ₁`` as the
    compiled engine's final step does.
 
+**The Gram matrix, when the run will be long.** A step's two GEMMs read all of ``B`` and are
+bound by memory bandwidth (a block of 16 vectors does ~2 flops per byte); forming
+``A = BBᵀ`` once is a compute-bound ``syrk`` that also uses every core, after which a step is one
+``s × s`` product (5–7 times cheaper for 4096 × 11008). From the third step on, the residual's
+rate of decrease predicts the steps still needed; when they would cost more than the Gram matrix
+(:data:`GRAM_STEPS`, in steps of the matrix), the Gram matrix is formed and the run continues
+on it (the same Krylov space: ``A Q = B(BᵀQ)`` in exact arithmetic). Integer entries whose
+products cannot exceed float32's exact integers (a binary pattern: ``max|b|²·l < 2²⁴``) give
+an *exact* Gram matrix in float32, at about half the float64 cost; the others are formed in
+float64. The final Rayleigh–Ritz step (4) still reads ``B``.
+
 A Krylov space that stops growing (the matrix has rank below the basis) is an invariant
 subspace: its Ritz values are exact, and the iteration stops there.
 
@@ -37,6 +48,8 @@ References
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 
@@ -46,10 +59,52 @@ BLOCK = 16
 MAX_BLOCKS = 80
 #: Seed of the start block (results are deterministic).
 SEED = 0x5EED
+#: What forming the Gram matrix costs, in block steps with ``B`` (float32 exact, float64);
+#: measured on 4096 × 11008 at 50 % (2-core Xeon, 2026-12-03: a step 0.17 s, the float32 Gram
+#: 1.8 s, the float64 one 3.0 s on one thread; docs/performance.md "LLM layers"). The Gram matrix
+#: is formed when the predicted remaining steps would cost more than this plus the cheaper steps.
+GRAM_STEPS = {"float32": 11.0, "float64": 18.0}
+#: A step on the Gram matrix, as a fraction of a step with ``B`` (the same measurement: ~0.2).
+GRAM_STEP_COST = 0.2
+#: Smaller sides than this never form the Gram matrix (their steps are cheap).
+GRAM_MIN_SIDE = 512
+#: A new block column smaller than this, relative to the largest of ``A Q``, marks a Krylov
+#: space near an invariant subspace: the Ritz pairs are then checked at once.
+NEAR_INVARIANT = 1e-6
+#: Columns of ``B`` per float32 chunk of the exact Gram matrix (bounds the copy to ~32 MB).
+GRAM_CHUNK = 2048
 
 
-def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK,
-               max_blocks: int = MAX_BLOCKS) -> tuple[np.ndarray, bool, int]:  # fmt: skip
+def _gram_dtype(A: np.ndarray) -> str:
+    """``"float32"`` when ``A Aᵀ`` is exact in float32 (integer entries with
+    ``max|a|²·l < 2²⁴``: every partial sum of every entry is then an integer float32 holds);
+    else ``"float64"``. Read a chunk of columns at a time (no copy of ``A``)."""
+    big = 0.0
+    for c in range(0, A.shape[1], GRAM_CHUNK):
+        a = A[:, c : c + GRAM_CHUNK]
+        if not np.array_equal(a, np.round(a)):
+            return "float64"
+        big = max(big, float(np.abs(a).max(initial=0.0)))
+    return "float32" if big * big * A.shape[1] < 2.0**24 else "float64"
+
+
+def gram(A: np.ndarray, dtype: str | None = None) -> np.ndarray:
+    """``A Aᵀ`` (float64, symmetric), exact when ``dtype`` is ``"float32"`` (see
+    :func:`_gram_dtype`, which chooses when ``dtype`` is None): float32 ``syrk`` over chunks of
+    :data:`GRAM_CHUNK` columns, summed in float32 (exact: integers below 2²⁴)."""
+    dtype = dtype or _gram_dtype(A)
+    if dtype == "float64":
+        return A @ A.T  # numpy sees A @ A.T and calls syrk
+    s, l = A.shape
+    G = np.zeros((s, s), dtype=np.float32)
+    for c in range(0, l, GRAM_CHUNK):
+        Ac = A[:, c : c + GRAM_CHUNK].astype(np.float32)
+        G += Ac @ Ac.T
+    return G.astype(np.float64)
+
+
+def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int = MAX_BLOCKS,
+               gram_dtype: str | None = None) -> tuple[np.ndarray, bool, int]:  # fmt: skip
     """σ₁, σ₂ of a dense float64 matrix by block Krylov (module docstring).
 
     Parameters
@@ -60,6 +115,9 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK,
         Residual tolerance relative to σ₁² (:data:`masktopo.analysis._engine.TOL`).
     block, max_blocks : int
         Block size and the most block steps.
+    gram_dtype : {"float32", "float64"}, optional
+        The dtype of the Gram matrix if one is formed, when the caller knows it (``"float32"``
+        only where it is exact: :func:`_gram_dtype`, which reads ``D`` when this is None).
 
     Returns
     -------
@@ -80,10 +138,14 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK,
     converged = False
     steps = 0
     top = np.zeros((0, 2))
+    G = None  # the Gram matrix A Aᵀ, once formed
+    kind = gram_dtype  # its dtype (_gram_dtype), once known
+    history: list[tuple[int, float]] = []  # (step, the larger relative residual of the pairs)
+    check = 1  # the next step whose Ritz pairs and residuals are computed
     while steps < max_blocks:
         steps += 1
         c = Q.shape[1]
-        P = A @ (A.T @ Q)  # two GEMMs with the matrix
+        P = G @ Q if G is not None else A @ (A.T @ Q)  # one GEMM, or two with the matrix
         V[:, k : k + c] = Q
         PA[:, k : k + c] = P
         cross = V[:, : k + c].T @ P  # the new columns of VᵀAV
@@ -92,6 +154,12 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK,
         T[k : k + c, k : k + c] = (cross[k:] + cross[k:].T) / 2
         k += c
         Vk = V[:, :k]
+        # The next block now (None: an invariant subspace, or the basis is full); the Ritz pairs
+        # only at a check step, or when the new block is small against P (near an invariant
+        # subspace, where a basis grown further would lose orthogonality).
+        Q, near = _next_block(P, Vk, cap - k) if k < cap else (None, True)
+        if steps < check and not near and steps < max_blocks:  # far from converged: grow only
+            continue
         if k >= 2:
             theta, Y = scipy.linalg.eigh(T[:k, :k], subset_by_index=[k - 2, k - 1],
                                          check_finite=False)  # fmt: skip
@@ -106,19 +174,55 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK,
         if k >= cap:
             converged = k >= s  # the basis spans the whole space: exact
             break
-        # next block: P orthogonalized against the basis twice (CGS2), then QR
-        Z = P - Vk @ (Vk.T @ P)
-        Z -= Vk @ (Vk.T @ Z)
-        Qn, Rn = np.linalg.qr(Z)
-        scale = max(float(np.linalg.norm(P, axis=0).max()), 1e-300)
-        keep = np.abs(np.diag(Rn)) > 1e-12 * scale
-        if not keep.any():
+        history.append((steps, float(res.max()) / th[0]))
+        need = _steps_needed(history, tol, max_blocks - steps)
+        # Far from the tolerance, skip the Ritz pairs of the next steps (half the predicted
+        # distance): the eigenproblem of T grows with the basis and costs more than a step.
+        check = steps + max(1, int(need // 2))
+        if G is None and s >= GRAM_MIN_SIDE:
+            saved = need * (1.0 - GRAM_STEP_COST)
+            if saved > GRAM_STEPS["float32"]:  # the cheaper Gram would pay: which one is it?
+                kind = kind or _gram_dtype(A)
+                if saved > GRAM_STEPS[kind]:
+                    G = gram(A, kind)
+        if Q is None:
             converged = True  # invariant subspace: the Ritz values are exact
             break
-        Q = Qn[:, keep][:, : cap - k]
+    del G
     U = V[:, :k] @ top
     U, _ = np.linalg.qr(U)
     sv = np.linalg.svd(A.T @ U, compute_uv=False)
     out = np.zeros(2)
     out[: min(2, sv.size)] = np.sort(sv)[::-1][:2]
     return out, converged, steps
+
+
+def _next_block(P: np.ndarray, Vk: np.ndarray, room: int) -> tuple[np.ndarray | None, bool]:
+    """The next block: ``P`` orthogonalized against the basis ``Vk`` twice (CGS2), then QR;
+    at most ``room`` columns. Returns it (None when nothing new is left: an invariant subspace)
+    and whether it is *near* one: a kept column smaller than :data:`NEAR_INVARIANT` of ``P``'s
+    largest (the Ritz pairs should be checked before the basis grows further)."""
+    Z = P - Vk @ (Vk.T @ P)
+    Z -= Vk @ (Vk.T @ Z)
+    Qn, Rn = np.linalg.qr(Z)
+    scale = max(float(np.linalg.norm(P, axis=0).max()), 1e-300)
+    diag = np.abs(np.diag(Rn))
+    keep = diag > 1e-12 * scale
+    if not keep.any():
+        return None, True
+    return Qn[:, keep][:, :room], bool(diag[keep].min() < NEAR_INVARIANT * scale)
+
+
+def _steps_needed(history: list[tuple[int, float]], tol: float, left: int) -> float:
+    """The block steps still needed to bring the relative residual to ``tol``, from its rate
+    between the last two checks (``history``: ``(step, residual)`` at each check so far); at
+    most ``left``; 0 before the third check (no steady rate yet)."""
+    if len(history) < 3:
+        return 0.0
+    (s0, r0), (s1, r1) = history[-2], history[-1]
+    if r1 <= 0 or r0 <= 0 or s1 <= s0:
+        return 0.0
+    rate = (r1 / r0) ** (1.0 / (s1 - s0))
+    if rate >= 1:
+        return float(left)
+    return min(float(left), math.log(tol / r1) / math.log(rate))

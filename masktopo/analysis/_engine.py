@@ -139,7 +139,10 @@ def solve_dense(P: Parts) -> np.ndarray:
 
     D = np.zeros(P.shape)
     D[P.rows(), P.indices] = P.data
-    sv, ok, _ = top2_dense(D, TOL)
+    # a binary pattern's Gram matrix is exact in float32 (counts below 2²⁴), said here so that
+    # the dense route need not read the matrix to find out
+    binary = max(P.shape) < 1 << 24 and bool((P.data == 1.0).all())
+    sv, ok, _ = top2_dense(D, TOL, gram_dtype="float32" if binary else None)
     if ok:
         return sv
     del D

@@ -52,6 +52,55 @@ def test_dense_route_special_matrices():
     np.testing.assert_allclose(sv, [64, math.sqrt(64 * 32)], rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["row", "2:4", "uniform", "multiplicity"])
+def test_dense_route_on_the_gram_matrix_agrees_with_svd(monkeypatch, kind):
+    """With the Gram matrix formed after the third step (float32 and exact for integer
+    entries, float64 otherwise), every spectrum agrees with a dense SVD to 1e-9, the Gram
+    matrix really was formed, and the result equals the run that checks its Ritz pairs at
+    every step and never forms it."""
+    from masktopo.analysis import _dense
+
+    w = _layer(300, 640, 0.5, seed=7, kind="uniform" if kind == "multiplicity" else kind)
+    w = w.double().numpy()
+    B = (w != 0).astype(np.float64)
+    if kind == "multiplicity":  # a rolled conv's counts: small integers, float32 still exact
+        B = B * np.random.default_rng(1).integers(1, 4, B.shape)
+    rs, cs = B.sum(1), B.sum(0)
+    N = B / np.sqrt(np.outer(np.maximum(rs, 1), np.maximum(cs, 1)))
+    formed = []
+    real_gram = _dense.gram
+    monkeypatch.setattr(_dense, "gram", lambda A, d=None: formed.append(d) or real_gram(A, d))
+    monkeypatch.setattr(_dense, "GRAM_MIN_SIDE", 0)
+    monkeypatch.setattr(_dense, "GRAM_STEPS", {"float32": 0.0, "float64": 0.0})
+    got = []
+    for D in (B, np.abs(w), N):
+        sv, ok, _ = top2_dense(D, TOL)
+        ref = np.linalg.svd(D, compute_uv=False)[:2]
+        assert ok
+        np.testing.assert_allclose(sv, ref, rtol=1e-9, atol=1e-12 * ref[0])
+        got.append(sv)
+    assert formed == ["float32", "float64", "float64"]
+    monkeypatch.setattr(_dense, "GRAM_MIN_SIDE", 1 << 30)  # never formed, every step checked
+    monkeypatch.setattr(_dense, "_steps_needed", lambda *a: 0.0)
+    for D, sv in zip((B, np.abs(w), N), got, strict=True):
+        np.testing.assert_allclose(top2_dense(D, TOL)[0], sv, rtol=1e-11)
+    assert len(formed) == 3
+
+
+def test_gram_matrix_exact_in_float32_only_where_it_can_be():
+    from masktopo.analysis._dense import _gram_dtype, gram
+
+    rng = np.random.default_rng(0)
+    B = (rng.random((64, 5000)) < 0.5).astype(np.float64)
+    G32 = gram(B, "float32")
+    assert G32.dtype == np.float64 and np.array_equal(G32, B @ B.T)  # exact, bit for bit
+    assert _gram_dtype(B) == "float32"
+    assert _gram_dtype(B * 2.5) == "float64"  # not integers
+    big = np.full((4, 2), 3000.0)  # 3000² · 2 > 2²⁴: a float32 sum could round
+    assert _gram_dtype(big) == "float64"
+    assert _gram_dtype(np.full((4, 2), 2000.0)) == "float32"  # 2000² · 2 < 2²⁴
+
+
 def test_route_choice(monkeypatch):
     big = Parts.of(np.ones((1024, 1100)))
     sparse = Parts.of(np.eye(1024, 1100))
