@@ -1088,6 +1088,48 @@ def _stable_order(values):
 
 
 @_jit
+def normalized_values(indptr, indices, data, n_rows, n_cols):
+    """The values of the normalized matrix ``D_r^{-1/2} B D_c^{-1/2}`` on ``B``'s CSR pattern:
+    ``data[p] / sqrt(r_i c_j)`` with ``r``, ``c`` the row and column sums of ``data``. The
+    sums accumulate in storage order, as ``numpy.bincount`` does: the same bits as the numpy
+    expression, in two passes and no temporaries."""
+    rs = np.zeros(n_rows)
+    cs = np.zeros(n_cols)
+    for r in range(n_rows):
+        for p in range(indptr[r], indptr[r + 1]):
+            rs[r] += data[p]
+            cs[indices[p]] += data[p]
+    out = np.empty(indptr[n_rows])
+    for r in range(n_rows):
+        for p in range(indptr[r], indptr[r + 1]):
+            out[p] = data[p] / np.sqrt(rs[r] * cs[indices[p]])
+    return out
+
+
+@_jit
+def count_components(indptr, indices, n_rows, n_cols):
+    """Connected components of the bipartite graph of a CSR pattern (``n_rows`` row nodes,
+    ``n_cols`` column nodes, an edge per stored entry; isolated nodes count as components of
+    their own), by union–find with path compression: O(|E| α) time, one int64 per node.
+    Roots are the smallest node of their set (rows before columns)."""
+    parent = np.arange(n_rows + n_cols)
+    for r in range(n_rows):
+        a = _find(parent, r)
+        for p in range(indptr[r], indptr[r + 1]):
+            b = _find(parent, n_rows + indices[p])
+            if b < a:
+                parent[a] = b
+                a = b
+            elif b > a:
+                parent[b] = a
+    count = 0
+    for x in range(n_rows + n_cols):
+        if parent[x] == x:
+            count += 1
+    return count
+
+
+@_jit
 def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
     """The IMDB degree groups of a stripped CSR pattern (pags-spec §3.4).
 

@@ -78,9 +78,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
@@ -88,7 +86,15 @@ from ..masks import check_weight, known_positions
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
 from ._engine import Parts, solve_top2
-from ._kernels import Block, flat_kept, imdb_groups, strip_pattern, unpack
+from ._kernels import (
+    Block,
+    count_components,
+    flat_kept,
+    imdb_groups,
+    normalized_values,
+    strip_pattern,
+    unpack,
+)
 from ._registry import (  # noqa: F401  (the registry API, public from here)
     INT_METRICS,
     METRICS,
@@ -170,6 +176,7 @@ class _Pattern:
     indices: np.ndarray
     rows: np.ndarray  # row index of every nonzero (stripped numbering)
     data: np.ndarray  # binary (1) or multiplicities, float64
+    unit: bool  # whether every entry of data is 1
     wdata: np.ndarray | None  # |W ⊙ M| on the same pattern, or None
     shape: tuple[int, int]
 
@@ -238,7 +245,7 @@ def _layer_pattern(raw: _Raw) -> _Pattern:
     rows, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
     data = np.ones(raw.nnz) if raw.data is None else raw.data
     wdata = None if raw.wdata is None else raw.wdata.astype(np.float64, copy=False)
-    return _Pattern(indptr, indices, rows, data, wdata, (n_o, n_i))
+    return _Pattern(indptr, indices, rows, data, raw.data is None, wdata, (n_o, n_i))
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,18 +289,14 @@ def _plan_layer(raw: _Raw, opts: Options, selection: Selection) -> _Plan:
     if n_edges == 0:  # allowed: _extract raised otherwise
         return plan
     need = selection.quantities
-    if "components" in need:  # weakly connected components of the out→in edges, O(|E|)
-        N = n_o + n_i
-        adj = sp.csr_matrix((np.ones(pat.rows.size), (pat.rows, pat.indices + n_o)), shape=(N, N))
-        plan.components = int(connected_components(adj, directed=True, connection="weak")[0])
+    if "components" in need:  # connected components of the out–in edges: union–find, O(|E| α)
+        plan.components = int(count_components(pat.indptr, pat.indices, n_o, n_i))
     if "sv_binary" in need:
         plan.add_job("sv_binary", pat.parts(pat.data))
     if "sv_weighted" in need and pat.wdata is not None:
         plan.add_job("sv_weighted", pat.parts(pat.wdata))
     if "sv_normalized" in need and min(n_o, n_i) >= 2:
-        rs = np.bincount(pat.rows, weights=pat.data, minlength=n_o)
-        cs = np.bincount(pat.indices, weights=pat.data, minlength=n_i)
-        ndata = pat.data / np.sqrt(rs[pat.rows] * cs[pat.indices])
+        ndata = normalized_values(pat.indptr, pat.indices, pat.data, n_o, n_i)
         plan.add_job("sv_normalized", pat.parts(ndata))
     binary, weighted = "imdb_groups" in need, "imdb_weighted" in need and pat.wdata is not None
     if binary or weighted:
@@ -320,9 +323,10 @@ def _plan_imdb(plan: _Plan, pat: _Pattern, opts: Options, binary: bool, weighted
     plan.imdb_groups = list(zip(degrees, size.tolist(), n_r.tolist(), strict=True))
     shapes = np.stack([size, n_r], axis=1)
     # Each group's transpose (inputs × active outputs): σ do not change under transposition.
-    if binary:
+    if binary:  # unit data: any slice of it is the groups' data (no gather)
+        gdata = pat.data[: eid.size] if pat.unit else pat.data[eid]
         plan.add_block([("imdb_groups", dg) for dg in degrees],
-                       Block(pat.data[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
+                       Block(gdata, indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip
     if weighted:
         plan.add_block([("imdb_weighted", dg) for dg in degrees],
                        Block(pat.wdata[eid], indices, indptr, ptr_off, nnz_off, shapes))  # fmt: skip

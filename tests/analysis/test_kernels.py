@@ -84,6 +84,37 @@ def test_imdb_groups_match_scipy(seed, both_three):
         assert np.array_equal(sub, dense)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_count_components_matches_scipy(seed):
+    """Union–find components of random bipartite patterns (several components, isolated
+    nodes, an empty one) against scipy's weakly connected components of the same graph."""
+    rng = np.random.default_rng(seed)
+    m, n = rng.integers(1, 60, 2)
+    B = rng.random((m, n)) < rng.choice([0.0, 0.01, 0.05, 0.3])
+    if seed % 2:  # block structure: at least two components when both blocks have edges
+        B[: m // 2, n // 2 :] = False
+        B[m // 2 :, : n // 2] = False
+    A = sp.csr_matrix(B.astype(np.float64))
+    adj = sp.bmat([[None, A], [A.T, None]], format="csr") if A.nnz else sp.csr_matrix((m + n,) * 2)
+    ref = sp.csgraph.connected_components(adj, directed=False)[0]
+    got = _kernels.count_components(A.indptr, A.indices.astype(np.int32), m, n)
+    assert got == ref
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_normalized_values_are_the_numpy_bits(seed):
+    rng = np.random.default_rng(seed)
+    B = sp.random(70, 40, density=0.2, random_state=seed, format="csr")
+    B.data = rng.integers(1, 4, B.nnz).astype(np.float64) if seed % 2 else rng.random(B.nnz)
+    rows = np.repeat(np.arange(70), np.diff(B.indptr))
+    rs = np.bincount(rows, weights=B.data, minlength=70)
+    cs = np.bincount(B.indices, weights=B.data, minlength=40)
+    ref = B.data / np.sqrt(rs[rows] * cs[B.indices])
+    keep = (rs[rows] > 0) & (cs[B.indices] > 0)
+    got = _kernels.normalized_values(B.indptr, B.indices, B.data, 70, 40)
+    assert np.array_equal(got[keep], ref[keep])  # bit for bit
+
+
 def test_cost_model_orders_matrices_sensibly():
     small = Parts.of(np.ones((5, 40)))
     big = Parts.of(sp.random(300, 3000, density=0.01, random_state=0, format="csr"))
