@@ -71,6 +71,8 @@ GRAM_MIN_SIDE = 512
 #: A new block column smaller than this, relative to the largest of ``A Q``, marks a Krylov
 #: space near an invariant subspace: the Ritz pairs are then checked at once.
 NEAR_INVARIANT = 1e-6
+#: The most steps taken between two computations of the Ritz pairs.
+MAX_SKIP = 8
 #: Columns of ``B`` per float32 chunk of the exact Gram matrix (bounds the copy to ~32 MB).
 GRAM_CHUNK = 2048
 
@@ -177,8 +179,10 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int
         history.append((steps, float(res.max()) / th[0]))
         need = _steps_needed(history, tol, max_blocks - steps)
         # Far from the tolerance, skip the Ritz pairs of the next steps (half the predicted
-        # distance): the eigenproblem of T grows with the basis and costs more than a step.
-        check = steps + max(1, int(need // 2))
+        # distance, at most MAX_SKIP): the eigenproblem of T grows with the basis and costs
+        # more than a step; the cap bounds the steps taken past convergence when the rate
+        # misleads.
+        check = steps + min(MAX_SKIP, max(1, int(need // 2)))
         if G is None and s >= GRAM_MIN_SIDE:
             saved = need * (1.0 - GRAM_STEP_COST)
             if saved > GRAM_STEPS["float32"]:  # the cheaper Gram would pay: which one is it?

@@ -87,6 +87,20 @@ def test_dense_route_on_the_gram_matrix_agrees_with_svd(monkeypatch, kind):
     assert len(formed) == 3
 
 
+def test_a_misleading_rate_costs_at_most_max_skip_steps(monkeypatch):
+    """Ritz pairs are skipped for at most MAX_SKIP steps, so a rate that promises a far end
+    still stops within MAX_SKIP steps of the every-step run, at the SVD's values."""
+    from masktopo.analysis import _dense
+
+    D = (_layer(300, 640, 0.5, seed=3).double().numpy() != 0).astype(np.float64)
+    _, ok, plain = top2_dense(D, TOL)
+    monkeypatch.setattr(_dense, "_steps_needed", lambda *a: 1e9)
+    sv, ok2, steps = top2_dense(D, TOL)
+    ref = np.linalg.svd(D, compute_uv=False)[:2]
+    assert ok and ok2 and plain <= steps <= plain + _dense.MAX_SKIP
+    np.testing.assert_allclose(sv, ref, rtol=1e-9)
+
+
 def test_gram_matrix_exact_in_float32_only_where_it_can_be():
     from masktopo.analysis._dense import _gram_dtype, gram
 
