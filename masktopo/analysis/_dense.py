@@ -35,6 +35,12 @@ products cannot exceed float32's exact integers (a binary pattern: ``max|b|²·l
 an *exact* Gram matrix in float32, at about half the float64 cost; the others are formed in
 float64. The final Rayleigh–Ritz step (4) still reads ``B``.
 
+**Ritz pairs when due.** The eigenproblem of ``T`` in step 2 grows with the basis and soon costs
+more than a step on the Gram matrix, so after the third step it is solved again only halfway to
+the end the rate predicts (at most :data:`MAX_SKIP` steps on), or at once when the new block is
+small against ``P`` (:data:`NEAR_INVARIANT`: near an invariant subspace, where a basis grown
+further would lose orthogonality). The stopping test is the same; it is only applied less often.
+
 A Krylov space that stops growing (the matrix has rank below the basis) is an invariant
 subspace: its Ritz values are exact, and the iteration stops there.
 
