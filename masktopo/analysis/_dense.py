@@ -26,7 +26,8 @@ side's size:
 
 **The Gram matrix, when the run will be long.** A step's two GEMMs read all of ``B`` and are
 bound by memory bandwidth (a block of 16 vectors does ~2 flops per byte); forming
-``A = BBᵀ`` once is a compute-bound ``syrk`` that also uses every core, after which a step is one
+``A = BBᵀ`` once is a compute-bound ``syrk`` (threaded where BLAS may use several cores; the
+analysis pipeline runs BLAS single-threaded in each of its two threads), after which a step is one
 ``s × s`` product (5–7 times cheaper for 4096 × 11008). From the third step on, the residual's
 rate of decrease predicts the steps still needed; when they would cost more than the Gram matrix
 (:data:`GRAM_STEPS`, in steps of the matrix), the Gram matrix is formed and the run continues
