@@ -756,13 +756,14 @@ def chita_figures(text: str, device: str = "cuda") -> list[Figure]:
     for t in md_tables(text):
         c = _cols(t, solver_cols)
         if c is not None:
+            dcol = t.col(r"^dtype$")  # None in older reports: float64 throughout
             for r in t.rows:
                 if len(r) <= max(c.values()) or r[c["on"]] != device:
                     continue
                 x = number(r[c["x"]])
                 if x is None:
                     continue
-                dtype = r[t.col(r"^dtype$")] if t.col(r"^dtype$") is not None else "float64"
+                dtype = r[dcol] if dcol is not None else "float64"
                 key = (r[c["model"]], r[c["solver"]], dtype)
                 found.setdefault(key, []).append((r[c["s"]], r[c["n"]], x, r[c["tn"]], r[c["to"]]))
                 diff, jac = number(r[c["diff"]]), number(r[c["jac"]])

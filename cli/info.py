@@ -51,14 +51,15 @@ def describe(info: dict) -> str:
         f"  nnz: {info['nnz']:,} of {info['numel']:,}   density: {format_cell(info['density'])}"
     )
     meta = dict(info.get("meta") or {})
-    fields_of = meta.pop("event", None) if isinstance(meta.get("event"), dict) else None
+    event_fields = meta.pop("event", None) if isinstance(meta.get("event"), dict) else None
     if meta:
         lines.append(f"  meta: {json.dumps(meta, default=str, sort_keys=True)}")
-    if fields_of:  # a run's event: its fields as words, wrapped (the per-layer nnz are the table)
+    # a run's event: its fields as words, wrapped (the per-layer nnz are the table)
+    if event_fields:
         import textwrap
 
         fields = [f"{k}={format_cell(v) if not isinstance(v, dict | list) else json.dumps(v)}"
-                  for k, v in sorted(fields_of.items())
+                  for k, v in sorted(event_fields.items())
                   if k not in ("nnz", "file") and v is not None]  # fmt: skip
         lines += textwrap.wrap(", ".join(fields), width=100, initial_indent="  event: ",
                                subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip

@@ -138,7 +138,8 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
         ``has_weights``, ``meta``; for a run directory also ``n_events``, ``event`` (the
         number of the event described: the last) and ``kind``, and for a ``masktopo prune``
         run ``solves`` (``event``, ``method``, ``sparsity``, ``stage``, ``stages`` of each).
-        For a model folder (read tensor by tensor) each layer also has ``dtype``, ``class``, ``nm`` and the degree statistics of
+        For a model folder (read tensor by tensor) each layer also has ``dtype``, ``class``,
+        ``nm`` and the degree statistics of
         :func:`masktopo.analysis.structure.structure_columns`, and ``skipped`` lists the tensors
         not analyzed (``name``, ``class``, ``shape``, ``dtype``).
     """

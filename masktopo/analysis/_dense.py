@@ -84,17 +84,24 @@ MAX_SKIP = 8
 GRAM_CHUNK = 2048
 
 
+def float32_exact(max_abs: float, length: int) -> bool:
+    """Whether the Gram matrix of an integer matrix whose entries are at most ``max_abs`` in
+    magnitude, ``length`` of them a row, is exact in float32: ``max_abs²·length < 2²⁴``, so
+    that every partial sum of every entry is an integer float32 holds."""
+    return max_abs * max_abs * length < 2.0**24
+
+
 def _gram_dtype(A: np.ndarray) -> str:
-    """``"float32"`` when ``A Aᵀ`` is exact in float32 (integer entries with
-    ``max|a|²·l < 2²⁴``: every partial sum of every entry is then an integer float32 holds);
-    else ``"float64"``. Read a chunk of columns at a time (no copy of ``A``)."""
+    """``"float32"`` when ``A Aᵀ`` is exact in float32 (integer entries,
+    :func:`float32_exact`); else ``"float64"``. Read a chunk of columns at a time (no copy of
+    ``A``)."""
     big = 0.0
     for c in range(0, A.shape[1], GRAM_CHUNK):
         a = A[:, c : c + GRAM_CHUNK]
         if not np.array_equal(a, np.round(a)):
             return "float64"
         big = max(big, float(np.abs(a).max(initial=0.0)))
-    return "float32" if big * big * A.shape[1] < 2.0**24 else "float64"
+    return "float32" if float32_exact(big, A.shape[1]) else "float64"
 
 
 def gram(A: np.ndarray, dtype: str | None = None) -> np.ndarray:

@@ -134,14 +134,14 @@ def dense_route(P: Parts) -> bool:
 def solve_dense(P: Parts) -> np.ndarray:
     """σ₁, σ₂ of ``P`` by the dense route (:func:`masktopo.analysis._dense.top2_dense`); by the
     compiled engine when that does not converge within its steps."""
-    from ._dense import top2_dense
+    from ._dense import float32_exact, top2_dense
     from ._kernels import pack
 
     D = np.zeros(P.shape)
     D[P.rows(), P.indices] = P.data
     # a binary pattern's Gram matrix is exact in float32 (counts below 2²⁴), said here so that
     # the dense route need not read the matrix to find out
-    binary = max(P.shape) < 1 << 24 and bool((P.data == 1.0).all())
+    binary = float32_exact(1.0, max(P.shape)) and bool((P.data == 1.0).all())
     sv, ok, _ = top2_dense(D, TOL, gram_dtype="float32" if binary else None)
     if ok:
         return sv

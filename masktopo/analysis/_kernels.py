@@ -722,6 +722,24 @@ def _find(parent, x):
 
 
 @_jit
+def _union_find(indices, indptr, e0, m, n):
+    """The union–find forest of the bipartite graph of a CSR pattern (``m`` row nodes, then
+    ``n`` column nodes; the entries of row ``r`` at ``e0 + indptr[r] … e0 + indptr[r+1]``):
+    ``parent`` with every set's root its smallest node, whatever the order of the unions."""
+    parent = np.arange(m + n)
+    for r in range(m):
+        a = _find(parent, r)
+        for p in range(indptr[r], indptr[r + 1]):
+            b = _find(parent, m + indices[e0 + p])
+            if b < a:
+                parent[a] = b
+                a = b
+            elif b > a:
+                parent[b] = a
+    return parent
+
+
+@_jit
 def _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small_side, out,
                      table):  # fmt: skip
     """σ₁, σ₂ of ``nl`` (1 or 2) matrices with one pattern whose graph is connected (or small:
@@ -766,13 +784,7 @@ def _solve_one(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, small
     if min(m, n) <= small_side:
         return _solve_connected(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps,
                                 small_side, out, table)  # fmt: skip
-    parent = np.arange(m + n)
-    for r in range(m):
-        for p in range(indptr[r], indptr[r + 1]):
-            a = _find(parent, r)
-            b = _find(parent, m + indices[e0 + p])
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    parent = _union_find(indices, indptr, e0, m, n)
     label = np.full(m + n, -1, dtype=np.int64)
     n_comp = 0
     for x in range(m + n):
@@ -1110,18 +1122,9 @@ def normalized_values(indptr, indices, data, n_rows, n_cols):
 def count_components(indptr, indices, n_rows, n_cols):
     """Connected components of the bipartite graph of a CSR pattern (``n_rows`` row nodes,
     ``n_cols`` column nodes, an edge per stored entry; isolated nodes count as components of
-    their own), by union–find with path compression: O(|E| α) time, one int64 per node.
-    Roots are the smallest node of their set (rows before columns)."""
-    parent = np.arange(n_rows + n_cols)
-    for r in range(n_rows):
-        a = _find(parent, r)
-        for p in range(indptr[r], indptr[r + 1]):
-            b = _find(parent, n_rows + indices[p])
-            if b < a:
-                parent[a] = b
-                a = b
-            elif b > a:
-                parent[b] = a
+    their own), by union–find with path compression (:func:`_union_find`): O(|E| α) time, one
+    int64 per node."""
+    parent = _union_find(indices, indptr, 0, n_rows, n_cols)
     count = 0
     for x in range(n_rows + n_cols):
         if parent[x] == x:

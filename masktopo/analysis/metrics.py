@@ -174,7 +174,6 @@ class _Pattern:
 
     indptr: np.ndarray
     indices: np.ndarray
-    rows: np.ndarray  # row index of every nonzero (stripped numbering)
     data: np.ndarray  # binary (1) or multiplicities, float64
     unit: bool  # whether every entry of data is 1
     wdata: np.ndarray | None  # |W ⊙ M| on the same pattern, or None
@@ -242,10 +241,10 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
 
 def _layer_pattern(raw: _Raw) -> _Pattern:
     """The stripped CSR pattern of one layer."""
-    rows, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
+    _, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
     data = np.ones(raw.nnz) if raw.data is None else raw.data
     wdata = None if raw.wdata is None else raw.wdata.astype(np.float64, copy=False)
-    return _Pattern(indptr, indices, rows, data, raw.data is None, wdata, (n_o, n_i))
+    return _Pattern(indptr, indices, data, raw.data is None, wdata, (n_o, n_i))
 
 
 # --------------------------------------------------------------------------------------------
