@@ -208,16 +208,29 @@ def _top_newton(alpha, beta, k, x):
 def _tri_solve(alpha, beta, k, shift, rhs):
     """Solve ``(T − shift·I) x = rhs`` by Gaussian elimination with partial pivoting
     (LAPACK ``dgtsv``'s scheme), in place in ``rhs``; singular pivots are nudged."""
-    d = np.empty(k)
-    du = np.zeros(k)
-    du2 = np.zeros(k)
-    dl = np.zeros(k)
+    _tri_solve_ws(alpha, beta, k, shift, rhs, np.empty((4, k)))
+
+
+@_jit
+def _tri_solve_ws(alpha, beta, k, shift, rhs, ws):
+    """:func:`_tri_solve` with the workspace ``ws`` (``4 × k``, overwritten)."""
+    d = ws[0]
+    du = ws[1]
+    du2 = ws[2]
+    dl = ws[3]
+    dmax = 0.0
+    umax = 0.0
     for j in range(k):
         d[j] = alpha[j] - shift
+        du[j] = 0.0
+        du2[j] = 0.0
+        dl[j] = 0.0
+        dmax = max(dmax, abs(d[j]))
     for j in range(k - 1):
         du[j] = beta[j]
         dl[j] = beta[j]
-    tiny = _EPS * (np.abs(d).max() + 2.0 * np.abs(du).max() + 1e-300)
+        umax = max(umax, abs(beta[j]))
+    tiny = _EPS * (dmax + 2.0 * umax + 1e-300)
     for j in range(k - 1):
         if abs(d[j]) >= abs(dl[j]):
             if d[j] == 0.0:
@@ -644,13 +657,50 @@ def _sv_rows2(Y, n, out):
         for i in range(n):
             Y[1, i] -= c * Y[0, i]
         r12 += c
-    R = np.zeros((2, 2))
-    R[0, 0] = r11
-    R[0, 1] = r12
-    R[1, 1] = np.sqrt(_dot(Y[1], Y[1], n))
-    sv = np.linalg.svd(R)[1]
-    out[0] = sv[0]
-    out[1] = sv[1]
+    _sv_upper2(r11, r12, np.sqrt(_dot(Y[1], Y[1], n)), out)
+
+
+@_jit
+def _sv_upper2(f, g, h, out):
+    """Singular values of the upper triangular ``[[f, g], [0, h]]`` into ``out`` (descending),
+    in closed form to high relative accuracy: ``σ_max σ_min = |f h|`` and
+    ``σ_max ± σ_min = √((|f| ± |h|)² + g²)``, evaluated with the ratios of LAPACK's ``dlas2``
+    so that nothing overflows and ``σ_min`` keeps its relative accuracy when it is tiny
+    (Demmel, Kahan, "Accurate singular values of bidiagonal matrices", SIAM J. Sci. Stat.
+    Comput. 11(5), 1990). No LAPACK call: a 2×2 SVD through LAPACK costs microseconds, and
+    every matrix of every layer needs one per value set."""
+    fa = abs(f)
+    ga = abs(g)
+    ha = abs(h)
+    mn = min(fa, ha)
+    mx = max(fa, ha)
+    if mn == 0.0:
+        out[1] = 0.0
+        if mx == 0.0:
+            out[0] = ga
+        else:
+            big = max(mx, ga)
+            small = min(mx, ga)
+            out[0] = big * np.sqrt(1.0 + (small / big) ** 2)
+        return
+    if ga < mx:
+        s = 1.0 + mn / mx
+        t = (mx - mn) / mx
+        u = (ga / mx) ** 2
+        c = 2.0 / (np.sqrt(s * s + u) + np.sqrt(t * t + u))
+        out[0] = mx / c
+        out[1] = mn * c
+        return
+    u = mx / ga
+    if u == 0.0:  # g dwarfs f and h
+        out[0] = ga
+        out[1] = (mn * mx) / ga
+        return
+    s = 1.0 + mn / mx
+    t = (mx - mn) / mx
+    c = 1.0 / (np.sqrt(1.0 + (s * u) ** 2) + np.sqrt(1.0 + (t * u) ** 2))
+    out[0] = ga / (c + c)
+    out[1] = 2.0 * (mn * c) * u
 
 
 @_jit
@@ -690,23 +740,228 @@ def _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, v, u, out):
 
 
 @_jit
+def _sparse_gram(data, indices, indptr, e0, m, n, rows_side, dim):
+    """The dense ``dim × dim`` Gram matrix ``B Bᵀ`` (``rows_side``) or ``Bᵀ B`` of a CSR
+    matrix, from its entries: ``Σ_i Σ_{j≥i} nnz_j`` products (rows side, one row scattered at a
+    time) or ``Σ_r deg_r²`` (columns side), instead of a dense ``dim × other`` product."""
+    G = np.zeros((dim, dim))
+    if rows_side:
+        t = np.zeros(n)
+        for i in range(m):
+            for p in range(indptr[i], indptr[i + 1]):
+                t[indices[e0 + p]] = data[e0 + p]
+            for j in range(i, m):
+                acc = 0.0
+                for p in range(indptr[j], indptr[j + 1]):
+                    acc += data[e0 + p] * t[indices[e0 + p]]
+                G[i, j] = acc
+                G[j, i] = acc
+            for p in range(indptr[i], indptr[i + 1]):
+                t[indices[e0 + p]] = 0.0
+    else:
+        for r in range(m):
+            for p in range(indptr[r], indptr[r + 1]):
+                a = data[e0 + p]
+                cp = indices[e0 + p]
+                for q in range(indptr[r], indptr[r + 1]):
+                    G[cp, indices[e0 + q]] += a * data[e0 + q]
+    return G
+
+
+@_jit
+def _tridiagonalize(A, n, alpha, beta, V, tau):
+    """Householder reduction of the symmetric ``n × n`` matrix ``A`` (overwritten) to the
+    tridiagonal ``T = Qᵀ A Q`` (diagonal ``alpha``, off-diagonal ``beta[:n-1]``) with
+    ``Q = H_0 H_1 ⋯ H_{n-3}``, ``H_k = I − τ_k v_k v_kᵀ`` (``v_k`` in ``V[k, k+1:]``, ``τ_k`` in
+    ``tau[k]``; [GV13]_ Alg. 8.3.1)."""
+    p = np.empty(n)
+    for k in range(n - 2):
+        rest = 0.0
+        for i in range(k + 2, n):
+            rest += A[i, k] * A[i, k]
+        x0 = A[k + 1, k]
+        if rest == 0.0:  # already tridiagonal in this column
+            tau[k] = 0.0
+            beta[k] = x0
+            continue
+        a = np.sqrt(x0 * x0 + rest)
+        if x0 > 0.0:
+            a = -a  # v = x − a e₁ without cancellation; H x = a e₁
+        V[k, k + 1] = x0 - a
+        for i in range(k + 2, n):
+            V[k, i] = A[i, k]
+        t = 2.0 / ((x0 - a) * (x0 - a) + rest)
+        tau[k] = t
+        beta[k] = a
+        # A₂₂ ← H A₂₂ H = A₂₂ − v wᵀ − w vᵀ, p = τ A₂₂ v, w = p − (τ/2)(pᵀv) v
+        for i in range(k + 1, n):
+            acc = 0.0
+            for j in range(k + 1, n):
+                acc += A[i, j] * V[k, j]
+            p[i] = t * acc
+        c = 0.0
+        for i in range(k + 1, n):
+            c += p[i] * V[k, i]
+        c *= 0.5 * t
+        for i in range(k + 1, n):
+            p[i] -= c * V[k, i]
+        for i in range(k + 1, n):
+            vi = V[k, i]
+            wi = p[i]
+            for j in range(k + 1, n):
+                A[i, j] -= vi * p[j] + wi * V[k, j]
+    for i in range(n):
+        alpha[i] = A[i, i]
+    if n >= 2:
+        beta[n - 2] = A[n - 1, n - 2]
+
+
+@_jit
+def _back_transform(V, tau, n, y):
+    """``y ← Q y`` for the ``Q`` of :func:`_tridiagonalize`."""
+    for k in range(n - 3, -1, -1):
+        if tau[k] == 0.0:
+            continue
+        c = 0.0
+        for i in range(k + 1, n):
+            c += V[k, i] * y[i]
+        c *= tau[k]
+        for i in range(k + 1, n):
+            y[i] -= c * V[k, i]
+
+
+@_jit
+def _second_newton(alpha, beta, k, th1):
+    """The second largest eigenvalue of ``T_k`` given the largest ``th1``: Newton's method on
+    ``det(T_k − x·I)/(x − th1)`` from just below ``th1``, when a Sturm count shows that the
+    second lies below that start (the iteration then decreases monotonically to it, as
+    :func:`_top_newton` to the largest); otherwise (the two are closer than ``1e-9·th1``)
+    bisection. Validated by Sturm counts at the end; bisection when they disagree."""
+    scale = max(abs(th1), 1e-300)
+    x = th1 - 1e-9 * scale
+    if k < 2 or _sturm_below(alpha, beta, k, x) != k - 1:
+        return _kth_eig(alpha, beta, k, k - 2, -np.inf, th1)
+    for _ in range(100):
+        p = alpha[0] - x
+        if p == 0.0:
+            p = -1e-300
+        dp = -1.0
+        acc = dp / p
+        for j in range(1, k):
+            b2 = beta[j - 1] * beta[j - 1]
+            q = alpha[j] - x - b2 / p
+            if q == 0.0:
+                q = -1e-300
+            dp = -1.0 + b2 * dp / (p * p)
+            p = q
+            acc += dp / p
+        acc -= 1.0 / (x - th1)  # the log-derivative of the deflated polynomial
+        step = 1.0 / acc
+        if not (step > 0.0) or not np.isfinite(step) or step <= 2.0 * _EPS * abs(x):
+            break
+        x -= step
+    delta = 16.0 * _EPS * scale
+    if (
+        _sturm_below(alpha, beta, k, x + delta) >= k - 1
+        and _sturm_below(alpha, beta, k, x - delta) <= k - 2
+    ):
+        return x
+    return _kth_eig(alpha, beta, k, k - 2, -np.inf, th1)  # pragma: no cover - safeguard
+
+
+@_jit
+def _top2_vectors(G, n, u1, u2):
+    """Eigenvectors of the two largest eigenvalues of the symmetric ``n × n`` matrix ``G``
+    (``n ≥ 2``, overwritten) into ``u1``, ``u2``: Householder tridiagonalization, the top
+    eigenvalue by Newton's method from the Gershgorin bound, the second by bisection on Sturm
+    counts, their vectors by inverse iteration (the second kept orthogonal to the first, so a
+    double top eigenvalue gives two vectors of its eigenspace) and the back-transformation.
+    The vectors feed a Rayleigh–Ritz step, whose values err by the square of the vectors'
+    error (which is about ``ε‖G‖/gap``; a value whose gap is that small is itself that close)."""
+    # An upper bound on λ₁ to start Newton from: for a non-negative G the Collatz–Wielandt
+    # bound max_i (G w)_i / w_i with w = G·1 (tight: one power step), else Gershgorin's.
+    cw = np.inf
+    w = np.zeros(n)
+    nonneg = True
+    for i in range(n):
+        for j in range(n):
+            w[i] += G[i, j]
+            nonneg = nonneg and G[i, j] >= 0.0
+    if nonneg:
+        cw = 0.0
+        for i in range(n):
+            acc = 0.0
+            for j in range(n):
+                acc += G[i, j] * w[j]
+            if w[i] > 0.0:
+                cw = max(cw, acc / w[i])
+            elif acc > 0.0:  # pragma: no cover - a zero row sum with a non-zero product
+                cw = np.inf
+    alpha = np.empty(n)
+    beta = np.zeros(n)
+    V = np.zeros((max(n - 2, 1), n))
+    tau = np.zeros(max(n - 2, 1))
+    _tridiagonalize(G, n, alpha, beta, V, tau)
+    top = -np.inf
+    for i in range(n):
+        r = (abs(beta[i - 1]) if i > 0 else 0.0) + (abs(beta[i]) if i < n - 1 else 0.0)
+        top = max(top, alpha[i] + r)
+    top = min(top, cw)
+    th1 = _top_newton(alpha, beta, n, top * (1.0 + 16.0 * _EPS) + 1e-300)
+    th2 = _second_newton(alpha, beta, n, th1)
+    s1 = np.empty(n)
+    s2 = np.empty(n)
+    ws = np.empty((4, n))
+    for j in range(n):  # as _eigvec: not orthogonal to an eigenvector of an unreduced T
+        s1[j] = 1.0 + 0.01 * j
+    for _ in range(2):  # θ₁ is accurate to a few ulps: two steps give the vector to ε/gap
+        _tri_solve_ws(alpha, beta, n, th1, s1, ws)
+        nrm = np.sqrt(_dot(s1, s1, n))
+        if not np.isfinite(nrm) or nrm == 0.0:  # pragma: no cover - as _eigvec
+            for j in range(n):
+                s1[j] = 1.0 / np.sqrt(n)
+            continue
+        for j in range(n):
+            s1[j] /= nrm
+    # The second from another start vector, orthogonal to the first: when θ₂ = θ₁ (a split
+    # T), inverse iteration from the first's start vector would return the first's direction.
+    for j in range(n):
+        s2[j] = (1.0 + 0.013 * j) * (1.0 if j % 2 == 0 else -1.0)
+    for it in range(3):
+        c = _dot(s1, s2, n)
+        for j in range(n):
+            s2[j] -= c * s1[j]
+        nrm = np.sqrt(_dot(s2, s2, n))
+        if not np.isfinite(nrm) or nrm == 0.0:  # pragma: no cover - s2 ∥ s1: any orthogonal
+            for j in range(n):
+                s2[j] = 0.0
+            s2[1 if abs(s1[0]) >= abs(s1[1]) else 0] = 1.0
+            c = _dot(s1, s2, n)
+            for j in range(n):
+                s2[j] -= c * s1[j]
+            nrm = np.sqrt(_dot(s2, s2, n))
+        for j in range(n):
+            s2[j] /= nrm
+        if it < 2:  # θ₂ is accurate to a few ulps: two steps give the vector to ε/gap
+            _tri_solve_ws(alpha, beta, n, th2, s2, ws)
+    _back_transform(V, tau, n, s1)
+    _back_transform(V, tau, n, s2)
+    for i in range(n):
+        u1[i] = s1[i]
+        u2[i] = s2[i]
+
+
+@_jit
 def _dense_small(data, indices, indptr, e0, m, n, rows_side, dim, out):
-    """σ₁, σ₂ through the dense ``dim × dim`` Gram matrix, LAPACK ``eigh`` and Rayleigh–Ritz."""
-    other = n if rows_side else m
-    X = np.zeros((dim, other))  # rows = the smaller side
-    for r in range(m):
-        for p in range(indptr[r], indptr[r + 1]):
-            col = indices[e0 + p]
-            if rows_side:
-                X[r, col] += data[e0 + p]
-            else:
-                X[col, r] += data[e0 + p]
-    G = X @ X.T
-    _, V = np.linalg.eigh(G)
-    Y = np.zeros((2, other))
-    for j in range(min(2, dim)):
-        Y[j] = X.T @ V[:, dim - 1 - j].copy()
-    _sv_rows2(Y, other, out)
+    """σ₁, σ₂ through the dense ``dim × dim`` Gram matrix (:func:`_sparse_gram`), its top two
+    eigenvectors (:func:`_top2_vectors`) and a Rayleigh–Ritz step on them (:func:`_ritz2`):
+    exact whatever the connectivity, with no LAPACK call (whose fixed costs dominate at these
+    sizes)."""
+    G = _sparse_gram(data, indices, indptr, e0, m, n, rows_side, dim)
+    u1 = np.empty(dim)
+    u2 = np.empty(dim)
+    _top2_vectors(G, dim, u1, u2)
+    _ritz2(data, indices, indptr, e0, m, n, rows_side, dim, u1, u2, out)
 
 
 @_jit
@@ -1053,26 +1308,40 @@ def strip_pattern(flat, n_out, n_in):
 
     Rows and columns without an entry are dropped and the rest renumbered in order. Returns
     ``(rows, indices, indptr, n_rows, n_cols)``: int32 row and column of every entry, int32
-    ``indptr`` and the stripped shape.
+    ``indptr`` and the stripped shape. The positions are walked row by row (they ascend), so
+    no entry needs a division.
     """
     E = flat.size
     row_deg = np.zeros(n_out, dtype=np.int64)
     col_deg = np.zeros(n_in, dtype=np.int64)
+    col = np.empty(E, dtype=np.int64)
+    r = 0
+    start = 0  # flat position of row r's first entry
     for e in range(E):
-        row_deg[flat[e] // n_in] += 1
-        col_deg[flat[e] % n_in] += 1
+        f = flat[e]
+        while f - start >= n_in:
+            r += 1
+            start += n_in
+        c = f - start
+        col[e] = c
+        row_deg[r] += 1
+        col_deg[c] += 1
     row_new, n_o = _renumber(row_deg)
     col_new, n_i = _renumber(col_deg)
     rows = np.empty(E, dtype=np.int32)
     indices = np.empty(E, dtype=np.int32)
     indptr = np.zeros(n_o + 1, dtype=np.int32)
-    for e in range(E):
-        r = row_new[flat[e] // n_in]
-        rows[e] = r
-        indices[e] = col_new[flat[e] % n_in]
-        indptr[r + 1] += 1
-    for i in range(n_o):
-        indptr[i + 1] += indptr[i]
+    e = 0
+    for r in range(n_out):
+        k = row_deg[r]
+        if k == 0:
+            continue
+        rn = row_new[r]
+        indptr[rn + 1] = indptr[rn] + k
+        for _ in range(k):
+            rows[e] = rn
+            indices[e] = col_new[col[e]]
+            e += 1
     return rows, indices, indptr, n_o, n_i
 
 
@@ -1199,9 +1468,18 @@ def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
             d_out = d * size / n_r
             ok = d >= 3 and (d_out >= 3 if both_three else d_out > 1)
             if ok and n_r >= 2:
-                rs = np.sort(used[:n_r])
-                for i in range(n_r):
-                    remap[rs[i]] = i
+                # the group's rows renumbered in order: a scan of the marks, or a sort of the
+                # rows used when they are few (the same numbering)
+                if n_r * (np.log2(n_r) + 1.0) < n_rows:
+                    rs = np.sort(used[:n_r])
+                    for i in range(n_r):
+                        remap[rs[i]] = i
+                else:
+                    i = 0
+                    for r in range(n_rows):
+                        if mark[r] == a:
+                            remap[r] = i
+                            i += 1
                 g_d[ng] = d
                 g_size[ng] = size
                 g_nr[ng] = n_r

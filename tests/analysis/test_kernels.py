@@ -62,12 +62,18 @@ def _imdb_reference(A, min_group, both_three):
     return out
 
 
+@pytest.mark.parametrize("tall", [False, True])
 @pytest.mark.parametrize("both_three", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_imdb_groups_match_scipy(seed, both_three):
+def test_imdb_groups_match_scipy(seed, both_three, tall):
+    """``tall``: many rows, few per group (the group's rows renumbered by a sort; otherwise
+    mostly by a scan of all rows)."""
     rng = np.random.default_rng(10 + seed)
     m, n = int(rng.integers(4, 60)), int(rng.integers(4, 80))
-    A = sp.random(m, n, density=rng.uniform(0.05, 0.5), random_state=rng, format="csr")
+    density = rng.uniform(0.05, 0.5)
+    if tall:
+        m, density = 300 + 40 * seed, 0.015
+    A = sp.random(m, n, density=density, random_state=rng, format="csr")
     A.data[:] = rng.integers(1, 4, A.nnz).astype(float)  # rolled-conv multiplicities
     A = A[np.flatnonzero(np.diff(A.indptr))]  # no empty rows (as a stripped pattern)
     A.sort_indices()
@@ -263,3 +269,66 @@ def test_pack_pairs_a_layers_binary_and_weighted_matrices_and_keeps_the_bits():
               for p in (partner, np.zeros(0, np.int64))]  # fmt: skip
     for x, y in zip(*bounds, strict=True):
         assert np.array_equal(x, y)
+
+
+def _small_cases(rng):
+    """Small matrices (smaller side ≤ 24) with known hard spectra: doubled and tripled top
+    singular values (identical disconnected blocks), σ₂ = 0 (complete bipartite, identical rows),
+    weighted and integer values, both orientations."""
+    cases = [np.ones((5, 9)), np.ones((24, 3)), np.kron(np.eye(2), np.ones((3, 4))),
+             np.repeat(np.eye(6), [1, 1, 2, 1, 1, 2], axis=0),  # Gram diag(1, 1, 2, 1, 1, 2)
+             np.repeat(np.eye(5), [3, 1, 3, 3, 2], axis=0).T]  # fmt: skip
+    for _ in range(300):
+        m, n = int(rng.integers(2, 25)), int(rng.integers(2, 60))
+        B = (rng.random((m, n)) < rng.uniform(0.05, 0.9)).astype(np.float64)
+        kind = int(rng.integers(0, 6))
+        if kind == 1:
+            B *= rng.random((m, n))
+        elif kind == 2:
+            B *= rng.integers(1, 4, (m, n))
+        elif kind == 3:
+            B = np.kron(np.eye(2 + int(rng.integers(0, 2))), B[: max(1, m // 3), : max(1, n // 3)])
+        elif kind == 4:
+            B[:] = B[0]
+        if rng.random() < 0.5:
+            B = B.T
+        cases.append(B)
+    for B in cases:
+        B = B[np.abs(B).sum(1) > 0][:, np.abs(B).sum(0) > 0]
+        if 2 <= min(B.shape) <= 24:
+            yield B
+
+
+def test_small_dense_route_matches_svd_with_multiplicities():
+    """The small matrices' route (sparse Gram, Householder tridiagonalization, Newton and
+    inverse iteration, Rayleigh–Ritz: no LAPACK) against numpy's SVD, including a doubled top
+    value (where inverse iteration from one start vector would find one copy only)."""
+    rng = np.random.default_rng(7)
+    out = np.empty(2)
+    count = 0
+    for B in _small_cases(rng):
+        A = sp.csr_matrix(B)
+        m, n = A.shape
+        _kernels._dense_small(A.data, A.indices.astype(np.int32), A.indptr.astype(np.int32), 0,
+                              m, n, m <= n, min(m, n), out)  # fmt: skip
+        ref = np.linalg.svd(B, compute_uv=False)[:2]
+        assert np.abs(out - ref).max() <= 1e-13 * ref[0], (B.shape, out, ref)
+        count += 1
+    assert count > 250
+
+
+def test_two_by_two_singular_values_in_closed_form():
+    rng = np.random.default_rng(3)
+    out = np.empty(2)
+    cases = [(1.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 3.0, 0.0), (0.0, 3.0, 4.0), (3.0, 0.0, 4.0),
+             (5.0, 0.0, 5.0), (2.0, 1e-20, 2.0), (1e-200, 1.0, 1e-200), (1.0, 1.0, 1e-17)]  # fmt: skip
+    cases += [tuple(np.abs(rng.standard_normal(3)) * 10.0 ** rng.integers(-8, 8, 3))
+              for _ in range(2000)]  # fmt: skip
+    for f, g, h in cases:
+        _kernels._sv_upper2(f, g, h, out)
+        ref = np.linalg.svd(np.array([[f, g], [0.0, h]]), compute_uv=False)
+        assert out[0] >= out[1] >= 0.0
+        # each value to a few ulps of itself (relative accuracy, also for a tiny σ₂)
+        assert np.all(np.abs(out - ref) <= 4e-16 * ref + 1e-300), (f, g, h, out, ref)
+    _kernels._sv_upper2(1.0, 1e300, 1.0, out)  # σ₂ = |f h| / σ₁ = 1e-300, kept (no underflow)
+    assert out[0] == 1e300 and out[1] == pytest.approx(1e-300, rel=1e-15)
