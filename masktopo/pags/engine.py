@@ -393,6 +393,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         next_t = int(state["next_t"])
         best_t = int(state.get("best_t", next_t - 1))
         best_dirty = True  # best.safetensors may predate the resume point
+        state_best = None  # the first resume point of this process writes its own copy
         import pandas as pd
 
         rows = pd.read_parquet(out / CANDIDATES_FILE).to_dict("records")
@@ -425,7 +426,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         writer.save(BASE_FILE, base_masks, meta)
         writer.save(snapshot_file(0), base_masks, meta, weights=False)
         writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
-        _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots, rows)
+        state_best = _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots,
+                                  rows)  # fmt: skip
 
     bar = None
     if progress and comm.rank == 0:
@@ -519,13 +521,16 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
                         {"pags": {"t": u, "role": "snapshot"}}, weights=False)  # fmt: skip
             snapshots.append(u)
         new_best = state_of(src)
-        if any(s is not None for s in src.values()):
+        improved = any(s is not None for s in src.values())
+        if improved:
             # best.safetensors (masks and θ: 45 MB for ResNet-18) is written when the run ends;
             # the resume point below holds the best masks of every chunk.
             best_t, best_dirty = chunk[-1], True
         best = new_best
         t = chunk[-1] + 1
-        _write_state(writer, config, t, best, best_sc, best_fp, changed, snapshots, rows, best_t)
+        # the resume copy of the best masks is rewritten only when the best changed
+        state_best = _write_state(writer, config, t, best, best_sc, best_fp, changed, snapshots,
+                                  rows, best_t, None if improved else state_best)  # fmt: skip
         if bar is not None:
             bar.update(len(chunk))
             bar.set_postfix(best=f"{best_sc.network(config.invalid)[0]:.5g}")
@@ -567,13 +572,18 @@ def _final(config, best_sc: Scores, base_sc: Scores, numel: int, rows: list[dict
 
 
 def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, changed, snapshots,
-                 rows, best_t: int = 0) -> None:  # fmt: skip
-    """Rows, then the best masks, then state.json (the commit point), then stale state files."""
+                 rows, best_t: int = 0, best_file: str | None = None) -> str | None:  # fmt: skip
+    """Rows, then the best masks, then state.json (the commit point), then stale state files.
+
+    ``best_file``: the resume copy of the best masks written by an earlier call, when the best
+    has not changed since (it is referenced again instead of rewritten). Returns the copy now
+    referenced (None when nothing is written)."""
     if not writer.active:
-        return
+        return None
     writer.rows(rows)
-    best_file = state_best_file(next_t)
-    writer.save(best_file, best, weights=False)
+    if best_file is None:
+        best_file = state_best_file(next_t)
+        writer.save(best_file, best, weights=False)
     writer.json(STATE_FILE, {
         "format": STATE_FORMAT, "version": STATE_VERSION, "config": config.to_dict(),
         "next_t": next_t, "best_file": best_file, "best_scores": best_sc.to_dict(),
@@ -583,3 +593,4 @@ def _write_state(writer: _Writer, config, next_t, best, best_sc, best_fp, change
     for old in (writer.out / STATE_DIR).glob("best-*.safetensors"):
         if old.name != keep:
             old.unlink(missing_ok=True)
+    return best_file

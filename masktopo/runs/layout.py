@@ -117,7 +117,8 @@ def snapshot_file(t: int) -> str:
 
 
 def state_best_file(next_t: int) -> str:
-    """PAGS's resume copy of the best masks before candidate ``next_t``, relative to the run."""
+    """PAGS's resume copy of the best masks, written before candidate ``next_t`` (state.json
+    refers to it until the best changes again), relative to the run."""
     return f"{STATE_DIR}/best-{next_t:06d}.safetensors"
 
 

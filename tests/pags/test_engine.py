@@ -11,7 +11,7 @@ from _stubs import NoisyMagnitude, base_mask, theta
 import masktopo
 from masktopo.errors import MaskFileError
 from masktopo.pags import PagsConfig, RewireSource, run_pags, score_candidates
-from masktopo.runs.layout import STATE_DIR, snapshot_file
+from masktopo.runs.layout import STATE_DIR, STATE_FILE, snapshot_file, state_best_file
 
 DENSITY = 0.3
 
@@ -112,6 +112,32 @@ def test_resume_equals_uninterrupted(w, base, tmp_path):
         run_pags(base, w, src, cfg.replace(seed=12), out=tmp_path / "part", resume=True)
     with pytest.raises(MaskFileError, match=r"--resume: not a run directory \(no run\.json\)"):
         run_pags(base, w, src, cfg, out=tmp_path / "none", resume=True)
+
+
+def test_resume_copy_is_rewritten_only_when_the_best_changes(w, base, tmp_path):
+    cfg = PagsConfig(n=12, chunk=4, snapshot_every=4, seed=11)
+
+    def same(t):  # every candidate is the base mask: the best never changes
+        return base.without_weights()
+
+    run_pags(base, w, same, cfg, out=tmp_path / "same", stop=lambda t: t >= 8)
+    state = json.loads((tmp_path / "same" / STATE_FILE).read_text())
+    assert state["next_t"] == 9 and state["best_file"] == state_best_file(1)
+    assert [p.name for p in (tmp_path / "same" / STATE_DIR).iterdir()] == [
+        "best-000001.safetensors"
+    ]
+    done = run_pags(base, w, same, cfg, out=tmp_path / "same", resume=True)
+    assert done.n_done == 12 and done.best.without_weights().equal(base.without_weights())
+    # A run whose best changes: state.json names the copy written after the last change.
+    cfg = cfg.replace(n=20)
+    r = run_pags(base, w, NoisyMagnitude(w, DENSITY, cfg.seed), cfg, out=tmp_path / "noisy")
+    changed = r.candidates["t"][r.candidates["accepted_layers"] > 0]
+    assert len(changed) and changed.max() <= 16  # resume points after the last change
+    last = -(-int(changed.max()) // cfg.chunk) * cfg.chunk
+    state = json.loads((tmp_path / "noisy" / STATE_FILE).read_text())
+    assert state["next_t"] == 21 and state["best_file"] == state_best_file(last + 1)
+    copy = masktopo.load(tmp_path / "noisy" / state["best_file"], weights=False)
+    assert copy.equal(r.best.without_weights())
 
 
 def test_repair_keeps_base_counts_under_layer_mixing(w, base):
