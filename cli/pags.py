@@ -8,6 +8,7 @@ are split across the processes (gloo process group) and rank 0 writes the files.
 from __future__ import annotations
 
 import argparse
+import gc
 
 from ._output import add_config_arguments, add_progress, command_config, print_config, show_progress
 
@@ -79,6 +80,10 @@ def run(args) -> int:
     from masktopo.distributed import current_world, init_world
 
     init_world(config.device, backend="gloo")  # only small objects travel
+    # The ~300k objects of the imports live as long as the process: out of the collector's
+    # reach, its full collections (the run allocates millions of small objects) scan what the
+    # run made only (PAGS n = 1000: ~1 s less; gc.freeze's documented use).
+    gc.freeze()
     result = run_pags(config, args.out, resume=args.resume, progress=show_progress(args))
     from masktopo.runs.layout import BEST_FILE
 
