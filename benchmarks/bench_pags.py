@@ -27,7 +27,8 @@ sparsity), in one run:
 4. **The command** (issue 20), with ``--cli``: ``masktopo pags --model resnet18 --dataset
    cifar10 --method erk --density 0.01 --candidates N --seed 1 --device cpu --out TMP`` as a
    fresh process (start-up and imports included), ``--repeats`` times, median reported with the
-   load average before and after every run; ``--cli-exact`` also times ``--exact`` (the
+   load average before and after every run (with several variants, interleaved: each round runs
+   every variant once); ``--cli-exact`` also times ``--exact`` (the
    all-exact path) and ``--before TREE`` the same command from another source tree (e.g.
    ``git archive HEAD | tar -x -C /tmp/before``: the code before a change). Goal: n = 1000 in
    ≤ 10 s on 2 cores.
@@ -568,10 +569,9 @@ def _load() -> str:
         return "n/a"
 
 
-def cli_runs(n: int, repeats: int, extra: list[str], tree: Path | None) -> tuple[list, list, list]:
-    """Wall times of ``masktopo pags ... --candidates n`` as fresh processes (a warm-up run of
-    2 candidates first: numba's cache), their CPU times (user + system, all threads), and the
-    load average before and after each."""
+def cli_run(count: int, extra: list[str], tree: Path | None, out: Path) -> tuple[float, float]:
+    """Wall and CPU time (user + system, all threads) of ``masktopo pags ... --candidates
+    count`` as a fresh process, from ``tree`` (PYTHONPATH and working folder) or this one."""
     import resource
     import subprocess
 
@@ -582,30 +582,19 @@ def cli_runs(n: int, repeats: int, extra: list[str], tree: Path | None) -> tuple
         cwd = str(tree)
     cmd = [sys.executable, "-m", "masktopo", "pags", "--model", "resnet18", "--dataset",
            "cifar10", "--method", "erk", "--density", "0.01", "--seed", "1", "--device", "cpu",
-           *extra]  # fmt: skip
-    times, loads, cpus = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(repeats + 1):
-            count = 2 if i == 0 else n
-            out = Path(tmp) / f"o{i}"
-            before = _load()
-            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            subprocess.run([*cmd, "--candidates", str(count), "--out", str(out)], env=env,
-                           cwd=cwd, check=True, capture_output=True)  # fmt: skip
-            dt = time.perf_counter() - t0
-            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-            if i:
-                times.append(dt)
-                cpus.append(cpu)
-                loads.append((before, _load()))
-                log(f"  {' '.join(extra) or 'default'}{' (before)' if tree else ''}: run {i}: "
-                    f"{dt:.1f} s (CPU {cpu:.1f} s), load {before} → {loads[-1][1]}")  # fmt: skip
-    return times, loads, cpus
+           *extra, "--candidates", str(count), "--out", str(out)]  # fmt: skip
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True)
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def cli_section(args) -> list[str]:
+    """The command's rows: every variant warmed up (2 candidates: numba's cache), then
+    ``--repeats`` rounds that run every variant once, in turn (interleaved, so that a machine
+    whose speed drifts during the benchmark favours none of them)."""
     variants = []
     if args.before is not None:
         variants.append((f"before ({args.before})", [], args.before))
@@ -615,15 +604,30 @@ def cli_section(args) -> list[str]:
     lines = ["", f"#### 4. The command, n = {args.n} (fresh process each run)", "",
              "`masktopo pags --model resnet18 --dataset cifar10 --method erk --density 0.01 "
              f"--candidates {args.n} --seed 1 --device cpu --out TMP`, start-up included; "
-             f"median of {args.repeats} after a 2-candidate warm-up run.", "",
+             f"median of {args.repeats} after a 2-candidate warm-up run, the variants "
+             "interleaved (each round runs every variant once).", "",
              "| code | median s | candidates/s | runs (s) | CPU s (user + sys) | load average "
              "before → after each run |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for label, extra, tree in variants:
-        times, loads, cpus = cli_runs(args.n, args.repeats, extra, tree)
-        med = statistics.median(times)
-        runs = ", ".join(f"{t:.1f}" for t in times)
-        cpu = ", ".join(f"{t:.1f}" for t in cpus)
-        ld = "; ".join(f"{a} → {b}" for a, b in loads)
+    times: list[list[float]] = [[] for _ in variants]
+    cpus: list[list[float]] = [[] for _ in variants]
+    loads: list[list[tuple[str, str]]] = [[] for _ in variants]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (_, extra, tree) in enumerate(variants):
+            cli_run(2, extra, tree, Path(tmp) / f"warm{k}")
+        for i in range(1, args.repeats + 1):
+            for k, (label, extra, tree) in enumerate(variants):
+                before = _load()
+                dt, cpu = cli_run(args.n, extra, tree, Path(tmp) / f"o{k}-{i}")
+                times[k].append(dt)
+                cpus[k].append(cpu)
+                loads[k].append((before, _load()))
+                log(f"  {label}: run {i}: {dt:.1f} s (CPU {cpu:.1f} s), load {before} → "
+                    f"{loads[k][-1][1]}")  # fmt: skip
+    for k, (label, _, _) in enumerate(variants):
+        med = statistics.median(times[k])
+        runs = ", ".join(f"{t:.1f}" for t in times[k])
+        cpu = ", ".join(f"{t:.1f}" for t in cpus[k])
+        ld = "; ".join(f"{a} → {b}" for a, b in loads[k])
         lines.append(f"| {label} | **{med:.1f}** | {args.n / med:.1f} | {runs} | {cpu} | {ld} |")
     lines.append("")
     return lines
