@@ -8,8 +8,10 @@ where one chunk of candidates brings thousands of matrices).
 Per matrix, on the Gram operator ``G`` of its smaller side (``BBᵀ`` or ``BᵀB``, applied as two
 sparse passes over the CSR arrays, never formed):
 
-* smaller side ``s ≤ small_side``: the dense ``s × s`` Gram matrix, LAPACK ``eigh`` and a
-  Rayleigh–Ritz step on its top two eigenvectors (exact whatever the connectivity);
+* smaller side ``s ≤ small_side``: the dense ``s × s`` Gram matrix formed from the entries,
+  its top two eigenvectors (Householder reduction, Newton's method, inverse iteration; no
+  LAPACK call, whose fixed costs dominate at these sizes) and a Rayleigh–Ritz step on them
+  (exact whatever the connectivity);
 * otherwise the bipartite graph is split into connected components (union–find), rank-one
   components get ``σ = ‖values‖``, small ones the dense route, and each large one a Lanczos run
   with partial reorthogonalization [S84]_ [GV13]_ from a seeded Gaussian start vector, stopped when the
@@ -17,9 +19,9 @@ sparse passes over the CSR arrays, never formed):
   non-negative matrix has a simple ``σ₁`` (Perron–Frobenius), which a single start vector cannot
   miss; solving components separately finds a ``σ₁`` shared by two components;
 * the σ come from a Rayleigh–Ritz step on the two Ritz vectors ``W``: the singular values of
-  ``BᵀW`` (or ``BW``) by a two-column QR and a 2×2 SVD, which keeps small σ exact to about
-  ``ε·σ₁`` (``sqrt`` of the Gram Ritz values would not, e.g. ``σ₂ = 0`` of a complete bipartite
-  graph); the two largest values over all components are kept.
+  ``BᵀW`` (or ``BW``) by a two-column QR and a 2×2 SVD in closed form, which keeps small σ
+  exact to about ``ε·σ₁`` (``sqrt`` of the Gram Ritz values would not, e.g. ``σ₂ = 0`` of a
+  complete bipartite graph); the two largest values over all components are kept.
 
 The Ritz pairs of the tridiagonal ``T_k`` come from Newton's method on ``det(T_k − x·I)`` from a
 validated upper bound (the top value), Rayleigh quotient iteration from the previous check's
@@ -748,8 +750,8 @@ def _sparse_gram(data, indices, indptr, e0, m, n, rows_side, dim):
     if rows_side:
         t = np.zeros(n)
         for i in range(m):
-            for p in range(indptr[i], indptr[i + 1]):
-                t[indices[e0 + p]] = data[e0 + p]
+            for p in range(indptr[i], indptr[i + 1]):  # (a repeated index adds up)
+                t[indices[e0 + p]] += data[e0 + p]
             for j in range(i, m):
                 acc = 0.0
                 for p in range(indptr[j], indptr[j + 1]):
@@ -873,9 +875,11 @@ def _second_newton(alpha, beta, k, th1):
 def _top2_vectors(G, n, u1, u2):
     """Eigenvectors of the two largest eigenvalues of the symmetric ``n × n`` matrix ``G``
     (``n ≥ 2``, overwritten) into ``u1``, ``u2``: Householder tridiagonalization, the top
-    eigenvalue by Newton's method from the Gershgorin bound, the second by bisection on Sturm
-    counts, their vectors by inverse iteration (the second kept orthogonal to the first, so a
-    double top eigenvalue gives two vectors of its eigenspace) and the back-transformation.
+    eigenvalue by Newton's method from an upper bound (Collatz–Wielandt for a non-negative
+    ``G``, else Gershgorin), the second by deflated Newton (:func:`_second_newton`), their
+    vectors by inverse iteration (the second from another start vector, kept orthogonal to the
+    first, so a double top eigenvalue gives two vectors of its eigenspace) and the
+    back-transformation.
     The vectors feed a Rayleigh–Ritz step, whose values err by the square of the vectors'
     error (which is about ``ε‖G‖/gap``; a value whose gap is that small is itself that close)."""
     # An upper bound on λ₁ to start Newton from: for a non-negative G the Collatz–Wielandt

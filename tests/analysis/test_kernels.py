@@ -315,6 +315,16 @@ def test_small_dense_route_matches_svd_with_multiplicities():
         assert np.abs(out - ref).max() <= 1e-13 * ref[0], (B.shape, out, ref)
         count += 1
     assert count > 250
+    # A repeated index in a row adds up, as in a dense copy (both orientations).
+    indptr = np.array([0, 3, 5, 6], dtype=np.int32)
+    indices = np.array([0, 2, 0, 1, 1, 3], dtype=np.int32)
+    data = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 4.0])
+    B = np.zeros((3, 4))
+    np.add.at(B, (np.repeat(np.arange(3), np.diff(indptr)), indices), data)
+    ref = np.linalg.svd(B, compute_uv=False)[:2]
+    for rows_side, dim in ((True, 3), (False, 4)):
+        _kernels._dense_small(data, indices, indptr, 0, 3, 4, rows_side, dim, out)
+        assert np.allclose(out, ref, rtol=0, atol=1e-13 * ref[0])
 
 
 def test_two_by_two_singular_values_in_closed_form():
