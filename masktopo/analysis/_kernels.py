@@ -319,8 +319,9 @@ def _eigvec(alpha, beta, k, theta, other, s):
     if k == 1:
         s[0] = 1.0
         return
+    ws = np.empty((4, k))
     for _ in range(2):  # θ is accurate to a few ulps: two steps give the vector to ε/gap
-        _tri_solve(alpha, beta, k, theta, s)
+        _tri_solve_ws(alpha, beta, k, theta, s, ws)
         if other.size:
             c = 0.0
             for j in range(k):
@@ -916,17 +917,7 @@ def _top2_vectors(G, n, u1, u2):
     s1 = np.empty(n)
     s2 = np.empty(n)
     ws = np.empty((4, n))
-    for j in range(n):  # as _eigvec: not orthogonal to an eigenvector of an unreduced T
-        s1[j] = 1.0 + 0.01 * j
-    for _ in range(2):  # θ₁ is accurate to a few ulps: two steps give the vector to ε/gap
-        _tri_solve_ws(alpha, beta, n, th1, s1, ws)
-        nrm = np.sqrt(_dot(s1, s1, n))
-        if not np.isfinite(nrm) or nrm == 0.0:  # pragma: no cover - as _eigvec
-            for j in range(n):
-                s1[j] = 1.0 / np.sqrt(n)
-            continue
-        for j in range(n):
-            s1[j] /= nrm
+    _eigvec(alpha, beta, n, th1, np.zeros(0), s1)
     # The second from another start vector, orthogonal to the first: when θ₂ = θ₁ (a split
     # T), inverse iteration from the first's start vector would return the first's direction.
     for j in range(n):
@@ -1311,9 +1302,9 @@ def strip_pattern(flat, n_out, n_in):
     """Stripped CSR of the entries ``flat`` (ascending row-major positions in ``n_out × n_in``).
 
     Rows and columns without an entry are dropped and the rest renumbered in order. Returns
-    ``(rows, indices, indptr, n_rows, n_cols)``: int32 row and column of every entry, int32
-    ``indptr`` and the stripped shape. The positions are walked row by row (they ascend), so
-    no entry needs a division.
+    ``(indices, indptr, n_rows, n_cols)``: the int32 column of every entry, int32 ``indptr``
+    and the stripped shape. The positions are walked row by row (they ascend), so no entry
+    needs a division.
     """
     E = flat.size
     row_deg = np.zeros(n_out, dtype=np.int64)
@@ -1332,7 +1323,6 @@ def strip_pattern(flat, n_out, n_in):
         col_deg[c] += 1
     row_new, n_o = _renumber(row_deg)
     col_new, n_i = _renumber(col_deg)
-    rows = np.empty(E, dtype=np.int32)
     indices = np.empty(E, dtype=np.int32)
     indptr = np.zeros(n_o + 1, dtype=np.int32)
     e = 0
@@ -1343,10 +1333,9 @@ def strip_pattern(flat, n_out, n_in):
         rn = row_new[r]
         indptr[rn + 1] = indptr[rn] + k
         for _ in range(k):
-            rows[e] = rn
             indices[e] = col_new[col[e]]
             e += 1
-    return rows, indices, indptr, n_o, n_i
+    return indices, indptr, n_o, n_i
 
 
 @_jit
@@ -1706,7 +1695,7 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps)``: the stripped shape, the kept
     groups (degree, column count, row count) and per matrix the bounds and Lanczos steps.
     """
-    _rows, indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
+    indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
     E = pos.size
     ones = np.ones(E)  # the binary values, of the pattern and of every group (E entries at most)
     d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off = imdb_groups(

@@ -241,7 +241,7 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
 
 def _layer_pattern(raw: _Raw) -> _Pattern:
     """The stripped CSR pattern of one layer."""
-    _, indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
+    indices, indptr, n_o, n_i = strip_pattern(raw.pos, raw.n_out, raw.n_in)
     data = np.ones(raw.nnz) if raw.data is None else raw.data
     wdata = None if raw.wdata is None else raw.wdata.astype(np.float64, copy=False)
     return _Pattern(indptr, indices, data, raw.data is None, wdata, (n_o, n_i))
