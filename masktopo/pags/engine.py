@@ -160,6 +160,12 @@ class _LazyFingerprints:
         return self.done[name]
 
 
+def _owner_fingerprints(masks, names: list[str], could: np.ndarray) -> dict[str, str]:
+    """The fingerprints a candidate's owner sends with several processes: those of the layers
+    ``could`` (bool ``(L,)``) that can still be accepted; the others are never read."""
+    return {n: _fingerprint(masks[n]) for n, c in zip(names, could, strict=True) if c}
+
+
 def _pack(mask: torch.Tensor) -> tuple[bytes, tuple[int, ...]]:
     return np.packbits(mask.reshape(-1).numpy()).tobytes(), tuple(mask.shape)
 
@@ -469,9 +475,12 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             local_sc = score(list(cands.values())) if cands else None
             n_exact += len(chunk) * L
         # Fingerprints: only of the layers that would be accepted (a single process has the
-        # masks at hand); with several processes the owner computes them all before the gather.
+        # masks at hand); with several processes the owner computes them before the gather for
+        # the layers that beat the best before this chunk: the best only improves within the
+        # chunk, so no other layer can be accepted (and a dense mask costs ~8 ms a candidate).
         local = {u: (local_sc.take(i), _LazyFingerprints(cands[u]) if comm.world == 1
-                     else {n: _fingerprint(cands[u][n]) for n in names})
+                     else _owner_fingerprints(cands[u], names, accept(config, best_sc, local_sc, i)
+                                              & (exact_mask[u] if ranked else True)))
                  for i, u in enumerate(mine)}  # fmt: skip
         gathered: dict[int, tuple[Scores, dict]] = {}
         for part in comm.gather(local):

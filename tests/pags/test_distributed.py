@@ -37,6 +37,11 @@ def test_one_and_two_processes_agree(tmp_path):
     one = tmp_path / "w1"
     run_pags(base_mask(w, 0.3), w, NoisyMagnitude(w, 0.3, KW["seed"]), PagsConfig(**KW), out=one)
     two = _spawn(2, tmp_path, "w2")
+    # The best changes more than once inside a chunk (the owners send fingerprints only of the
+    # layers that beat the best before the chunk: this exercises that the others never win).
+    rows = pd.read_parquet(one / "candidates.parquet")
+    improving = rows[(rows.t > 0) & (rows.accepted_layers > 0)].t
+    assert ((improving - 1) // KW["chunk"]).value_counts().max() >= 2
     b1, b2 = masktopo.load(one / "best.safetensors"), masktopo.load(two / "best.safetensors")
     assert b1.equal(b2)
     pd.testing.assert_frame_equal(pd.read_parquet(one / "candidates.parquet"),
