@@ -599,6 +599,9 @@ def cli_section(args) -> list[str]:
     if args.before is not None:
         variants.append((f"before ({args.before})", [], args.before))
     variants.append(("this tree, default (ranking then exact)", [], None))
+    if args.cli_estimates:
+        variants.append(("this tree, --estimates (every candidate's fs estimated)",
+                         ["--estimates"], None))  # fmt: skip
     if args.cli_exact:
         variants.append(("this tree, --exact (all exact)", ["--exact"], None))
     lines = ["", f"#### 4. The command, n = {args.n} (fresh process each run)", "",
@@ -688,6 +691,8 @@ def parse_args(argv=None):
         help="time the masktopo pags command end to end (part 4) instead of parts 1-3",
     )
     p.add_argument("--cli-exact", action="store_true", help="with --cli: also time --exact")
+    p.add_argument("--cli-estimates", action="store_true",
+                   help="with --cli: also time --estimates")  # fmt: skip
     p.add_argument("--before", type=Path, default=None, metavar="TREE",
                    help="with --cli: also time the command from this source tree")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the report to this file")

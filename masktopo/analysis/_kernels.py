@@ -1680,7 +1680,7 @@ def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, 
 
 @_jit
 def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, tol, small_side,
-               upper, table):  # fmt: skip
+               upper, table, lean=False):  # fmt: skip
     """The ranking pass of one unit-valued layer in one call: :func:`strip_pattern`,
     :func:`imdb_groups` and :func:`_bounds_one` on its matrices, with nothing concatenated
     (what :func:`pack` and :func:`top2_bounds_batch` do for many layers at once, from the same
@@ -1690,7 +1690,9 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     (every value 1); ``w``: ``|W|`` at them (float64). The matrices, in order: the binary
     pattern, the weighted one, the IMDB groups' binary matrices, then their weighted ones. The
     groups' binary matrices get ``steps`` Lanczos steps, the others ``other_steps``; ``table``
-    holds the start vector (:func:`_gaussians` of at least the larger side).
+    holds the start vector (:func:`_gaussians` of at least the larger side). ``lean``: only the
+    groups' binary matrices (the others' rows stay 0, with 0 steps; ``w`` is not read), each the
+    same bits as with the others beside it.
 
     Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps)``: the stripped shape, the kept
     groups (degree, column count, row count) and per matrix the bounds and Lanczos steps.
@@ -1708,8 +1710,9 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     if E == 0:
         return n_o, n_i, d, size, n_r, lo, hi, nsteps
     ostep = min(steps, other_steps)
-    gw = np.empty(g_eid.size)
-    for k in range(g_eid.size):
+    nl = 1 if lean else 2
+    gw = np.empty(0 if lean else g_eid.size)
+    for k in range(gw.size):
         gw[k] = w[g_eid[k]]
     # Each pattern's binary and weighted matrix side by side (one traversal for both products
     # while both run): each matrix's bounds are the same bits as on its own.
@@ -1717,12 +1720,15 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     budget = np.array([steps, ostep])
     for g in range(ng):  # the groups
         ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
-        K = _bounds_lanes(ones, gw, 2, g_indices, ip, nnz_off[g], size[g], n_r[g], tol, budget,
-                          small_side, L[0], L[1], table, upper)  # fmt: skip
-        for lane, j in ((0, 2 + g), (1, 2 + ng + g)):
+        K = _bounds_lanes(ones, gw, nl, g_indices, ip, nnz_off[g], size[g], n_r[g], tol,
+                          budget[:nl], small_side, L[0, :nl], L[1, :nl], table, upper)  # fmt: skip
+        for lane in range(nl):
+            j = 2 + g + lane * ng
             lo[j] = L[0, lane]
             hi[j] = L[1, lane]
             nsteps[j] = K[lane]
+    if lean:
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps
     budget[0] = ostep  # the whole pattern, binary and weighted
     K = _bounds_lanes(ones, w, 2, indices, indptr, 0, n_o, n_i, tol, budget, small_side, L[0],
                       L[1], table, upper)  # fmt: skip

@@ -107,9 +107,12 @@ class KeptPositions(NamedTuple):
         return attach_positions(flat.reshape(self.shape), self.positions)
 
 
-def _extract_any(name: str, mask, weight: torch.Tensor, opts: Options) -> _Raw:
+def _extract_any(
+    name: str, mask, weight: torch.Tensor, opts: Options, weights: bool = True
+) -> _Raw:
     """:func:`~masktopo.analysis.metrics._extract` for a dense mask or :class:`KeptPositions`
-    (the same result, without building the mask where the conv reading allows)."""
+    (the same result, without building the mask where the conv reading allows). ``weights``
+    False: a unit-valued layer's ``|W|`` is not gathered (``wdata`` None; lean ranking)."""
     if not isinstance(mask, KeptPositions):
         return _extract(name, mask, weight, opts)
     shape = tuple(mask.shape)
@@ -119,7 +122,7 @@ def _extract_any(name: str, mask, weight: torch.Tensor, opts: Options) -> _Raw:
         return _extract(name, mask.dense(), weight, opts)
     flat = mask.positions
     numel = int(np.prod(shape))
-    w = np.abs(wt.numpy().reshape(-1)[flat])  # as _extract: float32 stays float32
+    w = np.abs(wt.numpy().reshape(-1)[flat]) if weights else None  # float32 stays float32
     pos = flat.astype(np.int32) if numel < 2**31 else flat
     return _Raw(name, shape[0], numel // shape[0], numel, pos, None, w)
 
@@ -166,22 +169,25 @@ def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
-def _layer_coords(plan, opts: Options, table: np.ndarray, off: int) -> np.ndarray:
+def _layer_coords(plan, opts: Options, table: np.ndarray, off: int,
+                  lean: bool = False) -> tuple[np.ndarray, bool]:  # fmt: skip
     """``(3, 4)``: lower bounds, upper bounds and estimates of the coordinate (NaN where
-    undefined) of one planned layer; ``table`` the :func:`_sv_table` of all matrices, this
-    layer's from ``off``."""
+    undefined) of one planned layer, and whether it passes the Ramanujan gate; ``table`` the
+    :func:`_sv_table` of all matrices, this layer's from ``off``. ``lean``: only ``IMDB_Δr``
+    (the other entries stay NaN)."""
     out = np.full((3, 4), np.nan)
     L = plan.layer
     if not L.n_edges or min(L.n_out_active, L.n_in_active) < 2:
-        return out
+        return out, False
     slots = plan.slots
     d_out = L.n_edges / L.n_out_active
     d_in = L.n_edges / L.n_in_active
-    if _gate_ok(opts.gate, d_out, d_in) and "sv_binary" in slots:
+    gated = _gate_ok(opts.gate, d_out, d_in) and "sv_binary" in slots
+    if gated and not lean:
         bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
         _, _, s2_lo, s2_hi, _, e2 = table[off + slots["sv_binary"]]
         out[:, 0] = (bound - s2_hi, bound - s2_lo, bound - e2)
-    if "sv_weighted" in slots:
+    if "sv_weighted" in slots and not lean:
         s1_lo, s1_hi, s2_lo, s2_hi, e1, e2 = table[off + slots["sv_weighted"]]
         out[:, 1] = (s1_lo - s2_hi, s1_hi - s2_lo, e1 - e2)
     if plan.imdb_groups:
@@ -194,16 +200,16 @@ def _layer_coords(plan, opts: Options, table: np.ndarray, off: int) -> np.ndarra
         dr = np.stack([c * (bound - t[:, 3]), c * (bound - t[:, 2]), c * (bound - t[:, 5])], 1)
         out[:, 2] = dr.mean(axis=0)
         key = ("imdb_weighted", plan.imdb_groups[0][0])
-        if key in slots:
+        if key in slots and not lean:
             t = table[off + slots[key] : off + slots[key] + d.size]
             lam = np.stack([c * (t[:, 0] - t[:, 3]), c * (t[:, 1] - t[:, 2]),
                             c * (t[:, 4] - t[:, 5])], 1)  # fmt: skip
             out[:, 3] = lam.mean(axis=0)
-    return out
+    return out, gated
 
 
 def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
-               bounds: str = "all") -> _Part:  # fmt: skip
+               bounds: str = "all", lean: bool = False) -> _Part:  # fmt: skip
     """Plan the layers, then bound their matrices: the IMDB groups' binary matrices (whose σ₂
     lower bounds decide the IMDB criterion's upper bound) with ``steps`` Lanczos steps, the
     others with :data:`OTHER_STEPS` (their bounds feed the full-spectrum distance, whose upper
@@ -213,7 +219,10 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     pass (two matrix products fewer per matrix): the lower bounds and the estimates are the
     same bits, so the IMDB criterion's upper bound (from the σ₂ lower bounds of the groups)
     changes only by its safety margin (:data:`MARGIN` of σ₁'s upper bound); the other upper
-    bounds are looser."""
+    bounds are looser.
+
+    ``lean``: a unit-valued layer's groups' binary matrices only (:func:`_kernels.rank_layer`
+    ``lean``; the same bits for them); other layers are bounded in full."""
     groups: list = []  # (matrix offset, job) of IMDB binary blocks
     others: list = []
     fused: list = []  # (matrix offset, lo, hi, steps) of layers ranked by _kernels.rank_layer
@@ -222,7 +231,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     for raw in raws:
         part.offsets.append(n_mat)
         if _fusable(raw, selection):
-            plan, lo, hi, st = _rank_fused(raw, opts, selection, steps, upper)
+            plan, lo, hi, st = _rank_fused(raw, opts, selection, steps, upper, lean)
             fused.append((n_mat, lo, hi, st))
             n_mat += plan.n_mat
             part.plans.append(plan)
@@ -254,12 +263,14 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
 #: The quantities :func:`_kernels.rank_layer` plans (the ranking selection's).
 _FUSED_QUANTITIES = frozenset({"sv_binary", "sv_weighted", "imdb_groups", "imdb_weighted"})
 _TABLE: list[np.ndarray] = [np.zeros(0)]
+_NO_WEIGHTS = np.zeros(0)
 
 
 def _fusable(raw: _Raw, selection) -> bool:
     """Whether :func:`_rank_fused` can rank the layer: unit values (a linear layer or the
-    unrolled conv reading), weights, and the ranking selection's quantities."""
-    return raw.data is None and raw.wdata is not None and selection.quantities == _FUSED_QUANTITIES
+    unrolled conv reading) and the ranking selection's quantities (a layer extracted without
+    its weights is ranked lean)."""
+    return raw.data is None and selection.quantities == _FUSED_QUANTITIES
 
 
 def _start_table(n: int) -> np.ndarray:
@@ -282,15 +293,19 @@ class _FusedPlan(NamedTuple):
     raw: _Raw
 
 
-def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool):
+def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
+                lean: bool = False):  # fmt: skip
     """One layer through :func:`_kernels.rank_layer`: the same matrices, in the same slots, as
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
-    same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits)."""
-    w = raw.wdata.astype(np.float64, copy=False)
+    same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
+    ``lean`` only the groups' binary matrices, the other slots hold 0). A layer extracted without
+    its weights (``wdata`` None) is ranked lean."""
+    lean = lean or raw.wdata is None
+    w = _NO_WEIGHTS if lean else raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
     n_o, n_i, d, size, n_r, lo, hi, st = rank_layer(
         raw.pos, raw.n_out, raw.n_in, w, *_imdb_rule(opts), steps, OTHER_STEPS, RANK_TOL,
-        DENSE_MAX_SIDE, upper, table,
+        DENSE_MAX_SIDE, upper, table, lean,
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
     if not raw.nnz:
@@ -391,20 +406,29 @@ class LayerBounds:
     ----------
     lower, upper, estimate : numpy.ndarray
         ``(N, 4)`` bounds and Ritz estimates of :data:`COORDINATES` (NaN where undefined; the
-        definedness is structural, so it is the exact value's).
+        definedness is structural, so it is the exact value's). Without ``estimates`` only the
+        ``IMDB_Δr`` column is filled (the others are NaN: not computed).
+    valid : numpy.ndarray
+        ``(N,)`` bool: the layer passes the Ramanujan gate (structural; Δr and λ are defined).
+    estimated : bool
+        Whether every entry was bounded and estimated (:func:`rank_layers` ``estimates``).
     n_edges : numpy.ndarray
         ``(N,)`` int64 edge counts (exact).
     steps : int
         Lanczos steps taken over all matrices.
     """
 
-    def __init__(self, n: int, opts: Options, names: list[str], device=None, route="auto"):
+    def __init__(self, n: int, opts: Options, names: list[str], device=None, route="auto",
+                 layers=None, estimated: bool = True):  # fmt: skip
         self._device, self._route = device, route
         self.lower = np.full((n, 4), np.nan)
         self.upper = np.full((n, 4), np.nan)
         self.estimate = np.full((n, 4), np.nan)
+        self.valid = np.zeros(n, dtype=bool)
+        self.estimated = estimated
         self.n_edges = np.zeros(n, dtype=np.int64)
         self.steps = 0
+        self._layers = layers  # (name, mask, weight): a layer ranked without its weights
         self._plans: list = [None] * n
         self._opts = opts
         self._names = names
@@ -415,7 +439,10 @@ class LayerBounds:
         analysis plans it)."""
         plan = self._plans[i]
         if isinstance(plan, _FusedPlan):
-            plan = self._plans[i] = _plan_layer(plan.raw, self._opts, self._selection)
+            raw = plan.raw
+            if raw.wdata is None:  # ranked lean: gather its weights now
+                raw = _extract_any(*self._layers[i], self._opts)
+            plan = self._plans[i] = _plan_layer(raw, self._opts, self._selection)
         return plan
 
     def exact(self, index: Sequence[int]) -> np.ndarray:
@@ -470,6 +497,7 @@ def rank_layers(
     device: str | torch.device | None = None,
     route: str = "auto",
     bounds: str = "all",
+    estimates: bool = True,
 ) -> LayerBounds:
     """Bounds on the full-spectrum coordinate of many weighted layers (module docstring).
 
@@ -494,6 +522,12 @@ def rank_layers(
         exists); the other upper bounds stay rigorous but looser (``σ₁ ≤ √(‖B‖₁‖B‖∞)``),
         the lower bounds and estimates are the same and the pass costs about a sixth less.
         The CPU route only (the batched route bounds as ``"all"``).
+    estimates : bool
+        False (with ``bounds="imdb"`` only): bound and estimate ``IMDB_Δr`` alone — a layer's
+        IMDB groups' binary matrices, not its whole patterns nor any weighted matrix, and its
+        weights are gathered only when :meth:`LayerBounds.exact` needs them. The IMDB bounds
+        are the same bits; the pass costs about half (docs/performance.md). The other columns
+        are NaN (not computed); :attr:`LayerBounds.valid` still says which layers are gated.
 
     Returns
     -------
@@ -505,18 +539,24 @@ def rank_layers(
     steps = RANK_STEPS if steps is None else int(steps)
     if bounds not in BOUNDS:
         raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}")
+    if not estimates and bounds != "imdb":
+        raise ValueError("estimates=False bounds IMDB_Δr alone: it needs bounds='imdb'")
+    lean = not estimates
     layers = list(layers)
     names = _names()
     selection = select(names)
     dev = None if device is None else torch.device(device)
     batched = route == "batched" or (dev is not None and dev.type != "cpu")
     res = LayerBounds(len(layers), opts, names, *((dev or torch.device("cpu"), route)
-                                                  if batched else ()))  # fmt: skip
+                                                  if batched else (None, "auto")),
+                      layers=layers, estimated=estimates)  # fmt: skip
     if not layers:
         return res
+    # lean on the CPU: no |W| is gathered for the ranking (the batched route bounds in full)
+    gather = not lean or batched
 
     def extract(idx):
-        return [_extract_any(*layers[i], opts) for i in idx]
+        return [_extract_any(*layers[i], opts, gather) for i in idx]
 
     sizes = np.array([_size(m) for _, m, _ in layers], dtype=np.int64)
     with threadpool_limits(1):
@@ -526,17 +566,19 @@ def rank_layers(
                                    res._device)]  # fmt: skip
         elif use_workers(int(sizes.sum())):
             a, b = split_two(sizes, _REMOTE_SHARE)
-            far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps, bounds)
-            parts = [_rank_part(_Part(list(a)), extract(a), opts, selection, steps, bounds),
-                     far.result()]  # fmt: skip
+            far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps, bounds,
+                         lean)  # fmt: skip
+            parts = [_rank_part(_Part(list(a)), extract(a), opts, selection, steps, bounds,
+                                lean), far.result()]  # fmt: skip
         else:
             idx = list(range(len(layers)))
-            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds)]
+            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds, lean)]
     for part in parts:
         res.steps += int(part.steps.sum())
         table = _sv_table(part.lo, part.hi)
         for i, plan, off in zip(part.index, part.plans, part.offsets, strict=True):
             res._plans[i] = plan
             res.n_edges[i] = plan.layer.n_edges
-            res.lower[i], res.upper[i], res.estimate[i] = _layer_coords(plan, opts, table, off)
+            coords, res.valid[i] = _layer_coords(plan, opts, table, off, lean)
+            res.lower[i], res.upper[i], res.estimate[i] = coords
     return res

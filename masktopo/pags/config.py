@@ -33,7 +33,7 @@ SELECTIONS = ("layerwise", "global")
 #: Where the full-spectrum distance is measured from (pags-spec A5).
 REFERENCES = ("origin", "base")
 #: Configuration fields that may change between a run and its ``--resume``.
-RESUMABLE_CHANGES = ("n", "chunk", "exact", "device", "route", "data_dir")
+RESUMABLE_CHANGES = ("n", "chunk", "exact", "estimates", "device", "route", "data_dir")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,12 @@ class PagsConfig:
                          "default every candidate is ranked with a few Lanczos steps and only "
                          "the layers whose rigorous upper bounds can still beat the best are "
                          "computed exactly: the same selection, faster")  # fmt: skip
+    estimates: bool = option(False, "also estimate every candidate's full-spectrum distances "
+                             "and network score in the ranking pass, for candidates.parquet "
+                             "and the plot's dots (about twice the ranking's cost; the same "
+                             "selection); without it a candidate's row holds its IMDB "
+                             "estimates, and its fs values only for the layers computed "
+                             "exactly")  # fmt: skip
     invalid: str = option("zero", "layers failing the Ramanujan gate count as 0 (N23) or are "
                           "skipped (I23)", choices=INVALID, what="invalid-value rule")  # fmt: skip
     reference: str = option("origin", "full-spectrum distance from the origin (author code) or "

@@ -22,9 +22,11 @@ all-exact path's (``exact=True``, ``--exact``). Under the layerwise rule only th
 made tight (``bounds="imdb"``): the full-spectrum distance's upper bound rests on ``σ₂ ≤ σ₁``
 and did not reject a single layer in the runs measured (docs/performance.md), so the cheaper
 ``σ₁ ≤ √(‖B‖₁‖B‖∞)`` replaces the Collatz–Wielandt pass there; the global rule keeps both.
-Rows of ``candidates.parquet`` hold the exact criteria of the layers accepted from the candidate
-and the ranking estimates of the others (so the rows, too, do not depend on the chunk size or
-the number of processes).
+Without ``estimates`` (the default) the layerwise rule's ranking bounds ``IMDB_Δr`` alone (its
+groups' binary matrices; the fs bound is then +∞, which changes nothing, and the pass costs about
+half). Rows of ``candidates.parquet`` hold the exact criteria of the layers accepted from the
+candidate and the ranking estimates of the others (``IMDB_Δr`` only, ``fs`` NaN, without
+``estimates``), so the rows, too, do not depend on the chunk size or the number of processes.
 
 So every layer of the result scores at least its base layer under both criteria (layerwise), or
 the result's network score is at least the base's (global): PAGS never returns a mask scoring below
@@ -200,13 +202,15 @@ def _row(t: int, sc: Scores, i: int, config: PagsConfig, numel: int, accepted: i
     inv = config.invalid
     fs, imdb = sc.fs_criterion(inv)[i], sc.imdb(inv)[i]
     nan = float("nan")
+    # fs is NaN where it was not computed (ranking without --estimates): no summary then
+    some = np.isfinite(fs).any() and not np.isnan(sc.fs[i]).any()
     return {
         "t": t,
         "network_score": float(sc.network(inv)[i]),
         "density": float(sc.nnz[i].sum() / numel),
-        "fs_mean": float(np.nanmean(fs)) if np.isfinite(fs).any() else nan,
-        "fs_min": float(np.nanmin(fs)) if np.isfinite(fs).any() else nan,
-        "fs_max": float(np.nanmax(fs)) if np.isfinite(fs).any() else nan,
+        "fs_mean": float(np.nanmean(fs)) if some else nan,
+        "fs_min": float(np.nanmin(fs)) if some else nan,
+        "fs_max": float(np.nanmax(fs)) if some else nan,
         "imdb_mean": float(np.nanmean(imdb)) if np.isfinite(imdb).any() else nan,
         "gated_layers": int(sc.valid[i].sum()),
         "accepted_layers": accepted,
@@ -346,9 +350,13 @@ def run_pags(
     # rejects): only that one is made tight. The global rule needs every fs bound.
     tight = "imdb" if config.selection == "layerwise" else "all"
 
+    # Without --estimates the layerwise rule ranks by the IMDB bound alone (the fs bound is
+    # then +inf): half the ranking's cost, the same selection; rows lack the fs estimates.
+    estimates = config.estimates or tight != "imdb"
+
     def rank(cands: list[MaskSet]) -> Ranking:
         return rank_candidates(cands, weights=theta, options=opts, reference=ref, device=device,
-                               route=config.route, bounds=tight)  # fmt: skip
+                               route=config.route, bounds=tight, estimates=estimates)  # fmt: skip
 
     base_ms = MaskSet(base_masks, kinds)
     ref = None

@@ -8,7 +8,9 @@ mask. The candidates' values are those of ``candidates.parquet``: exact for the 
 from a candidate, ranking estimates for the others under the default ranking-then-exact scoring
 (:mod:`masktopo.pags.engine`; measured on ResNet-18 ERK 1 %: network scores 2 % below the exact
 ones on average, 3 % at most), so the dots are estimates (the legend says so; ``--exact`` runs
-give exact dots), the line and the base exact.
+give exact dots), the line and the base exact. The full-spectrum values (``network_score``,
+``fs_*``) are estimated only with ``masktopo pags --estimates``; without it their dots are
+missing (the legend says so), while ``imdb_mean`` is estimated in every run.
 """
 
 from __future__ import annotations
@@ -97,7 +99,6 @@ def plot_pags(
     path, out = Path(path), Path(out)
     df = _table(path)
     exact = bool((read_run_json(path).get("config") or {}).get("exact"))
-    dots = "candidates" if exact else "candidates (ranking estimates; --exact: exact)"
     numeric = [c for c in df.columns if c != "t" and np.issubdtype(df[c].dtype, np.number)]
     names = list(metrics or ["network_score"])
     for name in names:
@@ -118,7 +119,8 @@ def plot_pags(
             fig, (ax, acc) = plt.subplots(
                 2, 1, figsize=(6.4, 4.8), sharex=True, height_ratios=(3, 1)
             )
-            ax.plot(t[1:], df[name].to_numpy()[1:], ".", ms=3, color=GREY, label=dots)
+            values = df[name].to_numpy(dtype=float)[1:]
+            ax.plot(t[1:], values, ".", ms=3, color=GREY, label=_dots_label(values, exact))
             base = float(df[name].iloc[0])
             ax.axhline(base, color=BLACK, ls="--", lw=0.8, label=f"base mask ({base:.4g})")
             if name in _BEST and _BEST[name] in df:
@@ -137,3 +139,16 @@ def plot_pags(
                 files.append(save_figure(fig, out / f"pags-{name}.{fmt}"))
             plt.close(fig)
     return files
+
+
+def _dots_label(values: np.ndarray, exact: bool) -> str:
+    """The candidates' legend entry: exact, estimated, or not estimated (a run without
+    ``--estimates`` has no full-spectrum values for most candidate layers)."""
+    if exact:
+        return "candidates"
+    missing = np.isnan(values)
+    if missing.size and missing.all():
+        return "candidates: not estimated (masktopo pags --estimates)"
+    if missing.any():
+        return "candidates (where estimated; masktopo pags --estimates: all)"
+    return "candidates (ranking estimates; --exact: exact)"

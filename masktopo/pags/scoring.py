@@ -224,9 +224,10 @@ def score_candidates(
     return _scores(names, raw, nnz, reference)
 
 
-def _scores(names, raw: np.ndarray, nnz: np.ndarray, reference) -> Scores:
-    """Scores from raw ``(c, L, 4)`` coordinates (NaN where undefined)."""
-    valid = ~np.isnan(raw[..., 0])
+def _scores(names, raw: np.ndarray, nnz: np.ndarray, reference, valid=None) -> Scores:
+    """Scores from raw ``(c, L, 4)`` coordinates (NaN where undefined); ``valid`` the gate's
+    verdict when the raw Δr is not there to tell (default: where Δr is defined)."""
+    valid = ~np.isnan(raw[..., 0]) if valid is None else valid
     imdb_defined = ~np.isnan(raw[..., 2])
     coords = np.nan_to_num(raw, nan=0.0)
     coords[..., 1] = np.where(valid, coords[..., 1], 0.0)  # λ counts only behind the gate
@@ -242,11 +243,14 @@ class Ranking:
     ----------
     estimate : Scores
         Criteria from the ranking pass's Ritz values (within about 1e-2 of the exact ones; the
-        validity flags and edge counts are exact).
+        validity flags and edge counts are exact). Without estimates (:func:`rank_candidates`
+        ``estimates=False``) only the IMDB criterion is estimated: ``fs`` and the coordinate's
+        other entries are NaN.
     upper : Scores
         Rigorous upper bounds: ``upper.imdb()`` ≥ the exact IMDB criterion, ``upper.fs`` ≥ the
         exact full-spectrum distance (so ``upper.network()`` ≥ the exact network score), each
-        after quantization. Only these two criteria are meaningful in it.
+        after quantization (``fs`` is +∞ without estimates). Only these two criteria are
+        meaningful in it.
     """
 
     def __init__(self, bounds, names, c: int, reference):
@@ -254,7 +258,9 @@ class Ranking:
         self._bounds, self._c, self._names, self._ref = bounds, c, tuple(names), reference
         nnz = bounds.n_edges.reshape(c, L)
         self._nnz = nnz
-        self.estimate = _scores(names, bounds.estimate.reshape(c, L, 4), nnz, reference)
+        self._valid = bounds.valid.reshape(c, L)
+        self.estimate = self._blank(_scores(names, bounds.estimate.reshape(c, L, 4), nnz,
+                                            reference, self._valid))  # fmt: skip
         lo = np.nan_to_num(bounds.lower.reshape(c, L, 4), nan=0.0)
         hi = np.nan_to_num(bounds.upper.reshape(c, L, 4), nan=0.0)
         valid = self.estimate.valid
@@ -263,7 +269,20 @@ class Ranking:
         ref = 0.0 if reference is None else np.asarray(reference)[None]
         far = np.maximum(np.abs(lo - ref), np.abs(hi - ref))  # ≥ |exact − ref| per entry
         fs_hi = quantize(np.sqrt((far * far).sum(axis=-1)))
+        if not bounds.estimated:  # only IMDB_Δr was bounded: fs has no finite bound
+            fs_hi[:] = np.inf
         self.upper = Scores(self._names, hi, valid, self.estimate.imdb_defined, fs_hi, nnz)
+
+    def _blank(self, sc: Scores, keep: np.ndarray | None = None) -> Scores:
+        """Without estimates: NaN for what was not computed (``fs`` and the coordinate's entries
+        other than ``IMDB_Δr``) outside the layers ``keep`` (bool ``(c, L)``)."""
+        if self._bounds.estimated:
+            return sc
+        gone = np.ones(sc.fs.shape, dtype=bool) if keep is None else ~keep
+        sc.fs[gone] = np.nan
+        for k in (0, 1, 3):
+            sc.coords[gone, k] = np.nan
+        return sc
 
     def exact(self, which: np.ndarray) -> Scores:
         """Scores with the layers ``which`` (bool ``(c, L)``) computed exactly (equal to
@@ -273,7 +292,8 @@ class Ranking:
         raw = self._bounds.estimate.copy()
         raw[flat] = self._bounds.exact(flat)
         c, L = self._c, len(self._names)
-        return _scores(self._names, raw.reshape(c, L, 4), self._nnz, self._ref)
+        sc = _scores(self._names, raw.reshape(c, L, 4), self._nnz, self._ref, self._valid)
+        return self._blank(sc, which.reshape(c, L))
 
 
 def rank_candidates(
@@ -286,6 +306,7 @@ def rank_candidates(
     device: str | torch.device | None = None,
     route: str = "auto",
     bounds: str = "all",
+    estimates: bool = True,
 ) -> Ranking:
     """The ranking pass: rigorous bounds and estimates of every candidate's criteria from a few
     Lanczos steps per matrix (:mod:`masktopo.analysis._ranking`), and the exact criteria of
@@ -311,6 +332,10 @@ def rank_candidates(
     bounds : {"all", "imdb"}
         ``"imdb"``: tight upper bounds of the IMDB criterion only (all the layerwise rule needs
         in practice), a cheaper pass (:func:`~masktopo.analysis._ranking.rank_layers`).
+    estimates : bool
+        False (with ``bounds="imdb"``): rank by the IMDB criterion alone, about half the
+        ranking's cost; the estimates' ``fs`` is then NaN, and so is that of the layers
+        :meth:`Ranking.exact` does not compute.
 
     Returns
     -------
@@ -332,5 +357,6 @@ def rank_candidates(
             layers.append((n, mask, weights[n]))
     kw = {} if steps is None else {"steps": int(steps)}
     dev = None if device is None or torch.device(device).type == "cpu" else device
-    bounds = rank_layers(layers, options=options, device=dev, route=route, bounds=bounds, **kw)
+    bounds = rank_layers(layers, options=options, device=dev, route=route, bounds=bounds,
+                         estimates=estimates, **kw)  # fmt: skip
     return Ranking(bounds, names, len(masksets), reference)

@@ -40,6 +40,18 @@ def test_chosen_columns_and_formats(pags_out, tmp_path):
     assert "ranking estimates" in text  # the dots of a default (ranking-then-exact) run
 
 
+def test_network_score_dots_say_when_they_were_not_estimated(pags_out, tmp_path):
+    """A default run estimates IMDB only: its network-score dots are missing and the legend
+    names the flag that estimates them; with --estimates they are there."""
+    lean = plot_pags(pags_out, tmp_path / "a", formats=("svg",))[0].read_text()
+    assert "not estimated (masktopo pags" in lean  # (the SVG comment spells -- as "- -")
+    est = tmp_path / "est"
+    assert main([*BASE, "--estimates", "--out", str(est)]) == 0
+    assert pd.read_parquet(est / "candidates.parquet")["network_score"].notna().all()
+    text = plot_pags(est, tmp_path / "b", formats=("svg",))[0].read_text()
+    assert "ranking estimates" in text and "not estimated" not in text
+
+
 def test_bad_column_and_missing_table(pags_out, tmp_path, capsys):
     with pytest.raises(MaskValidationError, match=r"'nope' is not a numeric column.*network_score"):
         plot_pags(pags_out, tmp_path / "a", metrics=["nope"])

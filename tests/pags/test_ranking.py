@@ -145,6 +145,21 @@ def _pair(w, base, source, **kw):
 
 
 def _same_selection(a, b):
+    """``a`` ranked then exact, ``b`` all exact: the same selection, and the rows say which of
+    their values are exact."""
+    _same_best(a, b)
+    ra, rb = a.candidates, b.candidates
+    assert b.exact_layers == len(rb) * len(a.best) - len(a.best)  # --exact: every layer
+    # The rows: exact values for the accepted layers (estimates elsewhere), and they say so.
+    assert rb["exact_layers"].tolist() == [len(a.best)] * len(rb)
+    assert ra["exact_layers"].tolist() == [len(a.best), *ra["accepted_layers"].tolist()[1:]]
+    for (_, x), (_, y) in zip(ra.iterrows(), rb.iterrows(), strict=True):
+        if x["accepted_layers"]:
+            acc = [i for i, (p, q) in enumerate(zip(x["fs"], y["fs"], strict=True)) if p == q]
+            assert len(acc) >= x["accepted_layers"]
+
+
+def _same_best(a, b):
     assert list(a.best) == list(b.best)
     for name in a.best:  # same best mask
         assert torch.equal(a.best[name], b.best[name]), name
@@ -154,14 +169,6 @@ def _same_selection(a, b):
     assert a.snapshots == b.snapshots
     np.testing.assert_allclose(a.best_scores.coords, b.best_scores.coords, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.best_scores.fs, b.best_scores.fs, rtol=0, atol=1e-12)
-    assert b.exact_layers == len(rb) * len(a.best) - len(a.best)  # --exact: every layer
-    # The rows: exact values for the accepted layers (estimates elsewhere), and they say so.
-    assert rb["exact_layers"].tolist() == [len(a.best)] * len(rb)
-    assert ra["exact_layers"].tolist() == [len(a.best), *ra["accepted_layers"].tolist()[1:]]
-    for (_, x), (_, y) in zip(ra.iterrows(), rb.iterrows(), strict=True):
-        if x["accepted_layers"]:
-            acc = [i for i, (p, q) in enumerate(zip(x["fs"], y["fs"], strict=True)) if p == q]
-            assert len(acc) >= x["accepted_layers"]
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -247,3 +254,60 @@ def test_drawn_positions_are_the_masks_pai_prune_draws(method, model):
             assert torch.equal(got[name], want[name]), (method, seed, name)
             assert np.array_equal(got.positions(name),
                                   np.flatnonzero(want[name].reshape(-1).numpy()))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options",
+    [Options(allow_empty=True), Options("rolled", "i23", "i23", allow_empty=True)],
+    ids=["unrolled-n23", "rolled-i23"],
+)
+def test_lean_ranking_bounds_the_imdb_criterion_alone(options):
+    """``estimates=False`` (what ``masktopo pags`` ranks with by default): the IMDB columns are
+    the same bits as with every estimate, the others are not computed (NaN), the gate is still
+    known, the exact pass gathers the weights it needs and gives the analysis's values, and the
+    pass takes fewer Lanczos steps."""
+    layers = _random_layers(11, 30)
+    full = rank_layers(layers, options=options, bounds="imdb")
+    lean = rank_layers(layers, options=options, bounds="imdb", estimates=False)
+    assert full.estimated and not lean.estimated
+    for field in ("lower", "upper", "estimate"):
+        a, b = getattr(full, field), getattr(lean, field)
+        assert np.array_equal(a[:, 2], b[:, 2], equal_nan=True), field
+        assert np.isnan(b[:, [0, 1, 3]]).all(), field
+    assert np.array_equal(lean.valid, ~np.isnan(full.estimate[:, 0]))
+    assert np.array_equal(full.valid, lean.valid) and lean.valid.any() and not lean.valid.all()
+    assert np.array_equal(lean.n_edges, full.n_edges)
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    assert np.array_equal(lean.exact(range(len(layers))), exact, equal_nan=True)
+    if options.conv == "unrolled":  # ranked by the fused kernel: only the groups' binary runs
+        assert lean.steps < full.steps
+    with pytest.raises(ValueError, match="bounds='imdb'"):
+        rank_layers(layers, bounds="all", estimates=False)
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_estimates_only_change_the_rows(seed):
+    """With and without ``estimates`` (and ``exact``) the selection is the same; without it a
+    candidate's row has its IMDB estimates (the same values) but fs only where computed, so no
+    network score nor fs summary; with it every row has them."""
+    w = _theta(seed)
+    base = base_mask(w, DENSITY)
+    src = NoisyMagnitude(w, DENSITY, seed, noise=0.15)
+    lean, exact = _pair(w, base, src, seed=seed)
+    est = run_pags(base, w, src, PagsConfig(n=48, chunk=12, snapshot_every=8, seed=seed,
+                                            estimates=True))  # fmt: skip
+    _same_selection(est, exact)
+    _same_best(lean, est)
+    rl, re_ = lean.candidates, est.candidates
+    assert rl["imdb_gap"].tolist() == re_["imdb_gap"].tolist()
+    assert rl["imdb_mean"].tolist() == re_["imdb_mean"].tolist()
+    assert np.isfinite(re_["network_score"]).all() and np.isfinite(re_["fs_mean"]).all()
+    cand = rl.iloc[1:]
+    assert np.isnan(cand["network_score"]).all() and np.isnan(cand["fs_mean"]).all()
+    assert np.isfinite(rl["network_score"].iloc[0])  # the base: exact
+    for (_, x), (_, y) in zip(cand.iterrows(), re_.iloc[1:].iterrows(), strict=True):
+        known = np.isfinite(x["fs"])
+        assert known.sum() == x["accepted_layers"]  # the accepted layers, exact
+        assert np.array_equal(np.asarray(x["fs"])[known], np.asarray(y["fs"])[known])
+    assert lean.exact_layers == est.exact_layers
