@@ -93,8 +93,8 @@ class PagsConfig:
                              "and network score in the ranking pass, for candidates.parquet "
                              "and the plot's dots (about twice the ranking's cost; the same "
                              "selection); without it a candidate's row holds its IMDB "
-                             "estimates, and its fs values only for the layers computed "
-                             "exactly")  # fmt: skip
+                             "estimates, and fs values only for the layers accepted from "
+                             "it")  # fmt: skip
     invalid: str = option("zero", "layers failing the Ramanujan gate count as 0 (N23) or are "
                           "skipped (I23)", choices=INVALID, what="invalid-value rule")  # fmt: skip
     reference: str = option("origin", "full-spectrum distance from the origin (author code) or "
