@@ -474,18 +474,29 @@ class LayerBounds:
         return out
 
 
-def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, device) -> _Part:
-    """:func:`_rank_part` on the batched route (every matrix with ``steps`` steps)."""
+def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, device,
+                  lean: bool = False) -> _Part:  # fmt: skip
+    """:func:`_rank_part` on the batched route (every matrix with ``steps`` steps; ``lean``:
+    only the IMDB groups' binary matrices, the others' bounds stay 0 with 0 steps)."""
     jobs: list = []
+    chosen: list[int] = []  # the matrices bounded
     n_mat = 0
     for raw in raws:
         plan = _plan_layer(raw, opts, selection)
         part.offsets.append(n_mat)
+        if lean:
+            chosen.extend(n_mat + i for key, i in plan.slots.items()
+                          if isinstance(key, tuple) and key[0] == "imdb_groups")  # fmt: skip
         n_mat += plan.n_mat
         jobs.extend(plan.jobs)
         part.plans.append(plan)
-    part.lo, part.hi = _bounds_batched(_expand(jobs), steps, device)
-    part.steps = np.full(n_mat, steps, dtype=np.int64)
+    mats = _expand(jobs)
+    at = np.array(sorted(chosen), dtype=np.int64) if lean else np.arange(n_mat)
+    part.lo, part.hi = np.zeros((n_mat, 2)), np.zeros((n_mat, 2))
+    part.steps = np.zeros(n_mat, dtype=np.int64)
+    if at.size:
+        part.lo[at], part.hi[at] = _bounds_batched([mats[i] for i in at], steps, device)
+        part.steps[at] = steps
     return part
 
 
@@ -525,9 +536,12 @@ def rank_layers(
     estimates : bool
         False (with ``bounds="imdb"`` only): bound and estimate ``IMDB_Δr`` alone — a layer's
         IMDB groups' binary matrices, not its whole patterns nor any weighted matrix, and its
-        weights are gathered only when :meth:`LayerBounds.exact` needs them. The IMDB bounds
-        are the same bits; the pass costs about half (docs/performance.md). The other columns
-        are NaN (not computed); :attr:`LayerBounds.valid` still says which layers are gated.
+        weights are gathered only when :meth:`LayerBounds.exact` needs them (the batched
+        route gathers and plans every layer in full, and bounds only those matrices). The IMDB
+        bounds are the same bits on the CPU (on the batched route the same up to rounding:
+        its buckets hold other matrices); the pass costs about half (docs/performance.md). The
+        other columns are NaN (not computed); :attr:`LayerBounds.valid` still says which layers
+        are gated.
 
     Returns
     -------
@@ -552,7 +566,9 @@ def rank_layers(
                       layers=layers, estimated=estimates)  # fmt: skip
     if not layers:
         return res
-    # lean on the CPU: no |W| is gathered for the ranking (the batched route bounds in full)
+    # lean on the CPU: no |W| is gathered for the ranking (the batched route plans the layers
+    # in full, so that their exact pass finds every matrix planned, and bounds the groups' binary
+    # matrices alone)
     gather = not lean or batched
 
     def extract(idx):
@@ -563,7 +579,7 @@ def rank_layers(
         if batched:
             idx = list(range(len(layers)))
             parts = [_rank_batched(_Part(idx), extract(idx), opts, selection, steps,
-                                   res._device)]  # fmt: skip
+                                   res._device, lean)]  # fmt: skip
         elif use_workers(int(sizes.sum())):
             a, b = split_two(sizes, _REMOTE_SHARE)
             far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps, bounds,

@@ -311,3 +311,24 @@ def test_estimates_only_change_the_rows(seed):
         assert known.sum() == x["accepted_layers"]  # the accepted layers, exact
         assert np.array_equal(np.asarray(x["fs"])[known], np.asarray(y["fs"])[known])
     assert lean.exact_layers == est.exact_layers
+
+
+def test_lean_ranking_on_the_batched_route():
+    """The batched (CUDA) route ranks lean too: only the IMDB groups' binary matrices are
+    bounded (the same bounds as in full, up to rounding), and they still contain the exact
+    values; the exact pass is unchanged."""
+    layers = _random_layers(13, 24)
+    opts = Options(allow_empty=True)
+    full = rank_layers(layers, options=opts, steps=12, route="batched")
+    lean = rank_layers(layers, options=opts, steps=12, route="batched", bounds="imdb",
+                       estimates=False)  # fmt: skip
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=opts,
+                             route="batched")  # fmt: skip
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    assert np.isnan(lean.upper[:, [0, 1, 3]]).all()
+    assert np.array_equal(np.isnan(lean.upper[:, 2]), np.isnan(exact[:, 2]))
+    np.testing.assert_allclose(lean.upper[:, 2], full.upper[:, 2], rtol=1e-9, atol=1e-9)
+    assert np.all(np.nan_to_num(exact[:, 2], nan=0) <= np.nan_to_num(lean.upper[:, 2], nan=0))
+    assert np.all(np.nan_to_num(lean.lower[:, 2], nan=0) <= np.nan_to_num(exact[:, 2], nan=0))
+    assert 0 < lean.steps < full.steps
+    np.testing.assert_allclose(lean.exact(range(len(layers))), exact, rtol=0, atol=1e-12)
