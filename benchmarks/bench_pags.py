@@ -29,7 +29,7 @@ sparsity), in one run:
    fresh process (start-up and imports included), ``--repeats`` times, median reported with the
    load average before and after every run (with several variants, interleaved: each round runs
    every variant once); ``--cli-exact`` also times ``--exact`` (the
-   all-exact path) and ``--before TREE`` the same command from another source tree (e.g.
+   all-exact path), ``--cli-estimates`` ``--estimates`` (every candidate's fs estimated) and ``--before TREE`` the same command from another source tree (e.g.
    ``git archive HEAD | tar -x -C /tmp/before``: the code before a change). Goal: n = 1000 in
    ≤ 10 s on 2 cores.
 

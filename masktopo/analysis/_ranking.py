@@ -221,8 +221,8 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     changes only by its safety margin (:data:`MARGIN` of σ₁'s upper bound); the other upper
     bounds are looser.
 
-    ``lean``: a unit-valued layer's groups' binary matrices only (:func:`_kernels.rank_layer`
-    ``lean``; the same bits for them); other layers are bounded in full."""
+    ``lean``: the groups' binary matrices only (:func:`_kernels.rank_layer` ``lean`` for a
+    unit-valued layer; the same bits for them), the others' bounds stay 0 with 0 steps."""
     groups: list = []  # (matrix offset, job) of IMDB binary blocks
     others: list = []
     fused: list = []  # (matrix offset, lo, hi, steps) of layers ranked by _kernels.rank_layer
@@ -237,7 +237,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
             part.plans.append(plan)
             continue
         plan = _plan_layer(raw, opts, selection)
-        first = {v for k, v in plan.slots.items() if isinstance(k, tuple) and k[0] == "imdb_groups"}
+        first = set(_imdb_binary(plan))
         k = 0
         for job in plan.jobs:
             count = job.count if isinstance(job, Block) else 1
@@ -251,7 +251,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
         part.lo[off : off + len(lo)], part.hi[off : off + len(lo)] = lo, hi
         part.steps[off : off + len(lo)] = st
     for items, budget in ((groups, steps), (others, min(steps, OTHER_STEPS))):
-        if not items:
+        if not items or (lean and items is others):
             continue
         lo, hi, st = top2_bounds_batch(*pack([job for _, _, job in items]), RANK_TOL, budget,
                                        DENSE_MAX_SIDE, upper)  # fmt: skip
@@ -266,10 +266,17 @@ _TABLE: list[np.ndarray] = [np.zeros(0)]
 _NO_WEIGHTS = np.zeros(0)
 
 
+def _imdb_binary(plan) -> list[int]:
+    """The plan's matrices (indices) that are its IMDB groups' binary ones: the matrices whose
+    σ₂ lower bounds decide the IMDB criterion's upper bound."""
+    return [
+        i for key, i in plan.slots.items() if isinstance(key, tuple) and key[0] == "imdb_groups"
+    ]
+
+
 def _fusable(raw: _Raw, selection) -> bool:
     """Whether :func:`_rank_fused` can rank the layer: unit values (a linear layer or the
-    unrolled conv reading) and the ranking selection's quantities (a layer extracted without
-    its weights is ranked lean)."""
+    unrolled conv reading) and the ranking selection's quantities."""
     return raw.data is None and selection.quantities == _FUSED_QUANTITIES
 
 
@@ -298,9 +305,8 @@ def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
     """One layer through :func:`_kernels.rank_layer`: the same matrices, in the same slots, as
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
     same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
-    ``lean`` only the groups' binary matrices, the other slots hold 0). A layer extracted without
-    its weights (``wdata`` None) is ranked lean."""
-    lean = lean or raw.wdata is None
+    ``lean`` only the groups' binary matrices, the other slots hold 0, and ``raw`` needs no
+    weights)."""
     w = _NO_WEIGHTS if lean else raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
     n_o, n_i, d, size, n_r, lo, hi, st = rank_layer(
@@ -485,8 +491,7 @@ def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, devic
         plan = _plan_layer(raw, opts, selection)
         part.offsets.append(n_mat)
         if lean:
-            chosen.extend(n_mat + i for key, i in plan.slots.items()
-                          if isinstance(key, tuple) and key[0] == "imdb_groups")  # fmt: skip
+            chosen.extend(n_mat + i for i in _imdb_binary(plan))
         n_mat += plan.n_mat
         jobs.extend(plan.jobs)
         part.plans.append(plan)
