@@ -209,6 +209,15 @@ def known_positions(mask: torch.Tensor) -> np.ndarray | None:
     return None
 
 
+def kept_positions(mask: torch.Tensor) -> np.ndarray:
+    """Ascending int64 flat (C-order) positions of the kept entries of ``mask``: those attached
+    by :func:`attach_positions` when the mask is unchanged since, else a scan."""
+    known = known_positions(mask)
+    if known is not None:
+        return known
+    return np.flatnonzero(mask.detach().reshape(-1).cpu().numpy())
+
+
 class MaskSet(Mapping[str, torch.Tensor]):
     """Ordered layer name → bool mask, with layer kinds, shapes and optional weights.
 

@@ -455,6 +455,11 @@ def test_attached_positions_are_dropped_when_the_mask_changes():
     m[0, 0] = True  # in place: the note is stale now
     assert known_positions(m) is None
     assert known_positions(torch.ones(2, dtype=torch.bool)) is None
+    from masktopo.masks import kept_positions
+
+    assert np.array_equal(kept_positions(m), [0, 3, 7])  # stale note: the mask is scanned
+    assert kept_positions(attach_positions(m, pos)) is pos  # (a wrong note is believed)
+    assert kept_positions(torch.zeros(3, dtype=torch.bool)).dtype == np.int64
 
 
 def test_scoring_with_and_without_attached_positions_agree():

@@ -102,7 +102,7 @@ class KeptPositions(NamedTuple):
     positions: np.ndarray
 
     def dense(self) -> torch.Tensor:
-        flat = torch.zeros(int(np.prod(self.shape)), dtype=torch.bool)
+        flat = torch.zeros(math.prod(self.shape), dtype=torch.bool)
         flat[torch.from_numpy(self.positions)] = True
         return attach_positions(flat.reshape(self.shape), self.positions)
 
@@ -121,7 +121,7 @@ def _extract_any(
     if not simple or wt.device.type != "cpu" or wt.dtype not in (torch.float32, torch.float64):
         return _extract(name, mask.dense(), weight, opts)
     flat = mask.positions
-    numel = int(np.prod(shape))
+    numel = math.prod(shape)
     w = np.abs(wt.numpy().reshape(-1)[flat]) if weights else None  # float32 stays float32
     pos = flat.astype(np.int32) if numel < 2**31 else flat
     return _Raw(name, shape[0], numel // shape[0], numel, pos, None, w)

@@ -49,6 +49,7 @@ what ``masktopo summarize`` reads).
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -62,7 +63,7 @@ import torch
 from .._version import git_commit, versions
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_json
-from ..masks import MaskSet
+from ..masks import MaskSet, kept_positions
 from ..runs import RunLock, RunWriter, check_out_dir, check_same_config
 from ..runs.layout import (
     BASE_FILE,
@@ -143,29 +144,37 @@ class _Comm:
         self.gather(None)
 
 
-def _fingerprint(mask: torch.Tensor) -> str:
-    return hashlib.blake2b(
-        np.packbits(mask.reshape(-1).numpy()).tobytes(), digest_size=16
-    ).hexdigest()
+def _fingerprint(positions: np.ndarray) -> str:
+    """A layer mask's identity among masks of the same shape: a hash of its kept positions."""
+    data = np.ascontiguousarray(positions, dtype=np.int64).tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _positions(masks, name: str) -> np.ndarray:
+    """The kept positions of layer ``name`` of a candidate: those it was drawn as
+    (:class:`~masktopo.pags.sampling.Drawn`: no dense mask is built), else a mask's."""
+    positions = getattr(masks, "positions", None)
+    return positions(name) if positions is not None else kept_positions(masks[name])
 
 
 class _LazyFingerprints:
-    """``name → _fingerprint(masks[name])``, computed on first use (hashing all 21 layers of a
-    ResNet-18 candidate costs about 3 ms, and only accepted layers need it)."""
+    """``name → _fingerprint`` of a candidate's layer, computed on first use (only accepted
+    layers need it)."""
 
-    def __init__(self, masks: MaskSet):
+    def __init__(self, masks):
         self.masks, self.done = masks, {}
 
     def __getitem__(self, name: str) -> str:
         if name not in self.done:
-            self.done[name] = _fingerprint(self.masks[name])
+            self.done[name] = _fingerprint(_positions(self.masks, name))
         return self.done[name]
 
 
 def _owner_fingerprints(masks, names: list[str], could: np.ndarray) -> dict[str, str]:
     """The fingerprints a candidate's owner sends with several processes: those of the layers
     ``could`` (bool ``(L,)``) that can still be accepted; the others are never read."""
-    return {n: _fingerprint(masks[n]) for n, c in zip(names, could, strict=True) if c}
+    return {n: _fingerprint(_positions(masks, n)) for n, c in zip(names, could, strict=True)
+            if c}  # fmt: skip
 
 
 def _pack(mask: torch.Tensor) -> tuple[bytes, tuple[int, ...]]:
@@ -174,7 +183,7 @@ def _pack(mask: torch.Tensor) -> tuple[bytes, tuple[int, ...]]:
 
 def _unpack(packed: tuple[bytes, tuple[int, ...]]) -> torch.Tensor:
     data, shape = packed
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n).astype(bool)
     return torch.from_numpy(bits).reshape(shape)
 
@@ -364,7 +373,7 @@ def run_pags(
     if config.reference == "base":
         ref = base_scores.coords[0]
         base_scores = score([base_ms])
-    base_fp = {n: _fingerprint(m) for n, m in base_masks.items()}
+    base_fp = {n: _fingerprint(kept_positions(m)) for n, m in base_masks.items()}
 
     lock = None
     if out is not None and comm.rank == 0:
@@ -401,7 +410,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         best_ms = load_file(out / (rel if "/" in rel else f"{STATE_DIR}/{rel}"), weights=False)
         best = {n: best_ms[n] for n in names}
         best_sc = Scores.from_dict(state["best_scores"])
-        best_fp = dict(state["best_fp"])
+        # from the masks (state.json's copy may come from an older way of hashing)
+        best_fp = {n: _fingerprint(kept_positions(best[n])) for n in names}
         changed = bool(state["changed"])
         snapshots = list(state["snapshots"])
         next_t = int(state["next_t"])

@@ -11,6 +11,7 @@ from _stubs import NoisyMagnitude, base_mask, theta
 import masktopo
 from masktopo.errors import MaskFileError
 from masktopo.pags import PagsConfig, RewireSource, run_pags, score_candidates
+from masktopo.pags.sampling import Drawn
 from masktopo.runs.layout import STATE_DIR, STATE_FILE, snapshot_file, state_best_file
 
 DENSITY = 0.3
@@ -126,8 +127,20 @@ def test_resume_copy_is_rewritten_only_when_the_best_changes(w, base, tmp_path):
     assert [p.name for p in (tmp_path / "same" / STATE_DIR).iterdir()] == [
         "best-000001.safetensors"
     ]
+    # state.json's fingerprints of the best are not trusted (an older version hashed otherwise):
+    # the resumed run recomputes them from the best masks, so the base stays no change
+    state["best_fp"] = dict.fromkeys(state["best_fp"], "stale")
+    (tmp_path / "same" / STATE_FILE).write_text(json.dumps(state))
     done = run_pags(base, w, same, cfg, out=tmp_path / "same", resume=True)
     assert done.n_done == 12 and done.best.without_weights().equal(base.without_weights())
+    assert done.candidates["accepted_layers"].sum() == 0
+    # the same with candidates given by their positions (how PAGS draws random methods): a
+    # layer equal to the best's is recognised without its dense mask and is no change
+    shapes = {n: base.shape(n) for n in base}
+    kinds = {n: base.kind(n) for n in base}
+    pos = {n: np.flatnonzero(base[n].reshape(-1).numpy()) for n in base}
+    r = run_pags(base, w, lambda t: Drawn(shapes, pos, kinds), cfg)
+    assert r.candidates["accepted_layers"].sum() == 0 and r.snapshots == [0]
     # A run whose best changes: state.json names the copy written after the last change.
     cfg = cfg.replace(n=20)
     r = run_pags(base, w, NoisyMagnitude(w, DENSITY, cfg.seed), cfg, out=tmp_path / "noisy")
