@@ -15,11 +15,12 @@ Samplers (pags-spec §4.5, ambiguity A3):
     uniform) just draw again. The candidate is always scored on the clean ``θ``.
 ``rewire``
     Random re-wiring inside each layer at the base mask's exact per-layer counts: ``k_ℓ`` distinct
-    positions drawn uniformly by index sampling.
+    positions drawn uniformly (:func:`masktopo.pai.subsets.uniform_subset`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 
 from ..errors import MaskValidationError
 from ..masks import MaskSet, attach_positions
+from ..pai.subsets import random_positions, uniform_subset
 from ..seeding import seed_for
 from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
 
@@ -43,18 +45,17 @@ def generators(seed: int, t: int) -> tuple[torch.Generator, np.random.Generator]
 
 
 def rewire(base: MaskSet, rng: np.random.Generator) -> MaskSet:
-    """A random mask set with exactly ``base``'s per-layer counts (uniform index sampling)."""
+    """A random mask set with exactly ``base``'s per-layer counts (uniform k-subsets,
+    :func:`masktopo.pai.subsets.uniform_subset`)."""
     masks = {}
     for name in base:
         shape = base.shape(name)
         numel = base.numel(name)
         k = base.nnz(name)
         flat = torch.zeros(numel, dtype=torch.bool)
-        if k == numel:
-            flat[:] = True
-        elif k:
-            flat[torch.from_numpy(rng.choice(numel, k, replace=False).astype(np.int64))] = True
-        masks[name] = flat.reshape(shape)
+        pos = uniform_subset(rng, numel, k)
+        flat[torch.from_numpy(pos)] = True
+        masks[name] = attach_positions(flat.reshape(shape), pos)
     return MaskSet(masks, {n: base.kind(n) for n in base})
 
 
@@ -156,7 +157,7 @@ class Drawn(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._dense:
             shape = self._shapes[name]
-            flat = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
+            flat = torch.zeros(math.prod(shape), dtype=torch.bool)
             flat[torch.from_numpy(self._pos[name])] = True
             self._dense[name] = attach_positions(flat.reshape(shape), self._pos[name])
         return self._dense[name]
@@ -190,9 +191,10 @@ class _RandomDraw:
 
     :func:`masktopo.pai.prune` draws a random method's mask as a uniform k-subset per layer
     (layer-wise methods, counts fixed by the method) or of all pruned entries (global scope),
-    by index sampling from a numpy generator seeded from the candidate's torch generator. This
-    draws the same positions (tested against ``pai.prune``) without the dense masks; the
-    per-layer counts, the global total and the dense layers are read off the base mask.
+    with :func:`masktopo.pai.subsets.random_positions` from the candidate's torch generator.
+    This draws the same positions (the same call; tested against ``pai.prune``) without the
+    dense masks; the per-layer counts, the global total and the dense layers are read off the
+    base mask.
     """
 
     def __init__(self, base: MaskSet):
@@ -209,19 +211,12 @@ class _RandomDraw:
         self.all = {n: np.arange(base.numel(n), dtype=np.int64) for n in self.dense}
 
     def __call__(self, g: torch.Generator) -> Drawn:
-        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
-        rng = np.random.default_rng(seed)
         if self.local:
-            picks = [rng.choice(int(sz), size=int(k), replace=False)
-                     for sz, k in zip(self.sizes, self.counts, strict=True)]  # fmt: skip
+            picks = random_positions(g, self.sizes, counts=self.counts)
         else:
-            offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-            flat = np.sort(rng.choice(int(offsets[-1]), size=sum(self.counts), replace=False))
-            cut = np.searchsorted(flat, offsets)
-            picks = [flat[cut[i] : cut[i + 1]] - offsets[i] for i in range(len(self.pruned))]
+            picks = random_positions(g, self.sizes, total=sum(self.counts))
         pos = dict(self.all)
-        for n, idx in zip(self.pruned, picks, strict=True):
-            pos[n] = np.sort(np.asarray(idx, dtype=np.int64))
+        pos.update(zip(self.pruned, picks, strict=True))
         return Drawn(self.shapes, {n: pos[n] for n in self.names}, self.kinds)
 
 
