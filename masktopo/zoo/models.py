@@ -421,9 +421,34 @@ def _init_resnet20(module: nn.Module, g: torch.Generator) -> None:
         _init_he_fan_in(module, g)
 
 
+def _materialize(model: nn.Module) -> nn.Module:
+    """Give every meta-device parameter and buffer of ``model`` uninitialised CPU storage of its
+    shape and dtype (what ``Module.to_empty(device="cpu")`` does, without its trip through the
+    meta tensors' Python dispatch: ~0.5 s for ResNet-18). A tensor shared by several modules
+    stays shared."""
+    memo: dict[int, torch.Tensor] = {}
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in memo:
+            memo[id(t)] = torch.empty(t.shape, dtype=t.dtype)
+        return memo[id(t)]
+
+    params: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for key, p in module._parameters.items():
+            if p is not None:
+                if id(p) not in params:
+                    params[id(p)] = nn.Parameter(empty(p), requires_grad=p.requires_grad)
+                module._parameters[key] = params[id(p)]
+        for key, b in module._buffers.items():
+            if b is not None:
+                module._buffers[key] = empty(b)
+    return model
+
+
 def _initialize(model: nn.Module, scheme: Callable, generator: torch.Generator) -> nn.Module:
     """Materialise a meta-device model on the CPU and initialise every tensor deterministically."""
-    model = model.to_empty(device="cpu")
+    model = _materialize(model)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, MASKABLE_TYPES):

@@ -265,3 +265,26 @@ def test_names_are_available_without_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_materialize_gives_cpu_storage_and_keeps_shared_tensors():
+    """The meta-device model gets real CPU tensors of the same shapes, dtypes and gradient
+    flags (what Module.to_empty gives); a tensor two modules share stays one tensor."""
+    from torch import nn
+
+    from masktopo.zoo.models import _materialize
+
+    with torch.device("meta"):
+        a, b = nn.Linear(3, 4), nn.Linear(3, 4)
+        b.weight = a.weight  # tied
+        bn = nn.BatchNorm1d(4)
+        bn.bias.requires_grad_(False)
+        net = nn.Sequential(a, b, bn)
+    ref = {k: (v.shape, v.dtype) for k, v in net.state_dict(keep_vars=True).items()}
+    _materialize(net)
+    state = net.state_dict(keep_vars=True)
+    assert {k: (v.shape, v.dtype) for k, v in state.items()} == ref
+    assert all(v.device.type == "cpu" for v in state.values())
+    assert net[0].weight is net[1].weight and isinstance(net[0].weight, nn.Parameter)
+    assert state["2.num_batches_tracked"].dtype == torch.long
+    assert not net[2].bias.requires_grad and net[2].weight.requires_grad
