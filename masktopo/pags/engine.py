@@ -416,7 +416,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         snapshots = list(state["snapshots"])
         next_t = int(state["next_t"])
         best_t = int(state.get("best_t", next_t - 1))
-        best_dirty = True  # best.safetensors may predate the resume point
+        best_dirty = True  # best.safetensors, if any, may predate the resume point
         state_best = None  # the first resume point of this process writes its own copy
         import pandas as pd
 
@@ -429,7 +429,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         best_sc = base_scores.copy()
         best_fp = dict(base_fp)
         changed, snapshots, next_t = False, [0], 1
-        best_t, best_dirty = 0, False
+        best_t, best_dirty = 0, True  # best.safetensors is written when the run ends
         rows = [_row(0, base_scores, 0, config, numel, 0, best_sc)]
         if writer.active:
             if not resume:
@@ -449,7 +449,6 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         })  # fmt: skip
         writer.save(BASE_FILE, base_masks, meta)
         writer.save(snapshot_file(0), base_masks, meta, weights=False)
-        writer.save(BEST_FILE, base_masks, {"pags": {"t": 0, "role": "best"}})
         state_best = _write_state(writer, config, 1, best, best_sc, best_fp, changed, snapshots,
                                   rows)  # fmt: skip
 

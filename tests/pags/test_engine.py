@@ -89,6 +89,16 @@ def test_output_directory(w, base, tmp_path):
     assert len(list((out / STATE_DIR).iterdir())) == 1
     with pytest.raises(MaskFileError, match="already holds a PAGS run"):
         _run(w, base, out)
+    # best.safetensors (masks and θ) is written once, when the run ends or stops; while it
+    # runs, the resume point holds the best masks
+    seen = []
+    cfg = PagsConfig(n=24, chunk=8, snapshot_every=4, seed=11)
+    src = NoisyMagnitude(w, DENSITY, cfg.seed)
+    stopped = run_pags(base, w, src, cfg, out=tmp_path / "stopped",
+                       stop=lambda t: seen.append((tmp_path / "stopped" / "best.safetensors")
+                                                  .exists()) or t >= 16)  # fmt: skip
+    assert seen == [False, False] and stopped.n_done == 16
+    assert masktopo.load(tmp_path / "stopped" / "best.safetensors").equal(stopped.best)
 
 
 def test_resume_equals_uninterrupted(w, base, tmp_path):
