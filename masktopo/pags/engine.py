@@ -48,6 +48,7 @@ what ``masktopo summarize`` reads).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sys
@@ -102,7 +103,8 @@ class PagsResult:
     n_done : int
         Candidates processed (``n`` unless stopped early).
     candidates : pandas.DataFrame
-        One row per candidate (``t = 0`` is the base).
+        One row per candidate (``t = 0`` is the base); built on first use (from ``rows``, the
+        same rows as dicts).
     snapshots : list of int
         The ``t`` of every snapshot written (0 first).
     out : pathlib.Path or None
@@ -117,10 +119,16 @@ class PagsResult:
     best_scores: Scores
     base_scores: Scores
     n_done: int
-    candidates: Any
+    rows: list[dict]
     snapshots: list[int]
     out: Path | None
     exact_layers: int = 0
+
+    @functools.cached_property
+    def candidates(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
 
 
 class _Comm:
@@ -256,11 +264,12 @@ class _Writer:
             atomic_write_json(self.out / rel, obj)
 
     def rows(self, rows: list[dict]) -> None:
-        if self.active:
-            import pandas as pd
+        if self.active:  # pyarrow directly: the columns pandas' to_parquet wrote, ~2x faster
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-            df = pd.DataFrame(rows)
-            atomic_write(self.out / CANDIDATES_FILE, lambda f: df.to_parquet(f, index=False))
+            table = pa.Table.from_pylist(rows)
+            atomic_write(self.out / CANDIDATES_FILE, lambda f: pq.write_table(table, f))
 
 
 def require_parquet() -> None:
@@ -418,11 +427,9 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         best_t = int(state.get("best_t", next_t - 1))
         best_dirty = True  # best.safetensors, if any, may predate the resume point
         state_best = None  # the first resume point of this process writes its own copy
-        import pandas as pd
+        import pyarrow.parquet as pq
 
-        rows = pd.read_parquet(out / CANDIDATES_FILE).to_dict("records")
-        rows = [dict(r, fs=list(r["fs"]), imdb_gap=list(r["imdb_gap"])) for r in rows
-                if r["t"] < next_t]  # fmt: skip
+        rows = [r for r in pq.read_table(out / CANDIDATES_FILE).to_pylist() if r["t"] < next_t]
         comm.barrier()  # every rank has read the state before rank 0 rewrites it
     else:
         best = dict(base_masks)
@@ -569,13 +576,11 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
                                                    comm.world)})  # fmt: skip
     if bar is not None:
         bar.close()
-    import pandas as pd
-
     return PagsResult(
         best=writer.maskset(best, {"pags": {"t": t - 1, "role": "best"}}),
         base=writer.maskset(base_masks, {"pags": {"t": 0, "role": "base"}}),
         best_scores=best_sc, base_scores=base_scores, n_done=t - 1,
-        candidates=pd.DataFrame(rows), snapshots=snapshots, out=out, exact_layers=n_exact,
+        rows=rows, snapshots=snapshots, out=out, exact_layers=n_exact,
     )  # fmt: skip
 
 

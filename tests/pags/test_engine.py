@@ -84,6 +84,7 @@ def test_output_directory(w, base, tmp_path):
     df = pd.read_parquet(out / "candidates.parquet")
     assert len(df) == 25 and {"t", "network_score", "accepted_layers", "fs", "density"} <= set(df)
     assert df["accepted_layers"].iloc[0] == 0
+    pd.testing.assert_frame_equal(df, r.candidates)  # the file holds the rows the run returns
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["n"] == 24 and run["seed"] == 11 and "torch" in run["versions"]
     assert len(list((out / STATE_DIR).iterdir())) == 1
