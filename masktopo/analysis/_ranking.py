@@ -169,6 +169,26 @@ def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
+def _layout(plan) -> tuple:
+    """Where a planned layer's matrices sit among its bounds: ``(binary, weighted, groups,
+    group_binary, group_weighted)``, the indices of the whole pattern's binary and weighted
+    matrices (None when not planned), the IMDB groups ``(d, n_s, n_r)`` as float64 arrays (None
+    without groups) and the first index of the groups' binary and weighted matrices (a layer's
+    groups occupy consecutive slots, one block per kind, in group order)."""
+    if isinstance(plan, _FusedPlan):  # rank_layer's fixed order
+        if not plan.n_mat:
+            return None, None, None, 0, None
+        ng = plan.groups[0].size
+        return 0, 1, plan.groups if ng else None, 2, 2 + ng
+    slots = plan.slots
+    if not plan.imdb_groups:
+        return slots.get("sv_binary"), slots.get("sv_weighted"), None, 0, None
+    groups = tuple(np.array(v, dtype=np.float64) for v in zip(*plan.imdb_groups, strict=True))
+    d0 = plan.imdb_groups[0][0]
+    return (slots.get("sv_binary"), slots.get("sv_weighted"), groups,
+            slots[("imdb_groups", d0)], slots.get(("imdb_weighted", d0)))  # fmt: skip
+
+
 def _layer_coords(plan, opts: Options, table: np.ndarray, off: int,
                   lean: bool = False) -> tuple[np.ndarray, bool]:  # fmt: skip
     """``(3, 4)``: lower bounds, upper bounds and estimates of the coordinate (NaN where
@@ -179,29 +199,26 @@ def _layer_coords(plan, opts: Options, table: np.ndarray, off: int,
     L = plan.layer
     if not L.n_edges or min(L.n_out_active, L.n_in_active) < 2:
         return out, False
-    slots = plan.slots
+    binary, weighted, groups, g_binary, g_weighted = _layout(plan)
     d_out = L.n_edges / L.n_out_active
     d_in = L.n_edges / L.n_in_active
-    gated = _gate_ok(opts.gate, d_out, d_in) and "sv_binary" in slots
+    gated = _gate_ok(opts.gate, d_out, d_in) and binary is not None
     if gated and not lean:
         bound = math.sqrt(d_in - 1) + math.sqrt(d_out - 1)
-        _, _, s2_lo, s2_hi, _, e2 = table[off + slots["sv_binary"]]
+        _, _, s2_lo, s2_hi, _, e2 = table[off + binary]
         out[:, 0] = (bound - s2_hi, bound - s2_lo, bound - e2)
-    if "sv_weighted" in slots and not lean:
-        s1_lo, s1_hi, s2_lo, s2_hi, e1, e2 = table[off + slots["sv_weighted"]]
+    if weighted is not None and not lean:
+        s1_lo, s1_hi, s2_lo, s2_hi, e1, e2 = table[off + weighted]
         out[:, 1] = (s1_lo - s2_hi, s1_hi - s2_lo, e1 - e2)
-    if plan.imdb_groups:
-        # a layer's groups occupy consecutive slots (one block per kind), in group order
-        d, n_s, n_r = (np.array(v, dtype=np.float64) for v in zip(*plan.imdb_groups, strict=True))
+    if groups is not None:
+        d, n_s, n_r = groups
         c = np.maximum(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else np.ones_like(d)
         bound = np.sqrt(d - 1) + np.sqrt(d * n_s / n_r - 1)
-        first = off + slots[("imdb_groups", plan.imdb_groups[0][0])]
-        t = table[first : first + d.size]
+        t = table[off + g_binary : off + g_binary + d.size]
         dr = np.stack([c * (bound - t[:, 3]), c * (bound - t[:, 2]), c * (bound - t[:, 5])], 1)
         out[:, 2] = dr.mean(axis=0)
-        key = ("imdb_weighted", plan.imdb_groups[0][0])
-        if key in slots and not lean:
-            t = table[off + slots[key] : off + slots[key] + d.size]
+        if g_weighted is not None and not lean:
+            t = table[off + g_weighted : off + g_weighted + d.size]
             lam = np.stack([c * (t[:, 0] - t[:, 3]), c * (t[:, 1] - t[:, 2]),
                             c * (t[:, 4] - t[:, 5])], 1)  # fmt: skip
             out[:, 3] = lam.mean(axis=0)
@@ -291,18 +308,19 @@ def _start_table(n: int) -> np.ndarray:
 
 class _FusedPlan(NamedTuple):
     """What :func:`_layer_coords` reads of a plan, for a layer ranked by
-    :func:`_kernels.rank_layer`; :meth:`LayerBounds.exact` plans it fully from ``raw``."""
+    :func:`_kernels.rank_layer` (its matrices in that kernel's order: the whole pattern's binary
+    and weighted ones, then the groups' binary ones, then their weighted ones);
+    :meth:`LayerBounds.exact` plans it fully from ``raw``."""
 
     layer: LayerCounts
-    slots: dict
-    imdb_groups: list
+    groups: tuple  # (d, n_s, n_r) of the IMDB groups, float64 arrays
     n_mat: int
     raw: _Raw
 
 
 def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
                 lean: bool = False):  # fmt: skip
-    """One layer through :func:`_kernels.rank_layer`: the same matrices, in the same slots, as
+    """One layer through :func:`_kernels.rank_layer`: the same matrices as
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
     same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
     ``lean`` only the groups' binary matrices, the other slots hold 0, and ``raw`` needs no
@@ -314,16 +332,10 @@ def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
         DENSE_MAX_SIDE, upper, table, lean,
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
+    groups = (d, size.astype(np.float64), n_r.astype(np.float64))
     if not raw.nnz:
-        return _FusedPlan(layer, {}, [], 0, raw), lo[:0], hi[:0], st[:0]
-    degrees = d.tolist()
-    groups = list(zip(degrees, size.tolist(), n_r.tolist(), strict=True))
-    ng = len(degrees)
-    slots: dict = {"sv_binary": 0, "sv_weighted": 1}
-    for g, dg in enumerate(degrees):
-        slots[("imdb_groups", dg)] = 2 + g
-        slots[("imdb_weighted", dg)] = 2 + ng + g
-    return _FusedPlan(layer, slots, groups, 2 + 2 * ng, raw), lo, hi, st
+        return _FusedPlan(layer, groups, 0, raw), lo[:0], hi[:0], st[:0]
+    return _FusedPlan(layer, groups, 2 + 2 * d.size, raw), lo, hi, st
 
 
 def _bounds_batched(mats, steps: int, device) -> tuple[np.ndarray, np.ndarray]:
