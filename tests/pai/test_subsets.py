@@ -64,24 +64,37 @@ def test_draw_resumes_where_the_words_ran_out():
     takes exactly one 32-bit half, a rejection has probability n / 2³²)."""
     n, k = 1000, 300
     raw = np.random.default_rng(5).bit_generator.random_raw(k)
-    whole = np.zeros(16, dtype=np.uint64)
-    assert subsets._floyd32(raw, n, k, 0, whole) == k
-    parts = np.zeros(16, dtype=np.uint64)
-    assert subsets._floyd32(raw[:50], n, k, 0, parts) == 100
-    assert subsets._floyd32(raw[50:], n, k, 100, parts) == k
-    assert np.array_equal(parts, whole)
+    whole, out = np.zeros(16, dtype=np.uint64), np.empty(k, dtype=np.int64)
+    assert subsets._floyd32(raw, n, k, 0, whole, out) == k
+    parts, out2 = np.zeros(16, dtype=np.uint64), np.empty(k, dtype=np.int64)
+    assert subsets._floyd32(raw[:50], n, k, 0, parts, out2) == 100
+    assert subsets._floyd32(raw[50:], n, k, 100, parts, out2) == k
+    assert np.array_equal(parts, whole) and np.array_equal(out2, out)
 
 
 def test_wide_draw_resumes_with_fresh_words():
     n, k = 1000, 300
     rng = np.random.default_rng(6)
-    bits = np.zeros(16, dtype=np.uint64)
-    done = subsets._floyd64(rng.bit_generator.random_raw(100), n, k, 0, bits)
+    bits, out = np.zeros(16, dtype=np.uint64), np.empty(k, dtype=np.int64)
+    done = subsets._floyd64(rng.bit_generator.random_raw(100), n, k, 0, bits, out)
     assert 0 < done < 100  # masking to 1023 rejects about a quarter of the words
     while done < k:
-        done = subsets._floyd64(rng.bit_generator.random_raw(100), n, k, done, bits)
+        done = subsets._floyd64(rng.bit_generator.random_raw(100), n, k, done, bits, out)
     pos = subsets._read_bits(bits, n, k, False, subsets._DEBRUIJN_INDEX)
     assert pos.size == k and np.all(np.diff(pos) > 0) and pos[-1] < n
+    assert np.array_equal(subsets._radix_sort(out, n), pos)  # the set drawn is the bitmap's
+
+
+@pytest.mark.parametrize("n", [1, 5, 2048, 2049, 5_000_000, 2**33 + 5])
+def test_radix_sort_orders_distinct_positions(n):
+    """One to four 11-bit passes: the same order as a comparison sort, and the same set as the
+    bitmap holds."""
+    rng = np.random.default_rng(n % 1000)
+    k = min(n, 3000)
+    a = np.unique(rng.integers(0, n, size=k))
+    rng.shuffle(a)
+    got = subsets._radix_sort(a.copy(), n)
+    assert np.array_equal(got, np.sort(a))
 
 
 def test_seeded_and_global_scope():
