@@ -126,7 +126,10 @@ def test_resume_equals_uninterrupted(w, base, tmp_path):
         run_pags(base, w, src, cfg, out=tmp_path / "none", resume=True)
 
 
-def test_resume_copy_is_rewritten_only_when_the_best_changes(w, base, tmp_path):
+def test_resume_copy_is_rewritten_only_when_the_best_changes(w, base, tmp_path, monkeypatch):
+    from masktopo.pags import engine
+
+    monkeypatch.setattr(engine, "RESUME_EVERY_S", 0.0)  # a resume point after every chunk
     cfg = PagsConfig(n=12, chunk=4, snapshot_every=4, seed=11)
 
     def same(t):  # every candidate is the base mask: the best never changes
@@ -162,6 +165,44 @@ def test_resume_copy_is_rewritten_only_when_the_best_changes(w, base, tmp_path):
     assert state["next_t"] == 21 and state["best_file"] == state_best_file(last + 1)
     copy = masktopo.load(tmp_path / "noisy" / state["best_file"], weights=False)
     assert copy.equal(r.best.without_weights())
+
+
+def test_resume_points_at_most_every_few_seconds(w, base, tmp_path, monkeypatch):
+    """A resume point (candidates.parquet, the best's copy, state.json) is written after the
+    chunks of RESUME_EVERY_S seconds, and when the run ends or stops; killed in between, the
+    run resumes from the last one to the same end."""
+    from masktopo.pags import engine
+
+    written = []
+    real = engine._write_state
+    monkeypatch.setattr(engine, "_write_state",
+                        lambda *a, **k: written.append(a[2]) or real(*a, **k))  # fmt: skip
+    cfg = PagsConfig(n=24, chunk=4, snapshot_every=4, seed=11)
+    src = NoisyMagnitude(w, DENSITY, cfg.seed)
+    monkeypatch.setattr(engine, "RESUME_EVERY_S", 3600.0)  # (no run here takes an hour)
+    full = run_pags(base, w, src, cfg, out=tmp_path / "full")
+    assert written == [1, 25]  # the start and the end only
+    written.clear()
+    monkeypatch.setattr(engine, "RESUME_EVERY_S", 0.0)
+    run_pags(base, w, src, cfg, out=tmp_path / "every")
+    assert written == [1, 5, 9, 13, 17, 21, 25]
+    written.clear()
+    monkeypatch.setattr(engine, "RESUME_EVERY_S", 3600.0)
+
+    def killed(t):  # the process dies in chunk 17-20: nothing written since the start
+        if t == 19:
+            raise KeyboardInterrupt
+        return src(t)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pags(base, w, killed, cfg, out=tmp_path / "killed")
+    assert written == [1]
+    assert json.loads((tmp_path / "killed" / STATE_FILE).read_text())["next_t"] == 1
+    done = run_pags(base, w, src, cfg, out=tmp_path / "killed", resume=True)
+    assert done.best.equal(full.best)
+    pd.testing.assert_frame_equal(done.candidates, full.candidates)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "candidates.parquet"),
+                                  full.candidates)  # fmt: skip
 
 
 def test_repair_keeps_base_counts_under_layer_mixing(w, base):
