@@ -431,7 +431,6 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         snapshots = list(state["snapshots"])
         next_t = int(state["next_t"])
         best_t = int(state.get("best_t", next_t - 1))
-        best_dirty = True  # best.safetensors, if any, may predate the resume point
         state_best = None  # the first resume point of this process writes its own copy
         import pyarrow.parquet as pq
 
@@ -442,7 +441,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         best_sc = base_scores.copy()
         best_fp = dict(base_fp)
         changed, snapshots, next_t = False, [0], 1
-        best_t, best_dirty = 0, True  # best.safetensors is written when the run ends
+        best_t = 0
         rows = [_row(0, base_scores, 0, config, numel, 0, best_sc)]
         if writer.active:
             if not resume:
@@ -565,7 +564,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         if improved:
             # best.safetensors (masks and θ: 45 MB for ResNet-18) is written when the run ends;
             # the resume points below hold the best masks meanwhile.
-            best_t, best_dirty = chunk[-1], True
+            best_t = chunk[-1]
             improved_since = True
         best = new_best
         t = chunk[-1] + 1
@@ -583,8 +582,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             last_point, improved_since = time.monotonic(), False
         if stopping:
             break
-    if best_dirty:
-        writer.save(BEST_FILE, best, {"pags": {"t": best_t, "role": "best"}})
+    # best.safetensors: written once, when the run ends or stops (a resumed run rewrites it)
+    writer.save(BEST_FILE, best, {"pags": {"t": best_t, "role": "best"}})
     if t - 1 >= config.n:  # finished: summary.json, what masktopo summarize reads of a run
         writer.json(SUMMARY_FILE, {"final": _final(config, best_sc, base_scores, numel, rows,
                                                    comm.world)})  # fmt: skip
