@@ -209,6 +209,15 @@ def known_positions(mask: torch.Tensor) -> np.ndarray | None:
     return None
 
 
+def mask_from_positions(shape, positions: np.ndarray, device=None) -> torch.Tensor:
+    """The bool mask of ``shape`` that keeps the ascending int64 flat (C-order) ``positions``,
+    on ``device`` (default the CPU), with the positions attached (:func:`attach_positions`)."""
+    flat = torch.zeros(math.prod(shape), dtype=torch.bool)
+    flat[torch.from_numpy(positions)] = True
+    mask = flat.reshape(tuple(shape))
+    return attach_positions(mask if device is None else mask.to(device), positions)
+
+
 def kept_positions(mask: torch.Tensor) -> np.ndarray:
     """Ascending int64 flat (C-order) positions of the kept entries of ``mask``: those attached
     by :func:`attach_positions` when the mask is unchanged since, else a scan."""

@@ -460,6 +460,12 @@ def test_attached_positions_are_dropped_when_the_mask_changes():
     assert np.array_equal(kept_positions(m), [0, 3, 7])  # stale note: the mask is scanned
     assert kept_positions(attach_positions(m, pos)) is pos  # (a wrong note is believed)
     assert kept_positions(torch.zeros(3, dtype=torch.bool)).dtype == np.int64
+    from masktopo.masks import mask_from_positions
+
+    built = mask_from_positions((4, 5), pos)
+    assert torch.equal(built, torch.zeros(4, 5, dtype=torch.bool).index_put_(
+        (torch.tensor([0, 1]), torch.tensor([3, 2])), torch.tensor(True)))  # fmt: skip
+    assert known_positions(built) is pos and built.shape == (4, 5)
 
 
 def test_scoring_with_and_without_attached_positions_agree():

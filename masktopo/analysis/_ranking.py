@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..masks import attach_positions
+from ..masks import mask_from_positions
 from ..options import Options
 from ._engine import DENSE_MAX_SIDE, solve_top2
 from ._kernels import Block, _gaussians, pack, rank_layer, top2_bounds_batch
@@ -102,9 +102,7 @@ class KeptPositions(NamedTuple):
     positions: np.ndarray
 
     def dense(self) -> torch.Tensor:
-        flat = torch.zeros(math.prod(self.shape), dtype=torch.bool)
-        flat[torch.from_numpy(self.positions)] = True
-        return attach_positions(flat.reshape(self.shape), self.positions)
+        return mask_from_positions(self.shape, self.positions)
 
 
 def _extract_any(

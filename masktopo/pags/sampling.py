@@ -20,14 +20,13 @@ Samplers (pags-spec §4.5, ambiguity A3):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from ..errors import MaskValidationError
-from ..masks import MaskSet, attach_positions
+from ..masks import MaskSet, mask_from_positions
 from ..pai.subsets import random_positions, uniform_subset
 from ..seeding import seed_for
 from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
@@ -52,10 +51,7 @@ def rewire(base: MaskSet, rng: np.random.Generator) -> MaskSet:
         shape = base.shape(name)
         numel = base.numel(name)
         k = base.nnz(name)
-        flat = torch.zeros(numel, dtype=torch.bool)
-        pos = uniform_subset(rng, numel, k)
-        flat[torch.from_numpy(pos)] = True
-        masks[name] = attach_positions(flat.reshape(shape), pos)
+        masks[name] = mask_from_positions(shape, uniform_subset(rng, numel, k))
     return MaskSet(masks, {n: base.kind(n) for n in base})
 
 
@@ -156,10 +152,7 @@ class Drawn(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._dense:
-            shape = self._shapes[name]
-            flat = torch.zeros(math.prod(shape), dtype=torch.bool)
-            flat[torch.from_numpy(self._pos[name])] = True
-            self._dense[name] = attach_positions(flat.reshape(shape), self._pos[name])
+            self._dense[name] = mask_from_positions(self._shapes[name], self._pos[name])
         return self._dense[name]
 
     def __iter__(self):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import MaskSet, attach_positions
+from ..masks import MaskSet, mask_from_positions
 from ..zoo.models import MASKABLE_TYPES, maskable_parameters
 from .densities import check_density, keeps_some, layer_counts
 from .methods import PaIMethod, get_method
@@ -390,13 +390,10 @@ def _random_subsets(target, shapes, generator, device) -> dict[str, torch.Tensor
         picks = random_positions(generator, sizes, counts=[target[n] for n in names])
     else:
         picks = random_positions(generator, sizes, total=int(target))
-    masks = {}
-    for n, sz, idx in zip(names, sizes, picks, strict=True):
-        mask = torch.zeros(sz, dtype=torch.bool)
-        mask[torch.from_numpy(idx)] = True
-        # The positions travel with the mask: the graph analysis then need not scan it again.
-        masks[n] = attach_positions(mask.reshape(shapes[n]).to(device), idx)
-    return masks
+    # The positions travel with the masks: the graph analysis then need not scan them again.
+    return {
+        n: mask_from_positions(shapes[n], idx, device) for n, idx in zip(names, picks, strict=True)
+    }
 
 
 def _accumulate(total, grads) -> None:
