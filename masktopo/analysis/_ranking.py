@@ -48,7 +48,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from ..masks import mask_from_positions
 from ..options import Options
@@ -65,7 +64,7 @@ from .metrics import (
     _Raw,
     resolve_metrics,
 )
-from .spectral import dense_batches, solve_many, split_two, submit, use_workers
+from .spectral import dense_batches, one_blas_thread, solve_many, split_two, submit, use_workers
 
 #: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
 COORDINATES = (
@@ -475,7 +474,7 @@ class LayerBounds:
             for k in range(len(index)):
                 out[k] = [rows[k][n] for n in COORDINATES]
             return out
-        with threadpool_limits(1):
+        with one_blas_thread():
             total = sum(int(self.n_edges[i]) for i in index)
             if use_workers(total) and len(index) > 1:
                 a, b = split_two([max(1, int(self.n_edges[i])) for i in index], 0.5)
@@ -590,7 +589,7 @@ def rank_layers(
         return [_extract_any(*layers[i], opts, gather) for i in idx]
 
     sizes = np.array([_size(m) for _, m, _ in layers], dtype=np.int64)
-    with threadpool_limits(1):
+    with one_blas_thread():
         if batched:
             idx = list(range(len(layers)))
             parts = [_rank_batched(_Part(idx), extract(idx), opts, selection, steps,

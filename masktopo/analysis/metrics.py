@@ -79,7 +79,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import check_weight, known_positions
@@ -116,7 +115,7 @@ from ._registry import (  # noqa: F401  (the registry API, public from here)
     unregister_metric,
 )
 from .graph import _as_mask
-from .spectral import check_route, solve_many, split_two, submit, use_workers
+from .spectral import check_route, one_blas_thread, solve_many, split_two, submit, use_workers
 
 
 def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
@@ -486,10 +485,10 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
     if not use_workers(int(sizes.sum())):
-        with threadpool_limits(1):
+        with one_blas_thread():
             return _rows(extract(layers), opts, names, selection, weighted)
     parts = split_two(sizes, _REMOTE_SHARE)
-    with threadpool_limits(1):
+    with one_blas_thread():
         remote = extract([layers[i] for i in parts[1]])
         future = submit(_rows, remote, opts, names, selection, weighted)
         local = _rows(extract([layers[i] for i in parts[0]]), opts, names, selection, weighted)

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import threadpoolctl
 
 from .._version import __version__
 from ..errors import MaskFileError, MaskValidationError
@@ -58,7 +57,7 @@ from .metrics import (
     analyze,
     resolve_metrics,
 )
-from .spectral import alone, cpu_workers
+from .spectral import alone, cpu_workers, one_blas_thread
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "LEVELS", "NETWORK", "analyze_run"]
 
@@ -215,7 +214,7 @@ def _compute_threaded(job: _Job, todo: list[int], workers: int, bar, done: dict)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpoolctl.threadpool_limits(1):
+        with one_blas_thread():
             pool = ThreadPoolExecutor(workers, thread_name_prefix="masktopo-events")
             futures = {pool.submit(_one_alone, job, k): k for k in todo}
             try:

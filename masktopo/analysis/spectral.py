@@ -308,6 +308,38 @@ def alone():
         _LOCAL.alone = before
 
 
+_BLAS = threading.local()  # .depth: this thread's nesting in one_blas_thread
+_BLAS_LOCK = threading.Lock()
+_BLAS_OWNER: list = []  # (thread, limiter) of the thread that set the limit, while it is inside
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS and OpenMP limited to one thread (``threadpoolctl``), cheaply nestable.
+
+    The outermost entry of a thread sets the limit unless another thread holds it already (then
+    nothing is done: ``threadpool_limits`` costs ~1 ms per call here, it enumerates the loaded
+    libraries), and the thread that set it restores it when it leaves (OpenBLAS does not
+    restore a limit from another thread). A thread that enters while another holds the limit
+    and stays longer runs the rest with the original limit; callers that spread work over
+    threads enter here first, around the whole (the PAGS loop does)."""
+    depth = getattr(_BLAS, "depth", 0)
+    own = False
+    if not depth:
+        with _BLAS_LOCK:
+            if not _BLAS_OWNER:
+                _BLAS_OWNER.append((threading.get_ident(), threadpoolctl.threadpool_limits(1)))
+                own = True
+    _BLAS.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BLAS.depth = depth
+        if own:
+            with _BLAS_LOCK:
+                _BLAS_OWNER.pop()[1].restore_original_limits()
+
+
 def cpu_workers() -> int:
     """Threads used by :func:`solve_many` on the CPU: ``$MASKTOPO_WORKERS`` or min(2, cores)."""
     env = os.environ.get("MASKTOPO_WORKERS", "").strip()
@@ -366,7 +398,7 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     """
     parts = [Parts.of(M) for M in mats]
     # One BLAS thread: the matrices are small enough that threads only add contention.
-    with threadpoolctl.threadpool_limits(1):
+    with one_blas_thread():
         if not use_workers(sum(P.nnz for P in parts)):
             return solve_top2(parts)
         halves = split_two([cost(P) for P in parts])

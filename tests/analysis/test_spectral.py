@@ -208,3 +208,48 @@ def test_clustered_spectrum_long_lanczos_run():
     (got,), steps = _kernel([M])
     assert steps[0] > 128
     _close(got, _ref(M))
+
+
+def _blas_threads() -> int:
+    import threadpoolctl  # BLAS only: OpenMP's limit is per thread
+
+    return max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+
+def test_one_blas_thread_nests_and_is_set_once(monkeypatch):
+    import threading
+
+    import threadpoolctl
+
+    if not any(i["user_api"] == "blas" for i in threadpoolctl.threadpool_info()):
+        pytest.skip("no BLAS library to limit")
+    calls = []
+    real = threadpoolctl.threadpool_limits
+
+    def counted(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", counted)
+    with real(2, user_api="blas"):
+        before = _blas_threads()
+        seen = []
+
+        def other():
+            with spectral.one_blas_thread():
+                seen.append(_blas_threads())
+
+        with spectral.one_blas_thread():
+            with spectral.one_blas_thread():  # nested: nothing set again or restored
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1
+            thread = threading.Thread(target=other)  # enters while this thread holds it
+            thread.start()
+            thread.join(10)
+            assert seen == [1]
+            assert _blas_threads() == 1
+        assert calls == [threading.get_ident()]  # set once, by this thread
+        assert _blas_threads() == before  # restored when it left
+        with spectral.one_blas_thread():  # and set again by the next one in
+            assert _blas_threads() == 1
+        assert len(calls) == 2 and _blas_threads() == before
