@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from .._version import git_commit, versions
+from ..analysis.spectral import cpu_workers, one_blas_thread
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_json
 from ..masks import MaskSet, kept_positions
@@ -83,6 +84,7 @@ from ..runs.layout import (
 from ..store import load as load_file
 from ..store import save
 from .config import RESUMABLE_CHANGES, PagsConfig
+from .pipeline import Tasks
 from .sampling import Source, repair
 from .scoring import Ranking, Scores, rank_candidates, score_candidates
 
@@ -184,11 +186,95 @@ class _LazyFingerprints:
         return self.done[name]
 
 
-def _owner_fingerprints(masks, names: list[str], could: np.ndarray) -> dict[str, str]:
+def _owner_fingerprints(fps: _LazyFingerprints, names: list[str],
+                        could: np.ndarray) -> dict[str, str]:  # fmt: skip
     """The fingerprints a candidate's owner sends with several processes: those of the layers
     ``could`` (bool ``(L,)``) that can still be accepted; the others are never read."""
-    return {n: _fingerprint(_positions(masks, n)) for n, c in zip(names, could, strict=True)
-            if c}  # fmt: skip
+    return {n: fps[n] for n, c in zip(names, could, strict=True) if c}
+
+
+#: Chunks drawn and ranked ahead of the one being selected (candidates drawn as positions and
+#: two threads only: a chunk of ResNet-18 candidates and their plans hold ~45 MB).
+AHEAD = 2
+#: Candidates per task when two threads share the work: one per task costs ~1.5 ms more per
+#: candidate in each pass (the calls' own overhead); four keep the threads evenly loaded.
+PER_TASK = 4
+
+
+class _Ahead:
+    """This process's candidates drawn and ranked a few chunks ahead (:class:`~masktopo.pags.
+    pipeline.Tasks`): one task per :data:`PER_TASK` candidates when a worker thread shares the
+    work, one per chunk otherwise (the batched route ranks a chunk in one call). A source that is not
+    ``concurrent`` (safe to call from two threads) is drawn by this thread, for the current
+    chunk only."""
+
+    def __init__(self, tasks: Tasks, candidate, rank, config: PagsConfig, comm: _Comm,
+                 concurrent: bool):  # fmt: skip
+        self.tasks, self.candidate, self.rank = tasks, candidate, rank
+        self.config, self.comm, self.concurrent = config, comm, concurrent
+        self.shared = tasks.threads > 1
+        self.ahead = AHEAD if self.shared and concurrent else 0
+        self.jobs: dict[int, list] = {}  # chunk start -> [(candidates t, future)]
+
+    def _schedule(self, start: int) -> None:
+        cfg, comm = self.config, self.comm
+        mine = [u for u in range(start, min(cfg.n, start + cfg.chunk - 1) + 1)
+                if u % comm.world == comm.rank]  # fmt: skip
+        size = PER_TASK if self.shared else max(1, len(mine))
+        groups = [mine[i : i + size] for i in range(0, len(mine), size)]
+        jobs = []
+        for us in groups:
+            if self.concurrent:
+                jobs.append((us, self.tasks.submit(self._drawn, us)))
+            else:
+                cands = [self.candidate(u) for u in us]
+                jobs.append((us, self.tasks.submit(self._given, cands)))
+        self.jobs[start] = jobs
+
+    def _drawn(self, us: list[int]):
+        return self._given([self.candidate(u) for u in us])
+
+    def _given(self, cands: list):
+        return cands, self.rank(cands)
+
+    def take(self, start: int) -> list[tuple[list[int], list, Ranking]]:
+        """The chunk starting at ``start``: ``(t, candidates, ranking)`` per group, after
+        scheduling the next :data:`AHEAD` chunks."""
+        for k in range(self.ahead + 1):
+            s = start + k * self.config.chunk
+            if s <= self.config.n and s not in self.jobs:
+                self._schedule(s)
+        jobs = self.jobs.pop(start)
+        done = self.tasks.results([future for _, future in jobs])
+        return [(us, cands, rk) for (us, _), (cands, rk) in zip(jobs, done, strict=True)]
+
+
+def _exact_pass(tasks: Tasks, groups, exact_mask: dict[int, np.ndarray], best: Scores,
+                best_fp: dict[str, str], fps: dict,
+                names: list[str]) -> tuple[Scores | None, int]:  # fmt: skip
+    """The exact criteria of the layers ``exact_mask`` of this process's ranked candidates
+    (estimates elsewhere), one task per group; a layer with the fingerprint of the best's
+    (before this chunk: ``best``, ``best_fp``) is not computed, its scores are the best's (the
+    same mask scored on the same θ). Returns the scores and how many layers were computed."""
+    if not groups:
+        return None, 0
+    parts, futures = [], []
+    computed = 0
+    for us, _, rk in groups:
+        which = np.array([exact_mask[u] for u in us], dtype=bool).reshape(len(us), len(names))
+        same = np.zeros_like(which)
+        for i, u in enumerate(us):
+            for j in np.flatnonzero(which[i]):
+                same[i, j] = fps[u][names[j]] == best_fp[names[j]]
+        which &= ~same
+        computed += int(which.sum())
+        parts.append(same)
+        futures.append(tasks.submit(rk.exact, which))
+    out = tasks.results(futures)
+    for same, sc in zip(parts, out, strict=True):
+        for i in np.flatnonzero(same.any(axis=1)):
+            sc.set_layers(i, best, 0, same[i])
+    return Scores.concat(out), computed
 
 
 def _pack(mask: torch.Tensor) -> tuple[bytes, tuple[int, ...]]:
@@ -397,17 +483,22 @@ def run_pags(
         lock = RunLock(out)
         if resume:
             lock.acquire()  # before reading the state: no other process writes it meanwhile
+    # Ranking then exact on the CPU: two threads share the candidates' work (pipeline.Tasks);
+    # the batched route and the all-exact path score a chunk in one call.
+    cpu = config.route != "batched" and torch.device(device or "cpu").type == "cpu"
     try:
-        return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank,
-                    source, config, comm, writer, lock, out=out, resume=resume,
-                    progress=progress, stop=stop, run_info=run_info)  # fmt: skip
+        with Tasks(cpu_workers() if cpu and not config.exact else 1) as tasks, one_blas_thread():
+            return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score,
+                        rank, source, config, comm, writer, lock, tasks, out=out, resume=resume,
+                        progress=progress, stop=stop, run_info=run_info)  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank, source,
-         config, comm, writer, lock, *, out, resume, progress, stop, run_info) -> PagsResult:  # fmt: skip
+         config, comm, writer, lock, tasks, *, out, resume, progress, stop,
+         run_info) -> PagsResult:  # fmt: skip
     names = list(base_masks)
     # Ranking then exact (the default), on the compiled CPU engine or the batched route.
     ranked = not config.exact
@@ -475,41 +566,47 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
     t = next_t
     n_exact = 0
     last_point, improved_since = time.monotonic(), False  # the resume point written last
+    L = len(names)
+
+    def candidate(u: int):
+        c = source(u).without_weights()
+        if list(c) != names:
+            raise MaskValidationError(f"candidate {u} has other layers than the base mask")
+        return repair(c, counts, theta) if config.repair else c
+
+    ahead = _Ahead(tasks, candidate, rank, config, comm, getattr(source, "concurrent", False))
     while t <= config.n:
         chunk = list(range(t, min(config.n, t + config.chunk - 1) + 1))
         mine = [u for u in chunk if u % comm.world == comm.rank]
-        cands: dict[int, MaskSet] = {}
-        for u in mine:
-            c = source(u).without_weights()
-            if list(c) != names:
-                raise MaskValidationError(f"candidate {u} has other layers than the base mask")
-            if config.repair:
-                c = repair(c, counts, theta)
-            cands[u] = c
-        L = len(names)
         exact_mask: dict[int, np.ndarray] = {}
         if ranked:
-            # Ranking pass: rigorous upper bounds of every candidate's criteria; the exact
-            # criteria only for the layers whose bounds can still be accepted against the best
-            # before this chunk (the best only improves in t order, so nothing else can be).
-            rk = rank(list(cands.values())) if cands else None
+            # Ranking pass (drawn and ranked ahead, while the chunks before were selected):
+            # rigorous upper bounds of every candidate's criteria; the exact criteria only for
+            # the layers whose bounds can still be accepted against the best before this chunk
+            # (the best only improves in t order, so nothing else can be).
+            groups = ahead.take(t)
+            cands = {u: c for us, cs, _ in groups for u, c in zip(us, cs, strict=True)}
             bounds: dict[int, tuple[Scores, Scores]] = {}
-            mine_b = {u: (rk.upper.take(i), rk.estimate.take(i)) for i, u in enumerate(mine)}
+            mine_b = {u: (rk.upper.take(i), rk.estimate.take(i))
+                      for us, _, rk in groups for i, u in enumerate(us)}  # fmt: skip
             for part in comm.gather(mine_b):
                 bounds.update(part)
             exact_mask = {u: accept(config, best_sc, bounds[u][0], 0) for u in chunk}
-            n_exact += sum(int(m.sum()) for m in exact_mask.values())
-            which = np.array([exact_mask[u] for u in mine], dtype=bool).reshape(len(mine), L)
-            local_sc = rk.exact(which) if cands else None
+            fps = {u: _LazyFingerprints(cands[u]) for u in mine}
+            local_sc, computed = _exact_pass(tasks, groups, exact_mask, best_sc, best_fp, fps,
+                                             names)  # fmt: skip
+            n_exact += sum(comm.gather(computed))
         else:
+            cands = {u: candidate(u) for u in mine}
+            fps = {u: _LazyFingerprints(cands[u]) for u in mine}
             local_sc = score(list(cands.values())) if cands else None
             n_exact += len(chunk) * L
         # Fingerprints: only of the layers that would be accepted (a single process has the
         # masks at hand); with several processes the owner computes them before the gather for
         # the layers that beat the best before this chunk: the best only improves within the
         # chunk, so no other layer can be accepted (and a dense mask costs ~8 ms a candidate).
-        local = {u: (local_sc.take(i), _LazyFingerprints(cands[u]) if comm.world == 1
-                     else _owner_fingerprints(cands[u], names, accept(config, best_sc, local_sc, i)
+        local = {u: (local_sc.take(i), fps[u] if comm.world == 1
+                     else _owner_fingerprints(fps[u], names, accept(config, best_sc, local_sc, i)
                                               & (exact_mask[u] if ranked else True)))
                  for i, u in enumerate(mine)}  # fmt: skip
         gathered: dict[int, tuple[Scores, dict]] = {}

@@ -31,7 +31,10 @@ from ..pai.subsets import random_positions, uniform_subset
 from ..seeding import seed_for
 from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
 
-#: A candidate source: ``t -> MaskSet`` (masks only; weights are ignored).
+#: A candidate source: ``t -> MaskSet`` (masks only; weights are ignored). A source whose
+#: attribute ``concurrent`` is true may be called for different ``t`` from two threads at once
+#: and gives small candidates (:class:`Drawn`): the PAGS loop then draws and ranks them a few
+#: chunks ahead in its worker thread (:mod:`masktopo.pags.engine`).
 Source = Callable[[int], MaskSet]
 
 
@@ -285,6 +288,12 @@ class RescoreSource:
         self.draw = None
         if base is not None and not injected and self.data_free and not self.noise:
             self.draw = random_draw(base, method)
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether candidates are drawn as positions (:class:`Drawn`: a pure function of the
+        seed and ``t``, safe from two threads at once); a method that scores the model is not."""
+        return self.draw is not None
 
     def __call__(self, t: int) -> MaskSet | Drawn:
         g, _ = generators(self.seed, t)

@@ -5,6 +5,8 @@ layers whose upper bounds can still beat the best are computed exactly. These te
 bounds against the exact values, and whole PAGS runs in both modes against each other.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -331,3 +333,78 @@ def test_lean_ranking_on_the_batched_route():
     assert np.all(np.nan_to_num(lean.lower[:, 2], nan=0) <= np.nan_to_num(exact[:, 2], nan=0))
     assert 0 < lean.steps < full.steps
     np.testing.assert_allclose(lean.exact(range(len(layers))), exact, rtol=0, atol=1e-12)
+
+
+class _KeepsOne:
+    """A source whose layer ``name`` is always the base's (as a dense layer of a PaI mask is),
+    the others from ``inner``; ``concurrent`` as given (the engine then draws ahead)."""
+
+    def __init__(self, inner, base: MaskSet, name: str, concurrent: bool = False):
+        self.inner, self.base, self.name, self.concurrent = inner, base, name, concurrent
+
+    def __call__(self, t: int) -> MaskSet:
+        c = self.inner(t)
+        masks = {n: self.base[n] if n == self.name else c[n] for n in c}
+        return MaskSet(masks, {n: c.kind(n) for n in c})
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_a_layer_equal_to_the_best_is_not_computed_again(monkeypatch, concurrent):
+    """Its bounds always allow it (it ties the best), but its scores are the best's: the exact
+    pass skips it, and the selection is still the all-exact one."""
+    from masktopo.pags import scoring
+
+    w = _theta(3)
+    base = base_mask(w, DENSITY)
+    source = _KeepsOne(NoisyMagnitude(w, DENSITY, 3, noise=0.15), base, "fc2.weight", concurrent)
+    asked = []
+    real = scoring.Ranking.exact
+
+    def exact(self, which):
+        asked.append(np.array(which, dtype=bool))
+        return real(self, which)
+
+    monkeypatch.setattr(scoring.Ranking, "exact", exact)
+    a, b = _pair(w, base, source, seed=3)
+    _same_selection(a, b)
+    assert torch.equal(a.best["fc2.weight"], base["fc2.weight"])
+    which = np.concatenate(asked)
+    assert which.shape[0] == 48 and which[:, :2].any()  # the others were computed
+    assert not which[:, 2].any()  # never fc2
+    assert a.exact_layers == which.sum()
+
+
+def test_same_result_with_one_thread_or_two(monkeypatch, tmp_path):
+    """The worker thread draws and ranks chunks ahead and shares the exact pass: nothing about
+    the run depends on it (MASKTOPO_WORKERS=1: everything in one thread, in order)."""
+    res = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("MASKTOPO_WORKERS", workers)
+        cfg = PagsConfig(model="lenet300", dataset="mnist", method="erk", density=0.05, n=40,
+                         chunk=6, seed=2)  # fmt: skip
+        res[workers] = run(cfg, tmp_path / workers)
+    a, b = res["1"], res["2"]
+    _same_best(a, b)
+    assert a.exact_layers == b.exact_layers
+    assert json.dumps(a.rows) == json.dumps(b.rows)  # NaN written as NaN: equal where equal
+
+
+def test_a_layer_equal_to_the_best_before_the_chunk_may_still_tie_the_new_best():
+    """Candidate 1 re-labels fc1's outputs (an isomorphic graph: the same scores, another
+    mask) and is accepted; candidate 2, in the same chunk, has the old fc1 again: it ties the
+    new best and is accepted too. Its exact pass was skipped (its fingerprint is the best's
+    before the chunk), so its scores must be the old best's, not estimates."""
+    w = _theta(3)
+    g = torch.Generator().manual_seed(0)
+    w["fc1.weight"] = 0.2 * torch.sign(torch.randn(SHAPES["fc1.weight"], generator=g))
+    base = base_mask(w, DENSITY)
+    perm = torch.randperm(SHAPES["fc1.weight"][0], generator=g)
+    relabelled = MaskSet({n: base[n][perm] if n == "fc1.weight" else base[n] for n in base})
+    noisy = NoisyMagnitude(w, DENSITY, 3, noise=0.15)
+
+    def source(t):
+        return relabelled if t == 1 else base if t == 2 else noisy(t)
+
+    a, b = _pair(w, base, source, seed=3)
+    _same_selection(a, b)
+    assert b.candidates["accepted_layers"].tolist()[1:3] == [1, 1]  # the case arose
