@@ -119,7 +119,8 @@ class PagsResult:
         The output directory.
     exact_layers : int
         Candidate layers scored exactly in this run, over all processes (every layer with
-        ``exact=True``; with ranking, those whose bounds could still be accepted). Speed only.
+        ``exact=True``; with ranking, those whose bounds could still be accepted, less those
+        equal to the best's, whose scores are the best's). Speed only.
     """
 
     best: MaskSet
