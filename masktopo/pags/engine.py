@@ -238,13 +238,18 @@ class _Ahead:
     def _given(self, cands: list):
         return cands, self.rank(cands)
 
-    def take(self, start: int) -> list[tuple[list[int], list, Ranking]]:
-        """The chunk starting at ``start``: ``(t, candidates, ranking)`` per group, after
-        scheduling the next :data:`AHEAD` chunks."""
+    def prefetch(self, start: int) -> None:
+        """Schedule the chunk starting at ``start`` and the next :data:`AHEAD` ones (those not
+        scheduled yet)."""
         for k in range(self.ahead + 1):
             s = start + k * self.config.chunk
             if s <= self.config.n and s not in self.jobs:
                 self._schedule(s)
+
+    def take(self, start: int) -> list[tuple[list[int], list, Ranking]]:
+        """The chunk starting at ``start``: ``(t, candidates, ranking)`` per group, after
+        scheduling the next :data:`AHEAD` chunks."""
+        self.prefetch(start)
         jobs = self.jobs.pop(start)
         done = self.tasks.results([future for _, future in jobs])
         return [(us, cands, rk) for (us, _), (cands, rk) in zip(jobs, done, strict=True)]
@@ -503,6 +508,14 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
     names = list(base_masks)
     # Ranking then exact (the default), on the compiled CPU engine or the batched route.
     ranked = not config.exact
+
+    def candidate(u: int):
+        c = source(u).without_weights()
+        if list(c) != names:
+            raise MaskValidationError(f"candidate {u} has other layers than the base mask")
+        return repair(c, counts, theta) if config.repair else c
+
+    ahead = _Ahead(tasks, candidate, rank, config, comm, getattr(source, "concurrent", False))
     state = _read_state(out, config) if resume else None
     if resume and state is None and comm.rank == 0:
         warnings.warn(f"{out}: the PAGS run stopped before its first resume point; starting it "
@@ -542,6 +555,8 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
                 check_out_dir(out, "pags", resume=False)  # nobody started a run here meanwhile
             (out / SNAPSHOT_DIR).mkdir(exist_ok=True)
             (out / STATE_DIR).mkdir(exist_ok=True)
+        if ranked:  # the worker ranks the first chunks while this thread writes the start
+            ahead.prefetch(1)
         comm.barrier()
         meta = {"pags": {"t": 0, "role": "base"}}
         RunWriter(out if writer.active else None).write_run_json("pags", {
@@ -568,14 +583,6 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
     n_exact = 0
     last_point, improved_since = time.monotonic(), False  # the resume point written last
     L = len(names)
-
-    def candidate(u: int):
-        c = source(u).without_weights()
-        if list(c) != names:
-            raise MaskValidationError(f"candidate {u} has other layers than the base mask")
-        return repair(c, counts, theta) if config.repair else c
-
-    ahead = _Ahead(tasks, candidate, rank, config, comm, getattr(source, "concurrent", False))
     while t <= config.n:
         chunk = list(range(t, min(config.n, t + config.chunk - 1) + 1))
         mine = [u for u in chunk if u % comm.world == comm.rank]
