@@ -67,7 +67,7 @@ import torch
 from .._version import git_commit, versions
 from ..analysis.spectral import cpu_workers, one_blas_thread
 from ..errors import MaskFileError, MaskValidationError
-from ..files import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_bytes, atomic_write_json
 from ..masks import MaskSet, kept_positions
 from ..runs import RunLock, RunWriter, check_out_dir, check_same_config
 from ..runs.layout import (
@@ -361,6 +361,34 @@ class _Writer:
         if self.active:
             atomic_write_json(self.out / rel, obj)
 
+    def start_extra(self, files: Mapping[str, Callable[[], bytes]]) -> None:
+        """Write ``files`` (name → a function giving the bytes) atomically in a background
+        thread: they overlap with the run (a 45 MB file is mostly the disk's time)."""
+        if not self.active or not files:
+            return
+        import threading
+
+        def write() -> None:
+            try:
+                for rel, make in files.items():
+                    atomic_write_bytes(self.out / rel, make())
+            except BaseException as e:  # raised again by finish_extra
+                self._extra_error = e
+
+        self._extra_error = None
+        self._extra = threading.Thread(target=write, name="masktopo-pags-files")
+        self._extra.start()
+
+    def finish_extra(self, raise_error: bool = True) -> None:
+        """Wait for :meth:`start_extra`'s files; raise what writing them raised."""
+        thread = getattr(self, "_extra", None)
+        if thread is None:
+            return
+        thread.join()
+        self._extra = None
+        if raise_error and self._extra_error is not None:
+            raise self._extra_error
+
     def rows(self, rows: list[dict]) -> None:
         if self.active:  # pyarrow directly: the columns pandas' to_parquet wrote, ~2x faster
             import pyarrow as pa
@@ -416,6 +444,7 @@ def run_pags(
     progress: bool = False,
     stop: Callable[[int], bool] | None = None,
     run_info: dict | None = None,
+    extra_files: Mapping[str, Callable[[], bytes]] | None = None,
 ) -> PagsResult:
     """Run PAGS from a base mask.
 
@@ -442,6 +471,10 @@ def run_pags(
         resumed).
     run_info : dict, optional
         Extra entries for run.json (model, dataset, ...).
+    extra_files : mapping of str to callable, optional
+        More files of the run: name in ``out`` → a function giving their bytes. Written
+        atomically (rank 0) in a background thread once this process holds the run's lock, and
+        waited for before returning (``masktopo pags``'s ``init.safetensors``).
 
     Returns
     -------
@@ -496,15 +529,17 @@ def run_pags(
         with Tasks(cpu_workers() if cpu and not config.exact else 1) as tasks, one_blas_thread():
             return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score,
                         rank, source, config, comm, writer, lock, tasks, out=out, resume=resume,
-                        progress=progress, stop=stop, run_info=run_info)  # fmt: skip
+                        progress=progress, stop=stop, run_info=run_info,
+                        extra_files=extra_files or {})  # fmt: skip
     finally:
+        writer.finish_extra(raise_error=False)  # nothing is written once the lock is released
         if lock is not None:
             lock.release()
 
 
 def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank, source,
-         config, comm, writer, lock, tasks, *, out, resume, progress, stop,
-         run_info) -> PagsResult:  # fmt: skip
+         config, comm, writer, lock, tasks, *, out, resume, progress, stop, run_info,
+         extra_files) -> PagsResult:  # fmt: skip
     names = list(base_masks)
     # Ranking then exact (the default), on the compiled CPU engine or the batched route.
     ranked = not config.exact
@@ -526,6 +561,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             not torch.equal(stored_base[n], base_masks[n]) for n in names
         ):
             raise MaskFileError(out / BASE_FILE, "differs from this run's base mask; cannot resume")
+        writer.start_extra(extra_files)  # the run is this one, and run_pags holds its lock
         rel = state["best_file"]
         best_ms = load_file(out / (rel if "/" in rel else f"{STATE_DIR}/{rel}"), weights=False)
         best = {n: best_ms[n] for n in names}
@@ -555,6 +591,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
                 check_out_dir(out, "pags", resume=False)  # nobody started a run here meanwhile
             (out / SNAPSHOT_DIR).mkdir(exist_ok=True)
             (out / STATE_DIR).mkdir(exist_ok=True)
+            writer.start_extra(extra_files)  # the lock is held now
         if ranked:  # the worker ranks the first chunks while this thread writes the start
             ahead.prefetch(1)
         comm.barrier()
@@ -692,6 +729,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
     if t - 1 >= config.n:  # finished: summary.json, what masktopo summarize reads of a run
         writer.json(SUMMARY_FILE, {"final": _final(config, best_sc, base_scores, numel, rows,
                                                    comm.world)})  # fmt: skip
+    writer.finish_extra()
     if bar is not None:
         bar.close()
     return PagsResult(

@@ -146,21 +146,17 @@ def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: 
     require_parquet()
     check_out_dir(out, "pags", resume=resume)
     base, theta, source, info, state = prepare(config)
-    result = run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
-                      stop=stop, run_info=info)  # fmt: skip
-    write_initial_state(out, state)
-    return result
-
-
-def write_initial_state(out: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write the scored network's whole state to ``out/init.safetensors`` (rank 0; atomically),
-    so that ``masktopo train --init-masks OUT`` starts from exactly that network."""
-    import torch.distributed as dist
-    from safetensors.torch import save
-
-    from ..files import atomic_write_bytes
     from ..runs.layout import INIT_FILE
 
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
-    atomic_write_bytes(out / INIT_FILE, save(state, metadata={"format": "masktopo.init"}))
+    # init.safetensors: written by the engine (rank 0) while the run goes on
+    return run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
+                    stop=stop, run_info=info,
+                    extra_files={INIT_FILE: lambda: initial_state(state)})  # fmt: skip
+
+
+def initial_state(state: dict[str, torch.Tensor]) -> bytes:
+    """The scored network's whole state as ``out/init.safetensors``'s bytes, so that
+    ``masktopo train --init-masks OUT`` starts from exactly that network."""
+    from safetensors.torch import save
+
+    return save(state, metadata={"format": "masktopo.init"})

@@ -216,3 +216,40 @@ def test_reference_base_and_invalid_skip_run(w, base):
     r = _run(w, base, reference="base", invalid="skip", n=8)
     assert np.all(r.base_scores.fs == 0)
     assert np.all(r.best_scores.fs >= 0)
+
+
+def test_extra_files_are_written_while_the_run_goes_on(w, base, tmp_path):
+    """``extra_files`` (what ``masktopo pags`` writes init.safetensors with): written once the
+    run holds its directory, waited for before returning; an error writing one is raised."""
+    import threading
+
+    seen = {}
+
+    def make():
+        import fcntl
+        import os
+
+        seen["thread"] = threading.current_thread().name
+        fd = os.open(tmp_path / "o" / ".lock", os.O_RDONLY)
+        try:  # the run holds the lock: taking it fails
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen["lock held"] = False
+        except BlockingIOError:
+            seen["lock held"] = True
+        finally:
+            os.close(fd)
+        return b"payload"
+
+    cfg = PagsConfig(n=16, chunk=8, seed=11)
+    run_pags(base, w, NoisyMagnitude(w, DENSITY, 11), cfg, out=tmp_path / "o",
+             extra_files={"extra.bin": make})  # fmt: skip
+    assert (tmp_path / "o" / "extra.bin").read_bytes() == b"payload"
+    assert seen == {"thread": "masktopo-pags-files", "lock held": True}
+
+    def broken():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_pags(base, w, NoisyMagnitude(w, DENSITY, 11), cfg, out=tmp_path / "b",
+                 extra_files={"extra.bin": broken})  # fmt: skip
+    assert not (tmp_path / "b" / "extra.bin").exists()
