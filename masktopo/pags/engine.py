@@ -205,9 +205,9 @@ PER_TASK = 4
 class _Ahead:
     """This process's candidates drawn and ranked a few chunks ahead (:class:`~masktopo.pags.
     pipeline.Tasks`): one task per :data:`PER_TASK` candidates when a worker thread shares the
-    work, one per chunk otherwise (the batched route ranks a chunk in one call). A source that is not
-    ``concurrent`` (safe to call from two threads) is drawn by this thread, for the current
-    chunk only."""
+    work, one per chunk otherwise (the batched route ranks a chunk in one call). A source that
+    is not ``concurrent`` (safe to call from two threads) is drawn by this thread, for the
+    current chunk only."""
 
     def __init__(self, tasks: Tasks, candidate, rank, config: PagsConfig, comm: _Comm,
                  concurrent: bool):  # fmt: skip
@@ -348,6 +348,8 @@ class _Writer:
             theta,
             kinds,
         )
+        self._extra = None  # the thread writing start_extra's files
+        self._extra_error: BaseException | None = None
 
     def maskset(self, masks: Mapping[str, torch.Tensor], meta: dict | None = None, weights=True):
         w = {n: self.theta[n] for n in masks} if weights else None
@@ -375,13 +377,12 @@ class _Writer:
             except BaseException as e:  # raised again by finish_extra
                 self._extra_error = e
 
-        self._extra_error = None
         self._extra = threading.Thread(target=write, name="masktopo-pags-files")
         self._extra.start()
 
     def finish_extra(self, raise_error: bool = True) -> None:
         """Wait for :meth:`start_extra`'s files; raise what writing them raised."""
-        thread = getattr(self, "_extra", None)
+        thread = self._extra
         if thread is None:
             return
         thread.join()
