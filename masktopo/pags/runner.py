@@ -13,6 +13,7 @@ import torch
 
 from ..errors import MaskFileError
 from ..runs import check_out_dir
+from ..runs.layout import INIT_FILE
 from ..seeding import generator
 from .config import PagsConfig
 from .engine import PagsResult, require_parquet, run_pags
@@ -146,8 +147,6 @@ def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: 
     require_parquet()
     check_out_dir(out, "pags", resume=resume)
     base, theta, source, info, state = prepare(config)
-    from ..runs.layout import INIT_FILE
-
     # init.safetensors: written by the engine (rank 0) while the run goes on
     return run_pags(base, theta, source, config, out=out, resume=resume, progress=progress,
                     stop=stop, run_info=info,
