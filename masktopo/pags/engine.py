@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from .._version import git_commit, versions
-from ..analysis.spectral import cpu_workers, one_blas_thread
+from ..analysis.spectral import one_blas_thread
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json
 from ..masks import MaskSet, kept_positions
@@ -84,7 +84,7 @@ from ..runs.layout import (
 from ..store import load as load_file
 from ..store import save
 from .config import RESUMABLE_CHANGES, PagsConfig
-from .pipeline import Tasks
+from .pipeline import Tasks, default_threads
 from .sampling import Source, repair
 from .scoring import Ranking, Scores, rank_candidates, score_candidates
 
@@ -195,9 +195,10 @@ def _owner_fingerprints(fps: _LazyFingerprints, names: list[str],
 
 
 #: Chunks drawn and ranked ahead of the one being selected (candidates drawn as positions and
-#: two threads only: a chunk of ResNet-18 candidates and their plans hold ~45 MB).
+#: a worker thread only: a chunk of ResNet-18 candidates and their plans hold ~45 MB); more
+#: when the chunks are too small to queue two tasks per worker (:class:`_Ahead`).
 AHEAD = 2
-#: Candidates per task when two threads share the work: one per task costs ~1.5 ms more per
+#: Candidates per task when threads share the work: one per task costs ~1.5 ms more per
 #: candidate in each pass (the calls' own overhead); four keep the threads evenly loaded.
 PER_TASK = 4
 
@@ -206,7 +207,7 @@ class _Ahead:
     """This process's candidates drawn and ranked a few chunks ahead (:class:`~masktopo.pags.
     pipeline.Tasks`): one task per :data:`PER_TASK` candidates when a worker thread shares the
     work, one per chunk otherwise (the batched route ranks a chunk in one call). A source that
-    is not ``concurrent`` (safe to call from two threads) is drawn by this thread, for the
+    is not ``concurrent`` (safe to call from several threads) is drawn by this thread, for the
     current chunk only."""
 
     def __init__(self, tasks: Tasks, candidate, rank, config: PagsConfig, comm: _Comm,
@@ -214,7 +215,10 @@ class _Ahead:
         self.tasks, self.candidate, self.rank = tasks, candidate, rank
         self.config, self.comm, self.concurrent = config, comm, concurrent
         self.shared = tasks.threads > 1
-        self.ahead = AHEAD if self.shared and concurrent else 0
+        # at least two tasks queued per worker while this thread selects a chunk
+        per_chunk = math.ceil(config.chunk / comm.world / PER_TASK)
+        need = math.ceil(2 * (tasks.threads - 1) / max(1, per_chunk))
+        self.ahead = max(AHEAD, need) if self.shared and concurrent else 0
         self.jobs: dict[int, list] = {}  # chunk start -> [(candidates t, future)]
 
     def _schedule(self, start: int) -> None:
@@ -523,11 +527,12 @@ def run_pags(
         lock = RunLock(out)
         if resume:
             lock.acquire()  # before reading the state: no other process writes it meanwhile
-    # Ranking then exact on the CPU: two threads share the candidates' work (pipeline.Tasks);
-    # the batched route and the all-exact path score a chunk in one call.
+    # Ranking then exact on the CPU: threads share the candidates' work (pipeline.Tasks); the
+    # batched route and the all-exact path score a chunk in one call.
     cpu = config.route != "batched" and torch.device(device or "cpu").type == "cpu"
     try:
-        with Tasks(cpu_workers() if cpu and not config.exact else 1) as tasks, one_blas_thread():
+        threads = default_threads() if cpu and not config.exact else 1
+        with Tasks(threads) as tasks, one_blas_thread():
             return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score,
                         rank, source, config, comm, writer, lock, tasks, out=out, resume=resume,
                         progress=progress, stop=stop, run_info=run_info,

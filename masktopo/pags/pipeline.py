@@ -1,27 +1,49 @@
-"""Work shared by the PAGS loop's thread and one worker thread.
+"""Work shared by the PAGS loop's thread and its worker threads.
 
 The PAGS loop's work per candidate (drawing it, the ranking pass, the exact pass of the layers
 that can still be accepted) reads the selection only through *which* layers are computed
 exactly, so the candidates of the next chunks are drawn and ranked while the current chunk is
-selected and written (:mod:`masktopo.pags.engine`). :class:`Tasks` queues such work for one
-worker thread; a caller that needs results runs every task not started yet itself (work
+selected and written (:mod:`masktopo.pags.engine`). :class:`Tasks` queues such work for its
+worker threads; a caller that needs results runs every task not started yet itself (work
 sharing without a second queue: ``Future.cancel`` succeeds only for a task nobody started), so
-both threads stay busy whichever of them the machine slows down, and a result never depends
+every thread stays busy whichever of them the machine slows down, and a result never depends
 on which thread computed it (each task is the same code either way). The compiled kernels run
 without the GIL (:mod:`masktopo.analysis._kernels`).
 
 Tasks run inside :func:`masktopo.analysis.spectral.alone` (their solves hand nothing to the
-analysis's own worker thread: two threads in all) and :func:`~masktopo.analysis.spectral.
+analysis's own worker thread) and :func:`~masktopo.analysis.spectral.
 one_blas_thread`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..analysis.spectral import alone, one_blas_thread
+from ..analysis.spectral import alone, cpu_workers, one_blas_thread
+
+#: The most threads :func:`default_threads` gives: the loop's own thread selects and writes
+#: every chunk alone (a few ms a candidate), so more workers would wait for it.
+MAX_THREADS = 8
+
+
+def default_threads() -> int:
+    """Threads for the PAGS loop on the CPU: ``$MASKTOPO_WORKERS`` when set, else the cores
+    this process may run on (``os.sched_getaffinity``), shared among the processes of this
+    machine under ``torchrun`` (``$LOCAL_WORLD_SIZE``), at most :data:`MAX_THREADS`."""
+    if os.environ.get("MASKTOPO_WORKERS", "").strip():
+        return cpu_workers()  # the user's number (an error when it is not an integer)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(MAX_THREADS, cores // local))
 
 
 def _run(fn: Callable, args: tuple) -> Any:
@@ -30,24 +52,24 @@ def _run(fn: Callable, args: tuple) -> Any:
 
 
 class Tasks:
-    """Tasks run by one worker thread and by the caller of :meth:`results`.
+    """Tasks run by worker threads and by the caller of :meth:`results`.
 
     Parameters
     ----------
     threads : int
-        2 (or more): one worker thread besides the caller; 1: no worker, every task runs in
-        the caller when its result is asked for (in the order asked).
+        Threads in all: ``threads − 1`` workers besides the caller; 1: no worker, every task
+        runs in the caller when its result is asked for (in the order asked).
     """
 
     def __init__(self, threads: int = 2):
         self.threads = max(1, int(threads))
         self._pool = None
         if self.threads > 1:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="masktopo-pags")
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="masktopo-pags")
         self._work: dict[Future, tuple[Callable, tuple]] = {}
 
     def submit(self, fn: Callable, *args) -> Future:
-        """Queue ``fn(*args)``; the worker starts it when it is free."""
+        """Queue ``fn(*args)``; a worker starts it when one is free (in the order queued)."""
         if self._pool is None:
             future: Future = Future()  # never started: results() runs it
         else:
@@ -56,7 +78,7 @@ class Tasks:
         return future
 
     def results(self, futures: Sequence[Future]) -> list:
-        """The results of ``futures``, in order: this thread runs each one the worker has not
+        """The results of ``futures``, in order: this thread runs each one no worker has
         started (in order), then waits for the others. A task's exception is raised here."""
         mine: dict[int, Any] = {}
         try:
@@ -69,7 +91,7 @@ class Tasks:
                 self._work.pop(future, None)
 
     def close(self) -> None:
-        """Drop the tasks not started and wait for the worker's current one."""
+        """Drop the tasks not started and wait for the workers' current ones."""
         for future in list(self._work):
             future.cancel()
         self._work.clear()

@@ -32,9 +32,9 @@ from ..seeding import seed_for
 from .config import SAMPLERS  # noqa: F401  (declared with the config, named here too)
 
 #: A candidate source: ``t -> MaskSet`` (masks only; weights are ignored). A source whose
-#: attribute ``concurrent`` is true may be called for different ``t`` from two threads at once
-#: and gives small candidates (:class:`Drawn`): the PAGS loop then draws and ranks them a few
-#: chunks ahead in its worker thread (:mod:`masktopo.pags.engine`).
+#: attribute ``concurrent`` is true may be called for different ``t`` from several threads at
+#: once and gives small candidates (:class:`Drawn`): the PAGS loop then draws and ranks them a
+#: few chunks ahead in its worker threads (:mod:`masktopo.pags.engine`).
 Source = Callable[[int], MaskSet]
 
 
@@ -292,7 +292,8 @@ class RescoreSource:
     @property
     def concurrent(self) -> bool:
         """Whether candidates are drawn as positions (:class:`Drawn`: a pure function of the
-        seed and ``t``, safe from two threads at once); a method that scores the model is not."""
+        seed and ``t``, safe from several threads at once); a method that scores the model is
+        not."""
         return self.draw is not None
 
     def __call__(self, t: int) -> MaskSet | Drawn:

@@ -1,15 +1,18 @@
-"""pipeline.Tasks: the PAGS loop's work shared by the caller and one worker thread."""
+"""pipeline.Tasks: the PAGS loop's work shared by the caller and its worker threads."""
 
+import os
 import threading
 
 import pytest
 
 from masktopo.analysis import spectral
-from masktopo.pags.pipeline import Tasks
+from masktopo.errors import MaskValidationError
+from masktopo.pags import pipeline
+from masktopo.pags.pipeline import Tasks, default_threads
 
 
-def test_results_in_order_with_or_without_a_worker():
-    for threads in (1, 2):
+def test_results_in_order_with_or_without_workers():
+    for threads in (1, 2, 3):
         with Tasks(threads) as tasks:
             futures = [tasks.submit(pow, i, 2) for i in range(20)]
             assert tasks.results(futures) == [i * i for i in range(20)]
@@ -77,3 +80,65 @@ def test_an_exception_reaches_the_caller_and_close_drops_the_rest(threads):
     assert len(ran) < 50 or threads == 2  # one thread: nothing ran
     if threads == 1:
         assert ran == []
+
+
+def test_threads_minus_one_workers_run_at_once():
+    """Three threads: two workers start two tasks before either may finish."""
+    gate = threading.Event()
+    started = [threading.Event(), threading.Event()]
+    who = {}
+
+    def block(i):
+        who[i] = threading.get_ident()
+        started[i].set()
+        assert gate.wait(10)
+        return i
+
+    with Tasks(3) as tasks:
+        futures = [tasks.submit(block, i) for i in range(2)]
+        assert started[0].wait(10) and started[1].wait(10)  # both running: two workers
+        gate.set()
+        assert tasks.results(futures) == [0, 1]
+    assert len(set(who.values())) == 2 and threading.get_ident() not in who.values()
+
+
+@pytest.mark.parametrize(
+    ("env", "cores", "local", "expected"),
+    [
+        ("5", 2, None, 5),  # the user's number, whatever the cores
+        ("", 2, None, 2),
+        ("", 1, None, 1),
+        ("", 16, None, pipeline.MAX_THREADS),
+        ("", 16, "4", 4),  # torchrun: 4 processes on this machine share its cores
+        ("", 2, "4", 1),
+        ("", 6, "bad", 6),  # not torchrun's number: ignored
+    ],
+)
+def test_default_threads(monkeypatch, env, cores, local, expected):
+    monkeypatch.setenv("MASKTOPO_WORKERS", env)
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_threads() == expected
+
+
+def test_default_threads_rejects_a_bad_variable(monkeypatch):
+    monkeypatch.setenv("MASKTOPO_WORKERS", "many")
+    with pytest.raises(MaskValidationError, match="MASKTOPO_WORKERS='many' is not an integer"):
+        default_threads()
+
+
+@pytest.mark.parametrize(
+    ("threads", "chunk", "ahead"),
+    [(1, 6, 0), (2, 32, 2), (2, 6, 2), (4, 6, 3), (8, 4, 14), (8, 32, 2)],
+)
+def test_chunks_ahead_keep_two_tasks_queued_per_worker(threads, chunk, ahead):
+    from masktopo.pags.config import PagsConfig
+    from masktopo.pags.engine import _Ahead, _Comm
+
+    with Tasks(threads) as tasks:
+        a = _Ahead(tasks, None, None, PagsConfig(chunk=chunk), _Comm(), concurrent=True)
+        assert a.ahead == ahead
+        assert _Ahead(tasks, None, None, PagsConfig(chunk=chunk), _Comm(), False).ahead == 0

@@ -374,19 +374,21 @@ def test_a_layer_equal_to_the_best_is_not_computed_again(monkeypatch, concurrent
     assert a.exact_layers == which.sum()
 
 
-def test_same_result_with_one_thread_or_two(monkeypatch, tmp_path):
-    """The worker thread draws and ranks chunks ahead and shares the exact pass: nothing about
-    the run depends on it (MASKTOPO_WORKERS=1: everything in one thread, in order)."""
+def test_same_result_with_one_thread_or_more(monkeypatch, tmp_path):
+    """Worker threads draw and rank chunks ahead and share the exact pass: nothing about the
+    run depends on them (MASKTOPO_WORKERS=1: everything in one thread, in order; 4: three
+    workers, three chunks of 6 ahead)."""
     res = {}
-    for workers in ("1", "2"):
+    for workers in ("1", "2", "4"):
         monkeypatch.setenv("MASKTOPO_WORKERS", workers)
         cfg = PagsConfig(model="lenet300", dataset="mnist", method="erk", density=0.05, n=40,
                          chunk=6, seed=2)  # fmt: skip
         res[workers] = run(cfg, tmp_path / workers)
-    a, b = res["1"], res["2"]
-    _same_best(a, b)
-    assert a.exact_layers == b.exact_layers
-    assert json.dumps(a.rows) == json.dumps(b.rows)  # NaN written as NaN: equal where equal
+    a = res["1"]
+    for b in (res["2"], res["4"]):
+        _same_best(a, b)
+        assert a.exact_layers == b.exact_layers
+        assert json.dumps(a.rows) == json.dumps(b.rows)  # NaN written as NaN: equal where equal
 
 
 def test_a_layer_equal_to_the_best_before_the_chunk_may_still_tie_the_new_best():
