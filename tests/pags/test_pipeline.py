@@ -114,13 +114,29 @@ def test_threads_minus_one_workers_run_at_once():
         ("", 6, "bad", 6),  # not torchrun's number: ignored
     ],
 )
-def test_default_threads(monkeypatch, env, cores, local, expected):
+def test_default_threads(monkeypatch, tmp_path, env, cores, local, expected):
+    monkeypatch.setattr(pipeline, "CPU_MAX", tmp_path / "absent")
     monkeypatch.setenv("MASKTOPO_WORKERS", env)
     if local is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_threads() == expected
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
+     ("garbage", 8), ("", 8)],
+)  # fmt: skip
+def test_default_threads_follow_a_cgroup_quota(monkeypatch, tmp_path, cpu_max, expected):
+    """A container's CPU quota (cgroup v2 ``cpu.max``) caps the threads, rounded up."""
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    monkeypatch.setattr(pipeline, "CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.delenv("MASKTOPO_WORKERS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert default_threads() == expected
 
 
