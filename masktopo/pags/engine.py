@@ -435,7 +435,66 @@ def _read_state(out: Path, config: PagsConfig) -> dict | None:
         raise MaskFileError(path, "is not a masktopo PAGS state file")
     old = state.get("config", {})
     check_same_config(old, config.to_dict(), allowed=RESUMABLE_CHANGES, where=path)
+    _check_state(state, path, config)
     return state
+
+
+def _check_state(state: dict, path: Path, config: PagsConfig) -> None:
+    """The fields of state.json that the resume reads, checked (a one-line error naming the
+    field, before anything in the run is written)."""
+
+    def bad(problem: str):
+        return MaskFileError(path, f"{problem}; cannot resume")
+
+    def whole(key: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"{key} is {value!r}, not an integer")
+        return value
+
+    for key in ("next_t", "best_file", "best_scores", "changed", "snapshots"):
+        if key not in state:
+            raise bad(f"has no {key!r}")
+    next_t = whole("next_t", state["next_t"])
+    if next_t < 1:
+        raise bad(f"next_t is {next_t}; the first candidate is 1")
+    if next_t > config.n + 1:
+        raise bad(f"the run has scored {next_t - 1} candidates already, more than n = {config.n}")
+    if "best_t" in state and not 0 <= whole("best_t", state["best_t"]) < next_t:
+        raise bad(f"best_t is {state['best_t']}, not a candidate before next_t = {next_t}")
+    if not isinstance(state["changed"], bool):
+        raise bad(f"changed is {state['changed']!r}, not true or false")
+    snaps = state["snapshots"]
+    if not isinstance(snaps, list) or any(
+        isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < next_t for t in snaps
+    ):
+        raise bad(f"snapshots must list candidates 0 … {next_t - 1}")
+    rel = state["best_file"]
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise bad(f"best_file {rel!r} is not a file of the run directory")
+    try:
+        Scores.from_dict(state["best_scores"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"best_scores cannot be read ({type(e).__name__}: {e})") from None
+
+
+def _read_rows(out: Path, next_t: int) -> list[dict]:
+    """The rows of candidates ``0 … next_t − 1`` from candidates.parquet (later rows, written
+    before the run stopped, are dropped: the resume computes them again)."""
+    import pyarrow.parquet as pq
+
+    path = out / CANDIDATES_FILE
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise MaskFileError(path, f"cannot be read ({e}); cannot resume") from None
+    try:
+        rows = [r for r in rows if r["t"] < next_t]
+    except (KeyError, TypeError):
+        raise MaskFileError(path, "is not a PAGS candidates table (no t column)") from None
+    if sorted(r["t"] for r in rows) != list(range(next_t)):
+        raise MaskFileError(path, f"does not hold one row for each candidate 0 … {next_t - 1} "
+                                  "that state.json counts; cannot resume")  # fmt: skip
+    return rows
 
 
 def run_pags(
@@ -567,21 +626,32 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             not torch.equal(stored_base[n], base_masks[n]) for n in names
         ):
             raise MaskFileError(out / BASE_FILE, "differs from this run's base mask; cannot resume")
-        writer.start_extra(extra_files)  # the run is this one, and run_pags holds its lock
         rel = state["best_file"]
-        best_ms = load_file(out / (rel if "/" in rel else f"{STATE_DIR}/{rel}"), weights=False)
+        best_path = out / (rel if "/" in rel else f"{STATE_DIR}/{rel}")
+        best_ms = load_file(best_path, weights=False)
+        if list(best_ms) != names or any(best_ms[n].shape != base_masks[n].shape for n in names):
+            raise MaskFileError(best_path, "holds other layers than this run's base mask; "
+                                           "cannot resume")  # fmt: skip
         best = {n: best_ms[n] for n in names}
         best_sc = Scores.from_dict(state["best_scores"])
+        shapes = [getattr(best_sc, k).shape for k in ("valid", "imdb_defined", "fs", "nnz")]
+        L = len(names)
+        if (
+            list(best_sc.layers) != names
+            or best_sc.coords.shape != (1, L, 4)
+            or any(shape != (1, L) for shape in shapes)
+        ):
+            raise MaskFileError(out / STATE_FILE, "best_scores are not of this run's layers; "
+                                                  "cannot resume")  # fmt: skip
         # from the masks (state.json's copy may come from an older way of hashing)
         best_fp = {n: _fingerprint(kept_positions(best[n])) for n in names}
-        changed = bool(state["changed"])
+        changed = state["changed"]
         snapshots = list(state["snapshots"])
-        next_t = int(state["next_t"])
+        next_t = state["next_t"]
         best_t = int(state.get("best_t", next_t - 1))
         state_best = None  # the first resume point of this process writes its own copy
-        import pyarrow.parquet as pq
-
-        rows = [r for r in pq.read_table(out / CANDIDATES_FILE).to_pylist() if r["t"] < next_t]
+        rows = _read_rows(out, next_t)
+        writer.start_extra(extra_files)  # the run is this one, and run_pags holds its lock
         comm.barrier()  # every rank has read the state before rank 0 rewrites it
     else:
         best = dict(base_masks)
