@@ -89,6 +89,12 @@ def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bo
                             arrays[key] = headers[key]
                         else:
                             arrays[key] = z[key]
+                            if not isinstance(arrays[key], np.ndarray):  # np.load: raw bytes
+                                raise MaskFileError(
+                                    path,
+                                    f"not an .npz file of arrays: member {key!r} is not a .npy "
+                                    "array",
+                                )
                     except ValueError as e:
                         if "allow_pickle" in str(e):
                             raise MaskFileError(

@@ -286,6 +286,14 @@ def _(d, m):
     return Bad([_rewritten_npz(d, cut)], ("'__masktopo__' is not valid JSON",))
 
 
+@case("npz_member_not_an_array")
+def _(d, m):
+    path = d / "plain.npz"
+    with zipfile.ZipFile(path, "w") as z:  # a zip, named .npz, of no .npy member
+        z.writestr("readme.txt", "hello")
+    return Bad([path], ("not an .npz file of arrays: member 'readme.txt' is not a .npy array",))
+
+
 @case("npz_flipped_byte_in_member")
 def _(d, m):
     return Bad([_edited_zip(d, _flip_member_data)], ("truncated or corrupt .npz file",))
