@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -368,6 +369,15 @@ def prune(
         n: masks[n] if n in masks else torch.ones(p.shape, dtype=torch.bool, device=p.device)
         for n, p in params.items()
     }
+    empty = [n for n in pruned if not bool(out[n].any())]
+    if empty:  # layer collapse: allowed (a result in itself), never silent
+        warnings.warn(
+            f"{cls.name} at density {density:g} keeps no weight of {len(empty)} layer(s) "
+            f"({', '.join(empty)}): the network is cut there (layer collapse); analyze needs "
+            "--allow-empty-layers for such masks",
+            UserWarning,
+            stacklevel=2,
+        )
     kept_weights = {n: p.detach().clone() for n, p in params.items()} if weights else None
     meta = {
         "source": "masktopo.pai.prune",

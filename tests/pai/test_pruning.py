@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -319,3 +320,18 @@ def test_random_methods_draw_uniform_subsets():
         freq = h / draws
         # binomial sd at p=0.3, n=1000 is ~0.0145; 0.07 is ~5 sd: a loose, failure-proof band
         assert torch.all((freq - 0.3).abs() < 0.07), (method, freq)
+
+
+def test_layer_collapse_is_allowed_and_warned():
+    """Global magnitude pruning with a last layer of tiny weights keeps none of it: the mask
+    is made (layer collapse is a result researchers study) and a warning names the layer."""
+    net = nn.Sequential(nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 3))
+    with torch.no_grad():
+        net[2].weight.mul_(1e-6)
+    with pytest.warns(UserWarning, match=r"magnitude at density 0\.1 keeps no weight of 1 "
+                                         r"layer\(s\) \(2\.weight\).*layer collapse"):  # fmt: skip
+        ms = pai.prune(net, "magnitude", 0.1, generator=torch.Generator().manual_seed(0))
+    assert ms.nnz() > 0 and not ms["2.weight"].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when every layer keeps something
+        pai.prune(net, "erk", 0.1, generator=torch.Generator().manual_seed(0))
