@@ -867,3 +867,16 @@ def test_an_unreadable_file_says_permission_denied():
                        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
     shutil.rmtree(folder)
     assert p.stdout.strip() == f"{path}: cannot read (Permission denied)", p.stdout + p.stderr
+
+
+def test_check_finite_names_the_file_and_the_tensors(tmp_path):
+    from masktopo.store import check_finite
+
+    good = {"a": torch.ones(3), "steps": torch.tensor(4), "half": torch.ones(2).half()}
+    check_finite(tmp_path / "ok.pt", good)  # nothing raised
+    bad = {f"t{i}": torch.tensor([1.0, float("nan") if i % 2 else float("inf")])
+           for i in range(5)}  # fmt: skip
+    bad["b16"] = torch.tensor([float("inf")], dtype=torch.bfloat16)
+    with pytest.raises(MaskFileError, match=r"x\.pt: holds NaN or inf values in t0, t1, t2 "
+                                            r"\(\+3 more\)$"):  # fmt: skip
+        check_finite(tmp_path / "x.pt", bad)

@@ -30,12 +30,13 @@ def check_method(name: str):
 
 def load_warm_start(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
     """Load a checkpoint's weights into ``model``; a checkpoint for another model is an error."""
-    from ..store import read_state_dict
+    from ..store import check_finite, read_state_dict
 
     path = Path(path)
     if not path.exists():
         raise MaskFileError(path, "warm-start checkpoint not found")
     state = read_state_dict(path)
+    check_finite(path, state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))

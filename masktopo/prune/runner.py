@@ -60,7 +60,7 @@ from ..runs.layout import (
     SUMMARY_FILE,
 )
 from ..seeding import generator
-from ..store import READ_SUFFIXES, read_file, read_state_dict, read_state_file
+from ..store import READ_SUFFIXES, check_finite, read_file, read_state_dict, read_state_file
 from .bn import has_batchnorm, reestimate_bn
 from .config import DEFAULT_BLOCK_SIZE, PruneConfig
 from .gradients import check_memory, flatten, gradient_matrix, unflatten
@@ -287,6 +287,7 @@ def load_source(path: str | os.PathLike, config: PruneConfig) -> Source:
                                   "--dataset")  # fmt: skip
     if READ_SUFFIXES.get(p.suffix.lower()) == "torch":
         state = read_state_dict(p)
+        check_finite(p, state)
         return Source(p, "checkpoint", config.model, config.dataset, config.data_dir, state)
     ms, _, has_weights = read_file(p, weights=True)
     if not has_weights:

@@ -48,6 +48,7 @@ __all__ = [
     "WEIGHT_LAYOUTS",
     "WRAPPER_PREFIXES",
     "WRITE_FORMATS",
+    "check_finite",
     "describe",
     "describe_layers",
     "find_state_dict",
@@ -267,6 +268,22 @@ def read_state_file(path: str | os.PathLike, what: str = "") -> dict[str, torch.
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise MaskFileError(p, f"{prefix}not a readable safetensors file "
                                f"({' '.join(str(e).split())[:200]})") from None  # fmt: skip
+
+
+def check_finite(path: str | os.PathLike, tensors: Mapping[str, Any]) -> None:
+    """Raise :class:`MaskFileError` naming ``path`` and the floating tensors of ``tensors``
+    that hold NaN or inf values (a checkpoint of a diverged run): what would be scored,
+    pruned or trained on must be finite, and the file is where the values came from."""
+    bad = []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            t = t.float() if t.element_size() == 1 else t  # float8: isfinite is unreliable
+            if not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise MaskFileError(Path(os.fspath(path)),
+                            f"holds NaN or inf values in {', '.join(bad[:3])}{more}")  # fmt: skip
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:

@@ -114,6 +114,23 @@ def test_warm_start_for_another_model(tmp_path, capsys):
     assert torch.equal(best.weights[name], dict(model.named_parameters())[name].detach())
 
 
+def test_warm_start_with_nan_weights_names_the_checkpoint(tmp_path, capsys):
+    from masktopo import zoo
+
+    model = zoo.get_model("lenet300", dataset="mnist")
+    state = model.state_dict()
+    state["fc2.weight"][0, 0] = float("nan")
+    state["fc3.bias"][1] = float("inf")
+    ckpt = tmp_path / "diverged.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, *BASE, "--density", "0.1", "--warm-start", str(ckpt),
+                      "--out", str(out))  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1
+    assert f"{ckpt}: holds NaN or inf values in fc2.weight, fc3.bias" in err
+    assert not out.exists()
+
+
 def test_synflow_runs_data_free_with_the_dataset_input_shape(tmp_path, capsys):
     # SynFlow needs only the dataset's input shape (no files) and re-scores perturbed weights.
     out = tmp_path / "sf"

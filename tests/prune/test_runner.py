@@ -143,6 +143,7 @@ def test_inputs_mask_file_and_checkpoint(dense_run, tmp_path):
         ("no-weights", "is a mask file without weights"),
         ("method", "invalid choice: 'obs'"),
         ("file-without-model", "pass --model and --dataset"),
+        ("nan-checkpoint", "nan.pt: holds NaN or inf values in fc2.weight"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(dense_run, tmp_path, capsys, case, match):
@@ -158,7 +159,14 @@ def test_bad_input_is_one_line_and_writes_nothing(dense_run, tmp_path, capsys, c
         "no-weights": ["NOW", "--model", "mlpnet", "--dataset", "fashion-mnist"],
         "method": [str(dense_run), "--method", "chita,obs"],
         "file-without-model": ["OTHER"],
+        "nan-checkpoint": ["NAN", "--model", "mlpnet", "--dataset", "fashion-mnist"],
     }[case]
+    if "NAN" in args:  # a diverged run's checkpoint
+        state = get_model("mlpnet", dataset="fashion-mnist").state_dict()
+        state["fc2.weight"][3, 1] = float("nan")
+        ck = tmp_path / "nan.pt"
+        torch.save(state, ck)
+        args[args.index("NAN")] = str(ck)
     if "OTHER" in args:
         ck = tmp_path / "lenet.pt"
         torch.save(get_model("lenet300").state_dict(), ck)
