@@ -15,6 +15,7 @@ from .errors import MaskFileError
 from .files import input_path
 from .masks import MaskSet
 from .runs import read_run
+from .runs.layout import MASKS_DIR, SEARCH_MASKS_FORMAT
 from .runs.reader import check_event_arg
 from .store import describe, read_file
 from .store.hf_folder import is_hf_folder, open_source
@@ -96,6 +97,7 @@ def load(
             p,
             "event= (command line: --event) selects an event of a run directory, but this is a file",
         )
+    _refuse_search_masks(p)
     ms = read_file(p, zeros_as_mask=zeros_as_mask, weights=weights)[0]
     return select_layers(ms, layers, p)
 
@@ -155,8 +157,37 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
                                                       "stages")}
                                for e in run.events if e.get("kind") == "prune"]  # fmt: skip
         return {**describe(select_layers(ms, layers, p), p, "run", has_weights), **extra}
+    _refuse_search_masks(p)
     ms, fmt, has_weights = read_file(p, zeros_as_mask=zeros_as_mask, weights=False)
     return describe(select_layers(ms, layers, p), p, fmt, has_weights)
+
+
+def _refuse_search_masks(p) -> None:
+    """A part of a search's masks (``masks/part-NNNNNN.safetensors`` of ``masktopo search``)
+    holds the masks of many runs, each tensor stacked over them, not one mask set: say so and
+    what reads it. Any other file (also an unreadable one) is left to its reader."""
+    if p.suffix.lower() != ".safetensors" or not p.is_file():
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(p), framework="np") as f:
+            if (f.metadata() or {}).get("format") != SEARCH_MASKS_FORMAT:
+                return
+            keys = list(f.keys())
+            shapes = {k: f.get_slice(k).get_shape() for k in keys if k.endswith(".weight.mask")}
+            n = f.get_slice("run").get_shape()[0] if "run" in keys else None
+    except (SafetensorError, OSError, ValueError, IndexError):
+        return
+    folder = p.parent.parent if p.parent.name == MASKS_DIR else "SEARCH_DIR"
+    runs = f"{n} run{'s' if n != 1 else ''}" if n is not None else "several runs"
+    layers = ", ".join(f"{k.removesuffix('.mask')} {'x'.join(map(str, v[1:]))}"
+                       for k, v in shapes.items())  # fmt: skip
+    raise MaskFileError(p, f"is a part of a search's masks ({SEARCH_MASKS_FORMAT}), not one mask "
+                           f"set: the masks, weights and biases of {runs} at or above the "
+                           f"target, each layer's tensors stacked over the runs ({layers}); "
+                           f"masktopo.search.read_search_masks({str(folder)!r}) yields each "
+                           "run's MaskSet (masktopo.analysis.analyze takes one)")  # fmt: skip
 
 
 def _folder_info(p, layers, include) -> dict[str, Any]:

@@ -63,6 +63,9 @@ PRUNE_TABLE_FILE = "results.csv"
 #: and every row in run order once the search is complete.
 RESULTS_DIR = "results"
 RESULTS_FILE = "results.parquet"
+#: The ``format`` (metadata) of a search's ``masks/part-NNNNNN.safetensors``: the masks,
+#: weights and biases of a batch's runs at or above the target, each tensor stacked over runs.
+SEARCH_MASKS_FORMAT = "masktopo.search-masks"
 
 #: The kinds of run and the files and folders that make them up (besides run.json and .lock).
 KINDS: dict[str, tuple[str, ...]] = {

@@ -28,6 +28,7 @@ from .layout import (
     EVENTS_FILE,
     KINDS,
     LEGACY_PAGS_FORMAT,
+    MASKS_DIR,
     METRICS_FILE,
     RUN_FILE,
     RUN_FORMAT,
@@ -90,10 +91,24 @@ class Run:
                     f"results.parquet; masktopo plot {self.path} draws them")  # fmt: skip
         if self.kind != "search":
             return plain
+        parts = sorted((self.path / MASKS_DIR).glob("part-*.safetensors"))
         try:
             s = self.summary() or {}
+        except MaskTopoError:
+            s = {}
+        hit = s.get("n_above_target")
+        if parts or (is_int(hit) and hit > 0):
+            runs = f"the {hit:,} runs" if is_int(hit) and hit > 0 else "the runs"
+            target = s.get("target", self.config.get("config", {}).get("target"))
+            at = f" {target:g}" if isinstance(target, int | float) else ""
+            return (f"is a search output folder, not a training run: it keeps the masks of {runs} "
+                    f"at or above its target{at} in {MASKS_DIR}/part-*.safetensors, stacked over "
+                    f"runs; masktopo.search.read_search_masks({str(self.path)!r}) yields each "
+                    f"run's MaskSet (masktopo.analysis.analyze takes one); masktopo plot "
+                    f"{self.path} draws the search's accuracy against nnz")  # fmt: skip
+        try:
             done, total, best, target = s["n_done"], s["n_runs"], s["best_accuracy"], s["target"]
-        except (MaskTopoError, KeyError, TypeError):
+        except (KeyError, TypeError):
             return plain
         best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
         if done == 0:

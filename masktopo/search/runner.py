@@ -45,8 +45,16 @@ from ..runs import (
     run_kind,
     write_checkpoint,
 )
-from ..runs.layout import CHECKPOINT_FILE, MASKS_DIR, RESULTS_DIR, RESULTS_FILE, SUMMARY_FILE
+from ..runs.layout import (
+    CHECKPOINT_FILE,
+    MASKS_DIR,
+    RESULTS_DIR,
+    RESULTS_FILE,
+    SEARCH_MASKS_FORMAT,
+    SUMMARY_FILE,
+)
 from ..seeding import seed_for
+from ..store.common import short
 from .config import RESUMABLE_CHANGES, SPIRAL_INPUTS, SPIRAL_OUTPUTS, SearchConfig
 from .ensemble import EnsembleTrainer, effective_counts, init_params
 from .enumerate import (
@@ -83,6 +91,10 @@ KIND = "search"
 #: docs/performance.md. A larger search is refused before anything is written.
 MAX_RUNS = 10_000_000
 _SPIRAL_NAMES = ("first_layer", "second_layer", "third_layer", "clf")
+#: The columns of every row of a search (besides ``nnz_1 ... nnz_L``, one per matrix).
+ROW_COLUMNS = ("run", "key", "index", "arch", "setting", "lr", "schedule", "seed", "epochs",
+               "weight_nnz", "model_nnz", "effective_nnz", "accuracy", "loss",
+               "above_target")  # fmt: skip
 
 
 def layer_names(n_layers: int) -> list[str]:
@@ -368,24 +380,73 @@ def _check_out(out: Path, resume: bool) -> None:
         raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
 
 
+def _results_parts(out: Path) -> list[Path]:
+    """The results parts of the search in ``out``, in name order."""
+    d = out / RESULTS_DIR
+    return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+
+def _next_part(parts: list[Path]) -> int:
+    """The number of the next part: one past the highest (a part deleted to train its runs
+    again never makes a new part overwrite a later one)."""
+    numbers = [int(p.stem[5:]) for p in parts if p.stem[5:].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _read_rows(path: Path):
+    """One results file of a search (a part or ``results.parquet``), its columns checked.
+
+    Raises
+    ------
+    MaskFileError
+        The file is not readable parquet (cut off, damaged) or lacks a column of the rows.
+    """
+    import pandas as pd
+    import pyarrow
+
+    again = ""
+    if path.parent.name == RESULTS_DIR:  # a part: what brings its runs back
+        again = (
+            f"; restore it, or delete it (and {MASKS_DIR}/{path.stem}.safetensors if there "
+            "is one) and run masktopo search --resume to train its runs again"
+        )
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as e:  # ArrowInvalid is a ValueError
+        why = short(e).replace(f"Could not open Parquet input source '{path}': ", "")
+        raise MaskFileError(path, f"is not a readable parquet file, cut off or damaged ({why})"
+                                  f"{again}") from None  # fmt: skip
+    missing = [c for c in ROW_COLUMNS if c not in df.columns]
+    if missing:
+        raise MaskFileError(path, f"is not a table of search results: no {', '.join(missing)} "
+                                  f"column{'s' if len(missing) > 1 else ''}{again}")  # fmt: skip
+    return df
+
+
 def read_results(out: str | os.PathLike):
-    """Every finished run's row of the search in ``out``, in run order (a pandas DataFrame)."""
+    """Every finished run's row of the search in ``out``, in run order (a pandas DataFrame).
+
+    Raises
+    ------
+    MaskFileError
+        A results file that cannot be read or is not a table of search rows (naming it).
+    """
     import pandas as pd
 
+    _require_parquet()
     out = Path(out)
-    parts = (
-        sorted((out / RESULTS_DIR).glob("part-*.parquet")) if (out / RESULTS_DIR).is_dir() else []
-    )
+    parts = _results_parts(out)
     if not parts:
         final = out / RESULTS_FILE
-        return pd.read_parquet(final) if final.exists() else pd.DataFrame()
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        return _read_rows(final) if final.exists() else pd.DataFrame()
+    df = pd.concat([_read_rows(p) for p in parts], ignore_index=True)
     return df.sort_values("run", kind="stable").reset_index(drop=True)
 
 
 def read_search_masks(out: str | os.PathLike):
     """The masks of the runs above target: yields ``(row, MaskSet)`` with weights and ``meta``
     holding the biases and their masks."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     from ..masks import MaskSet
@@ -394,7 +455,12 @@ def read_search_masks(out: str | os.PathLike):
     if not (out / MASKS_DIR).is_dir():
         return
     for p in sorted((out / MASKS_DIR).glob("part-*.safetensors")):
-        t = load_file(str(p))
+        try:
+            t = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise MaskFileError(p, f"truncated or corrupt safetensors file ({short(e)})") from None
+        if "run" not in t:
+            raise MaskFileError(p, "is not a part of a search's masks (no 'run' tensor)")
         runs = t["run"]
         names = sorted({k.rsplit(".", 2)[0] for k in t if k.endswith(".weight.mask")},
                        key=lambda n: list(t).index(f"{n}.weight.mask"))  # fmt: skip
@@ -458,7 +524,7 @@ def _mask_bytes(trainer: EnsembleTrainer, keep: list[int], runs: list[int]) -> b
         tensors[f"{n}.weight.mask"] = m.cpu()[sel].to(torch.uint8).contiguous()
         tensors[f"{n}.bias"] = b.cpu()[sel].contiguous()
         tensors[f"{n}.bias.mask"] = bm.cpu()[sel].to(torch.uint8).contiguous()
-    return save(tensors, metadata={"format": "masktopo.search-masks"})
+    return save(tensors, metadata={"format": SEARCH_MASKS_FORMAT})
 
 
 def run_search(
@@ -515,7 +581,7 @@ def run_search(
         (out / RESULTS_DIR).mkdir(exist_ok=True)
         done = read_results(out)
         done_runs = set(done["run"].tolist()) if len(done) else set()
-        n_parts = len(list((out / RESULTS_DIR).glob("part-*.parquet")))
+        n_parts = _next_part(_results_parts(out))
         ckpt = read_checkpoint(out) if resume else None
         todo = np.arange(plan.n_runs, dtype=np.int64)  # 8 bytes a run, not a list of ints
         todo = todo[~np.isin(todo, np.fromiter(done_runs, np.int64, len(done_runs)))]

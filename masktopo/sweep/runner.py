@@ -3,7 +3,8 @@
 The sweep's folder::
 
     OUT/sweep.json              the cells (key, folder, settings, axes) and the command: the union
-                                of every sweep file run into OUT (a grown grid adds cells)
+                                of every sweep file run into OUT (a grown grid adds cells; other
+                                [base] settings are refused)
     OUT/sweep.toml              the sweep file last run
     OUT/status.json             key -> state ("done" | "failed"), seconds, error, attempts
     OUT/configs/FOLDER.toml     the config each run was started with (the command's --config)
@@ -114,12 +115,9 @@ def read_sweep(path: str | os.PathLike) -> SweepState:
                                f"FILE --out {p}' first")  # fmt: skip
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
-        if data.get("format") != SWEEP_FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}, not {SWEEP_FORMAT!r}")
-        cells = [Cell.from_dict(c) for c in data["cells"]]
-        command, axes = str(data["command"]), [str(a) for a in data["axes"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError) as e:
         raise MaskFileError(f, f"is not a readable sweep index ({e})") from None
+    command, axes, cells = _check_index(f, data)
     status: dict[str, dict] = {}
     s = p / STATUS_FILE
     if s.exists():
@@ -127,9 +125,56 @@ def read_sweep(path: str | os.PathLike) -> SweepState:
             status = json.loads(s.read_text(encoding="utf-8"))
             if not isinstance(status, dict):
                 raise ValueError("not an object")
+            bad = next((k for k, v in status.items() if not isinstance(v, dict)), None)
+            if bad is not None:
+                raise ValueError(f"the entry of {bad!r} is not an object")
         except (OSError, ValueError) as e:
             raise MaskFileError(s, f"is not a readable sweep status ({e})") from None
     return SweepState(p, command, axes, cells, status)
+
+
+#: The fields of a cell in sweep.json: name, type, and the type in words.
+_CELL_FIELDS = (("key", str, "a string"), ("folder", str, "a string"),
+                ("settings", dict, "an object"), ("axes", dict, "an object"))  # fmt: skip
+
+
+def _check_index(f: Path, data: Any) -> tuple[str, list[str], list[Cell]]:
+    """The command, axes and cells of a sweep.json's ``data``, its structure checked: every
+    problem is a MaskFileError naming ``f`` and the field. A cell's folder must be one name
+    under ``runs/`` (nothing absolute, no ``..``): the sweep never reads outside its folder."""
+
+    def bad(field: str, value: Any, wanted: str) -> MaskFileError:
+        shown = f"{value!r}" if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+        return MaskFileError(f, f"is not a readable sweep index: {field} is {shown}, not {wanted}")
+
+    if not isinstance(data, dict):
+        raise bad("the file", data, "a JSON object")
+    if data.get("format") != SWEEP_FORMAT:
+        raise bad("format", data.get("format"), repr(SWEEP_FORMAT))
+    command, axes, cells = data.get("command"), data.get("axes"), data.get("cells")
+    if not isinstance(command, str) or not command:
+        raise bad("command", command, "a command name")
+    if not isinstance(axes, list) or not all(isinstance(a, str) and a for a in axes):
+        raise bad("axes", axes, "a list of axis names")
+    if not isinstance(cells, list):
+        raise bad("cells", cells, "a list of cells")
+    out, keys = [], set()
+    for i, c in enumerate(cells):
+        if not isinstance(c, dict):
+            raise bad(f"cells[{i}]", c, "an object")
+        for name, kind, wanted in _CELL_FIELDS:
+            if not isinstance(c.get(name), kind) or (kind is str and not c[name]):
+                raise bad(f"cells[{i}].{name}", c.get(name), wanted)
+        folder = c["folder"]
+        if folder in (".", "..") or "/" in folder or "\\" in folder:
+            raise MaskFileError(f, f"cells[{i}].folder {folder!r} is not a folder name under "
+                                   f"{RUNS_DIR}/ (absolute or with '..' or '/'): a sweep reads "
+                                   "no run outside its folder")  # fmt: skip
+        if c["key"] in keys:
+            raise MaskFileError(f, f"cells[{i}].key {c['key']!r} is listed twice")
+        keys.add(c["key"])
+        out.append(Cell.from_dict(c))
+    return command, list(axes), out
 
 
 def _merge(out: Path, sweep: Sweep) -> SweepState:
@@ -139,6 +184,7 @@ def _merge(out: Path, sweep: Sweep) -> SweepState:
         if state.command != sweep.command:
             raise MaskValidationError(f"{out}: holds a sweep of '{state.command}' runs; this file "
                                       f"sweeps '{sweep.command}': choose another --out")  # fmt: skip
+        _check_same_base(out, state, sweep)
         known = {c.key for c in state.cells}
         state.cells += [c for c in sweep.cells if c.key not in known]
         state.axes += [a for a in sweep.axes if a not in state.axes]
@@ -146,6 +192,30 @@ def _merge(out: Path, sweep: Sweep) -> SweepState:
     if out.exists() and any(out.iterdir()):
         raise MaskFileError(out, "is not empty and not a sweep folder: choose another --out")
     return SweepState(out, sweep.command, list(sweep.axes), list(sweep.cells))
+
+
+def _check_same_base(out: Path, state: SweepState, sweep: Sweep) -> None:
+    """``sweep`` may grow the sweep in ``out`` (more values of its axes, new axes), never change
+    a setting its runs share: a setting that is an axis of neither must be the same (or unset)
+    in both, or runs of different settings would be summarized as one group."""
+    if not state.cells:
+        return
+    axes = set(state.axes) | set(sweep.axes)
+    before = {k: v for k, v in state.cells[0].settings.items() if k not in axes}
+    now = {k: v for k, v in sweep.base.items() if k not in axes}
+    unset = object()
+
+    def shown(v: Any) -> str:
+        return "not set" if v is unset else json.dumps(v)
+
+    differ = [f"{k} = {shown(before.get(k, unset))} there, {shown(now.get(k, unset))} here"
+              for k in sorted(before.keys() | now.keys())
+              if before.get(k, unset) != now.get(k, unset)]  # fmt: skip
+    if differ:
+        raise MaskValidationError(f"{out}: holds a sweep of other settings than {sweep.source}: "
+                                  f"{'; '.join(differ)}; a sweep folder grows only by cells of "
+                                  "the same [base] (more seeds, another method): choose another "
+                                  "--out")  # fmt: skip
 
 
 def _write_index(state: SweepState) -> None:

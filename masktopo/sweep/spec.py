@@ -202,10 +202,15 @@ def parse_sweep(data: Mapping[str, Any], source: str = "sweep file") -> Sweep:
     Raises
     ------
     MaskValidationError
-        Unknown table or command, a key the command does not take (listing the known ones), a
-        bad value (naming the table and key), a grid value that is not a list, a key both in
-        ``[base]`` and ``[grid]``, two cells with the same settings, or no cell.
+        An empty file (no table), unknown table or command, a key the command does not take
+        (listing the known ones), a bad value (naming the table and key), a grid value that is
+        not a list, a key both in ``[base]`` and ``[grid]``, two cells with the same settings,
+        or no cell.
     """
+    if not data:
+        raise MaskValidationError(f"{source}: the sweep file is empty and defines no run: write "
+                                  "a [base] table (one run), and [grid] or [[include]] tables "
+                                  "for more")  # fmt: skip
     unknown = sorted(set(data) - set(_TABLES))
     if unknown:
         raise MaskValidationError(f"{source}: unknown table(s) {', '.join(unknown)}; a sweep "

@@ -13,13 +13,15 @@ metrics, each looked up in this order:
 :func:`summarize` groups the runs by axes (default: every axis but ``seed``) and gives, per
 group and metric, the mean, the sample standard deviation (``ddof=1``; NaN for one run) and
 ``n``, the number of runs with a finite value. A run without a value for a metric (a failed
-evaluation, a metric its method does not have) counts in none of that metric's statistics.
+evaluation, a metric its method does not have) counts in none of that metric's statistics; a
+value that is not a finite number (NaN, a string) neither, with a warning naming the file.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import pandas as pd
 
 from ..errors import MaskValidationError
 from ..runs import read_run
+from ..runs.layout import EVENTS_FILE, SUMMARY_FILE
 from .runner import SweepState, read_sweep
 
 __all__ = ["SEED_AXIS", "format_summary", "run_table", "summarize"]
@@ -80,6 +83,7 @@ def run_table(path: str | os.PathLike, metrics: Sequence[str] = ("test_acc",)) -
 def _rows(state: SweepState, metrics: list[str]) -> pd.DataFrame:
     topo_known = _topology_names()
     rows, seen = [], set()
+    unusable: dict[str, list[str]] = {}  # metric -> "FILE (value)" of runs that have no number
     for cell in state.cells:
         if state.state(cell) != "done":
             continue
@@ -91,10 +95,11 @@ def _rows(state: SweepState, metrics: list[str]) -> pd.DataFrame:
         row.update({a: _axis_value(cell.axes.get(a, cell.settings.get(a))) for a in state.axes})
         need_topo = []
         for m in metrics:
-            if m in final:
-                row[m] = _number(final[m])
-            elif m in last:
-                row[m] = _number(last[m])
+            if m in final or m in last:
+                value, where = (final[m], SUMMARY_FILE) if m in final else (last[m], EVENTS_FILE)
+                row[m] = _number(value)
+                if value is not None and not math.isfinite(row[m]):  # null: no value
+                    unusable.setdefault(m, []).append(f"{run / where} ({value!r})")
             elif m in topo_known:
                 need_topo.append(m)
             else:
@@ -105,6 +110,11 @@ def _rows(state: SweepState, metrics: list[str]) -> pd.DataFrame:
             row.update(_topology(run, need_topo))
             seen.update(need_topo)
         rows.append(row)
+    for m, files in unusable.items():
+        more = f", and {len(files) - 3} more" if len(files) > 3 else ""
+        warnings.warn(f"{m} is not a finite number in {len(files)} of {len(rows)} runs (left "
+                      f"out of its mean, std and n): {', '.join(files[:3])}{more}",
+                      stacklevel=3)  # fmt: skip
     unknown = [m for m in metrics if m not in seen]
     if rows and unknown:
         raise MaskValidationError(
