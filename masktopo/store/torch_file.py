@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -38,6 +39,16 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _REFUSE = (
     "refusing to unpickle: the checkpoint contains Python objects other than tensors ({}); save "
     "only the state dict (torch.save(model.state_dict(), path))"
+)
+#: The first op of a legacy torch.save file (its magic number) in pickle protocols 2 to 5 (after
+#: the PROTO and FRAME ops), and 0 and 1.
+_LEGACY_MAGIC_OPS = (_LEGACY_MAGIC[2:], pickle.dumps(0x1950A86A20F9469CFC6C, protocol=0)[:-1])
+#: The most of a protocol 0 or 1 pickle file that is parsed (pickletools) to tell it is one.
+_PICKLE_PROBE = 1 << 20
+_PLAIN_PICKLE = (
+    "refusing to unpickle: a plain pickle file (pickle.dump), not a torch.save checkpoint; "
+    "unpickling it could run code: save the state dict with torch.save(model.state_dict(), "
+    "path) or as safetensors"
 )
 
 
@@ -90,14 +101,50 @@ def torch_load(path: Path, *, mmap: bool = False) -> Any:
 
         raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
     except pickle.UnpicklingError as e:
-        raise MaskFileError(path, _unpickling_problem(path, e)) from None
+        problem = _unpickling_problem(path, e)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
-        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+        problem = f"truncated or corrupt checkpoint ({short(e)})"
+    if problem.startswith("truncated or corrupt") and _plain_pickle(path):
+        problem = _PLAIN_PICKLE
+    raise MaskFileError(path, problem) from None
+
+
+def _plain_pickle(path: Path) -> bool:
+    """Whether ``path`` is a plain pickle file (``pickle.dump``), which torch cannot load (it is
+    neither a zip nor a legacy torch.save file) and reports as corrupt. Told without unpickling:
+    its first op is not a legacy file's magic number (a legacy file cut short within it is
+    truncated), and it starts with the PROTO op of protocol 2 to 5 or (0, 1) is one whole pickle
+    (:mod:`pickletools`) of at most :data:`_PICKLE_PROBE` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64)
+            body = data[2:] if data[:1] == b"\x80" else data
+            body = body[9:] if body[:1] == b"\x95" else body  # a FRAME op (protocol >= 4)
+            if data.startswith(_ZIP_MAGIC) or any(
+                m.startswith(body[: len(m)]) for m in _LEGACY_MAGIC_OPS
+            ):
+                return False
+            if data[:1] == b"\x80":
+                return len(data) > 1 and 2 <= data[1] <= 5
+            data += f.read(_PICKLE_PROBE - len(data))
+            more = f.read(1)
+    except OSError as e:
+        from ..files import os_problem
+
+        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+    stream = io.BytesIO(data)
+    try:
+        ops = [op.name for op, _, _ in pickletools.genops(stream)]
+    except Exception:  # not a pickle (garbage, text), or one cut short
+        return False
+    return len(ops) > 1 and ops[-1] == "STOP" and stream.tell() == len(data) and not more
 
 
 def _require_zip(path: Path) -> None:
     """Refuse, before torch opens it, a file that cannot be memory-mapped: a legacy
-    (non-zip) ``torch.save`` file, or one that is not a checkpoint at all."""
+    (non-zip) ``torch.save`` file, a plain pickle, or one that is not a checkpoint at all."""
+    if _plain_pickle(path):
+        raise MaskFileError(path, _PLAIN_PICKLE)
     try:
         with open(path, "rb") as f:
             head = f.read(len(_LEGACY_MAGIC))

@@ -221,7 +221,94 @@ def _load_checkpoint(out: Path) -> dict | None:
     for key in ("model", "optimizer", "sparsifier", "step", "epoch", "n_events", "config"):
         if key not in ckpt:
             raise MaskFileError(path, f"incomplete checkpoint (no {key!r})")
+    _check_checkpoint(ckpt, path)
     return ckpt
+
+
+def _bad(path: Path, key: str, problem: str) -> MaskFileError:
+    """The error of a checkpoint field ``key`` that cannot be resumed from."""
+    return MaskFileError(path, f"invalid checkpoint: {key!r} {problem}")
+
+
+def _check_checkpoint(ckpt: dict, path: Path) -> None:
+    """Check the types of the fields :func:`_train` reads from a checkpoint, and that its model
+    and optimizer hold finite numbers; :func:`_check_position` checks the step once the steps
+    per epoch are known. Both run before anything in the run directory is rewritten.
+
+    Raises
+    ------
+    MaskFileError
+        Naming ``path`` and the first bad field.
+    """
+    for key in ("step", "epoch", "n_events"):
+        v = ckpt[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise _bad(path, key, f"must be a non-negative integer, not {_shown(v)}")
+    for key in ("model", "optimizer", "sparsifier", "config"):
+        if not isinstance(ckpt[key], dict):
+            raise _bad(path, key, f"must be a dict, not {type(ckpt[key]).__name__}")
+    digest = ckpt.get("events_digest")
+    if digest is not None and not isinstance(digest, str):
+        raise _bad(path, "events_digest", f"must be a string, not {type(digest).__name__}")
+    for name, t in ckpt["model"].items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise _bad(path, "model", f"must map names to tensors ({_shown(name)}: "
+                       f"{type(t).__name__})")  # fmt: skip
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _bad(path, "model", f"holds NaN or infinite values in {name!r}")
+    opt = ckpt["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        raise _bad(path, "optimizer", "must hold a 'state' dict and a 'param_groups' list")
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+               for g in opt["param_groups"]):  # fmt: skip
+        raise _bad(path, "optimizer", "has a param group that is not a dict with a 'params' list")
+    for i, state in opt["state"].items():
+        if not isinstance(state, dict):
+            raise _bad(path, "optimizer", f"has a state of parameter {i!r} that is not a dict")
+        for k, t in state.items():
+            if (isinstance(t, torch.Tensor) and t.is_floating_point()
+                    and not bool(torch.isfinite(t).all())):  # fmt: skip
+                raise _bad(path, "optimizer", f"holds NaN or infinite values in the {k!r} of "
+                           f"parameter {i!r}")  # fmt: skip
+    history = ckpt.get("history", [])
+    keys = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc")
+    if not isinstance(history, list) or not all(
+        isinstance(h, dict) and all(k in h for k in keys) for h in history
+    ):
+        raise _bad(path, "history", f"must be a list of dicts with the keys {', '.join(keys)}")
+    if "sums" in ckpt:
+        sums = ckpt["sums"]
+        if not (isinstance(sums, torch.Tensor) and sums.shape == (3,)
+                and sums.is_floating_point()):  # fmt: skip
+            raise _bad(path, "sums", "must be a tensor of 3 floats (the epoch's running sums)")
+    rng = ckpt.get("rng")
+    if not isinstance(rng, dict) or not all(
+        isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+        for k in ("torch", *(("cuda",) if "cuda" in rng else ()))
+    ):
+        raise _bad(path, "rng", "must be a dict of random generator states (uint8 tensors)")
+
+
+def _check_position(ckpt: dict, path: Path, steps_per_epoch: int, total_steps: int) -> None:
+    """Check the checkpoint's ``step`` and ``epoch`` against this run's length.
+
+    Raises
+    ------
+    MaskFileError
+        A step beyond ``total_steps``, or an epoch that is not the step's.
+    """
+    step, epoch = ckpt["step"], ckpt["epoch"]
+    if step > total_steps:
+        raise _bad(path, "step", f"is {step}, beyond this run's {total_steps} steps")
+    if epoch != step // steps_per_epoch:
+        raise _bad(path, "epoch", f"is {epoch}, but step {step} is in epoch "
+                   f"{step // steps_per_epoch} ({steps_per_epoch} steps per epoch)")  # fmt: skip
+
+
+def _shown(value) -> str:
+    """``value``'s repr, cut to 40 characters, for a one-line message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _hold(what: str, count: int, writer: RunWriter) -> None:
@@ -505,6 +592,8 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
     spe = data.steps_per_epoch
     total_steps = spe * cfg.epochs
     stop_step = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    if ckpt is not None:
+        _check_position(ckpt, out_path / CHECKPOINT_FILE, spe, total_steps)
 
     from ..pai.densities import keeps_some
     from ..zoo import get_model, maskable_parameters
@@ -551,17 +640,17 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             sparsifier.load_state_dict(ckpt["sparsifier"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            _set_rng_state(ckpt["rng"], device)
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
             msg = " ".join(str(e).split())[:200]
             raise MaskFileError(out_path / CHECKPOINT_FILE, f"does not fit this run ({msg})")\
                 from None  # fmt: skip
         if masking is not None:
             masking.apply(optimizer)
-        step, epoch0, n_events = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["n_events"])
+        step, epoch0, n_events = ckpt["step"], ckpt["epoch"], ckpt["n_events"]
         history = list(ckpt.get("history", []))
         if "sums" in ckpt and dist_info.main:  # summed over the ranks: rank 0 carries them
             epoch_sums = torch.as_tensor(ckpt["sums"], dtype=torch.float64)
-        _set_rng_state(ckpt["rng"], device)
     else:
         torch.manual_seed(seed_for(cfg.seed, "torch-global"))
 
