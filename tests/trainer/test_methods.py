@@ -321,6 +321,22 @@ def test_static_mask_file_with_weights(tmp_path):
     assert w2 is None and all(torch.equal(m2[n], masks[n]) for n in masks)
 
 
+def test_static_mask_file_with_an_empty_layer_warns(tmp_path):
+    """Layer collapse in a given mask file: trained as asked, with a warning naming it."""
+    net = get_model("mlpnet")
+    params = maskable_parameters(net)
+    masks = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}
+    last = list(masks)[-1]
+    masks[last] = torch.zeros_like(masks[last])
+    path = save(tmp_path / "cut.safetensors", MaskSet(masks))
+    cfg = resolve(TrainConfig(method="static", model="mlpnet", init_masks=str(path)))
+    sp = make_sparsifier(cfg, steps_per_epoch=1, total_steps=1, device="cpu")
+    with pytest.warns(UserWarning, match=rf"cut\.safetensors: keeps no weight of 1 layer\(s\) "
+                                         rf"\({last}\).*layer collapse"):  # fmt: skip
+        got, _ = sp.init_masks(net, params, torch.Generator())
+    assert not got[last].any()
+
+
 def test_static_mask_file_that_does_not_fit(tmp_path):
     net = get_model("mlpnet")
     params = maskable_parameters(net)

@@ -10,6 +10,7 @@ weights the mask was chosen on).
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -163,6 +164,11 @@ def masks_from_file(path, model, maskable):
                 f"layer {n!r} has shape {tuple(ms[n].shape)}, the model's parameter "
                 f"{tuple(p.shape)}",
             )
+    empty = [n for n in maskable if not bool(ms[n].any())]
+    if empty:  # layer collapse: trained as asked, never silently
+        warnings.warn(f"{path}: keeps no weight of {len(empty)} layer(s) ({', '.join(empty)}): "
+                      "the network is cut there (layer collapse) and cannot learn through it",
+                      UserWarning, stacklevel=3)  # fmt: skip
     masks = {n: ms[n].to(p.device) for n, p in maskable.items()}
     weights = None
     if ms.has_weights:
