@@ -51,3 +51,13 @@ class UnknownNameError(MaskTopoError, ValueError):
                                           cutoff=0.75)  # fmt: skip
         hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
         super().__init__(f"unknown {what} {name!r}{hint}; known: {', '.join(self.known)}")
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first sentence`` of an exception, on one line (at most 200 characters): how a
+    library's error is quoted inside a masktopo message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    text = text.split(". ")[0].rstrip(".")
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

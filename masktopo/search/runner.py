@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MaskFileError, MaskValidationError
+from ..errors import MaskFileError, MaskValidationError, one_line
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json
 from ..runs import (
     RunLock,
@@ -54,7 +54,6 @@ from ..runs.layout import (
     SUMMARY_FILE,
 )
 from ..seeding import seed_for
-from ..store.common import short
 from .config import RESUMABLE_CHANGES, SPIRAL_INPUTS, SPIRAL_OUTPUTS, SearchConfig
 from .ensemble import EnsembleTrainer, effective_counts, init_params
 from .enumerate import (
@@ -413,7 +412,7 @@ def _read_rows(path: Path):
     try:
         df = pd.read_parquet(path)
     except (OSError, ValueError, pyarrow.ArrowException) as e:  # ArrowInvalid is a ValueError
-        why = short(e).replace(f"Could not open Parquet input source '{path}': ", "")
+        why = one_line(e).replace(f"Could not open Parquet input source '{path}': ", "")
         raise MaskFileError(path, f"is not a readable parquet file, cut off or damaged ({why})"
                                   f"{again}") from None  # fmt: skip
     missing = [c for c in ROW_COLUMNS if c not in df.columns]
@@ -458,7 +457,9 @@ def read_search_masks(out: str | os.PathLike):
         try:
             t = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
-            raise MaskFileError(p, f"truncated or corrupt safetensors file ({short(e)})") from None
+            raise MaskFileError(
+                p, f"truncated or corrupt safetensors file ({one_line(e)})"
+            ) from None
         if "run" not in t:
             raise MaskFileError(p, "is not a part of a search's masks (no 'run' tensor)")
         runs = t["run"]

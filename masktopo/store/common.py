@@ -43,15 +43,6 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def short(e: BaseException) -> str:
-    """``Type: first sentence`` of an exception, on one line."""
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    text = text.split(". ")[0].rstrip(".")
-    text = text if len(text) <= 200 else text[:197] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def describe_layers(layers: list[LayerInfo]) -> str:
     """``name OUTxIN, ...`` on one line, cut at 200 characters."""
     text = ", ".join(f"{x.name} {'x'.join(map(str, x.shape))}" for x in layers)

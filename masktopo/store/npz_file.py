@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..errors import MaskFileError
+from ..errors import MaskFileError, one_line
 from ..files import os_problem
 from ..masks import MaskSet
 from .common import (
@@ -29,7 +29,6 @@ from .common import (
     cpu_weights,
     make_maskset,
     parse_layers,
-    short,
 )
 from .foreign import interpret
 
@@ -116,7 +115,7 @@ def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bo
         NotImplementedError,
         RuntimeError,  # zipfile: a member flagged as encrypted (e.g. a flipped flag bit)
     ) as e:
-        raise MaskFileError(path, f"truncated or corrupt .npz file ({short(e)})") from None
+        raise MaskFileError(path, f"truncated or corrupt .npz file ({one_line(e)})") from None
     if NPZ_META_KEY in arrays:
         return _read_masktopo_npz(path, arrays, weights=weights)
     tensors = {}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import MaskFileError
+from ..errors import MaskFileError, one_line
 from ..masks import MaskSet
 from .common import (
     FORMAT,
@@ -33,7 +33,6 @@ from .common import (
     pack_mask,
     parse_layers,
     scatter_kept,
-    short,
     unpack_mask,
 )
 from .foreign import interpret
@@ -113,7 +112,9 @@ def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bo
                 )
             return _read_masktopo(path, f, metadata, weights=weights)
     except SafetensorError as e:
-        raise MaskFileError(path, f"truncated or corrupt safetensors file ({short(e)})") from None
+        raise MaskFileError(
+            path, f"truncated or corrupt safetensors file ({one_line(e)})"
+        ) from None
     except OSError as e:
         from ..files import os_problem
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ..errors import MaskFileError
+from ..errors import MaskFileError, one_line
 from ..masks import MaskSet
-from .common import cpu_weights, short
+from .common import cpu_weights
 from .foreign import STATE_DICT_KEYS, find_state_dict, interpret
 
 #: Parts of torch's weights-only unpickler messages that mean "this object is not allowed".
@@ -103,7 +103,7 @@ def torch_load(path: Path, *, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as e:
         problem = _unpickling_problem(path, e)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
-        problem = f"truncated or corrupt checkpoint ({short(e)})"
+        problem = f"truncated or corrupt checkpoint ({one_line(e)})"
     if problem.startswith("truncated or corrupt") and _plain_pickle(path):
         problem = _PLAIN_PICKLE
     raise MaskFileError(path, problem) from None
@@ -192,7 +192,7 @@ def record_checksums(path: Path) -> dict[int, frozenset[int]]:
         raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
             RuntimeError) as e:  # fmt: skip
-        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+        raise MaskFileError(path, f"truncated or corrupt checkpoint ({one_line(e)})") from None
     return {size: frozenset(crcs) for size, crcs in sums.items()}
 
 
@@ -233,7 +233,7 @@ def _check_zip_crc(path: Path) -> None:
         raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
             RuntimeError) as e:  # fmt: skip
-        raise MaskFileError(path, f"truncated or corrupt checkpoint ({short(e)})") from None
+        raise MaskFileError(path, f"truncated or corrupt checkpoint ({one_line(e)})") from None
     if bad is not None:
         raise MaskFileError(
             path,
@@ -281,7 +281,7 @@ def _unpickling_problem(path: Path, e: Exception) -> str:
     detail = text[text.index(marker) + len(marker) :].strip() if marker in text else ""
     detail = detail.splitlines()[0] if detail else ""
     if not any(s in detail for s in _OBJECT_ERRORS):  # e.g. "Unsupported operand": bad bytes
-        return f"truncated or corrupt checkpoint ({short(e)})"
+        return f"truncated or corrupt checkpoint ({one_line(e)})"
     if detail.startswith("Unsupported global: GLOBAL "):
         detail = detail.removeprefix("Unsupported global: GLOBAL ").split(" ")[0]
         # A legacy (non-zip) checkpoint cut short stops mid-name in one of torch's own globals;
