@@ -9,6 +9,8 @@ cross-entropy over a batch of B,
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _toys import mlp, mlp_batches
@@ -170,9 +172,14 @@ def test_synflow_avoids_the_layer_collapse_snip_suffers(seed):
     # and an input-output path.
     net = mlp((1000, 16, 16, 4), seed=seed)
     batches = mlp_batches(1000, 4, size=128, seed=seed + 10)
-    snip = pai.prune(net, "snip", 0.003, batches=batches)
-    one_shot = pai.prune(net, "synflow", 0.003, in_shape=(1000,), iterations=1)
-    synflow = pai.prune(net, "synflow", 0.003, in_shape=(1000,))
+    collapse = r"keeps no weight of 1 layer\(s\) \(0\.weight\).*layer collapse"
+    with pytest.warns(UserWarning, match=rf"snip at density 0\.003 {collapse}"):
+        snip = pai.prune(net, "snip", 0.003, batches=batches)
+    with pytest.warns(UserWarning, match=rf"synflow at density 0\.003 {collapse}"):
+        one_shot = pai.prune(net, "synflow", 0.003, in_shape=(1000,), iterations=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # iterative SynFlow keeps every layer: no warning
+        synflow = pai.prune(net, "synflow", 0.003, in_shape=(1000,))
     for ms in (snip, one_shot, synflow):
         assert ms.nnz() == 49
     assert snip.nnz("0.weight") == 0 and not _connected(snip, net)
