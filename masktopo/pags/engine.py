@@ -416,9 +416,9 @@ def require_parquet() -> None:
         )
 
 
-def _read_state(out: Path, config: PagsConfig) -> dict | None:
-    """The resume point (state.json), checked against ``config``; None when the run stopped
-    before writing its first one."""
+def _read_state(out: Path, config: PagsConfig, names: list[str]) -> dict | None:
+    """The resume point (state.json), checked against ``config`` and the run's layers
+    ``names``; None when the run stopped before writing its first one."""
     import json
 
     path = out / STATE_FILE
@@ -435,11 +435,11 @@ def _read_state(out: Path, config: PagsConfig) -> dict | None:
         raise MaskFileError(path, "is not a masktopo PAGS state file")
     old = state.get("config", {})
     check_same_config(old, config.to_dict(), allowed=RESUMABLE_CHANGES, where=path)
-    _check_state(state, path, config)
+    _check_state(state, path, config, names)
     return state
 
 
-def _check_state(state: dict, path: Path, config: PagsConfig) -> None:
+def _check_state(state: dict, path: Path, config: PagsConfig, names: list[str]) -> None:
     """The fields of state.json that the resume reads, checked (a one-line error naming the
     field, before anything in the run is written)."""
 
@@ -472,9 +472,13 @@ def _check_state(state: dict, path: Path, config: PagsConfig) -> None:
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise bad(f"best_file {rel!r} is not a file of the run directory")
     try:
-        Scores.from_dict(state["best_scores"])
+        sc = Scores.from_dict(state["best_scores"])
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"best_scores cannot be read ({type(e).__name__}: {e})") from None
+    L = len(names)
+    shapes = [getattr(sc, k).shape for k in ("valid", "imdb_defined", "fs", "nnz")]
+    if list(sc.layers) != names or sc.coords.shape != (1, L, 4) or any(s != (1, L) for s in shapes):
+        raise bad("best_scores are not of this run's layers")
 
 
 def _read_rows(out: Path, next_t: int) -> list[dict]:
@@ -616,7 +620,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         return repair(c, counts, theta) if config.repair else c
 
     ahead = _Ahead(tasks, candidate, rank, config, comm, getattr(source, "concurrent", False))
-    state = _read_state(out, config) if resume else None
+    state = _read_state(out, config, names) if resume else None
     if resume and state is None and comm.rank == 0:
         warnings.warn(f"{out}: the PAGS run stopped before its first resume point; starting it "
                       "again from candidate 1 with the same settings", stacklevel=3)  # fmt: skip
@@ -633,16 +637,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             raise MaskFileError(best_path, "holds other layers than this run's base mask; "
                                            "cannot resume")  # fmt: skip
         best = {n: best_ms[n] for n in names}
-        best_sc = Scores.from_dict(state["best_scores"])
-        shapes = [getattr(best_sc, k).shape for k in ("valid", "imdb_defined", "fs", "nnz")]
-        L = len(names)
-        if (
-            list(best_sc.layers) != names
-            or best_sc.coords.shape != (1, L, 4)
-            or any(shape != (1, L) for shape in shapes)
-        ):
-            raise MaskFileError(out / STATE_FILE, "best_scores are not of this run's layers; "
-                                                  "cannot resume")  # fmt: skip
+        best_sc = Scores.from_dict(state["best_scores"])  # checked by _read_state
         # from the masks (state.json's copy may come from an older way of hashing)
         best_fp = {n: _fingerprint(kept_positions(best[n])) for n in names}
         changed = state["changed"]
