@@ -17,8 +17,7 @@ import scipy
 import torch
 
 import masktopo
-from masktopo.analysis.spectral import cpu_workers
-from masktopo.pags.pipeline import default_threads
+from masktopo.threads import default_threads
 
 
 def log(msg: str) -> None:
@@ -96,8 +95,8 @@ def machine_facts(devices: list[str]) -> list[str]:
         f"- CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable by this process); "
         f"load average at start {load}",
         f"- torch.get_num_threads(): {torch.get_num_threads()}; MASKTOPO_WORKERS "
-        f"{os.environ.get('MASKTOPO_WORKERS', 'unset')} → {cpu_workers()} CPU worker(s) by default"
-        f" for the analysis, {default_threads()} thread(s) for the PAGS loop",
+        f"{os.environ.get('MASKTOPO_WORKERS', 'unset')} → {default_threads()} thread(s) for the "
+        "analysis and the PAGS loop",
         f"- Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"scipy {scipy.__version__}, networkx {nx.__version__}, masktopo {masktopo.__version__}",
     ]

@@ -115,7 +115,7 @@ from ._registry import (  # noqa: F401  (the registry API, public from here)
     unregister_metric,
 )
 from .graph import _as_mask
-from .spectral import check_route, one_blas_thread, solve_many, split_two, submit, use_workers
+from .spectral import check_route, in_threads, one_blas_thread, solve_many, use_workers
 
 
 def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
@@ -476,28 +476,28 @@ def _expand(jobs) -> list[Parts]:
 
 
 def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[dict]:
-    """:func:`_rows` with the layers split in two parts by kept entries, one in the worker
-    thread of :mod:`masktopo.analysis.spectral`: the worker's part is extracted first and
-    handed over, then this thread extracts and solves its own part while the worker runs (the
-    compiled kernels run without the GIL). Results do not depend on the split: each layer is
-    computed by the same code either way."""
+    """:func:`_rows` with the layers split by kept entries over the threads of
+    :mod:`masktopo.analysis.spectral` (:func:`~masktopo.analysis.spectral.in_threads`): the
+    workers' parts are extracted first and handed over, then this thread extracts and solves
+    its own part while the workers run (the compiled kernels run without the GIL). Results do
+    not depend on the split: each layer is computed by the same code either way."""
     sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
     if not use_workers(int(sizes.sum())):
         with one_blas_thread():
             return _rows(extract(layers), opts, names, selection, weighted)
-    parts = split_two(sizes, _REMOTE_SHARE)
     with one_blas_thread():
-        remote = extract([layers[i] for i in parts[1]])
-        future = submit(_rows, remote, opts, names, selection, weighted)
-        local = _rows(extract([layers[i] for i in parts[0]]), opts, names, selection, weighted)
-        far = future.result()
+        done = in_threads(
+            sizes,
+            lambda raws: _rows(raws, opts, names, selection, weighted),
+            lambda idx: extract([layers[i] for i in idx]),
+            _REMOTE_SHARE,
+        )
     out: list[dict] = [{}] * len(layers)
-    for i, row in zip(parts[0], local, strict=True):
-        out[i] = row
-    for i, row in zip(parts[1], far, strict=True):
-        out[i] = row
+    for idx, rows in done:
+        for i, row in zip(idx, rows, strict=True):
+            out[i] = row
     return out
 
 

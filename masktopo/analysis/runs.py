@@ -517,7 +517,8 @@ def analyze_run(
         ``is_ramanujan``). The cache is the same for all three.
     workers : int, optional
         Processes analyzing events in parallel (each one whole event at a time); default
-        :func:`~masktopo.analysis.spectral.cpu_workers` (``$MASKTOPO_WORKERS`` or min(2, cores)).
+        :func:`~masktopo.analysis.spectral.cpu_workers` (``$MASKTOPO_WORKERS``, else the usable
+        cores, at most 8: :func:`masktopo.threads.default_threads`).
         1 analyzes in this process. CUDA always analyzes in this process.
     **options
         The run options (:class:`masktopo.options.RunOptions`): ``every`` (analyze events ``0,

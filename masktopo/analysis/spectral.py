@@ -32,7 +32,6 @@ Routes of :func:`solve_many` (many matrices at once; :data:`ROUTES`):
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +42,8 @@ import scipy.sparse as sp
 import threadpoolctl
 import torch
 
-from ..errors import MaskValidationError, UnknownNameError
+from ..errors import UnknownNameError
+from ..threads import default_threads
 from ._engine import Parts, arpack_top, cost, pad_desc, solve_top2
 
 METHODS = ("auto", "dense", "gram", "sparse")
@@ -298,7 +298,7 @@ _LOCAL = threading.local()  # .alone: this thread solves everything itself
 
 @contextlib.contextmanager
 def alone():
-    """Within this context, the calling thread hands nothing to the worker thread: for callers
+    """Within this context, the calling thread hands nothing to the worker threads: for callers
     that already spread their work over threads of their own (the run analysis's events)."""
     before = getattr(_LOCAL, "alone", False)
     _LOCAL.alone = True
@@ -341,71 +341,106 @@ def one_blas_thread():
 
 
 def cpu_workers() -> int:
-    """Threads used by :func:`solve_many` on the CPU: ``$MASKTOPO_WORKERS`` or min(2, cores)."""
-    env = os.environ.get("MASKTOPO_WORKERS", "").strip()
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise MaskValidationError(f"MASKTOPO_WORKERS={env!r} is not an integer") from None
-    return max(1, min(2, os.cpu_count() or 1))
+    """Threads (the caller's included) used by :func:`solve_many` and the layer rows on the CPU:
+    :func:`masktopo.threads.default_threads` (``$MASKTOPO_WORKERS``, else the usable cores, at
+    most :data:`masktopo.threads.MAX_THREADS`)."""
+    return default_threads()
+
+
+#: Most worker threads the pool holds (threads start only when work needs them); a
+#: ``$MASKTOPO_WORKERS`` above it still splits the work that many ways.
+_POOL_MAX = 64
 
 
 def _worker_pool() -> ThreadPoolExecutor:
-    """One persistent worker thread. The compiled kernels run without the GIL
-    (:mod:`masktopo.analysis._kernels`), so the worker and the calling thread solve their halves
-    at the same time in one process: no fork (unsafe in a multi-threaded process, which every
-    process that imported torch is), no start-up, nothing copied between processes."""
+    """The analysis's worker threads, shared by every call of this process. The compiled
+    kernels run without the GIL (:mod:`masktopo.analysis._kernels`), so the workers and the
+    calling thread solve their parts at the same time in one process: no fork (unsafe in a
+    multi-threaded process, which every process that imported torch is), no start-up, nothing
+    copied between processes."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(1, thread_name_prefix="masktopo-spectral")
+            _POOL = ThreadPoolExecutor(_POOL_MAX, thread_name_prefix="masktopo-spectral")
         return _POOL
 
 
 def use_workers(total_nnz: int) -> bool:
-    """Whether a CPU job of ``total_nnz`` stored entries is worth the worker thread."""
+    """Whether a CPU job of ``total_nnz`` stored entries is worth the worker threads."""
     if getattr(_LOCAL, "alone", False):
         return False
     return cpu_workers() >= 2 and total_nnz >= _PARALLEL_MIN_NNZ
 
 
-def split_two(costs, remote_share: float = 0.5) -> tuple[list[int], list[int]]:
-    """Indices split in two parts, the second (the worker's) with about ``remote_share`` of the
-    total cost: greedy, largest first, each item to the part furthest below its share.
-    Deterministic."""
+def split_parts(costs, parts: int, remote_share: float = 0.5) -> list[list[int]]:
+    """Indices split in ``parts`` cost-balanced parts; the first is the caller's.
+
+    With two parts the second (the worker's) gets about ``remote_share`` of the total cost; with
+    ``p`` parts the caller's share is ``2·(1 − remote_share)/p`` and the workers share the rest
+    equally (a worker starts while the caller still prepares its own part, so it may take a
+    little more). Greedy, largest first, each item to the part furthest below its share (a
+    unit cost added per item). Deterministic; some parts may be empty when items are few.
+    """
     costs = np.asarray(costs, dtype=np.float64)
-    parts: tuple[list[int], list[int]] = ([], [])
-    load = [0.0, 0.0]
-    share = (1.0 - remote_share, remote_share)
+    p = max(1, int(parts))
+    if p == 1:
+        return [list(range(len(costs)))]
+    mine = min(1.0, 2.0 * (1.0 - remote_share) / p)
+    share = [mine] + [(1.0 - mine) / (p - 1)] * (p - 1)
+    out: list[list[int]] = [[] for _ in range(p)]
+    load = [0.0] * p
     for i in np.argsort(-costs, kind="stable"):
-        h = 0 if load[0] / share[0] <= load[1] / share[1] else 1
-        parts[h].append(int(i))
+        h = min(range(p), key=lambda j: (load[j] / share[j] if share[j] > 0 else np.inf, j))
+        out[h].append(int(i))
         load[h] += float(costs[i]) + 1.0
-    return parts
+    return out
 
 
 def submit(fn, *args) -> Future:
-    """Run ``fn(*args)`` in the worker thread; its future."""
+    """Run ``fn(*args)`` in a worker thread; its future."""
     return _worker_pool().submit(fn, *args)
 
 
+def in_threads(costs, solve, prepare=None, remote_share: float = 0.5) -> list[tuple[list, object]]:
+    """``solve(prepare(part))`` for cost-balanced parts of the items, the parts in threads.
+
+    The items (``costs``, one per item) are split by :func:`split_parts` into at most
+    :func:`cpu_workers` non-empty parts. Every worker's part is prepared in this thread and
+    handed to a worker (``prepare(part)``, default the part's index list itself), then this
+    thread prepares and solves its own; returns ``[(part, result), ...]``, this thread's part
+    first. Callers solve every item by the same code whichever part holds it, so results do
+    not depend on the split. Call it where :func:`use_workers` allowed threads.
+    """
+    prepare = prepare or (lambda part: part)
+    parts = [q for q in split_parts(costs, min(cpu_workers(), len(costs)), remote_share) if q]
+    if not parts:
+        return []
+    futures = [submit(solve, prepare(q)) for q in parts[1:]]
+    try:
+        local = solve(prepare(parts[0]))
+        return [(parts[0], local)] + [
+            (q, f.result()) for q, f in zip(parts[1:], futures, strict=True)
+        ]
+    finally:
+        for f in futures:
+            f.cancel()
+
+
 def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
-    """:func:`solve_top2` with the jobs split in two cost-balanced halves, one in a worker.
+    """:func:`solve_top2` with the jobs split in cost-balanced parts, one per thread.
 
     The split is deterministic (greedy by predicted cost), and every matrix is solved by the
-    same code in either process, so results do not depend on it.
+    same code in any thread, so results do not depend on it.
     """
     parts = [Parts.of(M) for M in mats]
     # One BLAS thread: the matrices are small enough that threads only add contention.
     with one_blas_thread():
         if not use_workers(sum(P.nnz for P in parts)):
             return solve_top2(parts)
-        halves = split_two([cost(P) for P in parts])
         out = np.zeros((len(parts), 2))
-        future = submit(solve_top2, [parts[i] for i in halves[1]])
-        out[halves[0]] = solve_top2([parts[i] for i in halves[0]])
-        out[halves[1]] = future.result()
+        for idx, sv in in_threads([cost(P) for P in parts],
+                                  lambda idx: solve_top2([parts[i] for i in idx])):  # fmt: skip
+            out[idx] = sv
     return out
 
 

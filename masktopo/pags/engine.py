@@ -83,8 +83,9 @@ from ..runs.layout import (
 )
 from ..store import load as load_file
 from ..store import save
+from ..threads import default_threads
 from .config import RESUMABLE_CHANGES, PagsConfig
-from .pipeline import Tasks, default_threads
+from .pipeline import Tasks
 from .sampling import Source, repair
 from .scoring import Ranking, Scores, rank_candidates, score_candidates
 

@@ -17,54 +17,11 @@ one_blas_thread`.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from ..analysis.spectral import alone, cpu_workers, one_blas_thread
-
-#: The most threads :func:`default_threads` gives: the loop's own thread selects and writes
-#: every chunk alone (a few ms a candidate), so more workers would wait for it.
-MAX_THREADS = 8
-
-
-#: cgroup v2's CPU quota of this process's group (``"max 100000"`` or ``"200000 100000"``).
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-
-
-def _quota() -> int | None:
-    """The CPUs a cgroup v2 quota allows (rounded up), or None without a quota."""
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota == "max":
-            return None
-        return max(1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 here, or a file not in that format
-        return None
-
-
-def default_threads() -> int:
-    """Threads for the PAGS loop on the CPU: ``$MASKTOPO_WORKERS`` when set, else the cores
-    this process may run on (``os.sched_getaffinity``, and no more than a cgroup CPU quota
-    allows), shared among the processes of this machine under ``torchrun``
-    (``$LOCAL_WORLD_SIZE``), at most :data:`MAX_THREADS`."""
-    if os.environ.get("MASKTOPO_WORKERS", "").strip():
-        return cpu_workers()  # the user's number (an error when it is not an integer)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        cores = os.cpu_count() or 1
-    quota = _quota()
-    if quota is not None:
-        cores = min(cores, quota)
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, min(MAX_THREADS, cores // local))
+from ..analysis.spectral import alone, one_blas_thread
 
 
 def _run(fn: Callable, args: tuple) -> Any:

@@ -24,7 +24,7 @@ Every layer of every candidate is planned first and all spectra are solved by on
 :func:`~masktopo.analysis.spectral.solve_many` call (:func:`~masktopo.analysis.metrics.
 layer_metric_rows`), on the CPU or batched on CUDA. :func:`rank_candidates` is the ranking pass
 PAGS runs first: rigorous upper bounds of both criteria from a few Lanczos steps per matrix
-(:mod:`masktopo.analysis._ranking`), and the exact criteria of chosen layers on demand, equal to
+(:mod:`masktopo.analysis.ranking`), and the exact criteria of chosen layers on demand, equal to
 :func:`score_candidates`'s.
 
 Scores are rounded to 27 significant bits (about 8 decimal digits) before they are compared: the
@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..analysis._ranking import COORDINATES, KeptPositions, rank_layers
 from ..analysis.metrics import Options, layer_metric_rows
+from ..analysis.ranking import COORDINATES, KeptPositions, rank_layers
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet
 from .config import INVALID
@@ -309,7 +309,7 @@ def rank_candidates(
     estimates: bool = True,
 ) -> Ranking:
     """The ranking pass: rigorous bounds and estimates of every candidate's criteria from a few
-    Lanczos steps per matrix (:mod:`masktopo.analysis._ranking`), and the exact criteria of
+    Lanczos steps per matrix (:mod:`masktopo.analysis.ranking`), and the exact criteria of
     chosen layers on demand (:meth:`Ranking.exact`).
 
     Parameters
@@ -324,14 +324,14 @@ def rank_candidates(
     reference : numpy.ndarray, optional
         ``(L, 4)`` coordinate the distance is measured from (default: the origin).
     steps : int, optional
-        Lanczos steps per matrix (default :data:`masktopo.analysis._ranking.RANK_STEPS`).
+        Lanczos steps per matrix (default :data:`masktopo.analysis.ranking.RANK_STEPS`).
     device : str or torch.device, optional
         ``"cuda"``: both passes on the batched route on the GPU.
     route : {"auto", "batched"}
         ``"batched"``: the batched (CUDA) route on the CPU too.
     bounds : {"all", "imdb"}
         ``"imdb"``: tight upper bounds of the IMDB criterion only (all the layerwise rule needs
-        in practice), a cheaper pass (:func:`~masktopo.analysis._ranking.rank_layers`).
+        in practice), a cheaper pass (:func:`~masktopo.analysis.ranking.rank_layers`).
     estimates : bool
         False (with ``bounds="imdb"``): rank by the IMDB criterion alone, about half the
         ranking's cost; the estimates' ``fs`` is then NaN, and so is that of the layers

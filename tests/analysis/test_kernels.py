@@ -136,15 +136,16 @@ def _resnet_layers(seed):
     return [(n, ms[n], torch.randn(shapes[n], generator=g)) for n in ms]
 
 
-def test_parallel_layer_split_is_bit_identical_to_serial(monkeypatch):
+@pytest.mark.parametrize("workers", ["2", "3", "5"])
+def test_parallel_layer_split_is_bit_identical_to_serial(monkeypatch, workers):
     layers = _resnet_layers(3) + _resnet_layers(4)
     monkeypatch.setenv("MASKTOPO_WORKERS", "1")
     serial = metrics.layer_metric_rows(layers)
-    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setenv("MASKTOPO_WORKERS", workers)
     monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
     assert spectral.use_workers(1)
     parallel = metrics.layer_metric_rows(layers)
-    assert spectral._POOL is not None  # the worker thread ran half of the layers
+    assert spectral._POOL is not None  # the worker threads ran parts of the layers
     assert len(serial) == len(parallel) == len(layers)
     for a, b in zip(serial, parallel, strict=True):
         assert a.keys() == b.keys()

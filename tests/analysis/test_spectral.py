@@ -131,16 +131,76 @@ def test_solve_many_and_top_singular_values_agree_on_every_method():
         spectral.top_singular_values(torch.from_numpy(B), method="eig")
 
 
-def test_parallel_split_matches_serial(monkeypatch):
+@pytest.mark.parametrize("workers", ["2", "3", "4"])
+def test_parallel_split_matches_serial(monkeypatch, workers):
     mats = [_connected_random(100 + 10 * i, 600, 0.02, i, i % 2 == 0) for i in range(8)]
     monkeypatch.setenv("MASKTOPO_WORKERS", "1")
     serial = spectral.solve_many(mats)
-    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setenv("MASKTOPO_WORKERS", workers)
     monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
     parallel = spectral.solve_many(mats)
     for M, a, b in zip(mats, serial, parallel, strict=True):
         _close(a, _ref(M))
         _close(b, a)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_split_parts_covers_every_item_once_and_balances(parts):
+    rng = np.random.default_rng(parts)
+    costs = rng.integers(1, 1000, size=40)
+    split = spectral.split_parts(costs, parts, 0.5)
+    assert len(split) == parts
+    assert sorted(i for q in split for i in q) == list(range(40))
+    loads = np.array([costs[q].sum() + len(q) for q in split], dtype=float)
+    if parts > 1:  # the caller's share 1/p, the workers' equal: within one item of it
+        assert np.ptp(loads) <= costs.max() + 1
+    assert spectral.split_parts(costs, parts, 0.5) == split  # deterministic
+
+
+def test_split_parts_gives_the_caller_its_share():
+    costs = np.ones(1000)
+    mine, *workers = spectral.split_parts(costs, 4, 0.6)  # caller 2 * 0.4 / 4 = 20 %
+    assert abs(len(mine) - 200) <= 1
+    assert all(abs(len(q) - 800 / 3) <= 1 for q in workers)
+    assert abs(len(spectral.split_parts(costs, 2, 0.6)[1]) - 600) <= 1  # two: the worker's share
+
+
+def test_in_threads_uses_the_workers_and_keeps_the_parts(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("MASKTOPO_WORKERS", "3")
+    who = {}
+    both = threading.Barrier(2, timeout=10)  # the two workers' parts run at the same time
+
+    def solve(part):
+        who[tuple(part)] = threading.get_ident()
+        if threading.get_ident() != main:
+            both.wait()
+        return [i * i for i in part]
+
+    main = threading.get_ident()
+
+    done = spectral.in_threads(np.arange(1, 31), solve)
+    assert len(done) == 3 and who[tuple(done[0][0])] == threading.get_ident()
+    assert len(set(who.values())) == 3  # the caller and two workers
+    got = {i: v for part, vals in done for i, v in zip(part, vals, strict=True)}
+    assert got == {i: i * i for i in range(30)}
+    both = threading.Barrier(1)  # one worker part now
+    assert len(spectral.in_threads([5, 7], solve)) == 2  # no more parts than items
+
+
+def test_in_threads_raises_the_callers_and_the_workers_errors(monkeypatch):
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+
+    def solve(part):
+        if 0 in part:
+            raise ValueError("item 0")
+        return part
+
+    with pytest.raises(ValueError, match="item 0"):
+        spectral.in_threads([10, 1, 1, 1], solve)  # item 0 (largest) is the caller's
+    with pytest.raises(ValueError, match="item 0"):
+        spectral.in_threads([10, 1, 1, 1], solve, remote_share=0.99)  # now the worker's
 
 
 def test_bad_worker_count(monkeypatch):

@@ -1,14 +1,11 @@
 """pipeline.Tasks: the PAGS loop's work shared by the caller and its worker threads."""
 
-import os
 import threading
 
 import pytest
 
 from masktopo.analysis import spectral
-from masktopo.errors import MaskValidationError
-from masktopo.pags import pipeline
-from masktopo.pags.pipeline import Tasks, default_threads
+from masktopo.pags.pipeline import Tasks
 
 
 def test_results_in_order_with_or_without_workers():
@@ -100,50 +97,6 @@ def test_threads_minus_one_workers_run_at_once():
         gate.set()
         assert tasks.results(futures) == [0, 1]
     assert len(set(who.values())) == 2 and threading.get_ident() not in who.values()
-
-
-@pytest.mark.parametrize(
-    ("env", "cores", "local", "expected"),
-    [
-        ("5", 2, None, 5),  # the user's number, whatever the cores
-        ("", 2, None, 2),
-        ("", 1, None, 1),
-        ("", 16, None, pipeline.MAX_THREADS),
-        ("", 16, "4", 4),  # torchrun: 4 processes on this machine share its cores
-        ("", 2, "4", 1),
-        ("", 6, "bad", 6),  # not torchrun's number: ignored
-    ],
-)
-def test_default_threads(monkeypatch, tmp_path, env, cores, local, expected):
-    monkeypatch.setattr(pipeline, "CPU_MAX", tmp_path / "absent")
-    monkeypatch.setenv("MASKTOPO_WORKERS", env)
-    if local is None:
-        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    else:
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    assert default_threads() == expected
-
-
-@pytest.mark.parametrize(
-    ("cpu_max", "expected"),
-    [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000", 2), ("50000 100000", 1),
-     ("garbage", 8), ("", 8)],
-)  # fmt: skip
-def test_default_threads_follow_a_cgroup_quota(monkeypatch, tmp_path, cpu_max, expected):
-    """A container's CPU quota (cgroup v2 ``cpu.max``) caps the threads, rounded up."""
-    (tmp_path / "cpu.max").write_text(cpu_max)
-    monkeypatch.setattr(pipeline, "CPU_MAX", tmp_path / "cpu.max")
-    monkeypatch.delenv("MASKTOPO_WORKERS", raising=False)
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
-    assert default_threads() == expected
-
-
-def test_default_threads_rejects_a_bad_variable(monkeypatch):
-    monkeypatch.setenv("MASKTOPO_WORKERS", "many")
-    with pytest.raises(MaskValidationError, match="MASKTOPO_WORKERS='many' is not an integer"):
-        default_threads()
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ import pytest
 import torch
 from _stubs import NoisyMagnitude, base_mask, global_topk
 
-from masktopo.analysis._ranking import COORDINATES, rank_layers
+from masktopo.analysis import ranking as ranking_module
 from masktopo.analysis.metrics import Options, layer_metric_rows
+from masktopo.analysis.ranking import COORDINATES, rank_layers
 from masktopo.masks import MaskSet
 from masktopo.pags import PagsConfig, RewireSource, run, run_pags
 
@@ -104,19 +105,41 @@ def test_fused_layer_kernel_equals_the_packed_batch(monkeypatch, bounds):
     """Unit-valued layers go through ``_kernels.rank_layer`` (planning and bounds in one call,
     nothing concatenated): the same bits as planning them and packing every matrix into
     ``top2_bounds_batch``, and the same exact values from the plans made later."""
-    from masktopo.analysis import _ranking
-
     layers = _random_layers(9, 30)
     fused = rank_layers(layers, bounds=bounds)
-    assert any(isinstance(p, _ranking._FusedPlan) for p in fused._plans)
-    monkeypatch.setattr(_ranking, "_fusable", lambda raw, selection: False)
+    assert any(isinstance(p, ranking_module._FusedPlan) for p in fused._plans)
+    monkeypatch.setattr(ranking_module, "_fusable", lambda raw, selection: False)
     packed = rank_layers(layers, bounds=bounds)
-    assert not any(isinstance(p, _ranking._FusedPlan) for p in packed._plans)
+    assert not any(isinstance(p, ranking_module._FusedPlan) for p in packed._plans)
     for field in ("lower", "upper", "estimate", "n_edges"):
         assert np.array_equal(getattr(fused, field), getattr(packed, field), equal_nan=True)
     assert fused.steps == packed.steps
     index = list(range(0, len(layers), 3))
     assert np.array_equal(fused.exact(index), packed.exact(index), equal_nan=True)
+
+
+@pytest.mark.parametrize("workers", ["2", "3", "4"])
+def test_ranking_split_over_threads_is_bit_identical(monkeypatch, workers):
+    """The ranking pass and the exact pass split over the analysis's threads (outside the PAGS
+    loop, which runs them alone): every bound, estimate and exact row as in one thread."""
+    from masktopo.analysis import spectral
+
+    layers = _random_layers(11, 30)
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    one = rank_layers(layers)
+    one_exact = one.exact(range(len(layers)))
+    monkeypatch.setenv("MASKTOPO_WORKERS", workers)
+    monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)
+    calls = []
+    real = spectral.in_threads
+    monkeypatch.setattr(ranking_module, "in_threads",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))  # fmt: skip
+    many = rank_layers(layers)
+    for field in ("lower", "upper", "estimate", "n_edges", "valid"):
+        assert np.array_equal(getattr(one, field), getattr(many, field), equal_nan=True), field
+    assert one.steps == many.steps
+    assert np.array_equal(many.exact(range(len(layers))), one_exact, equal_nan=True)
+    assert len(calls) == 2  # the ranking pass and the exact pass were split
 
 
 @pytest.mark.parametrize("steps", [3, 12])

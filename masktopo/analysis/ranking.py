@@ -64,7 +64,7 @@ from .metrics import (
     _Raw,
     resolve_metrics,
 )
-from .spectral import dense_batches, one_blas_thread, solve_many, split_two, submit, use_workers
+from .spectral import dense_batches, in_threads, one_blas_thread, solve_many, use_workers
 
 #: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
 COORDINATES = (
@@ -477,11 +477,12 @@ class LayerBounds:
         with one_blas_thread():
             total = sum(int(self.n_edges[i]) for i in index)
             if use_workers(total) and len(index) > 1:
-                a, b = split_two([max(1, int(self.n_edges[i])) for i in index], 0.5)
-                far = submit(_exact_rows, [plans[k] for k in b], self._opts, self._names)
-                rows = dict(zip(a, _exact_rows([plans[k] for k in a], self._opts, self._names),
-                                strict=True))  # fmt: skip
-                rows.update(zip(b, far.result(), strict=True))
+                rows = {}
+                for part, got in in_threads(
+                    [max(1, int(self.n_edges[i])) for i in index],
+                    lambda ks: _exact_rows([plans[k] for k in ks], self._opts, self._names),
+                ):
+                    rows.update(zip(part, got, strict=True))
             else:
                 rows = dict(enumerate(_exact_rows(plans, self._opts, self._names)))
         for k in range(len(index)):
@@ -595,11 +596,13 @@ def rank_layers(
             parts = [_rank_batched(_Part(idx), extract(idx), opts, selection, steps,
                                    res._device, lean)]  # fmt: skip
         elif use_workers(int(sizes.sum())):
-            a, b = split_two(sizes, _REMOTE_SHARE)
-            far = submit(_rank_part, _Part(list(b)), extract(b), opts, selection, steps, bounds,
-                         lean)  # fmt: skip
-            parts = [_rank_part(_Part(list(a)), extract(a), opts, selection, steps, bounds,
-                                lean), far.result()]  # fmt: skip
+            parts = [got for _, got in in_threads(
+                sizes,
+                lambda job: _rank_part(_Part(list(job[0])), job[1], opts, selection, steps,
+                                       bounds, lean),
+                lambda idx: (idx, extract(idx)),
+                _REMOTE_SHARE,
+            )]  # fmt: skip
         else:
             idx = list(range(len(layers)))
             parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds, lean)]
