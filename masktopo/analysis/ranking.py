@@ -51,8 +51,8 @@ import torch
 
 from ..masks import mask_from_positions
 from ..options import Options
-from ._engine import DENSE_MAX_SIDE, solve_top2
-from ._kernels import Block, _gaussians, pack, rank_layer, top2_bounds_batch
+from ._engine import DENSE_MAX_SIDE, Parts, solve_top2
+from ._kernels import Block, _gaussians, pack, rank_layer, top2_bounds_batch, unpack
 from ._registry import LayerCounts, select
 from .metrics import (
     _expand,
@@ -505,14 +505,25 @@ def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, devic
         n_mat += plan.n_mat
         jobs.extend(plan.jobs)
         part.plans.append(plan)
-    mats = _expand(jobs)
     at = np.array(sorted(chosen), dtype=np.int64) if lean else np.arange(n_mat)
     part.lo, part.hi = np.zeros((n_mat, 2)), np.zeros((n_mat, 2))
     part.steps = np.zeros(n_mat, dtype=np.int64)
     if at.size:
-        part.lo[at], part.hi[at] = _bounds_batched([mats[i] for i in at], steps, device)
+        part.lo[at], part.hi[at] = _bounds_batched(_expand_some(jobs, at), steps, device)
         part.steps[at] = steps
     return part
+
+
+def _expand_some(jobs, wanted: np.ndarray) -> list[Parts]:
+    """The matrices ``wanted`` (ascending indices into :func:`_expand`'s list of ``jobs``),
+    unpacked; the others are not (a lean ranking bounds only the IMDB groups' binary ones)."""
+    counts = [J.count if isinstance(J, Block) else 1 for J in jobs]
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    owner = np.searchsorted(starts, wanted, side="right") - 1
+    return [
+        Parts(*unpack(jobs[j], i - int(starts[j]))) if isinstance(jobs[j], Block) else jobs[j]
+        for i, j in zip(wanted.tolist(), owner.tolist(), strict=True)
+    ]
 
 
 def rank_layers(

@@ -358,6 +358,31 @@ def test_lean_ranking_on_the_batched_route():
     np.testing.assert_allclose(lean.exact(range(len(layers))), exact, rtol=0, atol=1e-12)
 
 
+def test_batched_route_unpacks_only_the_matrices_it_bounds():
+    """``_expand_some`` gives exactly ``_expand``'s matrices at the wanted indices (blocks of
+    IMDB groups and single matrices alike), for any subset, without unpacking the others."""
+    from masktopo.analysis.metrics import _expand, _plan_layer
+    from masktopo.analysis.ranking import _extract_any, _names, select
+
+    opts = Options(allow_empty=True)
+    jobs = []
+    for name, mask, weight in _random_layers(5, 8):
+        jobs.extend(_plan_layer(_extract_any(name, mask, weight, opts), opts,
+                                select(_names())).jobs)  # fmt: skip
+    every = _expand(jobs)
+    assert any(isinstance(j, ranking_module.Block) for j in jobs) and len(every) > len(jobs)
+    rng = np.random.default_rng(0)
+    for wanted in (np.arange(len(every)), np.sort(rng.choice(len(every), 7, replace=False)),
+                   np.array([len(every) - 1]), np.array([], dtype=np.int64)):  # fmt: skip
+        got = ranking_module._expand_some(jobs, wanted)
+        assert len(got) == len(wanted)
+        for g, i in zip(got, wanted.tolist(), strict=True):
+            e = every[i]
+            assert g.shape == e.shape
+            for a, b in ((g.data, e.data), (g.indices, e.indices), (g.indptr, e.indptr)):
+                assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 class _KeepsOne:
     """A source whose layer ``name`` is always the base's (as a dense layer of a PaI mask is),
     the others from ``inner``; ``concurrent`` as given (the engine then draws ahead)."""
