@@ -405,22 +405,26 @@ def _gram(A: torch.Tensor) -> torch.Tensor:
 
     On one CPU thread (float32/float64) one BLAS ``syrk`` (scipy's); on several threads the
     upper blocks of a 4 x 4 partition by torch products, mirrored (10 of 16 blocks: scipy's
-    BLAS would bring a second thread pool, which contends with torch's for the cores);
-    elsewhere ``A @ A.T``.
+    BLAS would bring a second thread pool, which contends with torch's for the cores), or below
+    512 rows one torch product with its upper triangle mirrored; on the CPU the result is
+    exactly symmetric. Elsewhere (another device, autograd) ``A @ A.T``.
     """
     a = _numpy_view(A)
     if a is None or A.dim() != 2:
         return A @ A.T
     if torch.get_num_threads() > 1:
         n = A.shape[0]
-        if n < 512:
-            return A @ A.T
+        if n < 512:  # one product, its upper triangle mirrored: BLAS's A Aᵀ need not be
+            K = A @ A.T  # exactly symmetric (it is not on some CPUs, e.g. AMD EPYC with AVX2)
+            return K.triu() + K.triu(1).T
         cut = [round(i * n / 4) for i in range(5)]
         K = A.new_empty(n, n)
         for i in range(4):
             Ai = A[cut[i] : cut[i + 1]]
             for j in range(i, 4):
                 blk = Ai @ A[cut[j] : cut[j + 1]].T
+                if j == i:  # a diagonal block: its upper triangle mirrored (see below)
+                    blk = blk.triu() + blk.triu(1).T
                 K[cut[i] : cut[i + 1], cut[j] : cut[j + 1]] = blk
                 if j > i:
                     K[cut[j] : cut[j + 1], cut[i] : cut[i + 1]] = blk.T

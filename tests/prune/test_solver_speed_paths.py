@@ -37,14 +37,24 @@ def test_gram_step_on_a_column_major_matrix_and_float32():
     torch.testing.assert_close(u, G32.T @ (G32 @ v32), rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def torch_threads(request):
+    """torch's intra-op threads set to 1 (the syrk path) or 2 (the torch products)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rows", [19, 600])
 @pytest.mark.parametrize("layout", ["row", "column", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gram_is_a_times_a_transpose(layout, dtype):
-    A = _rand(19, 45, dtype=dtype)
+def test_gram_is_a_times_a_transpose(layout, dtype, rows, torch_threads):
+    A = _rand(rows, 45, dtype=dtype)
     if layout == "column":
         A = A.T.contiguous().T
     elif layout == "strided":
-        A = _rand(19, 90, dtype=dtype)[:, ::2]
+        A = _rand(rows, 90, dtype=dtype)[:, ::2]
     K = S._gram(A)
     ref = A @ A.T
     tol = 1e-12 if dtype == torch.float64 else 1e-4
