@@ -245,7 +245,7 @@ class _RunReport:
 
 def _read_summary(r: _RunReport) -> None:
     try:
-        r.summary = r.run.summary()
+        r.summary = r.run.checked_summary()
     except MaskFileError as exc:
         r.problems.append(str(exc))
         return
