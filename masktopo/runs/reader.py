@@ -444,7 +444,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         raise bad(f"'event' is {k!r}, expected {want} (events count from 0, one per line)")
     for key in ("step", "epoch"):
         v = obj[key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        if v is not None and not is_number(v):
             raise bad(f"{key!r} is {v!r}, not a number or null")
     if not isinstance(obj["kind"], str) or not obj["kind"]:
         raise bad(f"'kind' is {obj['kind']!r}, not a non-empty string")
@@ -464,7 +464,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         if not is_int(count) or not 0 <= count <= layers[name]:
             raise bad(f"'nnz' of layer {name!r} is {count!r}, not a count in 0..{layers[name]}")
     d = obj["density"]
-    if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:
+    if not is_number(d) or not 0 <= d <= 1:
         raise bad(f"'density' is {d!r}, not a number in [0, 1]")
     return obj
 
