@@ -292,14 +292,14 @@ _COMPILE_NOTED = False
 def compile_notice(show: bool = True) -> bool:
     """Say once per process on stderr, before the first analysis, that the compiled spectral
     kernel is being built (:data:`COMPILE_NOTE`), when numba's disk cache does not hold it yet
-    (:func:`masktopo.analysis._kernels.cache_is_cold`); ``show=False`` says nothing. Returns
+    (:func:`masktopo.analysis.kernel_cache_is_cold`); ``show=False`` says nothing. Returns
     whether the note was printed. For the command line only: library calls stay silent."""
     global _COMPILE_NOTED
     if _COMPILE_NOTED or not show:
         return False
-    from masktopo.analysis._kernels import cache_is_cold
+    from masktopo.analysis import kernel_cache_is_cold
 
-    if not cache_is_cold():
+    if not kernel_cache_is_cold():
         return False
     _COMPILE_NOTED = True
     note(COMPILE_NOTE)

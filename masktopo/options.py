@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .checks import is_int, is_number
 from .errors import MaskFileError, MaskValidationError, UnknownNameError
 
 if sys.version_info >= (3, 11):
@@ -245,10 +246,6 @@ def _field(cls: type, name: str, what: str, where: str | None) -> _Field:
     raise MaskValidationError(f"{prefix}unknown {what} {name!r}; known: {known}")
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def _fmt(x: float) -> str:
     return repr(float(x)) if isinstance(x, float) else repr(x)
 
@@ -272,13 +269,12 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
             return None
         raise MaskValidationError(f"{prefix}{name} cannot be null")
     if f.kind == "floats":
-        if not isinstance(value, list | tuple) or not all(_number(v) for v in value):
+        if not isinstance(value, list | tuple) or not all(is_number(v) for v in value):
             raise MaskValidationError(f"{prefix}{name} must be a list of numbers")
         return tuple(float(v) for v in value)
     if f.kind == "map":
         if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in value.items()
+            isinstance(k, str) and k and is_int(v) and v >= 0 for k, v in value.items()
         ):
             raise MaskValidationError(
                 f"{prefix}{name} must be a table of names to non-negative integers, got {value!r}"
@@ -297,8 +293,8 @@ def check_value(cls: type, name: str, value: Any, where: str | None = None) -> A
         return tuple(dict.fromkeys(names))
     ok = {
         "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": _number(value),
+        "int": is_int(value),
+        "float": is_number(value),
         "str": isinstance(value, str),
     }[f.kind]
     if not ok:

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .checks import is_number
 from .errors import MaskFileError, MaskTopoError, UnknownNameError
 from .options import X_AXES
 from .runs.layout import SUMMARY_FILE
@@ -185,7 +186,7 @@ def _cell(v: Any) -> str:
     v = _plain(v)
     if _is_missing(v):
         return '<td class="na" title="undefined">—</td>'
-    num = isinstance(v, numbers.Number) and not isinstance(v, bool)
+    num = is_number(v)
     return f'<td class="num">{_e(_fmt(v))}</td>' if num else f"<td>{_e(_fmt(v))}</td>"
 
 
@@ -245,7 +246,7 @@ class _RunReport:
 
 def _read_summary(r: _RunReport) -> None:
     try:
-        r.summary = r.run.summary()
+        r.summary = r.run.checked_summary()
     except MaskFileError as exc:
         r.problems.append(str(exc))
         return

@@ -37,7 +37,6 @@ error says so.
 
 from __future__ import annotations
 
-import math
 import os
 import types
 import warnings
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 
 from ._version import git_commit, versions
+from .checks import is_finite_number, is_int, is_number
 from .errors import MaskValidationError
 from .maskable import find_maskable, transposed_layers, unwrap_model
 from .runs import (
@@ -243,7 +243,7 @@ def _floats(metrics: Mapping[str, Any] | None) -> dict[str, float]:
             )
         if isinstance(v, torch.Tensor) and v.numel() == 1:
             v = v.item()
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if not is_number(v):
             raise MaskValidationError(f"metric {k!r} must be a number, got {type(v).__name__}")
         out[str(k)] = float(v)
     return out
@@ -279,7 +279,7 @@ class SparseTraining:
         for key, value in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
             if value is None and key == "steps_per_epoch":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise MaskValidationError(f"sparsify: {key} must be a positive integer, got "
                                           f"{value!r}")  # fmt: skip
         if "density" not in options:
@@ -566,8 +566,7 @@ class SparseTraining:
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and not
-            isinstance(v, bool) and math.isfinite(float(v))}  # fmt: skip
+    return {k: float(v) for k, v in d.items() if is_finite_number(v)}
 
 
 def sparsify(model: nn.Module, optimizer, *, method: str, total_steps: int,
@@ -702,7 +701,7 @@ class MaskRecorder:
             from .errors import UnknownNameError
 
             raise UnknownNameError("mask source", mask, _MASK_SOURCES)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        if not is_int(every) or every < 1:
             raise MaskValidationError(f"record: every must be a positive integer, got {every!r}")
         if dump_weights not in ("all", "ends", "none"):
             raise MaskValidationError(f"record: dump_weights must be all, ends or none, got "

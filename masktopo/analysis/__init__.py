@@ -11,6 +11,8 @@
   directory in one table (layer and network rows, told apart by ``level``; ``level="layer"`` or
   ``"network"`` for one of them), cached next to the run (the one module here that reads and
   writes files, through :mod:`masktopo.runs`).
+- :func:`kernel_cache_is_cold`: whether the next spectral computation compiles the numba kernel
+  first (its disk cache is cold); the command line's notice asks it. Importing it imports numba.
 
 Names are imported lazily (on first use).
 """
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_names
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._kernels import kernel_cache_is_cold  # noqa: F401
     from .graph import (  # noqa: F401
         biadjacency,
         strip_isolated,
@@ -40,6 +43,7 @@ _LAZY = {
     "analyze": "metrics",
     "analyze_run": "runs",
     "biadjacency": "graph",
+    "kernel_cache_is_cold": "_kernels",
     "layer_metrics": "metrics",
     "metric_names": "metrics",
     "strip_isolated": "graph",

@@ -1506,7 +1506,7 @@ def unpack(packed, i):
     return data[sl], indices[sl], ip.astype(np.int32), (m, n)
 
 
-def cache_is_cold() -> bool:
+def kernel_cache_is_cold() -> bool:
     """Whether the next call of the spectral kernel (:func:`top2_batch`) compiles it first.
 
     numba compiles the kernels on first use and caches the result on disk (``cache=True``: in

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..checks import is_int, is_number
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write
 from ..options import Options, RunOptions, grouped
@@ -369,9 +370,9 @@ def _column(values: list):
     present = [v for v in values if v is not None]
     if all(isinstance(v, bool) for v in present) and present:
         return pd.array(values, dtype="boolean")
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in present) and present:
+    if all(is_int(v) for v in present) and present:
         return pd.array(values, dtype="Int64")
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+    if all(is_number(v) for v in present):
         return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
     return pd.array(values, dtype=object)
 
@@ -467,7 +468,7 @@ def _per_layer(value, names: list[str]) -> list:
     if not isinstance(value, dict):
         return [None] * (len(names) + 1)
     per = [value.get(x) for x in names]
-    nums = [v for v in per if isinstance(v, int | float) and not isinstance(v, bool)]
+    nums = [v for v in per if is_number(v)]
     total = sum(nums) if len(nums) == len(per) else None
     return [*per, total]
 
@@ -673,6 +674,6 @@ def analyze_run(
 
 
 def _positive(what: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not (is_int(value) or isinstance(value, np.integer)) or value < 1:
         raise MaskValidationError(f"{what} must be a positive integer, got {value!r}")
     return int(value)

@@ -22,6 +22,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..checks import is_number
+
 #: The keywords of :func:`masktopo.sparsify` a callback passes on besides its method options.
 _LOOP_KEYWORDS = (
     "total_steps",
@@ -86,7 +88,7 @@ def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
             if v.numel() != 1 or v.is_complex():
                 continue
             v = v.item()
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if not is_number(v):
             continue
         if math.isfinite(float(v)):
             out[str(key)] = float(v)

@@ -66,6 +66,7 @@ import torch
 
 from .._version import git_commit, versions
 from ..analysis.spectral import one_blas_thread
+from ..checks import is_int
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json
 from ..masks import MaskSet, kept_positions
@@ -448,7 +449,7 @@ def _check_state(state: dict, path: Path, config: PagsConfig, names: list[str]) 
         return MaskFileError(path, f"{problem}; cannot resume")
 
     def whole(key: str, value) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise bad(f"{key} is {value!r}, not an integer")
         return value
 
@@ -465,9 +466,7 @@ def _check_state(state: dict, path: Path, config: PagsConfig, names: list[str]) 
     if not isinstance(state["changed"], bool):
         raise bad(f"changed is {state['changed']!r}, not true or false")
     snaps = state["snapshots"]
-    if not isinstance(snaps, list) or any(
-        isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < next_t for t in snaps
-    ):
+    if not isinstance(snaps, list) or any(not is_int(t) or not 0 <= t < next_t for t in snaps):
         raise bad(f"snapshots must list candidates 0 … {next_t - 1}")
     rel = state["best_file"]
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..checks import is_int
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet, mask_from_positions
 from ..zoo.models import MASKABLE_TYPES, maskable_parameters
@@ -184,7 +185,7 @@ def _parse_scope(cls, scope):
 def _parse_iterations(cls, iterations):
     if iterations is None:
         return cls.default_iterations
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    if not is_int(iterations) or iterations < 1:
         raise MaskValidationError(f"iterations must be an integer >= 1, got {iterations!r}")
     if cls.layerwise and iterations != 1:
         raise MaskValidationError(f"method {cls.name!r} is not iterative: iterations must be 1")

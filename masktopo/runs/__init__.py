@@ -6,7 +6,8 @@ each saying its ``kind`` in ``run.json``. docs/formats.md describes the layout.
 
 - :mod:`~masktopo.runs.layout`: the file names and the format version (nothing else spells them);
 - :mod:`~masktopo.runs.reader`: :func:`read_run` and :class:`Run` (events, mask files, summary),
-  :func:`read_metrics` (a training run's live log, metrics.jsonl);
+  :func:`read_metrics` (a training run's live log, metrics.jsonl), :func:`check_summary`
+  (summary.json's values of the wrong type left out, with a warning);
 - :mod:`~masktopo.runs.writer`: :class:`RunWriter` (run.json, events in a background thread with
   the weights at the kept positions, summary), checkpoints;
 - :mod:`~masktopo.runs.lock`: :class:`RunLock`, one writer per run;
@@ -21,7 +22,15 @@ from ..files import Staging, atomic_write, atomic_write_bytes, atomic_write_json
 from . import layout
 from .checks import check_out_dir, check_output, check_same_config, run_kind
 from .lock import RunLock
-from .reader import EVENT_FIELDS, Run, not_a_run, read_metrics, read_run, read_run_json
+from .reader import (
+    EVENT_FIELDS,
+    Run,
+    check_summary,
+    not_a_run,
+    read_metrics,
+    read_run,
+    read_run_json,
+)
 from .writer import (
     RunWriter,
     jsonable,
@@ -42,6 +51,7 @@ __all__ = [
     "check_out_dir",
     "check_output",
     "check_same_config",
+    "check_summary",
     "jsonable",
     "layout",
     "not_a_run",

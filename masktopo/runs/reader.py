@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..checks import is_int, is_number, json_type
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..files import input_path, os_problem
 from ..masks import LayerInfo, MaskSet
 from ..store import describe_layers, parse_layers, read_file
-from ..store.common import is_int
 from .layout import (
     EVENTS_FILE,
     KINDS,
@@ -36,7 +36,7 @@ from .layout import (
     SUMMARY_FILE,
 )
 
-__all__ = ["EVENT_FIELDS", "Run", "read_metrics", "read_run", "read_run_json"]
+__all__ = ["EVENT_FIELDS", "Run", "check_summary", "read_metrics", "read_run", "read_run_json"]
 
 _CUT_OFF = "a write cut off by a stopped run"
 #: Keys of an events.jsonl line that describe the event rather than measure it.
@@ -93,7 +93,7 @@ class Run:
             return plain
         parts = sorted((self.path / MASKS_DIR).glob("part-*.safetensors"))
         try:
-            s = self.summary() or {}
+            s = self.checked_summary() or {}
         except MaskTopoError:
             s = {}
         hit = s.get("n_above_target")
@@ -108,8 +108,10 @@ class Run:
                     f"{self.path} draws the search's accuracy against nnz")  # fmt: skip
         try:
             done, total, best, target = s["n_done"], s["n_runs"], s["best_accuracy"], s["target"]
-        except (KeyError, TypeError):
-            return plain
+        except KeyError:  # not finished, or summary.json lacks (or has bad) totals
+            return (f"no masks to analyze: a search keeps the masks of runs at or above its "
+                    f"target only, and none are in {MASKS_DIR}/ (its {SUMMARY_FILE} does not "
+                    "say how many runs were trained)")  # fmt: skip
         best_txt = f" (the best: {best:.4g})" if isinstance(best, float) else ""
         if done == 0:
             return (f"no masks to analyze: none of its {total:,} runs has been trained yet; "
@@ -225,9 +227,75 @@ class Run:
         f = self.path / SUMMARY_FILE
         return _json_object(f) if f.exists() else None
 
+    def checked_summary(self) -> dict | None:
+        """:meth:`summary` with every value of the wrong type left out, one warning each
+        (:func:`check_summary`): what a report, a figure or a sweep's table reads."""
+        s = self.summary()
+        return None if s is None else check_summary(s, self.path / SUMMARY_FILE)
+
     def metrics(self, kind: str | None = None) -> list[dict]:
         """The lines of ``metrics.jsonl`` (:func:`read_metrics`)."""
         return read_metrics(self.path, kind=kind)
+
+
+#: Values of summary.json that are integers when present (a run's steps and events; a search's
+#: totals), and those that are numbers (NaN and inf included).
+SUMMARY_INTS = ("steps", "n_events", "n_runs", "n_done", "n_above_target")
+SUMMARY_NUMBERS = ("epochs", "density", "target", "best_accuracy")
+
+
+def check_summary(summary: dict, path: str | os.PathLike = SUMMARY_FILE) -> dict:
+    """A copy of a ``summary.json`` object without the values of the wrong type, each left out
+    with one warning naming ``path`` (``<run>/summary.json: final 'test_acc' is not a number
+    (string): left out``).
+
+    Checked when present: :data:`SUMMARY_INTS` are integers, :data:`SUMMARY_NUMBERS` numbers,
+    ``final`` an object of numbers (or null), ``history`` an array of objects of numbers (or
+    null); a bad history value is left out of its entry, one warning per key. Other keys (a
+    result folder's own) are kept as they are.
+    """
+
+    def drop(what: str) -> None:
+        warnings.warn(f"{path}: {what}: left out", stacklevel=3)
+
+    out = dict(summary)
+    for key in (*SUMMARY_INTS, *SUMMARY_NUMBERS):
+        ok, kind = (is_int, "an integer") if key in SUMMARY_INTS else (is_number, "a number")
+        if key in out and not ok(out[key]):
+            drop(f"{key!r} is not {kind} ({json_type(out[key])})")
+            del out[key]
+    if "final" in out:
+        final = out["final"]
+        if not isinstance(final, dict):
+            drop(f"'final' is not an object ({json_type(final)})")
+            del out["final"]
+        else:
+            for k, v in final.items():
+                if v is not None and not is_number(v):
+                    drop(f"final {k!r} is not a number ({json_type(v)})")
+            out["final"] = {k: v for k, v in final.items() if v is None or is_number(v)}
+    if "history" in out:
+        history = out["history"]
+        if not isinstance(history, list):
+            drop(f"'history' is not an array ({json_type(history)})")
+            del out["history"]
+        else:
+            entries = [h for h in history if isinstance(h, dict)]
+            if len(entries) < len(history):
+                drop(f"{len(history) - len(entries)} of the {len(history)} history entries are "
+                     "not objects")  # fmt: skip
+            bad: dict[str, list[str]] = {}
+            for h in entries:
+                for k, v in h.items():
+                    if v is not None and not is_number(v):
+                        bad.setdefault(k, []).append(json_type(v))
+            for k, types in bad.items():
+                kinds = ", ".join(dict.fromkeys(types))
+                drop(f"history {k!r} is not a number in {len(types)} of the {len(entries)} "
+                     f"entries ({kinds})")  # fmt: skip
+            out["history"] = [{k: v for k, v in h.items() if v is None or is_number(v)}
+                              for h in entries]  # fmt: skip
+    return out
 
 
 def _json_object(path: Path) -> dict:
@@ -376,7 +444,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         raise bad(f"'event' is {k!r}, expected {want} (events count from 0, one per line)")
     for key in ("step", "epoch"):
         v = obj[key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+        if v is not None and not is_number(v):
             raise bad(f"{key!r} is {v!r}, not a number or null")
     if not isinstance(obj["kind"], str) or not obj["kind"]:
         raise bad(f"'kind' is {obj['kind']!r}, not a non-empty string")
@@ -396,7 +464,7 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         if not is_int(count) or not 0 <= count <= layers[name]:
             raise bad(f"'nnz' of layer {name!r} is {count!r}, not a count in 0..{layers[name]}")
     d = obj["density"]
-    if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1:
+    if not is_number(d) or not 0 <= d <= 1:
         raise bad(f"'density' is {d!r}, not a number in [0, 1]")
     return obj
 

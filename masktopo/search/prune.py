@@ -58,7 +58,7 @@ from ..runs.layout import RESULTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from ..seeding import seed_for
 from .config import PruneBenchConfig
 from .ensemble import EnsembleTrainer, bias_masks_from_units, init_params
-from .runner import layer_names, run_layers
+from .runner import layer_names, read_table, require_parquet, run_layers
 
 __all__ = ["KIND", "prune_to_k", "read_bench", "run_prune_bench", "topk_masks"]
 
@@ -290,17 +290,41 @@ def _rows(method, width, ks, seeds, lr, schedule, epochs, tr) -> list[dict]:
     return rows
 
 
+#: The columns of a pruning benchmark's rows (:func:`_rows`).
+BENCH_COLUMNS = ("method", "width", "k", "seed", "lr", "schedule", "epochs", "weight_nnz",
+                 "model_nnz", "effective_nnz", "dead_units", "accuracy", "loss")  # fmt: skip
+
+
 def read_bench(out: str | os.PathLike):
-    """The rows of a pruning benchmark (finished groups), as a pandas DataFrame."""
+    """The rows of a pruning benchmark (finished groups), as a pandas DataFrame.
+
+    Raises
+    ------
+    MaskFileError
+        ``results.parquet`` or a results part is not readable parquet (cut off, damaged) or
+        lacks a column of the rows (one line naming the file).
+    """
+    require_parquet(KIND)
+    out = Path(out)
+    final = out / RESULTS_FILE
+    if final.exists():
+        return read_table(final, BENCH_COLUMNS, what="prune-bench results",
+                          hint="; delete it (masktopo prune-bench --resume writes it again "
+                               f"from {RESULTS_DIR}/)")  # fmt: skip
+    return _read_parts(out)
+
+
+def _read_parts(out: Path):
+    """The rows of every results part, in name order (what ``results.parquet`` holds)."""
     import pandas as pd
 
-    out = Path(out)
-    if (out / RESULTS_FILE).exists():
-        return pd.read_parquet(out / RESULTS_FILE)
     parts = sorted((out / RESULTS_DIR).glob("*.parquet")) if (out / RESULTS_DIR).is_dir() else []
     if not parts:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    again = ("; restore it, or delete it and run masktopo prune-bench --resume to train its "
+             "runs again")  # fmt: skip
+    return pd.concat([read_table(p, BENCH_COLUMNS, what="prune-bench results", hint=again)
+                      for p in parts], ignore_index=True)  # fmt: skip
 
 
 def run_prune_bench(
@@ -314,6 +338,7 @@ def run_prune_bench(
 
     from ..zoo import cubist_spiral
 
+    require_parquet(KIND)
     out = Path(out)
     kind = run_kind(out) if out.is_dir() else None
     if resume and kind != KIND:
@@ -331,6 +356,7 @@ def run_prune_bench(
         if resume:
             check_same_config(read_run_json(out)["config"], config.to_dict(),
                               allowed=("device",), where=out)  # fmt: skip
+            _read_parts(out)  # a damaged part is an error before anything is trained
         else:
             widest = max(config.width_list())
             RunWriter(out).write_run_json(
@@ -369,7 +395,7 @@ def run_prune_bench(
                 bar.update(1)
         if bar is not None:
             bar.close()
-        rows = read_bench(out)
+        rows = _read_parts(out)  # not results.parquet: a resume may have added parts
         atomic_write(out / RESULTS_FILE, lambda f: rows.to_parquet(f, index=False))
         atomic_write_json(out / SUMMARY_FILE, bench_summary(rows, config.target))
         return rows

@@ -79,6 +79,8 @@ __all__ = [
     "layer_names",
     "read_results",
     "read_search_masks",
+    "read_table",
+    "require_parquet",
     "run_layers",
     "run_search",
     "search_plan",
@@ -354,13 +356,14 @@ class SearchResult:
     complete: bool
 
 
-def _require_parquet() -> None:
+def require_parquet(command: str = "search") -> None:
+    """Fail with one line, naming ``masktopo COMMAND``, when pyarrow is missing."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         raise MaskValidationError(
-            "masktopo search writes parquet files, which needs pyarrow: pip install "
-            "'masktopo[parquet]' (or pyarrow)"
+            f"masktopo {command} reads and writes parquet files, which needs pyarrow: pip "
+            "install 'masktopo[parquet]' (or pyarrow)"
         ) from None
 
 
@@ -392,34 +395,53 @@ def _next_part(parts: list[Path]) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _read_rows(path: Path):
-    """One results file of a search (a part or ``results.parquet``), its columns checked.
+def read_table(path: Path, columns=(), *, what: str = "results", hint: str = ""):
+    """One parquet file of a result folder as a pandas DataFrame, its columns checked: the
+    reader of the search's and the pruning benchmark's results files.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    columns : sequence of str
+        The columns the table must have.
+    what : str
+        What the table holds, for the message (``is not a table of WHAT``).
+    hint : str
+        Appended to a message: what the user can do about the file.
 
     Raises
     ------
     MaskFileError
-        The file is not readable parquet (cut off, damaged) or lacks a column of the rows.
+        The file is not readable parquet (cut off, damaged, not parquet) or lacks a column,
+        in one line naming it.
     """
     import pandas as pd
     import pyarrow
 
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as e:  # ArrowInvalid is a ValueError
+        why = one_line(e).replace(f"Could not open Parquet input source '{path}': ", "")
+        raise MaskFileError(path, f"is not a readable parquet file, cut off or damaged ({why})"
+                                  f"{hint}") from None  # fmt: skip
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise MaskFileError(path, f"is not a table of {what}: no {', '.join(missing)} "
+                                  f"column{'s' if len(missing) > 1 else ''}{hint}")  # fmt: skip
+    return df
+
+
+def _read_rows(path: Path):
+    """One results file of a search (a part or ``results.parquet``), its columns checked
+    (:func:`read_table`)."""
     again = ""
     if path.parent.name == RESULTS_DIR:  # a part: what brings its runs back
         again = (
             f"; restore it, or delete it (and {MASKS_DIR}/{path.stem}.safetensors if there "
             "is one) and run masktopo search --resume to train its runs again"
         )
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError, pyarrow.ArrowException) as e:  # ArrowInvalid is a ValueError
-        why = one_line(e).replace(f"Could not open Parquet input source '{path}': ", "")
-        raise MaskFileError(path, f"is not a readable parquet file, cut off or damaged ({why})"
-                                  f"{again}") from None  # fmt: skip
-    missing = [c for c in ROW_COLUMNS if c not in df.columns]
-    if missing:
-        raise MaskFileError(path, f"is not a table of search results: no {', '.join(missing)} "
-                                  f"column{'s' if len(missing) > 1 else ''}{again}")  # fmt: skip
-    return df
+    return read_table(path, ROW_COLUMNS, what="search results", hint=again)
 
 
 def read_results(out: str | os.PathLike):
@@ -432,7 +454,7 @@ def read_results(out: str | os.PathLike):
     """
     import pandas as pd
 
-    _require_parquet()
+    require_parquet()
     out = Path(out)
     parts = _results_parts(out)
     if not parts:
@@ -558,7 +580,7 @@ def run_search(
     """
     import pandas as pd
 
-    _require_parquet()
+    require_parquet()
     out = Path(out)
     _check_out(out, resume)
     plan = search_plan(config)

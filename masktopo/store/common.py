@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..checks import is_int
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..masks import LAYER_KINDS, LayerInfo, MaskSet, check_name, infer_kind
 
@@ -37,10 +38,6 @@ WRITE_FORMATS = {"safetensors": (".safetensors",), "npz": (".npz",), "pt": (".pt
 WEIGHT_LAYOUTS = ("dense", "kept")
 
 NUMPY_FLOATS = {torch.float16, torch.float32, torch.float64}
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def describe_layers(layers: list[LayerInfo]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import is_number
 from ..errors import MaskValidationError
 from ..plots import FORMATS, OKABE_ITO, STYLE, save_figure
 from .runner import read_sweep
@@ -40,7 +41,7 @@ def _label(name: str) -> str:
 
 
 def _numeric(values) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return all(is_number(v) for v in values)
 
 
 def plot_sweep(
@@ -189,7 +190,7 @@ def _show(v) -> str:
 
 def _order(v):
     """A sort key for axis values of mixed kinds: numbers by value, then text."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
+    if is_number(v):
         return (0, float(v), "")
     return (1, 0.0, str(v))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..checks import json_type
 from ..errors import MaskValidationError
 from ..runs import read_run
 from ..runs.layout import EVENTS_FILE, SUMMARY_FILE
@@ -89,7 +90,12 @@ def _rows(state: SweepState, metrics: list[str]) -> pd.DataFrame:
             continue
         run = state.run_dir(cell)
         r = read_run(run)
-        final = (r.summary() or {}).get("final", {}) or {}
+        final = (r.summary() or {}).get("final")
+        if final is not None and not isinstance(final, dict):
+            warnings.warn(f"{run / SUMMARY_FILE}: 'final' is not an object "
+                          f"({json_type(final)}): run {cell.key} left out", stacklevel=3)  # fmt: skip
+            continue
+        final = final or {}
         last = r.event(None) if r.n_events else {}
         row = {"key": cell.key, "folder": cell.folder}
         row.update({a: _axis_value(cell.axes.get(a, cell.settings.get(a))) for a in state.axes})

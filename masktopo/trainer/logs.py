@@ -31,13 +31,13 @@ Values that were not measured (NaN) are left out.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_finite_number
 from ..errors import MaskFileError, MaskTopoError
 from ..files import atomic_write_bytes, os_problem
 from ..runs import jsonable
@@ -104,26 +104,22 @@ def check_packages(cfg: TrainConfig) -> None:
         _wandb()
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def epoch_scalars(row: Mapping[str, Any]) -> dict[str, float]:
     """The scalars of one history row, by their logged names (NaN and non-numbers left out)."""
     return {_EPOCH_TAGS.get(k, f"method/{k}"): float(v) for k, v in row.items()
-            if k not in _NOT_SCALARS and _number(v)}  # fmt: skip
+            if k not in _NOT_SCALARS and is_finite_number(v)}  # fmt: skip
 
 
 def event_scalars(density: float, scalars: Mapping[str, Any]) -> dict[str, float]:
     """The scalars of one mask event: ``event/density`` and the method's ``event/<name>``."""
     out = {"event/density": float(density)}
-    out.update({f"event/{k}": float(v) for k, v in scalars.items() if _number(v)})
+    out.update({f"event/{k}": float(v) for k, v in scalars.items() if is_finite_number(v)})
     return out
 
 
 def final_scalars(final: Mapping[str, Any]) -> dict[str, float]:
     """The final metrics as ``final/<name>`` (NaN left out)."""
-    return {f"final/{k}": float(v) for k, v in final.items() if _number(v)}
+    return {f"final/{k}": float(v) for k, v in final.items() if is_finite_number(v)}
 
 
 def epoch_line(row: Mapping[str, Any], epochs: int | None = None) -> str:
@@ -131,12 +127,12 @@ def epoch_line(row: Mapping[str, Any], epochs: int | None = None) -> str:
     0.8512  val_acc 0.8401  density 0.0500  R_s 0.3100  12.3 s``."""
     parts = [f"epoch {row['epoch']}" + (f"/{epochs}" if epochs else ""), f"step {row['step']}",
              f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.4f}"]  # fmt: skip
-    if _number(row.get("val_acc")):
+    if is_finite_number(row.get("val_acc")):
         parts.append(f"val_acc {row['val_acc']:.4f}")
     parts.append(f"density {row['density']:.4f}")
-    if _number(row.get("R_s")):
+    if is_finite_number(row.get("R_s")):
         parts.append(f"R_s {row['R_s']:.4f}")
-    if _number(row.get("seconds")):
+    if is_finite_number(row.get("seconds")):
         parts.append(f"{row['seconds']:.1f} s")
     return "  ".join(parts)
 
@@ -166,7 +162,7 @@ def truncate_metrics(run: Path, step: int) -> None:
             obj = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             continue  # empty, or cut off by a kill
-        if (isinstance(obj, dict) and obj.get("kind") != "final" and _number(obj.get("step"))
+        if (isinstance(obj, dict) and obj.get("kind") != "final" and is_finite_number(obj.get("step"))
                 and obj["step"] <= step):  # fmt: skip
             kept.append(line + b"\n")
     data = b"".join(kept)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .._version import git_commit, versions
+from ..checks import is_int
 from ..distributed import World, init_world
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..runs import (
@@ -242,7 +243,7 @@ def _check_checkpoint(ckpt: dict, path: Path) -> None:
     """
     for key in ("step", "epoch", "n_events"):
         v = ckpt[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not is_int(v) or v < 0:
             raise _bad(path, key, f"must be a non-negative integer, not {_shown(v)}")
     for key in ("model", "optimizer", "sparsifier", "config"):
         if not isinstance(ckpt[key], dict):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 
+from ..checks import is_int
 from ..errors import MaskValidationError
 
 __all__ = ["balanced_split", "partition_layers"]
@@ -32,7 +33,7 @@ def balanced_split(sizes: Sequence[int], k: int) -> list[int]:
     [0, 0, 1, 1]
     """
     n = len(sizes)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise MaskValidationError(f"partitions must be a positive integer, got {k!r}")
     if k > n:
         raise MaskValidationError(f"partitions {k} is more than the {n} maskable layers")

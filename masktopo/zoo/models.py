@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import is_int
 from ..errors import MaskValidationError, UnknownNameError
 from ..maskable import MASKABLE_TYPES, find_maskable
 from ..options import is_import_path
@@ -73,7 +74,7 @@ __all__ = [
 
 # -- argument checks --------------------------------------------------------------------------------
 def _check_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise MaskValidationError(f"num_classes must be a positive integer, got {num_classes!r}")
     return num_classes
 
@@ -373,7 +374,7 @@ class SmallCNN(nn.Module):
 
 
 def _check_width(width, model: str) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not is_int(width) or width < 1:
         raise MaskValidationError(f"{model}: width must be a positive integer, got {width!r}")
 
 

@@ -640,10 +640,9 @@ def test_markdown_format(tmp_path, capsys, saved):
 
 # -- the notice while numba compiles the kernels --------------------------------------------------
 def test_compile_notice_once_when_the_cache_is_cold(capsys, saved, monkeypatch):
-    from masktopo.analysis import _kernels
     from masktopo.cli import _output
 
-    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(analysis, "kernel_cache_is_cold", lambda: True)
     monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
     analysis.analyze(masktopo.load(saved))  # a library call: silent
     assert capsys.readouterr().err == ""
@@ -655,16 +654,16 @@ def test_compile_notice_once_when_the_cache_is_cold(capsys, saved, monkeypatch):
     rc, _, err = _run(capsys, "analyze", saved, "--format", "csv", "--progress")
     assert _output.COMPILE_NOTE not in err  # once per process
     monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
-    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: False)
+    monkeypatch.setattr(analysis, "kernel_cache_is_cold", lambda: False)
     rc, _, err = _run(capsys, "analyze", saved, "--format", "csv", "--progress")
     assert _output.COMPILE_NOTE not in err  # a warm cache: nothing to say
 
 
 def test_cache_is_cold_reads_numba_s_index():
-    from masktopo.analysis import _kernels, layer_metrics
+    from masktopo.analysis import kernel_cache_is_cold, layer_metrics
 
     layer_metrics(torch.ones(3, 4, dtype=torch.bool))  # compiled or loaded by now
-    assert _kernels.cache_is_cold() is False
+    assert kernel_cache_is_cold() is False
 
 
 # -- train: plain text, every default -------------------------------------------------------------
@@ -709,10 +708,9 @@ def test_plain_text_from_rest():
 
 
 def test_compile_notice_before_plot_report_pags(tmp_path, capsys, monkeypatch):
-    from masktopo.analysis import _kernels
     from masktopo.cli import _output
 
-    monkeypatch.setattr(_kernels, "cache_is_cold", lambda: True)
+    monkeypatch.setattr(analysis, "kernel_cache_is_cold", lambda: True)
     monkeypatch.setattr(_output, "_COMPILE_NOTED", False)
     rc, _, err = _run(capsys, "pags", "--list-methods", "--progress")  # lists: no analysis
     assert rc == 0 and _output.COMPILE_NOTE not in err

@@ -413,6 +413,37 @@ def test_a_corrupt_line_of_events_jsonl_is_skipped_with_a_warning(command, runs,
         assert "line 2 of the event log skipped" in out.read_text()
 
 
+@pytest.mark.parametrize(
+    "edit, warning",
+    [
+        (lambda s: s["final"].update(test_acc="high"), "final 'test_acc' is not a number (string)"),
+        (lambda s: s.update(final=[1, 2]), "'final' is not an object (array)"),
+        (lambda s: s["history"][0].update(train_acc="x"),
+         "history 'train_acc' is not a number in 1 of the 2 entries (string)"),
+        (lambda s: s.update(history=[1, "a"]), "2 of the 2 history entries are not objects"),
+        (lambda s: s.update(steps="many"), "'steps' is not an integer (string)"),
+    ],
+)  # fmt: skip
+def test_wrongly_typed_summary_values_are_left_out_with_a_warning(edit, warning, runs, tmp_path,
+                                                                  capsys):  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(runs["full"], run)
+    summary = json.loads((run / "summary.json").read_text())
+    edit(summary)
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = tmp_path / "r.html"
+    for argv in (["report", run, "--out", page], ["plot", run, "--out", tmp_path / "figs"]):
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 0, err
+        warnings = [ln for ln in err.splitlines() if ln.startswith("masktopo: warning:")]
+        if argv[0] == "report":
+            assert warnings == [f"masktopo: warning: {run / 'summary.json'}: {warning}: left out"]
+        assert "Traceback" not in err
+    text = page.read_text()
+    assert ">high<" not in text and "many" not in text
+    assert "Final metrics (summary.json)" in text
+
+
 # ------------------------------------------------------------------------------------------------
 # help stays light
 # ------------------------------------------------------------------------------------------------

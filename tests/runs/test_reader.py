@@ -198,3 +198,43 @@ def test_run_with_npz_event_files(tmp_path):
     masksets = [make_maskset(seed=s) for s in range(2)]
     path = write_run(tmp_path / "run", masksets, suffix=".npz")
     assert masktopo.load(path, event=0) == masksets[0]
+
+
+@pytest.mark.parametrize(
+    "summary, kept, message",
+    [
+        ({"final": {"test_acc": "high", "train_acc": 0.5}}, {"final": {"train_acc": 0.5}},
+         "final 'test_acc' is not a number (string)"),
+        ({"final": [1, 2], "steps": 3}, {"steps": 3}, "'final' is not an object (array)"),
+        ({"final": {"a": None, "b": float("nan")}}, None, None),  # null and NaN are numbers here
+        ({"steps": 2.5, "density": True}, {}, "'steps' is not an integer (number)"),
+        ({"history": {"a": 1}}, {}, "'history' is not an array (object)"),
+        ({"history": [1, {"epoch": 1}]}, {"history": [{"epoch": 1}]},
+         "1 of the 2 history entries are not objects"),
+        ({"history": [{"epoch": 1, "acc": "x"}, {"epoch": 2, "acc": [0]}]},
+         {"history": [{"epoch": 1}, {"epoch": 2}]},
+         "history 'acc' is not a number in 2 of the 2 entries (string, array)"),
+        ({"target": "high", "n_runs": 8, "input": {"x": "kept"}}, {"n_runs": 8, "input": {"x": "kept"}},
+         "'target' is not a number (string)"),
+    ],
+)  # fmt: skip
+def test_check_summary_leaves_out_wrongly_typed_values(summary, kept, message):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = runs.check_summary(summary, "RUN/summary.json")
+    if message is None:
+        assert not w and json.dumps(out) == json.dumps(summary)
+        return
+    assert out == kept
+    texts = [str(x.message) for x in w]
+    assert texts[0] == f"RUN/summary.json: {message}: left out", texts
+    assert len(texts) == (2 if "density" in summary else 1), texts  # one warning per value
+
+
+def test_run_checked_summary(run_dir):
+    run_dir = run_dir[0]
+    (run_dir / "summary.json").write_text(json.dumps({"final": {"test_acc": "high"}}))
+    run = runs.read_run(run_dir)
+    assert run.summary() == {"final": {"test_acc": "high"}}  # as written
+    with pytest.warns(UserWarning, match=r"summary\.json: final 'test_acc' is not a number"):
+        assert run.checked_summary() == {"final": {}}

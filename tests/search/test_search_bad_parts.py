@@ -5,6 +5,7 @@ report), and info on one of its masks parts says what the file is (found by fuzz
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -106,3 +107,34 @@ def test_a_search_with_masks_says_where_they_are(done, tmp_path, capsys):
         assert "no masks found" not in err
         assert "is a part of a search's masks" in err and "of 4 runs at or above the target" in err
         assert f"read_search_masks({str(done)!r})" in err
+
+
+@pytest.mark.parametrize(
+    "edit, warning",
+    [
+        ({"target": "high"}, "'target' is not a number (string)"),
+        ({"n_runs": "x"}, "'n_runs' is not an integer (string)"),
+        ({"n_done": [1]}, "'n_done' is not an integer (array)"),
+        ({"n_done": 0, "n_runs": "x"}, "'n_runs' is not an integer (string)"),
+    ],
+)
+def test_a_malformed_summary_is_a_warning_and_one_error_line(done, tmp_path, capsys, edit, warning):
+    """A search without kept masks whose summary.json has values of the wrong type: info and
+    analyze give one error line (a ValueError traceback from formatting them before), report
+    a page; each bad value is a warning naming the file."""
+    from cli.main import main
+
+    out = _copy(done, tmp_path)
+    shutil.rmtree(out / "masks")
+    summary = out / "summary.json"
+    data = json.loads(summary.read_text())
+    data.pop("n_above_target")
+    summary.write_text(json.dumps({**data, **edit}))
+    for command in ("info", "analyze"):
+        assert main([command, str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == f"masktopo: warning: {summary}: {warning}: left out"
+        assert err[1].startswith(f"masktopo: error: {out}: no masks to analyze: a search keeps")
+        assert len(err) == 2
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert "no masks to analyze" in (tmp_path / "r.html").read_text()

@@ -178,3 +178,28 @@ def test_a_metric_that_is_not_a_number_is_left_out_with_a_warning(tmp_path, caps
     captured = capsys.readouterr()
     assert "masktopo: warning: test_acc is not a finite number in 2 of 4 runs" in captured.err
     assert "(n=1)" in captured.out
+
+
+@pytest.mark.parametrize("final, kind", [([1, 2], "array"), ("test_acc", "string"), (5, "number")])
+def test_a_run_whose_final_is_not_an_object_is_left_out_with_a_warning(tmp_path, capsys, final,
+                                                                        kind):  # fmt: skip
+    """summarize and plot (both read run_table) warn and leave the run out ('final' as a string
+    or a number was a TypeError traceback)."""
+    from cli.main import main
+
+    _, out = _sweep(tmp_path)
+    state = read_sweep(out)
+    for cell in state.cells:
+        _finish(state.run_dir(cell), 0.5)
+    bad = next(c for c in state.cells if c.axes["method"] == "set" and c.axes["seed"] == 1)
+    (state.run_dir(bad) / "summary.json").write_text(json.dumps({"final": final}))
+    message = (f"{state.run_dir(bad) / 'summary.json'}: 'final' is not an object ({kind}): "
+               f"run {bad.key} left out")  # fmt: skip
+    with pytest.warns(UserWarning) as w:
+        df = summarize(out)
+    assert [str(x.message) for x in w] == [message]
+    rows = {r["method"]: r for _, r in df.iterrows()}
+    assert rows["set"]["runs"] == 1 and rows["rigl"]["runs"] == 2
+    assert main(["summarize", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"masktopo: warning: {message}"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ...checks import is_int
 from ...errors import MaskValidationError
 
 GRAPH_FORMAT = "masktopo.layer_graph"
@@ -14,10 +15,6 @@ GRAPH_FORMAT_VERSION = 1
 
 def _bad(why: str):
     raise MaskValidationError(f"invalid layer graph: {why}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_graph(graph: Any) -> dict:
@@ -45,12 +42,12 @@ def check_graph(graph: Any) -> dict:
         _bad("'sites' must be a non-empty list")
     units = []
     for i, s in enumerate(sites):
-        if not isinstance(s, Mapping) or not _is_int(s.get("units")) or s["units"] < 1:
+        if not isinstance(s, Mapping) or not is_int(s.get("units")) or s["units"] < 1:
             _bad(f"site {i} has no positive integer 'units'")
         units.append(s["units"])
     n = len(sites)
     for key in ("input", "output"):
-        if not _is_int(graph[key]) or not 0 <= graph[key] < n:
+        if not is_int(graph[key]) or not 0 <= graph[key] < n:
             _bad(f"{key!r} is not a site index in 0..{n - 1}")
     for i, e in enumerate(graph["layers"]):
         try:
@@ -58,9 +55,9 @@ def check_graph(graph: Any) -> dict:
             name = e["name"]
         except (KeyError, TypeError):
             _bad(f"layer entry {i} lacks name/src/dst/shape")
-        if not (_is_int(src) and _is_int(dst) and 0 <= src < dst < n):
+        if not (is_int(src) and is_int(dst) and 0 <= src < dst < n):
             _bad(f"layer {name!r}: src {src!r} → dst {dst!r} is not a forward edge between sites")
-        if len(shape) < 2 or not all(_is_int(x) and x > 0 for x in shape) or not _is_int(groups):
+        if len(shape) < 2 or not all(is_int(x) and x > 0 for x in shape) or not is_int(groups):
             _bad(f"layer {name!r}: bad shape {shape} or groups {groups!r}")
         if shape[0] != units[dst] or shape[1] * groups != units[src] or shape[0] % groups:
             _bad(f"layer {name!r}: weight shape {shape} (groups {groups}) does not connect "
@@ -70,9 +67,9 @@ def check_graph(graph: Any) -> dict:
             src, dst, off, rep = k["src"], k["dst"], k["offset"], k["repeat"]
         except (KeyError, TypeError):
             _bad(f"link {i} lacks src/dst/offset/repeat")
-        if not (_is_int(src) and _is_int(dst) and 0 <= src < dst < n):
+        if not (is_int(src) and is_int(dst) and 0 <= src < dst < n):
             _bad(f"link {i}: src {src!r} → dst {dst!r} is not a forward edge between sites")
-        if not (_is_int(off) and _is_int(rep) and off >= 0 and rep >= 1):
+        if not (is_int(off) and is_int(rep) and off >= 0 and rep >= 1):
             _bad(f"link {i}: bad offset {off!r} or repeat {rep!r}")
         if off + units[src] * rep > units[dst]:
             _bad(f"link {i}: {units[src]} units x {rep} at offset {off} overflow the "

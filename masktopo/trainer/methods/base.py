@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...checks import is_int
 from ...errors import MaskValidationError
 from ...seeding import generator as seeded_generator
 from ..masking import Masking
@@ -63,7 +64,7 @@ class Sparsifier:
 
     def __init__(self, cfg, *, steps_per_epoch: int, total_steps: int, device):
         for key, value in (("steps_per_epoch", steps_per_epoch), ("total_steps", total_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise MaskValidationError(f"{key} must be a positive integer, got {value!r}")
         self.cfg = cfg
         self.steps_per_epoch = steps_per_epoch
