@@ -296,29 +296,37 @@ BENCH_COLUMNS = ("method", "width", "k", "seed", "lr", "schedule", "epochs", "we
 
 
 def read_bench(out: str | os.PathLike):
-    """The rows of a pruning benchmark (finished groups), as a pandas DataFrame.
+    """The rows of a pruning benchmark (finished groups), as a pandas DataFrame: those of its
+    results parts (``results/*.parquet``, one per finished group: the record, as for
+    :func:`~masktopo.search.runner.read_results`), or of ``results.parquet`` (their
+    concatenation, written at the end) when the folder has no parts.
 
     Raises
     ------
     MaskFileError
-        ``results.parquet`` or a results part is not readable parquet (cut off, damaged) or
-        lacks a column of the rows (one line naming the file).
+        A results part, or ``results.parquet`` read in their absence, is not readable parquet
+        (cut off, damaged) or lacks a column of the rows (one line naming the file).
     """
     require_parquet(KIND)
     out = Path(out)
     final = out / RESULTS_FILE
-    if final.exists():
+    if not _parts(out) and final.exists():
         return read_table(final, BENCH_COLUMNS, what="prune-bench results",
-                          hint="; delete it (masktopo prune-bench --resume writes it again "
-                               f"from {RESULTS_DIR}/)")  # fmt: skip
+                          hint="; delete it (masktopo prune-bench --resume trains the runs "
+                               "again and writes it)")  # fmt: skip
     return _read_parts(out)
+
+
+def _parts(out: Path) -> list[Path]:
+    """The results parts of a pruning benchmark, in name order."""
+    return sorted((out / RESULTS_DIR).glob("*.parquet")) if (out / RESULTS_DIR).is_dir() else []
 
 
 def _read_parts(out: Path):
     """The rows of every results part, in name order (what ``results.parquet`` holds)."""
     import pandas as pd
 
-    parts = sorted((out / RESULTS_DIR).glob("*.parquet")) if (out / RESULTS_DIR).is_dir() else []
+    parts = _parts(out)
     if not parts:
         return pd.DataFrame()
     again = ("; restore it, or delete it and run masktopo prune-bench --resume to train its "

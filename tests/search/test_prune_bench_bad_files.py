@@ -1,6 +1,6 @@
 """A prune-bench folder with a damaged results file (empty, cut off, not parquet, another
 table) is one error line naming the file, from read_bench, plot and --resume, and nothing is
-written; a resume rebuilds results.parquet from the parts."""
+written; a resume rebuilds results.parquet from the parts, which read_bench prefers."""
 
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def test_a_damaged_results_file_is_one_error_and_resume_writes_it_again(done, tm
 
     out = tmp_path / "b"
     shutil.copytree(done, out)
+    shutil.rmtree(out / "results")  # read_bench reads results.parquet only without parts
     final = out / "results.parquet"
     why = _damage(final, damage)
     with pytest.raises(MaskFileError, match=why) as e:
@@ -103,3 +104,14 @@ def test_resume_writes_the_rows_of_every_part(done, tmp_path):
     rows = run_prune_bench(CFG, out, resume=True)
     pd.testing.assert_frame_equal(rows, read_bench(done))
     pd.testing.assert_frame_equal(read_bench(out), read_bench(done))
+
+
+def test_the_parts_are_read_before_a_stale_results_file(done, tmp_path):
+    """results.parquet is the parts' concatenation when the benchmark ended; a part added
+    since (a resume killed before the end) or a stale copy does not hide the parts' rows."""
+    out = tmp_path / "b"
+    shutil.copytree(done, out)
+    pd.DataFrame(read_bench(out).iloc[:1]).to_parquet(out / "results.parquet")  # stale
+    pd.testing.assert_frame_equal(read_bench(out), read_bench(done))
+    shutil.rmtree(out / "results")  # without parts: results.parquet, as it is
+    assert len(read_bench(out)) == 1
