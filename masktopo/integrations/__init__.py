@@ -58,6 +58,14 @@ def _sparsify_options(
             f"{where}: {', '.join(map(repr, unknown))} is not a sparsify option; it takes "
             f"{', '.join((*SPARSIFY_OPTIONS, *_LOOP_KEYWORDS))}"
         )
+    for key in ("total_steps", "steps_per_epoch"):  # 0 would fall back to the trainer's count
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):  # fmt: skip
+            raise MaskValidationError(f"{where}: {key} must be a positive integer, got {value!r}")
+    from ..userloop import check_example_inputs
+
+    check_example_inputs(options.get("example_inputs"), where)
     out = dict(options)
     if density is not None:
         out["density"] = density
