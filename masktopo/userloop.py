@@ -541,6 +541,12 @@ class SparseTraining:
         except MaskValidationError as e:
             if "p.grad is None" not in str(e):
                 raise
+            frozen = [n for n, p in self.session.maskable.items() if not p.requires_grad]
+            if frozen:  # not a matter of where step() is called
+                raise MaskValidationError(
+                    f"{e}: layer {frozen[0]!r} is frozen (requires_grad=False) and has no "
+                    f"gradient; unfreeze it or leave it out (exclude=[{frozen[0]!r}])"
+                ) from None
             raise MaskValidationError(
                 f"{e}: call sp.step() after optimizer.step() and before optimizer.zero_grad()"
             ) from None

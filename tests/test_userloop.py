@@ -288,6 +288,23 @@ def test_gradient_growth_after_zero_grad_says_where_to_call_step():
             sp.step()
 
 
+def test_gradient_growth_on_a_frozen_layer_names_the_layer():
+    # the message said to move sp.step(), which was where it belonged
+    model = _model()
+    model.fc1.weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.3, total_steps=20,
+                           update_interval=2)  # fmt: skip
+    x, y = _data(32)
+    with pytest.raises(MaskValidationError, match=r"layer 'fc1\.weight' is frozen") as e:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x[:8]), y[:8]).backward()
+            opt.step()
+            sp.step()
+    assert "zero_grad" not in str(e.value)
+
+
 def test_a_compiled_model_is_looked_through(tmp_path):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
