@@ -51,7 +51,7 @@ def load(
     weights : bool
         Attach the file's weights, when it has them. False does not attach them (nor, where the
         format allows, read them); their shapes are checked all the same.
-    layers : sequence of str, optional
+    layers : str or sequence of str, optional
         Glob patterns on layer names (:mod:`fnmatch`; ``*`` matches dots too): only matching
         layers are kept. A model folder's other tensors are never read.
     include : sequence of str
@@ -79,6 +79,7 @@ def load(
     """
     p = input_path(path)
     check_event_arg(event)
+    layers, include = _one_or_more(layers), _one_or_more(include)
     if is_hf_folder(p):
         if event is not None:
             raise MaskFileError(p, "event= (command line: --event) selects an event of a run "
@@ -102,6 +103,11 @@ def load(
     return select_layers(ms, layers, p)
 
 
+def _one_or_more(names):
+    """A string as one pattern or class, not one per character."""
+    return [names] if isinstance(names, str) else names
+
+
 def select_layers(ms: MaskSet, patterns: Sequence[str] | None, path=None) -> MaskSet:
     """The layers of ``ms`` whose names match one of the glob ``patterns`` (all when None).
 
@@ -112,6 +118,8 @@ def select_layers(ms: MaskSet, patterns: Sequence[str] | None, path=None) -> Mas
     """
     if not patterns:
         return ms
+    if isinstance(patterns, str):  # one pattern, not one per character ("fc*" matched all)
+        patterns = [patterns]
     names = [n for n in ms if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
     if not names:
         raise MaskFileError(path or "<masks>", f"no layer matches --layers {', '.join(patterns)}")
@@ -146,6 +154,7 @@ def info(path: str | os.PathLike, *, zeros_as_mask: bool = False,
         not analyzed (``name``, ``class``, ``shape``, ``dtype``).
     """
     p = input_path(path)
+    layers, include = _one_or_more(layers), _one_or_more(include)
     if is_hf_folder(p):
         return _folder_info(p, layers, include)
     if p.is_dir():

@@ -227,6 +227,13 @@ def kept_positions(mask: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(mask.detach().reshape(-1).cpu().numpy())
 
 
+def _check_mapping(value: Any, what: str) -> None:
+    if not isinstance(value, Mapping):
+        raise MaskValidationError(
+            f"{what} must be a mapping of layer name to tensor, not {type(value)}"
+        )
+
+
 class MaskSet(Mapping[str, torch.Tensor]):
     """Ordered layer name → bool mask, with layer kinds, shapes and optional weights.
 
@@ -265,9 +272,17 @@ class MaskSet(Mapping[str, torch.Tensor]):
         *,
         meta: dict | None = None,
     ):
-        if not isinstance(masks, Mapping):
+        _check_mapping(masks, "masks")
+        if kinds is not None and not isinstance(kinds, Mapping):
             raise MaskValidationError(
-                f"masks must be a mapping of name to tensor, not {type(masks)}"
+                f"kinds must be a mapping of layer name to 'linear' or 'conv', not a "
+                f"{type(kinds).__name__}"
+            )
+        if meta is not None and not isinstance(meta, Mapping):
+            raise MaskValidationError(f"meta must be a dict, not a {type(meta).__name__}")
+        if weights is not None and not isinstance(weights, Mapping):
+            raise MaskValidationError(
+                f"weights must be a mapping of layer name to tensor, not a {type(weights).__name__}"
             )
         kinds = dict(kinds or {})
         unknown = set(kinds) - set(masks)
@@ -300,7 +315,8 @@ class MaskSet(Mapping[str, torch.Tensor]):
         meta: dict | None = None,
     ) -> MaskSet:
         """Build from 0/1 tensors or arrays of any dtype; values other than 0 and 1 are an error."""
-        conv = {n: to_bool_mask(n, torch.as_tensor(m)) for n, m in masks.items()}
+        _check_mapping(masks, "masks")
+        conv = {n: check_layer_mask(check_name(n), m) for n, m in masks.items()}
         return cls(conv, kinds, weights, meta=meta)
 
     @classmethod
@@ -312,6 +328,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         meta: dict | None = None,
     ) -> MaskSet:
         """Masks defined by the nonzero entries of ``weights``; the weights are kept."""
+        _check_mapping(weights, "weights")
         masks = {}
         for name, w in weights.items():
             check_name(name)
@@ -421,6 +438,9 @@ class MaskSet(Mapping[str, torch.Tensor]):
 
     def select(self, names: Iterable[str]) -> MaskSet:
         """A MaskSet holding only ``names``, in the order given."""
+        if isinstance(names, str):  # would select its characters
+            raise MaskValidationError(f"select takes a list of layer names, not the string "
+                                      f"{names!r}; select([{names!r}])")  # fmt: skip
         names = list(names)
         for n in names:
             self[n]

@@ -37,7 +37,9 @@ error says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import types
 import warnings
 from collections.abc import Iterable, Mapping
@@ -59,6 +61,7 @@ from .runs import (
     check_same_config,
     read_run_json,
 )
+from .runs.layout import LOCK_FILE
 from .seeding import generator
 from .trainer.config import METHOD_FIELDS
 
@@ -106,6 +109,19 @@ def _check_ranks(kind: str, masks: Mapping[str, torch.Tensor]) -> None:
         )
 
 
+def _check_finite(params: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or infinite weights (naming the first such layer) before a run starts: the
+    masks would be drawn from them, and no event could record them."""
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                n = int(torch.count_nonzero(~torch.isfinite(p)))
+                raise MaskValidationError(
+                    f"{where}: parameter {name!r} has {n} NaN or infinite value(s); start from "
+                    "finite weights"
+                )
+
+
 def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
     """The innermost ``torch.optim.Optimizer`` (Accelerate and Lightning wrap theirs)."""
     opt = optimizer
@@ -132,11 +148,27 @@ def _layers_json(maskable: Mapping[str, nn.Parameter], transposed: set[str]) -> 
     return out
 
 
+def check_example_inputs(example_inputs, where: str = "sparsify") -> None:
+    """``example_inputs`` is None or a batch tensor (its shape past the first dimension is the
+    model's input shape)."""
+    if example_inputs is None:
+        return
+    if not isinstance(example_inputs, torch.Tensor):
+        raise MaskValidationError(f"{where}: example_inputs must be a tensor (an input batch), "
+                                  f"not a {type(example_inputs).__name__}")  # fmt: skip
+    if example_inputs.dim() < 2:
+        raise MaskValidationError(
+            f"{where}: example_inputs must be an input batch [batch, ...], got shape "
+            f"{tuple(example_inputs.shape)}"
+        )
+
+
 class _Graph:
     """The layer graph for run.json, from the shape of the model's first input (a forward
     pre-hook that removes itself), computed once at the first event after that forward."""
 
     def __init__(self, model: nn.Module, layers: list[str], example_inputs):
+        check_example_inputs(example_inputs)
         self.model, self.layers = model, layers
         self.in_shape = None
         self.done = False
@@ -185,6 +217,9 @@ class _RunFolder:
     def __init__(self, out, resume: bool, fields: dict, compare: dict):
         self.out = None if out is None else Path(os.fspath(out))
         self.lock = None
+        self.resume = resume
+        self.made: list[Path] = []  # folders this call created (a new run), deepest first
+        self.had_lock = True  # whether out held a lock file before (then it stays)
         self.fields = fields
         self.writing = self.out is not None and _rank() == 0
         if not self.writing:
@@ -198,6 +233,8 @@ class _RunFolder:
                 saved = read_run_json(self.out).get("config", {})
                 check_same_config(saved, compare, allowed=(), where=self.out)
             else:
+                self.made = _missing_folders(self.out)
+                self.had_lock = (self.out / LOCK_FILE).exists()
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.lock.acquire()
                 check_out_dir(self.out, "loop", resume=False, flags=_FLAGS)
@@ -228,6 +265,44 @@ class _RunFolder:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def discard(self) -> None:
+        """Undo a new run whose start failed: remove what it wrote (run.json, the init event)
+        and the folders it created, so that ``out`` takes the same call again; a resumed run is
+        only released."""
+        new = self.writing and not self.resume and self.lock is not None
+        try:
+            with contextlib.suppress(Exception):
+                self.writer.close()  # no write in flight while the files go
+            if new:
+                # check_out_dir found the folder new or empty (but a lock file), and the lock
+                # kept other writers out since: all else in it was written by this run
+                for p in self.out.iterdir():
+                    if p.name == LOCK_FILE:
+                        continue
+                    with contextlib.suppress(OSError):
+                        if p.is_dir() and not p.is_symlink():
+                            shutil.rmtree(p)
+                        else:
+                            p.unlink()
+        finally:
+            self.release()
+        if new and not self.had_lock:
+            with contextlib.suppress(OSError):
+                (self.out / LOCK_FILE).unlink()
+        for d in self.made:  # empty now
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, deepest first."""
+    out = []
+    p = path.absolute()
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
 
 
 #: Event fields a metric may not be named after (the writer's own columns).
@@ -306,6 +381,8 @@ class SparseTraining:
                 "nn.Conv1d/2d/3d, attention projections); name some with layers=['pattern*']"
             )
         _check_not_sharded(maskable)
+        check_example_inputs(example_inputs)
+        _check_finite(maskable, "sparsify")
         from .pai.densities import keeps_some
 
         keeps_some(cfg.density, sum(p.numel() for p in maskable.values()), "maskable weights")
@@ -356,19 +433,20 @@ class SparseTraining:
             )
         self._folder = _RunFolder(out, resume, fields, run_config)
         self.out = self._folder.out
-        self.session = SparseSession(cfg, base, maskable, steps_per_epoch=spe,
-                                     total_steps=total_steps, device=device,
-                                     writer=self._folder.writer)  # fmt: skip
-        self.session.on_event = _check_ranks
-        self._graph = _Graph(base, list(maskable), example_inputs)
-        if resume:  # run.json already has its graph (or why not)
-            self._graph.done = True
-            self._graph.remove()
+        self._graph = None
         self.steps = 0
         self._stepped = False
         self._finished = False
         self._awaiting_state = bool(resume)
         try:
+            self.session = SparseSession(cfg, base, maskable, steps_per_epoch=spe,
+                                         total_steps=total_steps, device=device,
+                                         writer=self._folder.writer)  # fmt: skip
+            self.session.on_event = _check_ranks
+            self._graph = _Graph(base, list(maskable), example_inputs)
+            if resume:  # run.json already has its graph (or why not)
+                self._graph.done = True
+                self._graph.remove()
             if resume:  # mask buffers for the model's state_dict; load_state_dict sets them
                 if cfg.method != "dense":
                     self.session.attach({n: torch.ones_like(p, dtype=torch.bool)
@@ -377,7 +455,10 @@ class SparseTraining:
                 self.session.start(generator(cfg.seed, "masks", device=device), batches=batches)
                 self.session.record("init")
         except BaseException:
-            self._folder.release()
+            self._finished = True  # nothing left for __del__ to release
+            if self._graph is not None:
+                self._graph.remove()
+            self._folder.discard()
             raise
         self._wrap_optimizer(opt)
 
@@ -460,6 +541,12 @@ class SparseTraining:
         except MaskValidationError as e:
             if "p.grad is None" not in str(e):
                 raise
+            frozen = [n for n, p in self.session.maskable.items() if not p.requires_grad]
+            if frozen:  # not a matter of where step() is called
+                raise MaskValidationError(
+                    f"{e}: layer {frozen[0]!r} is frozen (requires_grad=False) and has no "
+                    f"gradient; unfreeze it or leave it out (exclude=[{frozen[0]!r}])"
+                ) from None
             raise MaskValidationError(
                 f"{e}: call sp.step() after optimizer.step() and before optimizer.zero_grad()"
             ) from None
@@ -707,6 +794,10 @@ class MaskRecorder:
             raise MaskValidationError(f"record: dump_weights must be all, ends or none, got "
                                       f"{dump_weights!r}")  # fmt: skip
         base = unwrap_model(model)
+        if not isinstance(base, nn.Module):
+            raise MaskValidationError(f"record: model must be a torch.nn.Module, got "
+                                      f"{type(model).__name__}")  # fmt: skip
+        check_example_inputs(example_inputs, "record")
         self.sources = _recorded_layers(base, mask, layers, exclude)
         if not self.sources:
             raise MaskValidationError(
@@ -717,6 +808,8 @@ class MaskRecorder:
         self.mask = mask
         self.dump_weights = dump_weights
         self.spe = steps_per_epoch or every
+        if dump_weights != "none":  # the init event's weights: refused there, after run.json
+            _check_finite({n: w() for n, (_, w) in self.sources.items()}, "record")
         shapes = {n: tuple(w().shape) for n, (_, w) in self.sources.items()}
         config = {"front": "record", "mask": mask, "every": every, "dump_weights": dump_weights,
                   "model": f"{type(base).__module__}.{type(base).__qualname__}"}  # fmt: skip
@@ -726,13 +819,17 @@ class MaskRecorder:
                               "shape": list(s)} for n, s in shapes.items()]}  # fmt: skip
         self._folder = _RunFolder(out, False, fields, config)
         self.out = self._folder.out
-        self._graph = _Graph(base, list(self.sources), example_inputs)
         self.steps = 0
         self._finished = False
+        self._graph = None
         try:
+            self._graph = _Graph(base, list(self.sources), example_inputs)
             self.snapshot("init")
         except BaseException:
-            self._folder.release()
+            self._finished = True
+            if self._graph is not None:
+                self._graph.remove()
+            self._folder.discard()
             raise
 
     @torch.no_grad()
@@ -740,6 +837,10 @@ class MaskRecorder:
         """Record the current masks now as an event of ``kind``; returns its index."""
         if self._finished:
             raise MaskValidationError("record: snapshot() after finish(); the run is complete")
+        if not isinstance(kind, str) or not kind:
+            raise MaskValidationError(
+                f"record: snapshot kind must be a non-empty string (such as 'update'), got {kind!r}"
+            )
         masks, weights = {}, {}
         for n, (mask_fn, weight_fn) in self.sources.items():
             masks[n] = mask_fn().detach().to(torch.bool)

@@ -191,6 +191,36 @@ def test_validation_errors(masks, kwargs, error, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # each failed deep inside (dict(), torch.as_tensor, .items()) or selected characters
+        (lambda b: MaskSet({"a": b}, kinds="linear"), "kinds must be a mapping"),
+        (lambda b: MaskSet({"a": b}, meta=["x"]), "meta must be a dict, not a list"),
+        (lambda b: MaskSet({"a": b}, weights=[torch.ones(2, 2)]), "weights must be a mapping"),
+        (
+            lambda b: MaskSet.from_tensors({"a": None}),
+            "layer 'a': mask is a NoneType, not a tensor",
+        ),
+        (lambda b: MaskSet.from_tensors({"a": "fc"}), "layer 'a': mask is a str, not a tensor"),
+        (lambda b: MaskSet.from_tensors({"a": [[1, 0], [1]]}), "layer 'a': mask is a list"),
+        (lambda b: MaskSet.from_tensors([b]), "masks must be a mapping"),
+        (lambda b: MaskSet.from_tensors({1: b}), "layer name 1 is not a non-empty string"),
+        (lambda b: MaskSet.from_weights(torch.ones(2, 2)), "weights must be a mapping"),
+        (lambda b: MaskSet({"fc.weight": b}).select("fc.weight"), "a list of layer names"),
+    ],
+)
+def test_bad_argument_types_are_one_line_errors(call, message):
+    with pytest.raises(MaskValidationError, match=message) as err:
+        call(torch.ones(2, 2, dtype=torch.bool))
+    assert "\n" not in str(err.value)
+
+
+def test_from_tensors_still_takes_arrays_and_lists():
+    ms = MaskSet.from_tensors({"a": np.array([[1, 0], [0, 1]]), "b": [[1.0, 0.0, 1.0]] * 2})
+    assert ms.nnz_per_layer() == {"a": 2, "b": 4} and ms["b"].dtype == torch.bool
+
+
 def test_kinds_may_be_given():
     ms = MaskSet({"c": torch.ones(2, 2, 3, dtype=torch.bool)}, kinds={"c": "conv"})
     assert ms.kind("c") == "conv"

@@ -216,7 +216,20 @@ def test_save_rejects_bad_masksets(tmp_path):
         store.save(tmp_path / "m.safetensors", make_maskset(meta={"f": object()}))
     with pytest.raises(MaskFileError, match="does not exist"):
         store.save(tmp_path / "missing" / "m.safetensors", make_maskset())
+    with pytest.raises(MaskValidationError, match=r"path is a MaskSet.*save\(path, maskset\)"):
+        store.save(make_maskset(), tmp_path / "m.safetensors")
+    with pytest.raises(MaskValidationError, match="path is a NoneType, not a str"):
+        store.save(None, make_maskset())
     assert only_file(tmp_path) == []
+
+
+def test_one_layer_pattern_given_as_a_string_is_one_pattern(tmp_path):
+    # "fc1*" was read as the patterns "f", "c", "1", "*": every layer matched
+    ms = MaskSet({n: torch.ones(2, 2, dtype=torch.bool) for n in ("fc1.weight", "fc2.weight")})
+    path = store.save(tmp_path / "m.safetensors", ms)
+    assert masktopo.load(path, layers="fc1*").names == ["fc1.weight"]
+    assert [r["name"] for r in masktopo.info(path, layers="fc2*")["layers"]] == ["fc2.weight"]
+    assert masktopo.load(path, layers=["fc1*", "fc2*"]).names == ms.names
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -288,6 +288,23 @@ def test_gradient_growth_after_zero_grad_says_where_to_call_step():
             sp.step()
 
 
+def test_gradient_growth_on_a_frozen_layer_names_the_layer():
+    # the message said to move sp.step(), which was where it belonged
+    model = _model()
+    model.fc1.weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.3, total_steps=20,
+                           update_interval=2)  # fmt: skip
+    x, y = _data(32)
+    with pytest.raises(MaskValidationError, match=r"layer 'fc1\.weight' is frozen") as e:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x[:8]), y[:8]).backward()
+            opt.step()
+            sp.step()
+    assert "zero_grad" not in str(e.value)
+
+
 def test_a_compiled_model_is_looked_through(tmp_path):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -405,6 +422,53 @@ def test_a_taken_run_directory_is_refused(tmp_path):
                           out=tmp_path / "r")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # the method's own checks run once the folder is made: it is removed again
+        (dict(method="rigl", update_interval=100), "no mask update in 10 steps"),
+        (dict(method="static", init_method="snip"), "pass batches="),
+        (dict(method="static", init_method="snip", batches=[1, 2]), "an .inputs, targets. pair"),
+        (dict(example_inputs=[[1.0] * 16]), "example_inputs must be a tensor"),
+    ],
+)
+def test_a_failed_start_leaves_out_as_it_was_and_free_for_a_retry(tmp_path, change, message):
+    out = tmp_path / "new" / "r"
+    for where in (out, tmp_path / "empty"):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        if where.name == "empty":
+            where.mkdir()
+        kw = {"method": "itop", "density": 0.3, "total_steps": 10, "out": where, **change}
+        with pytest.raises(MaskValidationError, match=message) as e:
+            masktopo.sparsify(model, opt, **kw)
+        assert "\n" not in str(e.value)
+        if where.name == "empty":  # an empty folder given stays, empty
+            assert list(where.iterdir()) == []
+        else:  # no run.json, lock or folder of the failed call
+            assert not (tmp_path / "new").exists()
+        assert "step" not in opt.__dict__
+        assert not model._forward_pre_hooks
+        masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=3,
+                          out=where).finish()  # fmt: skip
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        model.fc1.weight[0, :3] = float("nan")
+    before = model.fc1.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(MaskValidationError, match=r"parameter 'fc1\.weight' has 3 NaN or infinite"):
+        masktopo.sparsify(model, opt, method="rigl", density=0.3, total_steps=10,
+                          update_interval=2, out=tmp_path / "r")  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    assert torch.equal(model.fc1.weight.isnan(), before.isnan())  # not masked, not zeroed
+    with pytest.raises(MaskValidationError, match=r"record: parameter 'fc1\.weight' has 3 NaN"):
+        masktopo.record(model, tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+
+
 # -- record ----------------------------------------------------------------------------------------
 def test_record_a_torch_nn_utils_prune_loop(tmp_path):
     import torch.nn.utils.prune as prune
@@ -473,6 +537,15 @@ def test_record_nonzero_and_its_errors(tmp_path):
         masktopo.record(model, None, every=0)
     with pytest.raises(MaskValidationError, match=r"step\(\) after finish"):
         rec.step()
+    with pytest.raises(MaskValidationError, match=r"record: model must be a torch\.nn\.Module"):
+        masktopo.record(None, None)
+    with pytest.raises(MaskValidationError, match="record: example_inputs must be a tensor"):
+        masktopo.record(model, None, example_inputs=[1.0, 2.0, 3.0, 4.0])
+    rec = masktopo.record(model, tmp_path / "r3")
+    with pytest.raises(MaskValidationError, match="snapshot kind must be a non-empty string"):
+        rec.snapshot(kind=5)  # events.jsonl would get a line its reader skips
+    rec.finish()
+    assert runs.read_run(tmp_path / "r3").n_events == 2
 
 
 _DDP_SCRIPT = """

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MaskValidationError, UnknownNameError
+from ..errors import MaskValidationError, UnknownNameError, one_line
 from ..masks import check_weight, known_positions
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
@@ -128,6 +128,10 @@ def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list
         return metric_names(weighted)
     if isinstance(metrics, str):
         metrics = [metrics]
+    elif not isinstance(metrics, Iterable):
+        raise MaskValidationError(
+            f"metrics must be a metric name or a list of names, not {metrics!r}"
+        )
     names = []
     for item in metrics:
         for name in str(item).replace(",", " ").split():
@@ -390,7 +394,10 @@ def _finish(plan: _Plan, sv: dict[Any, np.ndarray], opts: Options) -> dict[str, 
 def _device(device) -> torch.device:
     if device is None:
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise MaskValidationError(f"device {device!r} is not a device ({one_line(e)})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MaskValidationError("device 'cuda' was asked for, but CUDA is not available here")
     return device
@@ -617,7 +624,14 @@ def layer_metrics(
     opts = _options(options, graph_options)
     mask = _as_mask(mask)
     if weight is not None:
-        weight = check_weight("<mask>", torch.as_tensor(weight), mask)
+        if not isinstance(weight, torch.Tensor):  # an array or nested lists
+            try:
+                weight = torch.as_tensor(weight)
+            except (TypeError, RuntimeError, ValueError):
+                raise MaskValidationError(
+                    f"layer '<mask>': weight is a {type(weight).__name__}, not a tensor"
+                ) from None
+        weight = check_weight("<mask>", weight, mask)
     names = resolve_metrics(metrics, weighted=weight is not None)
     rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None,
                 route=check_route(route))  # fmt: skip

@@ -49,6 +49,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..checks import is_int
+from ..errors import MaskValidationError
 from ..masks import mask_from_positions
 from ..options import Options
 from ._engine import DENSE_MAX_SIDE, Parts, solve_top2
@@ -576,7 +578,12 @@ def rank_layers(
     """
     base = Options() if options is None else options
     opts = Options(base.conv, base.gate, base.imdb, base.narc, allow_empty=True)
-    steps = RANK_STEPS if steps is None else int(steps)
+    if steps is None:
+        steps = RANK_STEPS
+    elif not (is_int(steps) or isinstance(steps, np.integer)) or steps < 1:
+        raise MaskValidationError(f"steps (Lanczos steps per matrix) must be an integer >= 1, "
+                                  f"got {steps!r}")  # fmt: skip
+    steps = int(steps)
     if bounds not in BOUNDS:
         raise ValueError(f"bounds must be one of {BOUNDS}, got {bounds!r}")
     if not estimates and bounds != "imdb":

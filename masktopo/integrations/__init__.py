@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..checks import is_number
+from ..checks import is_int, is_number
 
 #: The keywords of :func:`masktopo.sparsify` a callback passes on besides its method options.
 _LOOP_KEYWORDS = (
@@ -60,6 +60,13 @@ def _sparsify_options(
             f"{where}: {', '.join(map(repr, unknown))} is not a sparsify option; it takes "
             f"{', '.join((*SPARSIFY_OPTIONS, *_LOOP_KEYWORDS))}"
         )
+    for key in ("total_steps", "steps_per_epoch"):  # 0 would fall back to the trainer's count
+        value = options.get(key)
+        if value is not None and (not is_int(value) or value < 1):
+            raise MaskValidationError(f"{where}: {key} must be a positive integer, got {value!r}")
+    from ..userloop import check_example_inputs
+
+    check_example_inputs(options.get("example_inputs"), where)
     out = dict(options)
     if density is not None:
         out["density"] = density

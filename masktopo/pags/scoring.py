@@ -40,7 +40,7 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +49,7 @@ import torch
 from ..analysis.metrics import Options, layer_metric_rows
 from ..analysis.ranking import COORDINATES, KeptPositions, rank_layers
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import MaskSet
+from ..masks import MaskSet, check_weight
 from .config import INVALID
 
 #: Metric columns computed for every candidate layer.
@@ -155,6 +155,44 @@ def check_invalid(invalid: str) -> str:
     return invalid
 
 
+def _candidates(masksets, where: str) -> list:
+    """``masksets`` as a list of candidates (MaskSet, or the positions of a Drawn one), all with
+    the layers and shapes of the first."""
+    if isinstance(masksets, MaskSet) or not isinstance(masksets, Sequence | Iterator):
+        raise MaskValidationError(f"{where} takes a sequence of MaskSets (one per candidate), not "
+                                  f"a {type(masksets).__name__}")  # fmt: skip
+    masksets = list(masksets)
+    if not masksets:
+        raise MaskValidationError(f"{where} needs at least one candidate")
+    first = None
+    for i, ms in enumerate(masksets):
+        if not isinstance(ms, Mapping) or not callable(getattr(ms, "shape", None)):
+            raise MaskValidationError(f"candidate {i} is a {type(ms).__name__}, not a MaskSet")
+        shapes = [(n, tuple(ms.shape(n))) for n in ms]
+        if first is None:
+            first = shapes
+        elif shapes != first:
+            what = "layers" if [n for n, _ in shapes] != [n for n, _ in first] else "layer shapes"
+            raise MaskValidationError(f"candidate {i} has other {what} than candidate 0")
+    return masksets
+
+
+def _check_theta(weights, first) -> dict[str, torch.Tensor]:
+    """θ for every layer of the candidates, checked once for all of them: a finite
+    floating-point tensor of the layer's shape (:func:`masktopo.masks.check_weight`). A weight
+    of another shape or with NaN would score every candidate silently wrong."""
+    if not isinstance(weights, Mapping):
+        raise MaskValidationError(f"weights must be a mapping of layer name to tensor, not a "
+                                  f"{type(weights).__name__}")  # fmt: skip
+    out = {}
+    for n in first:
+        if n not in weights:
+            raise MaskValidationError(f"no weight for layer {n!r}")
+        shape_only = torch.empty(tuple(first.shape(n)), dtype=torch.bool, device="meta")
+        out[n] = check_weight(n, weights[n], shape_only)
+    return out
+
+
 def score_candidates(
     masksets: Sequence[MaskSet],
     *,
@@ -199,17 +237,15 @@ def score_candidates(
     >>> s.fs.shape, s.network().shape
     ((3, 1), (3,))
     """
-    masksets = list(masksets)
-    if not masksets:
-        raise MaskValidationError("score_candidates needs at least one candidate")
+    masksets = _candidates(masksets, "score_candidates")
     names = tuple(masksets[0])
+    if weights is not None:
+        weights = _check_theta(weights, masksets[0])
     base = options if options is not None else Options()
     opts = Options(base.conv, base.gate, base.imdb, base.narc, allow_empty=True)
     layers = []
     for i, ms in enumerate(masksets):
-        if tuple(ms) != names:
-            raise MaskValidationError(f"candidate {i} has other layers than candidate 0")
-        ws = ms.weights if weights is None else weights
+        ws = getattr(ms, "weights", None) if weights is None else weights
         if ws is None:
             raise MaskValidationError(f"candidate {i} has no weights and none were given")
         for n in names:
@@ -341,21 +377,18 @@ def rank_candidates(
     -------
     Ranking
     """
-    masksets = list(masksets)
-    if not masksets:
-        raise MaskValidationError("rank_candidates needs at least one candidate")
+    masksets = _candidates(masksets, "rank_candidates")
     names = tuple(masksets[0])
+    weights = _check_theta(weights, masksets[0])
     layers = []
-    for i, ms in enumerate(masksets):
-        if tuple(ms) != names:
-            raise MaskValidationError(f"candidate {i} has other layers than candidate 0")
+    for ms in masksets:
         positions = getattr(ms, "positions", None)  # a Drawn candidate: no dense mask needed
         for n in names:
             if n not in weights:
                 raise MaskValidationError(f"no weight for layer {n!r}")
             mask = ms[n] if positions is None else KeptPositions(ms.shape(n), positions(n))
             layers.append((n, mask, weights[n]))
-    kw = {} if steps is None else {"steps": int(steps)}
+    kw = {} if steps is None else {"steps": steps}  # checked there
     dev = None if device is None or torch.device(device).type == "cpu" else device
     bounds = rank_layers(layers, options=options, device=dev, route=route, bounds=bounds,
                          estimates=estimates, **kw)  # fmt: skip

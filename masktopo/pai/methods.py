@@ -287,6 +287,13 @@ class _DataScorer(_Scheduled):
     data_free: ClassVar[bool] = False
     loss: Callable = field(default=F.cross_entropy)
 
+    def validate(self):
+        super().validate()
+        if not callable(self.loss):
+            raise MaskValidationError(
+                f"loss must be a callable (outputs, targets) -> scalar, not {self.loss!r}"
+            )
+
 
 @dataclass(frozen=True)
 class SNIP(_DataScorer):

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import operator
 import warnings
 from collections.abc import Iterable
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checks import is_int
-from ..errors import MaskValidationError, UnknownNameError
+from ..errors import MaskTopoError, MaskValidationError, UnknownNameError, one_line
 from ..masks import MaskSet, mask_from_positions
 from ..zoo.models import MASKABLE_TYPES, maskable_parameters
 from .densities import check_density, keeps_some, layer_counts
@@ -44,7 +46,7 @@ class _Run:
         first = next(iter(params.values()))
         self.device = first.device
         self.round, self.rounds = 0, 1
-        self._in_shape = None if in_shape is None else tuple(int(s) for s in in_shape)
+        self._in_shape = None if in_shape is None else _check_in_shape(in_shape)
         self._batches = batches
         self._work = None
         self._masks = None
@@ -125,6 +127,20 @@ class _Run:
                 self.work_params[n].copy_(self.base[n] * m)
 
     # -- derivatives ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _on_data(self, what: str):
+        """The model's forward and the loss on ``what``: where they fail on the data (shapes,
+        target dtype or range), one line naming the method and the batch."""
+        try:
+            yield
+        except MaskTopoError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise MaskValidationError(
+                f"{self.method.name}: the model or the loss failed on {what} ({one_line(e)}); "
+                "check the inputs' shape (in_shape=) and the targets"
+            ) from e
+
     def _zeros(self):
         return [torch.zeros_like(p) for p in self.work_params.values()]
 
@@ -136,8 +152,10 @@ class _Run:
         work = self.work
         params = list(self.work_params.values())
         total = self._zeros()
-        for x, y in self.round_batches():
-            _accumulate(total, torch.autograd.grad(loss(work(x), y), params, allow_unused=True))
+        for i, (x, y) in enumerate(self.round_batches()):
+            with self._on_data(f"batch {i}"):
+                value = loss(work(x), y)
+            _accumulate(total, torch.autograd.grad(value, params, allow_unused=True))
         return self._named(total)
 
     def hessian_grad(self, loss, temperature: float) -> dict[str, torch.Tensor]:
@@ -145,9 +163,10 @@ class _Run:
         work = self.work
         params = list(self.work_params.values())
         stopped = self._zeros()
-        for x, y in self.round_batches():
-            grads = torch.autograd.grad(loss(work(x) / temperature, y), params, allow_unused=True)
-            _accumulate(stopped, grads)
+        for i, (x, y) in enumerate(self.round_batches()):
+            with self._on_data(f"batch {i}"):
+                value = loss(work(x) / temperature, y)
+            _accumulate(stopped, torch.autograd.grad(value, params, allow_unused=True))
         hg = self._zeros()
         for x, y in self.round_batches():
             grads = torch.autograd.grad(
@@ -164,7 +183,9 @@ class _Run:
         dtype = next(iter(self.work_params.values())).dtype
         x = torch.ones((1, *self.in_shape), dtype=dtype, device=self.device)
         params = list(self.work_params.values())
-        grads = torch.autograd.grad(work(x).sum(), params, allow_unused=True)
+        with self._on_data(f"an all-ones input of in_shape {self.in_shape}"):
+            value = work(x).sum()
+        grads = torch.autograd.grad(value, params, allow_unused=True)
         total = self._zeros()
         _accumulate(total, grads)
         return self._named(total)
@@ -405,6 +426,22 @@ def _random_subsets(target, shapes, generator, device) -> dict[str, torch.Tensor
     return {
         n: mask_from_positions(shapes[n], idx, device) for n, idx in zip(names, picks, strict=True)
     }
+
+
+def _check_in_shape(in_shape) -> tuple[int, ...]:
+    """One input sample's shape as a tuple of positive ints."""
+    try:
+        if not isinstance(in_shape, tuple | list | torch.Size) or not in_shape:
+            raise TypeError
+        shape = tuple(operator.index(s) for s in in_shape if not isinstance(s, bool))
+        if len(shape) != len(in_shape) or min(shape) < 1:
+            raise TypeError
+    except TypeError:
+        raise MaskValidationError(
+            f"in_shape must be one input sample's shape, a tuple of positive ints such as "
+            f"(3, 32, 32) or (784,), not {in_shape!r}"
+        ) from None
+    return shape
 
 
 def _accumulate(total, grads) -> None:

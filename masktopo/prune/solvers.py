@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..checks import is_int, is_number
 from ..errors import MaskValidationError, UnknownNameError
 from ..pai.select import top_k_mask
 
@@ -165,11 +166,32 @@ class Problem:
     _y: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        for what, t in (("G", self.G), ("w_bar", self.w_bar), ("alpha", self.alpha)):
+            if t is None and what == "alpha":
+                continue
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                kind = f"a {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise MaskValidationError(f"Problem: {what} must be a floating-point torch "
+                                          f"tensor, not {kind}")  # fmt: skip
         if self.G.dim() != 2 or self.w_bar.shape != (self.G.shape[1],):
             raise MaskValidationError(
                 f"G must be [n, p] and w_bar [p]; got {tuple(self.G.shape)} and "
                 f"{tuple(self.w_bar.shape)}"
             )
+        if self.alpha is not None and self.alpha.shape != self.w_bar.shape:
+            raise MaskValidationError(f"Problem: alpha must be [p] = {tuple(self.w_bar.shape)}, got "
+                                      f"{tuple(self.alpha.shape)}")  # fmt: skip
+        if not (is_number(self.lam) or isinstance(self.lam, np.floating)):
+            raise MaskValidationError(f"Problem: lam must be a number, not {self.lam!r}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise MaskValidationError(f"Problem: lam (the ridge weight) must be finite and >= 0, "
+                                      f"got {self.lam!r}")  # fmt: skip
+        for what, t in (("G", self.G), ("w_bar", self.w_bar), ("alpha", self.alpha)):
+            # one reduction; the exact scan only when it is not finite (overflow)
+            if t is not None and not bool(torch.isfinite(t.sum())) and not bool(t.isfinite().all()):
+                raise MaskValidationError(
+                    f"Problem: {what} has {int((~t.isfinite()).sum())} NaN or infinite value(s)"
+                )
         self.w_bar = self.w_bar.to(self.G)
         if self.alpha is not None:
             self.alpha = self.alpha.to(self.G)
@@ -861,8 +883,20 @@ def solve(
         ``k`` outside ``1 .. p``.
     """
     fn = get_solver(method)
+    if not isinstance(problem, Problem):
+        raise MaskValidationError(f"solve: problem must be a Problem, not {type(problem).__name__}")
+    if not (is_int(k) or isinstance(k, np.integer)):
+        raise MaskValidationError(f"solve: k (weights kept) must be an integer, not {k!r}")
     if not 1 <= int(k) <= problem.p:
         raise MaskValidationError(f"cannot keep {k} of {problem.p} weights")
+    if options is not None and not isinstance(options, SolverOptions):
+        raise MaskValidationError(
+            f"solve: options must be a SolverOptions, not {type(options).__name__}"
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise MaskValidationError(
+            f"solve: generator must be a torch.Generator, not {type(generator).__name__}"
+        )
     if generator is None:
         generator = torch.Generator(device=problem.G.device).manual_seed(0)
     _sync(problem.G)

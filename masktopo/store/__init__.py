@@ -110,6 +110,11 @@ def save(
         When ``maskset`` is not a MaskSet, has no layers or has metadata that is not JSON, or kept
         weights are asked for another format than safetensors.
     """
+    if not isinstance(path, str | os.PathLike):
+        swapped = " (the arguments are save(path, maskset))" if isinstance(path, MaskSet) else ""
+        raise MaskValidationError(
+            f"save: path is a {type(path).__name__}, not a str or os.PathLike{swapped}"
+        )
     path = Path(os.fspath(path))
     if format is None:
         suffix = path.suffix.lower()

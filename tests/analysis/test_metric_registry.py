@@ -160,6 +160,16 @@ def _one_line_error(match: str, fn, *args, **kw) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_bad_layer_metrics_arguments_are_one_line_errors():
+    mask = _blocks([(3, 4), (2, 2)])
+    _one_line_error(r"device 'gpu' is not a device \(RuntimeError: Expected one of",
+                    layer_metrics, mask, device="gpu")  # fmt: skip
+    _one_line_error("layer '<mask>': weight is a str, not a tensor", layer_metrics, mask, "w")
+    _one_line_error("metrics must be a metric name or a list of names, not 3", layer_metrics,
+                    mask, metrics=3)  # fmt: skip
+    assert layer_metrics(mask, metrics="mu0", device="cpu")["mu0"] > 0
+
+
 def test_bad_registrations_are_one_line_errors(registered):
     n = len(METRICS)
     _one_line_error("unknown 'no_such'", register_metric, "bad", mu_ratio, depends=("no_such",))

@@ -176,6 +176,14 @@ def test_bad_options_are_refused_at_construction(tmp_path):
         MaskTopoCallback("rigl", tmp_path / "r", density=0.2, resume=True)
     with pytest.raises(MaskValidationError, match="needs density="):
         MaskTopoCallback("rigl", tmp_path / "r")
+    # total_steps=0 fell back to the trainer's count; these failed only when training began
+    for bad, message in (
+        (dict(total_steps=0), "total_steps must be a positive integer, got 0"),
+        (dict(steps_per_epoch="x"), "steps_per_epoch must be a positive integer, got 'x'"),
+        (dict(example_inputs=[1, 2]), "example_inputs must be a tensor"),
+    ):
+        with pytest.raises(MaskValidationError, match=message):
+            MaskTopoCallback("rigl", tmp_path / "r", density=0.2, **bad)
     assert not (tmp_path / "r").exists()
     assert MaskTopoCallback("dense", None).options == {"density": 1.0}
 

@@ -136,6 +136,14 @@ def test_bad_options_are_refused_at_construction(tmp_path):
         MaskTopoCallback("gmp", tmp_path / "r", density=0.2, bogus=1)
     with pytest.raises(MaskValidationError, match="needs density="):
         MaskTopoCallback("gmp", tmp_path / "r")
+    # total_steps=0 fell back to the trainer's count; these failed only when training began
+    for bad, message in (
+        (dict(total_steps=0), "total_steps must be a positive integer, got 0"),
+        (dict(steps_per_epoch="x"), "steps_per_epoch must be a positive integer, got 'x'"),
+        (dict(example_inputs=[1, 2]), "example_inputs must be a tensor"),
+    ):
+        with pytest.raises(MaskValidationError, match=message):
+            MaskTopoCallback("gmp", tmp_path / "r", density=0.2, **bad)
 
 
 def test_without_transformers_the_import_error_says_what_to_install(monkeypatch):

@@ -77,6 +77,38 @@ def test_errors():
         score_candidates([ms])
 
 
+@pytest.mark.parametrize("score", ["score", "rank"])
+def test_bad_theta_and_candidates_are_errors_not_silent_scores(score):
+    # θ of another shape scored every candidate 0 (valid False), NaN in θ gave finite scores,
+    # a dict candidate was scored, a MaskSet passed alone failed deep inside
+    from masktopo.masks import MaskSet
+    from masktopo.pags.scoring import rank_candidates
+
+    fn = score_candidates if score == "score" else rank_candidates
+    g = torch.Generator().manual_seed(0)
+    ms = MaskSet(
+        {"a": torch.rand(6, 5, generator=g) > 0.4, "b": torch.rand(4, 6, generator=g) > 0.5}
+    )
+    w = {"a": torch.randn(6, 5, generator=g), "b": torch.randn(4, 6, generator=g)}
+    fn([ms], weights=w)  # fine
+    cases = [
+        ({**w, "a": torch.randn(5, 6)}, [ms], r"layer 'a': weight shape \(5, 6\) does not match"),
+        ({**w, "b": w["b"] * float("nan")}, [ms], "layer 'b': weight has 24 NaN"),
+        ({**w, "a": w["a"].numpy()}, [ms], "layer 'a': weight is a ndarray, not a tensor"),
+        (w, ms, "takes a sequence of MaskSets"),
+        (w, [dict(ms)], "candidate 0 is a dict, not a MaskSet"),
+        (w, [ms, MaskSet({"a": ms["a"], "b": torch.ones(4, 7, dtype=torch.bool)})],
+         "candidate 1 has other layer shapes"),
+    ]  # fmt: skip
+    for weights, cands, message in cases:
+        with pytest.raises(MaskValidationError, match=message):
+            fn(cands, weights=weights)
+    if score == "rank":
+        for steps in (0, -3, 2.5):
+            with pytest.raises(MaskValidationError, match=r"steps .* must be an integer >= 1"):
+                rank_candidates([ms], weights=w, steps=steps)
+
+
 def test_layer_metric_rows_equals_layer_metrics():
     g = torch.Generator().manual_seed(5)
     layers = [(f"l{i}", torch.rand(12, 9, generator=g) < 0.4, torch.randn(12, 9, generator=g))

@@ -6,6 +6,7 @@ import copy
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from _toys import conv_batches, conv_net
@@ -247,6 +248,28 @@ def test_bad_options():
         pai.prune(nn.Linear(3, 3), "random", 0.5, first_dense=True)
     with pytest.raises(MaskValidationError, match=r"no nn\.Linear"):
         pai.prune(nn.ReLU(), "random", 0.5)
+
+
+def test_data_that_does_not_fit_the_model_is_one_line_naming_the_batch():
+    # each failed deep inside torch (linear.py, functional.py)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    cases = [
+        (dict(batches=[(x, y), (torch.randn(16, 5), y)]), r"snip: .* on batch 1 \(RuntimeError: mat1"),
+        (dict(batches=[(x, y.float())]), r"on batch 0 \(RuntimeError: expected target dtype"),
+        (dict(batches=[(x, y + 10)]), r"on batch 0 \(IndexError: Target 1\d is out of bounds"),
+        (dict(batches=[(x, y)], loss="mse"), "loss must be a callable"),
+    ]  # fmt: skip
+    for kw, message in cases:
+        with pytest.raises(MaskValidationError, match=message) as e:
+            pai.prune(net, "snip", 0.2, **kw)
+        assert "\n" not in str(e.value)
+    with pytest.raises(MaskValidationError, match=r"an all-ones input of in_shape \(5,\)"):
+        pai.prune(net, "synflow", 0.2, in_shape=(5,))
+    for bad in (8, (8.0,), (), (0,), "8"):
+        with pytest.raises(MaskValidationError, match="in_shape must be one input sample's shape"):
+            pai.prune(net, "synflow", 0.2, in_shape=bad)
+    assert pai.prune(net, "synflow", 0.2, in_shape=[np.int64(8)]).nnz() == round(0.2 * 192)
 
 
 def test_linear_schedule_option():

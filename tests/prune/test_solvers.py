@@ -6,9 +6,11 @@ import dataclasses
 import itertools
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
+from masktopo.errors import MaskValidationError
 from masktopo.pai.select import select_global
 from masktopo.prune.solvers import (
     Problem,
@@ -223,3 +225,33 @@ def test_block_bso_with_one_block_is_bso_and_blocks_are_independent():
         Gb = pb.G[:, lo:hi]
         ref = ridge_refit(pb.G, Gb @ pb.w_bar[lo:hi], pb.w_bar, pb.lam, None, idx)
         torch.testing.assert_close(two.w[idx], ref)
+
+
+def test_bad_problems_and_arguments_are_errors_not_silent_solutions():
+    # NaN in G was solved silently (every solver returned a support, bso NaN weights); a
+    # negative or NaN ridge weight gave a negative objective; k=2.7 kept 2; a dict of options
+    # failed deep inside
+    pb = _problem(n=20, p=10)
+    G, w = pb.G, pb.w_bar
+    nan_g = G.clone()
+    nan_g[0, 0] = float("nan")
+    cases = [
+        (lambda: Problem(nan_g, w, 0.1), "G has 1 NaN or infinite"),
+        (lambda: Problem(G, w * float("inf"), 0.1), "w_bar has 10 NaN or infinite"),
+        (lambda: Problem(G, w, -5.0), r"lam \(the ridge weight\) must be finite and >= 0"),
+        (lambda: Problem(G, w, float("nan")), "lam .* must be finite"),
+        (lambda: Problem(G.numpy(), w, 0.1), "G must be a floating-point torch tensor, not ndarray"),
+        (lambda: Problem(G.long(), w, 0.1), "G must be a floating-point torch tensor, not a torch.int64"),
+        (lambda: Problem.build(G.numpy(), w.numpy(), l2=0.1), "G must be a floating-point"),
+        (lambda: Problem(G, w, 0.1, torch.ones(3)), r"alpha must be \[p\]"),
+        (lambda: solve(pb, 2.7), r"k \(weights kept\) must be an integer, not 2\.7"),
+        (lambda: solve(pb, "3"), "k .* must be an integer"),
+        (lambda: solve(pb, 3, options={"max_iter": 5}), "options must be a SolverOptions, not dict"),
+        (lambda: solve(pb, 3, generator=0), "generator must be a torch.Generator, not int"),
+        (lambda: solve({"G": G}, 3), "problem must be a Problem, not dict"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(MaskValidationError, match=message):
+            call()
+    assert int(solve(pb, np.int64(3)).support.sum()) == 3  # numpy integers are integers
+    assert Problem(G.float(), w, 0).w_bar.dtype == torch.float32
