@@ -88,7 +88,7 @@ from ..threads import default_threads
 from .config import RESUMABLE_CHANGES, PagsConfig
 from .pipeline import Tasks
 from .sampling import Source, repair
-from .scoring import Ranking, Scores, rank_candidates, score_candidates
+from .scoring import Ranking, Scores, _rank_checked, score_candidates
 
 #: Seconds of work between two resume points (state.json, candidates.parquet and the copy of
 #: the best masks, written after a chunk); the run's end and a stop always write one.
@@ -572,8 +572,9 @@ def run_pags(
     estimates = config.estimates or tight != "imdb"
 
     def rank(cands: list[MaskSet]) -> Ranking:
-        return rank_candidates(cands, weights=theta, options=opts, reference=ref, device=device,
-                               route=config.route, bounds=tight, estimates=estimates)  # fmt: skip
+        # θ was checked once, by the base's score below (not again in every ranking call)
+        return _rank_checked(cands, theta, options=opts, reference=ref, device=device,
+                             route=config.route, bounds=tight, estimates=estimates)  # fmt: skip
 
     base_ms = MaskSet(base_masks, kinds)
     ref = None
