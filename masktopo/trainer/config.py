@@ -408,6 +408,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.epochs is None:
         out = dataclasses.replace(out, epochs=10)
 
+    if out.width is not None:  # before any data is read (get_model checks it again)
+        from ..zoo import check_model_options
+
+        check_model_options(out.model, {"width": out.width})
     if out.method == "dense" and out.density != 1.0:
         raise MaskValidationError(f"method 'dense' trains every weight: density must be 1, got "
                                   f"{out.density!r}")  # fmt: skip

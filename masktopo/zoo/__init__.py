@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
         load_dataset,
         split_train_val,
     )
-    from .models import MODELS, get_model, maskable_parameters  # noqa: F401
+    from .models import MODELS, check_model_options, get_model, maskable_parameters  # noqa: F401
 
 #: Model names, in the CLI's spelling (the keys of ``models.MODELS``).
 MODEL_NAMES = (
@@ -61,6 +61,7 @@ DATASET_NAMES = (
 
 _LAZY = {
     "MODELS": "models",
+    "check_model_options": "models",
     "get_model": "models",
     "maskable_parameters": "models",
     "DATASETS": "datasets",

@@ -67,6 +67,7 @@ __all__ = [
     "MLPNet",
     "SmallCNN",
     "SpiralMLP",
+    "check_model_options",
     "get_model",
     "maskable_parameters",
 ]
@@ -562,6 +563,26 @@ _INIT: dict[str, Callable] = {
 }
 
 
+def check_model_options(name: str, options) -> None:
+    """Raise :class:`~masktopo.errors.MaskValidationError` when the zoo model ``name`` takes
+    no option of a name in ``options`` (``width`` is spiral-mlp's and mlp's); what
+    :func:`get_model` checks, for callers that check a configuration before reading its data.
+    Names that are not zoo models (import paths) are not checked here: their callable is."""
+    if name not in MODELS:
+        return
+    known = [
+        p
+        for p in inspect.signature(MODELS[name]).parameters
+        if p not in ("num_classes", "in_shape")
+    ]
+    for key in options:
+        if key not in known:
+            raise MaskValidationError(
+                f"model {name!r} has no option {key!r}"
+                + (f"; options: {', '.join(known)}" if known else "; it takes no options")
+            )
+
+
 def get_model(
     name: str,
     *,
@@ -642,15 +663,7 @@ def get_model(
         num_classes = spec.num_outputs if num_classes is None else num_classes
         in_shape = spec.in_shape if in_shape is None else in_shape
     builder = MODELS[name]
-    known = [
-        p for p in inspect.signature(builder).parameters if p not in ("num_classes", "in_shape")
-    ]
-    for key in options:
-        if key not in known:
-            raise MaskValidationError(
-                f"model {name!r} has no option {key!r}"
-                + (f"; options: {', '.join(known)}" if known else "; it takes no options")
-            )
+    check_model_options(name, options)
     kwargs = dict(options)
     if num_classes is not None:
         kwargs["num_classes"] = _check_classes(num_classes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _data import needs_fmnist
 
 from masktopo.errors import MaskValidationError
 from masktopo.pai.densities import keep_count
@@ -21,6 +22,7 @@ def test_chita_is_registered_with_its_defaults():
         resolve(TrainConfig(method="gmp", density=0.1, chita_samples=10))
 
 
+@needs_fmnist
 def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(method="chita", model="mlpnet", dataset="fashion-mnist", density=0.1,
@@ -46,6 +48,7 @@ def test_gradual_chita_prunes_on_the_cubic_schedule(tmp_path):
     assert torch.isfinite(torch.tensor(res.final["test_acc"]))
 
 
+@needs_fmnist
 def test_gradual_chita_can_keep_zero_columns(tmp_path):
     import warnings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _data import skip_without_fmnist
 from matplotlib.image import imread
 
 from masktopo.cli.main import main
@@ -12,6 +13,7 @@ from masktopo.trainer.loop import train
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
+    skip_without_fmnist()
     base = tmp_path_factory.mktemp("prune_plots")
     cfg = TrainConfig(method="dense", density=1.0, model="mlpnet", dataset="fashion-mnist",
                       epochs=1, max_steps=60, device="cpu")  # fmt: skip

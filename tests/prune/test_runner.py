@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from _data import skip_without_fmnist
 
 from cli.main import main
 from masktopo import store
@@ -26,6 +27,7 @@ FAST = ["--fisher-samples", "48", "--device", "cpu", "--set", "max_iter=40"]
 
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
+    skip_without_fmnist()
     out = tmp_path_factory.mktemp("prune") / "dense"
     cfg = TrainConfig(method="dense", density=1.0, model="mlpnet", dataset="fashion-mnist",
                       epochs=1, max_steps=120, device="cpu")  # fmt: skip
