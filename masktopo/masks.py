@@ -70,6 +70,19 @@ def check_values_tensor(name: str, t: Any, what: str = "mask") -> torch.Tensor:
     return t
 
 
+def layer_tensor(name: str, value: Any, what: str) -> torch.Tensor:
+    """``value`` as a tensor: a tensor as it is, an array or nested lists converted; anything
+    else (None, a string, ragged lists) is a one-line error naming the layer and ``what``."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, RuntimeError, ValueError):
+        raise MaskValidationError(
+            f"layer {name!r}: {what} is a {type(value).__name__}, not a tensor"
+        ) from None
+
+
 def check_layer_mask(name: str, mask: Any) -> torch.Tensor:
     """A layer mask as a bool tensor, by the rules the file readers apply: a dense tensor (or
     array-like) of 0/1 values, not empty, with 2 (``[out, in]``) to 5 (``[out, in, *kernel]``)
@@ -81,13 +94,7 @@ def check_layer_mask(name: str, mask: Any) -> torch.Tensor:
         For None or anything that is not array-like, a sparse or meta tensor, values other than
         0 and 1, an empty or 1-D or 6-D shape.
     """
-    if mask is None or not isinstance(mask, torch.Tensor):
-        try:
-            mask = torch.as_tensor(mask)
-        except (TypeError, RuntimeError, ValueError):
-            raise MaskValidationError(
-                f"layer {name!r}: mask is a {type(mask).__name__}, not a tensor"
-            ) from None
+    mask = layer_tensor(name, mask, "mask")
     check_values_tensor(name, mask)
     mask = to_bool_mask(name, mask)
     shape = tuple(mask.shape)

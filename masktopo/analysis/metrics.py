@@ -81,7 +81,7 @@ import numpy as np
 import torch
 
 from ..errors import MaskValidationError, UnknownNameError, one_line
-from ..masks import check_weight, known_positions
+from ..masks import check_weight, known_positions, layer_tensor
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
 from ._engine import Parts, solve_top2
@@ -624,14 +624,7 @@ def layer_metrics(
     opts = _options(options, graph_options)
     mask = _as_mask(mask)
     if weight is not None:
-        if not isinstance(weight, torch.Tensor):  # an array or nested lists
-            try:
-                weight = torch.as_tensor(weight)
-            except (TypeError, RuntimeError, ValueError):
-                raise MaskValidationError(
-                    f"layer '<mask>': weight is a {type(weight).__name__}, not a tensor"
-                ) from None
-        weight = check_weight("<mask>", weight, mask)
+        weight = check_weight("<mask>", layer_tensor("<mask>", weight, "weight"), mask)
     names = resolve_metrics(metrics, weighted=weight is not None)
     rows = _run([("<mask>", mask, weight)], opts, names, _device(device), weight is not None,
                 route=check_route(route))  # fmt: skip
