@@ -1,6 +1,6 @@
 """Type checks of plain values (read from JSON, TOML, a state file, or given by a caller): the
-one home of "an int, not a bool", "a number", "a finite number" and the JSON name of a value's
-type for messages (standard library only).
+one home of "an int, not a bool", "an integer of any kind (numpy's too)", "a number", "a finite
+number" and the JSON name of a value's type for messages (standard library only).
 
 ``bool`` is a subclass of ``int`` in Python, so ``isinstance(True, int)`` holds: a ``true`` in a
 JSON file would pass for 1. Every check here refuses bools; numpy scalars are not ints
@@ -10,9 +10,10 @@ JSON file would pass for 1. Every check here refuses bools; numpy scalars are no
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
-__all__ = ["is_finite_number", "is_int", "is_number", "json_type"]
+__all__ = ["is_finite_number", "is_int", "is_integer", "is_number", "json_type"]
 
 
 def is_int(x: Any) -> bool:
@@ -22,6 +23,18 @@ def is_int(x: Any) -> bool:
     (True, False, False)
     """
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_integer(x: Any) -> bool:
+    """Whether ``x`` is an integer of any kind (a Python ``int``, a numpy integer: every
+    :class:`numbers.Integral`) and not a ``bool``: for arguments given by a caller, who may
+    pass a count taken from an array.
+
+    >>> import numpy as np
+    >>> is_integer(3), is_integer(np.int64(3)), is_integer(True), is_integer(3.0)
+    (True, True, False, False)
+    """
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def is_number(x: Any) -> bool:

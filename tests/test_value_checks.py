@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from masktopo.checks import is_finite_number, is_int, is_number, json_type
+from masktopo.checks import is_finite_number, is_int, is_integer, is_number, json_type
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The types whose instance check, beside a bool check of the same value, is an inline copy.
@@ -45,6 +45,15 @@ def test_is_int_is_number_is_finite_number(x, int_, number, finite):
     assert is_int(x) is int_
     assert is_number(x) is number
     assert is_finite_number(x) is finite
+
+
+@pytest.mark.parametrize(
+    "x, integer",
+    [(0, True), (-3, True), (np.int64(3), True), (np.uint8(1), True), (True, False),
+     (np.bool_(True), False), (3.0, False), (np.float64(3), False), ("3", False), (None, False)],
+)  # fmt: skip
+def test_is_integer_takes_numpy_integers_not_bools(x, integer):
+    assert is_integer(x) is integer
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..checks import is_int
+from ..checks import is_integer
 from ..errors import MaskValidationError
 from ..masks import mask_from_positions
 from ..options import Options
@@ -580,7 +580,7 @@ def rank_layers(
     opts = Options(base.conv, base.gate, base.imdb, base.narc, allow_empty=True)
     if steps is None:
         steps = RANK_STEPS
-    elif not (is_int(steps) or isinstance(steps, np.integer)) or steps < 1:
+    elif not is_integer(steps) or steps < 1:
         raise MaskValidationError(f"steps (Lanczos steps per matrix) must be an integer >= 1, "
                                   f"got {steps!r}")  # fmt: skip
     steps = int(steps)

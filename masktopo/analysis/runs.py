@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..checks import is_int, is_number
+from ..checks import is_int, is_integer, is_number
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write
 from ..options import Options, RunOptions, grouped
@@ -674,6 +674,6 @@ def analyze_run(
 
 
 def _positive(what: str, value) -> int:
-    if not (is_int(value) or isinstance(value, np.integer)) or value < 1:
+    if not is_integer(value) or value < 1:
         raise MaskValidationError(f"{what} must be a positive integer, got {value!r}")
     return int(value)

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..checks import is_int, is_number
+from ..checks import is_integer, is_number
 from ..errors import MaskValidationError, UnknownNameError
 from ..pai.select import top_k_mask
 
@@ -885,7 +885,7 @@ def solve(
     fn = get_solver(method)
     if not isinstance(problem, Problem):
         raise MaskValidationError(f"solve: problem must be a Problem, not {type(problem).__name__}")
-    if not (is_int(k) or isinstance(k, np.integer)):
+    if not is_integer(k):
         raise MaskValidationError(f"solve: k (weights kept) must be an integer, not {k!r}")
     if not 1 <= int(k) <= problem.p:
         raise MaskValidationError(f"cannot keep {k} of {problem.p} weights")

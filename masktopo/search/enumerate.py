@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..checks import is_int
+from ..checks import is_integer
 from ..errors import MaskValidationError
 
 __all__ = [
@@ -110,9 +110,7 @@ def parse_arch(arch: str | Sequence[int]) -> tuple[int, ...]:
             ) from None
     else:
         widths = tuple(arch)
-    if len(widths) < 2 or any(
-        not (is_int(w) or isinstance(w, np.integer)) or w < 1 for w in widths
-    ):
+    if len(widths) < 2 or any(not is_integer(w) or w < 1 for w in widths):
         raise MaskValidationError(
             f"architecture {arch!r}: needs at least two positive integer widths, e.g. 2-3-3-3-1"
         )
