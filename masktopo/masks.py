@@ -149,25 +149,45 @@ def check_weight(name: str, weight: Any, mask: torch.Tensor) -> torch.Tensor:
     # the outcome is always the elementwise one. The float32 accumulator cannot overflow for
     # float16/float8 weights and is as fast as a float32 tensor's own sum; float64 weights sum in
     # float64.
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
     try:
-        total = weight.sum(dtype=acc)
+        finite = _sum_is_finite(weight)
     except (NotImplementedError, RuntimeError):  # e.g. packed float4: no arithmetic at all
         raise MaskValidationError(
             f"layer {name!r}: weight dtype {weight.dtype} is not supported"
         ) from None
-    if not bool(torch.isfinite(total)):
+    if not finite:
         _check_finite_elementwise(name, weight)
     return weight
 
 
+def _sum_is_finite(t: torch.Tensor) -> bool:
+    """Whether the sum of the floating-point tensor ``t`` is finite (the fast path above:
+    then every element is; float32 accumulator, float64 for float64 tensors)."""
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return bool(torch.isfinite(t.sum(dtype=acc)))
+
+
+def _non_finite(t: torch.Tensor) -> tuple[int, int]:
+    """The counts of NaN and of ±inf values in ``t``, exactly."""
+    if t.element_size() == 1:  # float8: isfinite/isinf are missing or wrong; exact in f32
+        t = t.float()
+    return int(torch.count_nonzero(torch.isnan(t))), int(torch.count_nonzero(torch.isinf(t)))
+
+
+def check_finite_values(label: str, t: torch.Tensor, hint: str = "") -> None:
+    """Raise :class:`~masktopo.errors.MaskValidationError` ``{label} has N NaN or infinite
+    value(s){hint}`` when the floating-point tensor ``t`` holds any; one reduction when it
+    holds none (:func:`check_weight`'s fast path), the exact count otherwise. Tensors that
+    are not floating point pass."""
+    if t.is_floating_point() and not _sum_is_finite(t):
+        n = sum(_non_finite(t))
+        if n:
+            raise MaskValidationError(f"{label} has {n} NaN or infinite value(s){hint}")
+
+
 def _check_finite_elementwise(name: str, weight: torch.Tensor) -> None:
     """Raise naming the count and kinds (NaN, inf) of non-finite weights, if there are any."""
-    if weight.element_size() == 1:  # float8: isfinite/isinf are missing or wrong; exact in f32
-        weight = weight.float()
-    nan = torch.isnan(weight)
-    inf = torch.isinf(weight)
-    n_nan, n_inf = int(torch.count_nonzero(nan)), int(torch.count_nonzero(inf))
+    n_nan, n_inf = _non_finite(weight)
     if n_nan or n_inf:
         kinds = [k for k, n in (("NaN", n_nan), ("inf", n_inf)) if n]
         raise MaskValidationError(
@@ -234,10 +254,12 @@ def kept_positions(mask: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(mask.detach().reshape(-1).cpu().numpy())
 
 
-def _check_mapping(value: Any, what: str) -> None:
+def check_layer_mapping(value: Any, what: str) -> None:
+    """Raise :class:`~masktopo.errors.MaskValidationError` unless ``value`` (named ``what``:
+    masks, weights) is a mapping of layer name to tensor."""
     if not isinstance(value, Mapping):
         raise MaskValidationError(
-            f"{what} must be a mapping of layer name to tensor, not {type(value)}"
+            f"{what} must be a mapping of layer name to tensor, not a {type(value).__name__}"
         )
 
 
@@ -279,7 +301,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         *,
         meta: dict | None = None,
     ):
-        _check_mapping(masks, "masks")
+        check_layer_mapping(masks, "masks")
         if kinds is not None and not isinstance(kinds, Mapping):
             raise MaskValidationError(
                 f"kinds must be a mapping of layer name to 'linear' or 'conv', not a "
@@ -287,10 +309,8 @@ class MaskSet(Mapping[str, torch.Tensor]):
             )
         if meta is not None and not isinstance(meta, Mapping):
             raise MaskValidationError(f"meta must be a dict, not a {type(meta).__name__}")
-        if weights is not None and not isinstance(weights, Mapping):
-            raise MaskValidationError(
-                f"weights must be a mapping of layer name to tensor, not a {type(weights).__name__}"
-            )
+        if weights is not None:
+            check_layer_mapping(weights, "weights")
         kinds = dict(kinds or {})
         unknown = set(kinds) - set(masks)
         if unknown:
@@ -322,7 +342,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         meta: dict | None = None,
     ) -> MaskSet:
         """Build from 0/1 tensors or arrays of any dtype; values other than 0 and 1 are an error."""
-        _check_mapping(masks, "masks")
+        check_layer_mapping(masks, "masks")
         conv = {n: check_layer_mask(check_name(n), m) for n, m in masks.items()}
         return cls(conv, kinds, weights, meta=meta)
 
@@ -335,7 +355,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         meta: dict | None = None,
     ) -> MaskSet:
         """Masks defined by the nonzero entries of ``weights``; the weights are kept."""
-        _check_mapping(weights, "weights")
+        check_layer_mapping(weights, "weights")
         masks = {}
         for name, w in weights.items():
             check_name(name)

@@ -53,6 +53,7 @@ from ._version import git_commit, versions
 from .checks import is_finite_number, is_int, is_number
 from .errors import MaskValidationError
 from .maskable import find_maskable, transposed_layers, unwrap_model
+from .masks import check_finite_values
 from .runs import (
     EVENT_FIELDS,
     RunLock,
@@ -114,12 +115,7 @@ def _check_finite(params: Mapping[str, torch.Tensor], where: str) -> None:
     masks would be drawn from them, and no event could record them."""
     with torch.no_grad():
         for name, p in params.items():
-            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-                n = int(torch.count_nonzero(~torch.isfinite(p)))
-                raise MaskValidationError(
-                    f"{where}: parameter {name!r} has {n} NaN or infinite value(s); start from "
-                    "finite weights"
-                )
+            check_finite_values(f"{where}: parameter {name!r}", p, "; start from finite weights")
 
 
 def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
@@ -168,7 +164,6 @@ class _Graph:
     pre-hook that removes itself), computed once at the first event after that forward."""
 
     def __init__(self, model: nn.Module, layers: list[str], example_inputs):
-        check_example_inputs(example_inputs)
         self.model, self.layers = model, layers
         self.in_shape = None
         self.done = False

@@ -49,7 +49,7 @@ import torch
 from ..analysis.metrics import Options, layer_metric_rows
 from ..analysis.ranking import COORDINATES, KeptPositions, rank_layers
 from ..errors import MaskValidationError, UnknownNameError
-from ..masks import MaskSet, check_weight
+from ..masks import MaskSet, check_layer_mapping, check_weight
 from .config import INVALID
 
 #: Metric columns computed for every candidate layer.
@@ -181,9 +181,7 @@ def _check_theta(weights, first) -> dict[str, torch.Tensor]:
     """θ for every layer of the candidates, checked once for all of them: a finite
     floating-point tensor of the layer's shape (:func:`masktopo.masks.check_weight`). A weight
     of another shape or with NaN would score every candidate silently wrong."""
-    if not isinstance(weights, Mapping):
-        raise MaskValidationError(f"weights must be a mapping of layer name to tensor, not a "
-                                  f"{type(weights).__name__}")  # fmt: skip
+    check_layer_mapping(weights, "weights")
     out = {}
     for n in first:
         if n not in weights:
@@ -394,8 +392,6 @@ def _rank_checked(masksets: list, weights: Mapping[str, torch.Tensor], *, option
     for ms in masksets:
         positions = getattr(ms, "positions", None)  # a Drawn candidate: no dense mask needed
         for n in names:
-            if n not in weights:
-                raise MaskValidationError(f"no weight for layer {n!r}")
             mask = ms[n] if positions is None else KeptPositions(ms.shape(n), positions(n))
             layers.append((n, mask, weights[n]))
     kw = {} if steps is None else {"steps": steps}  # checked there

@@ -310,11 +310,12 @@ def read_bench(out: str | os.PathLike):
     require_parquet(KIND)
     out = Path(out)
     final = out / RESULTS_FILE
-    if not _parts(out) and final.exists():
+    parts = _parts(out)
+    if not parts and final.exists():
         return read_table(final, BENCH_COLUMNS, what="prune-bench results",
                           hint="; delete it (masktopo prune-bench --resume trains the runs "
                                "again and writes it)")  # fmt: skip
-    return _read_parts(out)
+    return _read_parts(parts)
 
 
 def _parts(out: Path) -> list[Path]:
@@ -322,11 +323,11 @@ def _parts(out: Path) -> list[Path]:
     return sorted((out / RESULTS_DIR).glob("*.parquet")) if (out / RESULTS_DIR).is_dir() else []
 
 
-def _read_parts(out: Path):
-    """The rows of every results part, in name order (what ``results.parquet`` holds)."""
+def _read_parts(parts: list[Path]):
+    """The rows of the results ``parts`` (:func:`_parts`), in their order (what
+    ``results.parquet`` holds)."""
     import pandas as pd
 
-    parts = _parts(out)
     if not parts:
         return pd.DataFrame()
     again = ("; restore it, or delete it and run masktopo prune-bench --resume to train its "
@@ -364,7 +365,7 @@ def run_prune_bench(
         if resume:
             check_same_config(read_run_json(out)["config"], config.to_dict(),
                               allowed=("device",), where=out)  # fmt: skip
-            _read_parts(out)  # a damaged part is an error before anything is trained
+            _read_parts(_parts(out))  # a damaged part is an error before anything is trained
         else:
             widest = max(config.width_list())
             RunWriter(out).write_run_json(
@@ -403,7 +404,7 @@ def run_prune_bench(
                 bar.update(1)
         if bar is not None:
             bar.close()
-        rows = _read_parts(out)  # not results.parquet: a resume may have added parts
+        rows = _read_parts(_parts(out))  # not results.parquet: a resume may have added parts
         atomic_write(out / RESULTS_FILE, lambda f: rows.to_parquet(f, index=False))
         atomic_write_json(out / SUMMARY_FILE, bench_summary(rows, config.target))
         return rows
