@@ -315,9 +315,13 @@ def test_cuda_model(method):
     kw = {"iterations": 5} if method == "synflow" else {}
     net = conv_net().cuda()
     ms = _prune(method, 0.1, net=net, **kw)
-    assert ms.device.type == "cuda" and ms.nnz() == round(0.1 * N)
+    on_cpu = _prune(method, 0.1, **kw)
+    # uniform keeps its first layer dense (RigL's convention), so its nnz is above 10 %
+    expected = round(0.1 * N) if method != "uniform" else on_cpu.nnz()
+    assert method != "uniform" or expected > round(0.1 * N)
+    assert ms.device.type == "cuda" and ms.nnz() == expected
     if method in ("random", "erk", "er", "uniform", "magnitude"):  # same draws, same scores
-        assert ms.cpu().equal(_prune(method, 0.1, **kw))
+        assert ms.cpu().equal(on_cpu)
 
 
 def test_maskset_round_trips_through_a_file(tmp_path):
