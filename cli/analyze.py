@@ -106,8 +106,9 @@ class AnalyzeConfig:
                                 default_text="from the --out suffix, else table")  # fmt: skip
     device: str | None = option(None, "where to compute", choices=("cpu", "cuda"),
                                 usage_choices=True, default_text="cpu")  # fmt: skip
-    route: str = option("auto", "how the spectra are solved: auto (the compiled engine on the "
-                        "CPU, batched Gram on CUDA) or batched (the CUDA code path on any device)",
+    route: str = option("auto", "how the spectra are solved: auto (the compiled CPU engine; on "
+                        "CUDA the batched Gram route for matrices with a side of 2048 or more) "
+                        "or batched (the CUDA code path for every matrix, on any device)",
                         choices=("auto", "batched"), usage_choices=True)  # fmt: skip
     zeros_as_mask: bool = option(False, "for checkpoints without masks: each weight's nonzeros "
                                  "define its mask")  # fmt: skip

@@ -72,6 +72,7 @@ References
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -115,7 +116,14 @@ from ._registry import (  # noqa: F401  (the registry API, public from here)
     unregister_metric,
 )
 from .graph import _as_mask
-from .spectral import check_route, in_threads, one_blas_thread, solve_many, use_workers
+from .spectral import (
+    check_route,
+    in_threads,
+    on_device,
+    one_blas_thread,
+    solve_many,
+    use_workers,
+)
 
 
 def resolve_metrics(metrics: Iterable[str] | str | None, weighted: bool) -> list[str]:
@@ -422,12 +430,59 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         return out
 
     try:
-        if device.type != "cpu" or route == "batched":
+        # the layers whose matrix on_device() sends to the device go there; the others (every
+        # layer on the CPU with route="auto") take the threaded CPU engine
+        there = [on_device(layer_side(m, opts), device, route) for _, m, _ in layers]
+        if not any(there):
+            return _rows_parallel(layers, extract, opts, names, selection, weighted)
+        if all(there):
             return _rows(extract(layers), opts, names, selection, weighted, device, route)
-        return _rows_parallel(layers, extract, opts, names, selection, weighted)
+        idx = [np.flatnonzero(np.array(there) == flag) for flag in (False, True)]
+        parts = [
+            _rows_parallel([layers[i] for i in idx[0]], extract, opts, names, selection, weighted),
+            _rows(extract([layers[i] for i in idx[1]]), opts, names, selection, weighted, device,
+                  route),
+        ]  # fmt: skip
+        out: list[dict] = [{}] * len(layers)
+        for ids, rows in zip(idx, parts, strict=True):
+            for i, row in zip(ids, rows, strict=True):
+                out[int(i)] = row
+        return out
     finally:
         if bar is not None:
             bar.close()
+
+
+def layer_side(mask, opts: Options) -> int:
+    """The smaller side of a layer's biadjacency matrix under the conv reading of ``opts``.
+
+    What :func:`~masktopo.analysis.spectral.on_device` decides a layer's route by.
+
+    Parameters
+    ----------
+    mask : torch.Tensor or array-like with a ``shape``
+        ``[out, in]`` or ``[out, in, *kernel]``.
+    opts : Options
+        ``opts.conv``: ``"unrolled"`` reads a conv as ``out × (in·k)``, ``"rolled"``
+        (channel pairs) as ``out × in``.
+
+    Returns
+    -------
+    int
+        ``min(out, in·k)`` (unrolled or linear) or ``min(out, in)``.
+
+    Examples
+    --------
+    >>> layer_side(torch.ones(64, 32, 3, 3, dtype=torch.bool), Options())
+    64
+    >>> layer_side(torch.ones(64, 32, 3, 3, dtype=torch.bool), Options(conv="rolled"))
+    32
+    """
+    shape = tuple(mask.shape)
+    n_out = shape[0] if shape else 0
+    if len(shape) == 2 or opts.conv == "unrolled":
+        return min(n_out, math.prod(shape[1:]))
+    return min(n_out, shape[1])
 
 
 def _kept(mask: torch.Tensor) -> int:
@@ -588,7 +643,9 @@ def layer_metrics(
     metrics : iterable of str, optional
         Names from :data:`METRICS`; default all (weighted ones only with ``weight``).
     device : str or torch.device, optional
-        Where the singular values are computed (``"cuda"`` batches them on the GPU).
+        Where the singular values are computed (``"cuda"``: the matrices that
+        :func:`~masktopo.analysis.spectral.on_device` sends there are batched on the GPU, the
+        others go to the CPU engine).
     route : {"auto", "batched"}
         ``"batched"``: the device route (batched Gram solve) on the CPU too
         (:data:`masktopo.analysis.spectral.ROUTES`).

@@ -64,9 +64,17 @@ from .metrics import (
     _kept,
     _plan_layer,
     _Raw,
+    layer_side,
     resolve_metrics,
 )
-from .spectral import dense_batches, in_threads, one_blas_thread, solve_many, use_workers
+from .spectral import (
+    dense_batches,
+    in_threads,
+    on_device,
+    one_blas_thread,
+    solve_many,
+    use_workers,
+)
 
 #: The coordinate entries, in order (metric names of :mod:`masktopo.analysis.metrics`).
 COORDINATES = (
@@ -550,10 +558,13 @@ def rank_layers(
     steps : int, optional
         Lanczos steps per matrix (default :data:`RANK_STEPS`).
     device : str or torch.device, optional
-        ``"cuda"``: the batched route (:func:`_bounds_batched`) on the GPU; default the CPU.
+        ``"cuda"``: the batched route (:func:`_bounds_batched`) on the GPU for every layer when
+        one of them has a matrix side of at least
+        :data:`~masktopo.analysis.spectral.DEVICE_MIN_SIDE`, the CPU route otherwise
+        (:func:`~masktopo.analysis.spectral.on_device`); default the CPU.
     route : {"auto", "batched"}
-        ``"batched"``: the batched route on the CPU too (the CUDA code path, for tests). The
-        exact pass (:meth:`LayerBounds.exact`) then takes the same route.
+        ``"batched"``: the batched route on any device, the CPU too (the CUDA code path, for
+        tests). The exact pass (:meth:`LayerBounds.exact`) then takes the same route.
     bounds : {"all", "imdb"}
         ``"all"``: tight rigorous bounds of every coordinate entry. ``"imdb"``: tight only for
         the upper bound of ``IMDB_Δr`` (what PAGS's layerwise rule can use: the full-spectrum
@@ -593,7 +604,9 @@ def rank_layers(
     names = _names()
     selection = select(names)
     dev = None if device is None else torch.device(device)
-    batched = route == "batched" or (dev is not None and dev.type != "cpu")
+    # the batched route for every layer once one of them goes to the device (on_device(): on
+    # CUDA, a matrix side of DEVICE_MIN_SIDE or more); ResNet-sized layers stay on the CPU route
+    batched = any(on_device(layer_side(m, opts), dev, route) for _, m, _ in layers)
     res = LayerBounds(len(layers), opts, names, *((dev or torch.device("cpu"), route)
                                                   if batched else (None, "auto")),
                       layers=layers, estimated=estimates)  # fmt: skip

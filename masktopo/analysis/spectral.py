@@ -22,11 +22,15 @@ Methods (chosen per matrix by ``method="auto"``; measured costs in docs/performa
 Routes of :func:`solve_many` (many matrices at once; :data:`ROUTES`):
 
 ``"auto"``
-    The compiled CPU engine (:mod:`._kernels`) on the CPU, the batched Gram route elsewhere.
+    The compiled CPU engine (:mod:`._kernels`) on the CPU. On an accelerator (CUDA) each matrix
+    whose smaller side is at least :data:`DEVICE_MIN_SIDE` takes the batched Gram route there,
+    and the others the CPU engine (:func:`on_device`): on an NVIDIA H200 (2026-12-04) the
+    batched route was 5–15× slower than the 2-core CPU engine at ResNet sizes (smaller sides up
+    to 1,000) and faster on Llama-2-7B layers (4,096), docs/performance.md "GPU suite".
 ``"batched"``
-    The device route on any device: the matrices densified, bucketed by padded shape and solved
-    batched with the Gram route. On CUDA it is what ``"auto"`` does; on the CPU it lets the test
-    suite check the CUDA code path against the CPU engine on machines without a GPU.
+    The device route for every matrix on any device: the matrices densified, bucketed by padded
+    shape and solved batched with the Gram route. On the CPU it lets the test suite check the
+    CUDA code path against the CPU engine on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -177,8 +181,9 @@ def top_singular_values(
 
     Examples
     --------
-    >>> top_singular_values(torch.ones(3, 4, dtype=torch.bool))  # K_{3,4}: σ₁ = √12, σ₂ = 0
-    tensor([3.4641, 0.0000], dtype=torch.float64)
+    >>> s = top_singular_values(torch.ones(3, 4, dtype=torch.bool))  # K_{3,4}: σ₁ = √12, σ₂ = 0
+    >>> round(float(s[0]) ** 2, 10), float(s[1]) < 1e-14  # σ₂ to ε·σ₁, not exactly 0
+    (12.0, True)
     """
     _check_method(method)
     if k < 1:
@@ -218,12 +223,36 @@ def _one(M, k: int, method: str) -> np.ndarray:
 #: Routes of :func:`solve_many` (module docstring).
 ROUTES = ("auto", "batched")
 
+#: Smaller side of a matrix from which ``route="auto"`` solves it on an accelerator rather than
+#: on the CPU engine. Measured on an H200 (docs/performance.md, "GPU suite"): the CPU engine won
+#: at sides up to 1,000, the device at 4,096; the crossover in between is not measured, and
+#: 2,048 lies between the two.
+DEVICE_MIN_SIDE = 2048
+
 
 def check_route(route: str) -> str:
     """``route`` if it is one of :data:`ROUTES` (else the usual unknown-name error)."""
     if route not in ROUTES:
         raise UnknownNameError("route", route, ROUTES)
     return route
+
+
+def on_device(side: int, device: str | torch.device | None, route: str = "auto") -> bool:
+    """Whether a matrix whose smaller side is ``side`` is solved on the batched device route.
+
+    ``route="batched"``: always (on the CPU too). ``"auto"``: on an accelerator, when ``side`` is
+    at least :data:`DEVICE_MIN_SIDE`; never on the CPU (or ``device=None``).
+
+    Examples
+    --------
+    >>> on_device(512, "cuda"), on_device(4096, "cuda"), on_device(4096, "cpu")
+    (False, True, False)
+    >>> on_device(8, "cpu", route="batched")
+    True
+    """
+    if check_route(route) == "batched":
+        return True
+    return device is not None and torch.device(device).type != "cpu" and side >= DEVICE_MIN_SIDE
 
 
 def solve_many(
@@ -238,20 +267,27 @@ def solve_many(
     ``mats`` holds :class:`~masktopo.analysis._engine.Parts`, scipy sparse matrices or arrays.
     On the CPU (``k = 2``) the exact compiled engine of :mod:`masktopo.analysis._kernels` solves
     them one after the other (dense Gram route for a small side, Lanczos on each connected
-    component otherwise), split over :func:`cpu_workers` processes. On CUDA the matrices are
-    densified on the device, bucketed by padded shape (zero padding changes no singular value)
-    and solved batched with the Gram route; ``route="batched"`` takes that route on the CPU too.
-    Returns a ``(len(mats), k)`` float64 array, descending.
+    component otherwise), split over the threads of :func:`cpu_workers`. The matrices that
+    :func:`on_device` sends to the device (on CUDA: a smaller side of at least
+    :data:`DEVICE_MIN_SIDE`; every matrix with ``route="batched"``) are densified there, bucketed
+    by padded shape (zero padding changes no singular value) and solved batched with the Gram
+    route. Returns a ``(len(mats), k)`` float64 array, descending.
     """
     device = torch.device(device)
-    if device.type == "cpu" and check_route(route) == "auto":
-        if k == 2:
-            return _solve_top2_parallel(mats)
-        return np.stack([top_singular_values_np(Parts.of(M).scipy(), k) for M in mats])
-    out = np.zeros((len(mats), k))
     parts = [Parts.of(M) for M in mats]
-    for chunk, batch in dense_batches(parts, device, 1 << 27):  # within ~1 GiB of float64
-        out[chunk] = _sv_gram_torch(batch, k).cpu().numpy()
+    there = np.array([on_device(min(P.shape), device, route) for P in parts], dtype=bool)
+    out = np.zeros((len(parts), k))
+    here = np.flatnonzero(~there)
+    if here.size:
+        mine = [parts[i] for i in here]
+        if k == 2:
+            out[here] = _solve_top2_parallel(mine)
+        else:
+            out[here] = np.stack([top_singular_values_np(P.scipy(), k) for P in mine])
+    away = np.flatnonzero(there)
+    if away.size:  # within ~1 GiB of float64 per batch
+        for chunk, batch in dense_batches([parts[i] for i in away], device, 1 << 27):
+            out[away[chunk]] = _sv_gram_torch(batch, k).cpu().numpy()
     return out
 
 
@@ -259,9 +295,16 @@ def dense_batches(parts: Sequence[Parts], device, max_entries: int):
     """The matrices ``parts`` densified on ``device``, bucketed by padded shape: yields
     ``(indices, batch)`` with ``batch`` a float64 ``(len(indices), m, n)`` tensor, smaller side
     first (orientation and zero padding change no singular value), at most ``max_entries``
-    entries per batch; every matrix of a batch in one host-to-device copy and one scatter.
-    Matrices without nonzeros are left out. Shared by :func:`solve_many`'s batched route and the
-    PAGS ranking pass on the same route."""
+    entries per batch. Matrices without nonzeros are left out. Shared by :func:`solve_many`'s
+    batched route and the PAGS ranking pass on the same route.
+
+    Each batch crosses to the device as its matrices' CSR arrays as they are (the values, the
+    int32 column indices, and per row one int64 offset), and the entries' flat positions are
+    formed there: ``offset[row] + column·stride``, with stride ``n`` for a matrix stored
+    transposed. Building int64 (matrix, row, column) triples on the host instead cost 32 bytes
+    an entry of host work and copying; on an H200 it was half of a Llama-2-7B block's time
+    (docs/performance.md, "GPU suite").
+    """
     buckets: dict[tuple[int, int], list[int]] = {}
     for i, P in enumerate(parts):
         if P.nnz:
@@ -271,21 +314,31 @@ def dense_batches(parts: Sequence[Parts], device, max_entries: int):
         per = max(1, int(max_entries // max(1, m * n)))
         for start in range(0, len(idx), per):
             chunk = idx[start : start + per]
-            bs, rs, cs, vs = [], [], [], []
-            for j, i in enumerate(chunk):
-                P = parts[i]
-                r, c = P.rows(), P.indices
-                if P.shape[0] > P.shape[1]:
-                    r, c = c, r
-                bs.append(np.full(len(r), j, dtype=np.int64))
-                rs.append(np.asarray(r, dtype=np.int64))
-                cs.append(np.asarray(c, dtype=np.int64))
-                vs.append(np.asarray(P.data, dtype=np.float64))
-            index = torch.from_numpy(np.stack([np.concatenate(x) for x in (bs, rs, cs)]))
-            values = torch.from_numpy(np.concatenate(vs)).to(device)
-            index = index.to(device)
+            ps = [parts[i] for i in chunk]
+            offsets, lengths, strides, counts = [], [], [], []
+            for j, P in enumerate(ps):
+                rows = np.arange(P.shape[0], dtype=np.int64)
+                flipped = P.shape[0] > P.shape[1]  # stored transposed: row r is column r
+                offsets.append(j * m * n + (rows if flipped else rows * n))
+                lengths.append(np.diff(P.indptr))
+                strides.append(n if flipped else 1)
+                counts.append(P.nnz)
+            values = torch.from_numpy(np.concatenate([P.data for P in ps])).to(device)
+            cols = torch.from_numpy(np.concatenate([P.indices for P in ps])).to(device)
+            row_off = torch.from_numpy(np.concatenate(offsets)).to(device)
+            row_len = torch.from_numpy(np.concatenate(lengths).astype(np.int64)).to(device)
+            flat = torch.repeat_interleave(row_off, row_len, output_size=int(sum(counts)))
+            if any(s != 1 for s in strides):
+                stride = torch.repeat_interleave(
+                    torch.tensor(strides, dtype=torch.int64, device=device),
+                    torch.tensor(counts, dtype=torch.int64, device=device),
+                    output_size=int(sum(counts)),
+                )
+                flat += cols.to(torch.int64) * stride
+            else:
+                flat += cols
             batch = torch.zeros((len(chunk), m, n), dtype=torch.float64, device=device)
-            batch[index[0], index[1], index[2]] = values
+            batch.view(-1)[flat] = values.to(torch.float64)
             yield chunk, batch
 
 

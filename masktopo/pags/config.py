@@ -106,8 +106,9 @@ class PagsConfig:
     device: Literal["cpu", "cuda"] = option("cpu", "where PaI scoring and the spectra run",
                                             what="device")  # fmt: skip
     route: Literal["auto", "batched"] = option(
-        "auto", "how the spectra are solved: auto (the compiled engine on the CPU, batched Gram "
-        "on CUDA) or batched (the CUDA code path on any device)", what="route",
+        "auto", "how the spectra are solved: auto (the compiled CPU engine; on CUDA the batched "
+        "Gram route for layers with a side of 2048 or more) or batched (the CUDA code path for "
+        "every layer, on any device)", what="route",
         flag=False)  # fmt: skip
     data_dir: str | None = same_as(SetupOptions, "data_dir")
     warm_start: str | None = option(None, "score on the weights of this checkpoint of --model "

@@ -65,7 +65,8 @@ import numpy as np
 import torch
 
 from .._version import git_commit, versions
-from ..analysis.spectral import one_blas_thread
+from ..analysis.metrics import layer_side
+from ..analysis.spectral import on_device, one_blas_thread
 from ..checks import is_int
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json
@@ -592,8 +593,9 @@ def run_pags(
         if resume:
             lock.acquire()  # before reading the state: no other process writes it meanwhile
     # Ranking then exact on the CPU: threads share the candidates' work (pipeline.Tasks); the
-    # batched route and the all-exact path score a chunk in one call.
-    cpu = config.route != "batched" and torch.device(device or "cpu").type == "cpu"
+    # batched route and the all-exact path score a chunk in one call. On CUDA with route="auto"
+    # the layers stay on the CPU route unless one is large (analysis.spectral.on_device).
+    cpu = not any(on_device(layer_side(m, opts), device, config.route) for m in base_masks.values())
     try:
         threads = default_threads() if cpu and not config.exact else 1
         with Tasks(threads) as tasks, one_blas_thread():

@@ -210,7 +210,9 @@ def score_candidates(
         The weights ``θ`` every candidate is scored on (the PaI initialization, or the warm-start
         weights). Default: each candidate's own weights (an error if it has none).
     device : str or torch.device, optional
-        Where the singular values are computed (``"cuda"``: batched Gram route).
+        Where the singular values are computed (``"cuda"``: the batched Gram route for the
+        matrices :func:`~masktopo.analysis.spectral.on_device` sends there, the CPU engine for
+        the others).
     route : {"auto", "batched"}
         ``"batched"``: the device route on the CPU too (the CUDA code path, for tests).
     options : masktopo.analysis.metrics.Options, optional
@@ -360,7 +362,8 @@ def rank_candidates(
     steps : int, optional
         Lanczos steps per matrix (default :data:`masktopo.analysis.ranking.RANK_STEPS`).
     device : str or torch.device, optional
-        ``"cuda"``: both passes on the batched route on the GPU.
+        ``"cuda"``: both passes on the batched route on the GPU when a layer is large enough
+        (:func:`~masktopo.analysis.ranking.rank_layers`), else on the CPU route.
     route : {"auto", "batched"}
         ``"batched"``: the batched (CUDA) route on the CPU too.
     bounds : {"all", "imdb"}

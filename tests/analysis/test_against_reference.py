@@ -248,9 +248,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @needs_cuda
 @pytest.mark.parametrize(("mask", "weight"), CORPUS[::3])
 @pytest.mark.parametrize("placement", ["device_arg", "tensors_on_cuda"])
-def test_layer_metrics_match_reference_cuda(mask, weight, placement):
+@pytest.mark.parametrize("route", ["auto", "batched"])  # small layers: auto is the CPU engine
+def test_layer_metrics_match_reference_cuda(mask, weight, placement, route):
     kind = "linear" if mask.ndim == 2 else "conv"
     call = dict(device="cuda") if placement == "device_arg" else dict(on_device="cuda")
+    call["route"] = route
     failures = []
     for options in option_grid(kind):
         try:

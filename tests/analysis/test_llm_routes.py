@@ -183,13 +183,16 @@ def test_cuda_rows_match_the_cpu():
     refs = [LayerRef(f"l{i}", "linear", tuple(w.shape), float(w.numel()),
                      lambda w=w: (w != 0, w.to(torch.bfloat16))) for i, w in enumerate(ws)]  # fmt: skip
     cpu = analyze_layers(refs)
-    gpu = analyze_layers(refs, device="cuda")
-    for col in (
-        "mu0",
-        "mu_hat",
-        "weighted_mu_hat",
-        "normalized_spectral_gap",
-        "imdb_ramanujan_gap",
-    ):
-        np.testing.assert_allclose(gpu[col], cpu[col], rtol=1e-9)
-    assert list(gpu["nm"]) == list(cpu["nm"]) == ["", "2:4"]
+    # these sides are under DEVICE_MIN_SIDE: "auto" keeps them on the CPU engine, "batched"
+    # sends them to the GPU
+    for route in ("auto", "batched"):
+        gpu = analyze_layers(refs, device="cuda", route=route)
+        for col in (
+            "mu0",
+            "mu_hat",
+            "weighted_mu_hat",
+            "normalized_spectral_gap",
+            "imdb_ramanujan_gap",
+        ):
+            np.testing.assert_allclose(gpu[col], cpu[col], rtol=1e-9)
+        assert list(gpu["nm"]) == list(cpu["nm"]) == ["", "2:4"]

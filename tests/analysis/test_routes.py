@@ -96,3 +96,27 @@ def test_cli_analyze_takes_the_route(tmp_path):
                      str(tmp_path / f"{route}.csv")]) == 0  # fmt: skip
     a, b = ((tmp_path / f"{r}.csv").read_text().splitlines() for r in ROUTES)
     assert a[0] == b[0] and len(a) == len(b)
+
+
+@pytest.mark.parametrize("max_entries", [1 << 27, 3000, 1])
+def test_dense_batches_place_every_entry(max_entries):
+    """Each batch holds its matrices, smaller side first and zero-padded, in bucket order;
+    empty matrices are left out (the CSR arrays cross as they are, positions formed there)."""
+    from masktopo.analysis._engine import Parts
+    from masktopo.analysis.spectral import dense_batches
+
+    rng = np.random.default_rng(7)
+    shapes = [(30, 50), (50, 30), (7, 7), (100, 33), (33, 100), (1, 40), (40, 1), (64, 64)]
+    dense = [(rng.random(s) < 0.3) * rng.normal(size=s) for s in shapes]
+    dense.append(np.zeros((5, 9)))
+    parts = [Parts.of(sp.csr_matrix(M)) for M in dense]
+    seen = []
+    for chunk, batch in dense_batches(parts, "cpu", max_entries):
+        assert batch.dtype == torch.float64 and batch.shape[1] <= batch.shape[2]
+        for j, i in enumerate(chunk):
+            M = dense[i] if dense[i].shape[0] <= dense[i].shape[1] else dense[i].T
+            want = np.zeros(batch.shape[1:])
+            want[: M.shape[0], : M.shape[1]] = M
+            np.testing.assert_array_equal(batch[j].numpy(), want)
+        seen.extend(chunk)
+    assert sorted(seen) == list(range(len(shapes)))  # the empty one is left out
