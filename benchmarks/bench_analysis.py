@@ -271,7 +271,8 @@ def header(args, devices: list[str]) -> list[str]:
         "torch tensors (building matrices and graphs is inside the timed region).",
         "",
         f"- ours: `masktopo.analysis.analyze(ms)` (all metrics, with weights) and `analyze(ms, "
-        f"metrics={SPECTRA})` (spectra only) on {', '.join(devices)}; median of "
+        f"metrics={SPECTRA})` (spectra only) on {', '.join(devices)}, route "
+        f"`{args.route}`; median of "
         f"{args.repeats} after one warm-up on the first {WARMUP_LAYERS} layers"
         + ("; masks and weights already on the GPU" if "cuda" in devices else ""),
         f"- networkx: {nx_how}.",
@@ -327,6 +328,14 @@ def parse_args(argv=None):
         "is skipped with a message (default: cpu)",
     )
     p.add_argument(
+        "--route",
+        choices=["auto", "batched"],
+        default="auto",
+        help="our analyze()'s spectral route: auto (the CPU engine, on CUDA the GPU for matrices "
+        "with a side of 2048 or more) or batched (the batched Gram route for every matrix, on "
+        "the GPU with --device cuda) (default: auto)",
+    )
+    p.add_argument(
         "--nx-max-nodes",
         type=int,
         default=None,
@@ -360,10 +369,15 @@ def bench_maskset(ms, args, devices: list[str]) -> Row:
     ours, errs_nx, errs_eigsh, dfs = {}, [], [], []
     for d in devices:
         msd = ms.to(d) if d != "cpu" else ms
-        analyze(msd.select(msd.names[:WARMUP_LAYERS]), device=d)  # warm-up
-        t_all, df_all = timed(lambda m=msd, d=d: analyze(m, device=d), args.repeats, device=d)
+        r = args.route
+        analyze(msd.select(msd.names[:WARMUP_LAYERS]), device=d, route=r)  # warm-up
+        t_all, df_all = timed(
+            lambda m=msd, d=d, r=r: analyze(m, device=d, route=r), args.repeats, device=d
+        )
         t_sp, df_sp = timed(
-            lambda m=msd, d=d: analyze(m, metrics=SPECTRA, device=d), args.repeats, device=d
+            lambda m=msd, d=d, r=r: analyze(m, metrics=SPECTRA, device=d, route=r),
+            args.repeats,
+            device=d,
         )
         log(f"    ours ({d}): all metrics {t_all:.3f} s, spectra only {t_sp:.3f} s")
         ours[d] = (t_all, t_sp)

@@ -146,7 +146,7 @@ def bench_throughput(cands, theta, args, devices: list[str]):
             settings += [(d, None, "—")]
     for device, env, label in settings:
         with workers_env(env):
-            score_candidates(cands[:2], weights=theta, device=device)  # warm-up (pool, CUDA)
+            score_candidates(cands[:2], weights=theta, device=device, route=args.route)  # warm-up
             for chunk in args.chunks:
                 part = cands[:chunk]
                 times = []
@@ -154,7 +154,7 @@ def bench_throughput(cands, theta, args, devices: list[str]):
                     if device == "cuda":
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
-                    sc = score_candidates(part, weights=theta, device=device)
+                    sc = score_candidates(part, weights=theta, device=device, route=args.route)
                     times.append(time.perf_counter() - t0)
                     if coords0 is None and device == "cpu":
                         coords0 = (sc.coords[0], sc.valid[0], sc.imdb_defined[0], sc.layers)
@@ -163,7 +163,7 @@ def bench_throughput(cands, theta, args, devices: list[str]):
                 log(f"  ours {device}, workers {label}, chunk {chunk}: "
                     f"{r.seconds:.2f} s/call, {r.rate:.1f} candidates/s")  # fmt: skip
     if coords0 is None:  # CUDA only: take candidate 0 from the first device
-        sc = score_candidates(cands[:1], weights=theta, device=devices[0])
+        sc = score_candidates(cands[:1], weights=theta, device=devices[0], route=args.route)
         coords0 = (sc.coords[0], sc.valid[0], sc.imdb_defined[0], sc.layers)
     return rows, coords0
 
@@ -333,7 +333,8 @@ class EndToEnd:
 
 def bench_end_to_end(args, device: str) -> EndToEnd:
     config = PagsConfig(model="resnet18", dataset="cifar10", method="erk", density=args.density,
-                        n=args.n, chunk=args.e2e_chunk, seed=args.seed, device=device)  # fmt: skip
+                        n=args.n, chunk=args.e2e_chunk, seed=args.seed, device=device,
+                        route=args.route)  # fmt: skip
     marks: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench_pags_") as tmp:
         t0 = time.perf_counter()
@@ -372,7 +373,8 @@ def header(args, shapes, cands) -> list[str]:
         f"seed=s)` for s = {args.seed + 1} … (exact per-layer counts; {nnz:,} kept entries, "
         f"density {nnz / numel:.4f}; drawn as positions, which travel with the masks as for "
         f"PAGS's own candidates); θ: dense Kaiming-normal float32 (seed {args.seed}), shared "
-        "by all candidates. Unrolled convs, n23 gate and IMDB variant (the PAGS defaults).",
+        "by all candidates. Unrolled convs, n23 gate and IMDB variant (the PAGS defaults). "
+        f"Spectral route: `{args.route}`.",
         "",
         "Machine:",
         "",
@@ -677,6 +679,14 @@ def parse_args(argv=None):
         metavar="N",
         help="run networkx only on layers with <= N nodes, extrapolate the rest as n^3 "
         "(default: no limit, takes minutes; --quick: 1500)",
+    )
+    p.add_argument(
+        "--route",
+        choices=["auto", "batched"],
+        default="auto",
+        help="the spectral route of the scoring and the end-to-end run: auto (the CPU engine; on "
+        "CUDA the GPU only for layers with a side of 2048 or more) or batched (the batched Gram "
+        "route for every matrix, on the GPU with --device cuda) (default: auto)",
     )
     p.add_argument("--skip-nx", action="store_true", help="do not run the networkx scorer")
     p.add_argument("--skip-e2e", action="store_true", help="do not run the end-to-end part")
