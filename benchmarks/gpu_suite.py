@@ -209,7 +209,7 @@ def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
     # 55 s left of the budget go to whichever steps run over.
     spec = [
         ("tests", "tests", "the CUDA tests (`@pytest.mark.cuda`)",
-         "-m pytest -q -m cuda -p no:cacheprovider -ra", (120, 150), (50, 60), None),
+         "-m pytest -q -m cuda -p no:cacheprovider -ra", (150, 150), (50, 60), None),
         ("analysis", "analysis", "analyze() on CUDA: ResNet-50 mask sets, 90/98/99 % sparse",
          f"benchmarks/bench_analysis.py {analysis} --densities {densities} --skip-nx",
          (120, 400), (60, 150), None),
