@@ -6,15 +6,22 @@ the CPU there is no queue, so these tests count the calls that *would* sync on C
 of ordinary steps between two mask events, for ``masktopo train``'s loop and for
 ``masktopo.sparsify`` in a plain loop; where CUDA exists, ``torch.cuda.set_sync_debug_mode``
 checks the same on the device.
+
+A drop-and-grow update step may read back once (whether a tie needs a random draw, and R_s):
+those tests also watch the aten operators that read data or size their output by it
+(``nonzero``, boolean indexing, ``_local_scalar_dense``, ...), and ``kthvalue``, which runs one
+CUDA thread block per slice (a whole layer: tens of ms on an H200).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import masktopo
 from masktopo.trainer import TrainConfig, train
@@ -25,12 +32,16 @@ _SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", 
 @contextlib.contextmanager
 def _counting(monkeypatch):
     """Count the calls of the sync-making tensor methods while ``state["on"]``."""
-    state = {"on": False, "calls": []}
+    state = {"on": False, "calls": [], "thread": threading.get_ident()}
     for name in _SYNCS:
         orig = getattr(torch.Tensor, name)
 
         def wrapper(self, *a, _orig=orig, _name=name, **k):
-            if state["on"] and self.device.type != "meta":
+            if (
+                state["on"]
+                and self.device.type != "meta"
+                and threading.get_ident() == state["thread"]  # not the event writer's thread
+            ):
                 import traceback
 
                 state["calls"].append((_name, traceback.format_stack(limit=6)[-3]))
@@ -38,6 +49,31 @@ def _counting(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, wrapper)
     yield state
+
+
+_aten = torch.ops.aten
+#: Operators that read device data on the host, or size their output by it (a sync on CUDA).
+_READS = {_aten._local_scalar_dense, _aten.nonzero, _aten.masked_select, _aten._unique2,
+          _aten.unique_dim, _aten.unique_consecutive, _aten.equal, _aten.repeat_interleave,
+          _aten.kthvalue}  # fmt: skip
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the :data:`_READS` operators and boolean-mask indexing run in this thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func._overloadpacket
+        if packet in _READS:
+            self.seen.append(str(func))
+        elif packet in (_aten.index, _aten.index_put, _aten.index_put_) and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()
+        ):
+            self.seen.append(f"{func} with a boolean mask")
+        return func(*args, **(kwargs or {}))
 
 
 SPIRAL = {"model": "spiral-mlp", "dataset": "cubist-spiral", "density": 0.3, "epochs": 1,
@@ -82,6 +118,38 @@ def test_sparsify_steps_between_events_make_no_host_sync(monkeypatch):
     sp.finish()
     assert clean == [], clean[:5]
     assert [name for name, _ in state["calls"]] == ["__float__"]
+
+
+@pytest.mark.parametrize(("method", "growth"), [("rigl", "gradient"), ("itop", "random"),
+                                               ("itop", "random_unfired")])  # fmt: skip
+def test_an_update_step_reads_back_once(monkeypatch, method, growth):
+    """A drop-and-grow update (every layer, and its event) reads back once: one ``tolist`` of
+    the selections' checks and the fired counts; no count, no ``nonzero``, no kthvalue."""
+    torch.manual_seed(0)
+    # tanh: no dead unit, so no tie among the gradients (a tie at a threshold needs a draw, and
+    # the exact path's reads; test_methods checks that path)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Tanh(), torch.nn.Linear(64, 32),
+                                torch.nn.Tanh(), torch.nn.Linear(32, 4))  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sp = masktopo.sparsify(model, opt, method=method, density=0.2, total_steps=200,
+                           update_interval=10, growth=growth)  # fmt: skip
+    x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    before = {n: m.clone() for n, m in sp.session.current_masks().items()}
+    with _counting(monkeypatch) as state:
+        for i in range(10):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            reads = _HostReads()
+            state["on"] = i == 9  # the update step (step + 1) % 10 == 0
+            with reads:
+                sp.step()
+            state["on"] = False
+    assert sp.n_events == 2  # init and this update
+    assert any(not torch.equal(m, before[n]) for n, m in sp.session.current_masks().items())
+    assert reads.seen == []
+    assert [name for name, _ in state["calls"]] == ["tolist"], state["calls"]
+    sp.finish()
 
 
 @pytest.mark.cuda
