@@ -122,9 +122,16 @@ def test_sparsify_steps_between_events_make_no_host_sync(monkeypatch):
 
 @pytest.mark.parametrize(("method", "growth"), [("rigl", "gradient"), ("itop", "random"),
                                                ("itop", "random_unfired")])  # fmt: skip
-def test_an_update_step_reads_back_once(monkeypatch, method, growth):
+@pytest.mark.parametrize("record", [False, True])
+def test_an_update_step_reads_back_once(monkeypatch, tmp_path, method, growth, record):
     """A drop-and-grow update (every layer, and its event) reads back once: one ``tolist`` of
-    the selections' checks and the fired counts; no count, no ``nonzero``, no kthvalue."""
+    the selections' checks and the fired counts; no count, no ``nonzero``, no kthvalue. With a
+    run directory, the event's copies take the CUDA path (launched, gathered in the writer
+    thread), forced here on the CPU."""
+    from masktopo.runs import writer
+
+    if record:
+        monkeypatch.setattr(writer, "_ASYNC_COPY_DEVICES", ("cuda", "cpu"))
     torch.manual_seed(0)
     # tanh: no dead unit, so no tie among the gradients (a tie at a threshold needs a draw, and
     # the exact path's reads; test_methods checks that path)
@@ -132,7 +139,8 @@ def test_an_update_step_reads_back_once(monkeypatch, method, growth):
                                 torch.nn.Tanh(), torch.nn.Linear(32, 4))  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     sp = masktopo.sparsify(model, opt, method=method, density=0.2, total_steps=200,
-                           update_interval=10, growth=growth)  # fmt: skip
+                           update_interval=10, growth=growth,
+                           out=tmp_path / "run" if record else None)  # fmt: skip
     x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
     before = {n: m.clone() for n, m in sp.session.current_masks().items()}
     with _counting(monkeypatch) as state:
