@@ -69,21 +69,30 @@ def top_k_pending(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
         raises), the entries tied at the threshold need a random draw (:func:`top_k_mask` draws
         it with its generator). When both are False, ``keep`` is final.
     """
+    keep, _, _, stats = _top_k_parts(scores, k)
+    return keep, stats[:2].bool()
+
+
+def _top_k_parts(scores: torch.Tensor, k: int):
+    """``(keep, above, kth, stats)`` on the device, no read: ``keep`` as :func:`top_k_pending`,
+    ``above`` the entries above the k-th largest score ``kth``, ``stats`` int64
+    ``[NaN seen, draw needed, entries still needed past above, entries tied at kth]``."""
     flat = scores.reshape(-1)
     n = flat.numel()
     if not 0 <= k <= n:
         raise MaskValidationError(f"cannot keep {k} of {n} entries")
     if k == n or k == 0:  # top_k_mask neither checks nor draws
         keep = torch.full_like(scores, k == n, dtype=torch.bool)
-        return keep, torch.zeros(2, dtype=torch.bool, device=scores.device)
+        return keep, None, None, torch.zeros(4, dtype=torch.int64, device=scores.device)
     kth = _kth_largest(flat, k)
     above = flat > kth
     at = flat == kth
     need = k - above.sum()  # >= 1 whenever the scores are NaN-free: the k-th itself is not above
     n_at = at.sum()
     keep = above | (at & (need == n_at))  # all the tied entries when all are needed
-    check = torch.stack([torch.isnan(flat).any(), (need > 0) & (need < n_at)])
-    return keep.reshape(scores.shape), check
+    draw = (need > 0) & (need < n_at)
+    stats = torch.stack([torch.isnan(flat).any().long(), draw.long(), need, n_at])
+    return keep.reshape(scores.shape), above, kth, stats
 
 
 def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,33 +115,29 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
 
     Notes
     -----
-    One read from the device (:func:`top_k_pending`'s check), and the tied entries' positions
-    when they need the draw.
+    One read from the device, and the tied entries' positions when they need the draw.
     """
-    keep, check = top_k_pending(scores, k)
+    return _top_k_drawn(scores, k, generator)[0]
+
+
+def _top_k_drawn(
+    scores: torch.Tensor, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, bool]:
+    """:func:`top_k_mask`, and whether it drew among tied entries."""
+    keep, above, kth, stats = _top_k_parts(scores, k)
     if k == 0 or k == scores.numel():
-        return keep
-    has_nan, draw = check.tolist()
+        return keep, False
+    has_nan, draw, need, n_at = stats.tolist()  # one read: the draw's length is the data's
     if has_nan:
         raise MaskValidationError("pruning scores contain NaN (non-finite weights or overflow)")
-    if draw:
-        keep = _draw_ties(scores.reshape(-1), k, generator).reshape(scores.shape)
-    return keep
-
-
-def _draw_ties(flat: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """The entries above the k-th largest and a random subset of those equal to it (exactly
-    ``k``); reads the tie count back (the draw's length)."""
-    kth = _kth_largest(flat, k)
-    keep = flat > kth
-    need = k - int(keep.sum())
-    if need:
-        tied = torch.nonzero(flat == kth).reshape(-1)
-        if need < tied.numel():
-            pick = torch.randperm(tied.numel(), generator=generator, device=generator.device)
-            tied = tied[pick[:need].to(tied.device)]
-        keep[tied] = True
-    return keep
+    if not draw:
+        return keep, False
+    flat = scores.reshape(-1)
+    tied = torch.nonzero(flat == kth).reshape(-1)  # n_at entries
+    pick = torch.randperm(n_at, generator=generator, device=generator.device)
+    keep = above.clone()
+    keep[tied[pick[:need].to(tied.device)]] = True
+    return keep.reshape(scores.shape), True
 
 
 def select_global(

@@ -98,9 +98,10 @@ _ASYNC_COPY_DEVICES = ("cuda",)
 
 
 def _copy_to_host(t: torch.Tensor, pinned: bool) -> torch.Tensor:
-    """A host tensor like ``t`` (same strides) that ``t`` is being copied into, asynchronously
-    from a CUDA device into pinned memory."""
-    out = torch.empty_like(t, device="cpu", pin_memory=pinned)
+    """A contiguous host tensor of ``t``'s shape and dtype that ``t`` is being copied into,
+    asynchronously from a CUDA device into pinned memory (a ``t`` in another memory format,
+    channels-last, is made contiguous on the device first, by ``copy_``)."""
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pinned)
     out.copy_(t, non_blocking=pinned)
     return out
 

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..pai.densities import apportion, keep_count, layer_counts, layer_densities
-from ..pai.select import select_global, select_local, top_k_mask, top_k_pending
+from ..pai.select import _top_k_drawn, select_global, select_local, top_k_mask, top_k_pending
 
 __all__ = [
     "DROPS",
@@ -341,6 +341,7 @@ def rewire(
     momentum: torch.Tensor | None = None,
     fired: torch.Tensor | None = None,
     reinit_when_same: bool = False,
+    active: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One layer's drop-and-grow at constant count (ITOP, RigL, SET, GraNet's regeneration).
 
@@ -352,20 +353,50 @@ def rewire(
     3. New connections :math:`G \setminus m` (all of :math:`G` with ``reinit_when_same``) start at
        0 with zero optimizer state; a just-dropped weight that is regrown keeps its value.
 
+    ``active``: the number of entries of ``mask`` when the caller knows it; then a drop rule
+    with ``keep_scores`` and the growth read no count back (one read per selection, and the tied
+    entries' positions when a tie needs a draw). Same result either way.
+
     Returns
     -------
     new_mask, new_connections : torch.Tensor
         :math:`m''` (exactly as many entries as :math:`m`) and the entries the caller must reset.
     """
-    dropped = get_drop(drop).drop(weight, mask, n, generator)
+    new_mask, new_connections, _ = _rewire_drawn(
+        weight, mask, n, generator, drop=drop, growth=growth, grad=grad, momentum=momentum,
+        fired=fired, reinit_when_same=reinit_when_same, active=active,
+    )  # fmt: skip
+    return new_mask, new_connections
+
+
+def _rewire_drawn(weight, mask, n, generator, *, drop, growth, grad, momentum, fired,
+                  reinit_when_same, active):  # fmt: skip
+    """:func:`rewire`, and whether a selection drew among tied entries (known only with
+    ``active``; False otherwise)."""
+    rule = get_drop(drop)
+    drew = False
+    if active is not None and rule.keep_scores is not None:
+        if not 0 <= n <= active:
+            raise MaskValidationError(f"cannot drop {n} of {active} active entries")
+        kept = rule.keep_scores(weight).detach().float().masked_fill(~mask, _NEG_INF)
+        keep, drew = _top_k_drawn(kept, active - n, generator)
+        dropped = mask & ~keep
+    else:
+        dropped = rule.drop(weight, mask, n, generator)
     after = mask & ~dropped
     scores = growth_scores(
         growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired
     )
-    grown = grow(scores, ~after, n, generator)
+    if active is not None:  # the candidates ~after hold numel - active + n >= n entries
+        grown, drew_grow = _top_k_drawn(
+            scores.detach().float().masked_fill(after, _NEG_INF), n, generator
+        )
+        drew = drew or drew_grow
+    else:
+        grown = grow(scores, ~after, n, generator)
     new_mask = after | grown
     new_connections = grown if reinit_when_same else grown & ~mask
-    return new_mask, new_connections
+    return new_mask, new_connections, drew
 
 
 def rewire_pending(

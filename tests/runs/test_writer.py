@@ -161,3 +161,30 @@ def test_asynchronous_host_copies_write_the_same_events(tmp_path, monkeypatch):
         assert a[name][0] == b[name][0]
         assert a[name][1].keys() == b[name][1].keys()
         assert all(torch.equal(a[name][1][k], b[name][1][k]) for k in a[name][1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_events_from_cuda_are_the_events_from_the_cpu(tmp_path):
+    """The asynchronous copies from CUDA (pinned memory, gathered in the writer thread) write
+    what the CPU path writes, even when the tensors change right after record()."""
+    masks = _masks()
+    weights = {n: torch.randn(m.shape) for n, m in masks.items()}
+    weights["b.weight"] = weights["b.weight"].to(memory_format=torch.channels_last)
+    for where in ("cpu", "cuda"):
+        out = tmp_path / where
+        out.mkdir()
+        rec = RunWriter(out)
+        _run_json(rec, masks)
+        m = {n: t.to(where, copy=True) for n, t in masks.items()}
+        w = {n: t.to(where, copy=True) for n, t in weights.items()}
+        rec.record(m, w, kind="init", step=0, epoch=0.0)
+        for t in (*m.values(), *w.values()):  # changed at once, as training does
+            t.zero_()
+        rec.close()
+    assert (tmp_path / "cpu" / "events.jsonl").read_text() == (
+        tmp_path / "cuda" / "events.jsonl"
+    ).read_text()
+    a, b = _event_tensors(tmp_path / "cpu"), _event_tensors(tmp_path / "cuda")
+    assert all(a[f][0] == b[f][0] for f in a)
+    assert all(torch.equal(a[f][1][k], b[f][1][k]) for f in a for k in a[f][1])

@@ -16,6 +16,7 @@ CUDA thread block per slice (a whole layer: tens of ms on an H200).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 
 import pytest
@@ -225,3 +226,89 @@ def test_the_masks_check_puts_its_checksum_on_cuda_under_nccl(monkeypatch):
     seen.clear()
     assert session.masks_agree({"w": torch.ones(2, 2, dtype=torch.bool)})
     assert all("cuda" not in a for a in seen)  # gloo takes the CPU tensor as it is
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_update_step_synchronises_once(tmp_path):
+    """On CUDA a RigL update step with its event (masks and kept weights to a run directory)
+    makes one synchronisation: the update's read of its checks and R_s."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 256), torch.nn.Tanh(),
+                                torch.nn.Linear(256, 4)).cuda()  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.2, total_steps=200,
+                           update_interval=10, out=tmp_path / "run")  # fmt: skip
+    x = torch.randn(64, 20, device="cuda")
+    y = torch.randint(0, 4, (64,), device="cuda")
+    for i in range(10):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i == 9:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    sp.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        else:
+            sp.step()
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    sp.finish()
+    assert sp.n_events == 3
+
+
+def test_an_update_with_tied_gradients_reads_once_per_selection(monkeypatch):
+    """bfloat16-valued gradients (autocast) tie at the growth threshold at most updates: after
+    an update that drew, the next goes layer by layer at once (no pending pass to throw away),
+    with one read per selection, the tied positions, and R_s."""
+    from masktopo.trainer.methods import dst
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Tanh(), torch.nn.Linear(64, 32),
+                                torch.nn.Tanh(), torch.nn.Linear(32, 4))  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sp = masktopo.sparsify(model, opt, method="rigl", density=0.2, total_steps=200,
+                           update_interval=10)  # fmt: skip
+    regrowth = sp.session.sparsifier.regrowth
+    x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    pending = []
+    orig = dst.Regrowth._rewire_pending
+
+    def spy(self, *a, **k):
+        pending.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(dst.Regrowth, "_rewire_pending", spy)
+    updates = []  # (tried the one-read pass, drew, sync-making calls, operators that read)
+    with _counting(monkeypatch) as state:
+        for i in range(60):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            for p in model.parameters():
+                p.grad = p.grad.to(torch.bfloat16).float()
+            opt.step()
+            update = (i + 1) % 10 == 0
+            reads, before = _HostReads(), len(pending)
+            state["on"], state["calls"] = update, []
+            with reads:
+                sp.step()
+            state["on"] = False
+            if update:
+                calls = [name for name, _ in state["calls"]]
+                updates.append((len(pending) > before, regrowth._drew, calls, reads.seen))
+    assert any(drew for _, drew, _, _ in updates)
+    one_by_one = [u for u in updates[1:] if not u[0]]
+    assert one_by_one
+    for prev, now in itertools.pairwise(updates):
+        assert not (prev[1] and now[0])  # after a draw, no one-read pass
+    for _, _, calls, seen in one_by_one:
+        assert calls.count("tolist") == 2 * 3 and set(calls) == {"tolist", "__float__"}, calls
+        assert set(seen) <= {"aten.nonzero.default", "aten._local_scalar_dense.default"}, seen
+    sp.finish()

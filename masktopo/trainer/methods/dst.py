@@ -40,10 +40,10 @@ import torch
 from ...errors import MaskValidationError
 from ..core import (
     DenseMomentum,
+    _rewire_drawn,
     drop_count,
     get_growth,
     itop_rate,
-    rewire,
     rewire_pending,
     start_masks,
 )
@@ -77,6 +77,7 @@ class Regrowth:
         self.momentum = DenseMomentum(cfg.momentum) if "momentum" in needs else None
         self.fired: dict[str, torch.Tensor] | None = None
         self.R_s: float | None = None
+        self._drew = False  # whether the last update drew among tied scores (see apply)
 
     def track(self, masking: Masking) -> None:
         """Per-step bookkeeping: the fired masks start from the first masks seen (one sync, once);
@@ -104,16 +105,18 @@ class Regrowth:
         :meth:`Masking.nnz`), and one ``tolist`` reads whether any selection met a NaN or a tie
         that needs a random draw, together with the fired masks' counts (R_s). That read cannot
         go: the draw's length depends on the data and it comes from the method's generator,
-        which later layers and updates share. When it is needed (rare with real-valued scores)
-        the generator is restored and the layers are rewired again one by one
-        (:func:`~masktopo.trainer.core.rewire`), which gives the same masks and the same generator
-        use as always.
+        which later layers and updates share. When a draw is needed the generator is restored
+        and the layers are rewired again one by one (:func:`~masktopo.trainer.core.rewire`: one
+        read per selection, and the tied positions for a draw), which gives the same masks and
+        the same generator use as always. Scores with few distinct values tie at the threshold
+        at almost every update (gradients computed under bfloat16 autocast: 8 bits of
+        mantissa), so after an update that drew, the next one goes one by one at once.
         """
         self._start_fired(masking)
         active = masking.nnz()
         counts = {n: drop_count(rate, active[n], self.rounding) for n in masking.names}
         start = self.generator.get_state()  # host memory, no device read
-        done = self._rewire_pending(masking, active, counts)
+        done = None if self._drew else self._rewire_pending(masking, active, counts)
         if done is not None:
             new_masks, reset, fired_new, check, fired_counts = done
             flags = torch.stack([check, *fired_counts]).tolist()  # the update's one read
@@ -125,7 +128,7 @@ class Regrowth:
                 self.R_s = float(sum(flags[1:])) / total if total else 1.0
                 return counts, dict(counts)
             self.generator.set_state(start)
-        self._rewire_exact(masking, optimizer, active, counts)
+        self._drew = self._rewire_exact(masking, optimizer, active, counts)
         return counts, dict(counts)
 
     def _rewire_pending(self, masking: Masking, active, counts):
@@ -163,16 +166,17 @@ class Regrowth:
         fired_counts = [f.count_nonzero().to(device) for f in fired_new.values()]
         return new_masks, reset, fired_new, check.to(torch.int64), fired_counts
 
-    def _rewire_exact(self, masking: Masking, optimizer, active, counts) -> None:
-        """Every layer by :func:`rewire`, one after the other (reads counts and ties back)."""
+    def _rewire_exact(self, masking: Masking, optimizer, active, counts) -> bool:
+        """Every layer by :func:`rewire`, one after the other (reads back per selection);
+        whether a selection drew among tied scores."""
         masks, params = masking.masks, masking.params
         momenta = self.momentum.buffers if self.momentum is not None else None
-        new_masks, reset = {}, {}
+        new_masks, reset, drew = {}, {}, False
         for name in masking.names:
             n = counts[name]
             if n == 0:
                 continue
-            new_masks[name], reset[name] = rewire(
+            new_masks[name], reset[name], drew_here = _rewire_drawn(
                 params[name],
                 masks[name],
                 n,
@@ -183,12 +187,15 @@ class Regrowth:
                 momentum=None if momenta is None else momenta.get(name),
                 fired=self.fired[name],
                 reinit_when_same=self.reinit_when_same,
+                active=active[name],
             )
-        masking.set_masks(new_masks, optimizer)
+            drew = drew or drew_here
+        masking.set_masks(new_masks, optimizer, nnz={n: active[n] for n in new_masks})
         masking.zero_entries(reset, optimizer)
         for name, m in masking.masks.items():
             self.fired[name] |= m
         self.R_s = itop_rate(self.fired)
+        return drew
 
     def state_dict(self) -> dict[str, Any]:
         fired = None if self.fired is None else {n: f.clone() for n, f in self.fired.items()}
