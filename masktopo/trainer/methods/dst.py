@@ -127,7 +127,7 @@ class Regrowth:
                 total = sum(f.numel() for f in self.fired.values())
                 self.R_s = float(sum(flags[1:])) / total if total else 1.0
                 return counts, dict(counts)
-            self.generator.set_state(start)
+        self.generator.set_state(start)  # the draws of the pending pass, if any, are undone
         self._drew = self._rewire_exact(masking, optimizer, active, counts)
         return counts, dict(counts)
 
