@@ -14,8 +14,8 @@ Notation for one maskable layer :math:`l`: :math:`N_l` entries, mask :math:`m_l`
 
 Everything runs on the tensors' device; functions that return counts synchronise (they are only
 called on update steps). :func:`rewire_pending` is :func:`rewire` without any read from the
-device, for a caller that checks all layers with one read (:class:`masktopo.trainer.methods.dst.
-Regrowth`).
+device, for a caller that checks all layers with one read
+(:class:`~masktopo.trainer.methods.dst.Regrowth`).
 """
 
 from __future__ import annotations
