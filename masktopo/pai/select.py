@@ -1,10 +1,15 @@
 """Exact top-k selection with seeded random tie-breaking, and the iterative pruning schedules.
 
-Every mask :mod:`masktopo.pai` returns keeps an exact number of entries. Scores are ranked with
-:func:`torch.kthvalue`; entries strictly above the k-th largest score are kept, and among the
-entries equal to it exactly the missing number is drawn uniformly at random with the caller's
+Every mask :mod:`masktopo.pai` returns keeps an exact number of entries. The k-th largest score
+is found with :func:`torch.topk`; entries strictly above it are kept, and among the entries equal
+to it exactly the missing number is drawn uniformly at random with the caller's
 ``torch.Generator`` (methods-spec §1.3). The result does not depend on the order of equal scores in
 memory, and ``-inf`` marks entries that must never be kept (pruned earlier in an iterative method).
+
+:func:`top_k_pending` does the same selection without reading anything back from the device; it
+says on the device whether the scores held a NaN or the tied entries need the random draw (whose
+length depends on the data), so a caller can check many selections with one read
+(:func:`masktopo.trainer.core.rewire_pending`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,78 @@ import torch
 from ..errors import MaskValidationError, UnknownNameError
 from .densities import apportion, keep_count
 
-__all__ = ["SCHEDULES", "schedule_densities", "select_global", "select_local", "top_k_mask"]
+__all__ = [
+    "SCHEDULES",
+    "schedule_densities",
+    "select_global",
+    "select_local",
+    "top_k_mask",
+    "top_k_pending",
+]
 
 #: Density schedules of iterative pruning (methods-spec §1.5, §6.1).
 SCHEDULES = ("exponential", "linear")
+
+
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th largest value of the 1-D ``flat`` (``1 <= k <= flat.numel()``), a 0-d tensor
+    on its device, with no host synchronisation.
+
+    :func:`torch.topk` of the smaller side, not :func:`torch.kthvalue`: on CUDA, ``kthvalue``
+    runs one thread block per slice, so a whole layer of millions of scores is one block's radix
+    select (tens of ms per call, pytorch/pytorch#75599); ``topk`` spreads a large slice over the
+    device. On the CPU the two cost about the same. The value is the same either way.
+    """
+    n = flat.numel()
+    if k <= n - k + 1:
+        return torch.topk(flat, k, sorted=False).values.min()
+    return torch.topk(flat, n - k + 1, largest=False, sorted=False).values.max()
+
+
+def top_k_pending(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_k_mask` without reading anything back from the device, and without drawing.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        Floating-point scores, any shape and device.
+    k : int
+        How many entries to keep, ``0 <= k <= scores.numel()``.
+
+    Returns
+    -------
+    keep : torch.Tensor
+        ``torch.bool`` like ``scores``: :func:`top_k_mask`'s result (which then uses no random
+        draw) unless ``check`` says otherwise.
+    check : torch.Tensor
+        ``torch.bool`` of shape ``(2,)`` on the device: the scores hold a NaN (:func:`top_k_mask`
+        raises), the entries tied at the threshold need a random draw (:func:`top_k_mask` draws
+        it with its generator). When both are False, ``keep`` is final.
+    """
+    keep, _, _, stats = _top_k_parts(scores, k)
+    return keep, stats[:2].bool()
+
+
+def _top_k_parts(scores: torch.Tensor, k: int):
+    """``(keep, above, kth, stats)`` on the device, no read: ``keep`` as :func:`top_k_pending`,
+    ``above`` the entries above the k-th largest score ``kth``, ``stats`` int64
+    ``[NaN seen, draw needed, entries still needed past above, entries tied at kth]``."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if not 0 <= k <= n:
+        raise MaskValidationError(f"cannot keep {k} of {n} entries")
+    if k == n or k == 0:  # top_k_mask neither checks nor draws
+        keep = torch.full_like(scores, k == n, dtype=torch.bool)
+        return keep, None, None, torch.zeros(4, dtype=torch.int64, device=scores.device)
+    kth = _kth_largest(flat, k)
+    above = flat > kth
+    at = flat == kth
+    need = k - above.sum()  # >= 1 whenever the scores are NaN-free: the k-th itself is not above
+    n_at = at.sum()
+    keep = above | (at & (need == n_at))  # all the tied entries when all are needed
+    draw = (need > 0) & (need < n_at)
+    stats = torch.stack([torch.isnan(flat).any().long(), draw.long(), need, n_at])
+    return keep.reshape(scores.shape), above, kth, stats
 
 
 def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -32,33 +105,39 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
     k : int
         How many entries to keep, ``0 <= k <= scores.numel()``.
     generator : torch.Generator
-        Draws the subset among scores equal to the k-th largest (only when there is a tie there).
+        Draws the subset among scores equal to the k-th largest (only when there is a tie there
+        and only some of the tied entries are kept).
 
     Returns
     -------
     torch.Tensor
         ``torch.bool``, on the device of ``scores``, with exactly ``k`` True entries.
+
+    Notes
+    -----
+    One read from the device, and the tied entries' positions when they need the draw.
     """
-    flat = scores.reshape(-1)
-    n = flat.numel()
-    if not 0 <= k <= n:
-        raise MaskValidationError(f"cannot keep {k} of {n} entries")
-    if k == n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if k == 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    if bool(torch.isnan(flat).any()):
+    return _top_k_drawn(scores, k, generator)[0]
+
+
+def _top_k_drawn(
+    scores: torch.Tensor, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, bool]:
+    """:func:`top_k_mask`, and whether it drew among tied entries."""
+    keep, above, kth, stats = _top_k_parts(scores, k)
+    if k == 0 or k == scores.numel():
+        return keep, False
+    has_nan, draw, need, n_at = stats.tolist()  # one read: the draw's length is the data's
+    if has_nan:
         raise MaskValidationError("pruning scores contain NaN (non-finite weights or overflow)")
-    kth = torch.kthvalue(flat, n - k + 1).values  # the k-th largest score
-    keep = flat > kth
-    need = k - int(keep.sum())
-    if need:
-        tied = torch.nonzero(flat == kth).reshape(-1)
-        if need < tied.numel():
-            pick = torch.randperm(tied.numel(), generator=generator, device=generator.device)
-            tied = tied[pick[:need].to(tied.device)]
-        keep[tied] = True
-    return keep.reshape(scores.shape)
+    if not draw:
+        return keep, False
+    flat = scores.reshape(-1)
+    tied = torch.nonzero(flat == kth).reshape(-1)  # n_at entries
+    pick = torch.randperm(n_at, generator=generator, device=generator.device)
+    keep = above.clone()
+    keep[tied[pick[:need].to(tied.device)]] = True
+    return keep.reshape(scores.shape), True
 
 
 def select_global(

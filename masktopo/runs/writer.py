@@ -10,7 +10,10 @@ checkpoint saw (:meth:`RunWriter.digest`).
 Off the critical path: :meth:`RunWriter.record` only copies the masks (and the kept weights) to
 host memory; packing, counting and writing happen in one background thread, in order. An error
 there (a full disk) is raised by the next :meth:`~RunWriter.record`, :meth:`~RunWriter.flush` or
-:meth:`~RunWriter.close`.
+:meth:`~RunWriter.close`. From a CUDA device the copies are only launched (asynchronous, into
+pinned memory, ordered on the current stream before anything that later changes the tensors): the
+writer thread waits for them and gathers the kept weights there, so recording an event makes no
+host synchronisation in the training loop (:class:`_HostCopies`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,68 @@ def read_checkpoint(run: Path) -> Any | None:
     return torch_load(path)
 
 
+#: Device types whose event tensors go to host memory asynchronously (:class:`_HostCopies`).
+_ASYNC_COPY_DEVICES = ("cuda",)
+
+
+def _copy_to_host(t: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """A contiguous host tensor of ``t``'s shape and dtype that ``t`` is being copied into,
+    asynchronously from a CUDA device into pinned memory (a ``t`` in another memory format,
+    channels-last, is made contiguous on the device first, by ``copy_``)."""
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pinned)
+    out.copy_(t, non_blocking=pinned)
+    return out
+
+
+class _HostCopies:
+    """An event's masks and kept weights (float32) on their way to host memory.
+
+    On the CPU (or a device without asynchronous copies here) the masks are copied and the kept
+    weights gathered now. From CUDA the masks and the dense weights are copied asynchronously
+    into pinned memory (one CUDA event per device marks the end); :meth:`result`, in the writer
+    thread, waits for that event and gathers the kept weights on the host. A dense copy moves
+    more bytes than the kept values would, but gathering them on the device needs their count
+    first, a host synchronisation. The copies are ordered on the current stream, before the
+    optimizer steps that later change the weights.
+    """
+
+    def __init__(self, masks: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None):
+        tensors = [*masks.values(), *(weights or {}).values()]
+        self.events: list = []
+        self.asynchronous = bool(tensors) and all(
+            t.device.type in _ASYNC_COPY_DEVICES for t in tensors
+        )
+        if not self.asynchronous:
+            self.masks = {n: m.detach().to("cpu", torch.bool, copy=True) for n, m in masks.items()}
+            self.kept = None
+            if weights is not None:  # gathered on the device: only the kept values travel
+                self.kept = {n: w.detach()[masks[n].to(torch.bool)].to("cpu", torch.float32,
+                                                                        copy=True)
+                             for n, w in weights.items()}  # fmt: skip
+            return
+        pinned = torch.cuda.is_available()
+        self.masks = {n: _copy_to_host(m.detach().to(torch.bool), pinned)
+                      for n, m in masks.items()}  # fmt: skip
+        self.dense = None
+        if weights is not None:
+            self.dense = {n: _copy_to_host(w.detach(), pinned) for n, w in weights.items()}
+        for device in {t.device for t in tensors if t.device.type == "cuda"}:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self.events.append(event)
+
+    def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """(masks, kept weights or None) in host memory, once the copies are done."""
+        if not self.asynchronous:
+            return self.masks, self.kept
+        for event in self.events:
+            event.synchronize()
+        kept = None
+        if self.dense is not None:
+            kept = {n: w[self.masks[n]].to(torch.float32) for n, w in self.dense.items()}
+        return self.masks, kept
+
+
 class RunWriter:
     """Write one run directory (a no-op writer when ``out`` is None).
 
@@ -144,13 +209,9 @@ class RunWriter:
         self.n_events += 1
         if self.out is None:
             return k
-        host_masks = {n: m.detach().to("cpu", torch.bool, copy=True) for n, m in masks.items()}
-        host_w = None
-        if weights is not None:  # gathered on the device: only the kept values travel
-            host_w = {n: w.detach()[masks[n].to(torch.bool)].to("cpu", torch.float32, copy=True)
-                      for n, w in weights.items()}  # fmt: skip
+        copies = _HostCopies(masks, weights)
         line = {"event": k, "step": int(step), "epoch": float(epoch), "kind": kind}
-        job = (k, host_masks, host_w, line, jsonable(scalars or {}))
+        job = (k, copies, line, jsonable(scalars or {}))
         if not self._background:
             self._write(*job)
             return k
@@ -159,7 +220,8 @@ class RunWriter:
         self._pending.append(self._pool.submit(self._write, *job))
         return k
 
-    def _write(self, k, masks, kept, line, extra) -> None:
+    def _write(self, k, copies, line, extra) -> None:
+        masks, kept = copies.result()
         ms = MaskSet(masks)
         rel = event_file(k)
         (self.out / MASKS_DIR).mkdir(exist_ok=True)

@@ -3,8 +3,8 @@ r"""Shared pieces of the sparse-training methods: exact counts, drop, growth, st
 Every method in :mod:`masktopo.trainer.methods` is a few lines over these functions, so no
 method re-implements a drop rule, a growth rule, ERK or top-k (STYLE.md). All selections keep or
 move an *exact* number of entries (methods-spec §1.3): scores go through
-:func:`masktopo.pai.select.top_k_mask` (``torch.kthvalue``, entries strictly above the threshold
-kept, ties at the threshold drawn with a seeded ``torch.Generator``), and entries that must not
+:func:`masktopo.pai.select.top_k_mask` (the k-th largest score by ``torch.topk``, entries strictly
+above it kept, ties at it drawn with a seeded ``torch.Generator``), and entries that must not
 be chosen score ``-inf``. The references instead threshold with a strict ``>`` after a sort (ties
 drop more than asked) and draw random growth as Bernoulli(p) per empty slot (the count is right
 only on average, so the density drifts); we do neither.
@@ -13,7 +13,9 @@ Notation for one maskable layer :math:`l`: :math:`N_l` entries, mask :math:`m_l`
 :math:`a_l = |m_l|_0` active entries, weight :math:`w_l`, dense gradient :math:`g_l`.
 
 Everything runs on the tensors' device; functions that return counts synchronise (they are only
-called on update steps).
+called on update steps). :func:`rewire_pending` is :func:`rewire` without any read from the
+device, for a caller that checks all layers with one read
+(:class:`~masktopo.trainer.methods.dst.Regrowth`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..pai.densities import apportion, keep_count, layer_counts, layer_densities
-from ..pai.select import select_global, select_local, top_k_mask
+from ..pai.select import _top_k_drawn, select_global, select_local, top_k_mask, top_k_pending
 
 __all__ = [
     "DROPS",
@@ -47,6 +49,7 @@ __all__ = [
     "register_drop",
     "register_growth",
     "rewire",
+    "rewire_pending",
     "start_counts",
     "start_masks",
     "top_k",
@@ -61,11 +64,13 @@ _NEG_INF = float("-inf")
 @dataclass(frozen=True)
 class DropRule:
     """A drop rule: ``drop(weight, mask, n, generator)`` returns the bool mask of exactly ``n``
-    dropped active entries."""
+    dropped active entries. A rule that keeps the active entries of largest ``keep_scores(weight)``
+    says so (``keep_scores``), which lets :func:`rewire_pending` run it without reading back."""
 
     name: str
     summary: str
     drop: Callable[[torch.Tensor, torch.Tensor, int, torch.Generator], torch.Tensor]
+    keep_scores: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,12 +112,14 @@ DROPS: dict[str, DropRule] = {}
 GROWTHS: dict[str, GrowthRule] = {}
 
 
-def register_drop(name: str, summary: str):
+def register_drop(name: str, summary: str, keep_scores=None):
     """Decorator: register ``fn(weight, mask, n, generator) -> dropped`` as drop rule ``name``
-    (then ``drop = "name"`` works in every DST method and in GraNet)."""
+    (then ``drop = "name"`` works in every DST method and in GraNet). ``keep_scores(weight)``:
+    when ``fn`` keeps the active entries of largest such scores (exactly ``top_k`` of them among
+    the mask), which :func:`rewire_pending` then computes itself."""
 
     def register(fn):
-        DROPS[name] = DropRule(name, summary, fn)
+        DROPS[name] = DropRule(name, summary, fn, keep_scores)
         return fn
 
     return register
@@ -206,7 +213,11 @@ def drop_count(rate: float, active: int, rounding: str = "ceil") -> int:
     return max(0, min(int(active), n))
 
 
-@register_drop("magnitude", "the n active entries of smallest |w| (ITOP, RigL)")
+def _abs(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().abs()
+
+
+@register_drop("magnitude", "the n active entries of smallest |w| (ITOP, RigL)", keep_scores=_abs)
 def drop_magnitude(
     weight: torch.Tensor, mask: torch.Tensor, n: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -218,7 +229,7 @@ def drop_magnitude(
     a = _count(mask)
     if not 0 <= n <= a:
         raise MaskValidationError(f"cannot drop {n} of {a} active entries")
-    keep = top_k(weight.detach().abs(), a - n, generator, mask)
+    keep = top_k(_abs(weight), a - n, generator, mask)
     return mask & ~keep
 
 
@@ -330,6 +341,7 @@ def rewire(
     momentum: torch.Tensor | None = None,
     fired: torch.Tensor | None = None,
     reinit_when_same: bool = False,
+    active: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One layer's drop-and-grow at constant count (ITOP, RigL, SET, GraNet's regeneration).
 
@@ -341,20 +353,97 @@ def rewire(
     3. New connections :math:`G \setminus m` (all of :math:`G` with ``reinit_when_same``) start at
        0 with zero optimizer state; a just-dropped weight that is regrown keeps its value.
 
+    ``active``: the number of entries of ``mask`` when the caller knows it; then a drop rule
+    with ``keep_scores`` and the growth read no count back (one read per selection, and the tied
+    entries' positions when a tie needs a draw). Same result either way.
+
     Returns
     -------
     new_mask, new_connections : torch.Tensor
         :math:`m''` (exactly as many entries as :math:`m`) and the entries the caller must reset.
     """
-    dropped = get_drop(drop).drop(weight, mask, n, generator)
+    new_mask, new_connections, _ = _rewire_drawn(
+        weight, mask, n, generator, drop=drop, growth=growth, grad=grad, momentum=momentum,
+        fired=fired, reinit_when_same=reinit_when_same, active=active,
+    )  # fmt: skip
+    return new_mask, new_connections
+
+
+def _rewire_drawn(weight, mask, n, generator, *, drop, growth, grad, momentum, fired,
+                  reinit_when_same, active):  # fmt: skip
+    """:func:`rewire`, and whether a selection drew among tied entries (known only with
+    ``active``; False otherwise)."""
+    rule = get_drop(drop)
+    drew = False
+    if active is not None and rule.keep_scores is not None:
+        if not 0 <= n <= active:
+            raise MaskValidationError(f"cannot drop {n} of {active} active entries")
+        kept = rule.keep_scores(weight).detach().float().masked_fill(~mask, _NEG_INF)
+        keep, drew = _top_k_drawn(kept, active - n, generator)
+        dropped = mask & ~keep
+    else:
+        dropped = rule.drop(weight, mask, n, generator)
     after = mask & ~dropped
     scores = growth_scores(
         growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired
     )
-    grown = grow(scores, ~after, n, generator)
+    if active is not None:  # the candidates ~after hold numel - active + n >= n entries
+        grown, drew_grow = _top_k_drawn(
+            scores.detach().float().masked_fill(after, _NEG_INF), n, generator
+        )
+        drew = drew or drew_grow
+    else:
+        grown = grow(scores, ~after, n, generator)
     new_mask = after | grown
     new_connections = grown if reinit_when_same else grown & ~mask
-    return new_mask, new_connections
+    return new_mask, new_connections, drew
+
+
+def rewire_pending(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
+    active: int,
+    generator: torch.Generator,
+    *,
+    drop: str = "magnitude",
+    growth: str = "random",
+    grad: torch.Tensor | None = None,
+    momentum: torch.Tensor | None = None,
+    fired: torch.Tensor | None = None,
+    reinit_when_same: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    r""":func:`rewire` with no read from the device, or None for a drop rule without
+    ``keep_scores`` (SET's: its split of :math:`n` depends on counts it reads).
+
+    ``active`` is the number of entries of ``mask`` (known to the caller: counts are preserved).
+    Both selections are :func:`~masktopo.pai.select.top_k_pending`, so no tie is drawn; the
+    growth scores draw from ``generator`` as in :func:`rewire`.
+
+    Returns
+    -------
+    new_mask, new_connections, check : torch.Tensor
+        :func:`rewire`'s result, with the same generator use, when ``check`` (a 0-d bool on the
+        device) is False; when it is True (a NaN score, or a tie at a threshold that needs the
+        random draw) the caller restores the generator and runs :func:`rewire`.
+    """
+    rule = get_drop(drop)
+    if rule.keep_scores is None:
+        return None
+    if not 0 <= n <= active:
+        raise MaskValidationError(f"cannot drop {n} of {active} active entries")
+    kept = rule.keep_scores(weight).detach().float().masked_fill(~mask, _NEG_INF)
+    keep, check_drop = top_k_pending(kept, active - n)
+    dropped = mask & ~keep
+    after = mask & ~dropped
+    scores = growth_scores(
+        growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired
+    )
+    # the candidates ~after hold numel - active + n >= n entries
+    grown, check_grow = top_k_pending(scores.detach().float().masked_fill(after, _NEG_INF), n)
+    new_mask = after | grown
+    new_connections = grown if reinit_when_same else grown & ~mask
+    return new_mask, new_connections, (check_drop | check_grow).any()
 
 
 class DenseMomentum:

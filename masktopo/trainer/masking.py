@@ -107,6 +107,7 @@ class Masking:
         self._slots: list[tuple[nn.Module, str, str]] = []  # (owner, param attr, buffer attr)
         self._factor_key: list | None = None
         self._factor_cache: list[torch.Tensor] = []
+        self._nnz_cache: dict[str, tuple[torch.Tensor, int, int]] = {}  # name: (buf, version, nnz)
         params = dict(model.named_parameters())
         seen: set[int] = set()
         for name in self.names:
@@ -227,11 +228,17 @@ class Masking:
 
     @torch.no_grad()
     def set_masks(
-        self, new: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None
+        self,
+        new: Mapping[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        nnz: Mapping[str, int] | None = None,
     ) -> None:
         """Copy new masks into the buffers (same names, shapes, bool), then :meth:`apply`.
 
-        ``new`` may hold a subset of the layers; the others keep their masks.
+        ``new`` may hold a subset of the layers; the others keep their masks. ``nnz``: the new
+        masks' entry counts when the caller knows them by construction (a drop-and-grow keeps
+        them), so that :meth:`nnz` need not count them on the device.
         """
         live = self.masks
         for name, mask in new.items():
@@ -240,6 +247,10 @@ class Masking:
             _check(name, mask, live[name])
         for name, mask in new.items():
             live[name].copy_(mask)
+        for name, count in (nnz or {}).items():
+            if name in new:
+                buf = live[name]
+                self._nnz_cache[name] = (buf, buf._version, int(count))
         self.apply(optimizer)
 
     @torch.no_grad()
@@ -267,12 +278,23 @@ class Masking:
 
     # -- summaries --------------------------------------------------------------------------------
     def nnz(self) -> dict[str, int]:
-        """Kept entries per layer (synchronises with the device)."""
+        """Kept entries per layer.
+
+        Counted on the device (one synchronisation) for the masks that changed since they were
+        last counted or set with known counts (:meth:`set_masks`); the others are remembered
+        (buffer identity and version counter, as :meth:`_factors`).
+        """
         masks = self.masks
-        if not masks:
-            return {}
-        counts = torch.stack([m.count_nonzero() for m in masks.values()]).tolist()
-        return dict(zip(masks, (int(c) for c in counts), strict=True))
+        cache = self._nnz_cache
+        stale = [
+            n for n, m in masks.items()
+            if n not in cache or cache[n][0] is not m or cache[n][1] != m._version
+        ]  # fmt: skip
+        if stale:
+            counts = torch.stack([masks[n].count_nonzero() for n in stale]).tolist()
+            for n, c in zip(stale, counts, strict=True):
+                cache[n] = (masks[n], masks[n]._version, int(c))
+        return {n: cache[n][2] for n in masks}
 
     def numel(self) -> dict[str, int]:
         """Entries per layer."""

@@ -87,3 +87,68 @@ def test_local_counts_sum_exactly():
     c = S.local_counts(sizes, 0.25)
     assert sum(c.values()) == round(0.25 * 1020)
     assert all(math.floor(0.25 * n) <= c[k] <= math.ceil(0.25 * n) for k, n in sizes.items())
+
+
+def _reference_top_k(scores, k, generator):
+    """top_k_mask as it was with torch.kthvalue and a read per step (the behaviour to keep)."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if k == n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    kth = torch.kthvalue(flat, n - k + 1).values
+    keep = flat > kth
+    need = k - int(keep.sum())
+    if need:
+        tied = torch.nonzero(flat == kth).reshape(-1)
+        if need < tied.numel():
+            pick = torch.randperm(tied.numel(), generator=generator, device=generator.device)
+            tied = tied[pick[:need]]
+        keep[tied] = True
+    return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("levels", [None, 3, 40])  # continuous scores, heavy ties, a few ties
+def test_top_k_mask_matches_the_kthvalue_reference_and_its_draws(levels):
+    g = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        shape = (7, 13) if trial % 2 else (91,)
+        s = torch.randn(shape, generator=g)
+        if levels is not None:
+            s = torch.round(s * levels / 4)
+        s[torch.rand(shape, generator=g) < 0.3] = float("-inf")
+        for k in (0, 1, 5, 45, 60, s.numel() - 1, s.numel()):
+            a, b = torch.Generator().manual_seed(trial), torch.Generator().manual_seed(trial)
+            got = S.top_k_mask(s, k, a)
+            assert torch.equal(got, _reference_top_k(s, k, b)), (trial, k)
+            assert torch.equal(a.get_state(), b.get_state())  # the same draws, if any
+            keep, check = S.top_k_pending(s, k)
+            if not bool(check.any()):  # final as it stands, and no draw was needed
+                assert torch.equal(keep, got)
+
+
+def test_top_k_pending_flags_nan_and_a_needed_draw_without_reading_back():
+    keep, check = S.top_k_pending(torch.tensor([3.0, 1.0, 1.0, 1.0, 0.0]), 2)
+    assert check.tolist() == [False, True]  # 3 is kept; one of three 1s must be drawn
+    keep, check = S.top_k_pending(torch.tensor([3.0, 1.0, 1.0, 0.0]), 3)
+    assert check.tolist() == [False, False] and keep.tolist() == [True, True, True, False]
+    _, check = S.top_k_pending(torch.tensor([float("nan"), 1.0, 2.0]), 1)
+    assert check.tolist()[0] is True
+    with pytest.raises(MaskValidationError, match="NaN"):
+        S.top_k_mask(torch.tensor([float("nan"), 1.0, 2.0]), 1, torch.Generator())
+
+
+def test_the_kth_largest_is_found_without_kthvalue(monkeypatch):
+    """torch.kthvalue runs one CUDA thread block per slice (tens of ms for a layer of millions,
+    pytorch/pytorch#75599): the selection uses torch.topk."""
+
+    def refuse(*a, **k):
+        raise AssertionError("torch.kthvalue was called")
+
+    monkeypatch.setattr(torch, "kthvalue", refuse)
+    monkeypatch.setattr(torch.Tensor, "kthvalue", refuse)
+    s = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for k in (1, 10, 499, 500, 501, 999):
+        assert int(S.top_k_mask(s, k, torch.Generator()).sum()) == k
+        assert torch.equal(S._kth_largest(s, k), torch.sort(s, descending=True).values[k - 1])

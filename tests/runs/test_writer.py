@@ -103,3 +103,88 @@ def test_full_disk_error_surfaces_and_keeps_complete_events(tmp_path, monkeypatc
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["kind"] == "init"
     assert not math.isnan(run.events[0]["density"])
+
+
+def _event_tensors(path):
+    """Every tensor of every mask file, and each file's layer metadata (not the creation time)."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted((path / "masks").iterdir()):
+        with safe_open(str(f), "pt") as fh:
+            out[f.name] = (fh.metadata()["layers"],
+                           {k: fh.get_tensor(k) for k in sorted(fh.keys())})  # fmt: skip
+    return out
+
+
+def test_asynchronous_host_copies_write_the_same_events(tmp_path, monkeypatch):
+    """The CUDA path (copies launched into host memory, kept weights gathered in the writer
+    thread), run here on the CPU, writes the events the direct path writes, and its record()
+    gathers nothing (no boolean indexing: on CUDA, a host synchronisation)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Gathers(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._overloadpacket in (torch.ops.aten.index, torch.ops.aten.nonzero,
+                                        torch.ops.aten._local_scalar_dense):  # fmt: skip
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    masks = _masks()
+    weights = {n: torch.randn(m.shape, dtype=torch.bfloat16) for n, m in masks.items()}
+    weights["b.weight"] = weights["b.weight"].to(memory_format=torch.channels_last)
+    seen = {}
+    for mode in ("direct", "async"):
+        if mode == "async":
+            monkeypatch.setattr(writer_module, "_ASYNC_COPY_DEVICES", ("cuda", "cpu"))
+        out = tmp_path / mode
+        out.mkdir()
+        rec = RunWriter(out)
+        _run_json(rec, masks)
+        gathers = Gathers()
+        with gathers:
+            rec.record(masks, weights, kind="init", step=0, epoch=0.0)
+        rec.record(_masks(1), None, kind="update", step=5, epoch=0.5)
+        rec.close()
+        seen[mode] = gathers.seen
+    assert seen["direct"] and seen["async"] == []
+    assert (tmp_path / "direct" / "events.jsonl").read_text() == (
+        tmp_path / "async" / "events.jsonl"
+    ).read_text()
+    a, b = _event_tensors(tmp_path / "direct"), _event_tensors(tmp_path / "async")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name][0] == b[name][0]
+        assert a[name][1].keys() == b[name][1].keys()
+        assert all(torch.equal(a[name][1][k], b[name][1][k]) for k in a[name][1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_events_from_cuda_are_the_events_from_the_cpu(tmp_path):
+    """The asynchronous copies from CUDA (pinned memory, gathered in the writer thread) write
+    what the CPU path writes, even when the tensors change right after record()."""
+    masks = _masks()
+    weights = {n: torch.randn(m.shape) for n, m in masks.items()}
+    weights["b.weight"] = weights["b.weight"].to(memory_format=torch.channels_last)
+    for where in ("cpu", "cuda"):
+        out = tmp_path / where
+        out.mkdir()
+        rec = RunWriter(out)
+        _run_json(rec, masks)
+        m = {n: t.to(where, copy=True) for n, t in masks.items()}
+        w = {n: t.to(where, copy=True) for n, t in weights.items()}
+        rec.record(m, w, kind="init", step=0, epoch=0.0)
+        for t in (*m.values(), *w.values()):  # changed at once, as training does
+            t.zero_()
+        rec.close()
+    assert (tmp_path / "cpu" / "events.jsonl").read_text() == (
+        tmp_path / "cuda" / "events.jsonl"
+    ).read_text()
+    a, b = _event_tensors(tmp_path / "cpu"), _event_tensors(tmp_path / "cuda")
+    assert all(a[f][0] == b[f][0] for f in a)
+    assert all(torch.equal(a[f][1][k], b[f][1][k]) for f in a for k in a[f][1])

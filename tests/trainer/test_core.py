@@ -140,6 +140,45 @@ def test_rewire_keeps_counts_and_regrows_just_dropped_ones():
         C.rewire(w, mask, 1, _g(), drop="largest")
 
 
+@pytest.mark.parametrize("growth", ["gradient", "random", "random_unfired", "momentum"])
+@pytest.mark.parametrize("reinit", [False, True])
+def test_rewire_pending_is_rewire_when_its_check_is_clear(growth, reinit):
+    """Same masks, resets and generator use as rewire, with no read from the device; when the
+    check is set (a tie that needs a draw) the caller re-runs rewire."""
+    clear = flagged = 0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(9, 11, generator=g)
+        if seed % 3 == 0:  # many ties in |w| and in the growth scores
+            w = torch.round(w * 2) / 2
+        mask = C.random_masks({"w": (9, 11)}, {"w": 30}, g)["w"]
+        grad = torch.randn(9, 11, generator=g)
+        if seed % 3 == 0:
+            grad = torch.round(grad)
+        fired = mask | (torch.rand(9, 11, generator=g) < 0.2)
+        kw = dict(growth=growth, grad=grad, momentum=grad * 0.9, fired=fired,
+                  reinit_when_same=reinit)  # fmt: skip
+        a, b = _g(seed), _g(seed)
+        new, conn = C.rewire(w, mask, 7, a, **kw)
+        p_new, p_conn, check = C.rewire_pending(w, mask, 7, 30, b, **kw)
+        assert check.shape == () and check.dtype == torch.bool
+        if bool(check):
+            flagged += 1
+            continue
+        clear += 1
+        assert torch.equal(new, p_new) and torch.equal(conn, p_conn)
+        assert torch.equal(a.get_state(), b.get_state())
+    assert clear and flagged  # both cases seen
+
+
+def test_rewire_pending_leaves_count_reading_drop_rules_to_rewire():
+    w, mask = torch.randn(4, 4), torch.rand(4, 4) < 0.5
+    n = int(mask.sum())
+    assert C.rewire_pending(w, mask, 1, n, _g(), drop="set") is None
+    with pytest.raises(MaskValidationError, match="cannot drop 3 of 2"):
+        C.rewire_pending(w, mask, 3, 2, _g())
+
+
 def test_start_masks_have_exact_erk_counts():
     net = get_model("resnet20", generator=_g())
     params = maskable_parameters(net)

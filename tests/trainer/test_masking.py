@@ -142,6 +142,40 @@ def test_live_buffers_after_load_state_dict_and_set_masks():
     assert bool((opt.state[p]["momentum_buffer"][~third[first]] == 0).all())
 
 
+def test_nnz_is_remembered_until_a_mask_changes():
+    net, params = _model()
+    masking = Masking(net, _masks(params))
+    name = next(iter(params))
+    truth = {n: int(m.count_nonzero()) for n, m in masking.masks.items()}
+    assert masking.nnz() == truth
+    calls = []
+    orig = torch.Tensor.count_nonzero
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    torch.Tensor.count_nonzero = counting
+    try:
+        assert masking.nnz() == truth and calls == []  # remembered: no count, no read
+        masking.masks[name][0].fill_(False)  # changed in place: counted again
+        truth[name] = int(orig(masking.masks[name]))
+        assert masking.nnz() == truth and len(calls) == 1
+        calls.clear()
+        new = masking.masks[name].clone()
+        new.reshape(-1)[: new.numel() // 2] = True
+        count = int(orig(new))
+        masking.set_masks({name: new}, nnz={name: count})  # counts known by construction
+        assert masking.nnz()[name] == count and calls == []
+        masking.set_masks({name: new.clone()})  # no counts given: counted again
+        assert masking.nnz()[name] == count and len(calls) == 1
+        calls.clear()
+        net.load_state_dict(net.state_dict())  # copied into the buffers: counted again
+        assert masking.nnz()[name] == count and len(calls) == len(params)
+    finally:
+        torch.Tensor.count_nonzero = orig
+
+
 def test_zero_entries_resets_weights_and_optimizer_state():
     net, params = _model("mlpnet")
     masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}

@@ -439,3 +439,66 @@ def test_dst_update_on_a_channels_last_resnet():
         if p.dim() == 4:
             assert m.is_contiguous(memory_format=torch.channels_last)
         assert bool((p[~m] == 0).all()) and bool((p[m] != 0).any())
+
+
+def _regrowth_run(monkeypatch, growth, ties, exact):
+    """A short sparsify run (updates every 4 steps) with the one-read update or, ``exact``, the
+    layer-by-layer one (rewire_pending unavailable); its masks, weights, R_s, generator."""
+    import torch.nn.functional as F
+
+    import masktopo
+    from masktopo.trainer.methods import dst
+
+    if exact:
+        monkeypatch.setattr(dst, "rewire_pending", lambda *a, **k: None)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 40), torch.nn.ReLU(), torch.nn.Linear(40, 5))
+    if ties:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.round(p * 4) / 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = masktopo.sparsify(model, opt, method="itop", density=0.3, total_steps=40,
+                           update_interval=4, growth=growth)  # fmt: skip
+    x, y = torch.randn(16, 12), torch.randint(0, 5, (16,))
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        if ties:
+            for p in model.parameters():
+                p.grad = torch.round(p.grad * 8) / 8
+        opt.step()
+        sp.step()
+    out = ({n: m.clone() for n, m in sp.session.current_masks().items()},
+           [p.detach().clone() for p in model.parameters()], sp.session.scalars()["R_s"],
+           sp.session.sparsifier.generator.get_state())  # fmt: skip
+    sp.finish()
+    monkeypatch.undo()
+    return out
+
+
+@pytest.mark.parametrize("growth", ["gradient", "random", "momentum"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_one_read_update_is_the_layer_by_layer_one(monkeypatch, growth, ties):
+    """Regrowth rewires all layers with one read back, and falls back to layer-by-layer rewire
+    (restoring the generator) when a tie needs a draw: the run is the same bit for bit."""
+    from masktopo.trainer.methods import dst
+
+    seen = []
+    orig = dst.Regrowth._rewire_exact
+
+    def spy(self, *a, **k):
+        seen.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(dst.Regrowth, "_rewire_exact", spy)
+    fast = _regrowth_run(monkeypatch, growth, ties, exact=False)
+    fell_back = len(seen)
+    monkeypatch.setattr(dst.Regrowth, "_rewire_exact", spy)
+    exact = _regrowth_run(monkeypatch, growth, ties, exact=True)
+    assert fast[0].keys() == exact[0].keys()
+    assert all(torch.equal(fast[0][n], exact[0][n]) for n in fast[0])
+    assert all(torch.equal(a, b) for a, b in zip(fast[1], exact[1], strict=True))
+    assert fast[2] == exact[2] and torch.equal(fast[3], exact[3])
+    if ties:
+        assert fell_back > 0  # the fallback was exercised

@@ -38,7 +38,15 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import MaskValidationError
-from ..core import DenseMomentum, drop_count, get_growth, itop_rate, rewire, start_masks
+from ..core import (
+    DenseMomentum,
+    _rewire_drawn,
+    drop_count,
+    get_growth,
+    itop_rate,
+    rewire_pending,
+    start_masks,
+)
 from ..masking import Masking
 from ..schedules import cosine_rate, is_update_step
 from .base import Record, Sparsifier
@@ -69,6 +77,7 @@ class Regrowth:
         self.momentum = DenseMomentum(cfg.momentum) if "momentum" in needs else None
         self.fired: dict[str, torch.Tensor] | None = None
         self.R_s: float | None = None
+        self._drew = False  # whether the last update drew among tied scores (see apply)
 
     def track(self, masking: Masking) -> None:
         """Per-step bookkeeping: the fired masks start from the first masks seen (one sync, once);
@@ -81,6 +90,7 @@ class Regrowth:
         if self.fired is None:
             self.fired = {n: m.detach().clone() for n, m in masking.masks.items()}
             self.R_s = itop_rate(self.fired)
+            masking.nnz()  # counted now, once: update steps then know the counts (set_masks)
 
     @torch.no_grad()
     def apply(
@@ -89,18 +99,84 @@ class Regrowth:
         """Drop and regrow ``drop_count(rate, a_l)`` entries in every layer; update fired, R_s.
 
         Returns the per-layer drop and grow counts (equal: counts are preserved).
+
+        On the device, the whole update makes one read back to the host: every layer is rewired
+        with :func:`~masktopo.trainer.core.rewire_pending` (the counts :math:`a_l` are known,
+        :meth:`Masking.nnz`), and one ``tolist`` reads whether any selection met a NaN or a tie
+        that needs a random draw, together with the fired masks' counts (R_s). That read cannot
+        go: the draw's length depends on the data and it comes from the method's generator,
+        which later layers and updates share. When a draw is needed the generator is restored
+        and the layers are rewired again one by one (:func:`~masktopo.trainer.core.rewire`: one
+        read per selection, and the tied positions for a draw), which gives the same masks and
+        the same generator use as always. Scores with few distinct values tie at the threshold
+        at almost every update (gradients computed under bfloat16 autocast: 8 bits of
+        mantissa), so after an update that drew, the next one goes one by one at once.
         """
         self._start_fired(masking)
-        masks, params = masking.masks, masking.params
         active = masking.nnz()
+        counts = {n: drop_count(rate, active[n], self.rounding) for n in masking.names}
+        start = self.generator.get_state()  # host memory, no device read
+        done = None if self._drew else self._rewire_pending(masking, active, counts)
+        if done is not None:
+            new_masks, reset, fired_new, check, fired_counts = done
+            flags = torch.stack([check, *fired_counts]).tolist()  # the update's one read
+            if not flags[0]:
+                masking.set_masks(new_masks, optimizer, nnz={n: active[n] for n in new_masks})
+                masking.zero_entries(reset, optimizer)
+                self.fired.update(fired_new)
+                total = sum(f.numel() for f in self.fired.values())
+                self.R_s = float(sum(flags[1:])) / total if total else 1.0
+                return counts, dict(counts)
+        self.generator.set_state(start)  # the draws of the pending pass, if any, are undone
+        self._drew = self._rewire_exact(masking, optimizer, active, counts)
+        return counts, dict(counts)
+
+    def _rewire_pending(self, masking: Masking, active, counts):
+        """Every layer by :func:`rewire_pending` (None for a drop rule without its form):
+        (new masks, resets, new fired masks, one check, fired counts), all on the device."""
+        masks, params = masking.masks, masking.params
         momenta = self.momentum.buffers if self.momentum is not None else None
-        new_masks, reset, counts = {}, {}, {}
+        new_masks, reset, checks = {}, {}, []
         for name in masking.names:
-            n = drop_count(rate, active[name], self.rounding)
-            counts[name] = n
+            n = counts[name]
             if n == 0:
                 continue
-            new_masks[name], reset[name] = rewire(
+            out = rewire_pending(
+                params[name],
+                masks[name],
+                n,
+                active[name],
+                self.generator,
+                drop=self.drop,
+                growth=self.growth,
+                grad=params[name].grad,
+                momentum=None if momenta is None else momenta.get(name),
+                fired=self.fired[name],
+                reinit_when_same=self.reinit_when_same,
+            )
+            if out is None:
+                return None
+            new_masks[name], reset[name], check = out
+            checks.append(check)
+        device = next(iter(masks.values())).device  # where the one read is gathered
+        check = torch.zeros((), dtype=torch.bool, device=device)
+        for c in checks:
+            check = check | c.to(device)
+        fired_new = {n: self.fired[n] | new_masks.get(n, m) for n, m in masks.items()}
+        fired_counts = [f.count_nonzero().to(device) for f in fired_new.values()]
+        return new_masks, reset, fired_new, check.to(torch.int64), fired_counts
+
+    def _rewire_exact(self, masking: Masking, optimizer, active, counts) -> bool:
+        """Every layer by :func:`rewire`, one after the other (reads back per selection);
+        whether a selection drew among tied scores."""
+        masks, params = masking.masks, masking.params
+        momenta = self.momentum.buffers if self.momentum is not None else None
+        new_masks, reset, drew = {}, {}, False
+        for name in masking.names:
+            n = counts[name]
+            if n == 0:
+                continue
+            new_masks[name], reset[name], drew_here = _rewire_drawn(
                 params[name],
                 masks[name],
                 n,
@@ -111,13 +187,15 @@ class Regrowth:
                 momentum=None if momenta is None else momenta.get(name),
                 fired=self.fired[name],
                 reinit_when_same=self.reinit_when_same,
+                active=active[name],
             )
-        masking.set_masks(new_masks, optimizer)
+            drew = drew or drew_here
+        masking.set_masks(new_masks, optimizer, nnz={n: active[n] for n in new_masks})
         masking.zero_entries(reset, optimizer)
         for name, m in masking.masks.items():
             self.fired[name] |= m
         self.R_s = itop_rate(self.fired)
-        return counts, dict(counts)
+        return drew
 
     def state_dict(self) -> dict[str, Any]:
         fired = None if self.fired is None else {n: f.clone() for n, f in self.fired.items()}
