@@ -27,6 +27,7 @@ __all__ = [
     "select_global",
     "select_local",
     "top_k_mask",
+    "top_k_mask_drawn",
     "top_k_pending",
 ]
 
@@ -117,13 +118,28 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
     -----
     One read from the device, and the tied entries' positions when they need the draw.
     """
-    return _top_k_drawn(scores, k, generator)[0]
+    return top_k_mask_drawn(scores, k, generator)[0]
 
 
-def _top_k_drawn(
+def top_k_mask_drawn(
     scores: torch.Tensor, k: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, bool]:
-    """:func:`top_k_mask`, and whether it drew among tied entries."""
+    """:func:`top_k_mask`, and whether it drew among tied entries.
+
+    Parameters
+    ----------
+    scores, k, generator
+        As :func:`top_k_mask`.
+
+    Returns
+    -------
+    keep : torch.Tensor
+        :func:`top_k_mask`'s mask (the same draws from ``generator``).
+    drew : bool
+        Whether only some of the entries tied at the k-th largest score were kept, so that the
+        generator was used (a caller that re-runs many selections can tell whether they will
+        use it again: :class:`masktopo.trainer.methods.dst.Regrowth`).
+    """
     keep, above, kth, stats = _top_k_parts(scores, k)
     if k == 0 or k == scores.numel():
         return keep, False

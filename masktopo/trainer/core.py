@@ -28,7 +28,13 @@ import torch
 
 from ..errors import MaskValidationError, UnknownNameError
 from ..pai.densities import apportion, keep_count, layer_counts, layer_densities
-from ..pai.select import _top_k_drawn, select_global, select_local, top_k_mask, top_k_pending
+from ..pai.select import (
+    select_global,
+    select_local,
+    top_k_mask,
+    top_k_mask_drawn,
+    top_k_pending,
+)
 
 __all__ = [
     "DROPS",
@@ -379,7 +385,7 @@ def _rewire_drawn(weight, mask, n, generator, *, drop, growth, grad, momentum, f
         if not 0 <= n <= active:
             raise MaskValidationError(f"cannot drop {n} of {active} active entries")
         kept = rule.keep_scores(weight).detach().float().masked_fill(~mask, _NEG_INF)
-        keep, drew = _top_k_drawn(kept, active - n, generator)
+        keep, drew = top_k_mask_drawn(kept, active - n, generator)
         dropped = mask & ~keep
     else:
         dropped = rule.drop(weight, mask, n, generator)
@@ -388,7 +394,7 @@ def _rewire_drawn(weight, mask, n, generator, *, drop, growth, grad, momentum, f
         growth, weight=weight, generator=generator, grad=grad, momentum=momentum, fired=fired
     )
     if active is not None:  # the candidates ~after hold numel - active + n >= n entries
-        grown, drew_grow = _top_k_drawn(
+        grown, drew_grow = top_k_mask_drawn(
             scores.detach().float().masked_fill(after, _NEG_INF), n, generator
         )
         drew = drew or drew_grow
