@@ -131,29 +131,24 @@ class Regrowth:
         self._drew = self._rewire_exact(masking, optimizer, active, counts)
         return counts, dict(counts)
 
+    def _rules(self, params, name: str) -> dict[str, Any]:
+        """The drop/growth keyword arguments of one layer's rewire (either form)."""
+        momenta = self.momentum.buffers if self.momentum is not None else None
+        return dict(drop=self.drop, growth=self.growth, grad=params[name].grad,
+                    momentum=None if momenta is None else momenta.get(name),
+                    fired=self.fired[name], reinit_when_same=self.reinit_when_same)  # fmt: skip
+
     def _rewire_pending(self, masking: Masking, active, counts):
         """Every layer by :func:`rewire_pending` (None for a drop rule without its form):
         (new masks, resets, new fired masks, one check, fired counts), all on the device."""
         masks, params = masking.masks, masking.params
-        momenta = self.momentum.buffers if self.momentum is not None else None
         new_masks, reset, checks = {}, {}, []
         for name in masking.names:
             n = counts[name]
             if n == 0:
                 continue
-            out = rewire_pending(
-                params[name],
-                masks[name],
-                n,
-                active[name],
-                self.generator,
-                drop=self.drop,
-                growth=self.growth,
-                grad=params[name].grad,
-                momentum=None if momenta is None else momenta.get(name),
-                fired=self.fired[name],
-                reinit_when_same=self.reinit_when_same,
-            )
+            out = rewire_pending(params[name], masks[name], n, active[name], self.generator,
+                                 **self._rules(params, name))  # fmt: skip
             if out is None:
                 return None
             new_masks[name], reset[name], check = out
@@ -170,25 +165,15 @@ class Regrowth:
         """Every layer by :func:`rewire`, one after the other (reads back per selection);
         whether a selection drew among tied scores."""
         masks, params = masking.masks, masking.params
-        momenta = self.momentum.buffers if self.momentum is not None else None
         new_masks, reset, drew = {}, {}, False
         for name in masking.names:
             n = counts[name]
             if n == 0:
                 continue
             new_masks[name], reset[name], drew_here = _rewire_drawn(
-                params[name],
-                masks[name],
-                n,
-                self.generator,
-                drop=self.drop,
-                growth=self.growth,
-                grad=params[name].grad,
-                momentum=None if momenta is None else momenta.get(name),
-                fired=self.fired[name],
-                reinit_when_same=self.reinit_when_same,
-                active=active[name],
-            )
+                params[name], masks[name], n, self.generator, active=active[name],
+                **self._rules(params, name),
+            )  # fmt: skip
             drew = drew or drew_here
         masking.set_masks(new_masks, optimizer, nnz={n: active[n] for n in new_masks})
         masking.zero_entries(reset, optimizer)
