@@ -1496,6 +1496,139 @@ def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
             ptr_off[:ng], nnz_off[:ng])  # fmt: skip
 
 
+@_jit
+def position_groups(flat, n_out, n_in, min_group, both_three):
+    """:func:`strip_pattern` then :func:`imdb_groups` of a binary pattern, straight from its
+    kept positions and without the stripped CSR (what the lean ranking pass needs): the same
+    groups, the same concatenated CSR pieces, in fewer passes over the entries.
+
+    ``flat``: ascending row-major positions in ``n_out × n_in``. Rows and columns without an
+    entry need no renumbering here: a group's rows are renumbered in order among its own rows
+    (the stripped numbering keeps the order), and an empty column is in no group (``d ≥ 3``).
+
+    Returns ``(n_rows, n_cols, d, size, n_r, g_indptr, g_indices, ptr_off, nnz_off)``: the
+    stripped shape and :func:`imdb_groups`'s results but ``g_eid`` (a binary pattern's group
+    values are all ones).
+    """
+    E = flat.size
+    row_deg = np.zeros(n_out, dtype=np.int64)
+    col_deg = np.zeros(n_in, dtype=np.int64)
+    col = np.empty(E, dtype=np.int32)
+    row = np.empty(E, dtype=np.int32)
+    r = 0
+    start = 0  # flat position of row r's first entry
+    for e in range(E):
+        f = flat[e]
+        while f - start >= n_in:
+            r += 1
+            start += n_in
+        c = f - start
+        col[e] = c
+        row[e] = r
+        row_deg[r] += 1
+        col_deg[c] += 1
+    n_o = 0
+    for i in range(n_out):
+        if row_deg[i] > 0:
+            n_o += 1
+    # the columns of fan-out ≥ 3 ordered by fan-out, in column order within one (a counting
+    # sort: _stable_order's order restricted to them), and where each one's rows start
+    top = 0
+    n_i = 0
+    for c in range(n_in):
+        if col_deg[c] > 0:
+            n_i += 1
+        top = max(top, col_deg[c])
+    count = np.zeros(top + 2, dtype=np.int64)
+    for c in range(n_in):
+        if col_deg[c] >= 3:
+            count[col_deg[c] + 1] += 1
+    for i in range(top + 1):
+        count[i + 1] += count[i]
+    nc = count[top + 1]
+    order = np.empty(nc, dtype=np.int64)
+    for c in range(n_in):
+        k = col_deg[c]
+        if k >= 3:
+            order[count[k]] = c
+            count[k] += 1
+    first = np.empty(n_in, dtype=np.int64)  # where column c's rows start, in order
+    fill = 0
+    for t in range(nc):
+        c = order[t]
+        first[c] = fill
+        fill += col_deg[c]
+    grow = np.empty(fill, dtype=np.int32)  # the rows of those columns, ascending in each
+    for e in range(E):
+        c = col[e]
+        if col_deg[c] >= 3:
+            grow[first[c]] = row[e]
+            first[c] += 1
+    g_d = np.empty(nc)
+    g_size = np.empty(nc, dtype=np.int64)
+    g_nr = np.empty(nc, dtype=np.int64)
+    ptr_off = np.empty(nc, dtype=np.int64)
+    nnz_off = np.empty(nc, dtype=np.int64)
+    g_indptr = np.empty(2 * nc + 1, dtype=np.int32)
+    g_indices = np.empty(fill, dtype=np.int32)
+    mark = np.full(n_out, -1, dtype=np.int64)
+    remap = np.empty(n_out, dtype=np.int32)
+    used = np.empty(n_out, dtype=np.int64)
+    ng = 0
+    pp = 0
+    ee = 0
+    a = 0
+    q0 = 0  # where column order[a]'s rows start in grow
+    while a < nc:
+        d = col_deg[order[a]]
+        b = a + 1
+        while b < nc and col_deg[order[b]] == d:
+            b += 1
+        size = b - a
+        q1 = q0 + size * d
+        if size >= min_group:
+            n_r = 0
+            for q in range(q0, q1):
+                r = grow[q]
+                if mark[r] != a:
+                    mark[r] = a
+                    used[n_r] = r
+                    n_r += 1
+            d_out = d * size / n_r
+            ok = d_out >= 3 if both_three else d_out > 1
+            if ok and n_r >= 2:
+                if n_r * (np.log2(n_r) + 1.0) < n_o:  # imdb_groups' choice (the same result)
+                    rs = np.sort(used[:n_r])
+                    for i in range(n_r):
+                        remap[rs[i]] = i
+                else:
+                    i = 0
+                    for r in range(n_out):
+                        if mark[r] == a:
+                            remap[r] = i
+                            i += 1
+                g_d[ng] = d
+                g_size[ng] = size
+                g_nr[ng] = n_r
+                ptr_off[ng] = pp
+                nnz_off[ng] = ee
+                g_indptr[pp] = 0
+                k = 0
+                for t in range(size):
+                    for q in range(q0 + t * d, q0 + (t + 1) * d):
+                        g_indices[ee + k] = remap[grow[q]]
+                        k += 1
+                    pp += 1
+                    g_indptr[pp] = k
+                pp += 1
+                ee += k
+                ng += 1
+        q0 = q1
+        a = b
+    return (n_o, n_i, g_d[:ng], g_size[:ng], g_nr[:ng], g_indptr[:pp], g_indices[:ee],
+            ptr_off[:ng], nnz_off[:ng])  # fmt: skip
+
+
 def unpack(packed, i):
     """Matrix ``i`` of :func:`pack`'s arrays as ``(data, indices, indptr, shape)``."""
     data, indices, indptr, ptr_off, nnz_off, shapes = packed[:6]
@@ -1694,21 +1827,32 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     groups' binary matrices (the others' rows stay 0, with 0 steps; ``w`` is not read), each the
     same bits as with the others beside it.
 
-    Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps)``: the stripped shape, the kept
-    groups (degree, column count, row count) and per matrix the bounds and Lanczos steps.
+    Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps, groups)``: the stripped shape, the
+    kept groups (degree, column count, row count), per matrix the bounds and Lanczos steps, and
+    the groups' binary matrices ``(g_indptr, g_indices, ptr_off, nnz_off)`` (as
+    :func:`imdb_groups` gives them) for :func:`refine_groups`.
     """
-    indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
     E = pos.size
     ones = np.ones(E)  # the binary values, of the pattern and of every group (E entries at most)
-    d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off = imdb_groups(
-        indptr, indices, ones, n_o, n_i, min_group, both_three
-    )
+    if lean:  # the groups alone, without the stripped CSR (the same groups)
+        n_o, n_i, d, size, n_r, g_indptr, g_indices, ptr_off, nnz_off = position_groups(
+            pos, n_out, n_in, min_group, both_three
+        )
+        g_eid = np.empty(0, dtype=np.int64)
+        indices = np.empty(0, dtype=np.int32)
+        indptr = np.zeros(1, dtype=np.int32)
+    else:
+        indices, indptr, n_o, n_i = strip_pattern(pos, n_out, n_in)
+        d, size, n_r, g_indptr, g_indices, g_eid, ptr_off, nnz_off = imdb_groups(
+            indptr, indices, ones, n_o, n_i, min_group, both_three
+        )
     ng = d.size
     lo = np.zeros((2 + 2 * ng, 2))
     hi = np.zeros((2 + 2 * ng, 2))
     nsteps = np.zeros(2 + 2 * ng, dtype=np.int64)
+    groups = (g_indptr, g_indices, ptr_off, nnz_off)
     if E == 0:
-        return n_o, n_i, d, size, n_r, lo, hi, nsteps
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
     ostep = min(steps, other_steps)
     nl = 1 if lean else 2
     gw = np.empty(0 if lean else g_eid.size)
@@ -1728,7 +1872,7 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
             hi[j] = L[1, lane]
             nsteps[j] = K[lane]
     if lean:
-        return n_o, n_i, d, size, n_r, lo, hi, nsteps
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
     budget[0] = ostep  # the whole pattern, binary and weighted
     K = _bounds_lanes(ones, w, 2, indices, indptr, 0, n_o, n_i, tol, budget, small_side, L[0],
                       L[1], table, upper)  # fmt: skip
@@ -1736,4 +1880,27 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
         lo[lane] = L[0, lane]
         hi[lane] = L[1, lane]
         nsteps[lane] = K[lane]
-    return n_o, n_i, d, size, n_r, lo, hi, nsteps
+    return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
+
+
+@_jit
+def refine_groups(g_indptr, g_indices, ptr_off, nnz_off, size, n_r, done, steps, tol,
+                  small_side, upper, table, lo, hi, nsteps):  # fmt: skip
+    """Run the IMDB groups' binary matrices of a layer ranked by :func:`rank_layer` (``lean``,
+    ``groups`` its last result) again with ``steps`` Lanczos steps, those whose first run took
+    ``done`` steps (it stopped at its budget; the others converged or were solved exactly, and
+    would give the same bits again). ``lo``, ``hi``, ``nsteps``: the groups' rows of that
+    call's results, overwritten with the bits :func:`rank_layer` gives with ``steps``."""
+    ones = np.ones(g_indices.size)
+    none = np.empty(0)
+    L = np.empty((2, 1, 2))
+    budget = np.array([steps])
+    for g in range(size.size):
+        if nsteps[g] != done:
+            continue
+        ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
+        K = _bounds_lanes(ones, none, 1, g_indices, ip, nnz_off[g], size[g], n_r[g], tol, budget,
+                          small_side, L[0], L[1], table, upper)  # fmt: skip
+        lo[g] = L[0, 0]
+        hi[g] = L[1, 0]
+        nsteps[g] = K[0]

@@ -54,7 +54,15 @@ from ..errors import MaskValidationError
 from ..masks import mask_from_positions
 from ..options import Options
 from ._engine import DENSE_MAX_SIDE, Parts, solve_top2
-from ._kernels import Block, _gaussians, pack, rank_layer, top2_bounds_batch, unpack
+from ._kernels import (
+    Block,
+    _gaussians,
+    pack,
+    rank_layer,
+    refine_groups,
+    top2_bounds_batch,
+    unpack,
+)
 from ._registry import LayerCounts, select
 from .metrics import (
     _expand,
@@ -88,6 +96,10 @@ COORDINATES = (
 RANK_STEPS = 16
 #: Lanczos steps for the matrices other than the IMDB groups' binary ones.
 OTHER_STEPS = 8
+#: With a ``floor`` (:func:`rank_layers`), the first pass's Lanczos steps per IMDB group: a layer
+#: whose ``IMDB_Δr`` upper bound is then already below its floor keeps that bound, the others'
+#: groups run again to ``steps``.
+FIRST_STEPS = 8
 #: How tightly :func:`rank_layers` bounds: every coordinate entry (``"all"``), or tightly only
 #: ``IMDB_Δr`` from above (``"imdb"``; the other bounds stay rigorous but loose).
 BOUNDS = ("all", "imdb")
@@ -159,11 +171,13 @@ class _Part:
     lo: np.ndarray | None = None
     hi: np.ndarray | None = None
     steps: np.ndarray | None = None
+    est: np.ndarray | None = None  # the lower bounds the estimates read (default: lo)
 
 
-def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _sv_table(lo: np.ndarray, hi: np.ndarray, est: np.ndarray | None = None) -> np.ndarray:
     """``(n, 6)``: per matrix the widened ``σ₁ lower, σ₁ upper, σ₂ lower, σ₂ upper`` and the
-    estimates ``σ₁, σ₂`` (a σ₂ below the analysis's floor reads 0)."""
+    estimates ``σ₁, σ₂`` (a σ₂ below the analysis's floor reads 0), the estimates from ``est``
+    (lower bounds of another pass; default ``lo``)."""
     top = hi[:, 0]
     out = np.empty((lo.shape[0], 6))
     out[:, 0] = np.maximum(0.0, lo[:, 0] * (1 - MARGIN) - MARGIN * top)
@@ -171,9 +185,18 @@ def _sv_table(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     s2_lo = np.maximum(0.0, lo[:, 1] * (1 - MARGIN) - MARGIN * top)
     out[:, 2] = np.where(s2_lo < 10 * _FLOOR * top, 0.0, s2_lo)  # the analysis may report 0
     out[:, 3] = hi[:, 1] * (1 + MARGIN) + MARGIN * top
-    out[:, 4] = lo[:, 0]
-    out[:, 5] = np.where(lo[:, 1] < _FLOOR * lo[:, 0], 0.0, lo[:, 1])
+    est = lo if est is None else est
+    out[:, 4] = est[:, 0]
+    out[:, 5] = np.where(est[:, 1] < _FLOOR * est[:, 0], 0.0, est[:, 1])
     return out
+
+
+def _imdb_terms(groups: tuple, opts: Options) -> tuple[np.ndarray, np.ndarray]:
+    """Per IMDB group ``(d, n_s, n_r)`` (float64 arrays): the Cheeger weight ``c_d`` of the
+    variant and the Ramanujan bound ``√(d − 1) + √(d·n_s/n_r − 1)`` (pags-spec §3.4)."""
+    d, n_s, n_r = groups
+    c = np.maximum(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else np.ones_like(d)
+    return c, np.sqrt(d - 1) + np.sqrt(d * n_s / n_r - 1)
 
 
 def _layout(plan) -> tuple:
@@ -218,9 +241,8 @@ def _layer_coords(plan, opts: Options, table: np.ndarray, off: int,
         s1_lo, s1_hi, s2_lo, s2_hi, e1, e2 = table[off + weighted]
         out[:, 1] = (s1_lo - s2_hi, s1_hi - s2_lo, e1 - e2)
     if groups is not None:
-        d, n_s, n_r = groups
-        c = np.maximum(n_s, n_r) / (n_s + n_r - 1) if opts.imdb == "n23" else np.ones_like(d)
-        bound = np.sqrt(d - 1) + np.sqrt(d * n_s / n_r - 1)
+        d = groups[0]
+        c, bound = _imdb_terms(groups, opts)
         t = table[off + g_binary : off + g_binary + d.size]
         dr = np.stack([c * (bound - t[:, 3]), c * (bound - t[:, 2]), c * (bound - t[:, 5])], 1)
         out[:, 2] = dr.mean(axis=0)
@@ -233,7 +255,8 @@ def _layer_coords(plan, opts: Options, table: np.ndarray, off: int,
 
 
 def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
-               bounds: str = "all", lean: bool = False) -> _Part:  # fmt: skip
+               bounds: str = "all", lean: bool = False,
+               floor: np.ndarray | None = None) -> _Part:  # fmt: skip
     """Plan the layers, then bound their matrices: the IMDB groups' binary matrices (whose σ₂
     lower bounds decide the IMDB criterion's upper bound) with ``steps`` Lanczos steps, the
     others with :data:`OTHER_STEPS` (their bounds feed the full-spectrum distance, whose upper
@@ -246,17 +269,26 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     bounds are looser.
 
     ``lean``: the groups' binary matrices only (:func:`_kernels.rank_layer` ``lean`` for a
-    unit-valued layer; the same bits for them), the others' bounds stay 0 with 0 steps."""
+    unit-valued layer; the same bits for them), the others' bounds stay 0 with 0 steps.
+
+    ``floor`` (lean only; ``(len(raws),)``): the layers ranked by :func:`_kernels.rank_layer`
+    get :data:`FIRST_STEPS` steps per group first; those whose ``IMDB_Δr`` upper bound is not
+    below their floor then get ``steps`` (:func:`_refine`)."""
     groups: list = []  # (matrix offset, job) of IMDB binary blocks
     others: list = []
     fused: list = []  # (matrix offset, lo, hi, steps) of layers ranked by _kernels.rank_layer
+    two = floor is not None and lean and steps > FIRST_STEPS
+    short = FIRST_STEPS if two else steps  # the groups' steps in the first pass
+    again: list = []  # (layer, matrix offset, plan, groups) that may need `steps`
     n_mat = 0
     upper = bounds == "all"
-    for raw in raws:
+    for at_raw, raw in enumerate(raws):
         part.offsets.append(n_mat)
         if _fusable(raw, selection):
-            plan, lo, hi, st = _rank_fused(raw, opts, selection, steps, upper, lean)
+            plan, lo, hi, st, csr = _rank_fused(raw, opts, selection, short, upper, lean)
             fused.append((n_mat, lo, hi, st))
+            if two and plan.n_mat and (st == short).any():  # a group stopped at the budget
+                again.append((at_raw, n_mat, plan, csr))
             n_mat += plan.n_mat
             part.plans.append(plan)
             continue
@@ -281,7 +313,43 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
                                        DENSE_MAX_SIDE, upper)  # fmt: skip
         at = np.concatenate([np.arange(o, o + c) for o, c, _ in items])
         part.lo[at], part.hi[at], part.steps[at] = lo, hi, st
+    if again:
+        _refine(part, again, floor, opts, short, steps, upper)
     return part
+
+
+#: A layer's IMDB bound counts as below its floor only below ``floor − FLOOR_MARGIN·max(1,
+#: |floor|)``: covers the rounding of the bound's mean and the 27-bit rounding PAGS compares at.
+FLOOR_MARGIN = 1e-6
+
+
+def _refine(part: _Part, again: list, floor: np.ndarray, opts: Options, first: int, steps: int,
+            upper: bool) -> None:  # fmt: skip
+    """The second pass of a ``floor`` ranking: each layer of ``again`` whose ``IMDB_Δr`` upper
+    bound after ``first`` steps is not below its floor gets its groups that stopped at that
+    budget run again with ``steps`` (:func:`_kernels.refine_groups`: the bits
+    :func:`_kernels.rank_layer` gives with ``steps``). The estimates keep the first pass's
+    values (:attr:`_Part.est`), so that they do not depend on the floors."""
+    part.est = part.lo.copy()
+    ng = np.array([plan.groups[0].size for _, _, plan, _ in again], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(ng)[:-1]])
+    # the groups' binary matrices (rank_layer's order: from the layer's matrix 2 on)
+    rows = np.repeat(np.array([off + 2 for _, off, _, _ in again]) - starts, ng)
+    rows += np.arange(int(ng.sum()))
+    t = _sv_table(part.lo[rows], part.hi[rows])
+    c, bound = _imdb_terms(tuple(np.concatenate([plan.groups[i] for _, _, plan, _ in again])
+                                 for i in range(3)), opts)  # fmt: skip
+    u = np.add.reduceat(c * (bound - t[:, 2]), starts) / ng  # _layer_coords's upper bounds
+    f = floor[[k for k, _, _, _ in again]]
+    with np.errstate(invalid="ignore"):  # NaN: no floor; +inf: any bound is below it
+        below = (f == np.inf) | (u < f - FLOOR_MARGIN * np.maximum(1.0, np.abs(f)))
+    for (_, off, plan, csr), skip, n in zip(again, below.tolist(), ng.tolist(), strict=True):
+        if skip:
+            continue
+        g = slice(off + 2, off + 2 + n)
+        table = _start_table(max(plan.raw.n_out, plan.raw.n_in, 1))
+        refine_groups(*csr, first, steps, RANK_TOL, DENSE_MAX_SIDE, upper, table, part.lo[g],
+                      part.hi[g], part.steps[g])  # fmt: skip
 
 
 #: The quantities :func:`_kernels.rank_layer` plans (the ranking selection's).
@@ -331,18 +399,20 @@ def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
     same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
     ``lean`` only the groups' binary matrices, the other slots hold 0, and ``raw`` needs no
-    weights)."""
+    weights). Returns the plan, the bounds and steps per matrix, and the groups' matrices for
+    :func:`_kernels.refine_groups`."""
     w = _NO_WEIGHTS if lean else raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
-    n_o, n_i, d, size, n_r, lo, hi, st = rank_layer(
+    n_o, n_i, d, size, n_r, lo, hi, st, csr = rank_layer(
         raw.pos, raw.n_out, raw.n_in, w, *_imdb_rule(opts), steps, OTHER_STEPS, RANK_TOL,
         DENSE_MAX_SIDE, upper, table, lean,
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
     groups = (d, size.astype(np.float64), n_r.astype(np.float64))
+    csr = (*csr, size, n_r)  # refine_groups's first arguments
     if not raw.nnz:
-        return _FusedPlan(layer, groups, 0, raw), lo[:0], hi[:0], st[:0]
-    return _FusedPlan(layer, groups, 2 + 2 * d.size, raw), lo, hi, st
+        return _FusedPlan(layer, groups, 0, raw), lo[:0], hi[:0], st[:0], csr
+    return _FusedPlan(layer, groups, 2 + 2 * d.size, raw), lo, hi, st, csr
 
 
 def _bounds_batched(mats, steps: int, device) -> tuple[np.ndarray, np.ndarray]:
@@ -524,6 +594,10 @@ def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, devic
     return part
 
 
+def _take(floor: np.ndarray | None, idx) -> np.ndarray | None:
+    return None if floor is None else floor[np.asarray(list(idx), dtype=np.int64)]
+
+
 def _expand_some(jobs, wanted: np.ndarray) -> list[Parts]:
     """The matrices ``wanted`` (ascending indices into :func:`_expand`'s list of ``jobs``),
     unpacked; the others are not (a lean ranking bounds only the IMDB groups' binary ones)."""
@@ -545,6 +619,7 @@ def rank_layers(
     route: str = "auto",
     bounds: str = "all",
     estimates: bool = True,
+    floor: np.ndarray | None = None,
 ) -> LayerBounds:
     """Bounds on the full-spectrum coordinate of many weighted layers (module docstring).
 
@@ -581,6 +656,17 @@ def rank_layers(
         its buckets hold other matrices); the pass costs about half (docs/performance.md). The
         other columns are NaN (not computed); :attr:`LayerBounds.valid` still says which layers
         are gated.
+    floor : numpy.ndarray, optional
+        ``(len(layers),)``, with ``estimates=False`` on the CPU route: how tight each layer's
+        ``IMDB_Δr`` upper bound needs to be (unit-valued layers: linear ones and the unrolled
+        conv reading; the others are bounded with ``steps``). Every IMDB group first gets
+        :data:`FIRST_STEPS`
+        Lanczos steps; a layer whose upper bound is then below its floor (by
+        :data:`FLOOR_MARGIN`) keeps that bound, the other layers' groups run again to ``steps``
+        (the bounds ``steps`` gives alone, the same bits). PAGS passes the best's IMDB criterion
+        (a layer below it cannot be accepted): the same layers reach its exact pass as with
+        ``steps`` for all, for about a fifth less work. NaN: no floor for that layer. The
+        estimates are then the first pass's for every layer, whatever the floors.
 
     Returns
     -------
@@ -601,6 +687,10 @@ def rank_layers(
         raise ValueError("estimates=False bounds IMDB_Δr alone: it needs bounds='imdb'")
     lean = not estimates
     layers = list(layers)
+    if floor is not None:
+        floor = np.asarray(floor, dtype=np.float64).reshape(-1)
+        if floor.size != len(layers):
+            raise ValueError(f"floor has {floor.size} values for {len(layers)} layers")
     names = _names()
     selection = select(names)
     dev = None if device is None else torch.device(device)
@@ -630,16 +720,17 @@ def rank_layers(
             parts = [got for _, got in in_threads(
                 sizes,
                 lambda job: _rank_part(_Part(list(job[0])), job[1], opts, selection, steps,
-                                       bounds, lean),
+                                       bounds, lean, _take(floor, job[0])),
                 lambda idx: (idx, extract(idx)),
                 _REMOTE_SHARE,
             )]  # fmt: skip
         else:
             idx = list(range(len(layers)))
-            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds, lean)]
+            parts = [_rank_part(_Part(idx), extract(idx), opts, selection, steps, bounds, lean,
+                                floor)]  # fmt: skip
     for part in parts:
         res.steps += int(part.steps.sum())
-        table = _sv_table(part.lo, part.hi)
+        table = _sv_table(part.lo, part.hi, part.est)
         for i, plan, off in zip(part.index, part.plans, part.offsets, strict=True):
             res._plans[i] = plan
             res.n_edges[i] = plan.layer.n_edges

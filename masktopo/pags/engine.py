@@ -572,10 +572,18 @@ def run_pags(
     # then +inf): half the ranking's cost, the same selection; rows lack the fs estimates.
     estimates = config.estimates or tight != "imdb"
 
+    # Without estimates, a layer whose IMDB bound after a few steps is already below the best's
+    # criterion keeps that bound (scoring.rank_candidates floor): the best only improves, so
+    # the best when a chunk is ranked (set below after every chunk, read by the worker thread)
+    # is never above the best its layers are compared with, and the same layers reach the exact
+    # pass as with every bound tight. Its estimates (the rows) do not depend on the floor.
+    floor: list = [None]
+
     def rank(cands: list[MaskSet]) -> Ranking:
         # θ was checked once, by the base's score below (not again in every ranking call)
         return _rank_checked(cands, theta, options=opts, reference=ref, device=device,
-                             route=config.route, bounds=tight, estimates=estimates)  # fmt: skip
+                             route=config.route, bounds=tight, estimates=estimates,
+                             floor=floor[0])  # fmt: skip
 
     base_ms = MaskSet(base_masks, kinds)
     ref = None
@@ -602,7 +610,8 @@ def run_pags(
             return _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score,
                         rank, source, config, comm, writer, lock, tasks, out=out, resume=resume,
                         progress=progress, stop=stop, run_info=run_info,
-                        extra_files=extra_files or {})  # fmt: skip
+                        extra_files=extra_files or {},
+                        floor=None if estimates else floor)  # fmt: skip
     finally:
         writer.finish_extra(raise_error=False)  # nothing is written once the lock is released
         if lock is not None:
@@ -611,8 +620,15 @@ def run_pags(
 
 def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, rank, source,
          config, comm, writer, lock, tasks, *, out, resume, progress, stop, run_info,
-         extra_files) -> PagsResult:  # fmt: skip
+         extra_files, floor=None) -> PagsResult:  # fmt: skip
+    """The PAGS loop of :func:`run_pags`; ``floor``: a one-item list the ranking reads the
+    best's IMDB criteria from (kept current here after every chunk), or None."""
     names = list(base_masks)
+
+    def set_floor() -> None:
+        if floor is not None:  # a new array each time: the worker thread may be reading one
+            floor[0] = best_sc.imdb(config.invalid)[0]
+
     # Ranking then exact (the default), on the compiled CPU engine or the batched route.
     ranked = not config.exact
 
@@ -648,6 +664,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
         next_t = state["next_t"]
         best_t = int(state.get("best_t", next_t - 1))
         state_best = None  # the first resume point of this process writes its own copy
+        set_floor()
         rows = _read_rows(out, next_t)
         writer.start_extra(extra_files)  # the run is this one, and run_pags holds its lock
         comm.barrier()  # every rank has read the state before rank 0 rewrites it
@@ -666,6 +683,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             (out / SNAPSHOT_DIR).mkdir(exist_ok=True)
             (out / STATE_DIR).mkdir(exist_ok=True)
             writer.start_extra(extra_files)  # the lock is held now
+        set_floor()
         if ranked:  # the worker ranks the first chunks while this thread writes the start
             ahead.prefetch(1)
         comm.barrier()
@@ -757,6 +775,7 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
             if u % config.snapshot_every == 0 and changed:
                 snaps_here.append((u, dict(src)))
                 changed = False
+        set_floor()
 
         need = {(s, n) for _, st in [*snaps_here, (None, src)] for n, s in st.items()
                 if s is not None}  # fmt: skip

@@ -343,6 +343,7 @@ def rank_candidates(
     route: str = "auto",
     bounds: str = "all",
     estimates: bool = True,
+    floor: np.ndarray | None = None,
 ) -> Ranking:
     """The ranking pass: rigorous bounds and estimates of every candidate's criteria from a few
     Lanczos steps per matrix (:mod:`masktopo.analysis.ranking`), and the exact criteria of
@@ -373,6 +374,12 @@ def rank_candidates(
         False (with ``bounds="imdb"``): rank by the IMDB criterion alone, about half the
         ranking's cost; the estimates' ``fs`` is then NaN, and so is that of the layers
         :meth:`Ranking.exact` does not compute.
+    floor : numpy.ndarray, optional
+        ``(L,)``, with ``estimates=False``: per layer the IMDB criterion a candidate's layer must
+        reach to matter (PAGS: the best's, ``best.imdb()[0]``; NaN: none). A layer whose upper
+        bound is below it after a few Lanczos steps keeps that looser bound
+        (:func:`~masktopo.analysis.ranking.rank_layers` ``floor``): the layers whose bound
+        reaches a floor at least as high are the same, the estimates are the shorter pass's.
 
     Returns
     -------
@@ -381,12 +388,13 @@ def rank_candidates(
     masksets = _candidates(masksets, "rank_candidates")
     weights = _check_theta(weights, masksets[0])
     return _rank_checked(masksets, weights, options=options, reference=reference, steps=steps,
-                         device=device, route=route, bounds=bounds, estimates=estimates)  # fmt: skip
+                         device=device, route=route, bounds=bounds, estimates=estimates,
+                         floor=floor)  # fmt: skip
 
 
 def _rank_checked(masksets: list, weights: Mapping[str, torch.Tensor], *, options=None,
                   reference=None, steps=None, device=None, route="auto", bounds="all",
-                  estimates=True) -> Ranking:  # fmt: skip
+                  estimates=True, floor=None) -> Ranking:  # fmt: skip
     """:func:`rank_candidates` for candidates and ``θ`` already checked (:func:`_candidates`,
     :func:`_check_theta`): the PAGS engine checks θ once, not in each of its ~250 calls at
     n = 1000 (summing ResNet-18's θ takes ~3 ms)."""
@@ -399,6 +407,11 @@ def _rank_checked(masksets: list, weights: Mapping[str, torch.Tensor], *, option
             layers.append((n, mask, weights[n]))
     kw = {} if steps is None else {"steps": steps}  # checked there
     dev = None if device is None or torch.device(device).type == "cpu" else device
+    if floor is not None:
+        floor = np.asarray(floor, dtype=np.float64).reshape(-1)
+        if floor.size != len(names):
+            raise ValueError(f"floor has {floor.size} values for {len(names)} layers")
+        kw["floor"] = np.tile(floor, len(masksets))
     bounds = rank_layers(layers, options=options, device=dev, route=route, bounds=bounds,
                          estimates=estimates, **kw)  # fmt: skip
     return Ranking(bounds, names, len(masksets), reference)

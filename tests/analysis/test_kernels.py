@@ -91,6 +91,35 @@ def test_imdb_groups_match_scipy(seed, both_three, tall):
         assert np.array_equal(sub, dense)
 
 
+@pytest.mark.parametrize("tall", [False, True])
+@pytest.mark.parametrize("both_three", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_position_groups_equal_strip_then_imdb_groups(seed, both_three, tall):
+    """The lean ranking's grouping straight from positions (empty rows and columns left in)
+    gives the groups, matrices and stripped shape of ``strip_pattern`` then ``imdb_groups``,
+    and those match scipy."""
+    rng = np.random.default_rng(40 + seed)
+    n_out, n_in = int(rng.integers(1, 70)), int(rng.integers(1, 90))
+    density = rng.uniform(0.03, 0.6)
+    if tall:
+        n_out, density = 400 + 30 * seed, 0.02
+    M = rng.random((n_out, n_in)) < density
+    M[rng.random(n_out) < 0.2] = False
+    M[:, rng.random(n_in) < 0.2] = False
+    pos = np.flatnonzero(M)
+    rule = (3 if both_three else 2, both_three)
+    indices, indptr, n_o, n_i = _kernels.strip_pattern(pos, n_out, n_in)
+    want = _kernels.imdb_groups(indptr, indices, np.ones(pos.size), n_o, n_i, *rule)
+    got = _kernels.position_groups(pos, n_out, n_in, *rule)
+    assert (got[0], got[1]) == (n_o, n_i)
+    for a, b in zip([want[i] for i in (0, 1, 2, 3, 4, 6, 7)], got[2:], strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    ref = _imdb_reference(_strip_reference(pos, n_out, n_in)[0], *rule) if pos.size else []
+    assert len(ref) == got[2].size
+    empty = _kernels.position_groups(np.zeros(0, dtype=np.int64), 5, 7, *rule)
+    assert empty[:2] == (0, 0) and empty[2].size == 0
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_count_components_matches_scipy(seed):
     """Union–find components of random bipartite patterns (several components, isolated

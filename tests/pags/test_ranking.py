@@ -310,11 +310,96 @@ def test_lean_ranking_bounds_the_imdb_criterion_alone(options):
         rank_layers(layers, bounds="all", estimates=False)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [Options(allow_empty=True), Options("rolled", "i23", "i23", allow_empty=True)],
+    ids=["unrolled-n23", "rolled-i23"],
+)
+def test_a_floor_keeps_the_layers_that_reach_it(options, monkeypatch):
+    """``floor`` (what PAGS ranks with): groups get FIRST_STEPS steps, and only the layers whose
+    IMDB bound then reaches their floor get ``steps``. The layers whose bound reaches the floor
+    are those of the run without one, with the bits it gives them; the others keep a looser but
+    still rigorous bound below the floor; the estimates are the short pass's whatever the
+    floors; no floor (NaN) and an unreachable one (+∞) are the two extremes. Layers that are
+    not unit-valued (convs read rolled) are not ranked by the fused kernel: a floor changes
+    nothing for them."""
+    monkeypatch.setattr(ranking_module, "FIRST_STEPS", 4)
+    layers = _random_layers(12, 40)
+    kw = {"options": options, "bounds": "imdb", "estimates": False}
+    tight = rank_layers(layers, steps=16, **kw)
+    short = rank_layers(layers, steps=4, **kw)
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
+    exact = np.array([r["imdb_ramanujan_gap"] for r in rows], dtype=np.float64)
+    fused = np.array([isinstance(p, ranking_module._FusedPlan) for p in tight._plans])
+    assert fused.sum() >= 10 and (options.conv == "unrolled") == fused.all()
+    defined = ~np.isnan(exact) & fused
+    assert defined.sum() >= 8
+    n = len(layers)
+
+    def check(got, want_fused: dict) -> None:
+        for field in ("lower", "upper", "estimate"):
+            a, b = getattr(got, field), getattr(tight, field)
+            assert np.array_equal(a[~fused], b[~fused], equal_nan=True), field
+        for field, want in want_fused.items():
+            assert np.array_equal(getattr(got, field)[fused], want[fused], equal_nan=True), field
+
+    nan = rank_layers(layers, steps=16, floor=np.full(n, np.nan), **kw)
+    check(nan, {"lower": tight.lower, "upper": tight.upper, "estimate": short.estimate})
+    never = rank_layers(layers, steps=16, floor=np.full(n, np.inf), **kw)
+    check(never, {"upper": short.upper, "estimate": short.estimate})
+    assert short.steps <= never.steps < tight.steps
+    # floors at the exact value, between the short and the tight bound, and above the short one
+    hi_s, hi_t = short.upper[:, 2], tight.upper[:, 2]
+    assert np.nanmax((hi_s - hi_t)[fused]) > 0  # the short pass is looser somewhere
+    floor = np.where(defined, (hi_s + hi_t) / 2, np.nan)
+    floor[::3] = np.where(defined, exact, np.nan)[::3]
+    floor[2::3] = hi_s[2::3] + 0.1 * np.abs(hi_s[2::3]) + 0.01
+    got = rank_layers(layers, steps=16, floor=floor, **kw)
+    check(got, {"estimate": short.estimate})
+    with np.errstate(invalid="ignore"):
+        assert np.array_equal(got.upper[:, 2] >= floor, hi_t >= floor)
+        reach = hi_t >= floor
+    assert reach.any() and (~reach & defined).any()
+    assert np.array_equal(got.upper[reach, 2], hi_t[reach])
+    ok = ~np.isnan(exact)
+    assert np.all(got.upper[ok, 2] >= exact[ok])  # still an upper bound
+    assert never.steps < got.steps < nan.steps == tight.steps
+    assert np.array_equal(got.exact(range(n))[:, 2], exact, equal_nan=True)
+    with pytest.raises(ValueError, match="floor has 3 values for 40 layers"):
+        rank_layers(layers, floor=np.zeros(3), **kw)
+
+
+def test_rank_candidates_takes_a_floor_per_layer():
+    """``rank_candidates(floor=)``: one value per layer, the same for every candidate."""
+    from masktopo.pags.scoring import rank_candidates
+
+    w = _theta(3)
+    src = NoisyMagnitude(w, DENSITY, 3, noise=0.15)
+    cands = [src(t) for t in range(1, 5)]
+    kw = {"weights": w, "bounds": "imdb", "estimates": False}
+    free = rank_candidates(cands, **kw)
+    short = rank_candidates(cands, steps=ranking_module.FIRST_STEPS, **kw)
+    never = rank_candidates(cands, floor=np.full(len(SHAPES), np.inf), **kw)
+    assert np.array_equal(never.upper.imdb(), short.upper.imdb())
+    assert np.array_equal(never.estimate.imdb(), short.estimate.imdb())
+    one = np.array([np.inf, np.nan, np.inf])  # only the second layer without a floor
+    mixed = rank_candidates(cands, floor=one, **kw)
+    assert np.array_equal(mixed.upper.imdb()[:, 1], free.upper.imdb()[:, 1])
+    assert np.array_equal(mixed.upper.imdb()[:, [0, 2]], short.upper.imdb()[:, [0, 2]])
+    with pytest.raises(ValueError, match="floor has 2 values for 3 layers"):
+        rank_candidates(cands, floor=np.zeros(2), **kw)
+
+
 @pytest.mark.parametrize("seed", [1, 6])
-def test_estimates_only_change_the_rows(seed):
+@pytest.mark.parametrize("short", [True, False], ids=["floor", "tight"])
+def test_estimates_only_change_the_rows(seed, short, monkeypatch):
     """With and without ``estimates`` (and ``exact``) the selection is the same; without it a
-    candidate's row has its IMDB estimates (the same values) but fs only where computed, so no
-    network score nor fs summary; with it every row has them."""
+    candidate's row has its IMDB estimates but fs only where computed, so no network score nor
+    fs summary; with it every row has them. The IMDB estimates are the same values when both
+    passes take the same steps (``tight``: the floor's first pass as long as the whole one);
+    by default the lean pass's come from its first, shorter pass: a little higher."""
+    if not short:
+        monkeypatch.setattr(ranking_module, "FIRST_STEPS", ranking_module.RANK_STEPS)
     w = _theta(seed)
     base = base_mask(w, DENSITY)
     src = NoisyMagnitude(w, DENSITY, seed, noise=0.15)
@@ -324,8 +409,15 @@ def test_estimates_only_change_the_rows(seed):
     _same_selection(est, exact)
     _same_best(lean, est)
     rl, re_ = lean.candidates, est.candidates
-    assert rl["imdb_gap"].tolist() == re_["imdb_gap"].tolist()
-    assert rl["imdb_mean"].tolist() == re_["imdb_mean"].tolist()
+    if short:
+        a, b = np.concatenate(rl["imdb_gap"].tolist()), np.concatenate(re_["imdb_gap"].tolist())
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        # fewer steps, smaller Ritz values: the σ₂ estimates are lower, the gaps higher
+        assert np.nanmin(a - b) > -1e-9 and np.nanmax(a - b) < 0.15 * np.nanmax(np.abs(b))
+        assert not np.array_equal(a, b, equal_nan=True)  # the short pass is seen in the rows
+    else:
+        assert rl["imdb_gap"].tolist() == re_["imdb_gap"].tolist()
+        assert rl["imdb_mean"].tolist() == re_["imdb_mean"].tolist()
     assert np.isfinite(re_["network_score"]).all() and np.isfinite(re_["fs_mean"]).all()
     cand = rl.iloc[1:]
     assert np.isnan(cand["network_score"]).all() and np.isnan(cand["fs_mean"]).all()
