@@ -544,6 +544,73 @@ def _exact_rows(plans, opts: Options, names: list[str], device=None, route="auto
     return rows
 
 
+def _binary_jobs(plan) -> tuple[list, list, list, list]:
+    """A plan's jobs split into its binary matrices' (the whole pattern's and the IMDB groups')
+    and the others (the weighted ones), each with the plan's index of its first matrix."""
+    first = {i: key for key, i in plan.slots.items()}
+    out: tuple[list, list, list, list] = ([], [], [], [])
+    k = 0
+    for job in plan.jobs:
+        key = first[k]
+        binary = key == "sv_binary" or (isinstance(key, tuple) and key[0] == "imdb_groups")
+        out[0 if binary else 2].append(job)
+        out[1 if binary else 3].append(k)
+        k += job.count if isinstance(job, Block) else 1
+    return out
+
+
+def _matrices(jobs: list, firsts: list, offset: int) -> list[np.ndarray]:
+    """The matrix indices of ``jobs`` whose first matrices are ``firsts`` in a plan placed at
+    ``offset``."""
+    return [np.arange(offset + k, offset + k + (J.count if isinstance(J, Block) else 1))
+            for J, k in zip(jobs, firsts, strict=True)]  # fmt: skip
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _screened_rows(plans, opts: Options, names: list[str], screen) -> list[dict | None]:
+    """:func:`_exact_rows` on the CPU in two stages: the binary matrices exactly and the
+    weighted ones bounded (:data:`OTHER_STEPS` Lanczos steps, Collatz–Wielandt), so that
+    ``screen(k, lower, upper)`` (``k`` the plans' positions, ``(n, 4)`` rigorous bounds of their
+    coordinates: ``Δr`` and ``IMDB_Δr`` exact up to :data:`MARGIN`) can drop the layers it
+    does not need; then the weighted matrices of the others exactly. The rows of the layers
+    kept equal :func:`_exact_rows`'s bit for bit (each matrix is solved alone as in a pair:
+    the same bits); the others' are None."""
+    split = [_binary_jobs(plan) for plan in plans]
+    offsets = np.concatenate([[0], np.cumsum([plan.n_mat for plan in plans])]).tolist()
+    jobs_b = [J for jb, _, _, _ in split for J in jb]
+    jobs_w = [J for _, _, jw, _ in split for J in jw]
+    at_b = _cat([m for (jb, kb, _, _), o in zip(split, offsets, strict=False)
+                 for m in _matrices(jb, kb, o)])  # fmt: skip
+    at_w = _cat([m for (_, _, jw, kw), o in zip(split, offsets, strict=False)
+                 for m in _matrices(jw, kw, o)])  # fmt: skip
+    svals = np.full((offsets[-1], 2), np.nan)
+    if jobs_b:
+        svals[at_b] = solve_top2(jobs_b)
+    lo, hi = svals.copy(), svals.copy()
+    if jobs_w:
+        lo[at_w], hi[at_w], _ = top2_bounds_batch(*pack(jobs_w), RANK_TOL, OTHER_STEPS,
+                                                  DENSE_MAX_SIDE, True)  # fmt: skip
+    table = _sv_table(np.nan_to_num(lo), np.nan_to_num(hi))
+    bounds = np.array([_layer_coords(plan, opts, table, off)[0][:2]
+                       for plan, off in zip(plans, offsets, strict=False)])  # fmt: skip
+    keep = np.asarray(screen(np.arange(len(plans)), bounds[:, 0], bounds[:, 1]), dtype=bool)
+    wanted = np.flatnonzero(keep).tolist()
+    more = [J for j in wanted for J in split[j][2]]
+    if more:
+        where = _cat([m for j in wanted for m in _matrices(*split[j][2:], offsets[j])])
+        svals[where] = solve_top2(more)
+    rows: list[dict | None] = [None] * len(plans)
+    for j in wanted:
+        plan = plans[j]
+        values = _finish(plan, {key: svals[offsets[j] + i] for key, i in plan.slots.items()},
+                         opts)  # fmt: skip
+        rows[j] = {n: values[n] for n in names}
+    return rows
+
+
 class LayerBounds:
     """What :func:`rank_layers` returns for ``N`` layers.
 
@@ -593,31 +660,55 @@ class LayerBounds:
     def exact(self, index: Sequence[int]) -> np.ndarray:
         """``(len(index), 4)`` exact coordinates of the layers ``index`` (NaN where undefined),
         equal to :func:`~masktopo.analysis.metrics.layer_metric_rows`'s values."""
+        return self.exact_screened(index, None)[0]
+
+    def exact_screened(self, index: Sequence[int], screen) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`exact` of the layers ``index`` that ``screen`` keeps: ``(coordinates,
+        finished)``, the coordinates NaN throughout where ``finished`` (bool) is False.
+
+        ``screen`` (None: keep every layer): a function of ``(i, lower, upper)`` — layer
+        indices and ``(n, 4)`` rigorous bounds of their coordinates, ``Δr`` and ``IMDB_Δr``
+        exact (up to :data:`MARGIN`), ``λ`` and ``IMDB_λ`` bounded from :data:`OTHER_STEPS`
+        Lanczos steps — returning which to finish; only their weighted matrices are then solved
+        exactly (:func:`_screened_rows`). PAGS drops the layers whose bounds cannot beat the
+        best: about four in five of those that reach its exact pass, saving ~40 % of their work.
+        The batched route finishes every layer."""
         index = [int(i) for i in index]
         out = np.full((len(index), 4), np.nan)
+        finished = np.ones(len(index), dtype=bool)
         if not index:
-            return out
+            return out, finished
         plans = [self._plan(i) for i in index]
         if self._device is not None:  # the batched route: one call, as the analysis's
             rows = dict(enumerate(_exact_rows(plans, self._opts, self._names, self._device,
                                               self._route)))  # fmt: skip
             for k in range(len(index)):
                 out[k] = [rows[k][n] for n in COORDINATES]
-            return out
+            return out, finished
+        at = np.array(index, dtype=np.int64)
+
+        def solve(ks):
+            chosen = [plans[k] for k in ks]
+            if screen is None:
+                return _exact_rows(chosen, self._opts, self._names)
+            pick = at[np.asarray(list(ks), dtype=np.int64)]
+            return _screened_rows(chosen, self._opts, self._names,
+                                  lambda j, lo, hi: screen(pick[j], lo, hi))  # fmt: skip
+
         with one_blas_thread():
             total = sum(int(self.n_edges[i]) for i in index)
             if use_workers(total) and len(index) > 1:
                 rows = {}
-                for part, got in in_threads(
-                    [max(1, int(self.n_edges[i])) for i in index],
-                    lambda ks: _exact_rows([plans[k] for k in ks], self._opts, self._names),
-                ):
+                for part, got in in_threads([max(1, int(self.n_edges[i])) for i in index], solve):
                     rows.update(zip(part, got, strict=True))
             else:
-                rows = dict(enumerate(_exact_rows(plans, self._opts, self._names)))
+                rows = dict(enumerate(solve(range(len(index)))))
         for k in range(len(index)):
-            out[k] = [rows[k][n] for n in COORDINATES]
-        return out
+            if rows[k] is None:
+                finished[k] = False
+            else:
+                out[k] = [rows[k][n] for n in COORDINATES]
+        return out, finished
 
 
 def _rank_batched(part: _Part, raws, opts: Options, selection, steps: int, device,

@@ -263,12 +263,16 @@ class _Ahead:
 
 
 def _exact_pass(tasks: Tasks, groups, exact_mask: dict[int, np.ndarray], best: Scores,
-                best_fp: dict[str, str], fps: dict,
-                names: list[str]) -> tuple[Scores | None, int]:  # fmt: skip
+                best_fp: dict[str, str], fps: dict, names: list[str],
+                invalid: str | None = None) -> tuple[Scores | None, int]:  # fmt: skip
     """The exact criteria of the layers ``exact_mask`` of this process's ranked candidates
     (estimates elsewhere), one task per group; a layer with the fingerprint of the best's
     (before this chunk: ``best``, ``best_fp``) is not computed, its scores are the best's (the
-    same mask scored on the same θ). Returns the scores and how many layers were computed."""
+    same mask scored on the same θ). ``invalid`` (the layerwise rule's): a layer shown below
+    the best's criteria from its binary spectra is not finished (:meth:`Ranking.exact`
+    ``floor``; it cannot be accepted: the best only improves). Returns the scores and how many
+    layers were computed."""
+    floor = None if invalid is None else (best.imdb(invalid)[0], best.fs_criterion(invalid)[0])
     if not groups:
         return None, 0
     parts, futures = [], []
@@ -282,7 +286,7 @@ def _exact_pass(tasks: Tasks, groups, exact_mask: dict[int, np.ndarray], best: S
         which &= ~same
         computed += int(which.sum())
         parts.append(same)
-        futures.append(tasks.submit(rk.exact, which))
+        futures.append(tasks.submit(rk.exact, which, floor))
     out = tasks.results(futures)
     for same, sc in zip(parts, out, strict=True):
         for i in np.flatnonzero(same.any(axis=1)):
@@ -730,8 +734,10 @@ def _run(base_masks, kinds, theta, counts, numel, base_scores, base_fp, score, r
                 bounds.update(part)
             exact_mask = {u: accept(config, best_sc, bounds[u][0], 0) for u in chunk}
             fps = {u: _LazyFingerprints(cands[u]) for u in mine}
-            local_sc, computed = _exact_pass(tasks, groups, exact_mask, best_sc, best_fp, fps,
-                                             names)  # fmt: skip
+            local_sc, computed = _exact_pass(
+                tasks, groups, exact_mask, best_sc, best_fp, fps, names,
+                config.invalid if config.selection == "layerwise" else None,
+            )  # fmt: skip
             n_exact += sum(comm.gather(computed))
         else:
             cands = {u: candidate(u) for u in mine}

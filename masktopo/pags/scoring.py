@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..analysis.metrics import Options, layer_metric_rows
-from ..analysis.ranking import COORDINATES, KeptPositions, rank_layers
+from ..analysis.ranking import COORDINATES, FLOOR_MARGIN, KeptPositions, rank_layers
 from ..errors import MaskValidationError, UnknownNameError
 from ..masks import MaskSet, check_layer_mapping, check_weight
 from .config import INVALID
@@ -302,9 +302,7 @@ class Ranking:
         valid = self.estimate.valid
         lo[..., 1] = np.where(valid, lo[..., 1], 0.0)
         hi[..., 1] = np.where(valid, hi[..., 1], 0.0)
-        ref = 0.0 if reference is None else np.asarray(reference)[None]
-        far = np.maximum(np.abs(lo - ref), np.abs(hi - ref))  # ≥ |exact − ref| per entry
-        fs_hi = quantize(np.sqrt((far * far).sum(axis=-1)))
+        fs_hi = _fs_upper(lo, hi, reference)
         if not bounds.estimated:  # only IMDB_Δr was bounded: fs has no finite bound
             fs_hi[:] = np.inf
         self.upper = Scores(self._names, hi, valid, self.estimate.imdb_defined, fs_hi, nnz)
@@ -320,16 +318,59 @@ class Ranking:
             sc.coords[gone, k] = np.nan
         return sc
 
-    def exact(self, which: np.ndarray) -> Scores:
+    def exact(self, which: np.ndarray, floor: tuple | None = None) -> Scores:
         """Scores with the layers ``which`` (bool ``(c, L)``) computed exactly (equal to
-        :func:`score_candidates`'s) and the estimates elsewhere."""
+        :func:`score_candidates`'s) and the estimates elsewhere.
+
+        ``floor``: ``(imdb, fs)``, two ``(L,)`` arrays of criteria (PAGS: the best's,
+        ``best.imdb(invalid)[0]`` and ``best.fs_criterion(invalid)[0]``; NaN: none). A layer
+        whose exact ``IMDB_Δr`` or whose ``fs`` upper bound (from its exact binary spectra and
+        bounded weighted ones) is below its floor is not finished
+        (:meth:`~masktopo.analysis.ranking.LayerBounds.exact_screened`): its coordinate and
+        ``fs`` are NaN, so that it can never be accepted."""
         which = np.asarray(which, dtype=bool)
         flat = np.flatnonzero(which.reshape(-1))
         raw = self._bounds.estimate.copy()
-        raw[flat] = self._bounds.exact(flat)
         c, L = self._c, len(self._names)
+        dropped = np.zeros(c * L, dtype=bool)
+        if floor is None:
+            raw[flat] = self._bounds.exact(flat)
+        else:
+            f_imdb, f_fs = (np.asarray(f, dtype=np.float64).reshape(L) for f in floor)
+            ref = self._ref
+
+            def screen(i, lower, upper):
+                j = i % L
+                lo, hi = np.nan_to_num(lower, nan=0.0), np.nan_to_num(upper, nan=0.0)
+                valid = self._valid.reshape(-1)[i]
+                lo[:, 1] = np.where(valid, lo[:, 1], 0.0)
+                hi[:, 1] = np.where(valid, hi[:, 1], 0.0)
+                fs_hi = _fs_upper(lo, hi, None if ref is None else np.asarray(ref)[j])
+                imdb_hi = quantize(upper[:, 2])  # NaN (undefined): not dropped by it
+                return ~(_below(imdb_hi, f_imdb[j]) | _below(fs_hi, f_fs[j]))
+
+            raw[flat], finished = self._bounds.exact_screened(flat, screen)
+            dropped[flat] = ~finished
         sc = _scores(self._names, raw.reshape(c, L, 4), self._nnz, self._ref, self._valid)
+        if dropped.any():
+            sc.fs[dropped.reshape(c, L)] = np.nan
         return self._blank(sc, which.reshape(c, L))
+
+
+def _fs_upper(lo: np.ndarray, hi: np.ndarray, reference) -> np.ndarray:
+    """Upper bounds of the full-spectrum distance from coordinate bounds ``lo ≤ c ≤ hi`` (``(…,
+    4)``, undefined entries 0 and ``λ`` 0 outside the gate, as :func:`_scores` reads them),
+    quantized."""
+    ref = 0.0 if reference is None else np.asarray(reference)
+    far = np.maximum(np.abs(lo - ref), np.abs(hi - ref))  # ≥ |exact − ref| per entry
+    return quantize(np.sqrt((far * far).sum(axis=-1)))
+
+
+def _below(value: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """``value`` below ``floor`` by more than the rounding margin of
+    :data:`~masktopo.analysis.ranking.FLOOR_MARGIN` (False where either is NaN)."""
+    with np.errstate(invalid="ignore"):
+        return value < floor - FLOOR_MARGIN * np.maximum(1.0, np.abs(floor))
 
 
 def rank_candidates(

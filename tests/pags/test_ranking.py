@@ -390,6 +390,77 @@ def test_rank_candidates_takes_a_floor_per_layer():
         rank_candidates(cands, floor=np.zeros(2), **kw)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [Options(allow_empty=True), Options("rolled", "i23", "i23", allow_empty=True)],
+    ids=["unrolled-n23", "rolled-i23"],
+)
+def test_screened_exact_pass_finishes_what_the_screen_keeps(options):
+    """``exact_screened``: the screen sees rigorous bounds of every coordinate entry, with
+    ``Δr`` and ``IMDB_Δr`` exact to the margin; the layers it keeps get the exact values bit
+    for bit, the others NaN and ``finished`` False."""
+    layers = _random_layers(14, 36)
+    rb = rank_layers(layers, options=options, bounds="imdb", estimates=False)
+    rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
+    exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
+    index = list(range(1, len(layers)))  # not all: the screen gets the layer indices
+    seen = {}
+
+    def screen(i, lower, upper):
+        seen.update(i=np.array(i), lower=lower.copy(), upper=upper.copy())
+        return i % 3 != 0
+
+    got, finished = rb.exact_screened(index, screen)
+    assert np.array_equal(seen["i"], index)
+    want = exact[index]
+    lo, hi = seen["lower"], seen["upper"]
+    assert np.array_equal(np.isnan(lo), np.isnan(want)) and np.array_equal(
+        np.isnan(hi), np.isnan(want)
+    )
+    assert np.all(np.nan_to_num(lo) <= np.nan_to_num(want))
+    assert np.all(np.nan_to_num(want) <= np.nan_to_num(hi))
+    for col in (0, 2):  # exact up to the margin
+        np.testing.assert_allclose(hi[:, col], want[:, col], rtol=1e-6, atol=1e-6)
+    assert np.nanmax(hi[:, 1] - want[:, 1]) > 1e-6  # λ only bounded
+    assert np.array_equal(finished, np.array(index) % 3 != 0)
+    assert np.array_equal(got[finished], want[finished], equal_nan=True)
+    assert np.isnan(got[~finished]).all()
+    every, done = rb.exact_screened(index, lambda i, lo, hi: np.ones(len(i), dtype=bool))
+    assert done.all() and np.array_equal(every, want, equal_nan=True)
+    assert np.array_equal(rb.exact(index), want, equal_nan=True)
+
+
+def test_exact_with_a_floor_drops_only_layers_below_it():
+    """``Ranking.exact(floor=)``: a layer is left unfinished only where its exact IMDB_Δr or
+    its fs bound is below the floor, so its exact criteria are below it too; unfinished layers
+    have NaN criteria and can never be accepted; the others are the exact scores."""
+    from masktopo.pags.engine import accept
+    from masktopo.pags.scoring import rank_candidates, score_candidates
+
+    w = _theta(5)
+    src = NoisyMagnitude(w, DENSITY, 5, noise=0.15)
+    cands = [src(t) for t in range(1, 9)]
+    rk = rank_candidates(cands, weights=w, bounds="imdb", estimates=False)
+    full = score_candidates(cands, weights=w)
+    which = np.ones((len(cands), len(SHAPES)), dtype=bool)
+    assert np.array_equal(rk.exact(which).fs, full.fs)
+    # the median candidate's criteria as the floor: some layers fall below it
+    f_imdb, f_fs = np.median(full.imdb(), axis=0), np.median(full.fs, axis=0)
+    sc = rk.exact(which, (f_imdb, f_fs))
+    dropped = np.isnan(sc.fs)
+    assert dropped.any() and (~dropped).any()
+    below = (full.imdb() < f_imdb) | (full.fs < f_fs)
+    assert not (dropped & ~below).any()  # only layers that could not reach the floor
+    assert np.array_equal(sc.fs[~dropped], full.fs[~dropped])
+    assert np.array_equal(sc.coords[~dropped], full.coords[~dropped])
+    best = full.take(0)
+    best.fs[0], best.coords[0, :, 2] = f_fs, f_imdb
+    for i in range(len(cands)):
+        assert not accept(PagsConfig(), best, sc, i)[dropped[i]].any()
+    nan = rk.exact(which, (np.full(len(SHAPES), np.nan), np.full(len(SHAPES), np.nan)))
+    assert np.array_equal(nan.fs, full.fs)
+
+
 @pytest.mark.parametrize("seed", [1, 6])
 @pytest.mark.parametrize("short", [True, False], ids=["floor", "tight"])
 def test_estimates_only_change_the_rows(seed, short, monkeypatch):
@@ -500,9 +571,9 @@ def test_a_layer_equal_to_the_best_is_not_computed_again(monkeypatch, concurrent
     asked = []
     real = scoring.Ranking.exact
 
-    def exact(self, which):
+    def exact(self, which, floor=None):
         asked.append(np.array(which, dtype=bool))
-        return real(self, which)
+        return real(self, which, floor)
 
     monkeypatch.setattr(scoring.Ranking, "exact", exact)
     a, b = _pair(w, base, source, seed=3)
