@@ -1298,18 +1298,15 @@ def _renumber(deg):
 
 
 @_jit
-def strip_pattern(flat, n_out, n_in):
-    """Stripped CSR of the entries ``flat`` (ascending row-major positions in ``n_out × n_in``).
-
-    Rows and columns without an entry are dropped and the rest renumbered in order. Returns
-    ``(indices, indptr, n_rows, n_cols)``: the int32 column of every entry, int32 ``indptr``
-    and the stripped shape. The positions are walked row by row (they ascend), so no entry
-    needs a division.
-    """
+def _walk(flat, n_out, n_in):
+    """The column and row (int32) of every entry ``flat`` (ascending row-major positions in
+    ``n_out × n_in``) and the row and column degrees. The positions are walked row by row
+    (they ascend), so no entry needs a division."""
     E = flat.size
     row_deg = np.zeros(n_out, dtype=np.int64)
     col_deg = np.zeros(n_in, dtype=np.int64)
-    col = np.empty(E, dtype=np.int64)
+    col = np.empty(E, dtype=np.int32)
+    row = np.empty(E, dtype=np.int32)
     r = 0
     start = 0  # flat position of row r's first entry
     for e in range(E):
@@ -1319,8 +1316,22 @@ def strip_pattern(flat, n_out, n_in):
             start += n_in
         c = f - start
         col[e] = c
+        row[e] = r
         row_deg[r] += 1
         col_deg[c] += 1
+    return col, row, row_deg, col_deg
+
+
+@_jit
+def strip_pattern(flat, n_out, n_in):
+    """Stripped CSR of the entries ``flat`` (ascending row-major positions in ``n_out × n_in``).
+
+    Rows and columns without an entry are dropped and the rest renumbered in order
+    (:func:`_walk`). Returns ``(indices, indptr, n_rows, n_cols)``: the int32 column of every
+    entry, int32 ``indptr`` and the stripped shape.
+    """
+    E = flat.size
+    col, _, row_deg, col_deg = _walk(flat, n_out, n_in)
     row_new, n_o = _renumber(row_deg)
     col_new, n_i = _renumber(col_deg)
     indices = np.empty(E, dtype=np.int32)
@@ -1395,6 +1406,89 @@ def count_components(indptr, indices, n_rows, n_cols):
 
 
 @_jit
+def _group_rows(used, n_r, mark, tag, n_rows, cutoff, remap):
+    """A group's rows (``used[:n_r]``, marked ``tag`` in ``mark``) renumbered in order into
+    ``remap``: a sort of the rows used when they are few (``n_r (log₂ n_r + 1) < cutoff``),
+    else a scan of the marks of all ``n_rows`` rows (the same numbering)."""
+    if n_r * (np.log2(n_r) + 1.0) < cutoff:
+        rs = np.sort(used[:n_r])
+        for i in range(n_r):
+            remap[rs[i]] = i
+    else:
+        i = 0
+        for r in range(n_rows):
+            if mark[r] == tag:
+                remap[r] = i
+                i += 1
+
+
+@_jit
+def _cut_groups(key, start, stop, crow, ceid, n_rows, cutoff, min_group, both_three):
+    """The IMDB groups of columns ordered by fan-out (:func:`imdb_groups`,
+    :func:`position_groups`): ordered column ``t`` has fan-out ``key[t]`` and its rows
+    (ascending) at ``crow[start[t]:stop[t]]`` (pattern entries ``ceid[…]``, or none when
+    ``ceid`` is empty); a run of equal keys is one group, kept when ``d ≥ 3``, it has at least
+    ``min_group`` columns, touches ``n_r ≥ 2`` of the ``n_rows`` rows and passes the gate. Its
+    rows are renumbered in order (:func:`_group_rows`, ``cutoff``). Returns the group count,
+    the used lengths of ``g_indptr`` and ``g_indices``, and the arrays of :func:`imdb_groups`."""
+    nc = key.size
+    g_d = np.empty(nc)
+    g_size = np.empty(nc, dtype=np.int64)
+    g_nr = np.empty(nc, dtype=np.int64)
+    ptr_off = np.empty(nc, dtype=np.int64)
+    nnz_off = np.empty(nc, dtype=np.int64)
+    g_indptr = np.empty(2 * nc + 1, dtype=np.int32)
+    g_indices = np.empty(crow.size, dtype=np.int32)
+    g_eid = np.empty(g_indices.size if ceid.size else 0, dtype=np.int64)
+    mark = np.full(n_rows, -1, dtype=np.int64)
+    remap = np.empty(n_rows, dtype=np.int32)
+    used = np.empty(n_rows, dtype=np.int64)
+    ng = 0
+    pp = 0
+    ee = 0
+    a = 0
+    while a < nc:
+        d = key[a]
+        b = a + 1
+        while b < nc and key[b] == d:
+            b += 1
+        size = b - a
+        if d >= 3 and size >= min_group:  # both gates need d ≥ 3: skip the others' row count
+            n_r = 0
+            for t in range(a, b):
+                for q in range(start[t], stop[t]):
+                    r = crow[q]
+                    if mark[r] != a:
+                        mark[r] = a
+                        used[n_r] = r
+                        n_r += 1
+            d_out = d * size / n_r
+            ok = d_out >= 3 if both_three else d_out > 1
+            if ok and n_r >= 2:
+                _group_rows(used, n_r, mark, a, n_rows, cutoff, remap)
+                g_d[ng] = d
+                g_size[ng] = size
+                g_nr[ng] = n_r
+                ptr_off[ng] = pp
+                nnz_off[ng] = ee
+                g_indptr[pp] = 0
+                k = 0
+                for t in range(a, b):
+                    for q in range(start[t], stop[t]):
+                        g_indices[ee + k] = remap[crow[q]]
+                        if ceid.size:
+                            g_eid[ee + k] = ceid[q]
+                        k += 1
+                    pp += 1
+                    g_indptr[pp] = k
+                pp += 1
+                ee += k
+                ng += 1
+        a = b
+    return ng, pp, ee, g_d, g_size, g_nr, g_indptr, g_indices, g_eid, ptr_off, nnz_off
+
+
+@_jit
 def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
     """The IMDB degree groups of a stripped CSR pattern (pags-spec §3.4).
 
@@ -1427,71 +1521,14 @@ def imdb_groups(indptr, indices, data, n_rows, n_cols, min_group, both_three):
             ceid[fill[c]] = p
             fill[c] += 1
     order = _stable_order(fan)  # columns by fan-out, in column order within a group
-    g_d = np.empty(n_cols)
-    g_size = np.empty(n_cols, dtype=np.int64)
-    g_nr = np.empty(n_cols, dtype=np.int64)
-    ptr_off = np.empty(n_cols, dtype=np.int64)
-    nnz_off = np.empty(n_cols, dtype=np.int64)
-    g_indptr = np.empty(2 * n_cols + 1, dtype=np.int32)
-    g_indices = np.empty(indptr[n_rows], dtype=np.int32)
-    g_eid = np.empty(indptr[n_rows], dtype=np.int64)
-    mark = np.full(n_rows, -1, dtype=np.int64)
-    remap = np.empty(n_rows, dtype=np.int32)
-    used = np.empty(n_rows, dtype=np.int64)
-    ng = 0
-    pp = 0
-    ee = 0
-    a = 0
-    while a < n_cols:
-        d = fan[order[a]]
-        b = a + 1
-        while b < n_cols and fan[order[b]] == d:
-            b += 1
-        size = b - a
-        if d >= 3 and size >= min_group:  # both gates need d ≥ 3: skip the others' row count
-            n_r = 0
-            for t in range(a, b):
-                c = order[t]
-                for q in range(cnt[c], cnt[c + 1]):
-                    r = crow[q]
-                    if mark[r] != a:
-                        mark[r] = a
-                        used[n_r] = r
-                        n_r += 1
-            d_out = d * size / n_r
-            ok = d >= 3 and (d_out >= 3 if both_three else d_out > 1)
-            if ok and n_r >= 2:
-                # the group's rows renumbered in order: a scan of the marks, or a sort of the
-                # rows used when they are few (the same numbering)
-                if n_r * (np.log2(n_r) + 1.0) < n_rows:
-                    rs = np.sort(used[:n_r])
-                    for i in range(n_r):
-                        remap[rs[i]] = i
-                else:
-                    i = 0
-                    for r in range(n_rows):
-                        if mark[r] == a:
-                            remap[r] = i
-                            i += 1
-                g_d[ng] = d
-                g_size[ng] = size
-                g_nr[ng] = n_r
-                ptr_off[ng] = pp
-                nnz_off[ng] = ee
-                g_indptr[pp] = 0
-                k = 0
-                for t in range(a, b):
-                    c = order[t]
-                    for q in range(cnt[c], cnt[c + 1]):
-                        g_indices[ee + k] = remap[crow[q]]
-                        g_eid[ee + k] = ceid[q]
-                        k += 1
-                    pp += 1
-                    g_indptr[pp] = k
-                pp += 1
-                ee += k
-                ng += 1
-        a = b
+    start = np.empty(n_cols, dtype=np.int64)
+    stop = np.empty(n_cols, dtype=np.int64)
+    for t in range(n_cols):
+        start[t] = cnt[order[t]]
+        stop[t] = cnt[order[t] + 1]
+    ng, pp, ee, g_d, g_size, g_nr, g_indptr, g_indices, g_eid, ptr_off, nnz_off = _cut_groups(
+        fan[order], start, stop, crow, ceid, n_rows, n_rows, min_group, both_three
+    )
     return (g_d[:ng], g_size[:ng], g_nr[:ng], g_indptr[:pp], g_indices[:ee], g_eid[:ee],
             ptr_off[:ng], nnz_off[:ng])  # fmt: skip
 
@@ -1511,22 +1548,7 @@ def position_groups(flat, n_out, n_in, min_group, both_three):
     values are all ones).
     """
     E = flat.size
-    row_deg = np.zeros(n_out, dtype=np.int64)
-    col_deg = np.zeros(n_in, dtype=np.int64)
-    col = np.empty(E, dtype=np.int32)
-    row = np.empty(E, dtype=np.int32)
-    r = 0
-    start = 0  # flat position of row r's first entry
-    for e in range(E):
-        f = flat[e]
-        while f - start >= n_in:
-            r += 1
-            start += n_in
-        c = f - start
-        col[e] = c
-        row[e] = r
-        row_deg[r] += 1
-        col_deg[c] += 1
+    col, row, row_deg, col_deg = _walk(flat, n_out, n_in)
     n_o = 0
     for i in range(n_out):
         if row_deg[i] > 0:
@@ -1564,67 +1586,18 @@ def position_groups(flat, n_out, n_in, min_group, both_three):
         if col_deg[c] >= 3:
             grow[first[c]] = row[e]
             first[c] += 1
-    g_d = np.empty(nc)
-    g_size = np.empty(nc, dtype=np.int64)
-    g_nr = np.empty(nc, dtype=np.int64)
-    ptr_off = np.empty(nc, dtype=np.int64)
-    nnz_off = np.empty(nc, dtype=np.int64)
-    g_indptr = np.empty(2 * nc + 1, dtype=np.int32)
-    g_indices = np.empty(fill, dtype=np.int32)
-    mark = np.full(n_out, -1, dtype=np.int64)
-    remap = np.empty(n_out, dtype=np.int32)
-    used = np.empty(n_out, dtype=np.int64)
-    ng = 0
-    pp = 0
-    ee = 0
-    a = 0
-    q0 = 0  # where column order[a]'s rows start in grow
-    while a < nc:
-        d = col_deg[order[a]]
-        b = a + 1
-        while b < nc and col_deg[order[b]] == d:
-            b += 1
-        size = b - a
-        q1 = q0 + size * d
-        if size >= min_group:
-            n_r = 0
-            for q in range(q0, q1):
-                r = grow[q]
-                if mark[r] != a:
-                    mark[r] = a
-                    used[n_r] = r
-                    n_r += 1
-            d_out = d * size / n_r
-            ok = d_out >= 3 if both_three else d_out > 1
-            if ok and n_r >= 2:
-                if n_r * (np.log2(n_r) + 1.0) < n_o:  # imdb_groups' choice (the same result)
-                    rs = np.sort(used[:n_r])
-                    for i in range(n_r):
-                        remap[rs[i]] = i
-                else:
-                    i = 0
-                    for r in range(n_out):
-                        if mark[r] == a:
-                            remap[r] = i
-                            i += 1
-                g_d[ng] = d
-                g_size[ng] = size
-                g_nr[ng] = n_r
-                ptr_off[ng] = pp
-                nnz_off[ng] = ee
-                g_indptr[pp] = 0
-                k = 0
-                for t in range(size):
-                    for q in range(q0 + t * d, q0 + (t + 1) * d):
-                        g_indices[ee + k] = remap[grow[q]]
-                        k += 1
-                    pp += 1
-                    g_indptr[pp] = k
-                pp += 1
-                ee += k
-                ng += 1
-        q0 = q1
-        a = b
+    key = np.empty(nc)
+    start = np.empty(nc, dtype=np.int64)
+    stop = np.empty(nc, dtype=np.int64)
+    q = 0
+    for t in range(nc):
+        key[t] = col_deg[order[t]]
+        start[t] = q
+        q += col_deg[order[t]]
+        stop[t] = q
+    ng, pp, ee, g_d, g_size, g_nr, g_indptr, g_indices, _, ptr_off, nnz_off = _cut_groups(
+        key, start, stop, grow, np.empty(0, dtype=np.int64), n_out, n_o, min_group, both_three
+    )
     return (n_o, n_i, g_d[:ng], g_size[:ng], g_nr[:ng], g_indptr[:pp], g_indices[:ee],
             ptr_off[:ng], nnz_off[:ng])  # fmt: skip
 
