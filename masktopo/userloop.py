@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ._version import git_commit, versions
-from .checks import is_finite_number, is_int, is_number
+from .checks import is_finite_number, is_int, is_integer, is_number
 from .errors import MaskValidationError
 from .maskable import find_maskable, transposed_layers, unwrap_model
 from .masks import check_finite_values
@@ -349,9 +349,11 @@ class SparseTraining:
         for key, value in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
             if value is None and key == "steps_per_epoch":
                 continue
-            if not is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:  # a numpy count (len of an array) is fine
                 raise MaskValidationError(f"sparsify: {key} must be a positive integer, got "
                                           f"{value!r}")  # fmt: skip
+        total_steps = int(total_steps)  # plain ints from here on (run.json, comparisons)
+        steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         if "density" not in options:
             if method != "dense":
                 raise MaskValidationError(f"sparsify: method {method!r} needs density=")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -386,6 +388,8 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(tmp_path):
         (dict(growth="gradient", method="gmp"), "growth is not used by method 'gmp'"),
         (dict(method="sparse"), "unknown method 'sparse'"),
         (dict(total_steps=0), "total_steps must be a positive integer"),
+        (dict(total_steps=np.float64(10)), "total_steps must be a positive integer"),
+        (dict(total_steps=True), "total_steps must be a positive integer"),
     ]
     for change, message in cases:
         kw = {"model": model, "optimizer": opt, "method": "itop", "density": 0.3,
@@ -396,6 +400,19 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(tmp_path):
         assert "\n" not in str(e.value)
         assert not out.exists(), change
     assert opt.step.__func__ is torch.optim.SGD.step
+
+
+def test_step_counts_may_be_numpy_integers(tmp_path):
+    """A count taken from an array (``len`` of one, a numpy scalar) is an integer too; the run
+    records plain ints."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = masktopo.sparsify(model, opt, method="static", density=0.3, total_steps=np.int64(3),
+                           steps_per_epoch=np.int32(3), out=tmp_path / "r")  # fmt: skip
+    assert sp.total_steps == 3 and type(sp.total_steps) is int
+    sp.finish()
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert json.dumps(run)  # plain JSON numbers
 
 
 def test_step_after_finish_and_finish_twice_are_errors():
