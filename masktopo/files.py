@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import MaskFileError
+from .errors import MaskFileError, MaskValidationError
 
 __all__ = [
     "Staging",
@@ -59,6 +59,18 @@ _KINDS = {
     stat.S_IFSOCK: "a socket",
     stat.S_IFDIR: "a folder",
 }
+
+
+def require_parquet(command: str, what: str = "reads and writes parquet files") -> None:
+    """Fail before any work, with one line naming ``masktopo COMMAND``, when pyarrow (the
+    parquet engine, an optional dependency) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise MaskValidationError(
+            f"masktopo {command} {what}, which needs pyarrow: pip install 'masktopo[parquet]' "
+            "(or pyarrow)"
+        )
 
 
 def os_problem(e: OSError) -> str:

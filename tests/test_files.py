@@ -114,3 +114,22 @@ def test_staging_moves_files_only_on_commit(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(MaskFileError, match="cannot write figures there: it is a file"):
         files.Staging(tmp_path / "file", "figures")
+
+
+def test_require_parquet_names_the_command_when_pyarrow_is_missing(monkeypatch):
+    """One helper for every command that writes parquet (pags, search, prune-bench)."""
+    import importlib.util
+
+    from masktopo.errors import MaskValidationError
+    from masktopo.files import require_parquet
+
+    real = importlib.util.find_spec
+    if real("pyarrow") is not None:
+        require_parquet("search")  # present: nothing to say
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyarrow" else real(name, *a))  # fmt: skip
+    with pytest.raises(MaskValidationError, match=r"^masktopo pags writes candidates\.parquet, "
+                       r"which needs pyarrow: pip install 'masktopo\[parquet\]'"):  # fmt: skip
+        require_parquet("pags", "writes candidates.parquet")
+    with pytest.raises(MaskValidationError, match="masktopo search reads and writes parquet"):
+        require_parquet("search")

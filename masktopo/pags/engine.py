@@ -69,7 +69,7 @@ from ..analysis.metrics import layer_side
 from ..analysis.spectral import on_device, one_blas_thread
 from ..checks import is_int
 from ..errors import MaskFileError, MaskValidationError
-from ..files import atomic_write, atomic_write_bytes, atomic_write_json
+from ..files import atomic_write, atomic_write_bytes, atomic_write_json, require_parquet
 from ..masks import MaskSet, kept_positions
 from ..runs import RunLock, RunWriter, check_out_dir, check_same_config
 from ..runs.layout import (
@@ -410,19 +410,6 @@ class _Writer:
             atomic_write(self.out / CANDIDATES_FILE, lambda f: pq.write_table(table, f))
 
 
-def require_parquet() -> None:
-    """PAGS writes candidates.parquet: fail before any work when pyarrow is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec("pyarrow") is None:
-        from ..errors import MaskTopoError
-
-        raise MaskTopoError(
-            "masktopo pags writes candidates.parquet, which needs pyarrow: pip install "
-            "'masktopo[parquet]' (or pyarrow)"
-        )
-
-
 def _read_state(out: Path, config: PagsConfig, names: list[str]) -> dict | None:
     """The resume point (state.json), checked against ``config`` and the run's layers
     ``names``; None when the run stopped before writing its first one."""
@@ -599,7 +586,7 @@ def run_pags(
 
     lock = None
     if out is not None and comm.rank == 0:
-        require_parquet()
+        require_parquet("pags", "writes candidates.parquet")
         check_out_dir(out, "pags", resume=resume)
         lock = RunLock(out)
         if resume:

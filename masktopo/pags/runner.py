@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 
 from ..errors import MaskFileError
+from ..files import require_parquet
 from ..runs import check_out_dir
 from ..runs.layout import INIT_FILE
 from ..seeding import generator
 from .config import PagsConfig
-from .engine import PagsResult, require_parquet, run_pags
+from .engine import PagsResult, run_pags
 from .sampling import RescoreSource, RewireSource, full_batches, generators
 from .sampling import _gather as gather
 
@@ -145,7 +146,7 @@ def run(config: PagsConfig, out: str | Path, *, resume: bool = False, progress: 
         stop=None) -> PagsResult:  # fmt: skip
     """Run PAGS as ``masktopo pags`` does: validate, build, then write ``out``."""
     out = Path(out)
-    require_parquet()
+    require_parquet("pags", "writes candidates.parquet")
     check_out_dir(out, "pags", resume=resume)
     base, theta, source, info, state = prepare(config)
     # init.safetensors: written by the engine (rank 0) while the run goes on

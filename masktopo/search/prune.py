@@ -52,13 +52,13 @@ from pathlib import Path
 import torch
 
 from ..errors import MaskFileError, MaskValidationError
-from ..files import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json, require_parquet
 from ..runs import RunLock, RunWriter, check_same_config, read_run_json, run_kind
 from ..runs.layout import RESULTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from ..seeding import seed_for
 from .config import PruneBenchConfig
 from .ensemble import EnsembleTrainer, bias_masks_from_units, init_params
-from .runner import layer_names, read_table, require_parquet, run_layers
+from .runner import layer_names, read_table, run_layers
 
 __all__ = ["KIND", "prune_to_k", "read_bench", "run_prune_bench", "topk_masks"]
 

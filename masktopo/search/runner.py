@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import MaskFileError, MaskValidationError, one_line
-from ..files import atomic_write, atomic_write_bytes, atomic_write_json
+from ..files import atomic_write, atomic_write_bytes, atomic_write_json, require_parquet
 from ..runs import (
     RunLock,
     RunWriter,
@@ -80,7 +80,6 @@ __all__ = [
     "read_results",
     "read_search_masks",
     "read_table",
-    "require_parquet",
     "run_layers",
     "run_search",
     "search_plan",
@@ -356,17 +355,6 @@ class SearchResult:
     complete: bool
 
 
-def require_parquet(command: str = "search") -> None:
-    """Fail with one line, naming ``masktopo COMMAND``, when pyarrow is missing."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise MaskValidationError(
-            f"masktopo {command} reads and writes parquet files, which needs pyarrow: pip "
-            "install 'masktopo[parquet]' (or pyarrow)"
-        ) from None
-
-
 def _check_out(out: Path, resume: bool) -> None:
     kind = run_kind(out) if out.is_dir() else None
     if out.exists() and not out.is_dir():
@@ -454,7 +442,7 @@ def read_results(out: str | os.PathLike):
     """
     import pandas as pd
 
-    require_parquet()
+    require_parquet(KIND)
     out = Path(out)
     parts = _results_parts(out)
     if not parts:
@@ -580,7 +568,7 @@ def run_search(
     """
     import pandas as pd
 
-    require_parquet()
+    require_parquet(KIND)
     out = Path(out)
     _check_out(out, resume)
     plan = search_plan(config)
