@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 
-__all__ = ["World", "close_world", "current_world", "init_world"]
+__all__ = ["World", "close_world", "current_world", "init_world", "process_device"]
 
 _STARTED = False  # whether init_world started the default process group of this process
 
@@ -95,3 +95,19 @@ def close_world() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def process_device(name: str):
+    """The ``torch.device`` a command's ``--device NAME`` means for this process: ``"auto"``
+    is CUDA when a GPU is available, else the CPU; ``"cuda"`` is this process's GPU (its
+    ``LOCAL_RANK`` under ``torchrun``, else GPU 0), with a one-line error when there is none;
+    anything else is the CPU. Used by ``masktopo train`` and ``masktopo prune``."""
+    import torch
+
+    from .errors import MaskValidationError
+
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise MaskValidationError("device cuda: no CUDA device is available on this machine")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

@@ -74,3 +74,22 @@ def test_exit_process_flushes_and_keeps_the_code(world, tmp_path):
                        timeout=120)  # fmt: skip
     assert p.returncode == 3 and p.stderr == "err"
     assert p.stdout == ("done" if world == "2" else "donefinalized\n")
+
+
+def test_process_device_reads_the_flag_and_the_launch(monkeypatch):
+    """``--device``: cpu is the CPU; auto is the CPU without a GPU; cuda is this process's GPU
+    (its LOCAL_RANK) or a one-line error without one."""
+    import torch
+
+    from masktopo.distributed import process_device
+    from masktopo.errors import MaskValidationError
+
+    assert process_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    if torch.cuda.is_available():
+        assert process_device("cuda") == torch.device("cuda", 1)
+        assert process_device("auto").type == "cuda"
+        return
+    assert process_device("auto") == torch.device("cpu")
+    with pytest.raises(MaskValidationError, match=r"^device cuda: no CUDA device is available"):
+        process_device("cuda")

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .._version import git_commit, versions
+from ..distributed import process_device
 from ..errors import MaskFileError, MaskValidationError
 from ..files import Staging, atomic_write_bytes, input_path
 from ..pai.densities import keep_count
@@ -349,14 +350,6 @@ def _accuracy(model: nn.Module, data, batch: int = 1000) -> float:
     return correct / len(data)
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise MaskValidationError("device cuda: no CUDA device is available on this machine")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _check_out(out: Path) -> None:
     if out.exists() or out.is_symlink():
         out = input_path(out)
@@ -375,7 +368,7 @@ class _Pruner:
 
         self.cfg = config
         self.progress = progress
-        self.device = _device(config.device)
+        self.device = process_device(config.device)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         model, self.names = _build_model(source, maskable_only=source.maskable_only)
         self.model = model.to(self.device)

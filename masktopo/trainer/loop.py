@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .._version import git_commit, versions
 from ..checks import is_int
-from ..distributed import World, init_world
+from ..distributed import World, init_world, process_device
 from ..errors import MaskFileError, MaskTopoError, MaskValidationError
 from ..runs import (
     RunLock,
@@ -329,14 +329,6 @@ def _hold(what: str, count: int, writer: RunWriter) -> None:
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
-def _pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise MaskValidationError("device cuda: no CUDA device is available on this machine")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def training_split(cfg: TrainConfig):
     """``(train, val)``: the dataset's training file split as every run of ``cfg`` splits it
     (the last ``val_fraction`` of a seeded permutation held out; ``val`` None without one).
@@ -579,7 +571,7 @@ def _train(cfg: TrainConfig, out_path: Path | None, lock: RunLock | None, *, res
         warnings.warn(f"{out_path}: the run stopped before its first checkpoint; starting it "
                       "again from step 0 with its recorded config", stacklevel=3)  # fmt: skip
 
-    device = _pick_device(cfg.device)
+    device = process_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist_info = init_world(device.type)
