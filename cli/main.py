@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 from masktopo import __version__
+from masktopo.distributed import exit_process
 from masktopo.errors import MaskTopoError
 
 from . import (
@@ -163,26 +164,6 @@ def _leave_process_group() -> None:
     launched = sys.modules.get("masktopo.distributed")  # imported only by the commands that use it
     if launched is not None:
         launched.close_world()
-
-
-def exit_process(code: int):
-    """End the process with ``code``. Under torchrun (``WORLD_SIZE`` > 1) the interpreter's
-    finalization is skipped (``os._exit`` after flushing the output): a gloo process group's
-    threads can abort a process there even after ``destroy_process_group`` ("terminate called
-    without an active exception": 1 run in 4–8 of a 3-process P-GaP training, measured), and
-    torchrun then reports a failure and kills the other ranks. Every file is written and
-    closed before :func:`main` returns."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        import logging
-
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        os._exit(code)
-    raise SystemExit(code)
 
 
 if __name__ == "__main__":

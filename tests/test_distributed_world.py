@@ -17,7 +17,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 import torch.distributed as dist
-from masktopo.distributed import close_world, current_world, init_world
+from masktopo.distributed import close_world, current_world, exit_process, init_world
 w = init_world("cpu")
 assert w.size == 2 and w.distributed and dist.is_initialized()
 assert current_world().rank == w.rank
@@ -25,6 +25,7 @@ assert init_world("cpu").rank == w.rank  # joining again keeps the group
 close_world()
 assert not dist.is_initialized() and current_world().size == 1
 Path(sys.argv[1], f"rank{w.rank}").write_text("ok")  # a file per rank: a shared pipe interleaves
+exit_process(0)  # gloo's threads can abort a process at interpreter exit (exit_process's doc)
 """
 
 
@@ -66,7 +67,7 @@ def test_a_callers_group_is_left_alone(tmp_path, monkeypatch):
 def test_exit_process_flushes_and_keeps_the_code(world, tmp_path):
     """Under torchrun the process ends without interpreter finalization (where gloo's threads
     can abort it), after flushing what it printed; elsewhere it is a plain SystemExit."""
-    code = ("import atexit, sys\nfrom masktopo.cli.main import exit_process\n"
+    code = ("import atexit, sys\nfrom masktopo.distributed import exit_process\n"
             "atexit.register(lambda: print('finalized'))\n"
             "print('done', end='')\nsys.stderr.write('err')\nexit_process(3)\n")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WORLD_SIZE": world}
