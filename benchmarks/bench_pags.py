@@ -571,18 +571,38 @@ def _load() -> str:
         return "n/a"
 
 
+#: Runs ``python -m masktopo`` from the source tree given as the first argument, with that
+#: tree's ``masktopo.cli`` and ``masktopo.configs`` (folders ``cli/`` and ``configs/`` mapped by
+#: pyproject's package-dir): on PYTHONPATH alone the installed project's would be imported.
+_TREE_MAIN = """
+import importlib.util, runpy, sys
+tree = sys.argv.pop(1)
+import masktopo
+for name, folder in (("masktopo.cli", "cli"), ("masktopo.configs", "configs")):
+    spec = importlib.util.spec_from_file_location(
+        name, f"{tree}/{folder}/__init__.py", submodule_search_locations=[f"{tree}/{folder}"])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+runpy.run_module("masktopo", run_name="__main__", alter_sys=True)
+"""
+
+
 def cli_run(count: int, extra: list[str], tree: Path | None, out: Path) -> tuple[float, float]:
     """Wall and CPU time (user + system, all threads) of ``masktopo pags ... --candidates
-    count`` as a fresh process, from ``tree`` (PYTHONPATH and working folder) or this one."""
+    count`` as a fresh process, from ``tree`` (its library, command-line layer and configs;
+    PYTHONPATH and working folder) or this one."""
     import resource
     import subprocess
 
     env = dict(os.environ)
     cwd = None
+    start = [sys.executable, "-m", "masktopo"]
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
         cwd = str(tree)
-    cmd = [sys.executable, "-m", "masktopo", "pags", "--model", "resnet18", "--dataset",
+        start = [sys.executable, "-c", _TREE_MAIN, str(Path(tree).resolve())]
+    cmd = [*start, "pags", "--model", "resnet18", "--dataset",
            "cifar10", "--method", "erk", "--density", "0.01", "--seed", "1", "--device", "cpu",
            *extra, "--candidates", str(count), "--out", str(out)]  # fmt: skip
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
