@@ -86,7 +86,7 @@ def solve_top2(mats: Sequence) -> np.ndarray:
     Lanczos run did not converge within :data:`MAX_STEPS` steps (not seen on real masks) is
     solved by ARPACK instead.
     """
-    from ._kernels import Block, pack
+    from ._kernels import Block, job_count, pack
 
     parts = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
     if not parts:
@@ -94,7 +94,7 @@ def solve_top2(mats: Sequence) -> np.ndarray:
     dense = [i for i, P in enumerate(parts) if not isinstance(P, Block) and dense_route(P)]
     if not dense:
         return solve_packed(pack(parts))
-    counts = np.array([P.count if isinstance(P, Block) else 1 for P in parts])
+    counts = np.array([job_count(P) for P in parts])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     out = np.zeros((int(counts.sum()), 2))
     on_dense = set(dense)

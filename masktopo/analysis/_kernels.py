@@ -1191,6 +1191,11 @@ class Block(NamedTuple):
         return int(self.shapes.shape[0])
 
 
+def job_count(job) -> int:
+    """How many matrices a spectral job holds: a :class:`Block`'s count, 1 for one matrix."""
+    return job.count if isinstance(job, Block) else 1
+
+
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a is b or (a.shape == b.shape and np.array_equal(a, b))
 
@@ -1218,7 +1223,7 @@ def pack(mats):
     partner_l: list[np.ndarray] = []
     start, prev = 0, None
     for P in mats:
-        count = P.count if isinstance(P, Block) else 1
+        count = job_count(P)
         partner_l.append(np.full(count, -1, dtype=np.int64))
         if prev is not None and _same_pattern(prev, P):
             partner_l[-2][:] = np.arange(start, start + count)

@@ -57,6 +57,7 @@ from ._engine import DENSE_MAX_SIDE, Parts, solve_top2
 from ._kernels import (
     Block,
     _gaussians,
+    job_count,
     pack,
     rank_layer,
     refine_groups,
@@ -350,7 +351,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
         first = set(_imdb_binary(plan))
         k = 0
         for job in plan.jobs:
-            count = job.count if isinstance(job, Block) else 1
+            count = job_count(job)
             (groups if k in first else others).append((n_mat + k, count, job))
             k += count
         n_mat += plan.n_mat
@@ -540,12 +541,14 @@ def _exact_rows(plans, opts: Options, names: list[str], device=None, route="auto
         svals = solve_many(_expand(jobs), 2, device=device, route=route)
     else:
         svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
-    rows = []
-    for plan, off in zip(plans, offsets, strict=True):
-        sv = {key: svals[off + i] for key, i in plan.slots.items()}
-        values = _finish(plan, sv, opts)
-        rows.append({n: values[n] for n in names})
-    return rows
+    return [_row(plan, svals, off, opts, names) for plan, off in zip(plans, offsets, strict=True)]
+
+
+def _row(plan, svals: np.ndarray, off: int, opts: Options, names: list[str]) -> dict:
+    """The metrics ``names`` of one planned layer whose matrices' singular values are
+    ``svals[off:]`` (the metric registry, as the analysis computes them)."""
+    values = _finish(plan, {key: svals[off + i] for key, i in plan.slots.items()}, opts)
+    return {n: values[n] for n in names}
 
 
 def _binary_jobs(plan) -> tuple[list, list, list, list]:
@@ -559,14 +562,14 @@ def _binary_jobs(plan) -> tuple[list, list, list, list]:
         binary = key == "sv_binary" or (isinstance(key, tuple) and key[0] == "imdb_groups")
         out[0 if binary else 2].append(job)
         out[1 if binary else 3].append(k)
-        k += job.count if isinstance(job, Block) else 1
+        k += job_count(job)
     return out
 
 
-def _matrices(jobs: list, firsts: list, offset: int) -> list[np.ndarray]:
+def _matrix_indices(jobs: list, firsts: list, offset: int) -> list[np.ndarray]:
     """The matrix indices of ``jobs`` whose first matrices are ``firsts`` in a plan placed at
     ``offset``."""
-    return [np.arange(offset + k, offset + k + (J.count if isinstance(J, Block) else 1))
+    return [np.arange(offset + k, offset + k + job_count(J))
             for J, k in zip(jobs, firsts, strict=True)]  # fmt: skip
 
 
@@ -587,9 +590,9 @@ def _screened_rows(plans, opts: Options, names: list[str], screen) -> list[dict 
     jobs_b = [J for jb, _, _, _ in split for J in jb]
     jobs_w = [J for _, _, jw, _ in split for J in jw]
     at_b = _cat([m for (jb, kb, _, _), o in zip(split, offsets, strict=False)
-                 for m in _matrices(jb, kb, o)])  # fmt: skip
+                 for m in _matrix_indices(jb, kb, o)])  # fmt: skip
     at_w = _cat([m for (_, _, jw, kw), o in zip(split, offsets, strict=False)
-                 for m in _matrices(jw, kw, o)])  # fmt: skip
+                 for m in _matrix_indices(jw, kw, o)])  # fmt: skip
     svals = np.full((offsets[-1], 2), np.nan)
     if jobs_b:
         svals[at_b] = solve_top2(jobs_b)
@@ -604,14 +607,11 @@ def _screened_rows(plans, opts: Options, names: list[str], screen) -> list[dict 
     wanted = np.flatnonzero(keep).tolist()
     more = [J for j in wanted for J in split[j][2]]
     if more:
-        where = _cat([m for j in wanted for m in _matrices(*split[j][2:], offsets[j])])
+        where = _cat([m for j in wanted for m in _matrix_indices(*split[j][2:], offsets[j])])
         svals[where] = solve_top2(more)
     rows: list[dict | None] = [None] * len(plans)
     for j in wanted:
-        plan = plans[j]
-        values = _finish(plan, {key: svals[offsets[j] + i] for key, i in plan.slots.items()},
-                         opts)  # fmt: skip
-        rows[j] = {n: values[n] for n in names}
+        rows[j] = _row(plans[j], svals, offsets[j], opts, names)
     return rows
 
 
@@ -746,7 +746,7 @@ def _take(floor: np.ndarray | None, idx) -> np.ndarray | None:
 def _expand_some(jobs, wanted: np.ndarray) -> list[Parts]:
     """The matrices ``wanted`` (ascending indices into :func:`_expand`'s list of ``jobs``),
     unpacked; the others are not (a lean ranking bounds only the IMDB groups' binary ones)."""
-    counts = [J.count if isinstance(J, Block) else 1 for J in jobs]
+    counts = [job_count(J) for J in jobs]
     starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     owner = np.searchsorted(starts, wanted, side="right") - 1
     return [

@@ -272,9 +272,9 @@ def _exact_pass(tasks: Tasks, groups, exact_mask: dict[int, np.ndarray], best: S
     the best's criteria from its binary spectra is not finished (:meth:`Ranking.exact`
     ``floor``; it cannot be accepted: the best only improves). Returns the scores and how many
     layers were computed."""
-    floor = None if invalid is None else (best.imdb(invalid)[0], best.fs_criterion(invalid)[0])
     if not groups:
         return None, 0
+    floor = None if invalid is None else (best.imdb(invalid)[0], best.fs_criterion(invalid)[0])
     parts, futures = [], []
     computed = 0
     for us, _, rk in groups:
