@@ -426,47 +426,95 @@ def _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, ma
     vector cannot miss a second copy of it. (Without any reorthogonalization, Lanczos on small
     or low-rank Gram matrices returned spurious second values: the reference tests caught it.)
     """
-    nnz = indptr[m]
-    unit0 = _is_unit(data, e0, nnz)
-    unit1 = nl > 1 and _is_unit(data1, e0, nnz)
     S = 0
     for lane in range(nl):
         S = max(S, max_steps[lane])
-    other = n if rows_side else m
-    Q = np.empty((nl, min(S + 1, 64), dim))
+    Q, state = _lanczos_start(nl, dim, n if rows_side else m, S, max_steps, start)
+    Q = _lanczos_run(Q, state, data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol,
+                     max_steps)  # fmt: skip
+    _lanczos_vectors(Q, state, nl, dim, Y1, Y2)
+    return state[_OK], state[_STEPS]
+
+
+# Where _lanczos_start's state keeps the per-lane flags and step counts.
+_OK = 11
+_STEPS = 12
+
+
+@_jit
+def _lanczos_start(nl, dim, other, cap, max_steps, start):
+    """The state of :func:`_lanczos` before its first step, for runs of at most ``cap`` steps
+    per lane: ``(Q, state)``, the Lanczos basis (grown by :func:`_lanczos_run`) and a tuple of
+    the other arrays (recurrence, ω estimates, Ritz checks, per-lane flags and counters)."""
+    Q = np.empty((nl, min(cap + 1, 64), dim))
     tmp = np.empty((nl, other))
     z = np.empty((nl, dim))
-    alpha = np.zeros((nl, S + 1))
-    beta = np.zeros((nl, S + 1))
-    cbuf = np.zeros(S + 1)
+    alpha = np.zeros((nl, cap + 1))
+    beta = np.zeros((nl, cap + 1))
+    cbuf = np.zeros(cap + 1)
     # ω estimates of the previous, current and next vector: W[l, (rot + i) % 3], i = 0, 1, 2
-    W = np.zeros((nl, 3, S + 2))
-    rot = np.zeros(nl, dtype=np.int64)
-    force = np.zeros(nl, dtype=np.bool_)
-    s1 = np.zeros((nl, S + 1))
-    s2 = np.zeros((nl, S + 1))
-    empty = np.zeros(0)
-    th1 = np.zeros(nl)
-    th2 = np.zeros(nl)
-    tnorm = np.zeros(nl)
-    second = np.zeros(nl, dtype=np.bool_)  # the first pair has converged; the second is tracked
-    ok = np.zeros(nl, dtype=np.bool_)
-    K = np.zeros(nl, dtype=np.int64)
-    next_check = np.full(nl, 4, dtype=np.int64)
-    last_res = np.full(nl, np.inf)
-    last_k = np.zeros(nl, dtype=np.int64)
-    res1 = np.full(nl, np.inf)  # residual bounds of the last check
-    res2 = np.full(nl, np.inf)
-    k_s2 = np.zeros(nl, dtype=np.int64)  # length of the second Ritz vector of the last check
-    active = np.zeros(nl, dtype=np.bool_)
+    W = np.zeros((nl, 3, cap + 2))
+    s1 = np.zeros((nl, cap + 1))
+    s2 = np.zeros((nl, cap + 1))
+    # per lane: θ₁, θ₂, ‖T‖ estimate, last tracked residual, residual bounds of the last check
+    F = np.zeros((6, nl))
+    F[3:] = np.inf
+    # per lane: rotation of W, steps taken, next check, step of the last tracked residual,
+    # length of the second Ritz vector of the last check
+    I = np.zeros((5, nl), dtype=np.int64)
+    I[2] = 4
+    # per lane: reorthogonalize the next vector too, the first pair has converged (the second
+    # is tracked), converged, running
+    B = np.zeros((4, nl), dtype=np.bool_)
     nrm = np.sqrt(_dot(start, start, dim))
     for lane in range(nl):
         W[lane, 1, 0] = 1.0
-        active[lane] = max_steps[lane] > 0
+        B[3, lane] = max_steps[lane] > 0
         q = Q[lane, 0]
         for i in range(dim):
             q[i] = start[i] / nrm
-    for k in range(S):
+    return Q, (tmp, z, alpha, beta, cbuf, W, s1, s2, F, I, B, B[2], I[1])
+
+
+@_jit
+def _lanczos_run(Q, state, data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol,
+                 max_steps):  # fmt: skip
+    """Lanczos steps of :func:`_lanczos` from ``state`` (:func:`_lanczos_start`) until every lane
+    has converged or taken ``max_steps[lane]`` steps (at most the state's ``cap``); returns the
+    basis (grown when needed). A lane that stopped at an earlier, smaller budget without
+    converging goes on (resumed: every lane that runs must have taken the same steps): its
+    recurrence is the one a single run with the larger budget computes, only the Ritz checks
+    differ (one more, at the budget of the earlier run)."""
+    tmp, z, alpha, beta, cbuf, W, s1, s2, F, I, B, _, _ = state
+    th1, th2, tnorm, last_res, res1, res2 = F[0], F[1], F[2], F[3], F[4], F[5]
+    rot, K, next_check, last_k, k_s2 = I[0], I[1], I[2], I[3], I[4]
+    force, second, ok, active = B[0], B[1], B[2], B[3]
+    cap = alpha.shape[1] - 1
+    nnz = indptr[m]
+    unit0 = _is_unit(data, e0, nnz)
+    unit1 = nl > 1 and _is_unit(data1, e0, nnz)
+    empty = np.zeros(0)
+    max_steps = np.minimum(max_steps, cap)
+    S = 0
+    k0 = 0
+    for lane in range(nl):
+        S = max(S, max_steps[lane])
+        k0 = max(k0, K[lane])
+    for lane in range(nl):  # resumed: the vector after the last step (not formed at a stop)
+        KL = K[lane]
+        if ok[lane] or active[lane] or KL == 0 or max_steps[lane] <= KL:
+            continue
+        if KL >= Q.shape[1]:
+            Q2 = np.empty((nl, min(2 * Q.shape[1], cap + 1), dim))
+            Q2[:, :KL] = Q[:, :KL]
+            Q = Q2
+        b = beta[lane, KL - 1]
+        qn = Q[lane, KL]
+        zl = z[lane]
+        for i in range(dim):
+            qn[i] = zl[i] / b
+        active[lane] = True
+    for k in range(k0, S):
         if nl == 2 and active[0] and active[1] and unit0:
             _apply_pair(data1, indices, indptr, e0, m, n, rows_side, Q[0, k], Q[1, k], tmp[0],
                         tmp[1], z[0], z[1])  # fmt: skip
@@ -594,7 +642,7 @@ def _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, ma
                 last_k[lane] = KL
                 next_check[lane] = KL + gap
             if KL >= Q.shape[1]:  # grow the basis (most runs need 30–60 vectors, not dim)
-                Q2 = np.empty((nl, min(2 * Q.shape[1], S + 1), dim))
+                Q2 = np.empty((nl, min(2 * Q.shape[1], cap + 1), dim))
                 Q2[:, :KL] = Q[:, :KL]
                 Q = Q2
             qn = Q[lane, KL]
@@ -606,10 +654,16 @@ def _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, ma
                 done = False
         if done:
             break
+    return Q
+
+
+@_jit
+def _lanczos_vectors(Q, state, nl, dim, Y1, Y2):
+    """The top two Ritz vectors of every lane of a :func:`_lanczos_run` into ``Y1``, ``Y2``."""
+    s1, s2, K = state[6], state[7], state[12]
     for lane in range(nl):
         _combine(Q[lane], s1[lane], K[lane], dim, Y1[lane])
         _combine(Q[lane], s2[lane], K[lane], dim, Y2[lane])
-    return ok, K
 
 
 @_jit_simd
@@ -1710,6 +1764,16 @@ def _bounds_lanes(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, sm
     Y = np.empty((2, nl, dim))
     _, K = _lanczos(data, data1, nl, indices, indptr, e0, m, n, rows_side, dim, tol, steps,
                     table[:dim], Y[0], Y[1])  # fmt: skip
+    _lane_bounds(data, data1, nl, indices, indptr, e0, m, n, Y, lo, hi, upper)
+    return K
+
+
+@_jit
+def _lane_bounds(data, data1, nl, indices, indptr, e0, m, n, Y, lo, hi, upper):
+    """:func:`_bounds_lanes`'s bounds of every lane from its top two Ritz vectors ``Y[0, l]``,
+    ``Y[1, l]`` (overwritten)."""
+    rows_side = m <= n
+    dim = m if rows_side else n
     other = n if rows_side else m
     for lane in range(nl):
         values = data if lane == 0 else data1
@@ -1738,7 +1802,23 @@ def _bounds_lanes(data, data1, nl, indices, indptr, e0, m, n, tol, max_steps, sm
             _ritz2(values, indices, indptr, e0, m, n, rows_side, dim, y1, y2, lo[lane])
             hi[lane, 0] = max(np.sqrt(lam), lo[lane, 0])
         hi[lane, 1] = hi[lane, 0]
-    return K
+
+
+@_jit
+def _bounds_resume(Q, state, ones, indices, indptr, e0, m, n, tol, steps, lo, hi, upper):
+    """:func:`_bounds_one` of a binary matrix (``ones``: its values, all 1) whose Lanczos run is
+    ``(Q, state)`` (:func:`_lanczos_start`, one lane): the run taken on to ``steps`` steps
+    (resumed when it stopped at a smaller budget), then its bounds. Returns the basis and the
+    steps taken."""
+    rows_side = m <= n
+    dim = m if rows_side else n
+    budget = np.array([steps])
+    Q = _lanczos_run(Q, state, ones, ones, 1, indices, indptr, e0, m, n, rows_side, dim, tol,
+                     budget)  # fmt: skip
+    Y = np.empty((2, 1, dim))
+    _lanczos_vectors(Q, state, 1, dim, Y[0], Y[1])
+    _lane_bounds(ones, ones, 1, indices, indptr, e0, m, n, Y, lo, hi, upper)
+    return Q, state[_STEPS][0]
 
 
 @_jit
@@ -1791,7 +1871,7 @@ def top2_bounds_batch(data, indices, indptr, ptr_off, nnz_off, shapes, partner, 
 
 @_jit
 def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, tol, small_side,
-               upper, table, lean=False):  # fmt: skip
+               upper, table, lean, first, floor, rule):  # fmt: skip
     """The ranking pass of one unit-valued layer in one call: :func:`strip_pattern`,
     :func:`imdb_groups` and :func:`_bounds_one` on its matrices, with nothing concatenated
     (what :func:`pack` and :func:`top2_bounds_batch` do for many layers at once, from the same
@@ -1805,10 +1885,20 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     groups' binary matrices (the others' rows stay 0, with 0 steps; ``w`` is not read), each the
     same bits as with the others beside it.
 
-    Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps, groups)``: the stripped shape, the
-    kept groups (degree, column count, row count), per matrix the bounds and Lanczos steps, and
-    the groups' binary matrices ``(g_indptr, g_indices, ptr_off, nnz_off)`` (as
-    :func:`imdb_groups` gives them) for :func:`refine_groups`.
+    ``lean`` with ``0 < first < steps``: the groups get ``first`` steps, then the layer's
+    ``IMDB_Δr`` upper bound is compared with ``floor`` (``rule``: ``(cheeger, margin,
+    sv_floor, floor_margin)``, as :mod:`masktopo.analysis.ranking` evaluates it: the Cheeger
+    weights of the N23 variant when ``cheeger`` is 1, else 1; each σ₂ lower bound widened by
+    ``margin`` of σ₁'s upper bound and read as 0 below ``10·sv_floor`` of it). Unless the bound
+    is below ``floor − floor_margin·max(1, |floor|)`` (``floor`` +∞: always; NaN: never), the
+    groups that stopped at ``first`` steps without converging are resumed to ``steps``
+    (:func:`_lanczos_run`: the recurrence of a single run of ``steps``; its bounds agree with
+    that run's to rounding).
+
+    Returns ``(n_rows, n_cols, d, size, n_r, lo, hi, nsteps, est)``: the stripped shape, the
+    kept groups (degree, column count, row count), per matrix the bounds and Lanczos steps,
+    and the lower bounds after the first pass (``lo`` itself with a single pass), the rows'
+    estimates whatever the floor.
     """
     E = pos.size
     ones = np.ones(E)  # the binary values, of the pattern and of every group (E entries at most)
@@ -1828,12 +1918,14 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     lo = np.zeros((2 + 2 * ng, 2))
     hi = np.zeros((2 + 2 * ng, 2))
     nsteps = np.zeros(2 + 2 * ng, dtype=np.int64)
-    groups = (g_indptr, g_indices, ptr_off, nnz_off)
     if E == 0:
-        return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps, lo
+    if lean:
+        est = _rank_groups(g_indptr, g_indices, ptr_off, nnz_off, d, size, n_r, ones, steps,
+                           first, tol, small_side, upper, table, floor, rule, lo, hi, nsteps)  # fmt: skip
+        return n_o, n_i, d, size, n_r, lo, hi, nsteps, est
     ostep = min(steps, other_steps)
-    nl = 1 if lean else 2
-    gw = np.empty(0 if lean else g_eid.size)
+    gw = np.empty(g_eid.size)
     for k in range(gw.size):
         gw[k] = w[g_eid[k]]
     # Each pattern's binary and weighted matrix side by side (one traversal for both products
@@ -1842,15 +1934,13 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
     budget = np.array([steps, ostep])
     for g in range(ng):  # the groups
         ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
-        K = _bounds_lanes(ones, gw, nl, g_indices, ip, nnz_off[g], size[g], n_r[g], tol,
-                          budget[:nl], small_side, L[0, :nl], L[1, :nl], table, upper)  # fmt: skip
-        for lane in range(nl):
+        K = _bounds_lanes(ones, gw, 2, g_indices, ip, nnz_off[g], size[g], n_r[g], tol, budget,
+                          small_side, L[0], L[1], table, upper)  # fmt: skip
+        for lane in range(2):
             j = 2 + g + lane * ng
             lo[j] = L[0, lane]
             hi[j] = L[1, lane]
             nsteps[j] = K[lane]
-    if lean:
-        return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
     budget[0] = ostep  # the whole pattern, binary and weighted
     K = _bounds_lanes(ones, w, 2, indices, indptr, 0, n_o, n_i, tol, budget, small_side, L[0],
                       L[1], table, upper)  # fmt: skip
@@ -1858,27 +1948,62 @@ def rank_layer(pos, n_out, n_in, w, min_group, both_three, steps, other_steps, t
         lo[lane] = L[0, lane]
         hi[lane] = L[1, lane]
         nsteps[lane] = K[lane]
-    return n_o, n_i, d, size, n_r, lo, hi, nsteps, groups
+    return n_o, n_i, d, size, n_r, lo, hi, nsteps, lo
 
 
 @_jit
-def refine_groups(g_indptr, g_indices, ptr_off, nnz_off, size, n_r, done, steps, tol,
-                  small_side, upper, table, lo, hi, nsteps):  # fmt: skip
-    """Run the IMDB groups' binary matrices of a layer ranked by :func:`rank_layer` (``lean``,
-    ``groups`` its last result) again with ``steps`` Lanczos steps, those whose first run took
-    ``done`` steps (it stopped at its budget; the others converged or were solved exactly, and
-    would give the same bits again). ``lo``, ``hi``, ``nsteps``: the groups' rows of that
-    call's results, overwritten with the bits :func:`rank_layer` gives with ``steps``."""
-    ones = np.ones(g_indices.size)
-    none = np.empty(0)
+def _rank_groups(g_indptr, g_indices, ptr_off, nnz_off, d, size, n_r, ones, steps, first, tol,
+                 small_side, upper, table, floor, rule, lo, hi, nsteps):  # fmt: skip
+    """:func:`rank_layer`'s ``lean`` pass over the IMDB groups' binary matrices (rows ``2 + g``
+    of ``lo``, ``hi``, ``nsteps``), with the ``first``-step pass and the floor described there.
+    Returns the estimates (the first pass's lower bounds)."""
+    ng = d.size
+    two = 0 < first < steps
+    short = first if two else steps
     L = np.empty((2, 1, 2))
-    budget = np.array([steps])
-    for g in range(size.size):
-        if nsteps[g] != done:
-            continue
+    runs = []  # (group, basis, state) of the Lanczos runs that may be resumed
+    for g in range(ng):
         ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
-        K = _bounds_lanes(ones, none, 1, g_indices, ip, nnz_off[g], size[g], n_r[g], tol, budget,
-                          small_side, L[0], L[1], table, upper)  # fmt: skip
-        lo[g] = L[0, 0]
-        hi[g] = L[1, 0]
-        nsteps[g] = K[0]
+        m = size[g]
+        n = n_r[g]
+        dim = min(m, n)
+        if dim == 1 or dim <= small_side:
+            K = _bounds_lanes(ones, ones, 1, g_indices, ip, nnz_off[g], m, n, tol,
+                              np.array([short]), small_side, L[0], L[1], table, upper)  # fmt: skip
+            k = K[0]
+        else:
+            Q, state = _lanczos_start(1, dim, max(m, n), min(steps, dim),
+                                      np.array([min(short, dim)]), table[:dim])  # fmt: skip
+            Q, k = _bounds_resume(Q, state, ones, g_indices, ip, nnz_off[g], m, n, tol, short,
+                                  L[0], L[1], upper)  # fmt: skip
+            if two and not state[_OK][0]:
+                runs.append((g, Q, state))
+        lo[2 + g] = L[0, 0]
+        hi[2 + g] = L[1, 0]
+        nsteps[2 + g] = k
+    if not two:
+        return lo
+    est = lo.copy()
+    if not runs or floor == np.inf:
+        return est
+    acc = 0.0  # the layer's IMDB_Δr upper bound
+    margin = rule[1]
+    for g in range(ng):
+        top = hi[2 + g, 0]
+        s2 = max(0.0, lo[2 + g, 1] * (1.0 - margin) - margin * top)
+        if s2 < 10.0 * rule[2] * top:
+            s2 = 0.0
+        ns = float(size[g])
+        nr = float(n_r[g])
+        c = max(ns, nr) / (ns + nr - 1.0) if rule[0] == 1.0 else 1.0
+        acc += c * (np.sqrt(d[g] - 1.0) + np.sqrt(d[g] * ns / nr - 1.0) - s2)
+    if acc / ng < floor - rule[3] * max(1.0, abs(floor)):
+        return est
+    for g, Q, state in runs:
+        ip = g_indptr[ptr_off[g] : ptr_off[g] + size[g] + 1]
+        _, k = _bounds_resume(Q, state, ones, g_indices, ip, nnz_off[g], size[g], n_r[g], tol,
+                              steps, L[0], L[1], upper)  # fmt: skip
+        lo[2 + g] = L[0, 0]
+        hi[2 + g] = L[1, 0]
+        nsteps[2 + g] = k
+    return est

@@ -60,7 +60,6 @@ from ._kernels import (
     job_count,
     pack,
     rank_layer,
-    refine_groups,
     top2_bounds_batch,
     unpack,
 )
@@ -327,23 +326,21 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     unit-valued layer; the same bits for them), the others' bounds stay 0 with 0 steps.
 
     ``floor`` (lean only; ``(len(raws),)``): the layers ranked by :func:`_kernels.rank_layer`
-    get :data:`FIRST_STEPS` steps per group first; those whose ``IMDB_Δr`` upper bound is not
-    below their floor then get ``steps`` (:func:`_refine`)."""
+    get :data:`FIRST_STEPS` steps per group first; the groups of those whose ``IMDB_Δr`` upper
+    bound is not below their floor then go on to ``steps`` (resumed, in the same call)."""
     groups: list = []  # (matrix offset, job) of IMDB binary blocks
     others: list = []
-    fused: list = []  # (matrix offset, lo, hi, steps) of layers ranked by _kernels.rank_layer
+    fused: list = []  # (matrix offset, lo, hi, steps, est) of layers ranked by _kernels.rank_layer
     two = floor is not None and lean and steps > FIRST_STEPS
-    short = FIRST_STEPS if two else steps  # the groups' steps in the first pass
-    again: list = []  # (layer, matrix offset, plan, groups) that may need `steps`
     n_mat = 0
     upper = bounds == "all"
     for at_raw, raw in enumerate(raws):
         part.offsets.append(n_mat)
         if _fusable(raw, selection):
-            plan, lo, hi, st, csr = _rank_fused(raw, opts, selection, short, upper, lean)
-            fused.append((n_mat, lo, hi, st))
-            if two and plan.n_mat and (st == short).any():  # a group stopped at the budget
-                again.append((at_raw, n_mat, plan, csr))
+            f = floor[at_raw] if two else np.nan
+            plan, *got = _rank_fused(raw, opts, selection, steps, upper, lean,
+                                     FIRST_STEPS if two else 0, f)  # fmt: skip
+            fused.append((n_mat, *got))
             n_mat += plan.n_mat
             part.plans.append(plan)
             continue
@@ -358,7 +355,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
         part.plans.append(plan)
     part.lo, part.hi = np.zeros((n_mat, 2)), np.zeros((n_mat, 2))
     part.steps = np.zeros(n_mat, dtype=np.int64)
-    for off, lo, hi, st in fused:
+    for off, lo, hi, st, _ in fused:
         part.lo[off : off + len(lo)], part.hi[off : off + len(lo)] = lo, hi
         part.steps[off : off + len(lo)] = st
     for items, budget in ((groups, steps), (others, min(steps, OTHER_STEPS))):
@@ -368,43 +365,16 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
                                        DENSE_MAX_SIDE, upper)  # fmt: skip
         at = np.concatenate([np.arange(o, o + c) for o, c, _ in items])
         part.lo[at], part.hi[at], part.steps[at] = lo, hi, st
-    if again:
-        _refine(part, again, floor, opts, short, steps, upper)
+    if two:  # the estimates: the fused layers' first pass, whatever the floors
+        part.est = part.lo.copy()
+        for off, lo, _, _, est in fused:
+            part.est[off : off + len(lo)] = est
     return part
 
 
 #: A layer's IMDB bound counts as below its floor only below ``floor − FLOOR_MARGIN·max(1,
 #: |floor|)``: covers the rounding of the bound's mean and the 27-bit rounding PAGS compares at.
 FLOOR_MARGIN = 1e-6
-
-
-def _refine(part: _Part, again: list, floor: np.ndarray, opts: Options, first: int, steps: int,
-            upper: bool) -> None:  # fmt: skip
-    """The second pass of a ``floor`` ranking: each layer of ``again`` whose ``IMDB_Δr`` upper
-    bound after ``first`` steps is not below its floor gets its groups that stopped at that
-    budget run again with ``steps`` (:func:`_kernels.refine_groups`: the bits
-    :func:`_kernels.rank_layer` gives with ``steps``). The estimates keep the first pass's
-    values (:attr:`_Part.est`), so that they do not depend on the floors."""
-    part.est = part.lo.copy()
-    ng = np.array([plan.groups[0].size for _, _, plan, _ in again], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(ng)[:-1]])
-    # the groups' binary matrices (rank_layer's order: from the layer's matrix 2 on)
-    rows = np.repeat(np.array([off + 2 for _, off, _, _ in again]) - starts, ng)
-    rows += np.arange(int(ng.sum()))
-    t = _sv_table(part.lo[rows], part.hi[rows])
-    c, bound = _imdb_terms(tuple(np.concatenate([plan.groups[i] for _, _, plan, _ in again])
-                                 for i in range(3)), opts)  # fmt: skip
-    u = _segment_means(c * (bound - t[:, 2]), starts, ng)  # _layer_coords's upper bounds
-    f = floor[[k for k, _, _, _ in again]]
-    with np.errstate(invalid="ignore"):  # NaN: no floor; +inf: any bound is below it
-        below = (f == np.inf) | (u < f - FLOOR_MARGIN * np.maximum(1.0, np.abs(f)))
-    for (_, off, plan, csr), skip, n in zip(again, below.tolist(), ng.tolist(), strict=True):
-        if skip:
-            continue
-        g = slice(off + 2, off + 2 + n)
-        table = _start_table(max(plan.raw.n_out, plan.raw.n_in, 1))
-        refine_groups(*csr, first, steps, RANK_TOL, DENSE_MAX_SIDE, upper, table, part.lo[g],
-                      part.hi[g], part.steps[g])  # fmt: skip
 
 
 #: The quantities :func:`_kernels.rank_layer` plans (the ranking selection's).
@@ -449,25 +419,31 @@ class _FusedPlan(NamedTuple):
 
 
 def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
-                lean: bool = False):  # fmt: skip
+                lean: bool = False, first: int = 0, floor: float = np.nan):  # fmt: skip
     """One layer through :func:`_kernels.rank_layer`: the same matrices as
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
     same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
     ``lean`` only the groups' binary matrices, the other slots hold 0, and ``raw`` needs no
-    weights). Returns the plan, the bounds and steps per matrix, and the groups' matrices for
-    :func:`_kernels.refine_groups`."""
+    weights). ``first``, ``floor`` (``lean``): the groups' first pass and the layer's floor
+    (:func:`_kernels.rank_layer`). Returns the plan, the bounds, steps and estimates' lower
+    bounds per matrix."""
     w = _NO_WEIGHTS if lean else raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
-    n_o, n_i, d, size, n_r, lo, hi, st, csr = rank_layer(
+    n_o, n_i, d, size, n_r, lo, hi, st, est = rank_layer(
         raw.pos, raw.n_out, raw.n_in, w, *_imdb_rule(opts), steps, OTHER_STEPS, RANK_TOL,
-        DENSE_MAX_SIDE, upper, table, lean,
+        DENSE_MAX_SIDE, upper, table, lean, first, float(floor), _floor_rule(opts),
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
     groups = (d, size.astype(np.float64), n_r.astype(np.float64))
-    csr = (*csr, size, n_r)  # refine_groups's first arguments
-    if not raw.nnz:
-        return _FusedPlan(layer, groups, 0, raw), lo[:0], hi[:0], st[:0], csr
-    return _FusedPlan(layer, groups, 2 + 2 * d.size, raw), lo, hi, st, csr
+    n_mat = 2 + 2 * d.size if raw.nnz else 0
+    return _FusedPlan(layer, groups, n_mat, raw), lo[:n_mat], hi[:n_mat], st[:n_mat], est[:n_mat]
+
+
+def _floor_rule(opts: Options) -> np.ndarray:
+    """How :func:`_kernels.rank_layer` compares a layer's ``IMDB_Δr`` upper bound with its floor:
+    ``(cheeger, margin, sv_floor, floor_margin)``, the bound as :func:`_layer_coords` evaluates
+    it (:func:`_imdb_terms`'s weights, :func:`_sv_table`'s widening) and :data:`FLOOR_MARGIN`."""
+    return np.array([1.0 if opts.imdb == "n23" else 0.0, MARGIN, _FLOOR, FLOOR_MARGIN])
 
 
 def _bounds_batched(mats, steps: int, device) -> tuple[np.ndarray, np.ndarray]:

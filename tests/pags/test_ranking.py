@@ -317,12 +317,12 @@ def test_lean_ranking_bounds_the_imdb_criterion_alone(options):
 )
 def test_a_floor_keeps_the_layers_that_reach_it(options, monkeypatch):
     """``floor`` (what PAGS ranks with): groups get FIRST_STEPS steps, and only the layers whose
-    IMDB bound then reaches their floor get ``steps``. The layers whose bound reaches the floor
-    are those of the run without one, with the bits it gives them; the others keep a looser but
-    still rigorous bound below the floor; the estimates are the short pass's whatever the
-    floors; no floor (NaN) and an unreachable one (+∞) are the two extremes. Layers that are
-    not unit-valued (convs read rolled) are not ranked by the fused kernel: a floor changes
-    nothing for them."""
+    IMDB bound then reaches their floor go on to ``steps`` (resumed: the recurrence of the run
+    without a floor, so its bounds to rounding). The layers whose bound reaches the floor are
+    those of the run without one; the others keep a looser but still rigorous bound below the
+    floor; the estimates are the short pass's, bit for bit, whatever the floors; no floor (NaN)
+    and an unreachable one (+∞) are the two extremes. Layers that are not unit-valued (convs
+    read rolled) are not ranked by the fused kernel: a floor changes nothing for them."""
     monkeypatch.setattr(ranking_module, "FIRST_STEPS", 4)
     layers = _random_layers(12, 40)
     kw = {"options": options, "bounds": "imdb", "estimates": False}
@@ -336,15 +336,19 @@ def test_a_floor_keeps_the_layers_that_reach_it(options, monkeypatch):
     assert defined.sum() >= 8
     n = len(layers)
 
-    def check(got, want_fused: dict) -> None:
+    def check(got, want_fused: dict, close: dict = {}) -> None:  # noqa: B006
         for field in ("lower", "upper", "estimate"):
             a, b = getattr(got, field), getattr(tight, field)
             assert np.array_equal(a[~fused], b[~fused], equal_nan=True), field
         for field, want in want_fused.items():
             assert np.array_equal(getattr(got, field)[fused], want[fused], equal_nan=True), field
+        for field, want in close.items():  # a resumed run: the single run's bounds to rounding
+            np.testing.assert_allclose(getattr(got, field)[fused], want[fused], rtol=1e-10,
+                                       atol=1e-12, err_msg=field)  # fmt: skip
 
     nan = rank_layers(layers, steps=16, floor=np.full(n, np.nan), **kw)
-    check(nan, {"lower": tight.lower, "upper": tight.upper, "estimate": short.estimate})
+    check(nan, {"estimate": short.estimate}, {"lower": tight.lower, "upper": tight.upper})
+    assert not np.array_equal(nan.upper[fused], short.upper[fused], equal_nan=True)
     never = rank_layers(layers, steps=16, floor=np.full(n, np.inf), **kw)
     check(never, {"upper": short.upper, "estimate": short.estimate})
     assert short.steps <= never.steps < tight.steps
@@ -360,10 +364,14 @@ def test_a_floor_keeps_the_layers_that_reach_it(options, monkeypatch):
         assert np.array_equal(got.upper[:, 2] >= floor, hi_t >= floor)
         reach = hi_t >= floor
     assert reach.any() and (~reach & defined).any()
-    assert np.array_equal(got.upper[reach, 2], hi_t[reach])
+    np.testing.assert_allclose(got.upper[reach, 2], hi_t[reach], rtol=1e-10, atol=1e-12)
+    assert np.array_equal(got.upper[reach, 2], nan.upper[reach, 2])  # the same resumed runs
     ok = ~np.isnan(exact)
     assert np.all(got.upper[ok, 2] >= exact[ok])  # still an upper bound
-    assert never.steps < got.steps < nan.steps == tight.steps
+    # a resumed run may stop a step apart from the single run (its convergence checks differ)
+    assert (
+        never.steps < got.steps < nan.steps and abs(nan.steps - tight.steps) <= 0.02 * tight.steps
+    )
     assert np.array_equal(got.exact(range(n))[:, 2], exact, equal_nan=True)
     with pytest.raises(ValueError, match="floor has 3 values for 40 layers"):
         rank_layers(layers, floor=np.zeros(3), **kw)
