@@ -58,7 +58,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.linalg
 
 #: Vectors per block: GEMM reaches most of its speed at 16 (docs/performance.md).
 BLOCK = 16
@@ -177,6 +176,8 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int
         if steps < check and not near and steps < max_blocks:  # far from converged: grow only
             continue
         if k >= 2:
+            import scipy.linalg
+
             theta, Y = scipy.linalg.eigh(T[:k, :k], subset_by_index=[k - 2, k - 1],
                                          check_finite=False)  # fmt: skip
             th, top = theta[::-1], Y[:, ::-1]

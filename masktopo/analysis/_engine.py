@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 #: Matrices whose smaller side is at most this are solved densely; larger ones by Lanczos.
 DENSE_MAX_SIDE = 24
@@ -47,11 +49,15 @@ class Parts(NamedTuple):
         """From a :class:`Parts`, a scipy sparse matrix or a dense array."""
         if isinstance(M, Parts):
             return M
+        import scipy.sparse as sp
+
         M = sp.csr_matrix(M, dtype=np.float64)
         M.sum_duplicates()
         return cls(M.data, M.indices.astype(np.int32), M.indptr.astype(np.int32), M.shape)
 
-    def scipy(self) -> sp.csr_matrix:
+    def scipy(self) -> scipy.sparse.csr_matrix:
+        import scipy.sparse as sp
+
         return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
 
     def rows(self) -> np.ndarray:
@@ -71,8 +77,10 @@ def pad_desc(values, k: int = 2) -> np.ndarray:
 
 def arpack_top(A, k: int = 2) -> np.ndarray:
     """Top-``k`` σ of a sparse matrix by ARPACK (``svds``), with a seeded start vector."""
+    import scipy.sparse.linalg
+
     v0 = np.random.default_rng(0x5EED).standard_normal(min(A.shape))
-    s = sp.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False, solver="arpack")
+    s = scipy.sparse.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False, solver="arpack")
     return pad_desc(s, k)
 
 

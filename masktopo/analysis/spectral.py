@@ -36,13 +36,12 @@ Routes of :func:`solve_many` (many matrices at once; :data:`ROUTES`):
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse as sp
 import threadpoolctl
 import torch
 
@@ -69,8 +68,16 @@ def _check_method(method: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _issparse(B) -> bool:
+    """``scipy.sparse.issparse`` without importing scipy (~0.15 s, which PAGS and the analysis of
+    dense or :class:`~masktopo.analysis._engine.Parts` inputs never need): a scipy matrix can
+    only exist once ``scipy.sparse`` is imported."""
+    mod = sys.modules.get("scipy.sparse")
+    return mod is not None and mod.issparse(B)
+
+
 def _sv_dense_np(B, k: int) -> np.ndarray:
-    if sp.issparse(B):
+    if _issparse(B):
         B = B.toarray()
     if min(B.shape) == 0:
         return np.zeros(k)
@@ -84,12 +91,14 @@ def _sv_gram_np(B, k: int) -> np.ndarray:
         return np.zeros(k)
     if s <= k:
         return _sv_dense_np(B, k)
-    if sp.issparse(B):
+    if _issparse(B):
         B = B.tocsr()
         G = (B @ B.T if m <= n else B.T @ B).toarray()
     else:
         B = np.asarray(B, dtype=np.float64)
         G = B @ B.T if m <= n else B.T @ B
+    import scipy.linalg
+
     _, V = scipy.linalg.eigh(
         G, subset_by_index=[s - k, s - 1], driver="evr", overwrite_a=True, check_finite=False
     )
@@ -101,12 +110,18 @@ def _sv_sparse_np(B, k: int) -> np.ndarray:
     m, n = B.shape
     if min(m, n) <= k + 1:
         return _sv_dense_np(B, k)
+    import scipy.sparse as sp
+    import scipy.sparse.linalg
+
     A = sp.csr_matrix(B, dtype=np.float64)
     if A.nnz == 0:
         return np.zeros(k)
     try:
         return arpack_top(A, k)
-    except (sp.linalg.ArpackNoConvergence, sp.linalg.ArpackError):  # pragma: no cover - rare
+    except (
+        scipy.sparse.linalg.ArpackNoConvergence,
+        scipy.sparse.linalg.ArpackError,
+    ):  # pragma: no cover - rare
         return _sv_gram_np(A, k)
 
 
@@ -131,7 +146,7 @@ def top_singular_values_np(B, k: int = 2, *, method: str = "auto") -> np.ndarray
     _check_method(method)
     m, n = B.shape
     if method == "auto":
-        nnz = B.nnz if sp.issparse(B) else int(np.count_nonzero(B))
+        nnz = B.nnz if _issparse(B) else int(np.count_nonzero(B))
         method = _auto_cpu(m, n, nnz)
     return _CPU[method](B, k)
 
@@ -215,7 +230,7 @@ def _one(M, k: int, method: str) -> np.ndarray:
     if isinstance(M, torch.Tensor):
         M = M.detach().cpu()
         M = M.to(torch.float64).numpy() if M.dtype == torch.bool else M.numpy()
-    if not sp.issparse(M):
+    if not _issparse(M):
         M = np.asarray(M, dtype=np.float64)
     return top_singular_values_np(M, k, method=method)
 
