@@ -1501,7 +1501,7 @@ def _cut_groups(key, start, stop, crow, ceid, n_rows, cutoff, min_group, both_th
     g_eid = np.empty(g_indices.size if ceid.size else 0, dtype=np.int64)
     mark = np.full(n_rows, -1, dtype=np.int64)
     remap = np.empty(n_rows, dtype=np.int32)
-    used = np.empty(n_rows, dtype=np.int64)
+    used = np.empty(n_rows + 1, dtype=np.int64)  # (one slot more: written before counted)
     ng = 0
     pp = 0
     ee = 0
@@ -1515,12 +1515,11 @@ def _cut_groups(key, start, stop, crow, ceid, n_rows, cutoff, min_group, both_th
         if d >= 3 and size >= min_group:  # both gates need d ≥ 3: skip the others' row count
             n_r = 0
             for t in range(a, b):
-                for q in range(start[t], stop[t]):
+                for q in range(start[t], stop[t]):  # without a branch: a new row is unpredictable
                     r = crow[q]
-                    if mark[r] != a:
-                        mark[r] = a
-                        used[n_r] = r
-                        n_r += 1
+                    used[n_r] = r
+                    n_r += mark[r] != a
+                    mark[r] = a
             d_out = d * size / n_r
             ok = d_out >= 3 if both_three else d_out > 1
             if ok and n_r >= 2:
@@ -1639,12 +1638,18 @@ def position_groups(flat, n_out, n_in, min_group, both_three):
         c = order[t]
         first[c] = fill
         fill += col_deg[c]
-    grow = np.empty(fill, dtype=np.int32)  # the rows of those columns, ascending in each
-    for e in range(E):
-        c = col[e]
+    step = np.zeros(n_in, dtype=np.int64)  # 1 for those columns; the others write to a spare
+    for c in range(n_in):
         if col_deg[c] >= 3:
-            grow[first[c]] = row[e]
-            first[c] += 1
+            step[c] = 1
+        else:
+            first[c] = fill
+    grow = np.empty(fill + 1, dtype=np.int32)  # the rows of those columns, ascending in each
+    for e in range(E):  # without a branch (fan-outs below 3 are common at these densities)
+        c = col[e]
+        grow[first[c]] = row[e]
+        first[c] += step[c]
+    grow = grow[:fill]
     key = np.empty(nc)
     start = np.empty(nc, dtype=np.int64)
     stop = np.empty(nc, dtype=np.int64)
