@@ -100,6 +100,10 @@ OTHER_STEPS = 8
 #: (:meth:`LayerBounds.exact_screened`; PAGS at n = 1000: 173 of 1206 layers finished with 4
 #: steps, 159 with 8, and the pass ~5 % cheaper with 4).
 SCREEN_STEPS = 4
+#: Lanczos steps for the IMDB groups' binary matrices' bounds in the first stage of a screened
+#: exact pass (:func:`_screened_rows`; PAGS at n = 1000: 825 of 1206 layers dropped there with
+#: 8 steps, 537 with 4, 836 with 16).
+SCREEN_GROUP_STEPS = 8
 #: With a ``floor`` (:func:`rank_layers`), the first pass's Lanczos steps per IMDB group: a layer
 #: whose ``IMDB_Δr`` upper bound is then already below its floor keeps that bound, the others'
 #: groups run again to ``steps``.
@@ -527,17 +531,26 @@ def _row(plan, svals: np.ndarray, off: int, opts: Options, names: list[str]) -> 
     return {n: values[n] for n in names}
 
 
-def _binary_jobs(plan) -> tuple[list, list, list, list]:
-    """A plan's jobs split into its binary matrices' (the whole pattern's and the IMDB groups')
-    and the others (the weighted ones), each with the plan's index of its first matrix."""
+#: The kinds of a plan's matrices for :func:`_screened_rows`: the whole pattern's binary
+#: matrix, the IMDB groups' binary ones, and the others (weighted).
+_KINDS = ("binary", "groups", "weighted")
+
+
+def _job_kinds(plan) -> dict[str, tuple[list, list]]:
+    """A plan's jobs by :data:`_KINDS`, each with the plan's index of its first matrix."""
     first = {i: key for key, i in plan.slots.items()}
-    out: tuple[list, list, list, list] = ([], [], [], [])
+    out: dict[str, tuple[list, list]] = {kind: ([], []) for kind in _KINDS}
     k = 0
     for job in plan.jobs:
         key = first[k]
-        binary = key == "sv_binary" or (isinstance(key, tuple) and key[0] == "imdb_groups")
-        out[0 if binary else 2].append(job)
-        out[1 if binary else 3].append(k)
+        if key == "sv_binary":
+            kind = "binary"
+        elif isinstance(key, tuple) and key[0] == "imdb_groups":
+            kind = "groups"
+        else:
+            kind = "weighted"
+        out[kind][0].append(job)
+        out[kind][1].append(k)
         k += job_count(job)
     return out
 
@@ -554,37 +567,56 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _screened_rows(plans, opts: Options, names: list[str], screen) -> list[dict | None]:
-    """:func:`_exact_rows` on the CPU in two stages: the binary matrices exactly and the
-    weighted ones bounded (:data:`SCREEN_STEPS` Lanczos steps, Collatz–Wielandt), so that
-    ``screen(k, lower, upper)`` (``k`` the plans' positions, ``(n, 4)`` rigorous bounds of their
-    coordinates: ``Δr`` and ``IMDB_Δr`` exact up to :data:`MARGIN`) can drop the layers it
-    does not need; then the weighted matrices of the others exactly. The rows of the layers
-    kept equal :func:`_exact_rows`'s bit for bit (each matrix is solved alone as in a pair:
-    the same bits); the others' are None."""
-    split = [_binary_jobs(plan) for plan in plans]
+    """:func:`_exact_rows` on the CPU in stages, so that ``screen(k, lower, upper)`` (``k`` the
+    plans' positions, ``(n, 4)`` rigorous bounds of their coordinates) can drop the layers it
+    does not need before their costlier matrices are solved:
+
+    1. the whole pattern's binary matrix exactly (``Δr`` exact up to :data:`MARGIN`), the IMDB
+       groups' binary ones bounded from :data:`SCREEN_GROUP_STEPS` Lanczos steps and the
+       weighted ones from :data:`SCREEN_STEPS` (Collatz–Wielandt upper bounds): most layers
+       that reach PAGS's exact pass fall below the best's fs here (n = 1000: 825 of 1206);
+    2. the groups' binary matrices of the layers kept, exactly (``IMDB_Δr`` exact): the
+       screen sees those layers again;
+    3. the weighted matrices of the layers still kept, exactly.
+
+    The rows of the layers kept equal :func:`_exact_rows`'s bit for bit (each matrix is solved
+    alone as in a pair: the same bits); the others' are None."""
+    kinds = [_job_kinds(plan) for plan in plans]
     offsets = np.concatenate([[0], np.cumsum([plan.n_mat for plan in plans])]).tolist()
-    jobs_b = [J for jb, _, _, _ in split for J in jb]
-    jobs_w = [J for _, _, jw, _ in split for J in jw]
-    at_b = _cat([m for (jb, kb, _, _), o in zip(split, offsets, strict=False)
-                 for m in _matrix_indices(jb, kb, o)])  # fmt: skip
-    at_w = _cat([m for (_, _, jw, kw), o in zip(split, offsets, strict=False)
-                 for m in _matrix_indices(jw, kw, o)])  # fmt: skip
+
+    def gather(kind: str, which) -> tuple[list, np.ndarray]:  # jobs and their matrices
+        jobs = [J for j in which for J in kinds[j][kind][0]]
+        at = _cat([m for j in which for m in _matrix_indices(*kinds[j][kind], offsets[j])])
+        return jobs, at
+
+    every = range(len(plans))
     svals = np.full((offsets[-1], 2), np.nan)
-    if jobs_b:
-        svals[at_b] = solve_top2(jobs_b)
+    jobs, at = gather("binary", every)
+    if jobs:
+        svals[at] = solve_top2(jobs)
     lo, hi = svals.copy(), svals.copy()
-    if jobs_w:
-        lo[at_w], hi[at_w], _ = top2_bounds_batch(*pack(jobs_w), RANK_TOL, SCREEN_STEPS,
-                                                  DENSE_MAX_SIDE, True)  # fmt: skip
-    table = _sv_table(np.nan_to_num(lo), np.nan_to_num(hi))
-    bounds = np.array([_layer_coords(plan, opts, table, off)[0][:2]
-                       for plan, off in zip(plans, offsets, strict=False)])  # fmt: skip
-    keep = np.asarray(screen(np.arange(len(plans)), bounds[:, 0], bounds[:, 1]), dtype=bool)
-    wanted = np.flatnonzero(keep).tolist()
-    more = [J for j in wanted for J in split[j][2]]
-    if more:
-        where = _cat([m for j in wanted for m in _matrix_indices(*split[j][2:], offsets[j])])
-        svals[where] = solve_top2(more)
+    for kind, steps in (("weighted", SCREEN_STEPS), ("groups", SCREEN_GROUP_STEPS)):
+        jobs, at = gather(kind, every)
+        if jobs:
+            lo[at], hi[at], _ = top2_bounds_batch(*pack(jobs), RANK_TOL, steps, DENSE_MAX_SIDE,
+                                                  True)  # fmt: skip
+
+    def kept(which: list[int]) -> list[int]:
+        table = _sv_table(np.nan_to_num(lo), np.nan_to_num(hi))
+        bounds = np.array([_layer_coords(plans[j], opts, table, offsets[j])[0][:2]
+                           for j in which]).reshape(len(which), 2, 4)  # fmt: skip
+        keep = np.asarray(screen(np.array(which, dtype=np.int64), bounds[:, 0], bounds[:, 1]),
+                          dtype=bool)  # fmt: skip
+        return [j for j, k in zip(which, keep.tolist(), strict=True) if k]
+
+    wanted = kept(list(every))
+    jobs, at = gather("groups", wanted)
+    if jobs:
+        svals[at] = lo[at] = hi[at] = solve_top2(jobs)
+        wanted = kept(wanted)
+    jobs, at = gather("weighted", wanted)
+    if jobs:
+        svals[at] = solve_top2(jobs)
     rows: list[dict | None] = [None] * len(plans)
     for j in wanted:
         rows[j] = _row(plans[j], svals, offsets[j], opts, names)
@@ -647,12 +679,13 @@ class LayerBounds:
         finished)``, the coordinates NaN throughout where ``finished`` (bool) is False.
 
         ``screen`` (None: keep every layer): a function of ``(i, lower, upper)`` — layer
-        indices and ``(n, 4)`` rigorous bounds of their coordinates, ``Δr`` and ``IMDB_Δr``
-        exact (up to :data:`MARGIN`), ``λ`` and ``IMDB_λ`` bounded from :data:`SCREEN_STEPS`
-        Lanczos steps — returning which to finish; only their weighted matrices are then solved
-        exactly (:func:`_screened_rows`). PAGS drops the layers whose bounds cannot beat the
-        best: six in seven of those that reach its exact pass (n = 1000), saving ~40 % of their work.
-        The batched route finishes every layer."""
+        indices and ``(n, 4)`` rigorous bounds of their coordinates — returning which to
+        finish. It is called twice (:func:`_screened_rows`): first for every layer, with ``Δr``
+        exact (up to :data:`MARGIN`) and the other entries bounded from a few Lanczos steps;
+        then for the layers it kept, with ``IMDB_Δr`` exact too. Only the layers kept both
+        times get their weighted matrices solved exactly. PAGS drops the layers whose bounds
+        cannot beat the best: six in seven of those that reach its exact pass (n = 1000), most
+        of them at the first call. The batched route finishes every layer."""
         index = [int(i) for i in index]
         out = np.full((len(index), 4), np.nan)
         finished = np.ones(len(index), dtype=bool)

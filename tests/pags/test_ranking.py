@@ -404,33 +404,40 @@ def test_rank_candidates_takes_a_floor_per_layer():
     ids=["unrolled-n23", "rolled-i23"],
 )
 def test_screened_exact_pass_finishes_what_the_screen_keeps(options):
-    """``exact_screened``: the screen sees rigorous bounds of every coordinate entry, with
-    ``Δr`` and ``IMDB_Δr`` exact to the margin; the layers it keeps get the exact values bit
-    for bit, the others NaN and ``finished`` False."""
+    """``exact_screened``: the screen sees rigorous bounds of every coordinate entry twice:
+    first for every layer with ``Δr`` exact to the margin, then for the layers it kept with
+    ``IMDB_Δr`` exact too; the layers it keeps both times get the exact values bit for bit,
+    the others NaN and ``finished`` False."""
     layers = _random_layers(14, 36)
     rb = rank_layers(layers, options=options, bounds="imdb", estimates=False)
     rows = layer_metric_rows(layers, metrics=[*COORDINATES, "n_edges"], options=options)
     exact = np.array([[r[k] for k in COORDINATES] for r in rows], dtype=np.float64)
     index = list(range(1, len(layers)))  # not all: the screen gets the layer indices
-    seen = {}
+    calls = []
 
     def screen(i, lower, upper):
-        seen.update(i=np.array(i), lower=lower.copy(), upper=upper.copy())
-        return i % 3 != 0
+        calls.append((np.array(i), lower.copy(), upper.copy()))
+        return (i % 3 != 0) if len(calls) == 1 else (i % 4 != 0)
 
     got, finished = rb.exact_screened(index, screen)
-    assert np.array_equal(seen["i"], index)
+    assert len(calls) == 2
+    first, second = calls
+    assert np.array_equal(first[0], index)
+    assert np.array_equal(second[0], [i for i in index if i % 3 != 0])
+    for (i, lo, hi), exact_cols in ((first, (0,)), (second, (0, 2))):
+        want = exact[i]
+        assert np.array_equal(np.isnan(lo), np.isnan(want))
+        assert np.array_equal(np.isnan(hi), np.isnan(want))
+        assert np.all(np.nan_to_num(lo) <= np.nan_to_num(want))
+        assert np.all(np.nan_to_num(want) <= np.nan_to_num(hi))
+        for col in exact_cols:  # exact up to the margin
+            np.testing.assert_allclose(hi[:, col], want[:, col], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(lo[:, col], want[:, col], rtol=1e-6, atol=1e-6)
+        assert np.nanmax(hi[:, 1] - want[:, 1]) > 1e-6  # λ only bounded
+    assert np.nanmax(first[2][:, 2] - exact[first[0], 2]) > 1e-6  # IMDB_Δr bounded at first
+    done = (np.array(index) % 3 != 0) & (np.array(index) % 4 != 0)
+    assert np.array_equal(finished, done) and done.any() and not done.all()
     want = exact[index]
-    lo, hi = seen["lower"], seen["upper"]
-    assert np.array_equal(np.isnan(lo), np.isnan(want)) and np.array_equal(
-        np.isnan(hi), np.isnan(want)
-    )
-    assert np.all(np.nan_to_num(lo) <= np.nan_to_num(want))
-    assert np.all(np.nan_to_num(want) <= np.nan_to_num(hi))
-    for col in (0, 2):  # exact up to the margin
-        np.testing.assert_allclose(hi[:, col], want[:, col], rtol=1e-6, atol=1e-6)
-    assert np.nanmax(hi[:, 1] - want[:, 1]) > 1e-6  # λ only bounded
-    assert np.array_equal(finished, np.array(index) % 3 != 0)
     assert np.array_equal(got[finished], want[finished], equal_nan=True)
     assert np.isnan(got[~finished]).all()
     every, done = rb.exact_screened(index, lambda i, lo, hi: np.ones(len(i), dtype=bool))
