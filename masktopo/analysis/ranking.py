@@ -336,6 +336,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
     others: list = []
     fused: list = []  # (matrix offset, lo, hi, steps, est) of layers ranked by _kernels.rank_layer
     two = floor is not None and lean and steps > FIRST_STEPS
+    rule = _floor_rule(opts)
     n_mat = 0
     upper = bounds == "all"
     for at_raw, raw in enumerate(raws):
@@ -343,7 +344,7 @@ def _rank_part(part: _Part, raws, opts: Options, selection, steps: int,
         if _fusable(raw, selection):
             f = floor[at_raw] if two else np.nan
             plan, *got = _rank_fused(raw, opts, selection, steps, upper, lean,
-                                     FIRST_STEPS if two else 0, f)  # fmt: skip
+                                     FIRST_STEPS if two else 0, f, rule)  # fmt: skip
             fused.append((n_mat, *got))
             n_mat += plan.n_mat
             part.plans.append(plan)
@@ -423,19 +424,19 @@ class _FusedPlan(NamedTuple):
 
 
 def _rank_fused(raw: _Raw, opts: Options, selection, steps: int, upper: bool,
-                lean: bool = False, first: int = 0, floor: float = np.nan):  # fmt: skip
+                lean: bool, first: int, floor: float, rule: np.ndarray):  # fmt: skip
     """One layer through :func:`_kernels.rank_layer`: the same matrices as
     :func:`~masktopo.analysis.metrics._plan_layer` plans for the ranking selection, and the
     same bounds as :func:`_kernels.top2_bounds_batch` gives for them (the same bits; with
     ``lean`` only the groups' binary matrices, the other slots hold 0, and ``raw`` needs no
     weights). ``first``, ``floor`` (``lean``): the groups' first pass and the layer's floor
-    (:func:`_kernels.rank_layer`). Returns the plan, the bounds, steps and estimates' lower
-    bounds per matrix."""
+    (:func:`_kernels.rank_layer`; ``rule``: :func:`_floor_rule`). Returns the plan, the
+    bounds, steps and estimates' lower bounds per matrix."""
     w = _NO_WEIGHTS if lean else raw.wdata.astype(np.float64, copy=False)
     table = _start_table(max(raw.n_out, raw.n_in, 1))
     n_o, n_i, d, size, n_r, lo, hi, st, est = rank_layer(
         raw.pos, raw.n_out, raw.n_in, w, *_imdb_rule(opts), steps, OTHER_STEPS, RANK_TOL,
-        DENSE_MAX_SIDE, upper, table, lean, first, float(floor), _floor_rule(opts),
+        DENSE_MAX_SIDE, upper, table, lean, first, float(floor), rule,
     )  # fmt: skip
     layer = LayerCounts(raw.n_out, raw.n_in, raw.numel, raw.nnz, int(n_o), int(n_i))
     groups = (d, size.astype(np.float64), n_r.astype(np.float64))
