@@ -101,8 +101,9 @@ OTHER_STEPS = 8
 #: steps, 159 with 8, and the pass ~5 % cheaper with 4).
 SCREEN_STEPS = 4
 #: Lanczos steps for the IMDB groups' binary matrices' bounds in the first stage of a screened
-#: exact pass (:func:`_screened_rows`; PAGS at n = 1000: 825 of 1206 layers dropped there with
-#: 8 steps, 537 with 4, 836 with 16).
+#: exact pass (:func:`_screened_rows`; PAGS at n = 1000: 808 of 1206 layers dropped there with
+#: 8 steps; an offline count of the fs screen alone gave 537 with 4 steps, 825 with 8, 836
+#: with 16).
 SCREEN_GROUP_STEPS = 8
 #: With a ``floor`` (:func:`rank_layers`), the first pass's Lanczos steps per IMDB group: a layer
 #: whose ``IMDB_Δr`` upper bound is then already below its floor keeps that bound, the others'
@@ -575,7 +576,7 @@ def _screened_rows(plans, opts: Options, names: list[str], screen) -> list[dict 
     1. the whole pattern's binary matrix exactly (``Δr`` exact up to :data:`MARGIN`), the IMDB
        groups' binary ones bounded from :data:`SCREEN_GROUP_STEPS` Lanczos steps and the
        weighted ones from :data:`SCREEN_STEPS` (Collatz–Wielandt upper bounds): most layers
-       that reach PAGS's exact pass fall below the best's fs here (n = 1000: 825 of 1206);
+       that reach PAGS's exact pass fall below the best's here (n = 1000: 808 of 1206);
     2. the groups' binary matrices of the layers kept, exactly (``IMDB_Δr`` exact): the
        screen sees those layers again;
     3. the weighted matrices of the layers still kept, exactly.

@@ -373,3 +373,38 @@ def test_two_by_two_singular_values_in_closed_form():
         assert np.all(np.abs(out - ref) <= 4e-16 * ref + 1e-300), (f, g, h, out, ref)
     _kernels._sv_upper2(1.0, 1e300, 1.0, out)  # σ₂ = |f h| / σ₁ = 1e-300, kept (no underflow)
     assert out[0] == 1e300 and out[1] == pytest.approx(1e-300, rel=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_resumed_lanczos_run_has_the_single_runs_recurrence(seed):
+    """``_lanczos_run`` stopped at a budget and resumed with a larger one computes the
+    recurrence (α, β, basis) of one run with the larger budget, bit for bit, and ends at the
+    same step; its Ritz vectors give the same σ to rounding (only the convergence checks
+    differ)."""
+    rng = np.random.default_rng(seed)
+    m, n = 60, 150
+    M = rng.random((m, n)) < 0.06
+    M[np.arange(m), rng.integers(0, n, m)] = True  # no empty row
+    A = sp.csr_matrix(M.astype(np.float64))
+    data, indices, indptr = A.data, A.indices.astype(np.int32), A.indptr.astype(np.int32)
+    start = _kernels._gaussians(m)
+    runs = {}
+    for budgets in ((20,), (7, 20), (4, 9, 20)):
+        Q, state = _kernels._lanczos_start(1, m, n, 20, np.array([budgets[0]]), start)
+        for b in budgets:
+            Q = _kernels._lanczos_run(Q, state, data, data, 1, indices, indptr, 0, m, n, True, m,
+                                      1e-12, np.array([b]))  # fmt: skip
+        Y = np.empty((2, 1, m))
+        _kernels._lanczos_vectors(Q, state, 1, m, Y[0], Y[1])
+        runs[budgets] = (Q, state, Y)
+    Q0, s0, Y0 = runs[(20,)]
+    k = int(s0[_kernels._STEPS][0])
+    assert k == 20 and not s0[_kernels._OK][0]  # stopped at the budget, not converged
+    for budgets in ((7, 20), (4, 9, 20)):
+        Q, state, Y = runs[budgets]
+        assert int(state[_kernels._STEPS][0]) == k
+        for a, b in ((state[2], s0[2]), (state[3], s0[3]), (Q[:, :k], Q0[:, :k])):  # α, β
+            assert np.array_equal(a, b)
+        sv = [np.linalg.svd(A.T @ np.linalg.qr(y[:, 0, :].T)[0], compute_uv=False)
+              for y in (Y, Y0)]  # fmt: skip
+        np.testing.assert_allclose(sv[0], sv[1], rtol=1e-12)
