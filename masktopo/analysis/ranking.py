@@ -107,7 +107,7 @@ SCREEN_STEPS = 4
 SCREEN_GROUP_STEPS = 8
 #: With a ``floor`` (:func:`rank_layers`), the first pass's Lanczos steps per IMDB group: a layer
 #: whose ``IMDB_Δr`` upper bound is then already below its floor keeps that bound, the others'
-#: groups run again to ``steps``.
+#: groups go on to ``steps`` (resumed).
 FIRST_STEPS = 8
 #: How tightly :func:`rank_layers` bounds: every coordinate entry (``"all"``), or tightly only
 #: ``IMDB_Δr`` from above (``"imdb"``; the other bounds stay rigorous but loose).
@@ -816,13 +816,13 @@ def rank_layers(
         ``(len(layers),)``, with ``estimates=False`` on the CPU route: how tight each layer's
         ``IMDB_Δr`` upper bound needs to be (unit-valued layers: linear ones and the unrolled
         conv reading; the others are bounded with ``steps``). Every IMDB group first gets
-        :data:`FIRST_STEPS`
-        Lanczos steps; a layer whose upper bound is then below its floor (by
-        :data:`FLOOR_MARGIN`) keeps that bound, the other layers' groups run again to ``steps``
-        (the bounds ``steps`` gives alone, the same bits). PAGS passes the best's IMDB criterion
-        (a layer below it cannot be accepted): the same layers reach its exact pass as with
-        ``steps`` for all, for about a fifth less work. NaN: no floor for that layer. The
-        estimates are then the first pass's for every layer, whatever the floors.
+        :data:`FIRST_STEPS` Lanczos steps; a layer whose upper bound is then below its floor
+        (by :data:`FLOOR_MARGIN`) keeps that bound, the other layers' groups go on to ``steps``
+        (resumed: the bounds ``steps`` gives alone, to rounding). PAGS passes the best's IMDB
+        criterion (a layer below it cannot be accepted): the layers whose ``steps`` bound
+        reaches the floor reach its exact pass, as with ``steps`` for all, for about a quarter
+        less work. NaN: no floor for that layer. The estimates are then the first pass's for
+        every layer, whatever the floors.
 
     Returns
     -------
