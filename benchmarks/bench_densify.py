@@ -33,11 +33,11 @@ from masktopo.analysis.spectral import dense_batches
 SHAPES = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
 
 
-def llama_block(seed: int = 0) -> list[Parts]:
-    """The block's seven binary CSR matrices, half of every row kept at random."""
+def llama_block(seed: int = 0, shapes=SHAPES) -> list[Parts]:
+    """The block's seven binary CSR matrices (or ``shapes``), half of every row kept at random."""
     rng = np.random.default_rng(seed)
     out = []
-    for rows, cols in SHAPES:
+    for rows, cols in shapes:
         k = cols // 2
         keep = np.sort(np.argsort(rng.random((rows, cols)), axis=1)[:, :k], axis=1)
         indptr = (np.arange(rows + 1) * k).astype(np.int32)

@@ -32,9 +32,11 @@ train     ``bench_train.py --device cuda``: masked vs dense training step of Res
           (``torch.compile``; run last, it compiles for a minute or more)
 sparsify  ``bench_train.py --sparsify --device cuda``: ``masktopo.sparsify`` in a user's loop on a
           transformer block (goal: ≤ 3 % over the dense step)
-llm       ``bench_llm.py --device cuda``: every metric of generated Llama-2-7B layers at 50 %
-          (per-row and 2:4); quick mode measures 1 block of 32 and extrapolates ×32, ``--full``
-          measures all 32 (goal: the whole 7B mask set ≤ 10 s on one H100, issue 18)
+llm       ``bench_batched_route.py --device cuda --full``: the batched route's solve of one
+          Llama-2-7B block, full ``eigh`` against block Krylov (goal: faster, the same σ to
+          1e-9); then ``bench_llm.py --device cuda``: every metric of generated Llama-2-7B layers
+          at 50 % (per-row and 2:4); quick mode measures 1 block of 32 and extrapolates ×32,
+          ``--full`` measures all 32 (goal: the whole 7B mask set ≤ 10 s on one H100, issue 18)
 ========  ==========================================================================================
 
 The compiled training step (part ``train``) runs last; the large-chunk PAGS run right after the
@@ -183,7 +185,7 @@ def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
         Tests, analysis, PAGS (and the large-chunk PAGS run, conditional), the ensemble trainer,
         CHITA's solvers, the eager training step, sparsify, the LLM layers, and the compiled
         training step last (its compilation is the longest and least certain part). Quick
-        reserves add up to 425 s (under the 480 s budget), full ones to 1,550 s.
+        reserves add up to 425 s (under the 480 s budget), full ones to 1,580 s.
     """
     if full:
         analysis = "--networks resnet18 resnet50 --device cpu cuda --repeats 5"
@@ -205,7 +207,8 @@ def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
     # key, part, title, command line after `python`, timeout and reserve in s (quick, full),
     # condition. The quick reserves follow the wall times of the first run on an H200
     # (docs/gpu-suite-report.md, 2026-12-04), a little under them where the budget allows; the
-    # llm step, which timed out at 90 s there (37 s per pattern after start-up), got 150 s. The
+    # llm step, which timed out at 90 s there (37 s per pattern after start-up), got 150 s (its
+    # reserve 80 s: 20 s went to llm-route, the batched route's solve alone, run before it). The
     # 55 s left of the budget go to whichever steps run over.
     spec = [
         ("tests", "tests", "the CUDA tests (`@pytest.mark.cuda`)",
@@ -226,8 +229,11 @@ def plan(parts: Sequence[str], full: bool, tmp: Path) -> list[Step]:
         ("sparsify", "sparsify", "masktopo.sparsify overhead on a transformer block",
          f"benchmarks/bench_train.py --sparsify --device cuda {sparsify}", (90, 240), (20, 120),
          None),
+        ("llm-route", "llm", "the batched route's solve on CUDA: eigh vs block Krylov, one "
+         "Llama-2-7B block", "benchmarks/bench_batched_route.py --device cuda --full", (60, 120),
+         (20, 30), None),
         ("llm", "llm", "every metric of Llama-2-7B layers at 50 % (per-row, 2:4) on CUDA",
-         f"benchmarks/bench_llm.py --device cuda --patterns row,2:4 {llm}", (150, 900), (100, 400),
+         f"benchmarks/bench_llm.py --device cuda --patterns row,2:4 {llm}", (150, 900), (80, 400),
          None),
         ("train-compile", "train", "masked vs dense training step, ResNet-18 CIFAR, torch.compile",
          f"{train_cuda} --compile", (200, 360), (50, 200), None),
@@ -868,6 +874,29 @@ def search_figures(text: str, device: str = "cuda") -> list[Figure]:
     return [Figure(name, measured, goal, _judge(secs <= GOAL_SEARCH_S))]
 
 
+def route_figures(text: str, device: str = "cuda") -> list[Figure]:
+    """The batched route's solve, ``eigh`` against block Krylov, from
+    ``bench_batched_route.py``'s table: one row per kind of values (binary, weighted)."""
+    found: dict[str, Figure] = {}
+    for t in md_tables(text):
+        c = _cols(t, {"device": r"^device", "values": r"^values", "eigh": r"^eigh s",
+                      "krylov": r"^Krylov s", "diff": r"rel\. diff"})  # fmt: skip
+        if c is None:
+            continue
+        for r in t.rows:
+            e, k, d = (number(r[c[x]]) for x in ("eigh", "krylov", "diff"))
+            if r[c["device"]] != device or None in (e, k, d):
+                continue
+            name = f"batched route, one Llama-2-7B block, {r[c['values']]}: block Krylov"
+            found[r[c["values"]]] = Figure(
+                name, f"{k:.2f} s against eigh {e:.2f} s; max rel. diff {d:.1e}",
+                "faster than eigh, the same σ to 1e-9", _judge(k < e and d <= 1e-9),
+            )  # fmt: skip
+    goal = "faster than eigh, the same σ to 1e-9"
+    name = "batched route, one Llama-2-7B block, {}: block Krylov"
+    return [found.get(v) or _missing(name.format(v), goal) for v in ("binary", "weighted")]
+
+
 def _llm_runs(stdout: str, stderr: str, device: str) -> tuple[dict[str, dict], bool]:
     """Per pattern ``{"whole", "per_block", "blocks", "peak_gib"}`` of ``bench_llm.py`` on
     ``device`` (``whole``: 32 × the seconds per block, the table's own column): from
@@ -1016,6 +1045,9 @@ def figures(results: dict[str, Result], steps: Sequence[Step]) -> list[Figure]:
         out += fix(try_(lambda: train_figures(text("train"), "eager"), "train"), "train")
     if "sparsify" in keys:
         out += fix(try_(lambda: sparsify_figures(text("sparsify")), "sparsify"), "sparsify")
+    if "llm-route" in keys:
+        figs = try_(lambda: route_figures(text("llm-route")), "llm-route")
+        out += fix(figs, "llm-route")
     if "llm" in keys:
         step = next(s for s in steps if s.key == "llm")
         pats = (step.value("--patterns") or [",".join(LLM_PATTERNS)])[0].split(",")

@@ -66,7 +66,7 @@ def test_list_prints_the_plan_without_a_gpu(capsys):
     assert "python -m pytest -q -m cuda -p no:cacheprovider" in out[0]
     assert gs.main(["--list", "--parts", "llm,chita,search"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split(" ")[0] for line in out] == ["search", "chita", "llm"]
+    assert [line.split(" ")[0] for line in out] == ["search", "chita", "llm-route", "llm"]
     assert out[0].startswith("search [timeout 60 s, reserve 25 s]: python benchmarks/bench_search")
     assert all("--device cuda" in line for line in out)
 
@@ -87,7 +87,7 @@ def test_parts_are_checked():
 def test_plan_covers_every_part_in_order(full, tmp_path):
     steps = gs.plan(gs.PARTS, full, tmp_path)
     assert [s.key for s in steps] == ["tests", "analysis", "pags", "pags-large", "search",
-                                      "chita", "train", "sparsify", "llm",
+                                      "chita", "train", "sparsify", "llm-route", "llm",
                                       "train-compile"]  # fmt: skip
     assert {s.part for s in steps} == set(gs.PARTS)
     assert all(s.timeout_s > 0 for s in steps)
@@ -153,7 +153,8 @@ def test_allot_keeps_the_later_reserves_back():
     assert gs.allot(a, 40.0, [b, c]) == 0.0
     assert gs.allot(c, 35.0, []) == 35.0
     assert b.value("--x") is None
-    step = gs.plan(["llm"], False, Path("/tmp"))[0]
+    route, step = gs.plan(["llm"], False, Path("/tmp"))
+    assert route.key == "llm-route" and route.value("--device") == ["cuda"]
     assert step.value("--patterns") == ["row,2:4"] and step.value("--blocks") == ["1"]
 
 
@@ -318,6 +319,15 @@ LLM_CUDA = """\
 |---|---|---|---|---|---|---|---|---|---|---|
 | row (N:M found: -) | 7 | 0.250 s | 0.400 s | 0.250 s | 8.00 s | 12.8 s | 2.10 GiB | not run |  | 1.0, 1.2 |
 | 2:4 (N:M found: 2:4) | 7 | 0.400 s | 0.500 s | 0.400 s | 12.8 s | 16.0 s | 2.20 GiB | not run |  | 1.1, 1.3 |
+"""
+
+ROUTE_CUDA = """\
+# bench_batched_route: eigh against block Krylov on the batched route
+
+| device | values | eigh s | Krylov s | eigh / Krylov | block steps | max rel. diff |
+|---|---|---|---|---|---|---|
+| cuda | binary | 3.41 | 0.52 | 6.6× | 33, 33, 34, 33, 38, 38, 38 | 2.2e-15 |
+| cuda | weighted | 3.38 | 4.10 | 0.8× | 35, 35, 35, 35, 40, 40, 40 | 1.9e-15 |
 """
 
 LLM_ROW_JSON = (
@@ -511,6 +521,7 @@ def _results(tmp_path):
         "sparsify": R(by["sparsify"], "ok", 0, 35.0, 120.0, SPARSIFY_CUDA),
         "search": R(by["search"], "ok", 0, 25.0, 60.0, SEARCH_CUDA),
         "chita": R(by["chita"], "ok", 0, 45.0, 90.0, CHITA_CUDA),
+        "llm-route": R(by["llm-route"], "ok", 0, 12.0, 60.0, ROUTE_CUDA),
         "llm": R(by["llm"], "timed out", None, 90.0, 90.0, "", f"{LLM_ROW_JSON}\n2:4: 7 matrices\n",
                  note="killed after 90 s"),
         "train-compile": R(by["train-compile"], "not run", note="budget spent (3 s left)"),
@@ -522,12 +533,20 @@ def test_goal_table_with_fake_numbers(tmp_path):
     steps, results = _results(tmp_path)
     figs = gs.figures(results, steps)
     rows = {f.name: f for f in figs}
-    assert len(figs) == 1 + 4 + 2 + 1 + 5 + 2 + 4 + 2 + 2
+    assert len(figs) == 1 + 4 + 2 + 1 + 5 + 2 + 4 + 2 + 2 + 2
     keys = [f.name.split(" ")[0] for f in figs]
     assert keys.index("full") < keys.index("CHITA") < keys.index("masked")  # the plan's order
     llm = [f for f in figs if f.name.startswith("whole Llama-2-7B")]
     assert [f.met for f in llm] == ["yes", "not parsed"]  # row from its JSON line; 2:4 cut
     assert llm[1].measured == "not parsed (timed out)"
+    route = [f for f in figs if f.name.startswith("batched route")]
+    assert [f.met for f in route] == ["yes", "no"]  # slower than eigh: not met
+    assert route[0].measured == "0.52 s against eigh 3.41 s; max rel. diff 2.2e-15"
+    assert gs.route_figures(ROUTE_CUDA.replace("2.2e-15", "3.0e-09"))[0].met == "no"
+    assert [f.met for f in gs.route_figures(ROUTE_CUDA.replace("| cuda |", "| cpu |"))] == [
+        "not parsed",
+        "not parsed",
+    ]
     tests = rows["CUDA tests (`pytest -m cuda`)"]
     assert tests.measured == "2 passed, 1 failed, 0 errors, 1 skipped" and tests.met == "no"
     step = next(f for f in figs if f.name.startswith("masked vs dense") and "eager" in f.name)
@@ -559,11 +578,11 @@ def test_render_report(tmp_path):
     assert "| pags-large | `python benchmarks/bench_pags.py" in text
     assert "| skipped: 160.0 candidates/s at chunk 16 |" in text
     assert "**timed out: killed after 120 s**" in text
-    assert text.count("<details>") == text.count("</details>") == 8  # every step that ran
+    assert text.count("<details>") == text.count("</details>") == 9  # every step that ran
     assert ANALYSIS_CUDA.strip() in text  # the full output, verbatim
     assert "| masked vs dense step" in text
     running = gs.render_report(facts, steps, {}, command="x", total_s=1.0, finished=False)
-    assert "**in progress or interrupted**: 10 step(s) not finished" in running
+    assert "**in progress or interrupted**: 11 step(s) not finished" in running
     ok = {k: r for k, r in results.items() if k in ("analysis", "pags", "sparsify", "search")}
     sub = [s for s in steps if s.key in ok]
     assert "exit status 0: every step ran" in gs.render_report(facts, sub, ok, command="x",
@@ -665,6 +684,17 @@ def test_parsers_on_real_analysis_and_pags_output():
                  "--repeats", "1"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert set(gs.pags_rates(proc.stdout, device="cpu")) == {2}
+
+
+@pytest.mark.slow
+def test_parser_on_real_batched_route_output():
+    proc = _run([str(BENCH / "bench_batched_route.py"), "--shrink", "8"])
+    assert proc.returncode == 0, proc.stderr
+    figs = gs.route_figures(proc.stdout, device="cpu")
+    assert [f.met in ("yes", "no") for f in figs] == [True, True]  # binary, weighted
+    assert all(" s against eigh " in f.measured for f in figs)
+    diffs = [float(f.measured.split("max rel. diff ")[1]) for f in figs]
+    assert max(diffs) <= 1e-12  # the same σ as the eigh route
 
 
 @pytest.mark.slow

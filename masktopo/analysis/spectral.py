@@ -31,6 +31,10 @@ Routes of :func:`solve_many` (many matrices at once; :data:`ROUTES`):
     The device route for every matrix on any device: the matrices densified, bucketed by padded
     shape and solved batched with the Gram route. On the CPU it lets the test suite check the
     CUDA code path against the CPU engine on machines without a GPU.
+
+On the batched route a bucket whose smaller side is at least :data:`KRYLOV_MIN_SIDE` is solved
+by batched block Krylov on its Gram matrices (:mod:`._krylov`: the residual test of the CPU
+engine, then the same Rayleigh–Ritz step) instead of a full ``eigh`` of each.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ import torch
 
 from ..errors import UnknownNameError
 from ..threads import default_threads
-from ._engine import Parts, arpack_top, cost, pad_desc, solve_top2
+from ._engine import TOL, Parts, arpack_top, cost, pad_desc, solve_top2
+from ._krylov import BLOCK as KRYLOV_BLOCK
+from ._krylov import top_krylov
 
 METHODS = ("auto", "dense", "gram", "sparse")
 
@@ -156,14 +162,29 @@ def top_singular_values_np(B, k: int = 2, *, method: str = "auto") -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
+#: Smaller side from which the batched route takes block Krylov rather than a full ``eigh`` of
+#: each Gram matrix (on every device: the CPU runs the CUDA code path). σ₂ at the edge of the
+#: bulk needs a Krylov basis of ~30–60 % of the side below ~1,000, so only large sides gain: on
+#: the 2-core CPU (batches of 4, 1 % and 50 % density, docs/performance.md "GPU suite") Krylov
+#: took 1.2–1.9× eigh's time at sides 256–1,024 and 0.67–0.69× at 2,048. A full ``eigh`` runs
+#: one matrix after another on a GPU (3.5 s of a Llama-2-7B block on an H200); there the
+#: crossover is not measured yet. Equal to :data:`DEVICE_MIN_SIDE`: what ``route="auto"`` sends
+#: to a GPU takes Krylov.
+KRYLOV_MIN_SIDE = 2048
+
+
 def _sv_gram_torch(B: torch.Tensor, k: int) -> torch.Tensor:
-    """Batched Gram + eigh + Rayleigh–Ritz in float64. ``B`` is (b, m, n)."""
+    """Batched top-``k`` σ in float64 of ``B`` (b, m, n): for a smaller side of at least
+    :data:`KRYLOV_MIN_SIDE` (and ``k`` ≤ its block), block Krylov on the Gram matrices
+    (:func:`masktopo.analysis._krylov.top_krylov`); below, Gram + ``eigh`` + Rayleigh–Ritz."""
     m, n = B.shape[1:]
     s = min(m, n)
     B = B.to(torch.float64)
     if s <= k:
         out = torch.linalg.svdvals(B)
         return torch.nn.functional.pad(out, (0, k - s))
+    if s >= KRYLOV_MIN_SIDE and k <= KRYLOV_BLOCK:
+        return top_krylov(B if m <= n else B.transpose(1, 2), k, TOL)[0]
     Bt = B.transpose(1, 2)
     G = B @ Bt if m <= n else Bt @ B
     _, V = torch.linalg.eigh(G)
