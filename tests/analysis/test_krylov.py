@@ -140,3 +140,19 @@ def test_batched_route_takes_krylov_for_large_sides(monkeypatch):
     calls.clear()
     _close(spectral._sv_gram_torch(tall, 2).numpy(), want[2:3])
     assert calls == [(1, big.shape[0], big.shape[1])]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_krylov_matches_the_cpu_and_the_route_takes_it():
+    g = torch.Generator().manual_seed(13)
+    mask = (torch.rand((3, 2048, 2600), generator=g) < 0.5).double()
+    mask[2, :, 1000:] = 0  # one rank-deficient enough to finish early
+    B = torch.cat([mask, mask * torch.rand(mask.shape, generator=g, dtype=torch.float64)])
+    cpu, _ = top_krylov(B, 2, TOL)
+    cuda, steps = top_krylov(B.cuda(), 2, TOL)
+    assert cuda.device.type == "cuda" and (steps > 0).all()
+    assert torch.allclose(cuda.cpu(), cpu, rtol=1e-12, atol=0)
+    _close(cpu.numpy(), _svd_top(B, 2))
+    out = spectral.solve_many([m.numpy() for m in B[:2]], device="cuda")  # auto: side 2048
+    _close(out, _svd_top(B[:2], 2))
