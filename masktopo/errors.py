@@ -53,11 +53,15 @@ class UnknownNameError(MaskTopoError, ValueError):
         super().__init__(f"unknown {what} {name!r}{hint}; known: {', '.join(self.known)}")
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException, *, whole: bool = False) -> str:
     """``Type: first sentence`` of an exception, on one line (at most 200 characters): how a
-    library's error is quoted inside a masktopo message."""
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    text = text.split(". ")[0].rstrip(".")
+    library's error is quoted inside a masktopo message. ``whole``: the whole message with its
+    lines joined instead (a user's own error, where the second line may be the point)."""
+    if whole:
+        text = " ".join(str(e).split())
+    else:
+        lines = str(e).strip().splitlines()
+        text = lines[0].strip() if lines else ""
+        text = text.split(". ")[0].rstrip(".")
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__

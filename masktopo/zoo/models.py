@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import is_int
-from ..errors import MaskValidationError, UnknownNameError
+from ..errors import MaskValidationError, UnknownNameError, one_line
 from ..maskable import MASKABLE_TYPES, find_maskable
 from ..options import is_import_path
 
@@ -683,11 +683,6 @@ def _unknown_model(name) -> UnknownNameError:
     return err
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _type_name(obj) -> str:
     if obj is None:
         return "None"
@@ -704,7 +699,7 @@ def _resolve_path(path: str) -> Callable:
         missing = isinstance(e, ModuleNotFoundError) and e.name == module_name.split(".")[0]
         hint = "; is its folder on PYTHONPATH?" if missing else ""
         raise MaskValidationError(
-            f"model {path!r}: cannot import module {module_name!r} ({_one_line(e)}){hint}"
+            f"model {path!r}: cannot import module {module_name!r} ({one_line(e, whole=True)}){hint}"
         ) from None
     for i, attr in enumerate(attr_path.split(".")):
         try:
