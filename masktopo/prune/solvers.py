@@ -604,6 +604,81 @@ def _bso_blocks_numpy(pb: Problem, Gn: np.ndarray, wn: np.ndarray, support: torc
         r_np -= X @ ws
 
 
+def _block_products(G: torch.Tensor, v: torch.Tensor, bounds) -> torch.Tensor:
+    r"""``(len(bounds), n)``: :math:`G_b v_b` of every block (``bounds`` as :func:`blocks`
+    gives them: contiguous, in order). The blocks of one width that follow each other (a layer's
+    full blocks) are one batched product, so a network takes a few kernels, not one per block."""
+    out = G.new_empty((len(bounds), G.shape[0]))
+    i = 0
+    while i < len(bounds):
+        start, stop = bounds[i]
+        width = stop - start
+        j = i + 1
+        while j < len(bounds) and bounds[j] == (stop + (j - i - 1) * width, stop + (j - i) * width):
+            j += 1
+        end = start + (j - i) * width
+        Gr = G[:, start:end].reshape(G.shape[0], j - i, width)
+        out[i:j] = torch.einsum("nkb,kb->kn", Gr, v[start:end].reshape(j - i, width))
+        i = j
+    return out
+
+
+def _bso_blocks_batched(pb: Problem, support: torch.Tensor, bounds, c: float, w: torch.Tensor,
+                        r: torch.Tensor) -> None:  # fmt: skip
+    r"""Block backsolve with batched tensor code (the GPU's route; any device): every block's
+    :math:`y_b = G_b \bar w_b` in a few batched products (:func:`_block_products`), the kept
+    columns found once (one read of the block counts), the blocks grouped by kept count and each
+    group's ridge systems gathered, padded and solved in one batched call. Writes the weights into
+    ``w`` and :math:`y - G w` into ``r``. The kernels launched grow with the groups and layers,
+    not with the blocks (a Python loop over ResNet-20's 542 blocks had cost a launch and a
+    device read per block)."""
+    G, dev = pb.G, pb.G.device
+    n = G.shape[0]
+    Y = _block_products(G, pb.w_bar, bounds)  # (blocks, n)
+    r += Y.sum(0)
+    kept = support.nonzero().squeeze(1)  # ascending, so each block's kept columns are a run
+    if not kept.numel():
+        return
+    starts = torch.tensor([a for a, _ in bounds], dtype=kept.dtype, device=dev)
+    counts = torch.bincount(torch.searchsorted(starts, kept, right=True) - 1,
+                            minlength=len(bounds)).cpu().numpy()  # fmt: skip
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # each block's first index into kept
+    order = [b for b in np.argsort(counts, kind="stable") if counts[b]]
+    budget = 1 << 25  # entries of one batched gather [blocks, n, K]
+    i = 0
+    while i < len(order):  # groups of similar counts: padding at most doubles the work
+        cap = counts[order[i]] + max(8, counts[order[i]] // 4)
+        j = i + 1
+        while (j < len(order) and counts[order[j]] <= cap
+               and (j + 1 - i) * n * counts[order[j]] <= budget):  # fmt: skip
+            j += 1
+        grp = np.array(order[i:j])
+        kmax = int(counts[grp].max())
+        lens = torch.from_numpy(counts[grp]).to(dev)
+        col = torch.arange(kmax, device=dev)
+        valid = col[None, :] < lens[:, None]  # (B, K)
+        last = lens[:, None] - 1
+        at = torch.from_numpy(first[grp]).to(dev)[:, None] + torch.minimum(col[None, :], last)
+        idx = kept[at]  # (B, K): the padding repeats a block's last kept column ...
+        GS = G[:, idx].permute(1, 0, 2) * valid[:, None, :]  # ... zeroed here: [B, n, K]
+        yb = Y[torch.from_numpy(grp).to(dev)]
+        b = (GS.transpose(1, 2) @ yb.unsqueeze(2)).squeeze(2) + c * pb.w_bar[idx] * valid
+        if pb.alpha is not None:
+            b = b - pb.alpha[idx] * valid
+        if n < kmax:
+            K = GS @ GS.transpose(1, 2)
+            K.diagonal(dim1=1, dim2=2).add_(c)
+            t = _spd_solve(K, (GS @ b.unsqueeze(2)).squeeze(2))
+            ws = (b - (GS.transpose(1, 2) @ t.unsqueeze(2)).squeeze(2)) / c
+        else:
+            A = GS.transpose(1, 2) @ GS
+            A.diagonal(dim1=1, dim2=2).add_(c)
+            ws = _spd_solve(A, b)
+        r -= (GS @ ws.unsqueeze(2)).sum((0, 2))
+        w[idx[valid]] = ws[valid]
+        i = j
+
+
 def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Generator) -> Solution:
     sizes = opts.layer_sizes or (pb.p,)
     if sum(sizes) != pb.p:
@@ -619,50 +694,7 @@ def _bso_block(pb: Problem, k: int, opts: SolverOptions, generator: torch.Genera
     if Gn is not None and wn is not None and not opts.batched_blocks:  # the CPU, in numpy
         _bso_blocks_numpy(pb, Gn, wn, support, sizes, opts.block_size, c, w, r)
         return Solution(w, support, pb.objective(w, r))
-    # every block's kept columns, padded to the largest count: padded columns are zero, so
-    # their weights come out 0 in either form of the solve
-    items = []
-    for start, stop in blocks(sizes, opts.block_size):
-        Gb = pb.G[:, start:stop]
-        yb = Gb @ pb.w_bar[start:stop]  # y_b = G_b w̄_b, the whole block
-        r += yb
-        kept = support[start:stop].nonzero().squeeze(1)
-        if len(kept):  # gathered now, while the block's columns are in cache
-            items.append((start + kept, yb, Gb[:, kept]))
-    items.sort(key=lambda item: len(item[0]))
-    budget = 1 << 25  # entries of one batched gather [blocks, n, K]
-    i = 0
-    while i < len(items):  # groups of similar counts: padding at most doubles the work
-        cap = len(items[i][0]) + max(8, len(items[i][0]) // 4)
-        j = i + 1
-        while (j < len(items) and len(items[j][0]) <= cap
-               and (j + 1 - i) * n * len(items[j][0]) <= budget):  # fmt: skip
-            j += 1
-        group = items[i:j]
-        kmax = len(group[-1][0])
-        lens = torch.tensor([len(x) for x, _, _ in group], device=pb.G.device)
-        idx = torch.stack([torch.nn.functional.pad(x, (0, kmax - len(x))) for x, _, _ in group])
-        valid = torch.arange(kmax, device=pb.G.device)[None, :] < lens[:, None]
-        GS = pb.G.new_zeros(len(group), n, kmax)  # [B, n, K]
-        for row, (x, _, Gx) in enumerate(group):
-            GS[row, :, : len(x)] = Gx
-        yb = torch.stack([y for _, y, _ in group])
-        b = (GS.transpose(1, 2) @ yb.unsqueeze(2)).squeeze(2) + c * pb.w_bar[idx] * valid
-        if pb.alpha is not None:
-            b = b - pb.alpha[idx] * valid
-        if n < kmax:
-            K = GS @ GS.transpose(1, 2)
-            K.diagonal(dim1=1, dim2=2).add_(c)
-            t = _spd_solve(K, (GS @ b.unsqueeze(2)).squeeze(2))
-            ws = (b - (GS.transpose(1, 2) @ t.unsqueeze(2)).squeeze(2)) / c
-        else:
-            A = GS.transpose(1, 2) @ GS
-            A.diagonal(dim1=1, dim2=2).add_(c)
-            ws = _spd_solve(A, b)
-        r -= (GS @ ws.unsqueeze(2)).sum((0, 2))
-        for row, (x, _, _) in enumerate(group):
-            w[x] = ws[row, : len(x)]
-        i = j
+    _bso_blocks_batched(pb, support, blocks(sizes, opts.block_size), c, w, r)
     return Solution(w, support, pb.objective(w, r))
 
 

@@ -214,6 +214,31 @@ def test_block_bso_numpy_route_equals_the_batched_route(alpha, n):
     assert cpu.objective == pytest.approx(pb.objective(cpu.w), rel=1e-10)
 
 
+@pytest.mark.parametrize("k", [70, 5, 140])  # 5: most blocks keep nothing; 140: all kept
+def test_block_bso_batched_route_with_uneven_blocks(k):
+    """Blocks of different widths (each layer's last one takes the remainder), blocks with no
+    kept column, and groups solved in both forms (n = 12 below some blocks' kept counts)."""
+    pb = _problem(n=12, p=140, lam=0.3, seed=4)
+    opts = SolverOptions(block_size=25, layer_sizes=(60, 80))  # widths 25, 35 | 25, 25, 30
+    cpu = solve(pb, k, "bso-block", opts)
+    batched = solve(pb, k, "bso-block", dataclasses.replace(opts, batched_blocks=True))
+    assert torch.equal(cpu.support, batched.support) and int(cpu.support.sum()) == k
+    torch.testing.assert_close(cpu.w, batched.w, rtol=1e-9, atol=1e-11)
+    assert batched.objective == pytest.approx(pb.objective(batched.w), rel=1e-10)
+    assert not batched.w[~batched.support].any()
+
+
+def test_block_products_are_the_blocks_own():
+    from masktopo.prune.solvers import _block_products
+
+    g = torch.Generator().manual_seed(2)
+    G = torch.randn(6, 140, generator=g, dtype=torch.float64)
+    v = torch.randn(140, generator=g, dtype=torch.float64)
+    bounds = blocks([60, 80], 25)
+    want = torch.stack([G[:, a:b] @ v[a:b] for a, b in bounds])
+    torch.testing.assert_close(_block_products(G, v, bounds), want, rtol=1e-14, atol=1e-14)
+
+
 def test_block_bso_with_one_block_is_bso_and_blocks_are_independent():
     pb = _problem(n=30, p=60, lam=0.2, seed=6)
     one = solve(pb, 25, "bso-block", SolverOptions(block_size=1000, layer_sizes=(60,)))
@@ -255,3 +280,18 @@ def test_bad_problems_and_arguments_are_errors_not_silent_solutions():
             call()
     assert int(solve(pb, np.int64(3)).support.sum()) == 3  # numpy integers are integers
     assert Problem(G.float(), w, 0).w_bar.dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["mp", "bso", "iht", "chita", "bso-block"])
+def test_cuda_solvers_match_the_cpu(method):
+    pb = _problem(n=12, p=140, lam=0.3, seed=4, alpha=True)
+    opts = SolverOptions(block_size=25, layer_sizes=(60, 80))  # bso-block: the batched route
+    cpu = solve(pb, 40, method, opts, generator=torch.Generator().manual_seed(0))
+    dev = Problem(pb.G.cuda(), pb.w_bar.cuda(), pb.lam, pb.alpha.cuda())
+    gpu = solve(dev, 40, method, opts, generator=torch.Generator("cuda").manual_seed(0))
+    assert gpu.w.device.type == "cuda"
+    assert torch.equal(gpu.support.cpu(), cpu.support)
+    torch.testing.assert_close(gpu.w.cpu(), cpu.w, rtol=1e-8, atol=1e-10)
+    assert gpu.objective == pytest.approx(cpu.objective, rel=1e-9)
