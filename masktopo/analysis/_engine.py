@@ -99,7 +99,8 @@ def solve_top2(mats: Sequence) -> np.ndarray:
     parts = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
     if not parts:
         return np.zeros((0, 2))
-    dense = [i for i, P in enumerate(parts) if not isinstance(P, Block) and dense_route(P)]
+    dense = [i for i, P in enumerate(parts)
+             if (dense_block(P) if isinstance(P, Block) else dense_route(P))]  # fmt: skip
     if not dense:
         return solve_packed(pack(parts))
     counts = np.array([job_count(P) for P in parts])
@@ -112,7 +113,13 @@ def solve_top2(mats: Sequence) -> np.ndarray:
         rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in rest])
         out[rows] = sv
     for i in dense:
-        out[starts[i]] = solve_dense(parts[i])
+        P = parts[i]
+        if isinstance(P, Block):
+            from ._dense import top2_block
+
+            out[starts[i] : starts[i] + counts[i]] = top2_block(*P)
+        else:
+            out[starts[i]] = solve_dense(P)
     return out
 
 
@@ -137,6 +144,27 @@ def dense_route(P: Parts) -> bool:
         return m * n <= DENSE_ROUTE_MAX_ENTRIES
     return (min(m, n) >= DENSE_ROUTE_MIN_SIDE and m * n <= DENSE_ROUTE_MAX_ENTRIES
             and P.nnz >= DENSE_ROUTE_MIN_DENSITY * m * n)  # fmt: skip
+
+
+#: A :class:`~masktopo.analysis._kernels.Block` (the IMDB groups of a layer) is solved by dense
+#: BLAS (:func:`masktopo.analysis._dense.top2_block`) when its matrices hold at least this many
+#: entries in all, at :data:`DENSE_ROUTE_MIN_DENSITY` or more (docs/performance.md, "LLM
+#: layers": the groups of a 4096 × 11008 layer at 50 %, one thread, 2.05 → 0.47 s).
+DENSE_BLOCK_MIN_ENTRIES = 1 << 20
+
+
+def dense_block(B) -> bool:
+    """Whether the matrices of Block ``B`` are solved by dense BLAS (see
+    :data:`DENSE_BLOCK_MIN_ENTRIES`), by ``$MASKTOPO_DENSE_ROUTE`` as :func:`dense_route`:
+    ``auto`` (the default), ``off`` (never: the compiled engine) or ``on`` (every Block)."""
+    mode = os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
+    if mode == "off" or not B.count:
+        return False
+    if mode == "on":
+        return True
+    entries = int((B.shapes[:, 0] * B.shapes[:, 1]).sum())
+    nnz = int(B.indptr[B.ptr_off + B.shapes[:, 0]].sum())
+    return entries >= DENSE_BLOCK_MIN_ENTRIES and nnz >= DENSE_ROUTE_MIN_DENSITY * entries
 
 
 def solve_dense(P: Parts) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from masktopo.analysis import _engine
+from masktopo.analysis import _dense, _engine
 from masktopo.analysis._dense import top2_dense
 from masktopo.analysis._engine import TOL, Parts, dense_route, solve_top2
 from masktopo.analysis.distributed import gather_rows, split_by_cost
@@ -135,12 +135,15 @@ def test_every_metric_kept_with_the_dense_route(monkeypatch, kind):
               for i, shape in enumerate([(256, 512), (512, 256)])]  # fmt: skip
     monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "off")
     ref = layer_metric_rows(layers)
-    calls = []
+    calls, blocks = [], []
     real = _engine.solve_dense
     monkeypatch.setattr(_engine, "solve_dense", lambda P: calls.append(P.shape) or real(P))
+    real_block = _dense.top2_block
+    monkeypatch.setattr(_dense, "top2_block", lambda *a: blocks.append(a[-1]) or real_block(*a))
     monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "on")
     got = layer_metric_rows(layers)
     assert len(calls) >= 6  # binary, weighted, normalized of both layers
+    assert len(blocks) == 4  # the IMDB groups, binary and weighted, of both layers
     for a, b in zip(ref, got, strict=True):
         assert a.keys() == b.keys()
         assert a["imdb_n_groups"] > 3 and a["reason"] == b["reason"]
@@ -149,6 +152,52 @@ def test_every_metric_kept_with_the_dense_route(monkeypatch, kind):
                 assert b[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
             else:
                 assert b[k] == v or (v != v and b[k] != b[k]), k
+
+
+def _block_of(mats):
+    from masktopo.analysis._kernels import Block, pack
+
+    data, indices, indptr, ptr_off, nnz_off, shapes, _ = pack([Parts.of(M) for M in mats])
+    return Block(data, indices, indptr, ptr_off, nnz_off, shapes)
+
+
+def test_dense_block_route_agrees_with_svd():
+    rng = np.random.default_rng(5)
+    mats = [(rng.random((rng.integers(2, 60), rng.integers(30, 400))) < 0.5) * 1.0
+            for _ in range(25)]  # fmt: skip
+    mats += [M.T * rng.random(M.T.shape) for M in mats[:5]]  # taller than wide, weighted
+    one = np.zeros((7, 40))
+    one[:, :3] = 1.0  # rank one: σ₂ = 0 (to ε·σ₁)
+    two = np.zeros((40, 50))
+    two[:20, :25] = two[20:, 25:] = rng.random((20, 25)) < 0.6  # equal halves: σ₁ = σ₂
+    two[20:, 25:] = two[:20, :25]
+    single = np.ones((1, 30))  # one row: only σ₁
+    mats += [one, two, single]
+    got = _dense.top2_block(*_block_of(mats))
+    for M, sv in zip(mats, got, strict=True):
+        want = np.linalg.svd(M, compute_uv=False)[:2]
+        want = np.pad(want, (0, 2 - want.size))
+        assert np.abs(sv - want).max() <= 1e-13 * want[0], (M.shape, sv, want)
+    assert got[-2, 0] == pytest.approx(got[-2, 1], rel=1e-13)
+
+
+def test_dense_block_route_choice(monkeypatch):
+    from masktopo.analysis._engine import dense_block
+
+    rng = np.random.default_rng(0)
+    dense = _block_of([(rng.random((40, 4096)) < 0.5) * 1.0 for _ in range(8)])  # 1.3 M entries
+    sparse = _block_of([(rng.random((40, 4096)) < 0.05) * 1.0 for _ in range(8)])
+    small = _block_of([(rng.random((40, 400)) < 0.5) * 1.0 for _ in range(8)])
+    monkeypatch.delenv("MASKTOPO_DENSE_ROUTE", raising=False)
+    assert dense_block(dense) and not dense_block(sparse) and not dense_block(small)
+    np.testing.assert_allclose(solve_top2([sparse, dense, small]),
+                               np.concatenate([_dense.top2_block(*b)
+                                               for b in (sparse, dense, small)]),
+                               rtol=1e-12)  # fmt: skip
+    monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "off")
+    assert not dense_block(dense)
+    monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "on")
+    assert dense_block(small) and dense_block(sparse)
 
 
 def test_solve_top2_mixes_routes_in_order(monkeypatch):
