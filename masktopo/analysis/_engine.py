@@ -151,14 +151,20 @@ def dense_route(P: Parts) -> bool:
 #: entries in all, at :data:`DENSE_ROUTE_MIN_DENSITY` or more (docs/performance.md, "LLM
 #: layers": the groups of a 4096 × 11008 layer at 50 %, one thread, 2.05 → 0.47 s).
 DENSE_BLOCK_MIN_ENTRIES = 1 << 20
+#: ... and when none of them has a smaller side above this (a full ``eigh`` of its Gram matrix
+#: stays cheap; a dense layer's one group, the whole layer, keeps the engine's Lanczos).
+DENSE_BLOCK_MAX_SIDE = 512
 
 
 def dense_block(B) -> bool:
     """Whether the matrices of Block ``B`` are solved by dense BLAS (see
     :data:`DENSE_BLOCK_MIN_ENTRIES`), by ``$MASKTOPO_DENSE_ROUTE`` as :func:`dense_route`:
-    ``auto`` (the default), ``off`` (never: the compiled engine) or ``on`` (every Block)."""
+    ``auto`` (the default), ``off`` (never: the compiled engine) or ``on`` (every Block whose
+    matrices have smaller sides up to :data:`DENSE_BLOCK_MAX_SIDE`)."""
     mode = os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
     if mode == "off" or not B.count:
+        return False
+    if int(np.minimum(B.shapes[:, 0], B.shapes[:, 1]).max()) > DENSE_BLOCK_MAX_SIDE:
         return False
     if mode == "on":
         return True

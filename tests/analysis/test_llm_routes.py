@@ -198,6 +198,8 @@ def test_dense_block_route_choice(monkeypatch):
     assert not dense_block(dense)
     monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "on")
     assert dense_block(small) and dense_block(sparse)
+    wide = _block_of([np.ones((600, 700))])  # one group of a dense layer: side 600 > 512
+    assert not dense_block(wide)
 
 
 def test_solve_top2_mixes_routes_in_order(monkeypatch):
