@@ -74,6 +74,12 @@ GRAM_STEPS = {"float32": 11.0, "float64": 18.0}
 GRAM_STEP_COST = 0.2
 #: Smaller sides than this never form the Gram matrix (their steps are cheap).
 GRAM_MIN_SIDE = 512
+#: A run whose larger relative residual is still above this after this many block steps forms
+#: the Gram matrix at once, without waiting for a rate: σ₂ is then at the edge of the bulk of
+#: the spectrum (a random pattern at 30–70 % density: ~1e-3 after 2 steps, then 30+ more), while
+#: a well separated σ₂ is near the tolerance by then (a low-rank matrix: ~1e-6).
+EARLY_GRAM_STEP = 2
+EARLY_GRAM_RESIDUAL = 1e-4
 #: A new block column smaller than this, relative to the largest of ``A Q``, marks a Krylov
 #: space near an invariant subspace: the Ritz pairs are then checked at once.
 NEAR_INVARIANT = 1e-6
@@ -200,9 +206,10 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int
         check = steps + min(MAX_SKIP, max(1, int(need // 2)))
         if G is None and s >= GRAM_MIN_SIDE:
             saved = need * (1.0 - GRAM_STEP_COST)
-            if saved > GRAM_STEPS["float32"]:  # the cheaper Gram would pay: which one is it?
+            stalled = steps >= EARLY_GRAM_STEP and history[-1][1] > EARLY_GRAM_RESIDUAL
+            if stalled or saved > GRAM_STEPS["float32"]:  # which Gram would it be?
                 kind = kind or _gram_dtype(A)
-                if saved > GRAM_STEPS[kind]:
+                if stalled or saved > GRAM_STEPS[kind]:
                     G = gram(A, kind)
         if Q is None:
             converged = True  # invariant subspace: the Ritz values are exact

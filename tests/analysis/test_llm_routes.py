@@ -154,6 +154,29 @@ def test_every_metric_kept_with_the_dense_route(monkeypatch, kind):
                 assert b[k] == v or (v != v and b[k] != b[k]), k
 
 
+def test_a_stalled_run_forms_the_gram_matrix_early_and_a_fast_one_never(monkeypatch):
+    rng = np.random.default_rng(8)
+    dense = (rng.random((600, 700)) < 0.5) * 1.0  # σ₂ at the edge of the bulk: a long run
+    lowrank = rng.standard_normal((600, 3)) @ rng.standard_normal((3, 700)) + 0.01 * dense
+    formed = []
+    real = _dense.gram
+    monkeypatch.setattr(_dense, "gram", lambda A, d=None: formed.append(1) or real(A, d))
+    steps_at = []
+    real_needed = _dense._steps_needed
+    monkeypatch.setattr(_dense, "_steps_needed",
+                        lambda h, t, left: steps_at.append((h[-1][0], len(formed)))
+                        or real_needed(h, t, left))  # fmt: skip
+    sv, ok, steps = top2_dense(dense, TOL, gram_dtype="float32")
+    assert ok and steps > 10 and formed == [1]
+    assert steps_at[:2] == [(1, 0), (2, 0)] and steps_at[2][1] == 1  # formed after step 2
+    want = np.linalg.svd(dense, compute_uv=False)[:2]
+    np.testing.assert_allclose(sv, want, rtol=1e-12)
+    formed.clear()
+    sv, ok, steps = top2_dense(lowrank, TOL)
+    assert ok and steps <= 4 and formed == []
+    np.testing.assert_allclose(sv, np.linalg.svd(lowrank, compute_uv=False)[:2], rtol=1e-12)
+
+
 def _block_of(mats):
     from masktopo.analysis._kernels import Block, pack
 
