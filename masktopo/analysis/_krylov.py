@@ -18,12 +18,13 @@ float64 (one batched GEMM, compute-bound):
    of ``T`` and the explicit residuals ``‖A V yᵢ − θᵢ V yᵢ‖``;
 3. a matrix is done when every residual is at most ``tol·θ₁`` (``TOL·σ₁²``, the compiled
    engine's test), when its basis spans the whole space (``j·p ≥ s``: exact), or when ``θ₁ = 0``;
-4. the next block: ``P_j`` orthogonalized against ``V`` twice (CGS2), its QR factor, and once
-   more against ``V`` then QR. The last pass keeps the basis orthonormal when the Krylov space of
-   a matrix stops growing (a rank below the basis, an invariant subspace): QR then fills the
-   vanished columns with arbitrary directions, which the pass makes orthogonal to ``V``. Any
-   orthonormal basis that contains the Krylov space gives valid Ritz values, and the residuals
-   are computed, not inferred from a recurrence, so the test stays rigorous.
+4. the next block: ``P_j`` orthogonalized against ``V`` twice (CGS2), then orthonormalized by
+   Cholesky QR twice (batched small factorizations). A block too ill-conditioned for that, as
+   when the Krylov space of a matrix stops growing (a rank below the basis, an invariant
+   subspace), takes Householder QR instead, which fills the vanished columns with arbitrary
+   directions, then one more projection against ``V`` and QR, which make them orthogonal to
+   ``V``. Any orthonormal basis that contains the Krylov space gives valid Ritz values, and the
+   residuals are computed, not inferred from a recurrence, so the test stays rigorous.
 5. a Rayleigh–Ritz step on ``B`` itself: σ₁ … σ_k are the singular values of ``Bᵀ U``,
    ``U`` an orthonormal basis of ``V [y₁ … y_k]``, which gives small σ to an absolute ``ε·σ₁`` as
    the CPU engine's final step does.
