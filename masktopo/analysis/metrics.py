@@ -514,8 +514,8 @@ def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> 
         plans.append(plan)
     if device is None:  # in this process (a worker does not start workers of its own)
         svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
-    else:  # one matrix per job for the device path
-        svals = solve_many(_expand(jobs), 2, device=device, route=route)
+    else:  # the device path: Blocks stay whole where none of their matrices goes there
+        svals = solve_many(jobs, 2, device=device, route=route)
     results = []
     for plan, off in zip(plans, offsets, strict=True):
         sv = {key: svals[off + i] for key, i in plan.slots.items()}

@@ -300,17 +300,48 @@ def solve_many(
 ) -> np.ndarray:
     """Top-``k`` singular values of many sparse matrices of different shapes.
 
-    ``mats`` holds :class:`~masktopo.analysis._engine.Parts`, scipy sparse matrices or arrays.
-    On the CPU (``k = 2``) the exact compiled engine of :mod:`masktopo.analysis._kernels` solves
-    them one after the other (dense Gram route for a small side, Lanczos on each connected
-    component otherwise), split over the threads of :func:`cpu_workers`. The matrices that
-    :func:`on_device` sends to the device (on CUDA: a smaller side of at least
+    ``mats`` holds :class:`~masktopo.analysis._engine.Parts`, scipy sparse matrices, arrays, or
+    :class:`~masktopo.analysis._kernels.Block` items of many matrices each (a layer's IMDB
+    groups). On the CPU (``k = 2``) the exact compiled engine of :mod:`masktopo.analysis._kernels`
+    solves them one after the other (dense Gram route for a small side, Lanczos on each
+    connected component otherwise), split over the threads of :func:`cpu_workers`. The matrices
+    that :func:`on_device` sends to the device (on CUDA: a smaller side of at least
     :data:`DEVICE_MIN_SIDE`; every matrix with ``route="batched"``) are densified there, bucketed
     by padded shape (zero padding changes no singular value) and solved batched with the Gram
-    route. Returns a ``(len(mats), k)`` float64 array, descending.
+    route. A Block none of whose matrices goes to the device stays whole on the CPU, where
+    :func:`~masktopo.analysis._engine.solve_top2` may take its dense BLAS route. Returns a
+    ``(matrices, k)`` float64 array, descending, a Block's matrices in its order.
     """
+    from ._kernels import Block, unpack
+
     device = torch.device(device)
-    parts = [Parts.of(M) for M in mats]
+    blocks, block_rows, parts, part_rows = [], [], [], []
+    row = 0
+    for M in mats:
+        if isinstance(M, Block):
+            side = int(np.minimum(M.shapes[:, 0], M.shapes[:, 1]).max(initial=0))
+            rows = list(range(row, row + M.count))
+            row += M.count
+            if k == 2 and not on_device(side, device, route):
+                blocks.append(M)
+                block_rows.append(rows)
+            else:
+                parts.extend(Parts(*unpack(M, i)) for i in range(M.count))
+                part_rows.extend(rows)
+        else:
+            parts.append(Parts.of(M))
+            part_rows.append(row)
+            row += 1
+    out = np.zeros((row, k))
+    if blocks:
+        out[np.concatenate(block_rows)] = _solve_blocks(blocks)
+    if parts:
+        out[np.array(part_rows, dtype=np.int64)] = _solve_parts(parts, k, device, route)
+    return out
+
+
+def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, route: str) -> np.ndarray:
+    """:func:`solve_many` of single matrices."""
     there = np.array([on_device(min(P.shape), device, route) for P in parts], dtype=bool)
     out = np.zeros((len(parts), k))
     here = np.flatnonzero(~there)
@@ -324,6 +355,23 @@ def solve_many(
     if away.size:  # within ~1 GiB of float64 per batch
         for chunk, batch in dense_batches([parts[i] for i in away], device, 1 << 27):
             out[away[chunk]] = _sv_gram_torch(batch, k).cpu().numpy()
+    return out
+
+
+def _solve_blocks(blocks: Sequence) -> np.ndarray:
+    """σ₁, σ₂ of the matrices of ``blocks`` (Blocks solved on the CPU), in order: each Block
+    whole to :func:`~masktopo.analysis._engine.solve_top2`, the Blocks split over the threads by
+    their entry counts when there are enough of them."""
+    nnz = [int(B.indptr[B.ptr_off + B.shapes[:, 0]].sum()) for B in blocks]
+    with one_blas_thread():
+        if len(blocks) < 2 or not use_workers(sum(nnz)):
+            return solve_top2(blocks)
+        counts = np.array([B.count for B in blocks])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        out = np.zeros((int(counts.sum()), 2))
+        for idx, sv in in_threads(nnz, lambda idx: solve_top2([blocks[i] for i in idx])):
+            rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in idx])
+            out[rows] = sv
     return out
 
 

@@ -138,3 +138,42 @@ def test_cuda_auto_splits_a_mask_set_with_one_large_layer():
     assert isinstance(ms, MaskSet) and list(gpu["layer"]) == list(cpu["layer"])
     for col in ("mu0", "mu_hat", "weighted_mu0", "weighted_mu_hat", "imdb_ramanujan_gap"):
         np.testing.assert_allclose(gpu[col], cpu[col], rtol=1e-9, equal_nan=True)
+
+
+def test_solve_many_keeps_host_blocks_whole(monkeypatch):
+    """A Block none of whose matrices goes to the device is solved whole on the CPU (where the
+    engine may take its dense BLAS route); one that holds a device-sized matrix is split; the
+    rows come back in order either way."""
+    from masktopo.analysis._engine import Parts, solve_top2
+    from masktopo.analysis._kernels import Block, pack
+
+    def block(mats):
+        data, indices, indptr, ptr_off, nnz_off, shapes, _ = pack([Parts.of(M) for M in mats])
+        return Block(data, indices, indptr, ptr_off, nnz_off, shapes)
+
+    rng = np.random.default_rng(1)
+    small = [(rng.random((rng.integers(3, 40), 200)) < 0.5) * 1.0 for _ in range(6)]
+    mixed = [(rng.random((30, 200)) < 0.5) * 1.0, (rng.random((320, 400)) < 0.1) * 1.0]
+    single = (rng.random((350, 380)) < 0.2) * rng.random((350, 380))
+    jobs = [block(small), single, block(mixed)]
+    mats = [*small, single, *mixed]
+    want = np.stack([np.linalg.svd(M, compute_uv=False)[:2] for M in mats])
+    sent = []
+    real_parts = spectral._solve_parts
+    monkeypatch.setattr(spectral, "_solve_parts",
+                        lambda parts, *a: sent.append([p.shape for p in parts])
+                        or real_parts(parts, *a))  # fmt: skip
+    got = spectral.solve_many(jobs)  # CPU: every Block whole, the single matrix alone
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+    monkeypatch.setattr(spectral, "_PARALLEL_MIN_NNZ", 0)  # the Blocks split over threads
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    two = spectral.solve_many([block(small[::-1]), block(small)])
+    np.testing.assert_allclose(two, np.concatenate([want[5::-1], want[:6]]), rtol=1e-11)
+    np.testing.assert_allclose(solve_top2(jobs), want, rtol=1e-11)
+    assert sent == [[single.shape]]
+    # "device" = the CPU here, for smaller sides of 300 or more: the mixed Block is split
+    monkeypatch.setattr(spectral, "on_device", lambda side, device, route="auto": side >= 300)
+    sent.clear()
+    got = spectral.solve_many(jobs, device="cpu")
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+    assert sent == [[single.shape, mixed[0].shape, mixed[1].shape]]
