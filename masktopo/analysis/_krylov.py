@@ -141,6 +141,10 @@ def top_krylov(
     if not 1 <= k <= block:
         raise ValueError(f"k must be in [1, {block}], got {k}")
     dev = B.device
+    if s < max(2, k):  # fewer rows than the values asked for: the Gram eigendecomposition
+        _, W = torch.linalg.eigh(B @ B.transpose(1, 2))
+        sv = torch.linalg.svdvals(B.transpose(1, 2) @ W)
+        return torch.nn.functional.pad(sv, (0, k - s)), torch.full((b,), -1, dtype=torch.int64)
     p = max(2, k, min(block, s))
     cap = min(s, p * max_blocks)
     out = torch.zeros((b, k), dtype=torch.float64, device=dev)

@@ -104,6 +104,14 @@ def test_more_singular_values_and_the_eigh_fallback():
         top_krylov(B, 17, TOL)
 
 
+def test_fewer_rows_than_values_asked_for():
+    B = torch.tensor([[[3.0, 4.0, 0.0]], [[0.0, 0.0, 2.0]]], dtype=torch.float64)  # 1 × 3 each
+    sv, steps = top_krylov(B, 2, TOL)
+    assert sv.tolist() == [[5.0, 0.0], [2.0, 0.0]] and (steps == -1).all()
+    sv, _ = top_krylov(torch.ones((1, 3, 5), dtype=torch.float64), 4, TOL)  # 3 rows, k = 4
+    assert sv[0, 0].item() == pytest.approx(15**0.5, rel=1e-14) and sv[0, 3].item() == 0.0
+
+
 def test_orthonormal_block_from_a_rank_deficient_one():
     g = torch.Generator().manual_seed(5)
     V = torch.linalg.qr(torch.randn((2, 200, 40), generator=g, dtype=torch.float64)).Q
