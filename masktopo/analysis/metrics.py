@@ -506,8 +506,10 @@ def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> 
     selection holds weighted metrics only if so)."""
     plans, jobs, offsets = [], [], []
     n_mat = 0
-    for raw in raws:
-        plan = _plan_layer(raw, opts, selection)
+    # on the device path this is the only thread: plan the layers in the worker threads too
+    planned = _plan_layers(raws, opts, selection) if device is not None else None
+    for i, raw in enumerate(raws):
+        plan = planned[i] if planned is not None else _plan_layer(raw, opts, selection)
         offsets.append(n_mat)
         n_mat += plan.n_mat
         jobs.extend(plan.jobs)
@@ -524,6 +526,25 @@ def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> 
         row["reason"] = "; ".join(plan.reasons)
         results.append(row)
     return results
+
+
+def _plan_layers(raws, opts, selection) -> list[_Plan]:
+    """:func:`_plan_layer` of every layer, split by kept entries over the threads of
+    :func:`~masktopo.analysis.spectral.in_threads` when they are large enough (the planning
+    kernels run without the GIL): on the device path the spectra are solved in one call on the
+    accelerator, and planning the layers one after the other on the host was most of a
+    Llama-2-7B block's time there (docs/performance.md, "GPU suite"). The same plans either
+    way."""
+    sizes = [raw.nnz for raw in raws]
+    if len(raws) < 2 or not use_workers(sum(sizes)):
+        return [_plan_layer(raw, opts, selection) for raw in raws]
+    out: list = [None] * len(raws)
+    with one_blas_thread():
+        done = in_threads(sizes, lambda idx: [_plan_layer(raws[i], opts, selection) for i in idx])
+    for idx, plans in done:
+        for i, plan in zip(idx, plans, strict=True):
+            out[i] = plan
+    return out
 
 
 def _expand(jobs) -> list[Parts]:

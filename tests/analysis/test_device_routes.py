@@ -177,3 +177,29 @@ def test_solve_many_keeps_host_blocks_whole(monkeypatch):
     got = spectral.solve_many(jobs, device="cpu")
     np.testing.assert_allclose(got, want, rtol=1e-11)
     assert sent == [[single.shape, mixed[0].shape, mixed[1].shape]]
+
+
+def test_device_path_plans_layers_in_threads_with_the_same_rows(monkeypatch):
+    """On the device path (here route="batched" on the CPU) the layers are planned in the
+    worker threads; the rows equal a one-thread run's."""
+    from masktopo.analysis.metrics import layer_metric_rows
+
+    g = torch.Generator().manual_seed(4)
+    layers = []
+    for i, (o, n) in enumerate([(300, 900), (280, 700), (320, 800)]):
+        w = torch.randn(o, n, generator=g, dtype=torch.float64)
+        mask = torch.rand(o, n, generator=g) < 0.5
+        layers.append((f"l{i}", mask, w * mask))
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    one = layer_metric_rows(layers, route="batched")
+    split = []
+    real = metrics.in_threads
+    monkeypatch.setattr(metrics, "in_threads", lambda costs, *a, **k: split.append(len(costs))
+                        or real(costs, *a, **k))  # fmt: skip
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    two = layer_metric_rows(layers, route="batched")
+    assert split == [3]  # the three layers' plans, split over two threads
+    assert one == two or all(
+        a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a)
+        for a, b in zip(one, two, strict=True)
+    )
