@@ -132,11 +132,16 @@ DENSE_ROUTE_MIN_DENSITY = 0.3
 DENSE_ROUTE_MAX_ENTRIES = 1 << 26
 
 
+def _dense_mode() -> str:
+    """``$MASKTOPO_DENSE_ROUTE`` as :func:`dense_route` and :func:`dense_block` read it."""
+    return os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
+
+
 def dense_route(P: Parts) -> bool:
     """Whether ``P`` is solved by the dense route, by ``$MASKTOPO_DENSE_ROUTE``: ``auto`` (the
     default: large and at 30 % density or more), ``off`` (never) or ``on`` (every matrix of at
     least 64 a side). Measured in docs/performance.md ("LLM layers")."""
-    mode = os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
+    mode = _dense_mode()
     m, n = P.shape
     if mode == "off" or min(m, n) < 64:
         return False
@@ -161,7 +166,7 @@ def dense_block(B) -> bool:
     :data:`DENSE_BLOCK_MIN_ENTRIES`), by ``$MASKTOPO_DENSE_ROUTE`` as :func:`dense_route`:
     ``auto`` (the default), ``off`` (never: the compiled engine) or ``on`` (every Block whose
     matrices have smaller sides up to :data:`DENSE_BLOCK_MAX_SIDE`)."""
-    mode = os.environ.get("MASKTOPO_DENSE_ROUTE", "auto").strip().lower() or "auto"
+    mode = _dense_mode()
     if mode == "off" or not B.count:
         return False
     if int(np.minimum(B.shapes[:, 0], B.shapes[:, 1]).max()) > DENSE_BLOCK_MAX_SIDE:
@@ -169,8 +174,7 @@ def dense_block(B) -> bool:
     if mode == "on":
         return True
     entries = int((B.shapes[:, 0] * B.shapes[:, 1]).sum())
-    nnz = int(B.indptr[B.ptr_off + B.shapes[:, 0]].sum())
-    return entries >= DENSE_BLOCK_MIN_ENTRIES and nnz >= DENSE_ROUTE_MIN_DENSITY * entries
+    return entries >= DENSE_BLOCK_MIN_ENTRIES and B.nnz >= DENSE_ROUTE_MIN_DENSITY * entries
 
 
 def solve_dense(P: Parts) -> np.ndarray:

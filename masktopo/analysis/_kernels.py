@@ -1244,6 +1244,15 @@ class Block(NamedTuple):
     def count(self) -> int:
         return int(self.shapes.shape[0])
 
+    def nnzs(self) -> np.ndarray:
+        """The stored entries of each matrix (int64)."""
+        return self.indptr[self.ptr_off + self.shapes[:, 0]].astype(np.int64)
+
+    @property
+    def nnz(self) -> int:
+        """The stored entries of all its matrices."""
+        return int(self.nnzs().sum())
+
 
 def job_count(job) -> int:
     """How many matrices a spectral job holds: a :class:`Block`'s count, 1 for one matrix."""
@@ -1286,9 +1295,8 @@ def pack(mats):
             prev = P
         start += count
         if isinstance(P, Block):
-            m = P.shapes[:, 0]
             shapes_l.append(P.shapes)
-            nnz_l.append(P.indptr[P.ptr_off + m].astype(np.int64))
+            nnz_l.append(P.nnzs())
             data_l.append(P.data)
             ind_l.append(P.indices)
             ptr_l.append(P.indptr)

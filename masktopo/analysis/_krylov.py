@@ -179,16 +179,15 @@ def top_krylov(
         X = V[:, :, :kk] @ Y  # (a, s, k): the Ritz vectors
         res = torch.linalg.vector_norm(G @ X - X * th[:, None, :], dim=1)  # (a, k)
         top = th[:, 0]
-        met = (res <= tol * top[:, None]).all(1) | (top <= 0)
-        done = met | torch.tensor(kk >= s, device=dev) | full
+        met = (res <= tol * top[:, None]).all(1) | (top <= 0) | (kk >= s)  # kk ≥ s: exact
+        done = met | full
         if done.any():
             idx = done.nonzero().squeeze(1)
             rows = act[idx.cpu()]
             U = torch.linalg.qr(X[idx]).Q
             sv = torch.linalg.svdvals(B[rows.to(dev)].transpose(1, 2) @ U)  # descending
             out[rows.to(dev)] = sv
-            ok = (met | torch.tensor(kk >= s, device=dev))[idx].cpu()
-            steps_of[rows[ok]] = steps
+            steps_of[rows[met[idx].cpu()]] = steps
             keep = (~done).nonzero().squeeze(1)
             act = act[keep.cpu()]
             if not act.numel():

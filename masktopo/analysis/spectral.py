@@ -334,7 +334,7 @@ def solve_many(
             row += 1
     out = np.zeros((row, k))
     if blocks:
-        out[np.concatenate(block_rows)] = _solve_blocks(blocks)
+        out[np.concatenate(block_rows)] = _solve_top2_parallel(blocks)
     if parts:
         out[np.array(part_rows, dtype=np.int64)] = _solve_parts(parts, k, device, route)
     return out
@@ -355,23 +355,6 @@ def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, route: st
     if away.size:  # within ~1 GiB of float64 per batch
         for chunk, batch in dense_batches([parts[i] for i in away], device, 1 << 27):
             out[away[chunk]] = _sv_gram_torch(batch, k).cpu().numpy()
-    return out
-
-
-def _solve_blocks(blocks: Sequence) -> np.ndarray:
-    """σ₁, σ₂ of the matrices of ``blocks`` (Blocks solved on the CPU), in order: each Block
-    whole to :func:`~masktopo.analysis._engine.solve_top2`, the Blocks split over the threads by
-    their entry counts when there are enough of them."""
-    nnz = [int(B.indptr[B.ptr_off + B.shapes[:, 0]].sum()) for B in blocks]
-    with one_blas_thread():
-        if len(blocks) < 2 or not use_workers(sum(nnz)):
-            return solve_top2(blocks)
-        counts = np.array([B.count for B in blocks])
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        out = np.zeros((int(counts.sum()), 2))
-        for idx, sv in in_threads(nnz, lambda idx: solve_top2([blocks[i] for i in idx])):
-            rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in idx])
-            out[rows] = sv
     return out
 
 
@@ -564,20 +547,28 @@ def in_threads(costs, solve, prepare=None, remote_share: float = 0.5) -> list[tu
 
 
 def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
-    """:func:`solve_top2` with the jobs split in cost-balanced parts, one per thread.
+    """:func:`solve_top2` with the jobs split in cost-balanced parts, one per thread; a
+    :class:`~masktopo.analysis._kernels.Block` stays whole (its matrices' rows in its order).
 
-    The split is deterministic (greedy by predicted cost), and every matrix is solved by the
-    same code in any thread, so results do not depend on it.
+    The split is deterministic (greedy by predicted cost: :func:`cost` of a matrix, the entry
+    count of a Block; :func:`solve_many` passes Blocks and single matrices in separate calls, so
+    that the costs of one call compare), and every matrix is solved by the same code in any
+    thread, so results do not depend on it.
     """
-    parts = [Parts.of(M) for M in mats]
+    from ._kernels import Block, job_count
+
+    jobs = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
     # One BLAS thread: the matrices are small enough that threads only add contention.
     with one_blas_thread():
-        if not use_workers(sum(P.nnz for P in parts)):
-            return solve_top2(parts)
-        out = np.zeros((len(parts), 2))
-        for idx, sv in in_threads([cost(P) for P in parts],
-                                  lambda idx: solve_top2([parts[i] for i in idx])):  # fmt: skip
-            out[idx] = sv
+        if not use_workers(sum(J.nnz for J in jobs)):
+            return solve_top2(jobs)
+        counts = np.array([job_count(J) for J in jobs], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        costs = [J.nnz if isinstance(J, Block) else cost(J) for J in jobs]
+        out = np.zeros((int(counts.sum()), 2))
+        for idx, sv in in_threads(costs, lambda idx: solve_top2([jobs[i] for i in idx])):
+            rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in idx])
+            out[rows] = sv
     return out
 
 
