@@ -124,14 +124,16 @@ def gram(A: np.ndarray, dtype: str | None = None) -> np.ndarray:
     return G.astype(np.float64)
 
 
-def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int = MAX_BLOCKS,
-               gram_dtype: str | None = None) -> tuple[np.ndarray, bool, int]:  # fmt: skip
+def top2_dense(D, tol: float, *, block: int = BLOCK, max_blocks: int = MAX_BLOCKS,
+               gram_dtype: str | None = None, G: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, bool, int]:  # fmt: skip
     """σ₁, σ₂ of a dense float64 matrix by block Krylov (module docstring).
 
     Parameters
     ----------
-    D : numpy.ndarray
-        ``m × n`` float64 (C or Fortran order; not copied).
+    D : numpy.ndarray or scipy.sparse matrix
+        ``m × n`` float64 (C or Fortran order; not copied). Sparse only with ``G``: it is then
+        read once, by the final Rayleigh–Ritz step.
     tol : float
         Residual tolerance relative to σ₁² (:data:`masktopo.analysis._engine.TOL`).
     block, max_blocks : int
@@ -139,6 +141,10 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int
     gram_dtype : {"float32", "float64"}, optional
         The dtype of the Gram matrix if one is formed, when the caller knows it (``"float32"``
         only where it is exact: :func:`_gram_dtype`, which reads ``D`` when this is None).
+    G : numpy.ndarray, optional
+        The Gram matrix of the smaller side (``DDᵀ`` or ``DᵀD``, float64), when the caller has
+        it cheaply (:func:`masktopo.analysis._bitgram.pattern_gram`): every step is then a
+        product with it, from the first.
 
     Returns
     -------
@@ -159,7 +165,7 @@ def top2_dense(D: np.ndarray, tol: float, *, block: int = BLOCK, max_blocks: int
     converged = False
     steps = 0
     top = np.zeros((0, 2))
-    G = None  # the Gram matrix A Aᵀ, once formed
+    # G: the Gram matrix A Aᵀ, given or once formed
     kind = gram_dtype  # its dtype (_gram_dtype), once known
     history: list[tuple[int, float]] = []  # (step, the larger relative residual of the pairs)
     check = 1  # the next step whose Ritz pairs and residuals are computed

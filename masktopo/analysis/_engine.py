@@ -179,20 +179,21 @@ def dense_block(B) -> bool:
 
 def solve_dense(P: Parts) -> np.ndarray:
     """σ₁, σ₂ of ``P`` by the dense route (:func:`masktopo.analysis._dense.top2_dense`); by the
-    compiled engine when that does not converge within its steps."""
-    from ._dense import float32_exact, top2_dense
+    compiled engine when that does not converge within its steps. A binary pattern or its
+    normalized matrix has its Gram matrix counted in bits
+    (:func:`masktopo.analysis._bitgram.pattern_gram`) and is never densified; other values
+    are (the Gram matrix, when one is formed, is then float64, or float32 where exact)."""
+    from ._bitgram import pattern_gram
+    from ._dense import top2_dense
     from ._kernels import pack
 
-    D = np.zeros(P.shape)
-    D[P.rows(), P.indices] = P.data
-    # a binary pattern's Gram matrix is exact in float32 (counts below 2²⁴), said here so that
-    # the dense route need not read the matrix to find out
-    binary = float32_exact(1.0, max(P.shape)) and bool((P.data == 1.0).all())
-    sv, ok, _ = top2_dense(D, TOL, gram_dtype="float32" if binary else None)
-    if ok:
-        return sv
-    del D
-    return solve_packed(pack([P]))[0]  # pragma: no cover - not seen on real masks
+    G = pattern_gram(P)
+    if G is not None:
+        sv, ok, _ = top2_dense(P.scipy(), TOL, G=G)
+    else:
+        sv, ok, _ = top2_dense(P.dense(), TOL)
+    del G
+    return sv if ok else solve_packed(pack([P]))[0]
 
 
 def solve_packed(packed: tuple) -> np.ndarray:

@@ -1440,22 +1440,55 @@ def _stable_order(values):
 
 
 @_jit
-def normalized_values(indptr, indices, data, n_rows, n_cols):
-    """The values of the normalized matrix ``D_r^{-1/2} B D_c^{-1/2}`` on ``B``'s CSR pattern:
-    ``data[p] / sqrt(r_i c_j)`` with ``r``, ``c`` the row and column sums of ``data``. The
-    sums accumulate in storage order, as ``numpy.bincount`` does: the same bits as the numpy
-    expression, in two passes and no temporaries."""
+def _sums(indptr, indices, data, n_rows, n_cols):
+    """Row and column sums of a CSR matrix, accumulated in storage order (as
+    ``numpy.bincount``)."""
     rs = np.zeros(n_rows)
     cs = np.zeros(n_cols)
     for r in range(n_rows):
         for p in range(indptr[r], indptr[r + 1]):
             rs[r] += data[p]
             cs[indices[p]] += data[p]
+    return rs, cs
+
+
+@_jit
+def _normalized(x, r, c):
+    """One entry of the normalized matrix: ``x / sqrt(r c)``."""
+    return x / np.sqrt(r * c)
+
+
+@_jit
+def normalized_values(indptr, indices, data, n_rows, n_cols):
+    """The values of the normalized matrix ``D_r^{-1/2} B D_c^{-1/2}`` on ``B``'s CSR pattern:
+    ``data[p] / sqrt(r_i c_j)`` with ``r``, ``c`` the row and column sums of ``data``. The
+    sums accumulate in storage order, as ``numpy.bincount`` does: the same bits as the numpy
+    expression, in two passes and no temporaries."""
+    rs, cs = _sums(indptr, indices, data, n_rows, n_cols)
     out = np.empty(indptr[n_rows])
     for r in range(n_rows):
         for p in range(indptr[r], indptr[r + 1]):
-            out[p] = data[p] / np.sqrt(rs[r] * cs[indices[p]])
+            out[p] = _normalized(data[p], rs[r], cs[indices[p]])
     return out
+
+
+@_jit
+def is_normalized_pattern(indptr, indices, data, n_rows, n_cols):
+    """Whether ``data`` is, bit for bit, :func:`normalized_values` of the *binary* pattern
+    (every stored entry 1): ``data[p] = 1/sqrt(r_i c_j)`` with ``r``, ``c`` the degrees. One
+    pass over the entries after the degrees (sums of ones: exact integers, whatever the order),
+    no temporaries; stops at the first difference."""
+    rs = np.zeros(n_rows)
+    cs = np.zeros(n_cols)
+    for r in range(n_rows):
+        rs[r] = indptr[r + 1] - indptr[r]
+        for p in range(indptr[r], indptr[r + 1]):
+            cs[indices[p]] += 1.0
+    for r in range(n_rows):
+        for p in range(indptr[r], indptr[r + 1]):
+            if data[p] != _normalized(1.0, rs[r], cs[indices[p]]):
+                return False
+    return True
 
 
 @_jit
