@@ -130,16 +130,16 @@ def _classes(degrees: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bit, class_words, values
 
 
-def pattern_gram(P: Parts) -> np.ndarray | None:
-    """The Gram matrix of the smaller side of ``P`` by counting bits (:func:`gram_bits`), when
-    ``P`` is a binary pattern (every stored entry 1) or exactly the normalized matrix of one
-    (:func:`~masktopo.analysis._kernels.normalized_values` of its pattern, bit for bit) and
-    counting is the cheaper way (:data:`BLAS_COLUMN_COST`); None otherwise."""
+def bit_route(P: Parts) -> str | None:
+    """Whether :func:`pattern_gram` counts ``P``'s Gram matrix in bits: ``"binary"`` (every
+    stored entry 1), ``"normalized"`` (exactly the normalized matrix of its pattern,
+    :func:`~masktopo.analysis._kernels.normalized_values` bit for bit, when counting is the
+    cheaper way: :data:`BLAS_COLUMN_COST`), else None."""
     m, n = P.shape
     if P.nnz == 0 or min(m, n) == 0:
         return None
     if bool((P.data == 1.0).all()):
-        return gram_bits(P, normalized=False)
+        return "binary"
     if not is_normalized_pattern(P.indptr, P.indices, P.data, m, n):
         return None
     degrees = np.bincount(P.indices, minlength=n) if m <= n else np.diff(P.indptr)
@@ -147,7 +147,14 @@ def pattern_gram(P: Parts) -> np.ndarray | None:
     words = int(((np.bincount(np.searchsorted(classes, degrees)) + 63) // 64).sum())
     if words + CLASS_COST * classes.size > BLAS_COLUMN_COST * max(m, n):
         return None
-    return gram_bits(P, normalized=True)
+    return "normalized"
+
+
+def pattern_gram(P: Parts) -> np.ndarray | None:
+    """The Gram matrix of the smaller side of ``P`` counted in bits (:func:`gram_bits`) where
+    :func:`bit_route` takes it; None otherwise."""
+    kind = bit_route(P)
+    return None if kind is None else gram_bits(P, normalized=kind == "normalized")
 
 
 def gram_bits(P: Parts, normalized: bool) -> np.ndarray:

@@ -499,11 +499,13 @@ def _kept(mask: torch.Tensor) -> int:
 _REMOTE_SHARE = 0.52
 
 
-def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> list[dict]:
+def _rows(raws, opts, names, selection, weighted, device=None, route="auto", *,
+          solve=solve_top2) -> list[dict]:  # fmt: skip
     """Plan every layer, solve all their spectra in one call, finish the rows.
 
     ``selection`` is ``select(names)``; ``weighted`` says whether the layers have weights (the
-    selection holds weighted metrics only if so)."""
+    selection holds weighted metrics only if so). ``solve`` solves the jobs on the CPU path
+    (default in this thread)."""
     plans, jobs, offsets = [], [], []
     n_mat = 0
     # on the device path this is the only thread: plan the layers in the worker threads too
@@ -515,7 +517,7 @@ def _rows(raws, opts, names, selection, weighted, device=None, route="auto") -> 
         jobs.extend(plan.jobs)
         plans.append(plan)
     if device is None:  # in this process (a worker does not start workers of its own)
-        svals = solve_top2(jobs) if jobs else np.zeros((0, 2))
+        svals = solve(jobs) if jobs else np.zeros((0, 2))
     else:  # the device path: Blocks stay whole where none of their matrices goes there
         svals = solve_many(jobs, 2, device=device, route=route)
     results = []
@@ -562,14 +564,19 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
     """:func:`_rows` with the layers split by kept entries over the threads of
     :mod:`masktopo.analysis.spectral` (:func:`~masktopo.analysis.spectral.in_threads`): the
     workers' parts are extracted first and handed over, then this thread extracts and solves
-    its own part while the workers run (the compiled kernels run without the GIL). Results do
-    not depend on the split: each layer is computed by the same code either way."""
+    its own part while the workers run (the compiled kernels run without the GIL). A single
+    layer is planned here and its spectra are split over the threads instead (an LLM's MLP
+    matrix fills a chunk alone: split by layer, one thread would idle). Results do not depend
+    on the split: each matrix is computed by the same code either way."""
     sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
     if not use_workers(int(sizes.sum())):
         with one_blas_thread():
             return _rows(extract(layers), opts, names, selection, weighted)
+    if len(layers) == 1:  # one layer (an LLM's MLP matrix): its spectra split over the threads
+        return _rows(extract(layers), opts, names, selection, weighted,
+                     solve=lambda jobs: solve_many(jobs, 2))  # fmt: skip
     with one_blas_thread():
         done = in_threads(
             sizes,

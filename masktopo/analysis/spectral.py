@@ -309,7 +309,9 @@ def solve_many(
     :data:`DEVICE_MIN_SIDE`; every matrix with ``route="batched"``) are densified there, bucketed
     by padded shape (zero padding changes no singular value) and solved batched with the Gram
     route. A Block none of whose matrices goes to the device stays whole on the CPU, where
-    :func:`~masktopo.analysis._engine.solve_top2` may take its dense BLAS route. Returns a
+    :func:`~masktopo.analysis._engine.solve_top2` may take its dense BLAS route; everything the
+    CPU solves is split over its threads in one call, by predicted cost
+    (:func:`~masktopo.analysis._engine.cost`). Returns a
     ``(matrices, k)`` float64 array, descending, a Block's matrices in its order.
     """
     from ._kernels import Block, unpack
@@ -333,16 +335,24 @@ def solve_many(
             part_rows.append(row)
             row += 1
     out = np.zeros((row, k))
-    if blocks:
-        out[np.concatenate(block_rows)] = _solve_top2_parallel(blocks)
+    there = np.array([on_device(min(P.shape), device, route) for P in parts], dtype=bool)
+    if k == 2:  # everything the CPU solves, Blocks and matrices, in one cost-balanced call
+        here = np.flatnonzero(~there)
+        if blocks or here.size:
+            rows = [r for b in block_rows for r in b] + [part_rows[i] for i in here]
+            jobs = blocks + [parts[i] for i in here]
+            out[np.array(rows, dtype=np.int64)] = _solve_top2_parallel(jobs)
+        away = np.flatnonzero(there)
+        parts, part_rows = [parts[i] for i in away], [part_rows[i] for i in away]
+        there = there[away]
     if parts:
-        out[np.array(part_rows, dtype=np.int64)] = _solve_parts(parts, k, device, route)
+        out[np.array(part_rows, dtype=np.int64)] = _solve_parts(parts, k, device, there)
     return out
 
 
-def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, route: str) -> np.ndarray:
-    """:func:`solve_many` of single matrices."""
-    there = np.array([on_device(min(P.shape), device, route) for P in parts], dtype=bool)
+def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, there: np.ndarray
+                 ) -> np.ndarray:  # fmt: skip
+    """:func:`solve_many` of single matrices, those flagged in ``there`` on the device."""
     out = np.zeros((len(parts), k))
     here = np.flatnonzero(~there)
     if here.size:
@@ -550,10 +560,9 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     """:func:`solve_top2` with the jobs split in cost-balanced parts, one per thread; a
     :class:`~masktopo.analysis._kernels.Block` stays whole (its matrices' rows in its order).
 
-    The split is deterministic (greedy by predicted cost: :func:`cost` of a matrix, the entry
-    count of a Block; :func:`solve_many` passes Blocks and single matrices in separate calls, so
-    that the costs of one call compare), and every matrix is solved by the same code in any
-    thread, so results do not depend on it.
+    The split is deterministic (greedy by predicted nanoseconds, :func:`cost`, for matrices and
+    Blocks alike), and every matrix is solved by the same code in any thread, so results do not
+    depend on it.
     """
     from ._kernels import Block, job_count
 
@@ -564,7 +573,7 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
             return solve_top2(jobs)
         counts = np.array([job_count(J) for J in jobs], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        costs = [J.nnz if isinstance(J, Block) else cost(J) for J in jobs]
+        costs = [cost(J) for J in jobs]
         out = np.zeros((int(counts.sum()), 2))
         for idx, sv in in_threads(costs, lambda idx: solve_top2([jobs[i] for i in idx])):
             rows = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for i in idx])

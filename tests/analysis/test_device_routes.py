@@ -170,13 +170,17 @@ def test_solve_many_keeps_host_blocks_whole(monkeypatch):
     two = spectral.solve_many([block(small[::-1]), block(small)])
     np.testing.assert_allclose(two, np.concatenate([want[5::-1], want[:6]]), rtol=1e-11)
     np.testing.assert_allclose(solve_top2(jobs), want, rtol=1e-11)
-    assert sent == [[single.shape]]
-    # "device" = the CPU here, for smaller sides of 300 or more: the mixed Block is split
+    assert sent == []  # the single matrix in the one call of the CPU's jobs, with the Blocks
+    # "device" = the CPU here, for smaller sides of 300 or more: the mixed Block is split, its
+    # small matrix joins the CPU's call, the large one goes to the device with the single one
     monkeypatch.setattr(spectral, "on_device", lambda side, device, route="auto": side >= 300)
-    sent.clear()
+    cpu_jobs = []
+    real_parallel = spectral._solve_top2_parallel
+    monkeypatch.setattr(spectral, "_solve_top2_parallel",
+                        lambda jobs: cpu_jobs.append(len(jobs)) or real_parallel(jobs))  # fmt: skip
     got = spectral.solve_many(jobs, device="cpu")
     np.testing.assert_allclose(got, want, rtol=1e-11)
-    assert sent == [[single.shape, mixed[0].shape, mixed[1].shape]]
+    assert sent == [[single.shape, mixed[1].shape]] and cpu_jobs == [2]  # block(small), mixed[0]
 
 
 def test_device_path_plans_layers_in_threads_with_the_same_rows(monkeypatch):

@@ -270,3 +270,63 @@ def test_cuda_rows_match_the_cpu():
         ):
             np.testing.assert_allclose(gpu[col], cpu[col], rtol=1e-9)
         assert list(gpu["nm"]) == list(cpu["nm"]) == ["", "2:4"]
+
+
+def test_job_costs_compare_across_routes(monkeypatch):
+    """Predicted nanoseconds of matrices and Blocks on every route: the dense route's weighted
+    matrix above its binary and normalized ones (Gram matrices counted in bits), a Block by its
+    entries at the dense or engine rate; only binary and exactly normalized values count bits."""
+    from masktopo.analysis._bitgram import bit_route
+    from masktopo.analysis._engine import cost
+    from masktopo.analysis._kernels import normalized_values
+
+    monkeypatch.setattr(_engine, "DENSE_ROUTE_MIN_SIDE", 64)
+    w = _layer(200, 500, 0.5, seed=3).double().numpy()
+    B = Parts.of((w != 0).astype(float))
+    W = Parts(np.abs(w[w != 0]), B.indices, B.indptr, B.shape)
+    N = Parts(normalized_values(B.indptr, B.indices, B.data, *B.shape), B.indices, B.indptr,
+              B.shape)  # fmt: skip
+    assert [bit_route(P) for P in (B, W)] == ["binary", None]
+    assert dense_route(B) and dense_route(W)
+    side_cost = 200 * 200 * 500
+    assert cost(B) == pytest.approx(_engine.DENSE_NS_BITS * side_cost, abs=1)
+    assert cost(W) == pytest.approx(_engine.DENSE_NS_BLAS * side_cost, abs=1)
+    assert cost(W) > 3 * cost(B)
+    assert cost(N) in (cost(B), cost(W))  # normalized: bits where they are the cheaper way
+    assert (cost(N) == cost(B)) == (bit_route(N) == "normalized")
+    block = _block_of([B, W])  # a Block: its entries at the engine's or the dense rate
+    rate = _engine.DENSE_BLOCK_NS if _engine.dense_block(block) else _engine.ENGINE_BLOCK_NS
+    assert cost(block) == rate * block.nnz
+    monkeypatch.setenv("MASKTOPO_DENSE_ROUTE", "off")  # the engine: the fitted formula
+    assert cost(B) == 30700 + 81 * B.nnz + 448 * 200 + 76 * 500
+
+
+def test_one_layer_spreads_its_spectra_over_the_threads(monkeypatch):
+    """A chunk of one large layer (an LLM's MLP matrix) solves its jobs (binary, weighted,
+    normalized, the IMDB Blocks) in both threads, with the rows of the layer analyzed in a
+    pair; the jobs of one solve_many call go to one cost-balanced split."""
+    from masktopo.analysis import spectral
+
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setattr(_engine, "DENSE_ROUTE_MIN_SIDE", 64)
+    w = _layer(600, 900, 0.5, seed=4)  # 270,000 kept: enough for the threads
+    other = _layer(256, 256, 0.5, seed=5)
+    pair = layer_metric_rows([("a", w != 0, w), ("b", other != 0, other)])
+    import threading
+
+    threads, jobs_seen = set(), []
+    real = spectral.solve_top2
+
+    def spy(jobs):
+        threads.add(threading.get_ident())
+        jobs_seen.append(len(jobs))
+        return real(jobs)
+
+    monkeypatch.setattr(spectral, "solve_top2", spy)
+    alone = layer_metric_rows([("a", w != 0, w)])
+    assert len(threads) == 2 and sum(jobs_seen) >= 5  # 3 spectra + 2 Blocks, split in two
+    for k, v in pair[0].items():  # BLAS products may differ in the last bit (memory alignment)
+        if isinstance(v, float) and not math.isnan(v):
+            assert alone[0][k] == pytest.approx(v, rel=1e-12, abs=1e-14), k
+        else:
+            assert alone[0][k] == v or (v != v and alone[0][k] != alone[0][k]), k
