@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from masktopo.analysis import _bitgram, _engine
+from masktopo.analysis import _bitgram
 from masktopo.analysis._bitgram import gram_bits, pattern_gram
 from masktopo.analysis._engine import Parts, solve_dense
 from masktopo.analysis._kernels import is_normalized_pattern, normalized_values
@@ -151,13 +151,19 @@ def test_known_spectra_through_the_bit_gram(counting_always):
     np.testing.assert_allclose(sv, ref, rtol=1e-9)
 
 
-def test_the_engine_never_densifies_a_pattern(monkeypatch):
-    """The bit route reads the CSR arrays only: no dense copy of the matrix is made."""
+def test_the_engine_never_densifies_a_pattern(monkeypatch, counting_always):
+    """The bit route reads the CSR arrays only: no dense copy of a pattern or of its normalized
+    matrix is made; a weighted matrix is densified (the BLAS route)."""
     B = _pattern(200, 400, 0.5, seed=2)
+    densified = []
+    real = Parts.dense
+    monkeypatch.setattr(Parts, "dense", lambda P: densified.append(P.shape) or real(P))
     P = _parts(B)
-    real_zeros = np.zeros
-    sizes = []
-    monkeypatch.setattr(_engine.np, "zeros", lambda shape, *a, **k: sizes.append(shape)
-                        or real_zeros(shape, *a, **k))  # fmt: skip
     solve_dense(P)
-    assert (200, 400) not in sizes
+    solve_dense(_normalized(B)[0])
+    assert densified == [(200, 400)]  # by _normalized, for the reference only
+    w = np.random.default_rng(0).random(P.nnz) + 0.5
+    W = Parts(w, P.indices, P.indptr, P.shape)
+    np.testing.assert_allclose(solve_dense(W), np.linalg.svd(W.scipy().toarray(),
+                               compute_uv=False)[:2], rtol=1e-9)  # fmt: skip
+    assert densified == [(200, 400)] * 2
