@@ -208,12 +208,14 @@ def solve_packed(packed: tuple) -> np.ndarray:
 
 
 #: Nanoseconds per ``s²·l`` (``s``, ``l``: a matrix's smaller and larger side) of a spectrum on
-#: the dense route: with the Gram matrix counted in bits (a binary pattern or its normalized
-#: matrix) and formed by float64 BLAS (other values). Fitted on 4096 × 4096 and 4096 × 11008 at
-#: 50 % (one thread of the 2-core AMD EPYC VM, docs/performance.md "LLM layers"); only the
-#: ratios between jobs matter (they split jobs between threads).
-DENSE_NS_BITS = 0.011
-DENSE_NS_BLAS = 0.034
+#: the dense route, for its Gram matrix: counted in bits (a binary pattern or its normalized
+#: matrix) and formed by float64 BLAS (other values); and per ``s²`` for its block steps on the
+#: Gram matrix. Fitted on the six spectra of 4096 × 4096 (2:4) and 4096 × 11008 (per row) at
+#: 50 % (one thread of the 2-core AMD EPYC VM: 1.5–2.9 s and 2.3–6.2 s, docs/performance.md
+#: "LLM layers"); only the ratios between jobs matter (they split jobs between threads).
+DENSE_NS_BITS = 0.0065
+DENSE_NS_BLAS = 0.028
+DENSE_NS_STEPS = 70
 #: Nanoseconds per stored entry of a Block: on the dense BLAS route, and on the compiled engine
 #: (the fit below for a binary pattern, per entry).
 DENSE_BLOCK_NS = 20
@@ -224,8 +226,9 @@ def cost(J) -> int:
     """Predicted nanoseconds to solve a spectral job, to split jobs between threads: a
     :class:`~masktopo.analysis._kernels.Block` by its stored entries (:data:`DENSE_BLOCK_NS` or
     :data:`ENGINE_BLOCK_NS`), a :class:`Parts` on the dense route by its shape
-    (:data:`DENSE_NS_BITS`, :data:`DENSE_NS_BLAS`), any other by a least-squares fit to the
-    kernel's time per matrix on 6,364 ResNet-18 ERK-99 % PAGS matrices."""
+    (:data:`DENSE_NS_BITS` or :data:`DENSE_NS_BLAS`, and :data:`DENSE_NS_STEPS`), any other by
+    a least-squares fit to the kernel's time per matrix on 6,364 ResNet-18 ERK-99 % PAGS
+    matrices."""
     from ._kernels import Block
 
     if isinstance(J, Block):
@@ -236,7 +239,7 @@ def cost(J) -> int:
         from ._bitgram import bit_route
 
         rate = DENSE_NS_BITS if bit_route(P) else DENSE_NS_BLAS
-        return int(rate * side * side * other)
+        return int(side * side * (rate * other + DENSE_NS_STEPS))
     if side <= DENSE_MAX_SIDE:
         return 6000 + 320 * side + 88 * side * side + 14 * other + 3 * P.nnz
     if P.nnz and P.data[0] == 1.0 and np.all(P.data == 1.0):  # binary: converges more slowly

@@ -288,10 +288,10 @@ def test_job_costs_compare_across_routes(monkeypatch):
               B.shape)  # fmt: skip
     assert [bit_route(P) for P in (B, W)] == ["binary", None]
     assert dense_route(B) and dense_route(W)
-    side_cost = 200 * 200 * 500
-    assert cost(B) == pytest.approx(_engine.DENSE_NS_BITS * side_cost, abs=1)
-    assert cost(W) == pytest.approx(_engine.DENSE_NS_BLAS * side_cost, abs=1)
-    assert cost(W) > 3 * cost(B)
+    steps = _engine.DENSE_NS_STEPS
+    assert cost(B) == pytest.approx(200 * 200 * (_engine.DENSE_NS_BITS * 500 + steps), abs=1)
+    assert cost(W) == pytest.approx(200 * 200 * (_engine.DENSE_NS_BLAS * 500 + steps), abs=1)
+    assert cost(W) > cost(B)
     assert cost(N) in (cost(B), cost(W))  # normalized: bits where they are the cheaper way
     assert (cost(N) == cost(B)) == (bit_route(N) == "normalized")
     block = _block_of([B, W])  # a Block: its entries at the engine's or the dense rate
