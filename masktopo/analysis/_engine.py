@@ -141,14 +141,19 @@ def dense_route(P: Parts) -> bool:
     """Whether ``P`` is solved by the dense route, by ``$MASKTOPO_DENSE_ROUTE``: ``auto`` (the
     default: large and at 30 % density or more), ``off`` (never) or ``on`` (every matrix of at
     least 64 a side). Measured in docs/performance.md ("LLM layers")."""
+    return dense_shape(P.shape, P.nnz)
+
+
+def dense_shape(shape: tuple[int, int], nnz: int) -> bool:
+    """:func:`dense_route` of a matrix of this shape and this many stored entries."""
     mode = _dense_mode()
-    m, n = P.shape
+    m, n = shape
     if mode == "off" or min(m, n) < 64:
         return False
     if mode == "on":
         return m * n <= DENSE_ROUTE_MAX_ENTRIES
     return (min(m, n) >= DENSE_ROUTE_MIN_SIDE and m * n <= DENSE_ROUTE_MAX_ENTRIES
-            and P.nnz >= DENSE_ROUTE_MIN_DENSITY * m * n)  # fmt: skip
+            and nnz >= DENSE_ROUTE_MIN_DENSITY * m * n)  # fmt: skip
 
 
 #: A :class:`~masktopo.analysis._kernels.Block` (the IMDB groups of a layer) is solved by dense

@@ -85,7 +85,7 @@ from ..errors import MaskValidationError, UnknownNameError, one_line
 from ..masks import check_weight, known_positions, layer_tensor
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
-from ._engine import Parts, solve_top2
+from ._engine import Parts, dense_shape, solve_top2
 from ._kernels import (
     Block,
     count_components,
@@ -117,6 +117,7 @@ from ._registry import (  # noqa: F401  (the registry API, public from here)
 )
 from .graph import _as_mask
 from .spectral import (
+    JobStream,
     check_route,
     in_threads,
     on_device,
@@ -290,8 +291,10 @@ class _Plan:
         self.n_mat += block.count
 
 
-def _plan_layer(raw: _Raw, opts: Options, selection: Selection) -> _Plan:
-    """Sizes of one layer and the jobs of the quantities ``selection`` needs."""
+def _plan_layer(raw: _Raw, opts: Options, selection: Selection, ready=None) -> _Plan:
+    """Sizes of one layer and the jobs of the quantities ``selection`` needs. ``ready``, when
+    given, is called with the jobs of the whole matrix (binary, weighted, normalized) before
+    the IMDB groups are planned (so that they can be solved meanwhile)."""
     pat = _layer_pattern(raw)
     n_edges = round(float(pat.data.sum()))
     n_o, n_i = pat.shape
@@ -308,6 +311,8 @@ def _plan_layer(raw: _Raw, opts: Options, selection: Selection) -> _Plan:
     if "sv_normalized" in need and min(n_o, n_i) >= 2:
         ndata = normalized_values(pat.indptr, pat.indices, pat.data, n_o, n_i)
         plan.add_job("sv_normalized", pat.parts(ndata))
+    if ready is not None:
+        ready(list(plan.jobs))
     binary, weighted = "imdb_groups" in need, "imdb_weighted" in need and pat.wdata is not None
     if binary or weighted:
         _plan_imdb(plan, pat, opts, binary, weighted)
@@ -520,14 +525,33 @@ def _rows(raws, opts, names, selection, weighted, device=None, route="auto", *,
         svals = solve(jobs) if jobs else np.zeros((0, 2))
     else:  # the device path: Blocks stay whole where none of their matrices goes there
         svals = solve_many(jobs, 2, device=device, route=route)
-    results = []
-    for plan, off in zip(plans, offsets, strict=True):
-        sv = {key: svals[off + i] for key, i in plan.slots.items()}
-        values = _finish(plan, sv, opts)
-        row = {n: values[n] for n in names}
-        row["reason"] = "; ".join(plan.reasons)
-        results.append(row)
-    return results
+    return [_row(plan, svals[off:], opts, names) for plan, off in zip(plans, offsets, strict=True)]
+
+
+def _row(plan: _Plan, svals: np.ndarray, opts: Options, names: list[str]) -> dict:
+    """The metric row of a planned layer from the σ of its jobs (``svals``, from its first)."""
+    values = _finish(plan, {key: svals[i] for key, i in plan.slots.items()}, opts)
+    row = {n: values[n] for n in names}
+    row["reason"] = "; ".join(plan.reasons)
+    return row
+
+
+def _dense_layer(raw: _Raw) -> bool:
+    """Whether a layer's whole matrix takes the dense route (before isolated nodes are
+    stripped: an estimate, which only chooses how the work is scheduled)."""
+    return dense_shape((raw.n_out, raw.n_in), raw.nnz)
+
+
+def _rows_streamed(raw: _Raw, opts, names, selection) -> list[dict]:
+    """One large layer on the dense route: its whole-matrix spectra start in the worker threads
+    while this thread plans its IMDB groups (:class:`~masktopo.analysis.spectral.JobStream`);
+    then this thread solves what is left. An LLM's MLP matrix fills a chunk alone: planned
+    first and then split, one thread idled through the planning. The same rows."""
+    with one_blas_thread(), JobStream() as stream:
+        plan = _plan_layer(raw, opts, selection, ready=stream.add)
+        stream.add(plan.jobs[len(stream) :])
+        svals = stream.finish()
+    return [_row(plan, svals, opts, names)]
 
 
 def _plan_layers(raws, opts, selection) -> list[_Plan]:
@@ -565,9 +589,10 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
     :mod:`masktopo.analysis.spectral` (:func:`~masktopo.analysis.spectral.in_threads`): the
     workers' parts are extracted first and handed over, then this thread extracts and solves
     its own part while the workers run (the compiled kernels run without the GIL). A single
-    layer is planned here and its spectra are split over the threads instead (an LLM's MLP
-    matrix fills a chunk alone: split by layer, one thread would idle). Results do not depend
-    on the split: each matrix is computed by the same code either way."""
+    layer's spectra are split over the threads instead (an LLM's MLP matrix fills a chunk
+    alone: split by layer, one thread would idle), and started while it is still planned when
+    it takes the dense route (:func:`_rows_streamed`). Results do not depend on the split:
+    each matrix is computed by the same code either way."""
     sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
@@ -575,7 +600,10 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
         with one_blas_thread():
             return _rows(extract(layers), opts, names, selection, weighted)
     if len(layers) == 1:  # one layer (an LLM's MLP matrix): its spectra split over the threads
-        return _rows(extract(layers), opts, names, selection, weighted,
+        raws = extract(layers)
+        if _dense_layer(raws[0]):
+            return _rows_streamed(raws[0], opts, names, selection)
+        return _rows(raws, opts, names, selection, weighted,
                      solve=lambda jobs: solve_many(jobs, 2))  # fmt: skip
     with one_blas_thread():
         done = in_threads(

@@ -556,6 +556,76 @@ def in_threads(costs, solve, prepare=None, remote_share: float = 0.5) -> list[tu
             f.cancel()
 
 
+class JobStream:
+    """Spectral jobs (:class:`Parts` and Blocks) solved while more are being planned.
+
+    The worker threads (:func:`cpu_workers` − 1 of them) each take the most costly queued job
+    (:func:`~masktopo.analysis._engine.cost`) as soon as one is queued (:meth:`add`);
+    :meth:`finish` has the calling thread take jobs too until none is left, waits for the
+    workers and returns the σ of every job, in the order added. Each job is solved alone by
+    :func:`~masktopo.analysis._engine.solve_top2`, as in any split. Use it as a context
+    manager: leaving it (also on an error) stops the workers.
+    """
+
+    def __init__(self) -> None:
+        import heapq
+
+        self._heap: list[tuple[int, int]] = []  # (-cost, index)
+        self._push, self._pop = heapq.heappush, heapq.heappop
+        self._jobs: list = []
+        self._out: dict[int, np.ndarray] = {}
+        self._cv = threading.Condition()
+        self._closed = False
+        self._workers = [submit(self._work) for _ in range(max(0, cpu_workers() - 1))]
+
+    def __enter__(self) -> JobStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close(drop=exc[0] is not None)  # on an error the queued jobs are dropped
+        for f in self._workers:
+            f.result() if exc[0] is None else f.exception()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def add(self, jobs: Sequence) -> None:
+        """Queue jobs (solved in the order of their predicted cost, largest first)."""
+        with self._cv:
+            for J in jobs:
+                self._push(self._heap, (-cost(J), len(self._jobs)))
+                self._jobs.append(J)
+            self._cv.notify_all()
+
+    def _close(self, drop: bool = False) -> None:
+        with self._cv:
+            self._closed = True
+            if drop:
+                self._heap.clear()
+            self._cv.notify_all()
+
+    def _take(self, wait: bool) -> int | None:
+        with self._cv:
+            while not self._heap:
+                if self._closed or not wait:
+                    return None
+                self._cv.wait()
+            return self._pop(self._heap)[1]
+
+    def _work(self, wait: bool = True) -> None:
+        while (i := self._take(wait)) is not None:
+            self._out[i] = solve_top2([self._jobs[i]])
+
+    def finish(self) -> np.ndarray:
+        """Solve what is left here, wait for the workers; ``(matrices, 2)``, jobs in order."""
+        self._close()
+        self._work(wait=False)
+        for f in self._workers:
+            f.result()
+        parts = [self._out[i] for i in range(len(self._jobs))]
+        return np.concatenate(parts) if parts else np.zeros((0, 2))
+
+
 def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     """:func:`solve_top2` with the jobs split in cost-balanced parts, one per thread; a
     :class:`~masktopo.analysis._kernels.Block` stays whole (its matrices' rows in its order).

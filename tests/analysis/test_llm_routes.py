@@ -4,6 +4,7 @@ dense SVD, every metric kept, the choice per matrix; and the torchrun cost split
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -330,3 +331,53 @@ def test_one_layer_spreads_its_spectra_over_the_threads(monkeypatch):
             assert alone[0][k] == pytest.approx(v, rel=1e-12, abs=1e-14), k
         else:
             assert alone[0][k] == v or (v != v and alone[0][k] != alone[0][k]), k
+
+
+def test_job_stream_solves_every_job_in_order_and_stops_on_errors(monkeypatch):
+    from masktopo.analysis import spectral
+    from masktopo.analysis.spectral import JobStream
+
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    rng = np.random.default_rng(6)
+    mats = [Parts.of((rng.random((60 + 20 * i, 90)) < 0.3) * rng.random((60 + 20 * i, 90)))
+            for i in range(5)]  # fmt: skip
+    want = solve_top2(mats)
+    with JobStream() as stream:
+        stream.add(mats[:2])
+        stream.add([_block_of(mats[2:4])])  # a Block: its matrices' rows in its order
+        stream.add(mats[4:])
+        got = stream.finish()
+    np.testing.assert_array_equal(got, want)
+    real = spectral.solve_top2
+    solved = []
+    monkeypatch.setattr(spectral, "solve_top2", lambda jobs: solved.append(1)
+                        or time.sleep(0.05) or real(jobs))  # fmt: skip
+    with pytest.raises(RuntimeError, match="planning failed"), JobStream() as stream:
+        stream.add(mats)
+        raise RuntimeError("planning failed")  # the queue is dropped, nothing hangs
+    assert len(solved) < len(mats)  # at most the job a worker had started
+
+    def failing(jobs):
+        if jobs[0] is mats[3]:
+            raise ValueError("bad matrix")
+        return real(jobs)
+
+    monkeypatch.setattr(spectral, "solve_top2", failing)
+    with pytest.raises(ValueError, match="bad matrix"), JobStream() as stream:
+        stream.add(mats)
+        stream.finish()
+
+
+def test_a_sparse_lone_layer_is_split_without_the_stream(monkeypatch):
+    """A single large layer off the dense route (a sparse CNN layer) keeps one cost-balanced
+    split of its jobs (the engine solves a binary and a weighted matrix side by side)."""
+    from masktopo.analysis import metrics
+
+    monkeypatch.setenv("MASKTOPO_WORKERS", "2")
+    monkeypatch.setattr(metrics, "JobStream", None)  # would fail if used
+    w = _layer(1200, 2400, 0.1, seed=7, kind="uniform")  # 288,000 kept, 10 %
+    got = layer_metric_rows([("a", w != 0, w)])
+    monkeypatch.setenv("MASKTOPO_WORKERS", "1")
+    ref = layer_metric_rows([("a", w != 0, w)])
+    for k, v in ref[0].items():
+        assert got[0][k] == v or (v != v and got[0][k] != got[0][k]), k
