@@ -40,6 +40,7 @@ engine, then the same Rayleigh–Ritz step) instead of a full ``eigh`` of each.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import sys
 import threading
 from collections.abc import Sequence
@@ -352,15 +353,13 @@ def solve_many(
 
 def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, there: np.ndarray
                  ) -> np.ndarray:  # fmt: skip
-    """:func:`solve_many` of single matrices, those flagged in ``there`` on the device."""
+    """:func:`solve_many` of single matrices, those flagged in ``there`` on the device; the
+    others (only for ``k ≠ 2``: :func:`solve_many` solves the CPU's share of ``k = 2`` itself)
+    by :func:`top_singular_values_np`."""
     out = np.zeros((len(parts), k))
     here = np.flatnonzero(~there)
     if here.size:
-        mine = [parts[i] for i in here]
-        if k == 2:
-            out[here] = _solve_top2_parallel(mine)
-        else:
-            out[here] = np.stack([top_singular_values_np(P.scipy(), k) for P in mine])
+        out[here] = np.stack([top_singular_values_np(parts[i].scipy(), k) for i in here])
     away = np.flatnonzero(there)
     if away.size:  # within ~1 GiB of float64 per batch
         for chunk, batch in dense_batches([parts[i] for i in away], device, 1 << 27):
@@ -568,10 +567,7 @@ class JobStream:
     """
 
     def __init__(self) -> None:
-        import heapq
-
         self._heap: list[tuple[int, int]] = []  # (-cost, index)
-        self._push, self._pop = heapq.heappush, heapq.heappop
         self._jobs: list = []
         self._out: dict[int, np.ndarray] = {}
         self._cv = threading.Condition()
@@ -593,7 +589,7 @@ class JobStream:
         """Queue jobs (solved in the order of their predicted cost, largest first)."""
         with self._cv:
             for J in jobs:
-                self._push(self._heap, (-cost(J), len(self._jobs)))
+                heapq.heappush(self._heap, (-cost(J), len(self._jobs)))
                 self._jobs.append(J)
             self._cv.notify_all()
 
@@ -610,7 +606,7 @@ class JobStream:
                 if self._closed or not wait:
                     return None
                 self._cv.wait()
-            return self._pop(self._heap)[1]
+            return heapq.heappop(self._heap)[1]
 
     def _work(self, wait: bool = True) -> None:
         while (i := self._take(wait)) is not None:
