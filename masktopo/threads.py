@@ -7,18 +7,23 @@ the PAGS loop (:mod:`masktopo.pags.pipeline`) spread their work over threads of 
 as given), else the cores this process may run on (``os.sched_getaffinity``, and no more than a
 cgroup v2 CPU quota allows: a container limited to 2 CPUs on a 64-core host gets 2), shared
 among the processes that ``torchrun`` started on this machine (``$LOCAL_WORLD_SIZE``), and at
-most :data:`MAX_THREADS`.
+most :data:`MAX_THREADS`. :func:`one_blas_thread` keeps BLAS to one thread while any thread of
+the process computes inside it, so that no number depends on how many threads BLAS used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import MaskValidationError
 
-__all__ = ["CPU_MAX", "MAX_THREADS", "default_threads", "usable_cores"]
+__all__ = ["CPU_MAX", "MAX_THREADS", "default_threads", "one_blas_thread", "usable_cores"]
 
 #: The most threads :func:`default_threads` gives without ``$MASKTOPO_WORKERS``: the PAGS loop's
 #: own thread selects and writes every chunk alone (a few ms a candidate), so more workers would
@@ -80,3 +85,71 @@ def default_threads() -> int:
     except ValueError:  # not torchrun's number
         local = 1
     return max(1, min(MAX_THREADS, usable_cores() // local))
+
+
+_BLAS = threading.local()  # .depth: this thread's nesting in one_blas_thread
+_BLAS_LOCK = threading.Lock()
+
+
+class _Held:
+    """The process's BLAS limit while any thread is inside :func:`one_blas_thread`."""
+
+    count = 0  # threads inside (their outermost entries)
+    limiters: ClassVar[list] = []  # threadpoolctl limiters to restore, last first
+    scipy = False  # whether SciPy's OpenBLAS was loaded when the limit was last extended
+
+
+def _limit_blas() -> None:
+    """Limit every BLAS library loaded now to one thread (under ``_BLAS_LOCK``)."""
+    import threadpoolctl
+
+    _Held.scipy = "scipy.linalg" in sys.modules
+    _Held.limiters.append(threadpoolctl.ThreadpoolController().limit(limits=1, user_api="blas"))
+
+
+@contextlib.contextmanager
+def one_blas_thread(scipy_linalg: bool = False):
+    """BLAS limited to one thread while any thread of the process is inside; cheaply nestable.
+
+    Some BLAS and LAPACK results depend on how many threads computed them, in the last bit
+    (OpenBLAS splits a ``4096 × 400`` by ``400 × 16`` product differently on two threads;
+    ``syevd`` too), so every CPU spectrum is computed inside this, and its numbers are the same
+    whatever the process's thread settings: one process or ``torchrun``, any
+    ``$OMP_NUM_THREADS``.
+
+    OpenBLAS's thread count is one setting for the whole process: the first thread to enter
+    sets it to 1 for every BLAS library loaded (``threadpoolctl``), the last one to leave,
+    whichever it is, restores it. SciPy's own OpenBLAS, loaded with ``scipy.linalg`` (imported
+    here only when asked: PAGS never needs it), is limited at the first entry, nested or not, after it
+    was loaded; ``scipy_linalg=True`` imports it first, for code that calls it. OpenMP's limit is per
+    thread: the first thread to enter limits its own and restores it when it leaves.
+    """
+    if scipy_linalg:
+        import scipy.linalg  # noqa: F401  (loads its OpenBLAS, to be limited)
+    depth = getattr(_BLAS, "depth", 0)
+    omp = None
+    if not depth or (not _Held.scipy and "scipy.linalg" in sys.modules):
+        with _BLAS_LOCK:
+            if not depth:
+                if not _Held.count:
+                    import threadpoolctl
+
+                    _limit_blas()
+                    omp = threadpoolctl.ThreadpoolController().limit(limits=1, user_api="openmp")
+                _Held.count += 1
+            if not _Held.scipy and "scipy.linalg" in sys.modules:
+                _limit_blas()
+    _BLAS.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BLAS.depth = depth
+        if not depth:
+            if omp is not None:
+                omp.restore_original_limits()
+            with _BLAS_LOCK:
+                _Held.count -= 1
+                if not _Held.count:
+                    while _Held.limiters:
+                        _Held.limiters.pop().restore_original_limits()
+                    _Held.scipy = False

@@ -59,6 +59,8 @@ import math
 
 import numpy as np
 
+from ..threads import one_blas_thread
+
 #: Vectors per block: GEMM reaches most of its speed at 16 (docs/performance.md).
 BLOCK = 16
 #: Block steps before giving up (the caller then uses the compiled engine).
@@ -124,6 +126,7 @@ def gram(A: np.ndarray, dtype: str | None = None) -> np.ndarray:
     return G.astype(np.float64)
 
 
+@one_blas_thread(scipy_linalg=True)
 def top2_dense(D, tol: float, *, block: int = BLOCK, max_blocks: int = MAX_BLOCKS,
                gram_dtype: str | None = None, G: np.ndarray | None = None,
                ) -> tuple[np.ndarray, bool, int]:  # fmt: skip
@@ -264,6 +267,7 @@ def _steps_needed(history: list[tuple[int, float]], tol: float, left: int) -> fl
 BLOCK_BATCH_ENTRIES = 1 << 23
 
 
+@one_blas_thread()
 def top2_block(data, indices, indptr, ptr_off, nnz_off, shapes) -> np.ndarray:
     """σ₁, σ₂ of every matrix of a :class:`~masktopo.analysis._kernels.Block` (CSR pieces as
     :func:`~masktopo.analysis._kernels.pack` lays them out) by dense BLAS: for many small dense

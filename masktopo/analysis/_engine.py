@@ -76,11 +76,16 @@ def pad_desc(values, k: int = 2) -> np.ndarray:
 
 
 def arpack_top(A, k: int = 2) -> np.ndarray:
-    """Top-``k`` σ of a sparse matrix by ARPACK (``svds``), with a seeded start vector."""
+    """Top-``k`` σ of a sparse matrix by ARPACK (``svds``), with a seeded start vector; BLAS on
+    one thread (:func:`masktopo.threads.one_blas_thread`)."""
     import scipy.sparse.linalg
 
+    from ..threads import one_blas_thread
+
     v0 = np.random.default_rng(0x5EED).standard_normal(min(A.shape))
-    s = scipy.sparse.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False, solver="arpack")
+    with one_blas_thread(scipy_linalg=True):
+        s = scipy.sparse.linalg.svds(A, k=k, v0=v0, return_singular_vectors=False,
+                                     solver="arpack")  # fmt: skip
     return pad_desc(s, k)
 
 

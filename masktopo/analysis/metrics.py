@@ -84,6 +84,7 @@ import torch
 from ..errors import MaskValidationError, UnknownNameError, one_line
 from ..masks import check_weight, known_positions, layer_tensor
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
+from ..threads import one_blas_thread
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
 from ._engine import Parts, dense_shape, solve_top2
 from ._kernels import (
@@ -121,7 +122,6 @@ from .spectral import (
     check_route,
     in_threads,
     on_device,
-    one_blas_thread,
     solve_many,
     use_workers,
 )

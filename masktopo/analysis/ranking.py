@@ -53,6 +53,7 @@ from ..checks import is_integer
 from ..errors import MaskValidationError
 from ..masks import mask_from_positions
 from ..options import Options
+from ..threads import one_blas_thread
 from ._engine import DENSE_MAX_SIDE, Parts, solve_top2
 from ._kernels import (
     Block,
@@ -79,7 +80,6 @@ from .spectral import (
     dense_batches,
     in_threads,
     on_device,
-    one_blas_thread,
     solve_many,
     use_workers,
 )

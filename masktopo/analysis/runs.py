@@ -49,6 +49,7 @@ from ..files import atomic_write
 from ..options import Options, RunOptions, grouped
 from ..runs import EVENT_FIELDS, Run, read_run
 from ..runs.layout import ANALYSIS_DIR
+from ..threads import one_blas_thread
 from .metrics import (
     INT_METRICS,
     METRICS,
@@ -58,7 +59,7 @@ from .metrics import (
     analyze,
     resolve_metrics,
 )
-from .spectral import alone, cpu_workers, one_blas_thread
+from .spectral import alone, cpu_workers
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "LEVELS", "NETWORK", "analyze_run"]
 

@@ -47,11 +47,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-import threadpoolctl
 import torch
 
 from ..errors import UnknownNameError
-from ..threads import default_threads
+from ..threads import default_threads, one_blas_thread
 from ._engine import TOL, Parts, arpack_top, cost, pad_desc, solve_top2
 from ._krylov import BLOCK as KRYLOV_BLOCK
 from ._krylov import top_krylov
@@ -83,6 +82,7 @@ def _issparse(B) -> bool:
     return mod is not None and mod.issparse(B)
 
 
+@one_blas_thread()
 def _sv_dense_np(B, k: int) -> np.ndarray:
     if _issparse(B):
         B = B.toarray()
@@ -91,6 +91,7 @@ def _sv_dense_np(B, k: int) -> np.ndarray:
     return pad_desc(np.linalg.svd(np.asarray(B, dtype=np.float64), compute_uv=False), k)
 
 
+@one_blas_thread(scipy_linalg=True)
 def _sv_gram_np(B, k: int) -> np.ndarray:
     m, n = B.shape
     s = min(m, n)
@@ -113,6 +114,7 @@ def _sv_gram_np(B, k: int) -> np.ndarray:
     return pad_desc(np.linalg.svd(np.asarray(Y), compute_uv=False), k)
 
 
+@one_blas_thread(scipy_linalg=True)
 def _sv_sparse_np(B, k: int) -> np.ndarray:
     m, n = B.shape
     if min(m, n) <= k + 1:
@@ -435,38 +437,6 @@ def alone():
         yield
     finally:
         _LOCAL.alone = before
-
-
-_BLAS = threading.local()  # .depth: this thread's nesting in one_blas_thread
-_BLAS_LOCK = threading.Lock()
-_BLAS_OWNER: list = []  # (thread, limiter) of the thread that set the limit, while it is inside
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """BLAS and OpenMP limited to one thread (``threadpoolctl``), cheaply nestable.
-
-    The outermost entry of a thread sets the limit unless another thread holds it already (then
-    nothing is done: ``threadpool_limits`` costs ~1 ms per call here, it enumerates the loaded
-    libraries), and the thread that set it restores it when it leaves (OpenBLAS does not
-    restore a limit from another thread). A thread that enters while another holds the limit
-    and stays longer runs the rest with the original limit; callers that spread work over
-    threads enter here first, around the whole (the PAGS loop does)."""
-    depth = getattr(_BLAS, "depth", 0)
-    own = False
-    if not depth:
-        with _BLAS_LOCK:
-            if not _BLAS_OWNER:
-                _BLAS_OWNER.append((threading.get_ident(), threadpoolctl.threadpool_limits(1)))
-                own = True
-    _BLAS.depth = depth + 1
-    try:
-        yield
-    finally:
-        _BLAS.depth = depth
-        if own:
-            with _BLAS_LOCK:
-                _BLAS_OWNER.pop()[1].restore_original_limits()
 
 
 def cpu_workers() -> int:

@@ -66,7 +66,7 @@ import torch
 
 from .._version import git_commit, versions
 from ..analysis.metrics import layer_side
-from ..analysis.spectral import on_device, one_blas_thread
+from ..analysis.spectral import on_device
 from ..checks import is_int
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_bytes, atomic_write_json, require_parquet
@@ -85,7 +85,7 @@ from ..runs.layout import (
 )
 from ..store import load as load_file
 from ..store import save
-from ..threads import default_threads
+from ..threads import default_threads, one_blas_thread
 from .config import RESUMABLE_CHANGES, PagsConfig
 from .pipeline import Tasks
 from .sampling import Source, repair

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..analysis.spectral import alone, one_blas_thread
+from ..analysis.spectral import alone
+from ..threads import one_blas_thread
 
 
 def _run(fn: Callable, args: tuple) -> Any:

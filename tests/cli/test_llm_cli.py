@@ -172,3 +172,27 @@ def test_info_suggests_include_only_for_what_it_adds(model):
                      "model.embed*,lm_head*", cwd=model)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "not analyzed:" in p.stdout and "--include" not in p.stdout  # left out by --layers
+
+
+def test_torchrun_equals_one_process_on_the_dense_route(tmp_path):
+    """Layers on the dense route (LLM-sized, 30–70 % density) give the same bytes under torchrun
+    (2 ranks, one BLAS thread each) as in one process with the machine's default threads: the
+    route's BLAS runs on one thread wherever it runs (:func:`masktopo.threads.one_blas_thread`;
+    OpenBLAS rounds some products differently on two)."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    t = {}
+    for i, shape in enumerate([(1024, 1536), (1024, 1024), (64, 128)]):
+        w = torch.randn(shape, generator=g)
+        t[f"model.layers.{i}.mlp.down_proj.weight"] = (w * (w.abs() > 0.6745)).to(torch.bfloat16)
+    f = write_folder(tmp_path / "m", t)
+    args = ("analyze", f, "--no-network")  # every metric: the IMDB groups' Blocks too
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MASKTOPO_WORKERS")}
+    one = subprocess.run([sys.executable, "-m", "masktopo", *map(str, args), "--out",
+                          str(tmp_path / "one.csv")], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(env, PYTHONPATH=str(ROOT)), timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(2, *args, "--out", tmp_path / "two.csv", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from masktopo import threads as mt_threads
 from masktopo.analysis import spectral
 from masktopo.pags.pipeline import Tasks
 
@@ -53,7 +54,7 @@ def test_tasks_run_alone_with_one_blas_thread():
     seen = []
 
     def probe():
-        seen.append((spectral.use_workers(10**9), spectral._BLAS.depth))
+        seen.append((spectral.use_workers(10**9), mt_threads._BLAS.depth))
 
     with Tasks(2) as tasks:
         tasks.results([tasks.submit(probe) for _ in range(4)])
