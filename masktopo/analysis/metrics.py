@@ -435,27 +435,60 @@ def _run(layers, opts: Options, names: list[str], device, weighted: bool, progre
         return out
 
     try:
-        # the layers whose matrix on_device() sends to the device go there; the others (every
-        # layer on the CPU with route="auto") take the threaded CPU engine
+        # the layers whose matrix on_device() sends to the device go there, planned there when
+        # dense (device_plan), else planned here; the others (every layer on the CPU with
+        # route="auto") take the threaded CPU engine
         there = [on_device(layer_side(m, opts), device, route) for _, m, _ in layers]
         if not any(there):
             return _rows_parallel(layers, extract, opts, names, selection, weighted)
-        if all(there):
-            return _rows(extract(layers), opts, names, selection, weighted, device, route)
-        idx = [np.flatnonzero(np.array(there) == flag) for flag in (False, True)]
-        parts = [
-            _rows_parallel([layers[i] for i in idx[0]], extract, opts, names, selection, weighted),
-            _rows(extract([layers[i] for i in idx[1]]), opts, names, selection, weighted, device,
-                  route),
-        ]  # fmt: skip
+        from .device_plan import planned_on_device
+
+        kind = np.array([(2 if planned_on_device(m, opts) else 1) if t else 0
+                         for (_, m, _), t in zip(layers, there, strict=True)])  # fmt: skip
         out: list[dict] = [{}] * len(layers)
-        for ids, rows in zip(idx, parts, strict=True):
+        for k in (0, 1, 2):
+            ids = np.flatnonzero(kind == k)
+            if not ids.size:
+                continue
+            part = [layers[i] for i in ids]
+            if k == 0:
+                rows = _rows_parallel(part, extract, opts, names, selection, weighted)
+            elif k == 1:
+                rows = _rows(extract(part), opts, names, selection, weighted, device, route)
+            else:
+                rows = _rows_on_device(part, opts, names, selection, device, bar)
             for i, row in zip(ids, rows, strict=True):
                 out[int(i)] = row
         return out
     finally:
         if bar is not None:
             bar.close()
+
+
+def _rows_on_device(layers, opts, names, selection, device, bar=None) -> list[dict]:
+    """The rows of dense layers planned and solved on ``device``
+    (:func:`masktopo.analysis.device_plan.plan_dense`): nothing of their size crosses to the
+    host. The same rows as :func:`_rows`, to the solvers' precision."""
+    from .device_plan import plan_dense
+
+    out = []
+    for _, mask, weight in layers:
+        w = None
+        if weight is not None:
+            w = weight.detach().to(device)
+            if w.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+                w = w.float()  # e.g. float8
+        counts, found = plan_dense(mask.to(device), w, opts, selection.quantities)
+        plan = _Plan(LayerCounts(*counts), selection)
+        plan.components = found.pop("components", 0)
+        plan.imdb_groups = found.pop("imdb_groups", [])
+        plan.slots = {key: i for i, key in enumerate(found)}
+        plan.n_mat = len(found)
+        svals = np.array(list(found.values()), dtype=np.float64).reshape(-1, 2)
+        out.append(_row(plan, svals, opts, names))
+        if bar is not None:
+            bar.update()
+    return out
 
 
 def layer_side(mask, opts: Options) -> int:

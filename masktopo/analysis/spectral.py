@@ -176,10 +176,12 @@ def top_singular_values_np(B, k: int = 2, *, method: str = "auto") -> np.ndarray
 KRYLOV_MIN_SIDE = 2048
 
 
-def _sv_gram_torch(B: torch.Tensor, k: int) -> torch.Tensor:
-    """Batched top-``k`` σ in float64 of ``B`` (b, m, n): for a smaller side of at least
-    :data:`KRYLOV_MIN_SIDE` (and ``k`` ≤ its block), block Krylov on the Gram matrices
-    (:func:`masktopo.analysis._krylov.top_krylov`); below, Gram + ``eigh`` + Rayleigh–Ritz."""
+def batched_top_singular_values(B: torch.Tensor, k: int) -> torch.Tensor:
+    """Batched top-``k`` σ in float64 of ``B`` (b, m, n), on its device: the device route's
+    solver, in torch on any device. For a smaller side of at least :data:`KRYLOV_MIN_SIDE` (and
+    ``k`` ≤ its block), block Krylov on the Gram matrices
+    (:func:`masktopo.analysis._krylov.top_krylov`); below, Gram + ``eigh`` + Rayleigh–Ritz.
+    Returns ``(b, k)``, descending."""
     m, n = B.shape[1:]
     s = min(m, n)
     B = B.to(torch.float64)
@@ -237,7 +239,7 @@ def top_singular_values(
     single = B.ndim == 2
     Bb = B.unsqueeze(0) if single else B
     if Bb.device.type != "cpu" and method in ("auto", "gram"):
-        out = _sv_gram_torch(Bb, k)
+        out = batched_top_singular_values(Bb, k)
     elif Bb.device.type != "cpu" and method == "dense":
         out = torch.nn.functional.pad(
             torch.linalg.svdvals(Bb.to(torch.float64)), (0, max(0, k - min(Bb.shape[1:])))
@@ -365,7 +367,7 @@ def _solve_parts(parts: Sequence[Parts], k: int, device: torch.device, there: np
     away = np.flatnonzero(there)
     if away.size:  # within ~1 GiB of float64 per batch
         for chunk, batch in dense_batches([parts[i] for i in away], device, 1 << 27):
-            out[away[chunk]] = _sv_gram_torch(batch, k).cpu().numpy()
+            out[away[chunk]] = batched_top_singular_values(batch, k).cpu().numpy()
     return out
 
 
@@ -387,7 +389,7 @@ def dense_batches(parts: Sequence[Parts], device, max_entries: int):
     for i, P in enumerate(parts):
         if P.nnz:
             m, n = sorted(P.shape)
-            buckets.setdefault((_round_up(m), _round_up(n)), []).append(i)
+            buckets.setdefault((round_up_side(m), round_up_side(n)), []).append(i)
     for (m, n), idx in buckets.items():
         per = max(1, int(max_entries // max(1, m * n)))
         for start in range(0, len(idx), per):
@@ -617,7 +619,7 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     return out
 
 
-def _round_up(x: int) -> int:
+def round_up_side(x: int) -> int:
     """Round a side length up so that similar shapes share a bucket (powers of 2, in quarters)."""
     if x <= 32:
         return 32
