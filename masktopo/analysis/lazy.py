@@ -172,7 +172,11 @@ def analyze_layers(
                 if use_w is None:
                     use_w = bool(weights) and weight is not None
                     names = resolve_metrics(metrics, weighted=use_w)
-                layers.append((refs[i].name, mask, weight if use_w else None))
+                weight = weight if use_w else None
+                if dev.type != "cpu":  # moved once: planned and measured there (device_plan)
+                    mask = mask.to(dev)
+                    weight = None if weight is None else weight.to(dev)
+                layers.append((refs[i].name, mask, weight))
                 extra.append(structure_columns(mask) if structure else {})
             rows = layer_metric_rows(layers, metrics=names, options=opts, device=dev, route=route)
             del layers

@@ -120,8 +120,11 @@ def nm_pattern(mask, max_m: int = MAX_M) -> str:
     ''
     """
     B = _matrix(mask)
-    counts = nm_counts(B, max_m)
-    density = np.count_nonzero(B) / max(B.size, 1)
+    return _pattern(nm_counts(B, max_m), np.count_nonzero(B) / max(B.size, 1))
+
+
+def _pattern(counts: dict[int, int], density: float) -> str:
+    """:func:`nm_pattern` from :func:`nm_counts` and the density."""
     best: tuple[float, int] | None = None
     for M, N in counts.items():
         tight = 0 < N < M and density * M > N - 1
@@ -145,8 +148,11 @@ def degree_stats(mask) -> dict[str, Any]:
     (1, 2, 2, 0)
     """
     B = _matrix(mask)
-    rows = np.count_nonzero(B, axis=1)
-    cols = np.count_nonzero(B, axis=0)
+    return _degree_columns(np.count_nonzero(B, axis=1), np.count_nonzero(B, axis=0))
+
+
+def _degree_columns(rows: np.ndarray, cols: np.ndarray) -> dict[str, Any]:
+    """:func:`degree_stats` from the row and column degrees (int64)."""
     out: dict[str, Any] = {}
     for side, deg in (("out", rows), ("in", cols)):
         out[f"deg_{side}_min"] = int(deg.min())
@@ -156,8 +162,28 @@ def degree_stats(mask) -> dict[str, Any]:
 
 
 def structure_columns(mask) -> dict[str, Any]:
-    """:data:`STRUCTURE_COLUMNS` of one layer: :func:`nm_pattern` and :func:`degree_stats`."""
+    """:data:`STRUCTURE_COLUMNS` of one layer: :func:`nm_pattern` and :func:`degree_stats`; for a
+    tensor on an accelerator, reduced there (:func:`device_columns`)."""
+    if isinstance(mask, torch.Tensor) and mask.device.type != "cpu":
+        return device_columns(mask)
     return {"nm": nm_pattern(mask), **degree_stats(mask)}
+
+
+def device_columns(mask: torch.Tensor, max_m: int = MAX_M) -> dict[str, Any]:
+    """:func:`structure_columns` of a tensor reduced on its own device: the group sums of every
+    ``M`` and the degrees there, only their maxima and the degree vectors copied to the host
+    (a Llama-2-7B MLP mask took 0.57 s of host time on 2 cores). The same values."""
+    B = mask.detach()
+    B = (B if B.dtype == torch.bool else B != 0).reshape(B.shape[0], -1)
+    n_out, n_in = B.shape
+    counts = {M: int(B.reshape(n_out, -1, M).sum(2).max())
+              for M in range(2, max_m + 1) if n_in >= 2 and n_in % M == 0}  # fmt: skip
+    rows, cols = B.sum(1), B.sum(0)
+    density = int(rows.sum()) / max(B.numel(), 1)
+    return {
+        "nm": _pattern(counts, density),
+        **_degree_columns(rows.cpu().numpy(), cols.cpu().numpy()),
+    }
 
 
 def network_structure(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -96,3 +96,30 @@ def test_network_structure():
     assert net["deg_out_min"] == 8 and net["deg_out_max"] == 16
     assert math.isnan(net["deg_out_std"])
     assert network_structure([a, c])["nm"] == ""
+
+
+@pytest.mark.parametrize("case", ["2:4", "4:8", "random", "conv", "odd", "float"])
+def test_device_columns_equal_the_host_ones(case):
+    """The reduction used for masks on an accelerator (run here on CPU tensors) gives the host
+    path's values, bit for bit."""
+    from masktopo.analysis.structure import device_columns
+
+    g = torch.Generator().manual_seed(1)
+    if case in ("2:4", "4:8"):
+        n, m = map(int, case.split(":"))
+        w = torch.randn(64, 96, generator=g)
+        grp = w.abs().reshape(64, -1, m)
+        keep = torch.zeros_like(grp, dtype=torch.bool).scatter_(2, grp.topk(n, 2).indices, True)
+        mask = keep.reshape(64, 96)
+    elif case == "conv":
+        mask = torch.rand(16, 8, 3, 3, generator=g) < 0.4
+    elif case == "odd":
+        mask = torch.rand(30, 77, generator=g) < 0.5
+        mask[4] = False
+    elif case == "float":
+        mask = torch.randn(40, 60, generator=g) * (torch.rand(40, 60, generator=g) < 0.5)
+    else:
+        mask = torch.rand(50, 120, generator=g) < 0.5
+    assert device_columns(mask) == structure_columns(mask)
+    if case in ("2:4", "4:8"):
+        assert device_columns(mask)["nm"] == case
