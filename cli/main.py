@@ -2,8 +2,10 @@
 masktopo``).
 
 Exit codes: 0 on success, 2 on a user error (a :class:`~masktopo.errors.MaskTopoError`, an
-unreadable or unwritable file, a usage error), 130 when interrupted. A user error prints one line,
-``masktopo: error: <message>``, on stderr and never a traceback.
+unreadable or unwritable file, a usage error), 130 when interrupted (Ctrl-C), 143 when terminated
+(SIGTERM, which unwinds the command as Ctrl-C does: temporary files removed, runs resumable). A
+user error prints one line, ``masktopo: error: <message>``, on stderr and never a traceback; an
+interruption one line, ``masktopo: interrupted`` (with how to resume, for commands that can).
 
 The first analysis after an install compiles the spectral kernel (numba, about 30 s): the commands
 that analyze say so once on stderr (``masktopo: note: compiling the spectral kernel, ...``) when
@@ -14,8 +16,11 @@ numba's cache is cold and stderr is a terminal (or ``--progress`` is given); ``a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -45,6 +50,8 @@ SUBCOMMANDS = (analyze, info, pags, train, prune, sweep, summarize, search, prun
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM, as a shell reports a process that SIGTERM ended.
+EXIT_TERMINATED = 143
 #: Commands that run the compiled spectral kernel and are noticed here, before they run (analyze
 #: and demo give the notice themselves, once their inputs are read).
 COMPILING = ("plot", "report", "pags")
@@ -124,26 +131,78 @@ def _shows_progress(args) -> bool:
     return show_progress(argparse.Namespace(progress=getattr(args, "progress", False)))
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM (:func:`_on_sigterm`), so that a command unwinds as on
+    Ctrl-C: temporary files removed, run directories left resumable."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises :class:`Terminated` while a command runs (in the main thread only: a
+    handler cannot be set elsewhere); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _interrupted_by(exc: BaseException) -> KeyboardInterrupt | None:
+    """The :class:`KeyboardInterrupt` (Ctrl-C, or :class:`Terminated`) in ``exc``'s chain: numba
+    turns one that arrives while it loads a compiled function into a ``SystemError``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt, args) -> int:
+    """One line saying the command was stopped (and how to continue a run), and the exit code."""
+    term = isinstance(exc, Terminated)
+    more = ""
+    if args is not None and hasattr(args, "resume"):
+        more = f"; a run it left is continued with --resume (masktopo {args.command} --help)"
+    print(f"masktopo: {'terminated' if term else 'interrupted'}{more}", file=sys.stderr)
+    return EXIT_TERMINATED if term else EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``masktopo`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    args = None
     try:
-        parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra:  # named by the command they were given to, with suggestions
-            target = getattr(args, "parser", parser)
-            target.error(unrecognized(extra, target))
-        with warnings.catch_warnings():
-            # Every command shows its warnings (not once per process: tests and notebooks run
-            # several), one line each, a repeated one once.
-            warnings.simplefilter("always", UserWarning)
-            warnings.showwarning = warning_printer()
-            if args.command in COMPILING and not any(getattr(args, a, False) for a in _NO_WORK):
-                compile_notice(_shows_progress(args))
-            return int(args.run(args) or 0)
+        with _sigterm_unwinds():
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # named by the command they were given to, with suggestions
+                target = getattr(args, "parser", parser)
+                target.error(unrecognized(extra, target))
+            with warnings.catch_warnings():
+                # Every command shows its warnings (not once per process: tests and notebooks
+                # run several), one line each, a repeated one once.
+                warnings.simplefilter("always", UserWarning)
+                warnings.showwarning = warning_printer()
+                if args.command in COMPILING and not any(getattr(args, a, False) for a in _NO_WORK):
+                    compile_notice(_shows_progress(args))
+                return int(args.run(args) or 0)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return _exit_code(exc)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, args)
+    except SystemError as exc:
+        stop = _interrupted_by(exc)
+        if stop is None:
+            raise
+        return _interrupted(stop, args)
     except BrokenPipeError:
         # stdout closed early (``masktopo analyze ... | head``): not an error worth a message.
         try:

@@ -29,6 +29,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -40,6 +41,7 @@ from typing import IO, Any
 from .errors import MaskFileError, MaskValidationError
 
 __all__ = [
+    "TEMPORARY_NAME",
     "Staging",
     "atomic_write",
     "atomic_write_bytes",
@@ -47,6 +49,7 @@ __all__ = [
     "check_not_inputs",
     "input_path",
     "os_problem",
+    "remove_temporary_files",
     "writable_file",
     "writable_folder",
 ]
@@ -135,6 +138,25 @@ def _target(path: Path) -> tuple[Path, os.stat_result | None]:
     if path.is_symlink():
         return Path(os.path.realpath(path)), st
     return path, st
+
+
+#: The temporary files :func:`atomic_write` writes beside their destination,
+#: ``.<name>.<12 hex digits>.tmp``.
+TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def remove_temporary_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files (:data:`TEMPORARY_NAME`) an :func:`atomic_write` in ``folder``
+    left when its process was killed; returns how many. Only for a folder this process writes
+    alone (a run directory under its lock): another writer's file in flight would go too."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as it:
+        for entry in it:
+            if TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:

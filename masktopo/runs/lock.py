@@ -16,8 +16,8 @@ import socket
 from pathlib import Path
 
 from ..errors import MaskFileError
-from ..files import os_problem
-from .layout import LOCK_FILE
+from ..files import os_problem, remove_temporary_files
+from .layout import ANALYSIS_DIR, LOCK_FILE
 
 try:
     import fcntl
@@ -85,7 +85,18 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+        self._remove_leftovers()
         return self
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of atomic writes that a killed writer of this run left (in
+        the run directory and its folders; not ``analysis/``, which readers write without the
+        lock): no live process can own them now that this one holds the lock."""
+        remove_temporary_files(self.run)
+        with contextlib.suppress(OSError), os.scandir(self.run) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False) and entry.name != ANALYSIS_DIR:
+                    remove_temporary_files(entry.path)
 
     def _holder(self, fd: int) -> dict:
         try:

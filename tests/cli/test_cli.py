@@ -515,14 +515,80 @@ def test_os_error_is_one_line(tmp_path, capsys):
     _assert_user_error(rc, err, contains=(str(blocker),))
 
 
-def test_keyboard_interrupt_exits_130_quietly(capsys, saved, monkeypatch):
+def test_keyboard_interrupt_exits_130_with_one_line(capsys, saved, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_analyze, "analyze_paths", interrupted)
     rc, out, err = _run(capsys, "analyze", saved)
     assert rc == 130
-    assert out == "" and err == ""
+    assert out == "" and err == "masktopo: interrupted\n"
+
+
+def test_an_interrupt_inside_numba_is_an_interrupt(capsys, saved, monkeypatch):
+    """numba turns a Ctrl-C that arrives while it loads a compiled function into a SystemError
+    whose context is the KeyboardInterrupt (seen on `analyze` and `pags`): exit 130, one line,
+    no traceback. A SystemError without one is not hidden."""
+
+    def numba_like(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            # implicit context, as numba's (B904 asks for "from", which would set __cause__)
+            raise SystemError("<function _numba_unpickle> returned a result with an exception set")  # noqa: B904
+
+    monkeypatch.setattr(cli_analyze, "analyze_paths", numba_like)
+    rc, _, err = _run(capsys, "analyze", saved)
+    assert rc == 130 and err == "masktopo: interrupted\n"
+
+    def broken(*args, **kwargs):
+        raise SystemError("a bug")
+
+    monkeypatch.setattr(cli_analyze, "analyze_paths", broken)
+    with pytest.raises(SystemError, match="a bug"):
+        main(["analyze", str(saved)])
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, capsys, saved, monkeypatch):
+    """SIGTERM during a write: the temporary file is removed, the destination not created, exit
+    143 with one line; the previous SIGTERM handler is back afterwards."""
+    import signal
+
+    from masktopo.files import atomic_write
+
+    dest = tmp_path / "out.bin"
+
+    def killed_while_writing(*args, **kwargs):
+        def write(f):
+            f.write(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+
+        atomic_write(dest, write)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli_analyze, "analyze_paths", killed_while_writing)
+    t0 = time.perf_counter()
+    rc, _, err = _run(capsys, "analyze", saved)
+    assert rc == 143 and err == "masktopo: terminated\n"
+    assert time.perf_counter() - t0 < 4
+    assert not dest.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupted_run_command_says_how_to_resume(capsys, monkeypatch, tmp_path):
+    from masktopo.cli import train as cli_train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "run", interrupted)
+    rc, _, err = _run(capsys, "train", "--model", "lenet300", "--dataset", "fashion-mnist",
+                      "--out", tmp_path / "r")  # fmt: skip
+    assert rc == 130
+    assert err == (
+        "masktopo: interrupted; a run it left is continued with --resume (masktopo train --help)\n"
+    )
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "unknown_metric"])

@@ -138,3 +138,21 @@ def test_a_folder_without_run_json_says_what_it_holds(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MaskFileError, match=r"not a run directory \(no run\.json\)$"):
         runs.read_run(tmp_path / "empty")
+
+
+def test_the_lock_holder_removes_what_a_killed_writer_left(tmp_path):
+    """A writer killed in an atomic write (SIGKILL: no unwinding) leaves ``.<name>.<hex>.tmp``
+    beside the file; whoever takes the run's lock next removes them (the run directory and its
+    folders), but not in ``analysis/`` (readers write there without the lock) nor other files."""
+    run = tmp_path / "run"
+    (run / "masks").mkdir(parents=True)
+    (run / "analysis").mkdir()
+    left = [run / ".checkpoint.pt.08160a60f513.tmp",
+            run / "masks" / ".event-000085.safetensors.3a77664b1444.tmp"]  # fmt: skip
+    kept = [run / "analysis" / ".cache.parquet.0123456789ab.tmp", run / ".notes.tmp",
+            run / "masks" / "event-000001.safetensors", run / ".x.0123456789ab.tmp.bak"]  # fmt: skip
+    for p in left + kept:
+        p.write_bytes(b"x")
+    with RunLock(run):
+        assert not any(p.exists() for p in left)
+        assert all(p.exists() for p in kept)
