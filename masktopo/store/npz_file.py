@@ -5,6 +5,7 @@ array's size checked against the archive before anything is allocated (docs/form
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -105,7 +106,11 @@ def read(path: Path, *, zeros_as_mask: bool, weights: bool) -> tuple[MaskSet, bo
     except MaskFileError:
         raise
     except OSError as e:
-        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+        if e.errno != errno.EINVAL:
+            raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+        # a seek before the start of the file: offsets read from the file point outside it
+        raise MaskFileError(path, "truncated or corrupt .npz file (an offset in it points "
+                                  "outside the file)") from None  # fmt: skip
     except (
         zipfile.BadZipFile,
         zlib.error,

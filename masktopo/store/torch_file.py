@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import pickle
@@ -99,7 +100,10 @@ def torch_load(path: Path, *, mmap: bool = False) -> Any:
     except OSError as e:
         from ..files import os_problem
 
-        raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+        if e.errno != errno.EINVAL:
+            raise MaskFileError(path, f"cannot read ({os_problem(e)})") from None
+        # a seek before the start of the file: offsets read from the file point outside it
+        problem = "truncated or corrupt checkpoint (an offset in it points outside the file)"
     except pickle.UnpicklingError as e:
         problem = _unpickling_problem(path, e)
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... on bad bytes
