@@ -70,7 +70,8 @@ def _sum_ratio(num: str, den: str):
             return mean_over_layers(df, col, invalid)
         if den not in df:
             return NaN
-        return float(df[num].sum() / df[den].sum())
+        total = df[den].sum()
+        return float(df[num].sum() / total) if total else NaN  # 0/0: every layer empty
 
     return reduce
 

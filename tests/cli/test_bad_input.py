@@ -696,3 +696,17 @@ def test_low_precision_weights_are_analyzed(dtype, tmp_path, capsys):
     rows = {r["layer"]: r for r in json.loads(out)}
     exact = analysis.layer_metrics(ms["fc.weight"], weights["fc.weight"].double())
     assert rows["fc.weight"]["weighted_mu0"] == pytest.approx(exact["weighted_mu0"], rel=1e-9)
+
+
+def test_allow_empty_layers_on_a_file_of_empty_layers_only(tmp_path, capsys):
+    """Every layer empty: the network row's ratios are 0/0, NaN without a numpy warning on
+    stderr (the audit saw "masktopo: warning: invalid value encountered in scalar divide")."""
+    from masktopo import MaskSet, save
+
+    path = save(tmp_path / "empty.safetensors",
+                MaskSet({"fc.weight": torch.zeros(10, 20, dtype=torch.bool)}))  # fmt: skip
+    rc, out, err = _main(capsys, "analyze", path, "--allow-empty-layers", "--format", "json")
+    assert rc == 0 and err == ""
+    rows = {r["layer"]: r for r in json.loads(out)}
+    assert rows["fc.weight"]["n_edges"] == 0
+    assert all(r.get("deg_out_mean") is None for r in rows.values())
