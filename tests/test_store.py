@@ -366,6 +366,20 @@ def test_flipped_bit_in_packed_mask_is_detected(tmp_path):
         masktopo.load(path)
 
 
+@pytest.mark.parametrize("key", [b"crc32", b"weight_crc32", b"nnz"])
+def test_a_flipped_bit_in_a_layer_key_is_an_error(tmp_path, key):
+    """One flipped bit in a key of the header's ``layers`` ("crc32" -> "csc32") used to read
+    the file as an old one without checksums, silently turning the check off."""
+    path = store.save(tmp_path / "m.safetensors", make_maskset(weights=True))
+    raw = bytearray(path.read_bytes())
+    i = raw.find(b'\\"' + key + b'\\"')  # the layers list is JSON inside the JSON header
+    assert i > 0
+    raw[i + 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MaskFileError, match=r"unknown entry '.*' in 'layers'|nnz None"):
+        masktopo.load(path)
+
+
 def test_nonzero_padding_bits_are_detected(tmp_path):
     ms = make_maskset(weights=False)
     path = store.save(tmp_path / "m.safetensors", ms)

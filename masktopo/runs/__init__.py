@@ -20,7 +20,7 @@ each saying its ``kind`` in ``run.json``. docs/formats.md describes the layout.
 
 from ..files import Staging, atomic_write, atomic_write_bytes, atomic_write_json
 from . import layout
-from .checks import check_out_dir, check_output, check_same_config, run_kind
+from .checks import check_out_dir, check_output, check_resumable, check_same_config, run_kind
 from .lock import RunLock
 from .reader import (
     EVENT_FIELDS,
@@ -50,6 +50,7 @@ __all__ = [
     "atomic_write_json",
     "check_out_dir",
     "check_output",
+    "check_resumable",
     "check_same_config",
     "check_summary",
     "jsonable",

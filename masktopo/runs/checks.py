@@ -13,7 +13,7 @@ from ..files import check_not_inputs, input_path, writable_file
 from .layout import LOCK_FILE, RUN_FILE, run_parts
 from .reader import read_run_json
 
-__all__ = ["check_out_dir", "check_output", "check_same_config", "run_kind"]
+__all__ = ["check_out_dir", "check_output", "check_resumable", "check_same_config", "run_kind"]
 
 #: How messages name the kinds of run.
 _NAMES = {"train": "training", "pags": "PAGS", "loop": "own-loop", "prune": "pruning",
@@ -60,12 +60,7 @@ def check_out_dir(
     this = _NAMES.get(kind, kind)
     again, dest = flags
     if resume:
-        if found is None:
-            raise MaskFileError(out, f"{again}: not a run directory (no {RUN_FILE})")
-        if found != kind:
-            raise MaskFileError(
-                out, f"{again}: holds a {_NAMES.get(found, found)} run, not a {this} run"
-            )
+        check_resumable(out, kind, again)
         return out
     if found == kind:
         raise MaskFileError(
@@ -81,6 +76,34 @@ def check_out_dir(
     if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise MaskFileError(out, f"is not empty; choose an empty or new directory for {dest}")
     return out
+
+
+def check_resumable(out: Path, kind: str, again: str = "--resume") -> dict:
+    """``out``'s checked run.json when it holds a run of ``kind`` that can be resumed
+    (``again`` names the resume switch in the messages).
+
+    Raises
+    ------
+    MaskFileError
+        ``--resume: not a run directory (no run.json)``; run.json's own error (not valid JSON,
+        no ``config`` ...) followed by ``--resume cannot continue this run``; ``--resume: holds a
+        training run, not a PAGS run``.
+    """
+    if not (out / RUN_FILE).exists():
+        raise MaskFileError(out, f"{again}: not a run directory (no {RUN_FILE})")
+    try:
+        config = read_run_json(out)
+        if not isinstance(config.get("config"), dict):
+            raise MaskFileError(out / RUN_FILE, "has no 'config' entry (the run's settings)")
+    except MaskFileError as e:
+        raise MaskFileError(e.path, f"{e.problem}; {again} cannot continue this run") from None
+    found = config["kind"]
+    if found != kind:
+        raise MaskFileError(
+            out,
+            f"{again}: holds a {_NAMES.get(found, found)} run, not a {_NAMES.get(kind, kind)} run",
+        )
+    return config
 
 
 def check_same_config(

@@ -53,7 +53,14 @@ import torch
 
 from ..errors import MaskFileError, MaskValidationError
 from ..files import atomic_write, atomic_write_json, require_parquet
-from ..runs import RunLock, RunWriter, check_same_config, read_run_json, run_kind
+from ..runs import (
+    RunLock,
+    RunWriter,
+    check_resumable,
+    check_same_config,
+    read_run_json,
+    run_kind,
+)
 from ..runs.layout import RESULTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from ..seeding import seed_for
 from .config import PruneBenchConfig
@@ -350,8 +357,8 @@ def run_prune_bench(
     require_parquet(KIND)
     out = Path(out)
     kind = run_kind(out) if out.is_dir() else None
-    if resume and kind != KIND:
-        raise MaskFileError(out, "--resume: not a prune-bench output folder")
+    if resume:
+        check_resumable(out, KIND)
     if not resume and (kind is not None or (out.is_dir() and any(out.iterdir()))):
         raise MaskFileError(out, "is not empty; choose an empty or new directory for --out")
     if not any(k < n_weights(w) for w in config.width_list() for k in config.nnz_grid()):

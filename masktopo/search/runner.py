@@ -39,6 +39,7 @@ from ..files import atomic_write, atomic_write_bytes, atomic_write_json, require
 from ..runs import (
     RunLock,
     RunWriter,
+    check_resumable,
     check_same_config,
     read_checkpoint,
     read_run_json,
@@ -360,8 +361,7 @@ def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise MaskFileError(out, "cannot write a search there: it is a file, not a folder")
     if resume:
-        if kind != KIND:
-            raise MaskFileError(out, "--resume: not a search output folder (no search run.json)")
+        check_resumable(out, KIND)
         return
     if kind is not None:
         again = "; pass --resume to continue it" if kind == KIND else ""

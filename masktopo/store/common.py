@@ -91,7 +91,15 @@ def parse_layers(path: Path, value: Any, *, nnz: bool) -> list[dict]:
         for key in ("crc32", "weight_crc32"):
             if key in d and not (is_int(d[key]) and 0 <= d[key] < 2**32):
                 raise MaskFileError(path, f"layer {name!r}: {key} {d[key]!r} is not a CRC-32")
+        unknown = sorted(set(d) - _FILE_LAYER_KEYS) if nnz else []
+        if unknown:  # e.g. a flipped bit in "crc32", which would turn the check off
+            raise MaskFileError(path, f"layer {name!r}: unknown entry {unknown[0]!r} in 'layers' "
+                                      "(a damaged header, or a newer format)")  # fmt: skip
     return value
+
+
+#: The entries of a mask file's ``layers`` items (every format; older files lack some).
+_FILE_LAYER_KEYS = frozenset({"name", "kind", "shape", "nnz", "crc32", "weight_crc32", "dtype"})
 
 
 def make_maskset(

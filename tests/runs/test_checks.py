@@ -156,3 +156,35 @@ def test_the_lock_holder_removes_what_a_killed_writer_left(tmp_path):
     with RunLock(run):
         assert not any(p.exists() for p in left)
         assert all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not-json", "no-config", "a-folder"])
+def test_resuming_a_run_with_a_damaged_run_json_names_it(tmp_path, damage):
+    """--resume on a run whose run.json is damaged says what is wrong with run.json (it used to
+    say "holds a (unreadable) run, not a training run"; a run.json without its settings was
+    compared against the defaults)."""
+    run = _run_json(tmp_path / "run")
+    path = run / RUN_FILE
+    text = path.read_text()
+    if damage == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "empty":
+        path.write_text("")
+    elif damage == "not-json":
+        path.write_bytes(b"\x00\xff garbage")
+    elif damage == "no-config":
+        obj = json.loads(text)
+        obj.pop("config", None)
+        path.write_text(json.dumps(obj))
+    else:
+        path.unlink()
+        path.mkdir()
+    with pytest.raises(MaskFileError) as err:
+        check_out_dir(run, "train", resume=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "unreadable" not in msg
+    assert msg.startswith(f"{path}: ") and msg.endswith("; --resume cannot continue this run")
+    if damage == "no-config":
+        assert "'config'" in msg
+    with pytest.raises(MaskFileError, match=r"holds a"):
+        check_out_dir(run, "train", resume=False)  # and a new run does not overwrite it
