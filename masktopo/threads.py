@@ -119,10 +119,14 @@ def one_blas_thread(scipy_linalg: bool = False):
 
     OpenBLAS's thread count is one setting for the whole process: the first thread to enter
     sets it to 1 for every BLAS library loaded (``threadpoolctl``), the last one to leave,
-    whichever it is, restores it. SciPy's own OpenBLAS, loaded with ``scipy.linalg`` (imported
-    here only when asked: PAGS never needs it), is limited at the first entry, nested or not, after it
-    was loaded; ``scipy_linalg=True`` imports it first, for code that calls it. OpenMP's limit is per
-    thread: the first thread to enter limits its own and restores it when it leaves.
+    whichever it is, restores it. SciPy's own OpenBLAS is loaded with ``scipy.linalg``, which
+    is imported here only when asked (``scipy_linalg=True``; PAGS never needs it): code that
+    will call it asks at its outermost entry, so that the library is loaded and limited by the
+    same thread. A library loaded inside is limited at the next entry, nested or not, but that
+    limit is not always obeyed: SciPy's OpenBLAS 0.3.30 ignored one set from a thread other
+    than the one that had loaded it (its results then came from two threads, in one run of
+    eight). OpenMP's limit is per thread: the first thread to enter limits its own and
+    restores it when it leaves.
     """
     if scipy_linalg:
         import scipy.linalg  # noqa: F401  (loads its OpenBLAS, to be limited)

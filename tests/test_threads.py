@@ -212,3 +212,50 @@ def test_one_blas_thread_limits_the_real_libraries():
                 assert blas_threads() == 1
             assert blas_threads() == 1
         assert blas_threads() == before
+
+
+def test_scipy_linalg_is_loaded_and_limited_by_the_entering_thread():
+    """In a fresh process: ``one_blas_thread(scipy_linalg=True)`` loads SciPy's OpenBLAS before
+    it limits, so one limit, set by this thread, covers both libraries (SciPy's OpenBLAS 0.3.30
+    ignored a limit set later from another thread)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threadpoolctl, numpy\n"
+        "from masktopo import threads\n"
+        "assert 'scipy.linalg' not in sys.modules\n"
+        "with threads.one_blas_thread(scipy_linalg=True):\n"
+        "    n = [i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+        "         if i['user_api'] == 'blas']\n"
+        "    print(len(n), max(n), len(threads._Held.limiters))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True)  # fmt: skip
+    libs, most, limiters = map(int, out.stdout.split())
+    assert most == 1 and limiters == 1 and libs >= 1
+
+
+def test_the_analysis_asks_for_scipy_linalg_where_the_dense_route_may_run(monkeypatch):
+    """The outermost entries of the layer rows pass ``scipy_linalg=True`` when a layer can take
+    the dense route (a side of DENSE_ROUTE_MIN_SIDE or more), and not otherwise."""
+    import torch
+
+    from masktopo.analysis import metrics
+
+    asked = []
+    real = metrics.one_blas_thread
+
+    def spy(scipy_linalg=False):
+        asked.append(scipy_linalg)
+        return real(scipy_linalg=scipy_linalg)
+
+    monkeypatch.setattr(metrics, "one_blas_thread", spy)
+    small = torch.rand(30, 40) < 0.5
+    metrics.layer_metric_rows([("a", small, None)], metrics="mu0")
+    assert asked and not any(asked)
+    asked.clear()
+    big = torch.zeros(1024, 1100, dtype=torch.bool)
+    big[:, :3] = True
+    metrics.layer_metric_rows([("a", small, None), ("b", big, None)], metrics="mu0")
+    assert asked and all(asked)

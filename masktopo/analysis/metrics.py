@@ -86,7 +86,7 @@ from ..masks import check_weight, known_positions, layer_tensor
 from ..options import GATES, IMDB_VARIANTS, INVALID, NARC_EDGES, Options, grouped  # noqa: F401
 from ..threads import one_blas_thread
 from . import metric_defs  # noqa: F401  (registers the built-in metrics)
-from ._engine import Parts, dense_shape, solve_top2
+from ._engine import DENSE_ROUTE_MIN_SIDE, Parts, dense_shape, solve_top2
 from ._kernels import (
     Block,
     count_components,
@@ -580,7 +580,7 @@ def _rows_streamed(raw: _Raw, opts, names, selection) -> list[dict]:
     while this thread plans its IMDB groups (:class:`~masktopo.analysis.spectral.JobStream`);
     then this thread solves what is left. An LLM's MLP matrix fills a chunk alone: planned
     first and then split, one thread idled through the planning. The same rows."""
-    with one_blas_thread(), JobStream() as stream:
+    with one_blas_thread(scipy_linalg=True), JobStream() as stream:
         plan = _plan_layer(raw, opts, selection, ready=stream.add)
         stream.add(plan.jobs[len(stream) :])
         svals = stream.finish()
@@ -629,8 +629,10 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
     sizes = np.array([_kept(m) for _, m, _ in layers], dtype=np.int64)
     if not opts.allow_empty and (sizes == 0).any():
         extract([layers[int(np.flatnonzero(sizes == 0)[0])]])  # raises the empty-layer error
+    # the dense route's eigensolver (scipy.linalg) loaded here, before the BLAS limit
+    big = any(layer_side(m, opts) >= DENSE_ROUTE_MIN_SIDE for _, m, _ in layers)
     if not use_workers(int(sizes.sum())):
-        with one_blas_thread():
+        with one_blas_thread(scipy_linalg=big):
             return _rows(extract(layers), opts, names, selection, weighted)
     if len(layers) == 1:  # one layer (an LLM's MLP matrix): its spectra split over the threads
         raws = extract(layers)
@@ -638,7 +640,7 @@ def _rows_parallel(layers, extract, opts, names, selection, weighted) -> list[di
             return _rows_streamed(raws[0], opts, names, selection)
         return _rows(raws, opts, names, selection, weighted,
                      solve=lambda jobs: solve_many(jobs, 2))  # fmt: skip
-    with one_blas_thread():
+    with one_blas_thread(scipy_linalg=big):
         done = in_threads(
             sizes,
             lambda raws: _rows(raws, opts, names, selection, weighted),

@@ -51,7 +51,7 @@ import torch
 
 from ..errors import UnknownNameError
 from ..threads import default_threads, one_blas_thread
-from ._engine import TOL, Parts, arpack_top, cost, pad_desc, solve_top2
+from ._engine import DENSE_ROUTE_MIN_SIDE, TOL, Parts, arpack_top, cost, pad_desc, solve_top2
 from ._krylov import BLOCK as KRYLOV_BLOCK
 from ._krylov import top_krylov
 
@@ -605,8 +605,10 @@ def _solve_top2_parallel(mats: Sequence) -> np.ndarray:
     from ._kernels import Block, job_count
 
     jobs = [M if isinstance(M, Block) else Parts.of(M) for M in mats]
-    # One BLAS thread: the matrices are small enough that threads only add contention.
-    with one_blas_thread():
+    # One BLAS thread: the matrices are small enough that threads only add contention; the
+    # dense route's eigensolver (scipy.linalg) loaded first, by this thread (one_blas_thread)
+    big = any(min(J.shape) >= DENSE_ROUTE_MIN_SIDE for J in jobs if not isinstance(J, Block))
+    with one_blas_thread(scipy_linalg=big):
         if not use_workers(sum(J.nnz for J in jobs)):
             return solve_top2(jobs)
         counts = np.array([job_count(J) for J in jobs], dtype=np.int64)
