@@ -62,7 +62,7 @@ class Run:
         resolved ``config``, ``seed``, ``layers``, ...).
     events : list of dict
         The readable lines of ``events.jsonl`` in order, each with its ``event`` number (0, 1,
-        ... with a gap only where a bad line was skipped).
+        ... with a gap only where a bad line was skipped or a line is missing).
     skipped : list of (int, str)
         ``(line number, problem)`` of every line of ``events.jsonl`` that was skipped.
     """
@@ -161,7 +161,8 @@ class Run:
         if event < self.events[-1]["event"]:
             raise MaskFileError(
                 self.path,
-                f"event {event} is not readable: its line of {EVENTS_FILE} was skipped as bad",
+                f"event {event} is not readable: its line of {EVENTS_FILE} was skipped as bad "
+                "or is missing",
             )
         raise self._out_of_range(event)
 
@@ -398,15 +399,40 @@ def read_run(path: str | os.PathLike, *, strict: bool = False) -> Run:
     partial = bool(lines[-1].strip())  # the last line has no newline: maybe cut off
     if not partial:
         lines.pop()  # b"" after the final newline
-    prev, gap = -1, 0  # the last good event's number; bad lines since then
+    parsed: list[tuple[int, dict | MaskFileError]] = []
     for i, raw in enumerate(lines, start=1):
         try:
-            obj = _parse(p, i, raw, prev, gap, layers, cut_off=partial and i == len(lines))
+            parsed.append((i, _parse(p, i, raw, layers, cut_off=partial and i == len(lines))))
         except MaskFileError as e:
-            problem = e.problem.split(": ", 1)[1] if ": " in e.problem else e.problem
+            parsed.append((i, e))
+    following = [None] * len(parsed)  # the event number of the next parsed line after each
+    nxt = None
+    for j in range(len(parsed) - 1, -1, -1):
+        following[j] = nxt
+        if isinstance(parsed[j][1], dict):
+            nxt = parsed[j][1]["event"]
+    prev, gap = -1, 0  # the last good event's number; bad lines since then
+    for j, (i, item) in enumerate(parsed):
+        if isinstance(item, dict):
+            k = item["event"]
+            want = f"{prev + 1}" if not gap else f"{prev + 1}..{prev + 1 + gap}"
+            jump = k > prev + 1 + gap
+            if k <= prev or (jump and following[j] not in (None, k + 1)):
+                # a repeated or earlier number, or one the next line does not continue
+                item = MaskFileError(p, f"{EVENTS_FILE} line {i}: 'event' is {k!r}, expected "
+                                        f"{want} (events count from 0, one per line)")  # fmt: skip
+            elif jump:  # lines gone, the next one continues: the later events stay readable
+                problem = (f"event {prev + 1} is missing before line {i} (its line is gone)"
+                           if k == prev + 2 else f"events {prev + 1}..{k - 1} are missing before "
+                           f"line {i} (their lines are gone)")  # fmt: skip
+                if strict:
+                    raise MaskFileError(p, f"{EVENTS_FILE}: {problem}")
+                warnings.warn(f"{events_file}: {problem}", stacklevel=2)
+        if isinstance(item, MaskFileError):
+            problem = item.problem.split(": ", 1)[1] if ": " in item.problem else item.problem
             cut_off = problem == _CUT_OFF
             if strict and not cut_off:
-                raise
+                raise item
             skipped.append((i, problem))
             if cut_off:
                 msg = f"ignoring line {i}, a write cut off by a stopped run"
@@ -415,13 +441,15 @@ def read_run(path: str | os.PathLike, *, strict: bool = False) -> Run:
             warnings.warn(f"{events_file}: {msg}", stacklevel=2)
             gap += 1
             continue
-        events.append(obj)
-        prev, gap = obj["event"], 0
+        events.append(item)
+        prev, gap = item["event"], 0
     return Run(p, config, events, skipped)
 
 
-def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, *,
-           cut_off: bool) -> dict:  # fmt: skip
+def _parse(run: Path, line: int, raw: bytes, layers: dict, *, cut_off: bool) -> dict:
+    """One line of events.jsonl, checked alone (its number's place in the sequence is checked
+    by :func:`read_run`)."""
+
     def bad(problem: str) -> MaskFileError:
         return MaskFileError(run, f"{EVENTS_FILE} line {line}: {problem}")
 
@@ -439,9 +467,8 @@ def _parse(run: Path, line: int, raw: bytes, prev: int, gap: int, layers: dict, 
         if key not in obj:
             raise bad(f"missing key {key!r}")
     k = obj["event"]
-    if not is_int(k) or not prev + 1 <= k <= prev + 1 + gap:
-        want = f"{prev + 1}" if not gap else f"{prev + 1}..{prev + 1 + gap}"
-        raise bad(f"'event' is {k!r}, expected {want} (events count from 0, one per line)")
+    if not is_int(k) or k < 0:
+        raise bad(f"'event' is {k!r}, not an event number (events count from 0, one per line)")
     for key in ("step", "epoch"):
         v = obj[key]
         if v is not None and not is_number(v):

@@ -238,3 +238,34 @@ def test_run_checked_summary(run_dir):
     assert run.summary() == {"final": {"test_acc": "high"}}  # as written
     with pytest.warns(UserWarning, match=r"summary\.json: final 'test_acc' is not a number"):
         assert run.checked_summary() == {"final": {}}
+
+
+def test_a_missing_line_loses_only_its_event(run_dir):
+    """A line gone from the middle of events.jsonl (not a bad line: nothing left of it) used to
+    make every later event unreadable ("'event' is 2, expected 1" on each later line); now its
+    event is reported missing once and the later events stay readable. A resumed run (strict)
+    refuses the log."""
+    path, masksets = run_dir
+    events = path / "events.jsonl"
+    lines = events.read_text(encoding="utf-8").splitlines()
+    events.write_text("\n".join([lines[0], lines[2]]) + "\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = runs.read_run(path)
+    assert [str(w.message) for w in caught] == [
+        f"{events}: event 1 is missing before line 2 (its line is gone)"]  # fmt: skip
+    assert run.numbers == [0, 2] and run.skipped == []
+    assert run.load(2) == masksets[2]
+    with pytest.raises(MaskFileError, match=r"event 1 is not readable: its line .* is missing"):
+        run.load(1)
+    with pytest.raises(MaskFileError, match=r"events\.jsonl: event 1 is missing"):
+        runs.read_run(path, strict=True)
+
+
+def test_a_repeated_or_backward_event_number_is_a_bad_line(run_dir):
+    path, _ = run_dir
+    events = path / "events.jsonl"
+    lines = events.read_text(encoding="utf-8").splitlines()
+    events.write_text("\n".join([lines[0], lines[1], lines[1], lines[2]]) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"skipping line 3: 'event' is 1, expected 2"):
+        assert runs.read_run(path).numbers == [0, 1, 2]
