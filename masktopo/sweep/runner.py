@@ -68,11 +68,14 @@ class SweepState:
         return self.path / RUNS_DIR / cell.folder
 
     def state(self, cell: Cell) -> str:
-        """``done``, ``failed``, ``started`` (a folder exists, unfinished) or ``new``."""
+        """``done`` (its run is finished on disk, whatever status.json says), ``failed``,
+        ``started`` (a folder exists, unfinished) or ``new``."""
         from .commands import get_command
 
         st = self.status.get(cell.key, {}).get("state")
-        if st == "done" or get_command(self.command).finished(self.run_dir(cell)):
+        # done when its run is finished on disk: status.json's "done" for a run folder deleted
+        # or damaged since would skip it for ever (and summarize would fail on it)
+        if get_command(self.command).finished(self.run_dir(cell)):
             return "done"
         if st == "failed":
             return "failed"

@@ -113,6 +113,26 @@ def test_a_finished_sweep_runs_nothing_again(finished):
     assert "5 done before; 0 to run" in (d / "again.txt").read_text()
 
 
+def test_a_deleted_run_folder_is_run_again(tmp_path):
+    """status.json says "done" but the run's folder was deleted: the sweep runs it again (it
+    used to count it done for ever, and summarize then failed on the missing folder)."""
+    import shutil
+
+    f = tmp_path / "one.toml"
+    f.write_text(HEAD + '[grid]\nmethod = ["static"]\nseed = [0]\n')
+    with open(tmp_path / "a.txt", "w") as fh:
+        assert run_sweep(f, tmp_path / "out", SweepConfig(jobs=1), log=fh).ran == 1
+    state = read_sweep(tmp_path / "out")
+    (cell,) = state.cells
+    assert state.status[cell.key]["state"] == "done"
+    shutil.rmtree(state.run_dir(cell))
+    assert read_sweep(tmp_path / "out").state(cell) == "new"
+    with open(tmp_path / "b.txt", "w") as fh:
+        result = run_sweep(f, tmp_path / "out", SweepConfig(jobs=1), log=fh)
+    assert (result.done, result.ran) == (1, 1)
+    assert (state.run_dir(cell) / "summary.json").is_file()
+
+
 def test_summarize_by_hand(finished):
     d, _, _, _ = finished
     out = d / "out"
