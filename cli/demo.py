@@ -36,11 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from masktopo import analysis, examples, store
+    from masktopo.files import writable_folder
 
     if args.out is None:
         out_dir = Path(tempfile.mkdtemp(prefix="masktopo-demo-"))
     else:
         out_dir = Path(args.out)
+        writable_folder(out_dir, "the demo")  # one line when it is a file, say
         out_dir.mkdir(parents=True, exist_ok=True)
     maskset = examples.demo_maskset()
     path = store.save(out_dir / FILE_NAME, maskset)

@@ -159,6 +159,13 @@ def remove_temporary_files(folder: str | os.PathLike) -> int:
     return removed
 
 
+def _no_folder(directory: Path) -> str:
+    """Why a file cannot be written into ``directory``, which is not a folder."""
+    if directory.exists():
+        return f"cannot write: {str(directory)!r} is a file, not a folder"
+    return f"cannot write: the folder {str(directory)!r} does not exist"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write a file through ``write(fileobj)``, atomically (module docstring).
 
@@ -195,7 +202,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         raise MaskFileError(path, f"cannot write: it is {_KINDS.get(kind, 'not a regular file')}")
     directory = target.parent
     if not directory.is_dir():
-        raise MaskFileError(path, f"cannot write: the folder {str(directory)!r} does not exist")
+        raise MaskFileError(path, _no_folder(directory))
     tmp: Path | None = None
     try:
         for _ in range(100):
@@ -258,7 +265,7 @@ def writable_file(path: str | os.PathLike, what: str = "the output") -> Path:
         raise MaskFileError(p, f"cannot write {what}: it is a folder")
     parent = target.parent
     if not parent.is_dir():
-        raise MaskFileError(p, f"cannot write: the folder {str(parent)!r} does not exist")
+        raise MaskFileError(p, _no_folder(parent))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MaskFileError(p, f"cannot write: the folder {str(parent)!r} is not writable")
     return p

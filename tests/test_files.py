@@ -68,6 +68,10 @@ def test_atomic_write_refuses_folders_and_missing_parents(tmp_path):
         files.atomic_write_bytes(tmp_path, b"x")
     with pytest.raises(MaskFileError, match="does not exist"):
         files.atomic_write_bytes(tmp_path / "no" / "x.txt", b"x")
+    (tmp_path / "a-file").write_text("")  # its "folder" is a file: said so, not "missing"
+    for write in (lambda p: files.atomic_write_bytes(p, b"x"), files.writable_file):
+        with pytest.raises(MaskFileError, match=r"'.*a-file' is a file, not a folder$"):
+            write(tmp_path / "a-file" / "x.txt")
 
 
 def test_input_path_refuses_special_files_and_names_link_problems(tmp_path):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MaskFileError, MaskValidationError
-from ..files import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json, writable_folder
 from ..options import to_toml
 from ..runs import RunLock, read_run_json
 from ..runs.layout import RUN_FILE, run_parts
@@ -192,6 +192,7 @@ def _merge(out: Path, sweep: Sweep) -> SweepState:
         state.cells += [c for c in sweep.cells if c.key not in known]
         state.axes += [a for a in sweep.axes if a not in state.axes]
         return state
+    writable_folder(out, "a sweep")  # one line when it is a file, say
     if out.exists() and any(out.iterdir()):
         raise MaskFileError(out, "is not empty and not a sweep folder: choose another --out")
     return SweepState(out, sweep.command, list(sweep.axes), list(sweep.cells))

@@ -508,6 +508,17 @@ def test_usage_errors_exit_2(capsys, saved):
         assert "usage:" in err and "Traceback" not in err
 
 
+def test_demo_into_a_file_says_so(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, _, err = _run(capsys, "demo", "--out", blocker)
+    assert (
+        rc == 2
+        and err
+        == f"masktopo: error: {blocker}: cannot write the demo there: it is a file, not a folder\n"
+    )
+
+
 def test_os_error_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

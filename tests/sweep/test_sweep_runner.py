@@ -223,6 +223,8 @@ def test_sweep_errors_write_nothing(tmp_path, capsys):
     with pytest.raises(MaskFileError, match="not empty and not a sweep folder"):
         run_sweep(good, other)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    with pytest.raises(MaskFileError, match="cannot write a sweep there: it is a file"):
+        run_sweep(good, other / "notes.txt")  # (was "Not a directory")
 
 
 def test_gpu_slots_and_threads():
