@@ -308,6 +308,10 @@ def _indexed(folder: Path, index: Path) -> tuple[list[Path], dict[str, Path]]:
                 raise MaskFileError(
                     index, f"shard {rel!r} (of tensor {tensor!r}) points outside the model folder"
                 )
+            if shard.resolve() == root or shard.is_dir():  # "." or a subfolder: not a file
+                raise MaskFileError(
+                    index, f"tensor {tensor!r}: shard {rel!r} is a folder, not a weights file"
+                )
             if not shard.is_file():
                 raise MaskFileError(
                     shard, f"is named in {index.name} (tensor {tensor!r}) but is missing"

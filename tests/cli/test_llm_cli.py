@@ -90,12 +90,17 @@ def _bad(tmp_path, model, case):
         shard.write_bytes(shard.read_bytes()[:-64])
         return d, shard, "truncated safetensors file"
     index = json.loads((d / INDEX_FILE).read_text())
+    if case == "folder_shard":  # "." (the model folder itself) named as a shard
+        index["weight_map"] = {k: "." for k in index["weight_map"]}
+        (d / INDEX_FILE).write_text(json.dumps(index))
+        return d, d / INDEX_FILE, "is a folder, not a weights file"
     index["weight_map"] = {k: f"../{v}" for k, v in index["weight_map"].items()}
     (d / INDEX_FILE).write_text(json.dumps(index))
     return d, d / INDEX_FILE, "points outside the model folder"
 
 
-@pytest.mark.parametrize("case", ["no_weights", "missing_shard", "truncated", "outside"])
+@pytest.mark.parametrize("case", ["no_weights", "missing_shard", "truncated", "outside",
+                                  "folder_shard"])  # fmt: skip
 @pytest.mark.parametrize("command", ["analyze", "info"])
 def test_bad_folders(tmp_path, model, case, command):
     d, named, what = _bad(tmp_path, model, case)
