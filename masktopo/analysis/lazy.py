@@ -16,6 +16,7 @@ gives for the same layers, with the structure columns of :mod:`masktopo.analysis
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,7 @@ def analyze_layers(
     world: World | None = None,
     per_chunk: int | None = None,
     chunk_entries: int = CHUNK_ENTRIES,
+    prefetch: bool | None = None,
 ):
     """The layer table of ``refs``, reading a few layers at a time.
 
@@ -139,6 +141,10 @@ def analyze_layers(
         A chunk holds at most this many mask entries, unless one layer has more: the bound on
         the peak memory (:data:`CHUNK_ENTRIES`; larger is faster for big layers on 2 threads,
         which then analyze two at once).
+    prefetch : bool, optional
+        Read the next chunk in a background thread while this one is analyzed (two chunks in
+        memory at once). Default: on an accelerator (where reading the weights is a large share
+        of the time), not on the CPU (whose peak memory is one chunk).
 
     Returns
     -------
@@ -163,12 +169,25 @@ def analyze_layers(
     names: list[str] | None = None
     use_w: bool | None = None
     out: list[tuple[int, dict[str, Any]]] = []
+    chunks = list(_chunks(mine, refs, per, chunk_entries))
+    ahead = (dev.type != "cpu") if prefetch is None else prefetch
+    pool = ThreadPoolExecutor(1, "masktopo-read") if ahead and len(chunks) > 1 else None
+
+    def read(chunk):
+        return [refs[i].read() for i in chunk]
+
+    pending = pool.submit(read, chunks[0]) if pool is not None else None
     try:
-        for chunk in _chunks(mine, refs, per, chunk_entries):
+        for n, chunk in enumerate(chunks):
+            if pool is not None:  # this chunk's tensors, read meanwhile; the next one's begun
+                items = pending.result()
+                if n + 1 < len(chunks):
+                    pending = pool.submit(read, chunks[n + 1])
+            else:
+                items = read(chunk)
             layers = []
             extra = []
-            for i in chunk:
-                mask, weight = refs[i].read()
+            for i, (mask, weight) in zip(chunk, items, strict=True):
                 if use_w is None:
                     use_w = bool(weights) and weight is not None
                     names = resolve_metrics(metrics, weighted=use_w)
@@ -179,13 +198,15 @@ def analyze_layers(
                 layers.append((refs[i].name, mask, weight))
                 extra.append(structure_columns(mask) if structure else {})
             rows = layer_metric_rows(layers, metrics=names, options=opts, device=dev, route=route)
-            del layers
+            del layers, items
             for i, row, more in zip(chunk, rows, extra, strict=True):
                 reason = row.pop("reason")
                 out.append((i, {**row, **more, "reason": reason}))
             if bar is not None:
                 bar.update(len(chunk))
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     rows_all = gather_rows(world, out)

@@ -149,6 +149,40 @@ def test_maskset_refs_equal_analyze(folders):
     pd.testing.assert_frame_equal(df, analysis.analyze(ms), check_exact=True)
 
 
+def test_prefetch_reads_ahead_with_the_same_table_and_errors(folders):
+    """Reading the next chunk in a background thread (the default on an accelerator) gives the
+    same table, reads every layer once, and a read error surfaces as it would in order."""
+    import threading
+
+    from masktopo.analysis.lazy import LayerRef
+
+    base, _ = folders
+    refs = refs_of_source(open_source(base / "sharded"))
+    plain = analyze_layers(refs, per_chunk=2, prefetch=False)
+    reads, threads = [], set()
+
+    def counted(ref):
+        def read():
+            reads.append(ref.name)
+            threads.add(threading.current_thread().name)
+            return ref.read()
+
+        return LayerRef(ref.name, ref.kind, ref.shape, ref.cost, read)
+
+    ahead = analyze_layers([counted(r) for r in refs], per_chunk=2, prefetch=True)
+    pd.testing.assert_frame_equal(plain, ahead, check_exact=True)
+    assert sorted(reads) == sorted(r.name for r in refs)
+    assert any(t.startswith("masktopo-read") for t in threads)
+
+    def broken():
+        raise MaskFileError(base / "x", "cannot read (a test)")
+
+    bad = [*refs[:3], LayerRef("bad", "linear", refs[3].shape, refs[3].cost, broken), *refs[4:]]
+    for flag in (False, True):
+        with pytest.raises(MaskFileError, match="cannot read \\(a test\\)"):
+            analyze_layers(bad, per_chunk=2, prefetch=flag)
+
+
 # -- bad folders: one-line errors naming the file ---------------------------------------------
 
 
