@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..threads import one_blas_thread
 from ._engine import DENSE_ROUTE_MAX_ENTRIES, DENSE_ROUTE_MIN_DENSITY
 
 __all__ = ["MAX_BFS_COMPONENTS", "MIN_DENSITY", "components", "imdb_groups", "plan_dense",
@@ -128,20 +129,21 @@ def imdb_groups(M: torch.Tensor, min_group: int, both_three: bool
     return out
 
 
-def _group_batches(groups, width_of):
+def _group_batches(groups, rows: int):
     """Indices of ``groups`` in batches of similar padded width (at most
-    :data:`GROUP_BATCH_ENTRIES` entries each), with that width."""
+    :data:`GROUP_BATCH_ENTRIES` entries each, of ``rows`` rows), with that width."""
     from .spectral import round_up_side
 
     buckets: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         buckets.setdefault(round_up_side(g[1]), []).append(i)
     for width, idx in sorted(buckets.items()):
-        per = max(1, GROUP_BATCH_ENTRIES // max(1, width * width_of))
+        per = max(1, GROUP_BATCH_ENTRIES // max(1, width * rows))
         for s in range(0, len(idx), per):
             yield idx[s : s + per], width
 
 
+@one_blas_thread()  # LAPACK on one thread, one limit for all the batches
 def _solve_groups(groups, mats: list[torch.Tensor]) -> list[np.ndarray]:
     """σ₁, σ₂ of every group's columns of each matrix in ``mats`` (same shape, float64):
     ``(len(groups), 2)`` per matrix.
@@ -151,8 +153,6 @@ def _solve_groups(groups, mats: list[torch.Tensor]) -> list[np.ndarray]:
     device (batched GEMM), their top two eigenvectors ``V`` by LAPACK on the host (small:
     cuSOLVER would solve them one after another above side 32, ~ms each), then the
     Rayleigh–Ritz step ``Y = XᵀV`` on the device and ``σ(Y)`` on the host (exact to ``ε·σ₁``)."""
-    from ..threads import one_blas_thread
-
     out = [np.zeros((len(groups), 2)) for _ in mats]
     if not groups:
         return out
@@ -168,16 +168,14 @@ def _solve_groups(groups, mats: list[torch.Tensor]) -> list[np.ndarray]:
             if width > m:  # the smaller side first
                 batch = batch.transpose(1, 2)
             gram = batch.transpose(1, 2) @ batch
-            with one_blas_thread():
-                _, V = np.linalg.eigh(gram.cpu().numpy())
+            _, V = np.linalg.eigh(gram.cpu().numpy())
             Y = batch @ torch.from_numpy(np.ascontiguousarray(V[..., -2:])).to(batch.device)
-            with one_blas_thread():
-                o[idx] = np.linalg.svd(Y.cpu().numpy(), compute_uv=False)
+            o[idx] = np.linalg.svd(Y.cpu().numpy(), compute_uv=False)
     return out
 
 
-def plan_dense(mask: torch.Tensor, weight: torch.Tensor | None, opts, quantities
-               ) -> tuple[tuple[int, int, int, int, int, int], dict]:  # fmt: skip
+def plan_dense(mask: torch.Tensor, weight: torch.Tensor | None, imdb_rule: tuple[int, bool],
+               quantities) -> tuple[tuple[int, int, int, int, int, int], dict]:  # fmt: skip
     """Plan one dense layer on its device and solve its spectra there.
 
     Parameters
@@ -186,8 +184,9 @@ def plan_dense(mask: torch.Tensor, weight: torch.Tensor | None, opts, quantities
         The layer's mask (boolean), on the device where it is planned; a conv is read unrolled.
     weight : torch.Tensor or None
         Its weight (same shape, same device; only ``|w|`` on the mask is read), or None.
-    opts : Options
-        The analysis options (the IMDB variant).
+    imdb_rule : (int, bool)
+        The IMDB variant's ``(min_group, both_three)`` (:func:`imdb_groups`; the analysis's
+        ``metrics._imdb_rule``).
     quantities : collection of str
         What the selected metrics need (:attr:`Selection.quantities`).
 
@@ -235,7 +234,7 @@ def plan_dense(mask: torch.Tensor, weight: torch.Tensor | None, opts, quantities
     binary = "imdb_groups" in quantities
     weighted_groups = "imdb_weighted" in quantities and W is not None
     if binary or weighted_groups:
-        groups = imdb_groups(M, 2 if opts.imdb == "n23" else 3, opts.imdb == "i23")
+        groups = imdb_groups(M, *imdb_rule)
         found["imdb_groups"] = [g[:3] for g in groups]
         mats = ([Mf] if binary else []) + ([W] if weighted_groups else [])
         solved = _solve_groups(groups, mats)

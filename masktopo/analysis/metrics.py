@@ -217,6 +217,14 @@ class _Raw:
         return int(self.pos.size)
 
 
+def _indexable(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` detached, as float32 when its dtype has no indexing kernels (float8)."""
+    w = weight.detach()
+    return (
+        w if w.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else w.float()
+    )
+
+
 def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: Options) -> _Raw:
     """The kept entries of one layer (and ``|w|`` there) under the conv reading of ``opts``."""
     m = _to_numpy(mask)
@@ -232,9 +240,7 @@ def _extract(name: str, mask: torch.Tensor, weight: torch.Tensor | None, opts: O
                                   "analyzes it anyway")  # fmt: skip
     w = None
     if weight is not None:  # |w| at the kept entries only, gathered where the weight lives
-        wt = weight.detach()
-        if wt.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            wt = wt.float()  # e.g. float8: no indexing kernels
+        wt = _indexable(weight)
         if wt.device.type == "cpu" and wt.dtype in (torch.float32, torch.float64):
             w = np.abs(_to_numpy(wt).reshape(-1)[flat])  # float32 stays float32: exact, smaller
         else:
@@ -473,12 +479,8 @@ def _rows_on_device(layers, opts, names, selection, device, bar=None) -> list[di
 
     out = []
     for _, mask, weight in layers:
-        w = None
-        if weight is not None:
-            w = weight.detach().to(device)
-            if w.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-                w = w.float()  # e.g. float8
-        counts, found = plan_dense(mask.to(device), w, opts, selection.quantities)
+        w = None if weight is None else _indexable(weight.to(device))
+        counts, found = plan_dense(mask.to(device), w, _imdb_rule(opts), selection.quantities)
         plan = _Plan(LayerCounts(*counts), selection)
         plan.components = found.pop("components", 0)
         plan.imdb_groups = found.pop("imdb_groups", [])
