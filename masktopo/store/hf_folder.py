@@ -308,7 +308,7 @@ def _indexed(folder: Path, index: Path) -> tuple[list[Path], dict[str, Path]]:
                 raise MaskFileError(
                     index, f"shard {rel!r} (of tensor {tensor!r}) points outside the model folder"
                 )
-            if shard.resolve() == root or shard.is_dir():  # "." or a subfolder: not a file
+            if shard.is_dir():  # "." (the folder itself) or a subfolder: not a file
                 raise MaskFileError(
                     index, f"tensor {tensor!r}: shard {rel!r} is a folder, not a weights file"
                 )
